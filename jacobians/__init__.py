@@ -1,0 +1,133 @@
+"""jacobians — vectorized Jacobians and dE/dz for final activations and losses.
+
+dE/dz, the gradient of a loss with respect to the logits, three ways that agree:
+
+* ``'jacobian'``: the full batched Jacobian ``(..., K, K)`` contracted with dE/da;
+* ``'vjp'``: the same product in closed form, without building the Jacobian;
+* ``'fused'``: the closed-form gradient of the (activation, loss) pair.
+
+>>> import numpy as np
+>>> import jacobians as jac
+>>> z = np.random.default_rng(0).normal(size=(4, 3))
+>>> y = np.array([0, 2, 1, 1])
+>>> head = jac.Head(jac.Softmax(), jac.CrossEntropy())
+>>> all(np.allclose(head.grad(z, y, m), head.grad(z, y)) for m in ("jacobian", "vjp", "fused"))
+True
+"""
+
+__version__ = "0.1.0"
+
+from . import domains, fused, operators
+from .activations import (
+    ACTIVATIONS,
+    Activation,
+    ElementwiseActivation,
+    Entmax15,
+    Identity,
+    LeakyReLU,
+    LogSoftmax,
+    ReLU,
+    Sigmoid,
+    SimplexMapping,
+    Softmax,
+    Softplus,
+    Sparsemax,
+    Tanh,
+    get_activation,
+    register_activation,
+)
+from .contract import contract, diagonal
+from .fused import register_fused
+from .head import Head, Pair, pairs
+from .numerical import numerical_grad, numerical_jacobian
+from .losses import (
+    LOSSES,
+    BinaryCrossEntropy,
+    CrossEntropy,
+    ElementwiseLoss,
+    Entmax15Loss,
+    FenchelYoungLoss,
+    Huber,
+    KLDivergence,
+    Loss,
+    MeanAbsoluteError,
+    MeanSquaredError,
+    NLLLoss,
+    SparsemaxLoss,
+    get_loss,
+    register_loss,
+)
+from .operators import DenseJacobian, DiagonalJacobian, DiagonalPlusRankOne, JacobianOperator
+
+
+def _canonical_order(registry: dict, names: tuple[str, ...]) -> None:
+    items = sorted(registry.items(), key=lambda kv: names.index(kv[0]) if kv[0] in names else len(names))
+    registry.clear()
+    registry.update(items)
+
+
+_canonical_order(
+    ACTIVATIONS,
+    ("softmax", "log_softmax", "sigmoid", "tanh", "relu", "leaky_relu", "identity", "softplus", "sparsemax", "entmax15"),
+)
+_canonical_order(
+    LOSSES,
+    ("cross_entropy", "nll", "binary_cross_entropy", "mse", "mae", "huber", "kl_divergence", "sparsemax_loss", "entmax15_loss"),
+)
+del _canonical_order
+
+__all__ = [
+    "__version__",
+    # activations
+    "Activation",
+    "ElementwiseActivation",
+    "SimplexMapping",
+    "Softmax",
+    "LogSoftmax",
+    "Sigmoid",
+    "Tanh",
+    "ReLU",
+    "LeakyReLU",
+    "Identity",
+    "Softplus",
+    "Sparsemax",
+    "Entmax15",
+    "ACTIVATIONS",
+    "register_activation",
+    "get_activation",
+    # losses
+    "Loss",
+    "ElementwiseLoss",
+    "FenchelYoungLoss",
+    "CrossEntropy",
+    "NLLLoss",
+    "BinaryCrossEntropy",
+    "MeanSquaredError",
+    "MeanAbsoluteError",
+    "Huber",
+    "KLDivergence",
+    "SparsemaxLoss",
+    "Entmax15Loss",
+    "LOSSES",
+    "register_loss",
+    "get_loss",
+    # contraction and operators
+    "contract",
+    "diagonal",
+    "JacobianOperator",
+    "DenseJacobian",
+    "DiagonalJacobian",
+    "DiagonalPlusRankOne",
+    # heads
+    "Head",
+    "Pair",
+    "pairs",
+    "register_fused",
+    # verification
+    "numerical_jacobian",
+    "numerical_grad",
+    # modules
+    "domains",
+    "fused",
+    "operators",
+]

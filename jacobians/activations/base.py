@@ -1,0 +1,212 @@
+"""The :class:`Activation` base class and the activation registry."""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+import numpy as np
+
+from .._validation import as_float_array
+from ..domains import Domain, domain
+from ..operators import DenseJacobian, DiagonalJacobian, JacobianOperator
+
+__all__ = [
+    "Activation",
+    "ElementwiseActivation",
+    "ACTIVATIONS",
+    "register_activation",
+    "get_activation",
+    "registry_name",
+]
+
+#: name -> activation class, in registration order
+ACTIVATIONS: dict[str, type] = {}
+
+
+def registry_name(cls: type) -> str:
+    """The registry name of a class: its ``name`` attribute, else its name in snake_case."""
+    name = getattr(cls, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+
+
+def _register(registry: dict, kind: str, base: type, cls: type | None, name: str | None, replace: bool):
+    def add(cls):
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise TypeError(f"only {base.__name__} subclasses can be registered as {kind}s; got {cls!r}")
+        key = name or registry_name(cls)
+        if key in registry and registry[key] is not cls and not replace:
+            raise ValueError(
+                f"{kind} name {key!r} is already taken by {registry[key].__name__}; "
+                f"pass another name= or replace=True"
+            )
+        registry[key] = cls
+        if name is not None:
+            cls.name = name
+        return cls
+
+    return add if cls is None else add(cls)
+
+
+def register_activation(cls=None, *, name: str | None = None, replace: bool = False):
+    """Add an :class:`Activation` subclass to the registry (usable as a decorator).
+
+    Registered activations are covered by :func:`jacobians.pairs`, the ``check`` command
+    and every test that walks the registry.
+
+    Parameters
+    ----------
+    cls : type
+        The class; omit it to use ``@register_activation(name=...)``.
+    name : str, optional
+        Registry name; default ``cls.name`` or the class name in snake_case.
+    replace : bool
+        Allow replacing a different class registered under the same name.
+    """
+    return _register(ACTIVATIONS, "activation", Activation, cls, name, replace)
+
+
+def get_activation(name: str) -> type:
+    """The activation class registered as ``name``."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise KeyError(f"activation {name!r} not found; valid names are {sorted(ACTIVATIONS)}") from None
+
+
+class Activation:
+    """A final activation ``a = f(z)`` acting on the last axis, ``(..., K) -> (..., K)``.
+
+    Subclass it and write :meth:`forward` and :meth:`jacobian` (or
+    :meth:`jacobian_operator`); :meth:`vjp` and :meth:`jvp` then contract with the
+    Jacobian. Writing :meth:`vjp` in closed form makes the ``'vjp'`` method fast.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (default: the class name in snake_case).
+    output_domain : str
+        What the activation outputs, e.g. ``'open_simplex'``; see :mod:`jacobians.domains`.
+        Default ``'real'``.
+
+    Examples
+    --------
+    A non-symmetric activation, ``a_i = z_i · z_0``:
+
+    >>> import numpy as np
+    >>> import jacobians as jac
+    >>> class ScaleByFirst(jac.Activation):
+    ...     def forward(self, z):
+    ...         return z * z[..., :1]
+    ...     def jacobian(self, z):
+    ...         J = np.zeros(z.shape + z.shape[-1:])
+    ...         jac.diagonal(J)[...] = z[..., :1]
+    ...         J[..., :, 0] += z
+    ...         return J
+    >>> z = np.array([[2.0, 3.0]])
+    >>> ScaleByFirst().vjp(z, np.array([[1.0, 1.0]]))
+    array([[7., 2.]])
+    """
+
+    name: ClassVar[str | None] = None
+    output_domain: ClassVar[str | Domain] = "real"
+
+    def __call__(self, z) -> np.ndarray:
+        return self.forward(z)
+
+    def forward(self, z) -> np.ndarray:
+        """The activation ``a = f(z)``, shape ``(..., K)`` like ``z``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(z)")
+
+    def jacobian(self, z, *, out: np.ndarray | None = None, workers: int | None = None) -> np.ndarray:
+        """Dense Jacobian ``J[..., i, j] = ∂a_i/∂z_j``, shape ``(..., K, K)``.
+
+        Parameters
+        ----------
+        z : array_like, shape (..., K)
+        out : ndarray, shape (..., K, K), optional
+            Buffer to write into.
+        workers : int, optional
+            Threads for large outputs (default: every available core).
+        """
+        if _overrides(self, "jacobian_operator"):
+            return self.jacobian_operator(z).dense(out=out, workers=workers)
+        raise NotImplementedError(f"{type(self).__name__} must implement jacobian(z) or jacobian_operator(z)")
+
+    def jacobian_operator(self, z) -> JacobianOperator:
+        """The Jacobian as a :class:`~jacobians.JacobianOperator` (structured when possible)."""
+        if _overrides(self, "jacobian"):
+            return DenseJacobian(self.jacobian(as_float_array(z, "z")))
+        raise NotImplementedError(f"{type(self).__name__} must implement jacobian(z) or jacobian_operator(z)")
+
+    def vjp(self, z, g) -> np.ndarray:
+        """``g @ J`` per sample (``dE/dz`` from ``g = dE/da``), shape ``(..., K)``."""
+        z, g = _check_pair(z, g, "g")
+        return self.jacobian_operator(z).vjp(g)
+
+    def jvp(self, z, v) -> np.ndarray:
+        """``J @ v`` per sample (directional derivative along ``v``), shape ``(..., K)``."""
+        z, v = _check_pair(z, v, "v")
+        return self.jacobian_operator(z).jvp(v)
+
+    @property
+    def domain(self) -> Domain:
+        """The output domain as a :class:`~jacobians.domains.Domain`."""
+        return domain(self.output_domain)
+
+    # Head uses these to share one forward pass between the value and the gradient.
+    def _vjp_from_output(self, z, a, g) -> np.ndarray:
+        return self.vjp(z, g)
+
+    def _operator_from_output(self, z, a) -> JacobianOperator:
+        return self.jacobian_operator(z)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(sorted((k, repr(v)) for k, v in vars(self).items()))))
+
+
+def _overrides(obj, method: str) -> bool:
+    return getattr(type(obj), method) is not getattr(Activation, method)
+
+
+def _check_pair(z, x, name: str) -> tuple[np.ndarray, np.ndarray]:
+    z = as_float_array(z, "z")
+    x = as_float_array(x, name, like=z)
+    if x.shape != z.shape:
+        raise ValueError(f"{name} must have the shape of z, {z.shape}; got shape {x.shape}")
+    return z, x
+
+
+class ElementwiseActivation(Activation):
+    """An activation applied to each entry, ``a_k = f(z_k)``: its Jacobian is diagonal.
+
+    Subclasses write :meth:`forward` and :meth:`derivative`; the Jacobian, VJP and JVP
+    follow (``vjp = g · f'(z)``, ``jvp = f'(z) · v``).
+    """
+
+    def derivative(self, z) -> np.ndarray:
+        """``f'(z)``, shape ``(..., K)``: the diagonal of the Jacobian."""
+        raise NotImplementedError(f"{type(self).__name__} must implement derivative(z)")
+
+    def jacobian_operator(self, z) -> DiagonalJacobian:
+        return DiagonalJacobian(self.derivative(as_float_array(z, "z")))
+
+    def jacobian(self, z, *, out=None, workers=None) -> np.ndarray:
+        return self.jacobian_operator(z).dense(out=out, workers=workers)
+
+    def vjp(self, z, g) -> np.ndarray:
+        z, g = _check_pair(z, g, "g")
+        return g * self.derivative(z)
+
+    def jvp(self, z, v) -> np.ndarray:
+        z, v = _check_pair(z, v, "v")
+        return self.derivative(z) * v

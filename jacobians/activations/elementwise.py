@@ -1,0 +1,163 @@
+"""Elementwise activations: diagonal Jacobians ``J = diag(f'(z))``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _math
+from .._validation import as_float_array, check_nonnegative_scalar
+from .base import ElementwiseActivation, register_activation
+
+__all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Identity", "Softplus"]
+
+
+@register_activation
+class Sigmoid(ElementwiseActivation):
+    """Logistic sigmoid ``σ(z) = 1 / (1 + e^{−z})``, outputs in (0, 1).
+
+    ``f'(z) = σ(z)(1 − σ(z))``, computed as ``σ(z)σ(−z)`` so it stays accurate where
+    ``σ(z)`` rounds to 1. Never evaluates ``exp`` of a large positive number.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import Sigmoid
+    >>> Sigmoid()(np.array([-1e4, 0.0, 1e4]))
+    array([0. , 0.5, 1. ])
+    >>> Sigmoid().derivative(np.array([0.0]))
+    array([0.25])
+    """
+
+    name = "sigmoid"
+    output_domain = "open_unit_interval"
+
+    def forward(self, z):
+        return _math.sigmoid(as_float_array(z, "z"))
+
+    def derivative(self, z):
+        return _math.sigmoid_derivative(as_float_array(z, "z"))
+
+
+@register_activation
+class Tanh(ElementwiseActivation):
+    """Hyperbolic tangent, outputs in (−1, 1); ``f'(z) = 1 − tanh²(z)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import Tanh
+    >>> Tanh().derivative(np.array([0.0, 1e4]))
+    array([1., 0.])
+    """
+
+    name = "tanh"
+    output_domain = "signed_unit_interval"
+
+    def forward(self, z):
+        return np.tanh(as_float_array(z, "z"))
+
+    def derivative(self, z):
+        return _math.tanh_derivative(as_float_array(z, "z"))
+
+
+@register_activation
+class ReLU(ElementwiseActivation):
+    """``max(z, 0)``; ``f'(z) = 1`` for ``z > 0`` else 0 (0 at the kink, as torch).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import ReLU
+    >>> ReLU()(np.array([-2.0, 0.0, 3.0]))
+    array([0., 0., 3.])
+    """
+
+    name = "relu"
+    output_domain = "nonnegative"
+
+    def forward(self, z):
+        return np.maximum(as_float_array(z, "z"), 0)
+
+    def derivative(self, z):
+        z = as_float_array(z, "z")
+        return (z > 0).astype(z.dtype)
+
+
+@register_activation
+class LeakyReLU(ElementwiseActivation):
+    """``z`` for ``z > 0`` else ``slope · z``; ``f'(z) = 1`` or ``slope`` (``slope`` at 0).
+
+    Parameters
+    ----------
+    slope : float, default 0.01
+        Slope for negative inputs, >= 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import LeakyReLU
+    >>> LeakyReLU(slope=0.1)(np.array([-2.0, 3.0]))
+    array([-0.2,  3. ])
+    """
+
+    name = "leaky_relu"
+
+    def __init__(self, slope: float = 0.01):
+        self.slope = check_nonnegative_scalar(slope, "slope")
+
+    def forward(self, z):
+        z = as_float_array(z, "z")
+        return np.where(z > 0, z, z * z.dtype.type(self.slope))
+
+    def derivative(self, z):
+        z = as_float_array(z, "z")
+        return np.where(z > 0, z.dtype.type(1), z.dtype.type(self.slope))
+
+
+@register_activation
+class Identity(ElementwiseActivation):
+    """``a = z`` (a copy); the Jacobian is the identity. Pair it with losses on logits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import Identity
+    >>> Identity().jacobian(np.array([1.0, 2.0]))
+    array([[1., 0.],
+           [0., 1.]])
+    """
+
+    name = "identity"
+
+    def forward(self, z):
+        return np.array(as_float_array(z, "z"), copy=True)
+
+    def derivative(self, z):
+        return np.ones_like(as_float_array(z, "z"))
+
+    def vjp(self, z, g):
+        from .base import _check_pair
+
+        return np.array(_check_pair(z, g, "g")[1], copy=True)
+
+
+@register_activation
+class Softplus(ElementwiseActivation):
+    """``log(1 + e^z)`` computed as ``max(z, 0) + log1p(e^{−|z|})``; ``f'(z) = σ(z)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import Softplus
+    >>> Softplus()(np.array([-1e4, 1e4]))
+    array([    0., 10000.])
+    """
+
+    name = "softplus"
+    output_domain = "nonnegative"
+
+    def forward(self, z):
+        return _math.softplus(as_float_array(z, "z"))
+
+    def derivative(self, z):
+        return _math.sigmoid(as_float_array(z, "z"))

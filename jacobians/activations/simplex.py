@@ -1,0 +1,216 @@
+"""Activations onto the probability simplex (and its log).
+
+softmax, sparsemax and 1.5-entmax share one Jacobian structure (Peters et al., 2019)::
+
+    J = diag(g) − g gᵀ / Σg,      Jᵀ v = g ⊙ (v − (g·v) / Σg)
+
+with g = p (softmax; p/T with a temperature), g = 1 on the support (sparsemax) and
+g = √p (1.5-entmax). :class:`SimplexMapping` implements it once; each mapping only
+says how to compute p and g. Log-softmax has ``J = I − 1 pᵀ`` (not symmetric).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _math
+from .._validation import as_float_array, check_positive_scalar
+from ..operators import DiagonalPlusRankOne
+from .base import Activation, _check_pair, register_activation
+
+__all__ = ["SimplexMapping", "Softmax", "LogSoftmax", "Sparsemax", "Entmax15"]
+
+
+def _rowdot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``Σ_k x_k y_k`` along the last axis, kept as a trailing axis of length 1."""
+    return np.einsum("...k,...k->...", x, y)[..., None]
+
+
+class SimplexMapping(Activation):
+    """Base of the entmax family: ``J = diag(g) − g gᵀ/Σg`` with ``g`` from the output.
+
+    Subclasses write ``forward(z)`` and ``gradient_weights(p)`` → ``g``, shape ``(..., K)``.
+    """
+
+    output_domain = "simplex"
+
+    def gradient_weights(self, p: np.ndarray) -> np.ndarray:
+        """The vector ``g`` of the Jacobian ``diag(g) − g gᵀ/Σg``, from the output ``p``."""
+        raise NotImplementedError
+
+    def _factors(self, p):
+        g = self.gradient_weights(p)
+        return g, g, g / g.sum(axis=-1, keepdims=True)
+
+    def _operator_from_output(self, z, a):
+        return DiagonalPlusRankOne(*self._factors(a))
+
+    def _vjp_from_output(self, z, a, v):
+        d, u, w = self._factors(a)
+        # symmetric Jacobian: g ⊙ v − (g·v) g/Σg
+        out = v * d
+        out -= w * _rowdot(u, v)
+        return out
+
+    def jacobian_operator(self, z) -> DiagonalPlusRankOne:
+        z = as_float_array(z, "z")
+        return self._operator_from_output(z, self.forward(z))
+
+    def jacobian(self, z, *, out=None, workers=None) -> np.ndarray:
+        return self.jacobian_operator(z).dense(out=out, workers=workers)
+
+    def vjp(self, z, g) -> np.ndarray:
+        z, g = _check_pair(z, g, "g")
+        return self._vjp_from_output(z, self.forward(z), g)
+
+    def jvp(self, z, v) -> np.ndarray:
+        # J is symmetric for the whole family
+        z, v = _check_pair(z, v, "v")
+        return self._vjp_from_output(z, self.forward(z), v)
+
+
+@register_activation
+class Softmax(SimplexMapping):
+    """``s = softmax(z / T)``: ``exp(z/T − m) / Σ exp(z/T − m)`` with ``m`` the row max.
+
+    Jacobian ``J = (diag(s) − s sᵀ) / T``, built as ``einsum('ij,ik->ijk', s, -s)`` plus
+    ``s`` added onto the diagonal view ``einsum('ijj->ij', J)``.
+
+    Parameters
+    ----------
+    temperature : float, default 1.0
+        ``T > 0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import Softmax
+    >>> Softmax()(np.array([[0.0, 0.0], [1e4, -1e4]]))
+    array([[0.5, 0.5],
+           [1. , 0. ]])
+    >>> Softmax().jacobian(np.array([0.0, 0.0]))
+    array([[ 0.25, -0.25],
+           [-0.25,  0.25]])
+    """
+
+    name = "softmax"
+    output_domain = "open_simplex"
+
+    def __init__(self, temperature: float = 1.0):
+        self.temperature = check_positive_scalar(temperature, "temperature")
+
+    def _scaled(self, z):
+        return z if self.temperature == 1.0 else z / z.dtype.type(self.temperature)
+
+    def forward(self, z):
+        return _math.softmax(self._scaled(as_float_array(z, "z")))
+
+    def gradient_weights(self, p):
+        return p if self.temperature == 1.0 else p / p.dtype.type(self.temperature)
+
+    def _factors(self, p):
+        g = self.gradient_weights(p)
+        return g, g, p  # Σg = 1/T, so g/Σg = p
+
+    def _vjp_from_output(self, z, s, v):
+        out = v - _rowdot(s, v)
+        out *= s
+        if self.temperature != 1.0:
+            out /= out.dtype.type(self.temperature)
+        return out
+
+
+@register_activation
+class LogSoftmax(Activation):
+    """``log softmax(z) = (z − m) − log Σ exp(z − m)``, exact for huge logits.
+
+    Jacobian ``J = I − 1 sᵀ`` with ``s = softmax(z)``, i.e. ``J[i, j] = δ_ij − s_j``:
+    not symmetric. VJP ``g − s Σg``; JVP ``v − (s·v)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import LogSoftmax
+    >>> LogSoftmax()(np.array([1e4, -1e4]))
+    array([     0., -20000.])
+    >>> LogSoftmax().jacobian(np.array([0.0, 0.0]))
+    array([[ 0.5, -0.5],
+           [-0.5,  0.5]])
+    """
+
+    name = "log_softmax"
+    output_domain = "log_simplex"
+
+    def forward(self, z):
+        return _math.log_softmax(as_float_array(z, "z"))
+
+    def _operator_from_output(self, z, a):
+        s = np.exp(a)
+        ones = np.ones_like(s)
+        return DiagonalPlusRankOne(ones, ones, s)
+
+    def jacobian_operator(self, z) -> DiagonalPlusRankOne:
+        z = as_float_array(z, "z")
+        return self._operator_from_output(z, self.forward(z))
+
+    def jacobian(self, z, *, out=None, workers=None) -> np.ndarray:
+        return self.jacobian_operator(z).dense(out=out, workers=workers)
+
+    def _vjp_from_output(self, z, a, g):
+        return g - np.exp(a) * g.sum(axis=-1, keepdims=True)
+
+    def vjp(self, z, g):
+        z, g = _check_pair(z, g, "g")
+        return self._vjp_from_output(z, self.forward(z), g)
+
+    def jvp(self, z, v):
+        z, v = _check_pair(z, v, "v")
+        return v - _rowdot(_math.softmax(z), v)
+
+
+@register_activation
+class Sparsemax(SimplexMapping):
+    """Euclidean projection onto the simplex (Martins & Astudillo, 2016): sparse outputs.
+
+    ``p = max(z − τ, 0)``; Jacobian ``diag(g) − g gᵀ/|S|`` with ``g`` the support
+    indicator. Pair it with :class:`~jacobians.SparsemaxLoss` for classification.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import Sparsemax
+    >>> Sparsemax()(np.array([[0.5, 0.2, -2.0]]))
+    array([[0.65, 0.35, 0.  ]])
+    """
+
+    name = "sparsemax"
+
+    def forward(self, z):
+        return _math.sparsemax(as_float_array(z, "z"))
+
+    def gradient_weights(self, p):
+        return (p > 0).astype(p.dtype)
+
+
+@register_activation
+class Entmax15(SimplexMapping):
+    """1.5-entmax (Peters, Niculae & Martins, 2019): between softmax and sparsemax.
+
+    ``p = [(z/2 − τ)_+]²``; Jacobian ``diag(g) − g gᵀ/Σg`` with ``g = √p``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import Entmax15
+    >>> p = Entmax15()(np.array([[1.0, 0.5, -3.0]]))
+    >>> np.round(p, 4), float(p.sum())
+    (array([[0.6009, 0.3991, 0.    ]]), 1.0)
+    """
+
+    name = "entmax15"
+
+    def forward(self, z):
+        return _math.entmax15(as_float_array(z, "z"))
+
+    def gradient_weights(self, p):
+        return np.sqrt(p)

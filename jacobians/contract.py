@@ -1,0 +1,97 @@
+"""The chain rule as a contraction: ``dE/dz[..., j] = Σ_i dE/da[..., i] · J[..., i, j]``.
+
+Examples
+--------
+>>> import numpy as np
+>>> import jacobians as jac
+>>> J = np.zeros((2, 3, 3))
+>>> jac.diagonal(J)[...] = 1.0          # a writable view: J is now two identities
+>>> jac.contract(np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), J)
+array([[1., 2., 3.],
+       [4., 5., 6.]])
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import opt_einsum
+
+__all__ = ["contract", "diagonal", "contraction_expression"]
+
+
+def diagonal(J: np.ndarray) -> np.ndarray:
+    """Writable view of each Jacobian's diagonal.
+
+    Parameters
+    ----------
+    J : ndarray, shape (..., K, K)
+
+    Returns
+    -------
+    ndarray, shape (..., K)
+        ``einsum('...jj->...j', J)``: a view, so writing to it writes to ``J``.
+    """
+    if not isinstance(J, np.ndarray):
+        raise TypeError(f"J must be a numpy array to take a writable diagonal view; got {type(J).__name__}")
+    if J.ndim < 2 or J.shape[-1] != J.shape[-2]:
+        raise ValueError(f"J must have shape (..., K, K); got shape {J.shape}")
+    return np.einsum("...jj->...j", J)
+
+
+@functools.lru_cache(maxsize=256)
+def contraction_expression(g_shape: tuple[int, ...], J_shape: tuple[int, ...]):
+    """The opt_einsum expression ``'...i,...ij->...j'`` for these shapes, built once.
+
+    Cached, so repeated calls with the same shapes reuse the contraction path.
+    """
+    return opt_einsum.contract_expression("...i,...ij->...j", g_shape, J_shape)
+
+
+def contract(g, J) -> np.ndarray:
+    """Push ``g = dE/da`` back through the Jacobian ``J = da/dz``.
+
+    Parameters
+    ----------
+    g : array_like, shape (..., M)
+        Upstream gradient dE/da.
+    J : array_like, shape (..., M, K), or a :class:`~jacobians.JacobianOperator`
+        ``J[..., i, j] = ∂a_i/∂z_j``.
+
+    Returns
+    -------
+    ndarray, shape (..., K)
+        ``einsum('...i,...ij->...j', g, J)``.
+
+    Notes
+    -----
+    For float32/float64 arrays of one dtype the product is a batched vector–matrix
+    product, which ``np.matmul`` hands to BLAS; other inputs go through the opt_einsum
+    expression built once per pair of shapes (:func:`contraction_expression`). A
+    structured operator is applied without building a dense array.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import contract
+    >>> J = np.array([[[1.0, 2.0], [3.0, 4.0]]])     # one 2x2 Jacobian
+    >>> contract(np.array([[1.0, 0.0]]), J)          # row 0 of J
+    array([[1., 2.]])
+    """
+    from .operators import JacobianOperator
+
+    if isinstance(J, JacobianOperator):
+        return J.vjp(g)
+    from ._validation import as_float_array
+
+    J = as_float_array(J, "J", min_ndim=2)
+    g = as_float_array(g, "g")
+    if g.shape[:-1] != J.shape[:-2] or g.shape[-1] != J.shape[-2]:
+        raise ValueError(
+            f"g must have shape {J.shape[:-2] + J.shape[-2:-1]} to contract with J of shape "
+            f"{J.shape} ((..., M) with (..., M, K)); got shape {g.shape}"
+        )
+    if g.dtype == J.dtype:
+        return np.matmul(g[..., None, :], J)[..., 0, :]
+    return contraction_expression(g.shape, J.shape)(g, J)

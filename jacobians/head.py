@@ -1,0 +1,245 @@
+"""A final activation paired with a loss: dE/dz three ways, and which pairs make sense."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ._validation import as_float_array
+from .activations import ACTIVATIONS, Activation
+from .contract import contract
+from .fused import get_fused
+from .losses import LOSSES, Loss
+from .operators import DenseJacobian
+
+__all__ = ["Head", "METHODS", "DEFAULT_MAX_BYTES", "pairs", "check_pair", "Pair"]
+
+METHODS = ("auto", "fused", "vjp", "jacobian")
+
+#: default memory budget of the dense Jacobian in ``method='jacobian'`` (256 MiB)
+DEFAULT_MAX_BYTES = 256 << 20
+
+
+def check_pair(activation, loss) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``loss`` accepts what ``activation`` outputs.
+
+    A Fenchel–Young loss paired with its own mapping (``Sparsemax`` + ``SparsemaxLoss``)
+    is accepted: the head then applies the loss to the logits.
+    """
+    for obj, base, what in ((activation, Activation, "activation"), (loss, Loss, "loss")):
+        if isinstance(obj, type) and issubclass(obj, base):
+            raise TypeError(f"{what} must be an instance; got the class {obj.__name__} (write {obj.__name__}())")
+        if not isinstance(obj, base):
+            raise TypeError(f"{what} must be a jacobians.{base.__name__} instance; got {type(obj).__name__}")
+    if loss.logits_of is not None and isinstance(activation, loss.logits_of):
+        return
+    out, need = activation.domain, loss.domain
+    if out.issubset(need):
+        return
+    fits = [
+        name
+        for name, cls in ACTIVATIONS.items()
+        if _default_instance(cls) is not None and _default_instance(cls).domain.issubset(need)
+    ]
+    hint = f"; activations whose output fits: {', '.join(fits)}" if fits else ""
+    raise ValueError(
+        f"{type(activation).__name__} outputs {out}, but {type(loss).__name__} needs {need}: the pair "
+        f"makes no sense{hint}. (A custom activation declares its output with output_domain = '...'.)"
+    )
+
+
+def _default_instance(cls):
+    try:
+        return cls()
+    except TypeError:
+        return None
+
+
+class Head:
+    """A final activation and a loss: the loss value and dE/dz from the logits ``z``.
+
+    Parameters
+    ----------
+    activation : Activation
+    loss : Loss
+
+    Notes
+    -----
+    ``method`` selects how dE/dz is computed, and all agree to round-off:
+
+    * ``'jacobian'`` — build the N×K×K Jacobian (in row blocks within ``max_bytes``) and
+      contract it with dE/da;
+    * ``'vjp'`` — the activation's closed-form vector–Jacobian product;
+    * ``'fused'`` — the pair's closed-form rule (see :mod:`jacobians.fused`);
+    * ``'auto'`` — ``'fused'`` when the pair has a rule, else ``'vjp'``.
+
+    :meth:`loss` uses the fused rule when there is one, so it is exact for extreme
+    logits; ``value_and_grad(..., method='vjp'/'jacobian')`` returns the separate path's
+    value, which for losses of probabilities uses ``max(a, tiny)`` where ``a`` underflowed.
+
+    A Fenchel–Young loss with its own mapping (``Head(Sparsemax(), SparsemaxLoss())``) is
+    a function of the logits, not of the mapping's output: only ``'fused'`` applies.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import jacobians as jac
+    >>> z = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+    >>> y = np.array([0, 1])
+    >>> head = jac.Head(jac.Softmax(), jac.CrossEntropy())
+    >>> head.method
+    'fused'
+    >>> g = head.grad(z, y)
+    >>> np.allclose(g, head.grad(z, y, method="jacobian")), np.allclose(g, head.grad(z, y, method="vjp"))
+    (True, True)
+    """
+
+    def __init__(self, activation: Activation, loss: Loss):
+        check_pair(activation, loss)
+        self.activation = activation
+        self.loss_fn = loss
+
+    @property
+    def fused_rule(self):
+        """The registered fused rule of this pair, or None."""
+        return get_fused(self.activation, self.loss_fn)
+
+    @property
+    def logits_loss(self) -> bool:
+        """True for a Fenchel–Young loss paired with its own mapping (loss of the logits)."""
+        lo = self.loss_fn.logits_of
+        return lo is not None and isinstance(self.activation, lo)
+
+    @property
+    def method(self) -> str:
+        """What ``method='auto'`` picks: ``'fused'`` when the pair has a rule, else ``'vjp'``."""
+        return "fused" if self.fused_rule is not None else "vjp"
+
+    def _resolve(self, method) -> str:
+        if not isinstance(method, str) or method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+        if method == "auto":
+            return self.method
+        if method == "fused" and self.fused_rule is None:
+            raise ValueError(
+                f"no fused rule is registered for ({type(self.activation).__name__}, "
+                f"{type(self.loss_fn).__name__}); use method='vjp' or 'jacobian', or register one "
+                "with jacobians.register_fused"
+            )
+        if method != "fused" and self.logits_loss:
+            raise ValueError(
+                f"{type(self.loss_fn).__name__} is a Fenchel–Young loss of the logits: it cannot be written "
+                f"as a function of {type(self.activation).__name__}'s output, so method={method!r} does not "
+                "apply; use method='fused', or Head(Identity(), "
+                f"{type(self.loss_fn).__name__}()) to run every method"
+            )
+        return method
+
+    def loss(self, z, y):
+        """The loss value from logits ``z`` (..., K): the fused rule's when there is one."""
+        z = as_float_array(z, "z")
+        rule = self.fused_rule
+        if rule is not None:
+            return rule(self.activation, self.loss_fn, z, y)[0]
+        return self.loss_fn.value(self.activation(z), y)
+
+    def grad(self, z, y, method: str = "auto", *, max_bytes: int | None = None, workers: int | None = None):
+        """dE/dz, shape of ``z``. See :meth:`value_and_grad`."""
+        return self.value_and_grad(z, y, method, max_bytes=max_bytes, workers=workers)[1]
+
+    def value_and_grad(
+        self, z, y, method: str = "auto", *, max_bytes: int | None = None, workers: int | None = None
+    ):
+        """``(loss value, dE/dz)`` from logits ``z`` (..., K), sharing the forward pass.
+
+        Parameters
+        ----------
+        z : array_like, shape (..., K)
+        y : array_like
+            Targets in the loss's form.
+        method : {'auto', 'fused', 'vjp', 'jacobian'}
+        max_bytes : int, optional
+            ``'jacobian'`` only: memory budget of the dense Jacobian, built and contracted
+            in row blocks so that peak memory stays near ``max_bytes`` plus O(N·K).
+            Default :data:`DEFAULT_MAX_BYTES` (256 MiB).
+        workers : int, optional
+            ``'jacobian'`` only: threads building each block (default: all cores).
+        """
+        method = self._resolve(method)
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1):
+            raise ValueError(f"max_bytes must be a positive int; got {max_bytes!r}")
+        z = as_float_array(z, "z")
+        if method == "fused":
+            return self.fused_rule(self.activation, self.loss_fn, z, y)
+        a = self.activation(z)
+        value, g = self.loss_fn.value_and_grad(a, y)
+        if method == "vjp":
+            return value, self.activation._vjp_from_output(z, a, g)
+        return value, self._jacobian_product(z, a, g, max_bytes or DEFAULT_MAX_BYTES, workers)
+
+    def _jacobian_product(self, z, a, g, max_bytes, workers):
+        K = z.shape[-1]
+        z2, a2, g2 = (x.reshape(-1, K) for x in (z, a, g))
+        n = z2.shape[0]
+        rows = max(1, int(max_bytes) // (K * K * z.dtype.itemsize))
+        act = self.activation
+        if rows >= n:
+            op = act._operator_from_output(z, a)
+            J = op.J if isinstance(op, DenseJacobian) else op.dense(workers=workers)
+            return contract(g, J)
+        out = np.empty_like(g2)
+        buf = None
+        for start in range(0, n, rows):
+            sl = slice(start, min(n, start + rows))
+            op = act._operator_from_output(z2[sl], a2[sl])
+            if isinstance(op, DenseJacobian):
+                J = op.J
+            else:
+                if buf is None:
+                    buf = np.empty((rows, K, K), dtype=z.dtype)
+                J = op.dense(out=buf[: sl.stop - sl.start], workers=workers)
+            out[sl] = contract(g2[sl], J)
+        return out.reshape(z.shape)
+
+    def __repr__(self) -> str:
+        return f"Head({self.activation!r}, {self.loss_fn!r})"
+
+
+class Pair(NamedTuple):
+    """One valid (activation, loss) pair of the registries."""
+
+    activation: str
+    loss: str
+    fused: bool
+
+
+def pairs() -> list[Pair]:
+    """Every valid (activation, loss) pair of the registries, with whether it has a fused rule.
+
+    Classes are taken with their default parameters; classes that need arguments are
+    left out.
+
+    Examples
+    --------
+    >>> import jacobians as jac
+    >>> ("softmax", "cross_entropy", True) in jac.pairs()
+    True
+    >>> any(p.activation == "tanh" and p.loss == "cross_entropy" for p in jac.pairs())
+    False
+    """
+    out = []
+    for aname, acls in ACTIVATIONS.items():
+        act = _default_instance(acls)
+        if act is None:
+            continue
+        for lname, lcls in LOSSES.items():
+            loss = _default_instance(lcls)
+            if loss is None:
+                continue
+            try:
+                check_pair(act, loss)
+            except ValueError:
+                continue
+            out.append(Pair(aname, lname, get_fused(act, loss) is not None))
+    return out

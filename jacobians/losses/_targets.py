@@ -1,0 +1,144 @@
+"""Class targets: integer indices ``(...,)`` or probabilities ``(..., K)``, one form inside.
+
+Class losses (cross-entropy, NLL, KL, the Fenchel–Young losses) are all linear in the
+target: per sample they are ``−Σ_k c_k log a_k`` (plus a constant) for a coefficient row
+``c``. :func:`class_coefficients` builds ``c`` from either target form, with label
+smoothing, class weights and ignored targets folded in, and the denominator that
+``'mean'`` divides by (torch's convention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validation import as_float_array
+
+__all__ = ["ClassTargets", "check_class_targets", "class_coefficients", "check_weight"]
+
+
+@dataclass(frozen=True)
+class ClassTargets:
+    """Validated class targets.
+
+    Exactly one of ``indices`` (int array ``(...,)``) and ``probs`` (float ``(..., K)``)
+    is set; ``valid`` is a bool mask ``(...,)`` of the samples not ignored, or None.
+    """
+
+    indices: np.ndarray | None
+    probs: np.ndarray | None
+    valid: np.ndarray | None
+    n_classes: int
+
+    @property
+    def is_index(self) -> bool:
+        return self.indices is not None
+
+    def safe_indices(self) -> np.ndarray:
+        """Indices with ignored entries replaced by 0 (safe to gather with)."""
+        if self.valid is None:
+            return self.indices
+        return np.where(self.valid, self.indices, 0)
+
+    def dense(self, dtype) -> np.ndarray:
+        """The targets as rows of probabilities ``(..., K)`` (one-hot for indices; zero rows
+        where ignored)."""
+        if not self.is_index:
+            return self.probs
+        out = np.zeros(self.indices.shape + (self.n_classes,), dtype=dtype)
+        np.put_along_axis(out, self.safe_indices()[..., None], 1, axis=-1)
+        if self.valid is not None:
+            out *= self.valid[..., None]
+        return out
+
+
+def check_class_targets(a: np.ndarray, y, *, ignore_index: int | None = None, name: str = "y") -> ClassTargets:
+    """Validate ``y`` as class indices of shape ``a.shape[:-1]`` or probabilities of ``a``'s shape."""
+    K = a.shape[-1]
+    y = np.asarray(y)
+    if y.shape == a.shape[:-1]:
+        if y.dtype.kind not in "iu":
+            raise TypeError(
+                f"{name}: class indices of shape {a.shape[:-1]} must have an integer dtype; got dtype "
+                f"{y.dtype} (pass probabilities/one-hot rows with the shape of a, {a.shape}, instead)"
+            )
+        valid = None
+        checked = y
+        if ignore_index is not None:
+            valid = y != ignore_index
+            checked = y[valid]
+        if checked.size and (checked.min() < 0 or checked.max() >= K):
+            raise ValueError(
+                f"{name}: class indices must be in [0, {K}) for K = {K} classes"
+                + (f" (or equal ignore_index={ignore_index})" if ignore_index is not None else "")
+                + f"; got values in [{checked.min()}, {checked.max()}]"
+            )
+        return ClassTargets(indices=y, probs=None, valid=valid, n_classes=K)
+    if y.shape == a.shape:
+        probs = as_float_array(y, name, min_ndim=1, like=a)
+        if probs.size:
+            mn, mx = probs.min(), probs.max()
+            if not (mn >= 0 and mx <= 1):
+                raise ValueError(f"{name}: target probabilities must be in [0, 1]; got values in [{mn}, {mx}]")
+        return ClassTargets(indices=None, probs=probs, valid=None, n_classes=K)
+    raise ValueError(
+        f"{name} must be class indices of shape {a.shape[:-1]} or probabilities of shape {a.shape} "
+        f"(a has shape {a.shape}); got shape {y.shape}"
+    )
+
+
+def check_weight(weight, name: str = "weight") -> np.ndarray | None:
+    """Validate class weights: a finite, non-negative 1-d array (or None)."""
+    if weight is None:
+        return None
+    w = as_float_array(weight, name)
+    if w.ndim != 1:
+        raise ValueError(f"{name} must be a 1-d array of shape (K,); got shape {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"{name} must be finite and >= 0; got {w}")
+    w = w.copy()
+    w.flags.writeable = False
+    return w
+
+
+def class_coefficients(
+    t: ClassTargets,
+    dtype,
+    *,
+    weight: np.ndarray | None = None,
+    smoothing: float = 0.0,
+) -> tuple[np.ndarray, float]:
+    """Coefficients ``c`` (..., K) with per-sample loss ``−Σ_k c_k log p_k``, and the
+    denominator of ``'mean'``.
+
+    torch's conventions: label smoothing mixes the target with the uniform distribution,
+    ``(1 − ε) y + ε/K``; class weights multiply ``c`` per class; with index targets
+    ``'mean'`` divides by the summed weights of the (non-ignored) targets, with
+    probability targets by the number of samples N.
+    """
+    K = t.n_classes
+    dtype = np.dtype(dtype)
+    if weight is not None and weight.shape != (K,):
+        raise ValueError(f"weight must have shape (K,) = ({K},) to match a; got shape {weight.shape}")
+    w = None if weight is None else weight.astype(dtype, copy=False)
+    if t.is_index:
+        c = t.dense(dtype)
+        if smoothing:
+            c *= dtype.type(1 - smoothing)
+            c += dtype.type(smoothing / K) * (1 if t.valid is None else t.valid[..., None])
+        if w is not None:
+            c *= w
+            target_w = w[t.safe_indices()]
+            if t.valid is not None:
+                target_w = target_w * t.valid
+            denom = float(target_w.sum())
+        else:
+            denom = float(t.indices.size if t.valid is None else t.valid.sum())
+        return c, denom
+    c = t.probs
+    if smoothing:
+        c = c * dtype.type(1 - smoothing) + dtype.type(smoothing / K)
+    if w is not None:
+        c = c * w
+    return c, float(int(np.prod(c.shape[:-1])))

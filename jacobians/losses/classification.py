@@ -1,0 +1,271 @@
+"""Classification losses on probabilities / log-probabilities, with torch's semantics.
+
+The separate (unfused) path works on the activation's output ``a``. Where ``a`` has
+underflowed to exactly 0 the log is taken of ``max(a, tiny)`` (``tiny`` = the dtype's
+smallest normal number), so values and gradients stay finite; this is the only clip in
+the toolkit, and the fused rules (see :mod:`jacobians.fused`) never need it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import as_float_array, check_nonnegative_scalar
+from ._targets import check_class_targets, check_weight, class_coefficients
+from .base import ElementwiseLoss, Loss, register_loss
+
+__all__ = ["CrossEntropy", "NLLLoss", "KLDivergence", "BinaryCrossEntropy"]
+
+
+def _rowdot(x, y):
+    return np.einsum("...k,...k->...", x, y)
+
+
+def _floor_tiny(a: np.ndarray) -> np.ndarray:
+    """``max(a, tiny)``: keeps ``log a`` and ``1/a`` finite where ``a`` underflowed to 0."""
+    return np.maximum(a, np.finfo(a.dtype).tiny)
+
+
+def _check_ignore_index(ignore_index):
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise TypeError(f"ignore_index must be an int or None; got {ignore_index!r}")
+    return int(ignore_index)
+
+
+class _ClassLoss(Loss):
+    """Shared target handling of the class losses (indices or probabilities)."""
+
+    target_kind = "class"
+    ignore_index: int | None = None
+
+    def check_targets(self, a, y):
+        return check_class_targets(a, y, ignore_index=self.ignore_index)
+
+    def per_sample(self, a, y):
+        return self._terms(a, self.check_targets(a, y), need_grad=False)[0]
+
+    def per_sample_grad(self, a, y):
+        return self._terms(a, self.check_targets(a, y), need_grad=True)[1]
+
+    def coefficients(self, t, dtype):
+        """``(c, denominator)``: per-sample loss ``−Σ c_k log p_k (+ const)``."""
+        return class_coefficients(t, dtype, weight=getattr(self, "weight", None), smoothing=getattr(self, "label_smoothing", 0.0))
+
+
+@register_loss
+class CrossEntropy(_ClassLoss):
+    """Cross-entropy ``−Σ_k c_k log a_k`` on probabilities ``a`` (e.g. softmax outputs).
+
+    Same values and gradients as ``torch.nn.functional.cross_entropy`` on the logits,
+    with ``c = w ⊙ ((1 − ε) y + ε/K)``.
+
+    Parameters
+    ----------
+    label_smoothing : float, default 0.0
+        ε in [0, 1].
+    weight : array_like, shape (K,), optional
+        Class weights. With index targets ``'mean'`` divides by the summed weights of
+        the targets; with probability targets by N (torch).
+    ignore_index : int, optional
+        Index targets equal to it contribute nothing (and are not counted by ``'mean'``).
+    reduction : {'mean', 'sum', 'none'}
+        ``'none'`` gives shape ``(...,)``.
+
+    Notes
+    -----
+    Targets are integer indices ``(...,)`` or one-hot / soft rows ``(..., K)``. Where
+    ``a`` underflowed to 0 the separate path uses ``max(a, tiny)``; ``Head(Softmax(),
+    CrossEntropy())`` uses the fused rule, exact for any logits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import CrossEntropy
+    >>> a = np.array([[0.7, 0.1, 0.2], [0.1, 0.5, 0.4], [0.02, 0.9, 0.08]])
+    >>> y = np.array([0, 1, 1])
+    >>> round(float(CrossEntropy()(a, y)), 6)
+    0.385060
+    >>> CrossEntropy().grad(a, y)[0]
+    array([-0.47619048,  0.        ,  0.        ])
+    """
+
+    name = "cross_entropy"
+    input_domain = "open_simplex"
+
+    def __init__(self, label_smoothing: float = 0.0, weight=None, ignore_index: int | None = None, reduction: str = "mean"):
+        super().__init__(reduction)
+        self.label_smoothing = check_nonnegative_scalar(label_smoothing, "label_smoothing", upper=1.0)
+        self.weight = check_weight(weight)
+        self.ignore_index = _check_ignore_index(ignore_index)
+
+    def _terms(self, a, t, need_grad):
+        c, denom = self.coefficients(t, a.dtype)
+        safe = _floor_tiny(a)
+        values = -_rowdot(c, np.log(safe))
+        return values, (-c / safe if need_grad else None), denom
+
+
+@register_loss
+class NLLLoss(_ClassLoss):
+    """Negative log-likelihood ``−Σ_k c_k a_k`` on log-probabilities ``a`` (log-softmax).
+
+    torch's ``nll_loss``: ``c = w ⊙ y``; with index targets ``'mean'`` divides by the
+    summed weights of the targets. The gradient is ``−c`` (over the denominator).
+
+    Parameters
+    ----------
+    weight : array_like, shape (K,), optional
+    ignore_index : int, optional
+    reduction : {'mean', 'sum', 'none'}
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import NLLLoss
+    >>> logp = np.log(np.array([[0.5, 0.5], [0.25, 0.75]]))
+    >>> round(float(NLLLoss()(logp, np.array([0, 1]))), 6)
+    0.490415
+    """
+
+    name = "nll"
+    input_domain = "log_simplex"
+
+    def __init__(self, weight=None, ignore_index: int | None = None, reduction: str = "mean"):
+        super().__init__(reduction)
+        self.weight = check_weight(weight)
+        self.ignore_index = _check_ignore_index(ignore_index)
+
+    def _terms(self, a, t, need_grad):
+        c, denom = self.coefficients(t, a.dtype)
+        return -_rowdot(c, a), (-c if need_grad else None), denom
+
+
+def _xlogx(y: np.ndarray) -> np.ndarray:
+    """``y log y`` with ``0 log 0 = 0``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(y > 0, y * np.log(np.where(y > 0, y, 1)), 0).astype(y.dtype, copy=False)
+
+
+@register_loss
+class KLDivergence(_ClassLoss):
+    """``KL(y ‖ a) = Σ_k y_k (log y_k − log a_k)`` on probabilities ``a``.
+
+    ``'mean'`` averages the per-sample sums over samples (torch's
+    ``kl_div(log a, y, reduction='batchmean')``); ``'none'`` gives ``(...,)``. Targets as
+    for :class:`CrossEntropy` (indices mean one-hot rows, whose entropy term is 0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import KLDivergence
+    >>> a = np.array([[0.5, 0.5]])
+    >>> round(float(KLDivergence()(a, np.array([[0.5, 0.5]]))), 12)
+    0.0
+    """
+
+    name = "kl_divergence"
+    input_domain = "open_simplex"
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__(reduction)
+
+    def entropy_term(self, t, dtype) -> np.ndarray:
+        """``Σ_k y_k log y_k`` per sample (0 for index targets)."""
+        if t.is_index:
+            return np.zeros(t.indices.shape, dtype=dtype)
+        return _xlogx(t.probs).sum(axis=-1)
+
+    def _terms(self, a, t, need_grad):
+        c, denom = self.coefficients(t, a.dtype)
+        safe = _floor_tiny(a)
+        values = self.entropy_term(t, a.dtype) - _rowdot(c, np.log(safe))
+        return values, (-c / safe if need_grad else None), denom
+
+
+#: torch clamps log terms of binary_cross_entropy at -100 and the gradient's a(1 - a) at 1e-12
+_BCE_LOG_FLOOR = -100.0
+_BCE_GRAD_EPS = 1e-12
+
+
+@register_loss
+class BinaryCrossEntropy(ElementwiseLoss):
+    """Binary cross-entropy on probabilities ``a`` in [0, 1], per entry.
+
+    ``e = −(p · y log a + (1 − y) log(1 − a))`` with ``p`` the ``pos_weight`` and ``y``
+    smoothed to ``y(1 − ε) + ε/2`` (Keras's label smoothing; torch has none).
+    ``'mean'`` averages over all N·K entries and ``'none'`` gives ``(..., K)``, as torch's
+    ``binary_cross_entropy``; like torch, the separate path clamps each log at −100 and
+    the gradient's denominator ``a(1 − a)`` at 1e-12.
+
+    Parameters
+    ----------
+    label_smoothing : float, default 0.0
+        ε in [0, 1].
+    pos_weight : array_like, optional
+        Weight of the positive term, broadcast against ``a`` (typically shape (K,)), as
+        in ``binary_cross_entropy_with_logits``.
+    reduction : {'mean', 'sum', 'none'}
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import BinaryCrossEntropy
+    >>> a = np.array([[0.9, 0.2]])
+    >>> y = np.array([[1.0, 0.0]])
+    >>> round(float(BinaryCrossEntropy()(a, y)), 6)
+    0.164252
+    >>> BinaryCrossEntropy().grad(a, y)      # (a − y) / (a (1 − a)) / (N K)
+    array([[-0.55555556,  0.625     ]])
+    """
+
+    name = "binary_cross_entropy"
+    input_domain = "unit_interval"
+    target_kind = "probability"
+
+    def __init__(self, label_smoothing: float = 0.0, pos_weight=None, reduction: str = "mean"):
+        super().__init__(reduction)
+        self.label_smoothing = check_nonnegative_scalar(label_smoothing, "label_smoothing", upper=1.0)
+        if pos_weight is not None:
+            pos_weight = as_float_array(pos_weight, "pos_weight", min_ndim=0).copy()
+            if not np.all(np.isfinite(pos_weight)) or np.any(pos_weight < 0):
+                raise ValueError(f"pos_weight must be finite and >= 0; got {pos_weight}")
+            pos_weight.flags.writeable = False
+        self.pos_weight = pos_weight
+
+    def check_targets(self, a, y):
+        y = super().check_targets(a, y)
+        if y.size and not (y.min() >= 0 and y.max() <= 1):
+            raise ValueError(f"y: binary targets must be in [0, 1]; got values in [{y.min()}, {y.max()}]")
+        if self.pos_weight is not None:
+            try:
+                np.broadcast_shapes(self.pos_weight.shape, a.shape)
+            except ValueError:
+                raise ValueError(
+                    f"pos_weight of shape {self.pos_weight.shape} does not broadcast against a of shape {a.shape}"
+                ) from None
+        return y
+
+    def smoothed(self, y: np.ndarray) -> np.ndarray:
+        """Targets after label smoothing, ``y(1 − ε) + ε/2``."""
+        eps = self.label_smoothing
+        return y if not eps else y * y.dtype.type(1 - eps) + y.dtype.type(eps / 2)
+
+    def _pos_weight(self, dtype):
+        return None if self.pos_weight is None else self.pos_weight.astype(dtype, copy=False)
+
+    def per_element(self, a, y):
+        y = self.smoothed(y)
+        with np.errstate(divide="ignore"):
+            log_a = np.maximum(np.log(a), _BCE_LOG_FLOOR)
+            log_1ma = np.maximum(np.log1p(-a), _BCE_LOG_FLOOR)
+        pw = self._pos_weight(a.dtype)
+        pos = y * log_a if pw is None else pw * y * log_a
+        return -(pos + (1 - y) * log_1ma)
+
+    def per_element_grad(self, a, y):
+        y = self.smoothed(y)
+        pw = self._pos_weight(a.dtype)
+        numer = a - y if pw is None else a * (pw * y + 1 - y) - pw * y
+        return numer / np.maximum(a * (1 - a), a.dtype.type(_BCE_GRAD_EPS))

@@ -1,0 +1,92 @@
+"""Regression losses, per entry, with torch's reductions (``'mean'`` over all N·K)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import check_positive_scalar
+from .base import ElementwiseLoss, register_loss
+
+__all__ = ["MeanSquaredError", "MeanAbsoluteError", "Huber"]
+
+
+@register_loss
+class MeanSquaredError(ElementwiseLoss):
+    """``(a − y)²`` per entry (torch ``mse_loss``); gradient ``2(a − y)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import MeanSquaredError
+    >>> a, y = np.array([[1.0, 2.0]]), np.array([[0.0, 0.0]])
+    >>> float(MeanSquaredError()(a, y)), MeanSquaredError().grad(a, y)
+    (2.5, array([[1., 2.]]))
+    """
+
+    name = "mse"
+
+    def per_element(self, a, y):
+        d = a - y
+        return d * d
+
+    def per_element_grad(self, a, y):
+        return 2 * (a - y)
+
+
+@register_loss
+class MeanAbsoluteError(ElementwiseLoss):
+    """``|a − y|`` per entry (torch ``l1_loss``); gradient ``sign(a − y)`` (0 at 0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import MeanAbsoluteError
+    >>> MeanAbsoluteError(reduction="none")(np.array([[1.0, -2.0]]), np.array([[0.0, 0.0]]))
+    array([[1., 2.]])
+    """
+
+    name = "mae"
+
+    def per_element(self, a, y):
+        return np.abs(a - y)
+
+    def per_element_grad(self, a, y):
+        return np.sign(a - y)
+
+
+@register_loss
+class Huber(ElementwiseLoss):
+    """Huber loss (torch ``huber_loss``), per entry with ``x = a − y``::
+
+        0.5 x²              if |x| <= delta
+        delta (|x| − delta/2)  otherwise
+
+    Gradient ``clip(x, −delta, delta)``.
+
+    Parameters
+    ----------
+    delta : float, default 1.0
+        > 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import Huber
+    >>> Huber(reduction="none")(np.array([[0.5, 3.0]]), np.array([[0.0, 0.0]]))
+    array([[0.125, 2.5  ]])
+    """
+
+    name = "huber"
+
+    def __init__(self, delta: float = 1.0, reduction: str = "mean"):
+        super().__init__(reduction)
+        self.delta = check_positive_scalar(delta, "delta")
+
+    def per_element(self, a, y):
+        x = np.abs(a - y)
+        delta = a.dtype.type(self.delta)
+        return np.where(x <= delta, 0.5 * x * x, delta * (x - 0.5 * delta))
+
+    def per_element_grad(self, a, y):
+        delta = a.dtype.type(self.delta)
+        return np.clip(a - y, -delta, delta)
