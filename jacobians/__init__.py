@@ -39,7 +39,6 @@ from .activations import (
 from .contract import contract, diagonal
 from .fused import register_fused
 from .head import Head, Pair, pairs
-from .numerical import numerical_grad, numerical_jacobian
 from .losses import (
     LOSSES,
     BinaryCrossEntropy,
@@ -57,6 +56,7 @@ from .losses import (
     get_loss,
     register_loss,
 )
+from .numerical import numerical_grad, numerical_jacobian
 from .operators import DenseJacobian, DiagonalJacobian, DiagonalPlusRankOne, JacobianOperator
 
 
