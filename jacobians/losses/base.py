@@ -86,6 +86,9 @@ class Loss:
     target_kind: ClassVar[str] = "real"
     #: set by Fenchel–Young losses: the activation whose logits the loss consumes
     logits_of: ClassVar[type | None] = None
+    #: instance attribute set by ``__init__``; the class default serves subclasses whose
+    #: ``__init__`` does not call ``super().__init__()``
+    reduction: str = "mean"
 
     def __init__(self, reduction: str = "mean"):
         self.reduction = check_reduction(reduction)
