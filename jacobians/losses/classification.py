@@ -26,6 +26,18 @@ def _floor_tiny(a: np.ndarray) -> np.ndarray:
     return np.maximum(a, np.finfo(a.dtype).tiny)
 
 
+def _neg_ratio(c: np.ndarray, safe: np.ndarray) -> np.ndarray:
+    """``−c / safe`` saturated at the dtype's largest finite value.
+
+    Over an underflowed ``a`` (read as ``tiny``) a class weight above ~4 would overflow to
+    inf, and ``inf · 0`` is NaN in the activation's VJP.
+    """
+    with np.errstate(over="ignore"):
+        g = -c / safe
+    big = np.finfo(g.dtype).max
+    return np.clip(g, -big, big, out=g)
+
+
 def _check_ignore_index(ignore_index):
     if ignore_index is None:
         return None
@@ -104,7 +116,7 @@ class CrossEntropy(_ClassLoss):
         c, denom = self.coefficients(t, a.dtype)
         safe = _floor_tiny(a)
         values = -_rowdot(c, np.log(safe))
-        return values, (-c / safe if need_grad else None), denom
+        return values, (_neg_ratio(c, safe) if need_grad else None), denom
 
 
 @register_loss
