@@ -1,0 +1,208 @@
+"""Shared fixtures and input makers for the test suite.
+
+The tests walk the registries (``ACTIVATIONS``, ``LOSSES``, ``FUSED``, ``pairs()``), so
+the helpers here make inputs and targets for any activation or loss from what it
+declares: its input domain, its target kind, and whether it is a loss of the logits.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+import jacobians as jac
+from jacobians.domains import domain
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    """A generator seeded from the test's id: deterministic, and different per test."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def restore_registries():
+    """Snapshot ``ACTIVATIONS``, ``LOSSES`` and ``FUSED`` and restore them after the test."""
+    saved = [(reg, dict(reg)) for reg in (jac.ACTIVATIONS, jac.LOSSES, jac.fused.FUSED)]
+    try:
+        yield
+    finally:
+        for reg, snapshot in saved:
+            reg.clear()
+            reg.update(snapshot)
+
+
+# -- instances and variants ------------------------------------------------------------------
+
+REDUCTIONS = ("mean", "sum", "none")
+IGNORE = -100
+
+
+def default_instance(cls):
+    """``cls()``, or None when the class needs arguments."""
+    try:
+        return cls()
+    except TypeError:
+        return None
+
+
+def _weight(K: int) -> np.ndarray:
+    return np.linspace(0.5, 2.0, K)
+
+
+#: extra parameter sets per built-in class, on top of the default instance
+ACTIVATION_OPTIONS = {
+    jac.Softmax: [{"temperature": 0.5}, {"temperature": 3.0}],
+    jac.LeakyReLU: [{"slope": 0.2}],
+}
+
+#: loss option sets; a callable value gets K (class weights need the number of classes)
+LOSS_OPTIONS = {
+    jac.CrossEntropy: [
+        {"label_smoothing": 0.1},
+        {"weight": _weight},
+        {"ignore_index": IGNORE},
+        {"label_smoothing": 0.2, "weight": _weight, "ignore_index": IGNORE},
+    ],
+    jac.NLLLoss: [{"weight": _weight}, {"ignore_index": IGNORE}, {"weight": _weight, "ignore_index": IGNORE}],
+    jac.BinaryCrossEntropy: [
+        {"label_smoothing": 0.1},
+        {"pos_weight": lambda K: np.linspace(0.5, 3.0, K)},
+        {"label_smoothing": 0.2, "pos_weight": lambda K: np.linspace(0.5, 3.0, K)},
+    ],
+    jac.Huber: [{"delta": 0.3}],
+}
+
+
+def _describe(cls, options) -> str:
+    name = jac.activations.base.registry_name(cls)
+    if not options:
+        return name
+    return name + "(" + ",".join(f"{k}" if callable(v) else f"{k}={v}" for k, v in options.items()) + ")"
+
+
+def activation_cases() -> list:
+    """``pytest.param(activation)`` for every registered activation and its option sets."""
+    out = []
+    for cls in jac.ACTIVATIONS.values():
+        for options in [{}] + ACTIVATION_OPTIONS.get(cls, []):
+            act = cls(**options) if options else default_instance(cls)
+            if act is not None:
+                out.append(pytest.param(act, id=_describe(cls, options)))
+    return out
+
+
+def make_loss(cls, options: dict, K: int, reduction: str = "mean"):
+    """An instance of ``cls`` with ``options`` (callables are given K) and ``reduction``."""
+    kwargs = {k: (v(K) if callable(v) else v) for k, v in options.items()}
+    return cls(reduction=reduction, **kwargs)
+
+
+def loss_specs() -> list[tuple[str, type, dict]]:
+    """``(id, class, options)`` for every registered loss and its option sets."""
+    out = []
+    for cls in jac.LOSSES.values():
+        if default_instance(cls) is None:
+            continue
+        for options in [{}] + LOSS_OPTIONS.get(cls, []):
+            out.append((_describe(cls, options), cls, options))
+    return out
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+def softmax_rows(x: np.ndarray) -> np.ndarray:
+    """Plain numpy softmax over the last axis (input making only)."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def make_logits(rng, shape, *, scale: float = 1.0, dtype=np.float64) -> np.ndarray:
+    return (rng.normal(size=shape) * scale).astype(dtype)
+
+
+def make_loss_input(loss, rng, shape, dtype=np.float64) -> np.ndarray:
+    """An input ``a`` inside the loss's domain, away from its boundaries (so that finite
+    differences stay inside it): probabilities >= ~0.05, log-probabilities, logits, ..."""
+    if loss.logits_of is not None:
+        return make_logits(rng, shape, scale=1.5, dtype=dtype)
+    d = domain(loss.input_domain)
+    x = rng.normal(size=shape) * 0.5
+    if d.issubset("simplex"):
+        a = softmax_rows(x)
+    elif d.issubset("log_simplex"):
+        a = np.log(softmax_rows(x))
+    elif d.issubset("unit_interval"):
+        a = rng.uniform(0.05, 0.95, size=shape)
+    elif d.issubset("signed_unit_interval"):
+        a = rng.uniform(-0.9, 0.9, size=shape)
+    elif d.issubset("nonnegative"):
+        a = rng.uniform(0.1, 2.0, size=shape)
+    elif d.issubset("nonpositive"):
+        a = -rng.uniform(0.1, 2.0, size=shape)
+    else:
+        a = rng.normal(size=shape)
+    return a.astype(dtype)
+
+
+def target_forms(loss) -> list[str]:
+    """The target forms a loss takes: class losses 'index', 'onehot', 'soft' (no one-hot
+    rows when an ignore_index is set); 'binary'/'soft' for probabilities; 'real'."""
+    kind = getattr(loss, "target_kind", "real")
+    if kind == "class":
+        if getattr(loss, "ignore_index", None) is not None:
+            return ["index", "soft"]
+        return ["index", "onehot", "soft"]
+    if kind == "probability":
+        return ["binary", "soft"]
+    return ["real"]
+
+
+def make_targets(loss, rng, shape, form: str, dtype=np.float64):
+    """Targets of ``form`` for ``a`` of ``shape``; index targets hit ``ignore_index`` on some
+    samples when the loss has one (but never on all of them)."""
+    K = shape[-1]
+    batch = shape[:-1]
+    if form in ("index", "onehot"):
+        idx = rng.integers(0, K, size=batch)
+        ignore = getattr(loss, "ignore_index", None)
+        if form == "index" and ignore is not None and idx.size > 1:
+            flat = idx.reshape(-1)
+            flat[1::3] = ignore
+            idx = flat.reshape(batch)
+        return idx if form == "index" else np.eye(K, dtype=dtype)[idx]
+    if form == "soft":
+        if getattr(loss, "target_kind", None) == "class":
+            return rng.dirichlet(np.ones(K), size=batch).astype(dtype)
+        return rng.uniform(0, 1, size=shape).astype(dtype)
+    if form == "binary":
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    return rng.normal(size=shape).astype(dtype)
+
+
+def head_targets(head, rng, shape, dtype=np.float64):
+    """Targets for a head's loss: the first form it takes (indices for class losses)."""
+    return make_targets(head.loss_fn, rng, shape, target_forms(head.loss_fn)[0], dtype)
+
+
+def head_methods(head) -> list[str]:
+    """Every method that applies to ``head``: 'fused' where a rule exists, 'vjp' and
+    'jacobian' unless the loss is a Fenchel–Young loss of its own mapping's logits."""
+    methods = ["fused"] if head.fused_rule is not None else []
+    if not head.logits_loss:
+        methods += ["vjp", "jacobian"]
+    return methods
+
+
+def readonly(x):
+    """A read-only copy of ``x`` (arrays only)."""
+    if not isinstance(x, np.ndarray):
+        return x
+    y = x.copy()
+    y.flags.writeable = False
+    return y
