@@ -10,8 +10,8 @@ a script in the "percent" format (as jupytext writes it): ``# %%`` starts a code
 (needs the ``notebooks`` extra: ``python -m pip install -e '.[notebooks]'``). Each notebook
 runs top to bottom in a fresh ``python3`` kernel with matplotlib's inline backend, so the
 saved file shows its figures on a code host. The output is kept reproducible: cell ids
-are derived from the cell's position, execution counts run 1, 2, 3, ... and no timing
-metadata is recorded. A cell that raises, or writes to stderr (a warning), stops the build.
+are derived from the cell's position, execution counts run 1, 2, 3, ..., consecutive
+prints are merged into one output, and no timing metadata is recorded. A cell that raises, or writes to stderr (a warning), stops the build.
 
 ``tests/test_notebooks.py`` executes every notebook and checks that the saved notebooks
 match these sources.
@@ -82,12 +82,25 @@ def execute(nb: nbformat.NotebookNode, *, cwd: Path = HERE, env: dict | None = N
     return nb
 
 
+def _merge_streams(cell) -> None:
+    """Join consecutive stream outputs of one name (how the kernel chunks prints varies)."""
+    merged = []
+    for out in cell.get("outputs", []):
+        if merged and out.output_type == "stream" and merged[-1].output_type == "stream" and merged[-1].name == out.name:
+            merged[-1].text += out.text
+        else:
+            merged.append(out)
+    cell.outputs = merged
+
+
 def build(source_path: Path) -> Path:
     """Generate, execute and save the notebook of ``source_path``; return its path."""
     nb = new_notebook(source_path)
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the kernel's inline backend
     execute(nb, env=env)
     for cell in nb.cells:
+        if cell.cell_type == "code":
+            _merge_streams(cell)
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream" and out.get("name") == "stderr":
                 raise RuntimeError(f"{source_path.name}, cell {cell.id} wrote to stderr:\n{out.text}")

@@ -248,8 +248,10 @@ plt.show()
 # The right panel shows it: up to a few hundred samples the vectorised recipes barely get
 # slower with 100× more data (overhead dominates), while the separate recipe's loop grows
 # linearly from the start, so its ratio to the combined one is not a constant 3.7 but
-# grows with N. The toolkit sits higher at small N — every call validates its inputs
+# grows with N. The toolkit sits higher at small N: every call validates its inputs
 # (shapes, dtypes, target range) and dispatches through the head, a fixed cost paid once
-# per batch — and at K = 3 its Jacobian path is barely slower than its fused path, since
-# a 3×3 Jacobian per sample is no real work. At realistic N and K that overhead vanishes
-# and what separates the methods is the O(K) against O(K²) work of the first plot.
+# per batch. Its Jacobian path costs a few times its fused path here for the same reason
+# — it takes more steps (the activation, the loss gradient, the Jacobian, the
+# contraction), each with its fixed cost — not because 3×3 Jacobians are real work. At
+# realistic N and K the overhead vanishes and what separates the methods is the O(K)
+# against O(K²) work of the first plot.
