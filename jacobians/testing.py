@@ -139,11 +139,13 @@ def _assert_close(actual, expected, rtol, atol, what: str, names: tuple[str, str
         nan = np.isnan(a64) | np.isnan(e64)
         diff = np.where(nan, np.inf, diff)
         allowed = atol + rtol * np.abs(e64)
-        bad = ~(diff <= allowed)
+        bad = ~(diff <= allowed) | ((np.isinf(a64) | np.isinf(e64)) & ~same_inf)
+        diff = np.where(bad & np.isinf(e64), np.inf, diff)
     if not bad.any():
         return
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(e64 != 0, diff / np.abs(e64), np.where(diff == 0, 0.0, np.inf))
+        rel = np.where(np.isnan(rel), np.inf, rel)
         excess = np.where(bad, diff / allowed, 0.0)
     worst = np.unravel_index(int(np.argmax(excess)), a.shape)
     i_abs = np.unravel_index(int(np.argmax(diff)), a.shape)

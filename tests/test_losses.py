@@ -109,6 +109,22 @@ class TestAgainstReferences:
         np.testing.assert_array_equal(y, y0)
 
 
+@pytest.mark.parametrize(("name", "cls", "options"), SPECS, ids=[s[0] for s in SPECS])
+def test_writeable_inputs_on_the_domain_boundary_are_not_modified(name, cls, options, rng):
+    """Probabilities that underflowed to 0 (or rounded to 1) are read as they are, never
+    floored in place, even when the caller's array is writeable."""
+    loss = make_loss(cls, options, K, "sum")
+    a = make_loss_input(loss, rng, SHAPE)
+    if loss.logits_of is None and loss.domain.issubset("unit_interval"):
+        a[0, 0], a[0, 1] = 0.0, 1.0 - a[0, 2:].sum() if loss.domain.issubset("simplex") else 1.0
+    y = make_targets(loss, rng, SHAPE, target_forms(loss)[0])
+    a0, y0 = a.copy(), np.copy(y)
+    value, grad = loss.value_and_grad(a, y)
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    np.testing.assert_array_equal(a, a0)
+    np.testing.assert_array_equal(y, y0)
+
+
 CLASS_SPECS = [
     pytest.param(cls, options, id=name)
     for name, cls, options in SPECS
