@@ -471,7 +471,16 @@ def loop_vjp(activation, z, g) -> np.ndarray:
 
 
 def loop_jvp(activation, z, v) -> np.ndarray:
-    """``J_n @ v_n`` for each sample n, in float64.
+    """``J_n @ v_n`` for each sample n (the directional derivative along ``v``), in float64.
+
+    Parameters
+    ----------
+    activation : Activation
+    z, v : array_like, shape (..., K)
+
+    Returns
+    -------
+    ndarray, shape (..., K)
 
     Examples
     --------
@@ -720,6 +729,22 @@ def loop_head(head, z, y):
     The loss's gradient with respect to the activation's output, pushed back through
     each sample's Jacobian (:func:`loop_vjp`); a Fenchel–Young loss paired with its own
     mapping is a loss of the logits, so its own gradient is dE/dz.
+
+    Parameters
+    ----------
+    head : Head
+        Built from a built-in activation and a built-in loss.
+    z : array_like, shape (..., K)
+        Logits.
+    y : array_like
+        Targets in the loss's form.
+
+    Returns
+    -------
+    value : float or ndarray
+        The loss with its reduction applied.
+    grad : ndarray, shape (..., K), float64
+        dE/dz.
 
     Examples
     --------

@@ -238,12 +238,12 @@ def test_fenchel_young_losses_vanish_at_their_own_mapping_and_are_nonnegative(rn
 @pytest.mark.parametrize(("name", "cls", "options"), SPECS, ids=[s[0] for s in SPECS])
 def test_integer_inputs_are_promoted_to_float64(name, cls, options):
     loss = make_loss(cls, options, 2)
-    if loss.logits_of is not None or loss.domain.issubset("real") and not loss.domain.issubset("nonnegative") and not loss.domain.issubset("nonpositive"):
-        a = np.array([[1, -1], [0, 2]])
-    elif loss.domain.issubset("log_simplex"):
+    if loss.logits_of is None and loss.domain.issubset("nonnegative"):  # probabilities: one-hot rows
+        a = np.array([[1, 0], [0, 1]])
+    elif loss.logits_of is None and loss.domain.issubset("nonpositive"):  # log-probabilities
         a = np.array([[0, -1], [-2, 0]])
     else:
-        a = np.array([[1, 0], [0, 1]])
+        a = np.array([[1, -1], [0, 2]])
     y = np.array([0, 1]) if loss.target_kind == "class" else np.array([[1, 0], [0, 1]])
     value, grad = loss.with_reduction("sum").value_and_grad(a, y)
     assert np.asarray(value).dtype == np.float64 and grad.dtype == np.float64
