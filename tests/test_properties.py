@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import activation_cases, head_methods, head_targets
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import jacobians as jac
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FEW = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FEW = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 ACTIVATIONS = activation_cases()
 PAIRS = [pytest.param(p, id=f"{p.activation}+{p.loss}") for p in jac.pairs()]
@@ -94,11 +94,17 @@ def test_every_method_is_finite_and_keeps_shape_and_dtype(pair, z, seed):
 @FEW
 @given(z=logits(max_abs=3.0), seed=st.integers(0, 2**32 - 1))
 def test_methods_agree(pair, z, seed):
-    """Every method gives the same dE/dz. The logits stay within ±3: the separate path
-    divides by a and by 1 − a (BCE on softmax or sigmoid outputs), and as a nears 1 the
-    rounding of 1 − a is amplified by 1/(1 − a), in float32 first; the fused paths have no
-    such loss (see the extreme-logit tests)."""
+    """Every method gives the same dE/dz, on well-conditioned inputs. The separate path of
+    cross-entropy, KL and BCE divides by a and 1 − a, so where a nears 0 or 1 (a sparse
+    mapping's entry just inside its support, an output rounded to 1 in float32) the
+    rounding of a is amplified without bound and the methods differ by more than
+    round-off of the result; the fused paths have no such loss (see the extreme-logit
+    tests). Hence logits within ±3 and, for those losses, nonzero outputs in [1e-3, 1 − 1e-3]."""
     head = jac.Head(jac.get_activation(pair.activation)(), jac.get_loss(pair.loss)())
+    if not head.logits_loss and head.loss_fn.domain.issubset("unit_interval"):
+        a = head.activation(z)
+        inner = a[a != 0]
+        assume(np.all((inner >= 1e-3) & (inner <= 1 - 1e-3)))
     y = head_targets(head, np.random.default_rng(seed), z.shape, z.dtype)
     methods = head_methods(head)
     grads = [head.grad(z, y, method=m).astype(np.float64) for m in methods]
