@@ -5,11 +5,20 @@ No function here writes into its arguments. Every kernel keeps the input's float
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 __all__ = [
+    "exp_is_safe",
+    "rowsum",
+    "row_chunks",
+    "scratch",
     "logsumexp",
     "softmax",
+    "softmax_vjp",
+    "diag_minus_rank_one",
+    "rowdot",
     "log_softmax",
     "sigmoid",
     "sigmoid_derivative",
@@ -26,6 +35,68 @@ def _shifted(z: np.ndarray) -> np.ndarray:
     return np.subtract(z, z.max(axis=-1, keepdims=True))
 
 
+#: ``|z|`` bound under which ``exp(z)`` is taken without the max shift: ``exp(±B)`` is a
+#: normal number and a row sum of ``K·exp(B)`` cannot overflow for any realistic K
+#: (float64: e^600 ≈ 4e260; float32: e^60 ≈ 1e26, so K < 3e12).
+EXP_SAFE_BOUND = {np.dtype(np.float64): 600.0, np.dtype(np.float32): 60.0}
+
+
+def exp_is_safe(z: np.ndarray) -> bool:
+    """True when ``exp(z)`` can be taken without shifting by the row max.
+
+    Shifting by the max changes nothing mathematically in softmax or log-sum-exp; it
+    only keeps ``exp`` from overflowing (or underflowing). When every entry lies in
+    ``[−B, B]`` (see :data:`EXP_SAFE_BOUND`) no entry of ``exp(z)`` overflows or loses
+    bits to subnormals, and the unshifted result is as accurate as the shifted one. Two
+    global reductions are much cheaper than a row-wise max and a subtraction pass.
+    NaN and ±inf make it False (the shifted path then handles them).
+    """
+    bound = EXP_SAFE_BOUND.get(z.dtype)
+    if bound is None or z.size == 0:
+        return False
+    return bool(z.max() <= bound) and bool(z.min() >= -bound)
+
+
+def rowsum(x: np.ndarray) -> np.ndarray:
+    """``Σ_k x_k`` along the last axis, shape ``(..., 1)``, as a BLAS matrix–vector product.
+
+    Much faster than ``x.sum(axis=-1)`` for short rows (numpy reduces each row in its
+    own inner loop).
+    """
+    return np.matmul(x, np.ones(x.shape[-1], dtype=x.dtype))[..., None]
+
+
+#: rows of (..., K) work are processed in chunks of about this many entries, so that the
+#: few passes over each chunk stay in the core's cache
+CHUNK_ENTRIES = 1 << 16
+
+_SCRATCH = threading.local()
+
+
+def scratch(n: int, dtype, slot: int = 0) -> np.ndarray:
+    """A 1-d work buffer of ``n`` entries, reused by this thread (never return it).
+
+    Reusing a buffer instead of allocating a temporary per call keeps the allocator
+    from handing back fresh pages (a page fault each 4 KiB) on every call. Distinct
+    ``slot`` values give distinct buffers. Callers ask for at most a chunk of
+    :data:`CHUNK_ENTRIES` entries (or one row), so the buffers stay small.
+    """
+    key = (np.dtype(dtype), slot)
+    bufs = getattr(_SCRATCH, "bufs", None)
+    if bufs is None:
+        bufs = _SCRATCH.bufs = {}
+    buf = bufs.get(key)
+    if buf is None or buf.size < n:
+        buf = bufs[key] = np.empty(max(n, 1), dtype=key[0])
+    return buf[:n]
+
+
+def row_chunks(n_rows: int, K: int):
+    """Slices covering ``range(n_rows)`` with about :data:`CHUNK_ENTRIES` entries each."""
+    step = max(1, CHUNK_ENTRIES // max(K, 1))
+    return [slice(a, min(n_rows, a + step)) for a in range(0, n_rows, step)] or [slice(0, 0)]
+
+
 def logsumexp(z: np.ndarray) -> np.ndarray:
     """``log Σ_k exp(z_k)`` along the last axis, shape ``(...,)``; exact for huge logits."""
     m = z.max(axis=-1)
@@ -33,12 +104,81 @@ def logsumexp(z: np.ndarray) -> np.ndarray:
     return m + np.log(e.sum(axis=-1))
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    """``exp(z − m) / Σ exp(z − m)`` with ``m = max(z)``: never overflows."""
-    e = _shifted(z)
-    np.exp(e, out=e)
-    e /= e.sum(axis=-1, keepdims=True)
+def softmax(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``exp(z − m) / Σ exp(z − m)`` with ``m = max(z)``: never overflows.
+
+    The shift is skipped when :func:`exp_is_safe` (same result to round-off). ``out``
+    (same shape and dtype as ``z``, not ``z`` itself) receives the result.
+    """
+    e = np.empty_like(z) if out is None else out
+    if exp_is_safe(z):
+        np.exp(z, out=e)
+    else:
+        np.subtract(z, z.max(axis=-1, keepdims=True), out=e)
+        np.exp(e, out=e)
+    e /= rowsum(e)  # a division, not a reciprocal: a row of one entry gives exactly 1
     return e
+
+
+def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``s ⊙ (g − s·g) / T`` with ``s = softmax(x)``: the softmax VJP from the (scaled) logits.
+
+    One output buffer: ``s`` is built in it chunk by chunk (see :func:`row_chunks`), and
+    ``g − s·g`` goes to a reused scratch buffer, so a call allocates only its result.
+    """
+    K = x.shape[-1]
+    x2, g2 = x.reshape(-1, K), g.reshape(-1, K)
+    out = np.empty(x2.shape, dtype=x.dtype)
+    safe = exp_is_safe(x)
+    ones = np.ones(K, dtype=x.dtype)
+    for rows in row_chunks(x2.shape[0], K):
+        o, xc, gc = out[rows], x2[rows], g2[rows]
+        if safe:
+            np.exp(xc, out=o)
+        else:
+            np.subtract(xc, xc.max(axis=-1, keepdims=True), out=o)
+            np.exp(o, out=o)
+        o /= np.matmul(o, ones)[:, None]
+        dot = rowdot(o, gc)
+        w = scratch(o.size, x.dtype).reshape(o.shape)
+        np.subtract(gc, dot[:, None], out=w)
+        o *= w
+    if temperature != 1.0:
+        out /= out.dtype.type(temperature)
+    return out.reshape(x.shape)
+
+
+def rowdot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``Σ_k x_k y_k`` per row of two (n, K) arrays, shape (n,).
+
+    einsum for short rows; a batched BLAS dot (``matmul``) for long ones, where it is
+    about twice as fast.
+    """
+    if x.shape[-1] >= 64:
+        return np.matmul(x[:, None, :], y[:, :, None])[:, 0, 0]
+    return np.einsum("ij,ij->i", x, y)
+
+
+def diag_minus_rank_one(d: np.ndarray, a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``d ⊙ x − a (b·x)`` per row: ``(diag(d) − a bᵀ) x`` with one allocation.
+
+    When ``a`` is ``d`` (softmax: ``d = a = s``) it is ``d ⊙ (x − b·x)``: three passes.
+    """
+    K = x.shape[-1]
+    d2, a2, b2, x2 = (y.reshape(-1, K) for y in (d, a, b, x))
+    out = np.empty(x2.shape, dtype=np.result_type(d2, x2))
+    for rows in row_chunks(x2.shape[0], K):
+        o, xc = out[rows], x2[rows]
+        dot = rowdot(b2[rows], xc)
+        if a is d:
+            np.subtract(xc, dot[:, None], out=o)
+            o *= d2[rows]
+        else:
+            np.multiply(xc, d2[rows], out=o)
+            w = scratch(o.size, out.dtype).reshape(o.shape)
+            np.multiply(a2[rows], dot[:, None], out=w)
+            o -= w
+    return out.reshape(x.shape)
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:

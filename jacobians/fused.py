@@ -39,6 +39,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import _math
 from ._validation import as_float_array
 from .activations import Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
 from .losses import (
@@ -46,6 +47,7 @@ from .losses import (
     CrossEntropy,
     Entmax15Loss,
     KLDivergence,
+    Loss,
     MeanSquaredError,
     NLLLoss,
     SparsemaxLoss,
@@ -114,15 +116,17 @@ def log_softmax_rule(activation, loss, z, y):
     t = loss.check_targets(z, y)
     T = getattr(activation, "temperature", 1.0)
     x = z if T == 1.0 else z / z.dtype.type(T)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    s = np.exp(shifted)
-    total = s.sum(axis=-1, keepdims=True)
-    lse = np.log(total)[..., 0]
     plain = (
         t.is_index
         and getattr(loss, "weight", None) is None
         and not getattr(loss, "label_smoothing", 0.0)
     )
+    if plain and t.valid is None and type(loss)._reduce is Loss._reduce:
+        return _plain_index_rule(x, t.indices, loss.reduction, T)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    s = np.exp(shifted)
+    total = s.sum(axis=-1, keepdims=True)
+    lse = np.log(total)[..., 0]
     if plain:
         # c is one-hot: value lse − shifted_y, gradient s − e_y
         idx = t.safe_indices()[..., None]
@@ -149,6 +153,44 @@ def log_softmax_rule(activation, loss, z, y):
     return loss._reduce(values, grad, denom)
 
 
+def _plain_index_rule(x, indices, reduction, T):
+    """Index targets, no weights, smoothing or ignored samples: value ``lse − x_y``,
+    gradient ``(s − e_y)/T`` (over N for ``'mean'``), written in one buffer.
+
+    When :func:`~jacobians._math.exp_is_safe`, ``exp`` is taken of ``x`` itself and the
+    value is ``log(Σ e / e_y)`` (a ratio ≥ 1 of two normal numbers: no cancellation);
+    otherwise of ``x − max`` with value ``log Σ e − (x_y − max)``.
+    """
+    K = x.shape[-1]
+    x2 = x.reshape(-1, K)
+    n = x2.shape[0]
+    flat = np.arange(n) * K + indices.reshape(-1)  # positions of the targets in g.ravel()
+    g = np.empty_like(x2)
+    gflat = g.reshape(-1)
+    if _math.exp_is_safe(x2):
+        np.exp(x2, out=g)
+        total = np.matmul(g, np.ones(K, dtype=g.dtype))
+        values = np.log(total / gflat[flat])
+    else:
+        np.subtract(x2, x2.max(axis=-1, keepdims=True), out=g)
+        x_y = gflat[flat]
+        np.exp(g, out=g)
+        total = np.matmul(g, np.ones(K, dtype=g.dtype))
+        values = np.log(total)
+        values -= x_y
+    dtype = g.dtype.type
+    scale = dtype(1.0) if reduction != "mean" else dtype(1.0) / dtype(n)
+    if T != 1.0:
+        scale = scale / dtype(T)
+    g *= (scale / total)[:, None]
+    gflat[flat] -= scale
+    g = g.reshape(x.shape)
+    if reduction == "none":
+        return values.reshape(x.shape[:-1]), g
+    value = values.sum(dtype=values.dtype)
+    return (value if reduction == "sum" else value * (dtype(1.0) / dtype(n))), g
+
+
 @register_fused(Sigmoid, BinaryCrossEntropy)
 def sigmoid_bce_rule(activation, loss, z, y):
     """Sigmoid + BCE from the logits (torch's ``binary_cross_entropy_with_logits``).
@@ -158,6 +200,8 @@ def sigmoid_bce_rule(activation, loss, z, y):
     z = as_float_array(z, "z")
     y = loss.smoothed(loss.check_targets(z, y))
     pw = loss._pos_weight(z.dtype)
+    if pw is None and type(loss)._reduce is Loss._reduce:
+        return _sigmoid_bce_plain(z, y, loss.reduction)
     e = np.exp(-np.abs(z))
     inv = 1 / (1 + e)
     sig = np.where(z >= 0, inv, e * inv)
@@ -171,6 +215,57 @@ def sigmoid_bce_rule(activation, loss, z, y):
         values = softplus * scale - py * z
         grad = sig * scale - py
     return loss._reduce(values, grad, values.size)
+
+
+def _sigmoid_bce_plain(z, y, reduction):
+    """Sigmoid + BCE without ``pos_weight``: ``softplus(z) − y z`` and ``σ(z) − y``.
+
+    Chunk by chunk in reused scratch buffers, so a call allocates only its results.
+    """
+    zf, yf = z.reshape(-1), np.broadcast_to(y, z.shape).reshape(-1)
+    n = zf.size
+    dtype = z.dtype.type
+    grad = np.empty_like(zf)
+    values = np.empty_like(zf) if reduction == "none" else None
+    scale = dtype(1.0) / dtype(n) if reduction == "mean" else dtype(1.0)
+    total = dtype(0.0)
+    for c in _math.row_chunks(n, 1):
+        zc, yc, gc = zf[c], yf[c], grad[c]
+        m = zc.size
+        e = _math.scratch(m, z.dtype, 1)
+        neg = _math.scratch(m, np.bool_, 2)
+        v = values[c] if values is not None else _math.scratch(m, z.dtype, 3)
+        w = _math.scratch(m, z.dtype, 4)
+        np.abs(zc, out=e)
+        np.negative(e, out=e)
+        np.exp(e, out=e)  # e = exp(−|z|) <= 1: never overflows
+        np.add(e, 1, out=gc)  # u = 1 + e, rounded
+        # log1p(e) = log(u) + (e − (u − 1))/u: u − 1 is exact and e − (u − 1) is the exact
+        # rounding error of 1 + e (Fast2Sum), so this is log1p to round-off, and much
+        # faster than numpy's log1p (log is vectorized, log1p is not).
+        np.log(gc, out=v)
+        np.subtract(gc, 1, out=w)
+        np.subtract(e, w, out=w)
+        np.reciprocal(gc, out=gc)  # σ(|z|) = 1/u
+        w *= gc
+        v += w  # log1p(e)
+        np.less(zc, 0, out=neg)
+        np.multiply(gc, e, out=gc, where=neg)  # σ(z) = e σ(|z|) for z < 0
+        gc -= yc
+        # value softplus(z) − y z = (max(z, 0) − y z) + log1p(e): the bracket first, so
+        # that a well-classified entry (z = 40, y = 1) keeps its tiny loss
+        np.maximum(zc, 0, out=e)
+        np.multiply(yc, zc, out=w)
+        e -= w
+        v += e
+        if scale != 1:
+            gc *= scale
+        if values is None:
+            total += v.sum(dtype=v.dtype)
+    grad = grad.reshape(z.shape)
+    if values is not None:
+        return values.reshape(z.shape), grad
+    return (total if reduction == "sum" else total * scale), grad
 
 
 @register_fused(Identity, MeanSquaredError)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._math import diag_minus_rank_one
 from ._parallel import run_in_row_blocks
 from ._validation import as_float_array, check_same_shape
 from .contract import diagonal as _diagonal_view
@@ -238,14 +239,12 @@ class DiagonalPlusRankOne(JacobianOperator):
         _diagonal_view(out)[...] += d
 
     def jvp(self, x):
-        x = self._check_vector(x, "v")
-        dot = np.einsum("...k,...k->...", self.v, x)
-        return self.d * x - self.u * dot[..., None]
+        # d ⊙ x − u (v·x), one allocation
+        return diag_minus_rank_one(self.d, self.u, self.v, self._check_vector(x, "v"))
 
     def vjp(self, g):
-        g = self._check_vector(g, "g")
-        dot = np.einsum("...k,...k->...", self.u, g)
-        return g * self.d - self.v * dot[..., None]
+        # g ⊙ d − v (u·g), one allocation
+        return diag_minus_rank_one(self.d, self.v, self.u, self._check_vector(g, "g"))
 
     def diagonal(self):
         return self.d - self.u * self.v

@@ -119,6 +119,11 @@ class Softmax(SimplexMapping):
             out /= out.dtype.type(self.temperature)
         return out
 
+    def vjp(self, z, g) -> np.ndarray:
+        # forward and VJP in one output buffer (see _math.softmax_vjp)
+        z, g = _check_pair(z, g, "g")
+        return _math.softmax_vjp(self._scaled(z), g, self.temperature)
+
 
 @register_activation
 class LogSoftmax(Activation):
