@@ -36,6 +36,7 @@ from .activations import (
     get_activation,
     register_activation,
 )
+from .checks import CheckReport, check_activation, check_head
 from .contract import contract, diagonal
 from .fused import register_fused
 from .head import Head, Pair, pairs
@@ -126,6 +127,9 @@ __all__ = [
     # verification
     "numerical_jacobian",
     "numerical_grad",
+    "check_activation",
+    "check_head",
+    "CheckReport",
     # modules
     "domains",
     "fused",

@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import numpy as np
@@ -39,6 +40,18 @@ def default_step(dtype, method: str = "central") -> float:
 def _check_method(method):
     if method not in FD_METHODS:
         raise ValueError(f"method must be one of {FD_METHODS}; got {method!r}")
+
+
+def _resolve_eps(eps, dtype, method: str) -> float:
+    """``eps`` as a float, or the default step; a finite number > 0 (not a bool)."""
+    if eps is None:
+        return default_step(dtype, method)
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a positive real number or None; got {type(eps).__name__} {eps!r}")
+    eps = float(eps)
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0; got {eps!r}")
+    return eps
 
 
 def _steps(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -79,11 +92,8 @@ def numerical_jacobian(
     """
     _check_method(method)
     z = as_float_array(z, "z")
-    if eps is None:
-        eps = default_step(z.dtype, method)
-    elif not (isinstance(eps, (float, int)) and eps > 0):
-        raise ValueError(f"eps must be a positive number; got {eps!r}")
-    f0 = np.asarray(f(z)) if method == "forward" else None
+    eps = _resolve_eps(eps, z.dtype, method)
+    f0 = _call(f, z, z) if method == "forward" else None
     columns = []
     for j in range(z.shape[-1]):
         if method == "richardson":
@@ -145,8 +155,7 @@ def numerical_grad(
     """
     _check_method(method)
     z = as_float_array(z, "z", min_ndim=0)
-    if eps is None:
-        eps = default_step(z.dtype, method)
+    eps = _resolve_eps(eps, z.dtype, method)
     flat = z.reshape(-1)
 
     def value(x):

@@ -1,0 +1,473 @@
+"""The command line: ``python -m jacobians {check,list,bench}``.
+
+``check`` (the main job) runs every activation, every valid (activation, loss) pair and
+every method against each other and against float64 finite differences on an embedded
+default — fixed seed, several shapes including a ``(B, T, K)`` one, float32 and
+float64, and logits of ±1e4 checked against closed forms — and prints one table with
+the fused path's speed-up over the Jacobian path. Exit status: 0 when every check
+passes, 1 when one fails, 2 for a bad option (one line on stderr).
+
+``list`` prints the registries and the valid pairs; ``bench`` runs the benchmarks
+(:mod:`jacobians.bench`).
+
+Examples
+--------
+>>> from jacobians.cli import main
+>>> main(["check", "--only", "sigmoid,binary_cross_entropy", "--n", "64", "--k", "8"])  # doctest: +ELLIPSIS
+jacobians check: seed 0; ...
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import statistics
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import checks
+from .activations import ACTIVATIONS
+from .head import Head, pairs
+from .losses import LOSSES
+
+__all__ = ["main", "SHAPES", "EXTREME_SHAPE", "DEFAULT_N", "DEFAULT_K", "REPEATS"]
+
+PROG = "python -m jacobians"
+
+#: shapes of the generated inputs of ``check`` (the last one is a single sample)
+SHAPES = ((6, 5), (2, 3, 4), (4, 10), (7,))
+#: shape of the ±1e4 logits
+EXTREME_SHAPE = (2, 3, 5)
+#: size of the timing run (the fused path's speed-up over the Jacobian path)
+DEFAULT_N, DEFAULT_K = 1024, 100
+#: timed calls per method (median reported), after one warm-up call each
+REPEATS = 5
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (status 2) instead of usage + message."""
+
+    def error(self, message):
+        message = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(prog=PROG, description="Check, list and benchmark the jacobians toolkit.")
+    sub = parser.add_subparsers(dest="command", metavar="{check,list,bench}")
+    check = sub.add_parser(
+        "check",
+        help="check every activation, pair and method against numerical references (the main job)",
+        description=(
+            "Compare every method (jacobian, operator, vjp, jvp, fused) of every registered activation and "
+            "every valid (activation, loss) pair with each other and with float64 central differences, on "
+            f"generated inputs of shapes {' '.join(map(str, SHAPES))} in float64 and float32, plus logits of "
+            "±1e4 checked against closed forms; print one table with the fused path's speed-up over the "
+            "Jacobian path. Exit status 0 when all pass, 1 otherwise, 2 for a bad option."
+        ),
+    )
+    check.add_argument("--seed", type=_positive_int(0), default=0, help="seed of the generated inputs (default 0)")
+    check.add_argument("--n", type=_positive_int(1), default=DEFAULT_N,
+                       help=f"batch size N of the timing run (default {DEFAULT_N})")
+    check.add_argument("--k", type=_positive_int(2), default=DEFAULT_K,
+                       help=f"number of classes K of the timing run (default {DEFAULT_K})")
+    check.add_argument("--dtype", choices=("float32", "float64", "both"), default="both",
+                       help="dtypes to check (default both; the timing run uses float64 unless float32 alone)")
+    check.add_argument("--only", metavar="NAMES", default=None,
+                       help="comma-separated activation and/or loss names, e.g. softmax,cross_entropy: "
+                            "keep the rows of those activations and the pairs made of them")
+    check.add_argument("--json", metavar="FILE", default=None, help="also write every comparison to FILE as JSON")
+    sub.add_parser("list", help="list the activations, losses and valid pairs",
+                   description="List the registered activations and losses and every valid pair.")
+    sub.add_parser("bench", help="run the benchmarks (jacobians.bench; options: bench --help)", add_help=False)
+    return parser
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 a check failed, 2 usage error)."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="replace")
+        except (AttributeError, ValueError):
+            pass
+    if argv and argv[0] == "bench":
+        return _bench(argv[1:])
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad option (2, message already printed)
+        return _status(exc.code)
+    if args.command is None:
+        print(f"{PROG}: error: choose a command: check, list or bench (see {PROG} --help)", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "list":
+            return _list()
+        return _check(args, parser)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except _UsageError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # never a traceback on the command line
+        if os.environ.get("JACOBIANS_TRACEBACK"):
+            raise
+        print(f"{PROG} {args.command}: error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+              "(set JACOBIANS_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+class _UsageError(Exception):
+    """A bad option value found after parsing (exit status 2)."""
+
+
+def _status(code) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _bench(argv: list[str]) -> int:
+    try:
+        bench = importlib.import_module("jacobians.bench")
+    except ImportError as exc:
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "jacobians.bench"
+        what = "jacobians.bench is not available in this installation" if missing else f"cannot import jacobians.bench: {exc}"
+        print(f"{PROG} bench: error: {' '.join(what.split())}", file=sys.stderr)
+        return 2
+    try:
+        return _status(bench.main(argv))
+    except SystemExit as exc:
+        return _status(exc.code)
+
+
+# -- list -------------------------------------------------------------------------------------
+
+
+def _default(cls):
+    try:
+        return cls()
+    except TypeError:
+        return None
+
+
+def _list() -> int:
+    from .domains import domain
+
+    lines = [f"activations ({len(ACTIVATIONS)}):"]
+    body = []
+    for name, cls in ACTIVATIONS.items():
+        body.append([name, cls.__name__, domain(getattr(cls, "output_domain", "real")).name])
+    lines += ["  " + s for s in checks.format_table(["name", "class", "output domain"], body)]
+    lines += ["", f"losses ({len(LOSSES)}):"]
+    body = []
+    for name, cls in LOSSES.items():
+        body.append([name, cls.__name__, domain(getattr(cls, "input_domain", "real")).name,
+                     str(getattr(cls, "target_kind", "real"))])
+    lines += ["  " + s for s in checks.format_table(["name", "class", "input domain", "targets"], body)]
+    ps = pairs()
+    lines += ["", f"valid pairs ({len(ps)}, {sum(p.fused for p in ps)} with a fused rule):"]
+    body = [[p.activation, p.loss, "yes" if p.fused else "-"] for p in ps]
+    lines += ["  " + s for s in checks.format_table(["activation", "loss", "fused"], body)]
+    print("\n".join(lines))
+    return 0
+
+
+# -- check ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    """One row of the table: an activation alone, or a pair."""
+
+    activation: str
+    loss: str | None
+    obj: object
+    report: checks.CheckReport = field(default_factory=checks.CheckReport)
+    t_fused: float | None = None
+    t_jacobian: float | None = None
+    timing_note: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.activation if self.loss is None else f"{self.activation} + {self.loss}"
+
+    @property
+    def methods(self) -> list[str]:
+        if self.loss is None:
+            return ["jacobian", "operator", "vjp", "jvp"]
+        head = self.obj
+        if head.logits_loss:
+            return ["fused"]
+        return ["jacobian", "vjp", "operator", "jvp"] + (["fused"] if head.fused_rule is not None else [])
+
+    @property
+    def timed(self) -> bool:
+        return self.loss is not None and self.obj.fused_rule is not None and not self.obj.logits_loss
+
+    @property
+    def speedup(self) -> float | None:
+        if self.t_fused and self.t_jacobian:
+            return self.t_jacobian / self.t_fused
+        return None
+
+
+def _parse_only(text: str | None) -> tuple[set[str], set[str]] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise _UsageError("--only needs at least one activation or loss name")
+    unknown = [n for n in names if n not in ACTIVATIONS and n not in LOSSES]
+    if unknown:
+        raise _UsageError(
+            f"unknown name{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in --only; "
+            f"activations: {', '.join(ACTIVATIONS)}; losses: {', '.join(LOSSES)}"
+        )
+    return {n for n in names if n in ACTIVATIONS}, {n for n in names if n in LOSSES}
+
+
+def _entries(only) -> tuple[list[_Entry], list[str]]:
+    """The rows to check (filtered by --only) and the classes skipped (need arguments)."""
+    acts, losses = only if only is not None else (None, None)
+    entries, skipped = [], []
+    for name, cls in ACTIVATIONS.items():
+        act = _default(cls)
+        if act is None:
+            skipped.append(name)
+            continue
+        if acts is None or name in acts:
+            entries.append(_Entry(name, None, act))
+    skipped += [name for name, cls in LOSSES.items() if _default(cls) is None]
+    for p in pairs():
+        if only is not None and not ((not acts or p.activation in acts) and (not losses or p.loss in losses)):
+            continue
+        head = Head(ACTIVATIONS[p.activation](), LOSSES[p.loss]())
+        entries.append(_Entry(p.activation, p.loss, head))
+    return entries, skipped
+
+
+def _seed(seed: int, label: str, *more: int) -> np.random.SeedSequence:
+    """Inputs depend on the row's name, not on its position: --only reproduces them."""
+    return np.random.SeedSequence([seed, zlib.crc32(label.encode()), *more])
+
+
+def _guarded(entry: _Entry, dtype: str, shape, fn) -> checks.CheckReport:
+    try:
+        return fn()
+    except Exception as exc:  # e.g. inputs could not be generated: a failed row, not a crash
+        row = checks.CheckRow(entry.label, dtype, tuple(shape), "setup", "check", "inputs", None, None, None,
+                              0.0, 0.0, False, f"raised {type(exc).__name__}: {' '.join(str(exc).split())}")
+        return checks.CheckReport([row])
+
+
+def _run_entry(entry: _Entry, dtypes, seed: int, tick) -> None:
+    run = checks.check_activation if entry.loss is None else checks.check_head
+    for di, dt in enumerate(dtypes):
+        for si, shape in enumerate(SHAPES):
+            s = _seed(seed, entry.label, di, si)
+            entry.report += _guarded(entry, dt, shape,
+                                     lambda: run(entry.obj, shape=shape, dtype=dt, seed=s))  # noqa: B023
+            tick()
+        s = _seed(seed, entry.label, di, len(SHAPES))
+        entry.report += _guarded(entry, dt, EXTREME_SHAPE,
+                                 lambda: checks.check_extreme(entry.obj, shape=EXTREME_SHAPE, dtype=dt, seed=s))  # noqa: B023
+        tick()
+
+
+def _time_entry(entry: _Entry, n: int, k: int, dtype: str, seed: int) -> None:
+    """Median time of head.grad with method='fused' and 'jacobian', called alternately."""
+    head = entry.obj
+    rng = np.random.default_rng(_seed(seed, entry.label, 99))
+    z = rng.normal(scale=1.5, size=(n, k)).astype(dtype)
+    y = checks._make_targets(head.loss_fn, (n, k), rng)
+    if y.dtype.kind == "f":
+        y = y.astype(dtype)
+    try:
+        head.grad(z, y, "fused")
+        head.grad(z, y, "jacobian")
+        tf, tj = [], []
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            head.grad(z, y, "fused")
+            t1 = time.perf_counter()
+            head.grad(z, y, "jacobian")
+            t2 = time.perf_counter()
+            tf.append(t1 - t0)
+            tj.append(t2 - t1)
+        entry.t_fused, entry.t_jacobian = statistics.median(tf), statistics.median(tj)
+    except Exception as exc:  # timing is informational; the checks above decide pass/fail
+        entry.timing_note = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _progress(total: int):
+    """A tqdm bar on stderr (silent when stderr is not a terminal, or without tqdm)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    isatty = getattr(sys.stderr, "isatty", None)
+    if not (isatty and isatty()):
+        return None
+    return tqdm(total=total, desc="jacobians check", unit="check", file=sys.stderr, leave=False)
+
+
+def _fmt_err(x) -> str:
+    return "—" if x is None else f"{x:.1e}"
+
+
+def _check(args, parser) -> int:
+    only = _parse_only(args.only)
+    if args.json is not None:
+        parent = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(parent):
+            raise _UsageError(f"--json: directory {parent!r} does not exist")
+        if os.path.isdir(args.json):
+            raise _UsageError(f"--json: {args.json!r} is a directory; give a file name")
+    dtypes = ["float64", "float32"] if args.dtype == "both" else [args.dtype]
+    timing_dtype = "float32" if dtypes == ["float32"] else "float64"
+    entries, skipped = _entries(only)
+    if not entries:
+        raise _UsageError(f"nothing to check for --only {args.only}")
+
+    start = time.perf_counter()
+    timed = [e for e in entries if e.timed]
+    bar = _progress(len(entries) * len(dtypes) * (len(SHAPES) + 1) + len(timed))
+    tick = bar.update if bar is not None else (lambda n=1: None)
+    try:
+        for entry in entries:
+            if bar is not None:
+                bar.set_postfix_str(entry.label, refresh=False)
+            _run_entry(entry, dtypes, args.seed, tick)
+        for entry in timed:
+            _time_entry(entry, args.n, args.k, timing_dtype, args.seed)
+            tick()
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - start
+
+    print(_render(entries, dtypes, args, timing_dtype, skipped, elapsed))
+    passed = all(e.report.passed for e in entries)
+    if args.json is not None:
+        try:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(_to_json(entries, dtypes, args, timing_dtype, skipped, elapsed, passed), fh, indent=1)
+        except OSError as exc:
+            raise _UsageError(f"--json: cannot write {args.json!r}: {exc.strerror or exc}") from None
+    return 0 if passed else 1
+
+
+def _render(entries, dtypes, args, timing_dtype, skipped, elapsed) -> str:
+    shapes = " ".join(checks._fmt_shape(s) for s in SHAPES)
+    out = [
+        f"jacobians check: seed {args.seed}; {', '.join(dtypes)}; shapes {shapes}; ±1e4 logits "
+        f"{checks._fmt_shape(EXTREME_SHAPE)}",
+        "every method vs each other and vs float64 central differences (vs closed forms at ±1e4)",
+        "",
+    ]
+    header = ["pair", "methods compared", "checks"] + [f"max err {dt}" for dt in dtypes] + ["result", "fused speed-up"]
+    body = []
+    for e in entries:
+        fails = len(e.report.failures)
+        if e.speedup is not None:
+            speed = f"{e.speedup:.1f}×"
+        elif e.timing_note:
+            speed = "error"
+        else:
+            speed = "—"
+        body.append(
+            [e.label, ", ".join(e.methods), str(len(e.report))]
+            + [_fmt_err(e.report.max_rel(dt)) for dt in dtypes]
+            + ["ok" if not fails else f"FAIL ({fails})", speed]
+        )
+    ncols = len(header)
+    out += checks.format_table(header, body, right={2, *range(3, 3 + len(dtypes)), ncols - 1})
+    n_checks = sum(len(e.report) for e in entries)
+    failed = [e for e in entries if not e.report.passed]
+    out += [
+        "",
+        "max err:  the largest max|x - ref| / max|ref| of the row's comparisons (ref: float64 central",
+        "          differences, another method, or a closed form at ±1e4; |ref| floored at the noise level)",
+        "speed-up: median time of head.grad(method='jacobian') / head.grad(method='fused'),",
+        f"          N={args.n}, K={args.k}, {timing_dtype}, {REPEATS} runs each side by side; — : no fused rule to time",
+    ]
+    notes = [f"{e.label}: timing failed: {e.timing_note}" for e in entries if e.timing_note]
+    if skipped:
+        notes.append(f"not checked (their classes need arguments): {', '.join(skipped)}")
+    out += notes
+    out.append("")
+    if failed:
+        rows = [r for e in failed for r in e.report.failures]
+        shown = rows[:40]
+        out.append(f"{len(failed)} of {len(entries)} rows FAILED ({len(rows)} of {n_checks} comparisons); the failures:")
+        out.append("")
+        out.append(checks.format_rows(shown))
+        if len(rows) > len(shown):
+            out.append(f"... and {len(rows) - len(shown)} more failures (all of them: --json FILE)")
+    else:
+        out.append(f"{len(entries)} rows, {n_checks} comparisons: all passed in {elapsed:.1f} s")
+    return "\n".join(out)
+
+
+def _to_json(entries, dtypes, args, timing_dtype, skipped, elapsed, passed) -> dict:
+    return {
+        "passed": passed,
+        "seed": args.seed,
+        "dtypes": dtypes,
+        "shapes": [list(s) for s in SHAPES],
+        "extreme_shape": list(EXTREME_SHAPE),
+        "timing": {"n": args.n, "k": args.k, "dtype": timing_dtype, "repeats": REPEATS},
+        "tolerances": checks.TOLERANCES,
+        "kink_margin": checks.KINK_MARGIN,
+        "skipped": skipped,
+        "wall_time_s": elapsed,
+        "rows": [
+            {
+                "pair": e.label,
+                "activation": e.activation,
+                "loss": e.loss,
+                "methods": e.methods,
+                "checks": len(e.report),
+                "failed": len(e.report.failures),
+                "passed": e.report.passed,
+                "max_err": {dt: checks._json_float(e.report.max_rel(dt)) for dt in dtypes},
+                "fused_speedup": e.speedup,
+                "t_fused_s": e.t_fused,
+                "t_jacobian_s": e.t_jacobian,
+                "timing_error": e.timing_note or None,
+                "comparisons": [r.to_dict() for r in e.report],
+            }
+            for e in entries
+        ],
+    }

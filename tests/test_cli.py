@@ -1,0 +1,261 @@
+"""``python -m jacobians`` end to end: check (exit status, failures made visible, JSON,
+filters, progress bar), list, bench dispatch, and one-line errors with status 2."""
+
+import io
+import json
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import jacobians as jac
+from jacobians import cli
+
+FAST = ["--n", "64", "--k", "8"]  # a small timing run keeps these tests quick
+
+
+def run(capsys, *argv):
+    status = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def table_rows(out: str) -> dict[str, str]:
+    """``{row label: line}`` of the check table (the lines between the rule and the blank line)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("----"))
+    rows = {}
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        label = line.split("  ")[0].strip()
+        rows[label] = line
+    return rows
+
+
+class TransposedTanh(jac.Activation):
+    """``a_i = tanh(z_i) · z_0`` with its Jacobian's layout transposed (a bug)."""
+
+    def forward(self, z):
+        return np.tanh(z) * z[..., :1]
+
+    def jacobian(self, z, *, out=None, workers=None):
+        t = np.tanh(z)
+        J = np.zeros(z.shape + z.shape[-1:], dtype=z.dtype)
+        jac.diagonal(J)[...] = (1 - t**2) * z[..., :1]
+        J[..., :, 0] += t
+        return np.swapaxes(J, -1, -2)
+
+
+# -- check ------------------------------------------------------------------------------------
+
+
+def test_check_only_a_pair_passes(capsys):
+    status, out, err = run(capsys, "check", "--only", "softmax,cross_entropy", *FAST)
+    assert status == 0, out
+    assert err == ""  # no progress bar: stderr is not a terminal
+    rows = table_rows(out)
+    assert set(rows) == {"softmax", "softmax + cross_entropy"}
+    assert "jacobian, vjp, operator, jvp, fused" in rows["softmax + cross_entropy"]
+    assert rows["softmax + cross_entropy"].rstrip().endswith("×")  # the fused speed-up
+    assert rows["softmax"].rstrip().endswith("—")  # no fused rule for an activation alone
+    assert " ok " in rows["softmax"] + " "
+    assert "max err float64" in out and "max err float32" in out
+    assert "all passed" in out
+    assert "N=64, K=8" in out
+
+
+def test_only_a_loss_keeps_every_pair_with_it(capsys):
+    status, out, _ = run(capsys, "check", "--only", "mse", "--dtype", "float64", *FAST)
+    assert status == 0
+    expected = {f"{p.activation} + mse" for p in jac.pairs() if p.loss == "mse"}
+    assert set(table_rows(out)) == expected
+    assert "max err float32" not in out
+
+
+def test_only_activations_keeps_them_and_their_pairs(capsys):
+    status, out, _ = run(capsys, "check", "--only", "sigmoid,tanh", "--dtype", "float32", *FAST)
+    assert status == 0
+    expected = {"sigmoid", "tanh"} | {f"{p.activation} + {p.loss}" for p in jac.pairs() if p.activation in ("sigmoid", "tanh")}
+    assert set(table_rows(out)) == expected
+    assert "max err float64" not in out
+    assert "float32" in out.splitlines()[0]
+
+
+def test_broken_registered_activation_fails_check(capsys, restore_registries):
+    jac.register_activation(TransposedTanh, name="transposed_tanh")
+    status, out, _ = run(capsys, "check", "--only", "transposed_tanh", *FAST)
+    assert status == 1
+    rows = table_rows(out)
+    assert "FAIL" in rows["transposed_tanh"]
+    assert "FAIL" in rows["transposed_tanh + mse"]  # pairs made with it fail too
+    assert "FAILED" in out
+    assert "J: jacobian vs numerical" in out  # the failing comparisons are listed
+
+
+def test_broken_activation_among_good_ones(capsys, restore_registries):
+    jac.register_activation(TransposedTanh, name="transposed_tanh")
+    status, out, _ = run(capsys, "check", "--only", "transposed_tanh,softmax,huber", "--dtype", "float64", *FAST)
+    assert status == 1
+    rows = table_rows(out)
+    assert "FAIL" in rows["transposed_tanh"] and "FAIL" in rows["transposed_tanh + huber"]
+    assert "FAIL" not in rows["softmax"] and "FAIL" not in rows["softmax + huber"]
+
+
+def test_json_output(capsys, tmp_path):
+    path = tmp_path / "report.json"
+    status, out, _ = run(capsys, "check", "--only", "sigmoid,binary_cross_entropy", "--json", str(path), *FAST)
+    assert status == 0
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["passed"] is True
+    assert data["dtypes"] == ["float64", "float32"]
+    assert data["timing"] == {"n": 64, "k": 8, "dtype": "float64", "repeats": cli.REPEATS}
+    assert [r["pair"] for r in data["rows"]] == list(table_rows(out))
+    pair = next(r for r in data["rows"] if r["pair"] == "sigmoid + binary_cross_entropy")
+    assert pair["fused_speedup"] > 0 and pair["t_fused_s"] > 0 and pair["t_jacobian_s"] > 0
+    assert pair["checks"] == len(pair["comparisons"]) > 0
+    assert all(c["passed"] for c in pair["comparisons"])
+    shapes = {tuple(c["shape"]) for c in pair["comparisons"]}
+    assert {tuple(s) for s in data["shapes"]} | {tuple(data["extreme_shape"])} == shapes
+
+
+def test_check_without_tqdm(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    status = cli.main(["check", "--only", "relu,mse", "--dtype", "float64", *FAST])
+    assert status == 0
+    assert sys.stderr.getvalue() == ""
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal(capsys, monkeypatch):
+    pytest.importorskip("tqdm")  # the `cli` extra; the fallback is tested above
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    status = cli.main(["check", "--only", "relu,mse", "--dtype", "float64", *FAST])
+    assert status == 0
+    assert "jacobians check" in term.getvalue()  # tqdm's description
+    assert "jacobians check" not in capsys.readouterr().err
+
+
+def test_a_crash_inside_a_check_is_a_failed_row(capsys, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("generator exploded")
+
+    monkeypatch.setattr(jac.checks, "check_activation", boom)
+    status, out, err = run(capsys, "check", "--only", "tanh", "--dtype", "float64", *FAST)
+    assert status == 1
+    assert "FAIL" in table_rows(out)["tanh"]
+    assert "RuntimeError: generator exploded" in out
+    assert "Traceback" not in out + err
+
+
+def test_seed_changes_the_inputs(capsys, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for path, seed in ((a, "0"), (b, "1")):
+        assert cli.main(["check", "--only", "softplus", "--seed", seed, "--json", str(path), *FAST]) == 0
+    capsys.readouterr()
+    errs = [[c["max_abs"] for c in json.loads(p.read_text())["rows"][0]["comparisons"]] for p in (a, b)]
+    assert errs[0] != errs[1]
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["check", "--dtype", "float16"], "invalid choice: 'float16'"),
+        (["check", "--n", "0"], "--n: expected an integer >= 1, got 0"),
+        (["check", "--k", "1"], "--k: expected an integer >= 2, got 1"),
+        (["check", "--seed", "-1"], "--seed: expected an integer >= 0"),
+        (["check", "--n", "many"], "--n: expected an integer >= 1, got 'many'"),
+        (["check", "--only", "softmax,nope"], "unknown name 'nope' in --only; activations: softmax"),
+        (["check", "--only", ","], "--only needs at least one"),
+        (["check", "--bogus"], "unrecognized arguments: --bogus"),
+        (["check", "--json", "/no/such/dir/out.json"], "does not exist"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        ([], "choose a command"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(capsys, argv, message):
+    status, out, err = run(capsys, *argv)
+    assert status == 2
+    assert out == ""
+    assert err.count("\n") == 1 and message in err
+    assert "Traceback" not in err
+
+
+def test_json_to_a_directory_is_a_usage_error(capsys, tmp_path):
+    status, _, err = run(capsys, "check", "--only", "relu", "--json", str(tmp_path))
+    assert status == 2 and "is a directory" in err and err.count("\n") == 1
+
+
+def test_help(capsys):
+    status, out, _ = run(capsys, "check", "--help")
+    assert status == 0
+    for option in ("--seed", "--n", "--k", "--dtype", "--only", "--json"):
+        assert option in out
+
+
+# -- list and bench ----------------------------------------------------------------------------
+
+
+def test_list(capsys):
+    status, out, _ = run(capsys, "list")
+    assert status == 0
+    for name in list(jac.ACTIVATIONS) + list(jac.LOSSES):
+        assert f"  {name} " in out
+    ps = jac.pairs()
+    assert f"valid pairs ({len(ps)}, {sum(p.fused for p in ps)} with a fused rule)" in out
+    lines = out.splitlines()
+    for p in ps:
+        assert any(line.split() == [p.activation, p.loss, "yes" if p.fused else "-"] for line in lines), p
+
+
+def test_bench_is_imported_lazily_and_given_its_arguments(capsys, monkeypatch):
+    seen = []
+    fake = types.ModuleType("jacobians.bench")
+    fake.main = lambda argv: seen.append(argv) or 3
+    monkeypatch.setitem(sys.modules, "jacobians.bench", fake)
+    assert cli.main(["bench", "--quick", "--json", "x.json"]) == 3
+    assert seen == [["--quick", "--json", "x.json"]]
+
+
+def test_bench_missing_is_a_one_line_error(capsys, monkeypatch):
+    def missing(name, *args):
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(cli.importlib, "import_module", missing)
+    status, out, err = run(capsys, "bench")
+    assert status == 2
+    assert err.count("\n") == 1 and "jacobians.bench is not available" in err
+
+
+# -- as a program ------------------------------------------------------------------------------
+
+
+def test_python_m_jacobians_check_subprocess():
+    result = subprocess.run(
+        [sys.executable, "-m", "jacobians", "check", "--only", "softmax,cross_entropy", *FAST],
+        capture_output=True, text=True, encoding="utf-8", timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "softmax + cross_entropy" in result.stdout and "all passed" in result.stdout
+    assert result.stderr == ""
+
+
+def test_python_m_jacobians_bad_option_subprocess():
+    result = subprocess.run(
+        [sys.executable, "-m", "jacobians", "check", "--dtype", "half"],
+        capture_output=True, text=True, encoding="utf-8", timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
