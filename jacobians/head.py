@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._parallel import PARALLEL_MIN_BYTES, resolve_workers, run_in_row_blocks
 from ._validation import as_float_array
 from .activations import ACTIVATIONS, Activation
 from .contract import contract
@@ -19,6 +20,10 @@ METHODS = ("auto", "fused", "vjp", "jacobian")
 
 #: default memory budget of the dense Jacobian in ``method='jacobian'`` (256 MiB)
 DEFAULT_MAX_BYTES = 256 << 20
+
+#: ``method='jacobian'`` builds and contracts the Jacobian in blocks of at most this many
+#: bytes per thread (within ``max_bytes``): a block is contracted while still in cache
+JACOBIAN_BLOCK_BYTES = 8 << 20
 
 
 def check_pair(activation, loss) -> None:
@@ -179,27 +184,35 @@ class Head:
         return value, self._jacobian_product(z, a, g, max_bytes or DEFAULT_MAX_BYTES, workers)
 
     def _jacobian_product(self, z, a, g, max_bytes, workers):
+        # Each worker thread takes a span of rows and walks it in blocks: build the block's
+        # dense Jacobian in its own buffer, contract it while it is still in cache, write
+        # the block's rows of dE/dz. The blocks are at most JACOBIAN_BLOCK_BYTES (cache
+        # sized: faster than one big block) and all buffers together stay within max_bytes.
         K = z.shape[-1]
         z2, a2, g2 = (x.reshape(-1, K) for x in (z, a, g))
         n = z2.shape[0]
-        rows = max(1, int(max_bytes) // (K * K * z.dtype.itemsize))
+        row_bytes = K * K * z.dtype.itemsize
+        n_workers = max(1, min(resolve_workers(workers), n))
+        if n * row_bytes < PARALLEL_MIN_BYTES:
+            n_workers = 1
+        rows = max(1, min(int(max_bytes) // n_workers, JACOBIAN_BLOCK_BYTES) // row_bytes)
+        out = np.empty(g2.shape, dtype=np.result_type(g2.dtype, z.dtype))
         act = self.activation
-        if rows >= n:
-            op = act._operator_from_output(z, a)
-            J = op.J if isinstance(op, DenseJacobian) else op.dense(workers=workers)
-            return contract(g, J)
-        out = np.empty_like(g2)
-        buf = None
-        for start in range(0, n, rows):
-            sl = slice(start, min(n, start + rows))
-            op = act._operator_from_output(z2[sl], a2[sl])
-            if isinstance(op, DenseJacobian):
-                J = op.J
-            else:
-                if buf is None:
-                    buf = np.empty((rows, K, K), dtype=z.dtype)
-                J = op.dense(out=buf[: sl.stop - sl.start], workers=workers)
-            out[sl] = contract(g2[sl], J)
+
+        def work(span: slice) -> None:
+            buf = None
+            for start in range(span.start, span.stop, rows):
+                sl = slice(start, min(span.stop, start + rows))
+                op = act._operator_from_output(z2[sl], a2[sl])
+                if isinstance(op, DenseJacobian):
+                    J = op.J
+                else:
+                    if buf is None:
+                        buf = np.empty((min(rows, span.stop - span.start), K, K), dtype=op.dtype)
+                    J = op.dense(out=buf[: sl.stop - sl.start], workers=1)
+                out[sl] = contract(g2[sl], J)
+
+        run_in_row_blocks(work, n, n * row_bytes, n_workers)
         return out.reshape(z.shape)
 
     def __repr__(self) -> str:

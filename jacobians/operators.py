@@ -35,6 +35,9 @@ from .contract import diagonal as _diagonal_view
 
 __all__ = ["JacobianOperator", "DenseJacobian", "DiagonalJacobian", "DiagonalPlusRankOne"]
 
+#: dense Jacobians are written in blocks of about this many bytes (half a core's L2 cache)
+DENSE_BLOCK_BYTES = 1 << 20
+
 
 class JacobianOperator:
     """A batch of K×K Jacobians, ``J[..., i, j] = ∂a_i/∂z_j``, stored in structured form.
@@ -235,8 +238,15 @@ class DiagonalPlusRankOne(JacobianOperator):
 
     def _dense_rows(self, rows, out):
         u, v, d = _rows2d(self.u)[rows], _rows2d(self.v)[rows], _rows2d(self.d)[rows]
-        np.einsum("ij,ik->ijk", u, -v, out=out)
-        _diagonal_view(out)[...] += d
+        nv = np.negative(v)
+        # einsum writes a block in two passes (zeros, then products) and the diagonal is a
+        # third: blocks of about DENSE_BLOCK_BYTES keep all three in the core's cache, so
+        # memory sees one write of each entry
+        step = max(1, DENSE_BLOCK_BYTES // (self.size * self.size * out.itemsize))
+        for a in range(0, u.shape[0], step):
+            block = slice(a, a + step)
+            np.einsum("ij,ik->ijk", u[block], nv[block], out=out[block])
+            _diagonal_view(out[block])[...] += d[block]
 
     def jvp(self, x):
         # d ⊙ x − u (v·x), one allocation
