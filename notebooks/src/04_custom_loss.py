@@ -94,21 +94,26 @@ print("gamma = 0 equals K × BCE:", np.isclose(FocalLoss(gamma=0.0)(a, Y), bce_t
 # The focal loss accepts anything in (0, 1). Sigmoid outputs `'open_unit_interval'` and
 # softmax `'open_simplex'` (strictly positive probabilities, a subset), so both heads are
 # valid; tanh's outputs can be negative and the pair is refused. With no fused rule, `'auto'`
-# uses the activation's vector–Jacobian product, and `'jacobian'` works as well: both agree
-# with the numerical gradient of `head.loss` with respect to the logits.
+# uses the activation's vector–Jacobian product, and `'jacobian'` works as well.
+#
+# `jac.check_head` runs every method the head has (`jacobian`, `vjp`, the structured
+# `operator`, and `fused` once there is a rule) on generated logits and targets, and
+# compares them with each other and with a float64 finite-difference gradient of
+# `head.loss`, against tolerances set by the dtype. `report.raise_if_failed()` turns a
+# failure into an `AssertionError` with the same table — the line to put in a test.
 
 # %%
 for act in (jac.Sigmoid(), jac.Softmax()):
     head = jac.Head(act, focal)
-    grads = {m: head.grad(z, Y, method=m) for m in ("vjp", "jacobian")}
-    numeric = jac.numerical_grad(lambda x: head.loss(x, Y), z)
-    print(f"{act!r:10} auto -> {head.method!r}: |vjp − jacobian| = {np.abs(grads['vjp'] - grads['jacobian']).max():.0e}, "
-          f"|vjp − numeric| = {np.abs(grads['vjp'] - numeric).max():.0e}")
+    print(f"{head!r}: auto -> {head.method!r}")
+    report = jac.check_head(head)
+    print(report, "\n")
+    report.raise_if_failed()
 
 try:
     jac.Head(jac.Tanh(), focal)
 except ValueError as err:
-    print("\nTanh:", err)
+    print("Tanh:", err)
 
 # %% [markdown]
 # Registering the class makes it part of the registries, so `jac.pairs()` (and the
@@ -136,7 +141,9 @@ print([p for p in jac.pairs() if p.loss == "focal"])
 #
 # `@jac.register_fused(Sigmoid, FocalLoss)` registers it: the rule is called as
 # `rule(activation, loss, z, y)` and returns `(value, dE/dz)` with the loss's reduction
-# applied. (`replace=True` lets this cell run twice.)
+# applied. (`replace=True` lets this cell run twice.) Then `'auto'` picks it, and
+# `check_head` compares it with the other methods and with finite differences, here on the
+# logits and targets from above, in float64 and in float32.
 
 # %%
 @jac.register_fused(jac.Sigmoid, FocalLoss, replace=True)
@@ -163,8 +170,10 @@ for reduction in ("mean", "sum", "none"):
     print(f"reduction={reduction!r:7} value agrees: {np.allclose(fused_v, sep_v)}, "
           f"grad agrees with vjp: {np.allclose(fused_g, sep_g)}, "
           f"with jacobian: {np.allclose(fused_g, h.grad(z, Y, method='jacobian'))}")
-numeric = jac.numerical_grad(lambda x: head.loss(x, Y), z)
-print(f"fused vs finite differences: {np.abs(head.grad(z, Y) - numeric).max():.0e}")
+for dtype in (np.float64, np.float32):
+    report = jac.check_head(head, z.astype(dtype), Y.astype(dtype))
+    print(report)
+    report.raise_if_failed()
 
 # %% [markdown]
 # ## Why bother: confident logits
