@@ -46,9 +46,8 @@ def best_time(f, repeat=3, min_time=2e-3):
 # caches treat every point alike): N shrinks as K grows, and the plot shows the time *per
 # sample*, which is O(K) for `'fused'` and `'vjp'` and O(K²) for `'jacobian'`. Everything
 # runs on one thread (`workers=1`) so that the thread pool does not blur the picture. The
-# Jacobian path stops at K = 512, where one call handles 6.7·10⁷ Jacobian entries, and runs
-# with `max_bytes=32 MiB`: the N×K×K array is built and contracted in row blocks instead of
-# all at once.
+# Jacobian path stops at K = 512, where one call handles 6.7·10⁷ Jacobian entries; it
+# builds and contracts the N×K×K array in row blocks, here within `max_bytes=32 MiB`.
 
 # %%
 SIZE = 2**17                                  # N·K, fixed
@@ -102,15 +101,14 @@ plt.show()
 # %% [markdown]
 # What to read in the plot:
 #
-# * at small K the curves are flat or even fall: with thousands of short rows, the work
-#   per *sample* (a maximum, a log-sum-exp, picking the target) outweighs the work per
-#   *entry*;
+# * at small K the curves are flatter (some may even fall): with thousands of short rows,
+#   the work per *sample* (a maximum, a log-sum-exp, picking the target, a call per block)
+#   weighs more than the work per *entry*;
 # * from a few dozen classes on, `'fused'` and `'vjp'` follow slope 1: O(K) per sample;
-# * `'jacobian'` is steeper and its fitted slope lies between 1 and 2. Its time per sample
-#   is a·K + b·K²: besides the K² entries of each Jacobian it does the same O(K) work as the
-#   others (softmax, the loss gradient, per-row costs of building and contracting), and the
-#   local slope of a·K + b·K² is (a + 2bK)/(a + bK), which only reaches 2 once bK ≫ a.
-#   Any K where the Jacobian path is still affordable is well short of that;
+# * `'jacobian'` follows a slope close to 2, approached from below: its time per sample is
+#   a·K + b·K² — besides the K² entries of each Jacobian it does the same O(K) work as the
+#   others (softmax, the loss gradient, per-row costs of building and contracting) — and
+#   the local slope of a·K + b·K² is (a + 2bK)/(a + bK), which tends to 2 as bK outgrows a;
 # * so the fused path's advantage over the Jacobian path grows with K (right), while
 #   `'vjp'` stays within a small constant factor of `'fused'`: it computes the same product,
 #   just not specialised to the pair.
@@ -118,33 +116,38 @@ plt.show()
 # %% [markdown]
 # ## Memory of the Jacobian path
 #
-# The dense Jacobian of N samples takes N·K²·8 bytes in float64: 8 GB at N = 1024,
-# K = 1000. `'vjp'` and `'fused'` never build it, and `max_bytes=` makes `'jacobian'` build
-# it in row blocks that fit the budget (default 256 MiB), reusing one buffer. numpy reports
-# its allocations to `tracemalloc`, so the peak of each call can be measured (N = 512,
-# K = 128 here: the dense Jacobian is 64 MiB).
+# The dense Jacobian of a batch takes N·K²·8 bytes in float64: 8 GB at N = 1024, K = 1000.
+# `act.jacobian(z)` builds exactly that array, because you asked for it. Inside
+# `head.grad(..., method='jacobian')` nobody needs the whole array at once, so the head
+# builds and contracts it in row blocks and its peak memory stays within `max_bytes`
+# (default 256 MiB) plus O(N·K) for the inputs and the result. `'vjp'` and `'fused'` never
+# build it at all. numpy reports its allocations to `tracemalloc`, so the peak of each
+# call can be measured (N = 512, K = 128 here: the full Jacobian is 64 MiB).
 
 # %%
 z = rng.normal(size=(512, 128))
 y = rng.integers(0, 128, size=512)
 
 
-def peak_mib(**kwargs):
+def peak_mib(f):
+    """Peak traced memory of ``f()`` in MiB, as text (whole MiB above 10: thread start-up
+    allocations make the last digits wobble)."""
     tracemalloc.start()
-    head.grad(z, y, **kwargs)
-    peak = tracemalloc.get_traced_memory()[1]
+    f()
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    return peak / 2**20
+    return f"{peak:6.0f}" if peak >= 10 else f"{peak:6.1f}"
 
 
-print(f"dense Jacobian N·K²·8 bytes:      {z.shape[0] * z.shape[1] ** 2 * 8 / 2**20:6.1f} MiB")
-for label, kwargs in [
-    ("method='jacobian'", dict(method="jacobian")),
-    ("method='jacobian', max_bytes=4 MiB", dict(method="jacobian", max_bytes=4 << 20)),
-    ("method='vjp'", dict(method="vjp")),
-    ("method='fused'", dict(method="fused")),
+print(f"{'dense Jacobian, N·K²·8 bytes:':55} {z.shape[0] * z.shape[1] ** 2 * 8 / 2**20:6.0f} MiB")
+for label, f in [
+    ("jac.Softmax().jacobian(z)", lambda: jac.Softmax().jacobian(z)),
+    ("head.grad, method='jacobian'", lambda: head.grad(z, y, method="jacobian")),
+    ("head.grad, method='jacobian', max_bytes=4 MiB", lambda: head.grad(z, y, method="jacobian", max_bytes=4 << 20)),
+    ("head.grad, method='vjp'", lambda: head.grad(z, y, method="vjp")),
+    ("head.grad, method='fused'", lambda: head.grad(z, y, method="fused")),
 ]:
-    print(f"peak of {label:35} {peak_mib(**kwargs):6.1f} MiB")
+    print(f"peak of {label:47} {peak_mib(f)} MiB")
 
 # %% [markdown]
 # ## The seed's 3×3 timing, reproduced and explained
