@@ -1,0 +1,226 @@
+"""Peers measured beside the toolkit, each optional and detected when installed.
+
+Every ``make_*`` returns a zero-argument callable doing the same work as ours, on data
+converted before timing (zero-copy for torch). JAX calls are jitted (compiled during the
+warm-up) and block until ready; JAX runs in 64-bit mode so float64 is float64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+
+import numpy as np
+
+NUMPY_PEERS = ("seed", "loop")
+
+
+def available(names) -> dict[str, str]:
+    """``{name: version}`` of the requested peers that can be imported."""
+    found = {}
+    for name in names:
+        if name in NUMPY_PEERS:
+            found[name] = "numpy"
+        elif importlib.util.find_spec(name) is not None:
+            try:
+                module = __import__(name)
+            except Exception:  # a broken install is a missing peer
+                continue
+            if name == "jax":
+                module.config.update("jax_enable_x64", True)
+            found[name] = getattr(module, "__version__", "?")
+    return found
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch limited to ``n`` threads inside the block (None: unchanged)."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# -- torch ----------------------------------------------------------------------------------
+
+
+def torch_jacobian_vmap(z):
+    import torch
+    from torch.func import jacrev, vmap
+
+    f = vmap(jacrev(lambda x: torch.softmax(x, -1)))
+    tz = torch.from_numpy(z)
+    return lambda: f(tz)
+
+
+def torch_jacobian_hand(z):
+    import torch
+
+    tz = torch.from_numpy(z)
+
+    def run():
+        s = torch.softmax(tz, -1)
+        J = -s[:, :, None] * s[:, None, :]
+        J.diagonal(dim1=1, dim2=2).add_(s)
+        return J
+
+    return run
+
+
+def torch_contract(g, J):
+    import torch
+
+    tg, tJ = torch.from_numpy(g), torch.from_numpy(J)
+    return lambda: torch.bmm(tg[:, None, :], tJ)[:, 0, :]
+
+
+def torch_vjp(z, g):
+    """softmax forward + autograd backward."""
+    import torch
+
+    tz, tg = torch.from_numpy(z), torch.from_numpy(g)
+
+    def run():
+        x = tz.detach().requires_grad_(True)
+        torch.softmax(x, -1).backward(tg)
+        return x.grad
+
+    return run
+
+
+def torch_backward(z, g):
+    """The backward alone, through a graph built once (retain_graph)."""
+    import torch
+
+    x = torch.from_numpy(z).detach().requires_grad_(True)
+    s = torch.softmax(x, -1)
+    tg = torch.from_numpy(g)
+    return lambda: torch.autograd.grad(s, x, tg, retain_graph=True)[0]
+
+
+def torch_fused(pair, z, y):
+    """``F.cross_entropy`` / ``nll_loss(log_softmax)`` / ``binary_cross_entropy_with_logits``,
+    forward + backward."""
+    import torch
+    import torch.nn.functional as F
+
+    tz, ty = torch.from_numpy(z), torch.from_numpy(y)
+    loss = {
+        "softmax+cross_entropy": lambda x: F.cross_entropy(x, ty),
+        "log_softmax+nll": lambda x: F.nll_loss(F.log_softmax(x, -1), ty),
+        "sigmoid+binary_cross_entropy": lambda x: F.binary_cross_entropy_with_logits(x, ty),
+    }[pair]
+
+    def run():
+        x = tz.detach().requires_grad_(True)
+        value = loss(x)
+        value.backward()
+        return value.detach(), x.grad
+
+    return run
+
+
+# -- JAX ------------------------------------------------------------------------------------
+
+
+def _jax():
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    return jax, jnp
+
+
+def jax_jacobian(z):
+    jax, jnp = _jax()
+    f = jax.jit(jax.vmap(jax.jacrev(jax.nn.softmax)))
+    jz = jnp.asarray(z)
+    return lambda: f(jz).block_until_ready()
+
+
+def jax_contract(g, J):
+    jax, jnp = _jax()
+    f = jax.jit(lambda g, J: jnp.einsum("ij,ijk->ik", g, J))
+    jg, jJ = jnp.asarray(g), jnp.asarray(J)
+    return lambda: f(jg, jJ).block_until_ready()
+
+
+def jax_vjp(z, g):
+    jax, jnp = _jax()
+    f = jax.jit(lambda z, g: jax.vjp(jax.nn.softmax, z)[1](g)[0])
+    jz, jg = jnp.asarray(z), jnp.asarray(g)
+    return lambda: f(jz, jg).block_until_ready()
+
+
+def jax_fused(pair, z, y):
+    jax, jnp = _jax()
+
+    def ce(z, y):
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), y[:, None], axis=-1))
+
+    def bce(z, y):
+        return jnp.mean(jnp.maximum(z, 0) - z * y + jnp.log1p(jnp.exp(-jnp.abs(z))))
+
+    loss = bce if pair == "sigmoid+binary_cross_entropy" else ce
+    f = jax.jit(jax.value_and_grad(loss))
+    jz, jy = jnp.asarray(z), jnp.asarray(y)
+
+    def run():
+        v, g = f(jz, jy)
+        return v.block_until_ready(), g.block_until_ready()
+
+    return run
+
+
+# -- autograd -------------------------------------------------------------------------------
+
+
+def _ag_softmax(z):
+    import autograd.numpy as anp
+
+    e = anp.exp(z - anp.max(z, axis=1, keepdims=True))
+    return e / anp.sum(e, axis=1, keepdims=True)
+
+
+def autograd_jacobian(z):
+    """All N Jacobians from K reverse passes: the Jacobian of ``Σ_n softmax(z)_n``
+    (rows are independent), then moved to (N, K, K)."""
+    from autograd import jacobian
+
+    f = jacobian(lambda z: _ag_softmax(z).sum(axis=0))
+    return lambda: np.ascontiguousarray(np.transpose(f(z), (1, 0, 2)))
+
+
+def autograd_vjp(z, g):
+    from autograd import make_vjp
+
+    def run():
+        vjp, _ = make_vjp(_ag_softmax)(z)
+        return vjp(g)
+
+    return run
+
+
+def autograd_fused(pair, z, y):
+    import autograd.numpy as anp
+    from autograd import value_and_grad
+
+    N = z.shape[0]
+    if pair == "sigmoid+binary_cross_entropy":
+        def loss(z):
+            return anp.mean(anp.maximum(z, 0) - z * y + anp.log1p(anp.exp(-anp.abs(z))))
+    else:
+        rows = np.arange(N)
+
+        def loss(z):
+            m = anp.max(z, axis=1, keepdims=True)
+            ls = z - m - anp.log(anp.sum(anp.exp(z - m), axis=1, keepdims=True))
+            return -anp.mean(ls[rows, y])
+
+    f = value_and_grad(loss)
+    return lambda: f(z)
