@@ -234,7 +234,9 @@ class DiagonalPlusRankOne(JacobianOperator):
 
     @property
     def nbytes(self) -> int:
-        return self.d.nbytes + self.u.nbytes + self.v.nbytes
+        """Bytes of the distinct arrays held (softmax's ``d`` and ``u`` are one array)."""
+        unique = {id(x): x for x in (self.d, self.u, self.v)}
+        return sum(x.nbytes for x in unique.values())
 
     def _dense_rows(self, rows, out):
         u, v, d = _rows2d(self.u)[rows], _rows2d(self.v)[rows], _rows2d(self.d)[rows]

@@ -617,7 +617,7 @@ def _bce_sample(loss, a, y):
         log_1ma = np.maximum(np.log1p(-a), -100.0)
     value = -(pw * y * log_a + (1 - y) * log_1ma)
     # d/da of −(p y log a + (1 − y) log(1 − a)) = (−p y (1 − a) + (1 − y) a) / (a (1 − a))
-    grad = (-pw * y * (1 - a) + (1 - y) * a) / np.maximum(a * (1 - a), 1e-12)
+    grad = (-pw * y * (1 - a) + (1 - y) * a) / np.maximum(a * (1 - a), float(np.float32(1e-12)))  # torch: 1e-12f
     return value, grad
 
 

@@ -190,8 +190,9 @@ def test_binary_cross_entropy_follows_torch_clamps_and_keras_smoothing():
     bce = jac.BinaryCrossEntropy(reduction="none")
     # log terms clamped at −100: −1·max(log 0, −100) = 100
     np.testing.assert_allclose(bce(a, y), [[100.0, 100.0, -np.log(0.25)]], rtol=1e-15)
-    # gradient denominator a(1 − a) clamped at 1e-12
-    np.testing.assert_allclose(bce.grad(a, y), [[-1.0 / 1e-12, 1.0 / 1e-12, (0.25 - 1) / (0.25 * 0.75)]], rtol=1e-15)
+    # gradient denominator a(1 − a) clamped at torch's single-precision constant 1e-12f
+    eps = float(np.float32(1e-12))
+    np.testing.assert_allclose(bce.grad(a, y), [[-1.0 / eps, 1.0 / eps, (0.25 - 1) / (0.25 * 0.75)]], rtol=1e-15)
     assert np.all(np.isfinite(bce.grad(a, y)))
     eps = 0.2
     smooth = jac.BinaryCrossEntropy(label_smoothing=eps, reduction="none")

@@ -196,9 +196,10 @@ class KLDivergence(_ClassLoss):
         return values, (-c / safe if need_grad else None), denom
 
 
-#: torch clamps log terms of binary_cross_entropy at -100 and the gradient's a(1 - a) at 1e-12
+#: torch clamps log terms of binary_cross_entropy at -100 and the gradient's a(1 - a) at
+#: 1e-12 — a single-precision constant in torch's kernel, hence the float32 rounding here
 _BCE_LOG_FLOOR = -100.0
-_BCE_GRAD_EPS = 1e-12
+_BCE_GRAD_EPS = float(np.float32(1e-12))
 
 
 @register_loss
