@@ -164,8 +164,10 @@ def _xlogx(y: np.ndarray) -> np.ndarray:
 class KLDivergence(_ClassLoss):
     """``KL(y ‖ a) = Σ_k y_k (log y_k − log a_k)`` on probabilities ``a``.
 
-    ``'mean'`` averages the per-sample sums over samples (torch's
-    ``kl_div(log a, y, reduction='batchmean')``); ``'none'`` gives ``(...,)``. Targets as
+    ``'mean'`` averages the per-sample sums over all N samples (torch's
+    ``kl_div(log a, y, reduction='batchmean')`` for ``(N, K)`` inputs; for ``(B, T, K)``
+    this divides by B·T, where torch's batchmean divides by B); ``'none'`` gives
+    ``(...,)``. Targets as
     for :class:`CrossEntropy` (indices mean one-hot rows, whose entropy term is 0).
 
     Examples
