@@ -20,6 +20,9 @@ import opt_einsum
 
 __all__ = ["contract", "diagonal", "contraction_expression"]
 
+#: below this K, same-dtype contractions use np.einsum; from it on, np.matmul (BLAS)
+EINSUM_MAX_K = 512
+
 
 def diagonal(J: np.ndarray) -> np.ndarray:
     """Writable view of each Jacobian's diagonal.
@@ -67,9 +70,11 @@ def contract(g, J) -> np.ndarray:
     Notes
     -----
     For float32/float64 arrays of one dtype the product is a batched vector–matrix
-    product, which ``np.matmul`` hands to BLAS; other inputs go through the opt_einsum
-    expression built once per pair of shapes (:func:`contraction_expression`). A
-    structured operator is applied without building a dense array.
+    product: ``np.einsum`` (one streaming pass over J) for K below
+    :data:`EINSUM_MAX_K`, ``np.matmul`` (BLAS) for longer rows; other inputs go through
+    the opt_einsum expression built once per pair of shapes
+    (:func:`contraction_expression`). A structured operator is applied without building
+    a dense array.
 
     Examples
     --------
@@ -93,5 +98,9 @@ def contract(g, J) -> np.ndarray:
             f"{J.shape} ((..., M) with (..., M, K)); got shape {g.shape}"
         )
     if g.dtype == J.dtype:
+        if J.shape[-1] < EINSUM_MAX_K:
+            # short rows: numpy's own sum-of-products loop streams J once, at memory speed;
+            # BLAS pays a (threaded) call per sample and is up to twice as slow here
+            return np.einsum("...i,...ij->...j", g, J)
         return np.matmul(g[..., None, :], J)[..., 0, :]
     return contraction_expression(g.shape, J.shape)(g, J)

@@ -233,25 +233,20 @@ def _sigmoid_bce_plain(z, y, reduction):
         zc, yc, gc = zf[c], yf[c], grad[c]
         m = zc.size
         e = _math.scratch(m, z.dtype, 1)
-        neg = _math.scratch(m, np.bool_, 2)
         v = values[c] if values is not None else _math.scratch(m, z.dtype, 3)
         w = _math.scratch(m, z.dtype, 4)
         np.abs(zc, out=e)
         np.negative(e, out=e)
         np.exp(e, out=e)  # e = exp(−|z|) <= 1: never overflows
-        np.add(e, 1, out=gc)  # u = 1 + e, rounded
-        # log1p(e) = log(u) + (e − (u − 1))/u: u − 1 is exact and e − (u − 1) is the exact
-        # rounding error of 1 + e (Fast2Sum), so this is log1p to round-off, and much
-        # faster than numpy's log1p (log is vectorized, log1p is not).
-        np.log(gc, out=v)
-        np.subtract(gc, 1, out=w)
-        np.subtract(e, w, out=w)
-        np.reciprocal(gc, out=gc)  # σ(|z|) = 1/u
-        w *= gc
-        v += w  # log1p(e)
-        np.less(zc, 0, out=neg)
-        np.multiply(gc, e, out=gc, where=neg)  # σ(z) = e σ(|z|) for z < 0
+        np.add(e, 1, out=gc)
+        np.divide(1, gc, out=gc)  # σ(|z|)
+        # σ(z) = σ(|z|) · f with f = 1 for z >= 0 and e for z < 0: f = max(e, sign(z)),
+        # branch-free (a where= on random signs is ~10x slower)
+        np.sign(zc, out=w)
+        np.maximum(e, w, out=w)
+        gc *= w
         gc -= yc
+        np.log1p(e, out=v)
         # value softplus(z) − y z = (max(z, 0) − y z) + log1p(e): the bracket first, so
         # that a well-classified entry (z = 40, y = 1) keeps its tiny loss
         np.maximum(zc, 0, out=e)
