@@ -8,6 +8,7 @@ warm-up) and block until ready; JAX runs in 64-bit mode so float64 is float64.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 
 import numpy as np
@@ -28,7 +29,10 @@ def available(names) -> dict[str, str]:
                 continue
             if name == "jax":
                 module.config.update("jax_enable_x64", True)
-            found[name] = getattr(module, "__version__", "?")
+            try:
+                found[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                found[name] = getattr(module, "__version__", "?")
     return found
 
 

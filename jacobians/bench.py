@@ -206,19 +206,26 @@ def _time_once(fn) -> float:
 def run_group(cases: list[Case], *, budget: float, min_rounds: int, max_rounds: int, tick=lambda: None) -> list[dict]:
     """Time the cases of one group side by side; returns one record per case.
 
-    Each timed case is called twice to warm up (the second call sets its number of
-    rounds: about ``budget`` seconds, within ``[min_rounds, max_rounds]``), then the cases
-    run in interleaved rounds.
+    Each timed case is called once to warm up (JIT compilation, first-touch of its
+    buffers), and once more unless that took over a second; the last warm-up call sets its
+    number of rounds (about ``budget`` seconds, within ``[min_rounds, max_rounds]``; 3
+    for a case slower than five budgets). The
+    cases then run in interleaved rounds, in a new (seeded) random order each round, so
+    that neither a busy moment of the machine nor the case run just before favours one.
     """
     timed = [c for c in cases if c.fn is not None]
     times: dict[int, list[float]] = {id(c): [] for c in cases}
     rounds: dict[int, int] = {}
     for c in timed:
-        _time_once(c.fn)
         t = _time_once(c.fn)
-        rounds[id(c)] = int(min(max_rounds, max(min_rounds, math.ceil(budget / max(t, 1e-9)))))
+        if t < 1.0:
+            t = _time_once(c.fn)
+        lo = min_rounds if t <= 5 * budget else min(3, min_rounds)  # very slow peers: 3 rounds
+        rounds[id(c)] = int(min(max_rounds, max(lo, math.ceil(budget / max(t, 1e-9)))))
+    order = np.random.default_rng(0)
     for r in range(max(rounds.values(), default=0)):
-        for c in timed:
+        for i in order.permutation(len(timed)):
+            c = timed[i]
             if r < rounds[id(c)]:
                 times[id(c)].append(_time_once(c.fn))
         tick()
