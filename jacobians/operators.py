@@ -38,6 +38,12 @@ __all__ = ["JacobianOperator", "DenseJacobian", "DiagonalJacobian", "DiagonalPlu
 #: dense Jacobians are written in blocks of about this many bytes (half a core's L2 cache)
 DENSE_BLOCK_BYTES = 1 << 20
 
+#: with ``workers=None``, Jacobians with K below this are built on the calling thread:
+#: their blocks are compute-bound in numpy's short inner loops, and on the 2-core
+#: development machine two threads were ~1.2x slower at K = 100 (but 1.3-1.5x faster
+#: at K = 1000, where writing memory dominates). An explicit ``workers`` is obeyed.
+PARALLEL_MIN_K = 256
+
 
 class JacobianOperator:
     """A batch of K×K Jacobians, ``J[..., i, j] = ∂a_i/∂z_j``, stored in structured form.
@@ -80,9 +86,12 @@ class JacobianOperator:
         out : ndarray, shape (..., K, K), optional
             C-contiguous buffer of the operator's dtype to write into (no allocation).
         workers : int, optional
-            Threads building row blocks; default every available core. Small outputs are
-            built on the calling thread.
+            Threads building row blocks; default every available core. Small outputs,
+            and rows shorter than :data:`PARALLEL_MIN_K`, are built on the calling thread
+            unless ``workers`` is given.
         """
+        if workers is None and self.size < PARALLEL_MIN_K:
+            workers = 1
         shape = self.shape
         if out is None:
             out = np.empty(shape, dtype=self.dtype)
