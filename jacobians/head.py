@@ -210,7 +210,12 @@ class Head:
                     if buf is None:
                         buf = np.empty((min(rows, span.stop - span.start), K, K), dtype=op.dtype)
                     J = op.dense(out=buf[: sl.stop - sl.start], workers=1)
-                out[sl] = contract(g2[sl], J)
+                if J.dtype == g2.dtype:
+                    # the block is still in cache: numpy's einsum reads it on this thread
+                    # (BLAS would start threads of its own beside the workers)
+                    np.einsum("ij,ijk->ik", g2[sl], J, out=out[sl])
+                else:
+                    out[sl] = contract(g2[sl], J)
 
         run_in_row_blocks(work, n, n * row_bytes, n_workers)
         return out.reshape(z.shape)
