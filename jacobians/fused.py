@@ -179,7 +179,9 @@ def _plain_index_rule(x, indices, reduction, T):
         values = np.log(total)
         values -= x_y
     dtype = g.dtype.type
-    scale = dtype(1.0) if reduction != "mean" else dtype(1.0) / dtype(n)
+    with np.errstate(divide="ignore", invalid="ignore"):  # an empty batch: 'mean' is nan, as torch
+        mean = dtype(1.0) / dtype(n)
+    scale = mean if reduction == "mean" else dtype(1.0)
     if T != 1.0:
         scale = scale / dtype(T)
     g *= (scale / total)[:, None]
@@ -188,7 +190,10 @@ def _plain_index_rule(x, indices, reduction, T):
     if reduction == "none":
         return values.reshape(x.shape[:-1]), g
     value = values.sum(dtype=values.dtype)
-    return (value if reduction == "sum" else value * (dtype(1.0) / dtype(n))), g
+    if reduction == "sum":
+        return value, g
+    with np.errstate(invalid="ignore"):
+        return value * mean, g
 
 
 @register_fused(Sigmoid, BinaryCrossEntropy)
@@ -227,7 +232,8 @@ def _sigmoid_bce_plain(z, y, reduction):
     dtype = z.dtype.type
     grad = np.empty_like(zf)
     values = np.empty_like(zf) if reduction == "none" else None
-    scale = dtype(1.0) / dtype(n) if reduction == "mean" else dtype(1.0)
+    with np.errstate(divide="ignore"):  # an empty batch: 'mean' is nan, as torch
+        scale = dtype(1.0) / dtype(n) if reduction == "mean" else dtype(1.0)
     total = dtype(0.0)
     for c in _math.row_chunks(n, 1):
         zc, yc, gc = zf[c], yf[c], grad[c]
@@ -260,7 +266,10 @@ def _sigmoid_bce_plain(z, y, reduction):
     grad = grad.reshape(z.shape)
     if values is not None:
         return values.reshape(z.shape), grad
-    return (total if reduction == "sum" else total * scale), grad
+    if reduction == "sum":
+        return total, grad
+    with np.errstate(invalid="ignore"):
+        return total * scale, grad
 
 
 @register_fused(Identity, MeanSquaredError)

@@ -304,3 +304,43 @@ def test_a_10_gib_jacobian_runs_in_under_1_gib(max_bytes):
     assert out["peak"] < 2**30, out
     assert out["peak"] - out["base"] <= max_bytes + 8 * N * K * 8, out
     assert out["err"] <= 1e-15 * max(1.0, out["scale"]) * 64, out
+
+
+# -- edges of the fast paths ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_fast_paths_on_an_empty_batch(dtype, reduction):
+    z = np.zeros((0, 3), dtype=dtype)
+    cases = [
+        (jac.Head(jac.Softmax(), jac.CrossEntropy(reduction=reduction)), np.zeros(0, dtype=int)),
+        (jac.Head(jac.LogSoftmax(), jac.NLLLoss(reduction=reduction)), np.zeros(0, dtype=int)),
+        (jac.Head(jac.Sigmoid(), jac.BinaryCrossEntropy(reduction=reduction)), np.zeros((0, 3), dtype=dtype)),
+    ]
+    for head, y in cases:
+        value, grad = head.value_and_grad(z, y)
+        assert grad.shape == (0, 3) and grad.dtype == dtype
+        if reduction == "mean":
+            assert np.isnan(value)  # torch's mean over nothing
+        elif reduction == "sum":
+            assert value == 0
+        else:
+            assert value.size == 0
+    act = jac.Softmax()
+    assert act.vjp(z, z).shape == (0, 3) and act.jacobian(z).shape == (0, 3, 3)
+    assert (z @ act.jacobian_operator(z)).shape == (0, 3)
+    assert jac.Head(act, jac.CrossEntropy()).grad(z, np.zeros(0, dtype=int), method="jacobian").shape == (0, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_softmax_of_one_class_is_exactly_one_with_a_zero_jacobian(dtype, rng):
+    """K = 1: s = 1 and J = 0 exactly, on the unshifted path (|z| small) and the shifted one."""
+    for scale in (1.0, 1e4):
+        z = (rng.normal(size=(200, 1)) * scale).astype(dtype)
+        g = rng.normal(size=(200, 1)).astype(dtype)
+        act = jac.Softmax()
+        np.testing.assert_array_equal(act(z), np.ones_like(z))
+        np.testing.assert_array_equal(act.vjp(z, g), np.zeros_like(z))
+        np.testing.assert_array_equal(g @ act.jacobian_operator(z), np.zeros_like(z))
+        np.testing.assert_array_equal(act.jacobian(z), np.zeros((200, 1, 1), dtype=dtype))
