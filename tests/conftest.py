@@ -206,3 +206,25 @@ def readonly(x):
     y = x.copy()
     y.flags.writeable = False
     return y
+
+
+# -- a non-symmetric custom activation, and its layout bug (shared by test_checks and test_cli) --
+
+
+class ScaledTanh(jac.Activation):
+    """``a_i = tanh(z_i) · z_0``: J = diag((1 − t²) z_0) + t e_0ᵀ, not symmetric."""
+
+    def forward(self, z):
+        return np.tanh(z) * z[..., :1]
+
+    def jacobian(self, z, *, out=None, workers=None):
+        t = np.tanh(z)
+        J = np.zeros(z.shape + z.shape[-1:], dtype=z.dtype)
+        jac.diagonal(J)[...] = (1 - t**2) * z[..., :1]
+        J[..., :, 0] += t
+        return J
+
+
+class TransposedJacobian(ScaledTanh):
+    def jacobian(self, z, *, out=None, workers=None):
+        return np.swapaxes(super().jacobian(z), -1, -2)

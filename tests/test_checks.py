@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import activation_cases, loss_specs, make_loss
+from conftest import ScaledTanh, TransposedJacobian, activation_cases, loss_specs, make_loss
 
 import jacobians as jac
 from jacobians import checks
@@ -31,25 +31,6 @@ def _pairs():
 
 
 # -- a non-symmetric activation, and broken variants of it -----------------------------------
-
-
-class ScaledTanh(jac.Activation):
-    """``a_i = tanh(z_i) · z_0``: J = diag((1 − t²) z_0) + t e_0ᵀ, not symmetric."""
-
-    def forward(self, z):
-        return np.tanh(z) * z[..., :1]
-
-    def jacobian(self, z, *, out=None, workers=None):
-        t = np.tanh(z)
-        J = np.zeros(z.shape + z.shape[-1:], dtype=z.dtype)
-        jac.diagonal(J)[...] = (1 - t**2) * z[..., :1]
-        J[..., :, 0] += t
-        return J
-
-
-class TransposedJacobian(ScaledTanh):
-    def jacobian(self, z, *, out=None, workers=None):
-        return np.swapaxes(super().jacobian(z), -1, -2)
 
 
 class VjpOffByFactor(ScaledTanh):
