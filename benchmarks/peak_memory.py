@@ -10,6 +10,7 @@ after the last, and the size the dense Jacobian would have::
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -60,10 +61,17 @@ def run(N: int, K: int, dtype: str, max_bytes: int, repeats: int) -> dict:
 
 
 def measure(N: int, K: int, dtype: str, max_bytes: int, repeats: int) -> dict:
-    """:func:`run` in a subprocess (so that its peak RSS is its own)."""
+    """:func:`run` in a subprocess (so that its peak RSS is its own).
+
+    The child imports the same ``jacobians`` as this process, installed or not.
+    """
+    import jacobians
+
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(jacobians.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(
         [sys.executable, __file__, str(N), str(K), dtype, str(max_bytes), str(repeats)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env=env,
     )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

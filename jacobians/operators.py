@@ -35,14 +35,9 @@ from .contract import diagonal as _diagonal_view
 
 __all__ = ["JacobianOperator", "DenseJacobian", "DiagonalJacobian", "DiagonalPlusRankOne"]
 
-#: dense Jacobians are written in blocks of about this many bytes (half a core's L2 cache)
-DENSE_BLOCK_BYTES = 1 << 20
-
-#: with ``workers=None``, Jacobians with K below this are built on the calling thread:
-#: their blocks are compute-bound in numpy's short inner loops, and on the 2-core
-#: development machine two threads were ~1.2x slower at K = 100 (but 1.3-1.5x faster
-#: at K = 1000, where writing memory dominates). An explicit ``workers`` is obeyed.
-PARALLEL_MIN_K = 256
+#: dense Jacobians are written in blocks of about this many bytes (one core's L2 cache on
+#: the development machine; 1-4 MiB measured within noise of each other at K = 100)
+DENSE_BLOCK_BYTES = 2 << 20
 
 
 class JacobianOperator:
@@ -86,12 +81,11 @@ class JacobianOperator:
         out : ndarray, shape (..., K, K), optional
             C-contiguous buffer of the operator's dtype to write into (no allocation).
         workers : int, optional
-            Threads building row blocks; default every available core. Small outputs,
-            and rows shorter than :data:`PARALLEL_MIN_K`, are built on the calling thread
-            unless ``workers`` is given.
+            Threads building row blocks; default every available core. Outputs under
+            :data:`~jacobians._parallel.PARALLEL_MIN_BYTES` are built on the calling thread.
+            The build is compute-bound in numpy's einsum loop at every K, so a second core
+            helps at K = 10 as at K = 1000 (1.3-1.9x on the 2-core development machine).
         """
-        if workers is None and self.size < PARALLEL_MIN_K:
-            workers = 1
         shape = self.shape
         if out is None:
             out = np.empty(shape, dtype=self.dtype)
@@ -158,6 +152,25 @@ def _rows2d(x: np.ndarray) -> np.ndarray:
     return x.reshape(-1, x.shape[-1])
 
 
+def _slabs(out: np.ndarray):
+    """Cover ``out`` (shape (n, K, K)) with ``(samples, js)`` slices of ~DENSE_BLOCK_BYTES.
+
+    A slab is ``out[samples, js]``: whole Jacobians when one is smaller than the block,
+    otherwise bands of rows ``js`` of one Jacobian. Its diagonal entries are the diagonal
+    of the square ``out[samples, js, js]``.
+    """
+    n, K = out.shape[0], out.shape[-1]
+    rows = max(1, DENSE_BLOCK_BYTES // (K * out.itemsize))
+    if rows >= K:
+        step = rows // K
+        for a in range(0, n, step):
+            yield slice(a, a + step), slice(None)
+    else:
+        for i in range(n):
+            for j in range(0, K, rows):
+                yield slice(i, i + 1), slice(j, j + rows)
+
+
 class DenseJacobian(JacobianOperator):
     """A Jacobian held as its dense array ``J`` of shape ``(..., K, K)``."""
 
@@ -207,8 +220,10 @@ class DiagonalJacobian(JacobianOperator):
         return self.d.nbytes
 
     def _dense_rows(self, rows, out):
-        out.fill(0)
-        _diagonal_view(out)[...] = _rows2d(self.d)[rows]
+        d = _rows2d(self.d)[rows]
+        for samples, js in _slabs(out):
+            out[samples, js].fill(0)
+            _diagonal_view(out[samples, js, js])[...] = d[samples, js]
 
     def jvp(self, v):
         return self.d * self._check_vector(v, "v")
@@ -250,14 +265,12 @@ class DiagonalPlusRankOne(JacobianOperator):
     def _dense_rows(self, rows, out):
         u, v, d = _rows2d(self.u)[rows], _rows2d(self.v)[rows], _rows2d(self.d)[rows]
         nv = np.negative(v)
-        # einsum writes a block in two passes (zeros, then products) and the diagonal is a
-        # third: blocks of about DENSE_BLOCK_BYTES keep all three in the core's cache, so
+        # einsum writes a slab in two passes (zeros, then products) and the diagonal is a
+        # third: slabs of about DENSE_BLOCK_BYTES keep all three in the core's cache, so
         # memory sees one write of each entry
-        step = max(1, DENSE_BLOCK_BYTES // (self.size * self.size * out.itemsize))
-        for a in range(0, u.shape[0], step):
-            block = slice(a, a + step)
-            np.einsum("ij,ik->ijk", u[block], nv[block], out=out[block])
-            _diagonal_view(out[block])[...] += d[block]
+        for samples, js in _slabs(out):
+            np.einsum("ij,ik->ijk", u[samples, js], nv[samples], out=out[samples, js])
+            _diagonal_view(out[samples, js, js])[...] += d[samples, js]
 
     def jvp(self, x):
         # d ⊙ x − u (v·x), one allocation

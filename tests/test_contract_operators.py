@@ -182,6 +182,18 @@ def test_dense_out_buffer_and_threads_give_identical_numbers(kind, dtype, rng):
     testing.assert_jacobian_close(one[rows], _explicit(kind, tuple(p[rows] for p in params)))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("block_bytes", [8, 200, 3 * 7 * 7 * 8, 2 << 20])
+def test_dense_slabs_cover_every_entry_once(kind, block_bytes, rng, monkeypatch):
+    # block_bytes from one J row (bands of rows within a Jacobian) up to many Jacobians a slab;
+    # the output starts as NaN so an entry no slab writes would show
+    monkeypatch.setattr(jac.operators, "DENSE_BLOCK_BYTES", block_bytes)
+    op, params = _operator(kind, rng, (5,), 7)
+    out = np.full(op.shape, np.nan)
+    op.dense(out=out, workers=1)
+    np.testing.assert_array_equal(out, _explicit(kind, params))
+
+
 def test_operator_errors(rng):
     op, _ = _operator("rank_one", rng, (2,), 3)
     with pytest.raises(ValueError, match=r"v must have shape \(2, 3\) \(\.\.\., K\); got shape \(2, 4\)"):

@@ -129,8 +129,8 @@ class Activation:
         out : ndarray, shape (..., K, K), optional
             Buffer to write into.
         workers : int, optional
-            Threads building row blocks (default: every available core for K >= 256 and
-            large outputs; the calling thread otherwise).
+            Threads building row blocks (default: every available core for outputs of
+            4 MiB or more; the calling thread for smaller ones).
         """
         if _overrides(self, "jacobian_operator"):
             return self.jacobian_operator(z).dense(out=out, workers=workers)
