@@ -1,21 +1,31 @@
-"""Row-block parallelism for the memory-bound dense Jacobian builds.
+"""Row-block parallelism for the dense Jacobian builds.
 
-numpy releases the GIL inside einsum and ufunc loops, so writing disjoint row blocks of
-one output from a few threads uses more of the machine's memory bandwidth than one core
-can. Small outputs are built on the calling thread: a thread hand-off costs more than
-it saves below a few MiB.
+numpy releases the GIL inside einsum and ufunc loops, so building disjoint row blocks of
+one output on several threads puts every core to work (the build is compute-bound in
+numpy's einsum loop, and one core cannot saturate memory bandwidth). Small outputs are
+built on the calling thread: a thread hand-off costs more than it saves below a few MiB.
+
+The calling thread works too, and every thread takes the next chunk of rows from a shared
+counter until none is left. A helper that starts late (an idle vCPU takes milliseconds
+to wake on a busy host) or runs slowly (a noisy neighbour) then does less of the work,
+instead of the whole call waiting for its fixed half.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-__all__ = ["available_cores", "run_in_row_blocks", "PARALLEL_MIN_BYTES"]
+__all__ = ["available_cores", "resolve_workers", "run_in_row_blocks", "PARALLEL_MIN_BYTES", "CHUNK_BYTES"]
 
 #: Outputs smaller than this are built on the calling thread.
 PARALLEL_MIN_BYTES = 4 << 20
+
+#: Threads take the rows in chunks of about this many output bytes (at least 4 chunks a thread).
+CHUNK_BYTES = 4 << 20
 
 _POOL: ThreadPoolExecutor | None = None
 
@@ -44,16 +54,47 @@ def resolve_workers(workers: int | None) -> int:
     return workers
 
 
-def run_in_row_blocks(work: Callable[[slice], None], n_rows: int, out_nbytes: int, workers: int | None) -> None:
-    """Call ``work(rows)`` on slices covering ``range(n_rows)``, in parallel if it pays.
+def run_in_row_blocks(
+    work: Callable[[slice], None], n_rows: int, out_nbytes: int, workers: int | None, chunk_rows: int | None = None
+) -> None:
+    """Call ``work(rows)`` on disjoint slices covering ``range(n_rows)``, on up to ``workers``
+    threads (the calling thread included) when the output is large enough to pay.
 
-    ``work`` must write only to its own rows of the output.
+    ``work`` must write only to its own rows of the output. ``chunk_rows`` sets the size of
+    the slices (default about :data:`CHUNK_BYTES` of output). The first exception raised by
+    any ``work`` call stops the others from taking new chunks and is re-raised.
     """
     n_workers = min(resolve_workers(workers), n_rows)
     if n_workers <= 1 or out_nbytes < PARALLEL_MIN_BYTES:
         work(slice(0, n_rows))
         return
-    bounds = [n_rows * i // n_workers for i in range(n_workers + 1)]
-    blocks = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-    # list() re-raises the first exception of any block.
-    list(_pool().map(work, blocks))
+    if chunk_rows is None:
+        chunk_rows = max(1, int(CHUNK_BYTES * n_rows // out_nbytes))
+    chunk_rows = max(1, min(chunk_rows, math.ceil(n_rows / (4 * n_workers))))
+    n_chunks = math.ceil(n_rows / chunk_rows)
+    lock = threading.Lock()
+    next_chunk = 0
+    failed = threading.Event()
+
+    def drain() -> None:
+        nonlocal next_chunk
+        while not failed.is_set():
+            with lock:
+                c = next_chunk
+                next_chunk += 1
+            if c >= n_chunks:
+                return
+            try:
+                work(slice(c * chunk_rows, min(n_rows, (c + 1) * chunk_rows)))
+            except BaseException:
+                failed.set()
+                raise
+
+    helpers = [_pool().submit(drain) for _ in range(n_workers - 1)]
+    try:
+        drain()
+    finally:
+        errors = [f.exception() for f in helpers]  # waits for every helper
+    for e in errors:
+        if e is not None:
+            raise e

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -184,9 +185,9 @@ class Head:
         return value, self._jacobian_product(z, a, g, max_bytes or DEFAULT_MAX_BYTES, workers)
 
     def _jacobian_product(self, z, a, g, max_bytes, workers):
-        # Each worker thread takes a span of rows and walks it in blocks: build the block's
-        # dense Jacobian in its own buffer, contract it while it is still in cache, write
-        # the block's rows of dE/dz. The blocks are at most JACOBIAN_BLOCK_BYTES (cache
+        # Each thread takes blocks of rows in turn: build the block's dense Jacobian in
+        # its own buffer, contract it while it is still in cache, write the block's rows
+        # of dE/dz. The blocks are at most JACOBIAN_BLOCK_BYTES (cache
         # sized: faster than one big block) and all buffers together stay within max_bytes.
         K = z.shape[-1]
         z2, a2, g2 = (x.reshape(-1, K) for x in (z, a, g))
@@ -199,16 +200,18 @@ class Head:
         out = np.empty(g2.shape, dtype=np.result_type(g2.dtype, z.dtype))
         act = self.activation
 
+        scratch = threading.local()  # one block buffer per thread, for this call only
+
         def work(span: slice) -> None:
-            buf = None
             for start in range(span.start, span.stop, rows):
                 sl = slice(start, min(span.stop, start + rows))
                 op = act._operator_from_output(z2[sl], a2[sl])
                 if isinstance(op, DenseJacobian):
                     J = op.J
                 else:
-                    if buf is None:
-                        buf = np.empty((min(rows, span.stop - span.start), K, K), dtype=op.dtype)
+                    buf = getattr(scratch, "buf", None)
+                    if buf is None or buf.dtype != op.dtype:
+                        buf = scratch.buf = np.empty((min(rows, n), K, K), dtype=op.dtype)
                     J = op.dense(out=buf[: sl.stop - sl.start], workers=1)
                 if J.dtype == g2.dtype:
                     # the block is still in cache: numpy's einsum reads it on this thread
@@ -217,7 +220,7 @@ class Head:
                 else:
                     out[sl] = contract(g2[sl], J)
 
-        run_in_row_blocks(work, n, n * row_bytes, n_workers)
+        run_in_row_blocks(work, n, n * row_bytes, n_workers, chunk_rows=rows)
         return out.reshape(z.shape)
 
     def __repr__(self) -> str:
