@@ -187,8 +187,8 @@ class Head:
     def _jacobian_product(self, z, a, g, max_bytes, workers):
         # Each thread takes blocks of rows in turn: build the block's dense Jacobian in
         # its own buffer, contract it while it is still in cache, write the block's rows
-        # of dE/dz. The blocks are at most JACOBIAN_BLOCK_BYTES (cache
-        # sized: faster than one big block) and all buffers together stay within max_bytes.
+        # of dE/dz. The blocks are at most JACOBIAN_BLOCK_BYTES (cache sized: faster than
+        # one big block) and all buffers together stay within max_bytes.
         K = z.shape[-1]
         z2, a2, g2 = (x.reshape(-1, K) for x in (z, a, g))
         n = z2.shape[0]
