@@ -210,7 +210,7 @@ class Head:
                     J = op.J
                 else:
                     buf = getattr(scratch, "buf", None)
-                    if buf is None or buf.dtype != op.dtype:
+                    if buf is None:
                         buf = scratch.buf = np.empty((min(rows, n), K, K), dtype=op.dtype)
                     J = op.dense(out=buf[: sl.stop - sl.start], workers=1)
                 if J.dtype == g2.dtype:

@@ -23,11 +23,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-CELL_TIMEOUT = 120  # seconds; every cell takes a few at most
 MAX_FILE_BYTES = 400_000  # keep saved notebooks small: figures at modest dpi, no big arrays
 MAX_PNG_BYTES = 150_000
 
@@ -55,14 +53,8 @@ def test_notebook_executes(path):
     nb = nbformat.read(path, as_version=4)
     # a last cell reports the backend, to prove the run was headless
     nb.cells.append(nbformat.v4.new_code_cell("import matplotlib\nprint(matplotlib.get_backend().lower())"))
-    client = NotebookClient(
-        nb,
-        kernel_name="python3",
-        timeout=CELL_TIMEOUT,
-        record_timing=False,
-        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
-    )
-    client.execute(env={**os.environ, "MPLBACKEND": "Agg"})  # raises CellExecutionError if a cell raises
+    # the builder's runner: a fresh python3 kernel; raises CellExecutionError if a cell raises
+    _load_builder().execute(nb, cwd=NOTEBOOK_DIR, env={**os.environ, "MPLBACKEND": "Agg"})
     errors = [out for cell in nb.cells for out in cell.get("outputs", []) if out.output_type == "error"]
     assert not errors
     assert nb.cells[-1].outputs[0].text.strip() == "agg"
