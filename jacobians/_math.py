@@ -14,7 +14,10 @@ __all__ = [
     "rowsum",
     "row_chunks",
     "scratch",
+    "shifted_exp",
     "logsumexp",
+    "log1p_ratio",
+    "RATIO_MAX_EXP",
     "softmax",
     "softmax_vjp",
     "diag_minus_rank_one",
@@ -97,11 +100,66 @@ def row_chunks(n_rows: int, K: int):
     return [slice(a, min(n_rows, a + step)) for a in range(0, n_rows, step)] or [slice(0, 0)]
 
 
+def shifted_exp(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The pieces of an exact log-sum-exp along the last axis.
+
+    Returns ``(shifted, e, rest, top)``: ``shifted = z − m`` with ``m`` the row max
+    (entries <= 0), ``e = exp(shifted)``, ``rest = Σ_{k ≠ top} e_k`` shape ``(..., 1)``
+    (the sum without the row's first maximum, whose term is exactly 1) and ``top`` the
+    index of that maximum, shape ``(..., 1)``. Then::
+
+        lse(z) = m + log1p(rest),      Σ_k e_k = 1 + rest
+
+    ``log1p(rest)`` keeps a tiny ``rest`` (every other entry far below the max), where
+    ``log(1 + rest)`` rounds it away: every log-softmax entry ``shifted − log1p(rest)``
+    is then a sum of two non-positive numbers, accurate to a few ulp.
+    """
+    top = z.argmax(axis=-1)[..., None]
+    shifted = np.subtract(z, np.take_along_axis(z, top, axis=-1))
+    e = np.exp(shifted)
+    np.put_along_axis(e, top, 0, axis=-1)
+    rest = e.sum(axis=-1, keepdims=True)
+    np.put_along_axis(e, top, 1, axis=-1)
+    return shifted, e, rest, top
+
+
 def logsumexp(z: np.ndarray) -> np.ndarray:
-    """``log Σ_k exp(z_k)`` along the last axis, shape ``(...,)``; exact for huge logits."""
-    m = z.max(axis=-1)
-    e = np.exp(z - m[..., None])
-    return m + np.log(e.sum(axis=-1))
+    """``log Σ_k exp(z_k)`` along the last axis, shape ``(...,)``; exact for huge logits.
+
+    ``m + log1p(Σ_{k ≠ argmax} exp(z_k − m))`` (see :func:`shifted_exp`).
+    """
+    shifted, _, rest, top = shifted_exp(z)
+    m = np.take_along_axis(z, top, axis=-1)
+    return (m + np.log1p(rest))[..., 0]
+
+
+#: :func:`log1p_ratio` forms ``o / e`` only up to ``2**RATIO_MAX_EXP`` (3/4 of the dtype's
+#: exponent range: the quotient stays finite, and ``e`` is a normal number whenever ``o >= 1``)
+RATIO_MAX_EXP = {np.dtype(np.float64): 768, np.dtype(np.float32): 96}
+
+
+def log1p_ratio(other: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(log1p(other / e), far)`` for ``other >= 0`` and ``e > 0``, never overflowing.
+
+    The result has ``other``'s dtype; ``e`` may be float64 for a float32 ``other`` (the
+    quotient and log1p are then taken in float64 and rounded once).
+
+    ``log1p(o / e) = log((e + o) / e)`` is the log-sum-exp gap of a row whose terms
+    are ``e`` and ``o``: exact to a few ulp for any quotient, tiny ones included.
+    ``far`` marks the entries where ``o / e`` exceeds ``2**RATIO_MAX_EXP``; their
+    values are meaningless and the caller computes them another way (the log of a
+    quotient that large is a sum of two positive logs, see the fused rules).
+    """
+    dtype = other.dtype
+    limit = dtype.type(2.0 ** -RATIO_MAX_EXP[dtype])
+    floor = other * limit
+    far = e < floor
+    if dtype == np.float32:
+        # one value per row: the quotient and log1p in float64 (rounded once, to float32)
+        # add nothing to the error of the float32 exps that o and e come from
+        ratio = other.astype(np.float64) / np.maximum(e, floor)
+        return np.log1p(ratio).astype(np.float32), far
+    return np.log1p(other / np.maximum(e, floor)), far
 
 
 def softmax(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -182,10 +240,11 @@ def diag_minus_rank_one(d: np.ndarray, a: np.ndarray, b: np.ndarray, x: np.ndarr
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
-    """``(z − m) − log Σ exp(z − m)``: exact where ``log(softmax(z))`` would give -inf."""
-    shifted = _shifted(z)
-    lse = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    shifted -= lse
+    """``(z − m) − log1p(Σ_{k ≠ argmax} exp(z_k − m))``: a few ulp from the exact value in
+    every entry, including the largest (``−log1p`` of a tiny sum, where ``log Σ`` would
+    give 0), and finite where ``log(softmax(z))`` would give -inf."""
+    shifted, _, rest, _ = shifted_exp(z)
+    shifted -= np.log1p(rest)
     return shifted
 
 

@@ -110,7 +110,9 @@ def get_fused(activation, loss) -> Rule | None:
 def log_softmax_rule(activation, loss, z, y):
     """Softmax/log-softmax with a loss ``const − Σ c log p``: grad ``(s Σc − c)/T``.
 
-    ``log p = (z/T − m) − lse`` is never formed from ``log s``, so nothing underflows.
+    ``log p = (z/T − m) − log1p(Σ_{k≠argmax} e^{z_k/T − m})`` is never formed from
+    ``log s``, so nothing underflows, and every term of the value is non-negative, so
+    nothing cancels (see :func:`~jacobians._math.shifted_exp`).
     """
     z = as_float_array(z, "z")
     t = loss.check_targets(z, y)
@@ -121,71 +123,80 @@ def log_softmax_rule(activation, loss, z, y):
         and getattr(loss, "weight", None) is None
         and not getattr(loss, "label_smoothing", 0.0)
     )
-    if plain and t.valid is None and type(loss)._reduce is Loss._reduce:
-        return _plain_index_rule(x, t.indices, loss.reduction, T)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    s = np.exp(shifted)
-    total = s.sum(axis=-1, keepdims=True)
-    lse = np.log(total)[..., 0]
-    if plain:
-        # c is one-hot: value lse − shifted_y, gradient s − e_y
-        idx = t.safe_indices()[..., None]
-        values = lse - np.take_along_axis(shifted, idx, axis=-1)[..., 0]
-        s /= total
-        np.put_along_axis(s, idx, np.take_along_axis(s, idx, axis=-1) - 1, axis=-1)
-        if t.valid is not None:
-            values *= t.valid
-            s *= t.valid[..., None]
-        denom = float(t.indices.size if t.valid is None else t.valid.sum())
-        grad = s
-    else:
-        c, denom = loss.coefficients(t, z.dtype)
-        csum = c.sum(axis=-1)
-        values = lse * csum - np.einsum("...k,...k->...", c, shifted)
-        if isinstance(loss, KLDivergence):
-            values += loss.entropy_term(t, z.dtype)
-        s /= total
-        s *= csum[..., None]
-        s -= c
-        grad = s
+    if plain and type(loss)._reduce is Loss._reduce:
+        return _plain_index_rule(x, t, loss.reduction, T)
+    shifted, s, rest, top = _math.shifted_exp(x)
+    c, denom = loss.coefficients(t, z.dtype)
+    csum = c.sum(axis=-1, keepdims=True)
+    # Σ c (lse − x) = Σc · log1p(rest) + Σ c (m − x): both terms >= 0
+    values = (np.log1p(rest) * csum)[..., 0] - np.einsum("...k,...k->...", c, shifted)
+    if isinstance(loss, KLDivergence):
+        values += loss.entropy_term(t, z.dtype)
+    total = 1 + rest
+    s /= total
+    # at the row's maximum s·Σc − c = s (Σc − c) − c (1 − s) with 1 − s = rest/total: a
+    # confident prediction (s near 1) keeps the small gradient that s − 1 would round away
+    s_top, c_top = np.take_along_axis(s, top, axis=-1), np.take_along_axis(c, top, axis=-1)
+    g_top = s_top * (csum - c_top) - c_top * (rest / total)
+    s *= csum
+    s -= c
+    np.put_along_axis(s, top, g_top, axis=-1)
+    grad = s
     if T != 1.0:
         grad /= grad.dtype.type(T)
     return loss._reduce(values, grad, denom)
 
 
-def _plain_index_rule(x, indices, reduction, T):
-    """Index targets, no weights, smoothing or ignored samples: value ``lse − x_y``,
-    gradient ``(s − e_y)/T`` (over N for ``'mean'``), written in one buffer.
+def _plain_index_rule(x, t, reduction, T):
+    """Index targets, no weights or smoothing: value ``lse(x) − x_y``, gradient
+    ``(s − e_y)/T`` (over the number of samples not ignored for ``'mean'``), written in
+    one buffer.
 
-    When :func:`~jacobians._math.exp_is_safe`, ``exp`` is taken of ``x`` itself and the
-    value is ``log(Σ e / e_y)`` (a ratio ≥ 1 of two normal numbers: no cancellation);
-    otherwise of ``x − max`` with value ``log Σ e − (x_y − max)``.
+    With ``e = exp(x)`` (unshifted when :func:`~jacobians._math.exp_is_safe`, else
+    ``exp(x − max)``) and ``o = Σ_{k≠y} e_k`` summed without the target, the value is
+    ``log1p(o / e_y)`` (no cancellation: exact to a few ulp, tiny losses included) and
+    the target's gradient entry ``−o / (o + e_y)``. Where ``o / e_y`` would overflow (the
+    target far below the row's maximum) the row is redone on shifted logits as
+    ``log Σ_{k≠y} e^{x_k − m} + (m − x_y)``, a sum of two positive numbers.
     """
     K = x.shape[-1]
     x2 = x.reshape(-1, K)
     n = x2.shape[0]
-    flat = np.arange(n) * K + indices.reshape(-1)  # positions of the targets in g.ravel()
+    idx = t.safe_indices().reshape(-1)
+    flat = np.arange(n) * K + idx  # positions of the targets in g.ravel()
     g = np.empty_like(x2)
     gflat = g.reshape(-1)
     if _math.exp_is_safe(x2):
-        np.exp(x2, out=g)
-        total = np.matmul(g, np.ones(K, dtype=g.dtype))
-        values = np.log(total / gflat[flat])
+        np.copyto(g, x2)
     else:
         np.subtract(x2, x2.max(axis=-1, keepdims=True), out=g)
-        x_y = gflat[flat]
-        np.exp(g, out=g)
-        total = np.matmul(g, np.ones(K, dtype=g.dtype))
-        values = np.log(total)
-        values -= x_y
+    x_y = gflat[flat]
+    np.exp(g, out=g)
+    e_y = gflat[flat]
+    gflat[flat] = 0
+    other = np.matmul(g, np.ones(K, dtype=g.dtype))
+    gflat[flat] = e_y
+    # float32: the target's exp again in float64 (one per row), so that the value carries
+    # the rounding of float32 exp (up to 2.4 ulp in numpy) once, through o, not twice
+    exact_e_y = np.exp(x_y.astype(np.float64)) if g.dtype == np.float32 else e_y
+    values, far = _math.log1p_ratio(other, exact_e_y)
+    if far.any():
+        rows = np.flatnonzero(far)
+        values[rows] = _far_target_values(x2[rows], idx[rows])
     dtype = g.dtype.type
+    valid = None if t.valid is None else t.valid.reshape(-1)
+    count = n if valid is None else int(np.count_nonzero(valid))
     with np.errstate(divide="ignore", invalid="ignore"):  # an empty batch: 'mean' is nan, as torch
-        mean = dtype(1.0) / dtype(n)
+        mean = dtype(1.0) / dtype(count)
     scale = mean if reduction == "mean" else dtype(1.0)
     if T != 1.0:
         scale = scale / dtype(T)
-    g *= (scale / total)[:, None]
-    gflat[flat] -= scale
+    w = scale / (other + e_y)
+    if valid is not None:
+        w *= valid
+        values *= valid
+    g *= w[:, None]
+    gflat[flat] = -(other * w)  # s_y − 1 = −o/(o + e_y), without the cancellation
     g = g.reshape(x.shape)
     if reduction == "none":
         return values.reshape(x.shape[:-1]), g
@@ -196,11 +207,23 @@ def _plain_index_rule(x, indices, reduction, T):
         return value * mean, g
 
 
+def _far_target_values(x, idx):
+    """``lse(x) − x_y`` for rows ``x`` (n, K) whose target lies far below the maximum:
+    ``log Σ_{k≠y} e^{x_k − m} + (m − x_y)``, the sum at least 1 (it holds the maximum)."""
+    rows = np.arange(x.shape[0])
+    shifted = x - x.max(axis=-1, keepdims=True)
+    gap = -shifted[rows, idx]
+    e = np.exp(shifted)
+    e[rows, idx] = 0
+    return np.log(e.sum(axis=-1)) + gap
+
+
 @register_fused(Sigmoid, BinaryCrossEntropy)
 def sigmoid_bce_rule(activation, loss, z, y):
     """Sigmoid + BCE from the logits (torch's ``binary_cross_entropy_with_logits``).
 
-    value ``softplus(z)(1 − y + p y) − p y z``, grad ``σ(z)(1 − y + p y) − p y``.
+    value ``(1 − y) softplus(z) + p y softplus(−z)``, grad ``(1 − y) σ(z) − p y σ(−z)``
+    (``σ(z)(1 − y + p y) − p y``).
     """
     z = as_float_array(z, "z")
     y = loss.smoothed(loss.check_targets(z, y))
@@ -209,23 +232,30 @@ def sigmoid_bce_rule(activation, loss, z, y):
         return _sigmoid_bce_plain(z, y, loss.reduction)
     e = np.exp(-np.abs(z))
     inv = 1 / (1 + e)
-    sig = np.where(z >= 0, inv, e * inv)
-    softplus = np.maximum(z, 0) + np.log1p(e)
-    if pw is None:
-        values = softplus - y * z
-        grad = sig - y
-    else:
-        py = pw * y
-        scale = 1 - y + py
-        values = softplus * scale - py * z
-        grad = sig * scale - py
+    pos = z > 0
+    sig, sig_neg = np.where(pos, inv, e * inv), np.where(pos, e * inv, inv)  # σ(z), σ(−z)
+    log1p_e = np.log1p(e)
+    py = y if pw is None else pw * y
+    # (1 − y) softplus(z) + p y softplus(−z) and (1 − y) σ(z) − p y σ(−z): products of
+    # non-negative numbers, nothing rounded against 1
+    values = (1 - y) * (np.maximum(z, 0) + log1p_e) + py * (np.maximum(-z, 0) + log1p_e)
+    grad = (1 - y) * sig - py * sig_neg
     return loss._reduce(values, grad, values.size)
 
 
 def _sigmoid_bce_plain(z, y, reduction):
     """Sigmoid + BCE without ``pos_weight``: ``softplus(z) − y z`` and ``σ(z) − y``.
 
-    Chunk by chunk in reused scratch buffers, so a call allocates only its results.
+    With ``h = step(z)`` (1 for z > 0, else 0) and ``q = σ(−|z|) = e/(1 + e)``,
+    ``e = exp(−|z|)``::
+
+        value = z (h − y) + log1p(e)          grad = (h − y) + (1 − 2h) q
+
+    A product and a sum of two non-negative numbers; and ``σ(z) − y`` written so that
+    nothing is rounded against 1 first: a well-classified entry (z = 40, y = 1) keeps its
+    tiny loss e^{-40} and its gradient −e^{-40}, a soft target near 1 loses nothing to
+    cancellation. Branch-free (a ``where=`` on random signs is ~10x slower), chunk by
+    chunk in reused scratch buffers, so a call allocates only its results.
     """
     zf, yf = z.reshape(-1), np.broadcast_to(y, z.shape).reshape(-1)
     n = zf.size
@@ -241,24 +271,22 @@ def _sigmoid_bce_plain(z, y, reduction):
         e = _math.scratch(m, z.dtype, 1)
         v = values[c] if values is not None else _math.scratch(m, z.dtype, 3)
         w = _math.scratch(m, z.dtype, 4)
+        u = _math.scratch(m, z.dtype, 5)
         np.abs(zc, out=e)
         np.negative(e, out=e)
         np.exp(e, out=e)  # e = exp(−|z|) <= 1: never overflows
-        np.add(e, 1, out=gc)
-        np.divide(1, gc, out=gc)  # σ(|z|)
-        # σ(z) = σ(|z|) · f with f = 1 for z >= 0 and e for z < 0: f = max(e, sign(z)),
-        # branch-free (a where= on random signs is ~10x slower)
-        np.sign(zc, out=w)
-        np.maximum(e, w, out=w)
-        gc *= w
-        gc -= yc
         np.log1p(e, out=v)
-        # value softplus(z) − y z = (max(z, 0) − y z) + log1p(e): the bracket first, so
-        # that a well-classified entry (z = 40, y = 1) keeps its tiny loss
-        np.maximum(zc, 0, out=e)
-        np.multiply(yc, zc, out=w)
-        e -= w
-        v += e
+        np.add(e, 1, out=w)
+        np.divide(e, w, out=e)  # q = σ(−|z|)
+        np.sign(zc, out=w)
+        np.maximum(w, 0, out=w)  # h (0 at z = 0, where q = 1/2 = σ(0))
+        np.subtract(w, yc, out=gc)  # h − y
+        np.multiply(gc, zc, out=u)
+        v += u
+        np.multiply(w, -2, out=u)
+        u += 1
+        u *= e
+        gc += u
         if scale != 1:
             gc *= scale
         if values is None:
