@@ -18,7 +18,7 @@ import functools
 import numpy as np
 import opt_einsum
 
-__all__ = ["contract", "diagonal", "contraction_expression"]
+__all__ = ["contract", "contract_kernel", "diagonal", "contraction_expression"]
 
 #: same-dtype contractions use np.einsum when K is below EINSUM_MAX_K and J takes at least
 #: EINSUM_MIN_BYTES (out of cache); otherwise np.matmul (BLAS). Measured on the 2-core
@@ -101,11 +101,33 @@ def contract(g, J) -> np.ndarray:
             f"g must have shape {J.shape[:-2] + J.shape[-2:-1]} to contract with J of shape "
             f"{J.shape} ((..., M) with (..., M, K)); got shape {g.shape}"
         )
-    if g.dtype == J.dtype:
-        if J.shape[-1] < EINSUM_MAX_K and J.nbytes >= EINSUM_MIN_BYTES:
-            # a large J of short rows: numpy's own sum-of-products loop streams it once at
-            # memory speed, where BLAS (a threaded call per sample) is about twice as slow;
-            # a J that fits in cache is faster through BLAS
-            return np.einsum("...i,...ij->...j", g, J)
+    kernel = contract_kernel(g, J)
+    if kernel == "einsum":
+        # a large J of short rows: numpy's own sum-of-products loop streams it once at
+        # memory speed, where BLAS (a threaded call per sample) is about twice as slow
+        return np.einsum("...i,...ij->...j", g, J)
+    if kernel == "matmul":
         return np.matmul(g[..., None, :], J)[..., 0, :]
     return contraction_expression(g.shape, J.shape)(g, J)
+
+
+def contract_kernel(g: np.ndarray, J: np.ndarray) -> str:
+    """Which kernel :func:`contract` uses for arrays ``g`` and ``J``.
+
+    ``'einsum'`` (numpy's einsum: J of the same float dtype as g, K below
+    :data:`EINSUM_MAX_K` and at least :data:`EINSUM_MIN_BYTES`), ``'matmul'`` (BLAS: any
+    other J of g's dtype) or ``'opt_einsum'`` (mixed dtypes: the cached expression).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> contract_kernel(np.ones((2, 3)), np.ones((2, 3, 3)))
+    'matmul'
+    >>> contract_kernel(np.ones((2, 3), np.float32), np.ones((2, 3, 3)))
+    'opt_einsum'
+    """
+    if g.dtype != J.dtype:
+        return "opt_einsum"
+    if J.shape[-1] < EINSUM_MAX_K and J.nbytes >= EINSUM_MIN_BYTES:
+        return "einsum"
+    return "matmul"
