@@ -35,6 +35,9 @@ import numpy as np
 
 from . import checks
 from .activations import ACTIVATIONS
+from .checks.inputs import _make_targets as make_targets
+from .checks.report import _fmt_shape as fmt_shape
+from .checks.report import _json_float as json_float
 from .head import Head, pairs
 from .losses import LOSSES
 
@@ -310,7 +313,7 @@ def _time_entry(entry: _Entry, n: int, k: int, dtype: str, seed: int) -> None:
     head = entry.obj
     rng = np.random.default_rng(_seed(seed, entry.label, 99))
     z = rng.normal(scale=1.5, size=(n, k)).astype(dtype)
-    y = checks._make_targets(head.loss_fn, (n, k), rng)
+    y = make_targets(head.loss_fn, (n, k), rng)
     if y.dtype.kind == "f":
         y = y.astype(dtype)
     try:
@@ -389,10 +392,10 @@ def _check(args, parser) -> int:
 
 
 def _render(entries, dtypes, args, timing_dtype, skipped, elapsed) -> str:
-    shapes = " ".join(checks._fmt_shape(s) for s in SHAPES)
+    shapes = " ".join(fmt_shape(s) for s in SHAPES)
     out = [
         f"jacobians check: seed {args.seed}; {', '.join(dtypes)}; shapes {shapes}; ±1e4 logits "
-        f"{checks._fmt_shape(EXTREME_SHAPE)}",
+        f"{fmt_shape(EXTREME_SHAPE)}",
         "every method vs each other and vs float64 central differences (vs closed forms at ±1e4)",
         "",
     ]
@@ -461,7 +464,7 @@ def _to_json(entries, dtypes, args, timing_dtype, skipped, elapsed, passed) -> d
                 "checks": len(e.report),
                 "failed": len(e.report.failures),
                 "passed": e.report.passed,
-                "max_err": {dt: checks._json_float(e.report.max_rel(dt)) for dt in dtypes},
+                "max_err": {dt: json_float(e.report.max_rel(dt)) for dt in dtypes},
                 "fused_speedup": e.speedup,
                 "t_fused_s": e.t_fused,
                 "t_jacobian_s": e.t_jacobian,

@@ -18,6 +18,8 @@ import functools
 import numpy as np
 import opt_einsum
 
+from ._validation import as_float_array
+
 __all__ = ["contract", "contract_kernel", "diagonal", "contraction_expression"]
 
 #: same-dtype contractions use np.einsum when K is below EINSUM_MAX_K and J takes at least
@@ -88,12 +90,8 @@ def contract(g, J) -> np.ndarray:
     >>> contract(np.array([[1.0, 0.0]]), J)          # row 0 of J
     array([[1., 2.]])
     """
-    from .operators import JacobianOperator
-
-    if isinstance(J, JacobianOperator):
-        return J.vjp(g)
-    from ._validation import as_float_array
-
+    if not isinstance(J, np.ndarray) and callable(getattr(J, "vjp", None)):
+        return J.vjp(g)  # a JacobianOperator (this module stays below operators.py)
     J = as_float_array(J, "J", min_ndim=2)
     g = as_float_array(g, "g")
     if g.shape[:-1] != J.shape[:-2] or g.shape[-1] != J.shape[-2]:

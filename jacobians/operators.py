@@ -31,6 +31,7 @@ import numpy as np
 from ._math import diag_minus_rank_one
 from ._parallel import run_in_row_blocks
 from ._validation import as_float_array, check_same_shape
+from .contract import contract
 from .contract import diagonal as _diagonal_view
 
 __all__ = ["JacobianOperator", "DenseJacobian", "DiagonalJacobian", "DiagonalPlusRankOne"]
@@ -196,8 +197,6 @@ class DenseJacobian(JacobianOperator):
         return np.matmul(self.J, v[..., None])[..., 0]
 
     def vjp(self, g):
-        from .contract import contract
-
         return contract(self._check_vector(g, "g"), self.J)
 
     def diagonal(self):

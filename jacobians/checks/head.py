@@ -1,0 +1,202 @@
+"""check_head: dE/dz of every method of a head against the others and a float64 reference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import as_float_array
+from ..head import Head
+from ..numerical import numerical_grad
+from .inputs import DEFAULT_SHAPE, _check_dtype, _check_shape, _head_distance, _kink_note, _make_targets, example_inputs
+from .report import CheckReport, _batched_vjp, _Failed, _readonly, _require, _Rows, _run, _safe_call, _subject
+
+# above this many entries the gradient reference is taken along random directions
+_FULL_GRAD_MAX = 2048
+_N_DIRECTIONS = 4
+
+
+
+
+def _head_methods(head: Head) -> list[str]:
+    if head.logits_loss:
+        return ["fused"]
+    return ["jacobian", "vjp", "operator"] + (["fused"] if head.fused_rule is not None else [])
+
+
+def _prepare_targets(y, z: np.ndarray):
+    y = np.array(y, copy=True)
+    if y.dtype.kind == "f" or y.dtype.kind == "b":
+        y = y.astype(z.dtype)
+    y.flags.writeable = False
+    return y
+
+
+def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, seed=0) -> CheckReport:
+    """Check dE/dz of every method of a head against the others and a float64 reference.
+
+    The reference is :func:`~jacobians.numerical_grad` of ``head.loss`` (the fused value
+    where the pair has a rule) at ``z`` promoted to float64 — along a few random
+    directions when ``z`` has more than 2048 entries. The methods are ``jacobian``,
+    ``vjp``, ``operator`` (``dE/da @ act.jacobian_operator(z)``) and ``fused`` where a
+    rule exists; a Fenchel–Young loss with its own mapping (``Sparsemax`` +
+    ``SparsemaxLoss``) has only ``fused``. Rows::
+
+        dE/dz:   <method> vs numerical,  <method> vs jacobian
+        dE/dz·v: jvp vs numerical        (Σ dE/da · act.jvp(z, v) = Σ dE/dz · v)
+        value:   <method> vs fused       (when there is a fused rule)
+
+    Results must keep the dtype of ``z``; exceptions become failed rows.
+
+    Parameters
+    ----------
+    head : Head
+    z : array_like, shape (..., K), optional
+        Logits; default: generated (:func:`example_inputs`).
+    y : array_like, optional
+        Targets in the loss's form; default: generated from ``loss.target_kind``.
+    shape, dtype, seed
+        As in :func:`check_activation`.
+
+    Returns
+    -------
+    CheckReport
+
+    Examples
+    --------
+    A loss whose gradient is off by a factor is caught:
+
+    >>> import numpy as np
+    >>> import jacobians as jac
+    >>> class Off(jac.Loss):
+    ...     def per_sample(self, a, y):
+    ...         return ((a - y) ** 2).sum(axis=-1)
+    ...     def per_sample_grad(self, a, y):
+    ...         return 3 * (a - y)                           # should be 2 (a − y)
+    >>> report = jac.check_head(jac.Head(jac.Tanh(), Off()))
+    >>> report.passed, report.failures[0].compared
+    (False, 'dE/dz: jacobian vs numerical')
+    """
+    _require(head, Head, "head")
+    rng = np.random.default_rng(seed)
+    loss = head.loss_fn
+    if z is None:
+        dt = np.dtype(np.float64) if dtype is None else _check_dtype(dtype)
+        if y is not None:
+            ya = np.asarray(y)
+            shape = ya.shape + (_check_shape(shape)[-1],) if ya.dtype.kind in "iu" else ya.shape
+        z, y = example_inputs(head, shape=shape, dtype=dt, seed=rng, y=y)
+        kink = ""
+    else:
+        z = as_float_array(z, "z")
+        if dtype is not None:
+            z = z.astype(_check_dtype(dtype))
+        if y is None:
+            y = _make_targets(loss, z.shape, rng)
+        dist, names = _head_distance(head, z.astype(np.float64), np.asarray(y))
+        kink = _kink_note(names, dist)
+    z = _readonly(z)
+    y = _prepare_targets(y, z)
+    dt = z.dtype
+    rows = _Rows(_subject(head), dt, z.shape, kink)
+
+    z64 = z.astype(np.float64)
+    y64 = y.astype(np.float64) if y.dtype.kind == "f" else y
+    v = _readonly(rng.normal(size=z.shape).astype(dt))
+    full = z.size <= _FULL_GRAD_MAX
+
+    def ref_loss(x):
+        return np.sum(head.loss(x, y64))  # reduction 'none': each row's gradient is that of the sum
+
+    # round-off of the finite differences scales with the loss: atol is relative to the
+    # largest per-sample (or per-entry) loss
+    per_sample = _safe_call(lambda: head.loss_fn.with_reduction("none")(
+        z64 if head.logits_loss else head.activation(z64), y64))
+    value64 = _safe_call(ref_loss, z64)
+    sizes = [abs(float(value64))] if value64 is not None else []
+    if per_sample is not None and np.size(per_sample) and np.isfinite(per_sample).all():
+        sizes.append(float(np.abs(per_sample).max()))
+    if sizes:
+        rows.floors["numerical"] = max(sizes)
+    if not head.logits_loss:
+        rows.floors["methods"] = _chain_rule_scale(head, z64, y64)
+
+    if full:
+        ref = _run(lambda: numerical_grad(ref_loss, z64))
+        directions = None
+    else:
+        directions = rng.normal(size=(_N_DIRECTIONS,) + z.shape)
+        ref = _run(lambda: np.array([numerical_grad(lambda t, d=d: ref_loss(z64 + t[0] * d), np.zeros(1))[0]
+                                     for d in directions]))
+
+    def project(grad):
+        if directions is None or isinstance(grad, _Failed):
+            return grad
+        grad = np.asarray(grad, dtype=np.float64)
+        if grad.shape != z.shape:
+            return _Failed(ValueError(f"dE/dz has shape {grad.shape}, expected {z.shape}"))
+        return directions.reshape(len(directions), -1) @ grad.reshape(-1)
+
+    what = "dE/dz" if full else f"dE/dz·v ({_N_DIRECTIONS} directions)"
+    results = {}
+    for method in _head_methods(head):
+        if method == "operator":
+            results[method] = _run(_operator_value_and_grad, head, z, y)
+        else:
+            results[method] = _run(head.value_and_grad, z, y, method)
+    grads = {m: (r if isinstance(r, _Failed) else r[1]) for m, r in results.items()}
+
+    for method, grad in grads.items():
+        rows.compare(what, method, "numerical", project(grad), ref, "numerical", dtype_of=grad)
+    first = next(iter(grads))
+    for method, grad in grads.items():
+        if method != first:
+            rows.compare("dE/dz", method, first, grad, grads[first], "methods")
+
+    if not head.logits_loss and full:
+        # the JVP in the chain rule: Σ dE/da · (J v) = Σ dE/dz · v
+        jvp_proj = _run(_jvp_projection, head, z, y, v)
+        if isinstance(ref, _Failed):
+            rows.compare("dE/dz·v", "jvp", "numerical", jvp_proj, ref, "numerical", dtype_of=None)
+        else:
+            prod = ref * v.astype(np.float64)
+            rows.compare("dE/dz·v", "jvp", "numerical", jvp_proj, np.array(prod.sum()), "numerical",
+                         dtype_of=None, scale=float(np.abs(prod).sum()))
+
+    if "fused" in results and len(results) > 1:
+        fused = results["fused"]
+        for method, r in results.items():
+            if method == "fused":
+                continue
+            val = r if isinstance(r, _Failed) else np.asarray(r[0])
+            ref_val = fused if isinstance(fused, _Failed) else np.asarray(fused[0])
+            rows.compare("value", method, "fused", val, ref_val, "methods", dtype_of=None,
+                         floor=rows.floors["numerical"])
+    return CheckReport(rows.rows)
+
+
+def _chain_rule_scale(head: Head, z64, y64) -> float:
+    """Size of the terms the chain rule adds up, ``max |dE/da| @ |J|`` (what round-off
+    scales with); ``max |dE/da|`` when the dense Jacobian would be large."""
+    with np.errstate(all="ignore"):
+        dE_da = _safe_call(lambda: head.loss_fn.grad(head.activation(z64), y64))
+        if dE_da is None or not np.size(dE_da) or not np.isfinite(dE_da).all():
+            return 1.0
+        dE_da = np.abs(np.asarray(dE_da, dtype=np.float64))
+        if z64.size * z64.shape[-1] <= 4_000_000:
+            J = _safe_call(head.activation.jacobian, z64)
+            if J is not None and np.shape(J) == z64.shape + z64.shape[-1:] and np.isfinite(J).all():
+                return float(_batched_vjp(dE_da, np.abs(J)).max())
+        return float(dE_da.max())
+
+
+def _operator_value_and_grad(head: Head, z, y):
+    act, loss = head.activation, head.loss_fn
+    value, g = loss.value_and_grad(act(z), y)
+    return value, act.jacobian_operator(z).vjp(g)
+
+
+def _jvp_projection(head: Head, z, y, v):
+    act, loss = head.activation, head.loss_fn
+    g = loss.grad(act(z), y)
+    jv = act.jvp(z, v)
+    return np.array((np.asarray(g, dtype=np.float64) * np.asarray(jv, dtype=np.float64)).sum())

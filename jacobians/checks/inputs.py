@@ -1,0 +1,266 @@
+"""Generated inputs for the checks: logits clear of kinks, targets, extreme logits."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .. import _math
+from ..activations import Activation, Entmax15, LeakyReLU, ReLU, Sparsemax
+from ..head import Head
+from ..losses import Entmax15Loss, Huber, MeanAbsoluteError, SparsemaxLoss
+from .report import _safe_call
+
+#: generated inputs keep every entry this far from a known kink (see the module docstring)
+KINK_MARGIN = 1e-2
+
+#: shape of generated inputs when none is given
+DEFAULT_SHAPE = (6, 5)
+
+#: magnitude of the extreme logits of :func:`check_extreme`
+EXTREME = 1e4
+
+#: what ``loss.target_kind`` may say, and the targets generated for it
+TARGET_KINDS = {
+    "class": "integer class indices (...,) in [0, K)",
+    "probability": "values of a's shape, uniform in [0, 1]",
+    "real": "values of a's shape, standard normal",
+}
+
+# logits are drawn N(0, 1.5²) and clipped to this range
+_Z_SCALE = 1.5
+_Z_CLIP = 6.0
+_MAX_RESAMPLE = 200
+
+
+
+def _abs_distance(obj, z, y=None):
+    return np.abs(z)
+
+
+def _sparsemax_distance(x):
+    # on the support p = x − τ, elsewhere x <= τ: τ = max(x − p)
+    tau = (x - _math.sparsemax(x)).max(axis=-1, keepdims=True)
+    return np.abs(x - tau)
+
+
+def _entmax15_distance(x):
+    # on the support √p = x/2 − τ, elsewhere x/2 <= τ; the kink is at x = 2τ
+    tau = (x / 2 - np.sqrt(_math.entmax15(x))).max(axis=-1, keepdims=True)
+    return np.abs(x - 2 * tau)
+
+
+def _sparsemax_loss_distance(loss, a, y=None):
+    # sparsemax is the identity on the simplex, and an activation with simplex outputs
+    # keeps a on it (zeros of sparsemax/entmax stay exactly 0): rows there cross no kink
+    on_simplex = (a.min(axis=-1) >= 0) & (np.abs(a.sum(axis=-1) - 1) <= 1e-5)
+    return np.where(on_simplex[..., None], np.inf, _sparsemax_distance(a))
+
+
+#: class -> ``distance(obj, x, y)`` of every entry of ``x`` to its nearest kink, ``(..., K)``
+#: (``x`` is ``z`` for an activation, the loss's input for a loss; ``y`` the targets or None)
+KINKS: dict[type, Callable] = {
+    ReLU: _abs_distance,
+    LeakyReLU: _abs_distance,
+    Sparsemax: lambda act, z, y=None: _sparsemax_distance(z),
+    # p = (z/2 − τ)² near its support boundary makes log-losses (BCE) steep there: 10× the margin
+    Entmax15: lambda act, z, y=None: _entmax15_distance(z) / 10,
+    MeanAbsoluteError: lambda loss, a, y: np.abs(a - y),
+    Huber: lambda loss, a, y: np.abs(np.abs(a - y) - loss.delta),
+    SparsemaxLoss: _sparsemax_loss_distance,
+    Entmax15Loss: lambda loss, a, y=None: _entmax15_distance(a),
+}
+
+
+def _kink_fn(obj):
+    for cls in type(obj).__mro__:
+        if cls in KINKS:
+            return KINKS[cls], cls.__name__
+    return None, None
+
+
+def _row_distance(obj, x, y=None) -> tuple[np.ndarray | None, str | None]:
+    """Per-row minimum distance ``(...,)`` of ``x`` to ``obj``'s kinks, or (None, None)."""
+    fn, where = _kink_fn(obj)
+    if fn is None:
+        return None, None
+    with np.errstate(all="ignore"):
+        d = np.broadcast_to(np.asarray(fn(obj, x, y), dtype=np.float64), x.shape)
+    return np.nan_to_num(d, nan=0.0).min(axis=-1), where
+
+
+def _head_distance(head: Head, z64, y) -> tuple[np.ndarray, list[str]]:
+    """Per-row distance of ``(z, y)`` to the head's kinks (activation in z, loss in its input)."""
+    dist = np.full(z64.shape[:-1], np.inf)
+    names = []
+    d, name = _row_distance(head.activation, z64)
+    if d is not None:
+        dist, names = np.minimum(dist, d), [name]
+    x = z64 if head.logits_loss else _safe_call(head.activation, z64)
+    if x is not None:
+        yl = y.astype(np.float64) if np.asarray(y).dtype.kind == "f" else y
+        d, name = _row_distance(head.loss_fn, x, yl)
+        if d is not None:
+            dist, names = np.minimum(dist, d), names + [name]
+    return dist, names
+
+
+def _target_kind(loss) -> str:
+    kind = getattr(loss, "target_kind", "real")
+    if kind not in TARGET_KINDS:
+        raise ValueError(
+            f"{type(loss).__name__}.target_kind must be one of {sorted(TARGET_KINDS)} to generate targets; "
+            f"got {kind!r} (or pass y yourself)"
+        )
+    return kind
+
+
+def _make_targets(loss, shape: tuple, rng: np.random.Generator) -> np.ndarray:
+    """Targets for ``loss`` and logits of ``shape``, from ``loss.target_kind`` (float64 or int)."""
+    kind = _target_kind(loss)
+    if kind == "class":
+        return rng.integers(0, shape[-1], size=shape[:-1])
+    if kind == "probability":
+        return rng.uniform(0.0, 1.0, size=shape)
+    return rng.normal(size=shape)
+
+
+def _draw_logits(shape, rng):
+    return np.clip(rng.normal(scale=_Z_SCALE, size=shape), -_Z_CLIP, _Z_CLIP)
+
+
+def _check_shape(shape) -> tuple:
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a tuple of ints, (..., K); got {shape!r}") from None
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be a non-empty tuple of positive ints, (..., K); got {shape}")
+    return shape
+
+
+def _check_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64; got {dt}")
+    return dt
+
+
+def example_inputs(obj, shape=DEFAULT_SHAPE, dtype=np.float64, seed=0, *, y=None):
+    """Generated inputs for a check, clear of kinks.
+
+    Logits are drawn from N(0, 1.5²) (clipped to ±6); targets follow
+    ``loss.target_kind``: ``'class'`` → integer indices, ``'probability'`` → uniform in
+    [0, 1], ``'real'`` (also what a loss that declares nothing gets) → standard normal.
+    Rows whose entries lie within :data:`KINK_MARGIN` of a kink of the activation (in
+    ``z``) or of the loss (in its input) are drawn again.
+
+    Parameters
+    ----------
+    obj : Activation or Head
+    shape : tuple of int
+        Shape ``(..., K)`` of ``z``.
+    dtype : {float64, float32}
+    seed : int, SeedSequence or Generator
+        Passed to ``np.random.default_rng``.
+    y : array_like, optional
+        Targets to keep (a Head only): only ``z`` is drawn, clear of the kinks for them.
+
+    Returns
+    -------
+    z : ndarray of ``shape`` and ``dtype`` (an Activation), or ``(z, y)`` (a Head), with
+        ``y`` integer indices ``shape[:-1]`` or floats of ``shape`` in ``dtype``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import jacobians as jac
+    >>> z = example_inputs(jac.ReLU(), shape=(100, 10))
+    >>> bool(np.abs(z).min() >= KINK_MARGIN)
+    True
+    >>> z, y = example_inputs(jac.Head(jac.Softmax(), jac.CrossEntropy()), shape=(4, 3), dtype=np.float32)
+    >>> z.dtype, y.shape, y.dtype.kind
+    (dtype('float32'), (4,), 'i')
+    """
+    shape, dt = _check_shape(shape), _check_dtype(dtype)
+    rng = np.random.default_rng(seed)
+    is_head = isinstance(obj, Head)
+    if not (is_head or isinstance(obj, Activation)):
+        raise TypeError(f"obj must be a jacobians.Activation or jacobians.Head instance; got {type(obj).__name__}")
+    z = _draw_logits(shape, rng)
+    keep_y = y is not None
+    if is_head:
+        y = np.array(y, copy=True) if keep_y else _make_targets(obj.loss_fn, shape, rng)
+    elif keep_y:
+        raise TypeError("y is for a Head; an activation takes no targets")
+    for _ in range(_MAX_RESAMPLE):
+        zc = z.astype(dt).astype(np.float64)  # what the check will see
+        yc = y.astype(dt) if y is not None and y.dtype.kind == "f" else y
+        if is_head:
+            dist, _ = _head_distance(obj, zc, yc)
+        else:
+            dist, _ = _row_distance(obj, zc)
+        bad = np.zeros(shape[:-1], dtype=bool) if dist is None else ~(dist >= KINK_MARGIN)
+        if not bad.any():
+            break
+        n_bad = int(bad.sum())
+        z[bad] = _draw_logits((n_bad, shape[-1]), rng)
+        if y is not None and not keep_y:
+            y[bad] = _make_targets(obj.loss_fn, (n_bad, shape[-1]), rng)
+    else:
+        raise RuntimeError(
+            f"could not draw inputs of shape {shape} at least {KINK_MARGIN} from the kinks of {obj!r}; "
+            "pass inputs yourself"
+        )
+    z = z.astype(dt)
+    if not is_head:
+        return z
+    return z, (y.astype(dt) if y.dtype.kind == "f" else y)
+
+
+def extreme_inputs(obj, shape=(2, 3, 5), dtype=np.float64, seed=0):
+    """Logits of ±1e4 (and targets for a Head) where every fused rule has a closed form.
+
+    Each row has one maximum, ``+1e4`` (or ``0``), every other entry lies ``1e4`` or
+    more below it (entries in ``{−1e4, 0, 1e4}``), so softmax, sparsemax and 1.5-entmax
+    are exactly one-hot. Targets as in :func:`example_inputs`.
+
+    Examples
+    --------
+    >>> import jacobians as jac
+    >>> z = extreme_inputs(jac.Softmax(), shape=(3, 4))
+    >>> sorted(set(z.ravel().tolist())) <= [-1e4, 0.0, 1e4]
+    True
+    """
+    shape, dt = _check_shape(shape), _check_dtype(dtype)
+    if shape[-1] < 2:
+        raise ValueError(f"extreme inputs need K >= 2 classes; got shape {shape}")
+    rng = np.random.default_rng(seed)
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    K = shape[-1]
+    z = np.empty((rows, K))
+    for r in range(rows):
+        top = rng.integers(K)
+        if r % 2 == 0:  # max +1e4, others in {0, −1e4}
+            z[r] = rng.choice([0.0, -EXTREME], size=K)
+            z[r, top] = EXTREME
+        else:  # max 0, others −1e4
+            z[r] = -EXTREME
+            z[r, top] = 0.0
+    z = z.reshape(shape).astype(dt)
+    if not isinstance(obj, Head):
+        return z
+    y = _make_targets(obj.loss_fn, shape, rng)
+    return z, (y.astype(dt) if y.dtype.kind == "f" else y)
+
+
+def _kink_note(names, dist) -> str:
+    if dist is None or not np.any(dist < KINK_MARGIN):
+        return ""
+    return (
+        f"the inputs lie within {KINK_MARGIN:g} of a kink of {'/'.join(names)}, where finite differences "
+        "are unreliable (use generated inputs, or move them)"
+    )
+
+
