@@ -1,9 +1,12 @@
 """The command line: ``python -m jacobians {check,list,bench}``.
 
 ``check`` (the main job) runs every activation, every valid (activation, loss) pair and
-every method against each other and against float64 finite differences on an embedded
-default — fixed seed, several shapes including a ``(B, T, K)`` one, float32 and
-float64, and logits of ±1e4 checked against closed forms — and prints one table with
+every method against each other, against float64 finite differences and against the
+per-sample loop references of :mod:`jacobians.testing`, on an embedded default — fixed
+seed, several shapes including a ``(B, T, K)`` one, float32 and float64, and logits of
+±1e4 checked against closed forms — for the default instances and for every variant the
+classes declare (``variants``: temperatures, label smoothing, class weights,
+``ignore_index``, ``pos_weight``, Huber's δ, LeakyReLU's slope), and prints one table with
 the fused path's speed-up over the Jacobian path. Exit status: 0 when every check
 passes, 1 when one fails, 2 for a bad option (one line on stderr).
 
@@ -53,6 +56,8 @@ EXTREME_SHAPE = (2, 3, 5)
 DEFAULT_N, DEFAULT_K = 1024, 100
 #: timed calls per method (median reported), after one warm-up call each
 REPEATS = 5
+#: number of classes the rows' labels and method lists are read from
+LABEL_K = 5
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,7 +90,9 @@ def _build_parser() -> _Parser:
         help="check every activation, pair and method against numerical references (the main job)",
         description=(
             "Compare every method (jacobian, operator, vjp, jvp, fused) of every registered activation and "
-            "every valid (activation, loss) pair with each other and with float64 central differences, on "
+            "every valid (activation, loss) pair, with their defaults and with every variant the classes "
+            "declare (python -m jacobians list shows them), with each other, with float64 central differences "
+            "and with the per-sample loop references, on "
             f"generated inputs of shapes {' '.join(map(str, SHAPES))} in float64 and float32, plus logits of "
             "±1e4 checked against closed forms; print one table with the fused path's speed-up over the "
             "Jacobian path. Exit status 0 when all pass, 1 otherwise, 2 for a bad option."
@@ -202,6 +209,9 @@ def _list() -> int:
     lines += ["", f"valid pairs ({len(ps)}, {sum(p.fused for p in ps)} with a fused rule):"]
     body = [[p.activation, p.loss, "yes" if p.fused else "-"] for p in ps]
     lines += ["  " + s for s in checks.format_table(["activation", "loss", "fused"], body)]
+    labels = variant_labels()
+    lines += ["", f"variants checked besides the defaults ({len(labels)}; each with every valid partner):"]
+    lines += ["  " + s for s in labels]
     print("\n".join(lines))
     return 0
 
@@ -211,19 +221,24 @@ def _list() -> int:
 
 @dataclass
 class _Entry:
-    """One row of the table: an activation alone, or a pair."""
+    """One row of the table: an activation alone, or a pair, with its parameters.
+
+    ``build(K)`` makes the object for inputs of K classes (class weights are shaped by K);
+    ``activation`` and ``loss`` are the registry names (what ``--only`` selects).
+    """
 
     activation: str
     loss: str | None
-    obj: object
+    build: Callable[[int], object]
+    label: str = ""
     report: checks.CheckReport = field(default_factory=checks.CheckReport)
     t_fused: float | None = None
     t_jacobian: float | None = None
     timing_note: str = ""
 
-    @property
-    def label(self) -> str:
-        return self.activation if self.loss is None else f"{self.activation} + {self.loss}"
+    def __post_init__(self):
+        self.obj = self.build(LABEL_K)
+        self.label = self.label or checks.label(self.obj)
 
     @property
     def methods(self) -> list[str]:
@@ -236,7 +251,8 @@ class _Entry:
 
     @property
     def timed(self) -> bool:
-        return self.loss is not None and self.obj.fused_rule is not None and not self.obj.logits_loss
+        default = "(" not in self.label  # the fused speed-up is timed once per pair
+        return default and self.loss is not None and self.obj.fused_rule is not None and not self.obj.logits_loss
 
     @property
     def speedup(self) -> float | None:
@@ -260,23 +276,49 @@ def _parse_only(text: str | None) -> tuple[set[str], set[str]] | None:
     return {n for n in names if n in ACTIVATIONS}, {n for n in names if n in LOSSES}
 
 
+def _options(cls) -> list[Callable[[int], dict]]:
+    """The keyword sets of a class's checks, as functions of K: the defaults, then each of
+    ``cls.variants(K)``."""
+    n = len(cls.variants(LABEL_K))
+    return [lambda K: {}] + [lambda K, i=i: cls.variants(K)[i] for i in range(n)]
+
+
+def variant_labels() -> list[str]:
+    """Labels of the non-default instances that ``check`` runs (listed by ``list``)."""
+    return [checks.label(cls(**opt(LABEL_K))) for reg in (ACTIVATIONS, LOSSES) for cls in reg.values()
+            for opt in _options(cls)[1:]]
+
+
 def _entries(only) -> tuple[list[_Entry], list[str]]:
-    """The rows to check (filtered by --only) and the classes skipped (need arguments)."""
+    """The rows to check (filtered by --only) and the classes skipped (need arguments).
+
+    Every activation alone, with its defaults and with each of its variants; every valid
+    pair with both defaults, then with each variant of the activation (default loss) and
+    each variant of the loss (default activation).
+    """
     acts, losses = only if only is not None else (None, None)
     entries, skipped = [], []
     for name, cls in ACTIVATIONS.items():
-        act = _default(cls)
-        if act is None:
+        if _default(cls) is None:
             skipped.append(name)
             continue
         if acts is None or name in acts:
-            entries.append(_Entry(name, None, act))
+            entries += [_Entry(name, None, lambda K, c=cls, o=opt: c(**o(K))) for opt in _options(cls)]
     skipped += [name for name, cls in LOSSES.items() if _default(cls) is None]
     for p in pairs():
         if only is not None and not ((not acts or p.activation in acts) and (not losses or p.loss in losses)):
             continue
-        head = Head(ACTIVATIONS[p.activation](), LOSSES[p.loss]())
-        entries.append(_Entry(p.activation, p.loss, head))
+        acls, lcls = ACTIVATIONS[p.activation], LOSSES[p.loss]
+        combos = [(a, _options(lcls)[0]) for a in _options(acls)] + [(_options(acls)[0], lo) for lo in _options(lcls)[1:]]
+        for aopt, lopt in combos:
+            def build(K, aopt=aopt, lopt=lopt, acls=acls, lcls=lcls):
+                return Head(acls(**aopt(K)), lcls(**lopt(K)))
+
+            try:
+                build(LABEL_K)
+            except ValueError:  # a variant that leaves the pair's domain
+                continue
+            entries.append(_Entry(p.activation, p.loss, build))
     return entries, skipped
 
 
@@ -300,17 +342,18 @@ def _run_entry(entry: _Entry, dtypes, seed: int, tick) -> None:
         for si, shape in enumerate(SHAPES):
             s = _seed(seed, entry.label, di, si)
             entry.report += _guarded(entry, dt, shape,
-                                     lambda: run(entry.obj, shape=shape, dtype=dt, seed=s))  # noqa: B023
+                                     lambda: run(entry.build(shape[-1]), shape=shape, dtype=dt, seed=s))  # noqa: B023
             tick()
         s = _seed(seed, entry.label, di, len(SHAPES))
+        obj = entry.build(EXTREME_SHAPE[-1])
         entry.report += _guarded(entry, dt, EXTREME_SHAPE,
-                                 lambda: checks.check_extreme(entry.obj, shape=EXTREME_SHAPE, dtype=dt, seed=s))  # noqa: B023
+                                 lambda: checks.check_extreme(obj, shape=EXTREME_SHAPE, dtype=dt, seed=s))  # noqa: B023
         tick()
 
 
 def _time_entry(entry: _Entry, n: int, k: int, dtype: str, seed: int) -> None:
     """Median time of head.grad with method='fused' and 'jacobian', called alternately."""
-    head = entry.obj
+    head = entry.build(k)
     rng = np.random.default_rng(_seed(seed, entry.label, 99))
     z = rng.normal(scale=1.5, size=(n, k)).astype(dtype)
     y = make_targets(head.loss_fn, (n, k), rng)
@@ -396,7 +439,8 @@ def _render(entries, dtypes, args, timing_dtype, skipped, elapsed) -> str:
     out = [
         f"jacobians check: seed {args.seed}; {', '.join(dtypes)}; shapes {shapes}; ±1e4 logits "
         f"{fmt_shape(EXTREME_SHAPE)}",
-        "every method vs each other and vs float64 central differences (vs closed forms at ±1e4)",
+        "every method vs each other, vs float64 central differences and vs the per-sample loop references",
+        "(vs closed forms at ±1e4); every variant of the registries' classes (list: python -m jacobians list)",
         "",
     ]
     header = ["pair", "methods compared", "checks"] + [f"max err {dt}" for dt in dtypes] + ["result", "fused speed-up"]
@@ -421,7 +465,8 @@ def _render(entries, dtypes, args, timing_dtype, skipped, elapsed) -> str:
     out += [
         "",
         "max err:  the largest max|x - ref| / max|ref| of the row's comparisons (ref: float64 central",
-        "          differences, another method, or a closed form at ±1e4; |ref| floored at the noise level)",
+        "          differences, another method, a loop reference, or a closed form at ±1e4; |ref| floored",
+        "          at the noise level)",
         "speed-up: median time of head.grad(method='jacobian') / head.grad(method='fused'),",
         f"          N={args.n}, K={args.k}, {timing_dtype}, {REPEATS} runs each side by side; — : no fused rule to time",
     ]

@@ -39,7 +39,7 @@ def restore_registries():
 # -- instances and variants ------------------------------------------------------------------
 
 REDUCTIONS = ("mean", "sum", "none")
-IGNORE = -100
+IGNORE = jac.losses.classification.IGNORE_INDEX
 
 
 def default_instance(cls):
@@ -50,66 +50,47 @@ def default_instance(cls):
         return None
 
 
-def _weight(K: int) -> np.ndarray:
-    return np.linspace(0.5, 2.0, K)
+def variant_options(cls, K: int = 4) -> list:
+    """``[{}, *variants]`` of a registered class, each a function of K giving the keywords
+    (``cls.variants(K)`` shapes its class weights by K)."""
+    return [lambda K: {}] + [lambda K, i=i: cls.variants(K)[i] for i in range(len(cls.variants(K)))]
 
 
-#: extra parameter sets per built-in class, on top of the default instance
-ACTIVATION_OPTIONS = {
-    jac.Softmax: [{"temperature": 0.5}, {"temperature": 3.0}],
-    jac.LeakyReLU: [{"slope": 0.2}],
-}
-
-#: loss option sets; a callable value gets K (class weights need the number of classes)
-LOSS_OPTIONS = {
-    jac.CrossEntropy: [
-        {"label_smoothing": 0.1},
-        {"weight": _weight},
-        {"ignore_index": IGNORE},
-        {"label_smoothing": 0.2, "weight": _weight, "ignore_index": IGNORE},
-    ],
-    jac.NLLLoss: [{"weight": _weight}, {"ignore_index": IGNORE}, {"weight": _weight, "ignore_index": IGNORE}],
-    jac.BinaryCrossEntropy: [
-        {"label_smoothing": 0.1},
-        {"pos_weight": lambda K: np.linspace(0.5, 3.0, K)},
-        {"label_smoothing": 0.2, "pos_weight": lambda K: np.linspace(0.5, 3.0, K)},
-    ],
-    jac.Huber: [{"delta": 0.3}],
-}
-
-
-def _describe(cls, options) -> str:
+def describe(cls, options: dict) -> str:
+    """``name`` or ``name(key=value, ...)``; array values show as their key alone."""
     name = jac.activations.base.registry_name(cls)
     if not options:
         return name
-    return name + "(" + ",".join(f"{k}" if callable(v) else f"{k}={v}" for k, v in options.items()) + ")"
+    return name + "(" + ",".join(k if isinstance(v, np.ndarray) else f"{k}={v}" for k, v in options.items()) + ")"
 
 
-def activation_cases() -> list:
-    """``pytest.param(activation)`` for every registered activation and its option sets."""
+def activation_cases(K: int = 4) -> list:
+    """``pytest.param(activation)`` for every registered activation and its variants."""
     out = []
     for cls in jac.ACTIVATIONS.values():
-        for options in [{}] + ACTIVATION_OPTIONS.get(cls, []):
+        for options in [{}] + cls.variants(K):
             act = cls(**options) if options else default_instance(cls)
             if act is not None:
-                out.append(pytest.param(act, id=_describe(cls, options)))
+                out.append(pytest.param(act, id=describe(cls, options)))
     return out
 
 
-def make_loss(cls, options: dict, K: int, reduction: str = "mean"):
-    """An instance of ``cls`` with ``options`` (callables are given K) and ``reduction``."""
-    kwargs = {k: (v(K) if callable(v) else v) for k, v in options.items()}
+def make_loss(cls, options, K: int, reduction: str = "mean"):
+    """An instance of ``cls`` with ``options`` (a dict, or a function of K giving one) and
+    ``reduction``."""
+    kwargs = options(K) if callable(options) else options
     return cls(reduction=reduction, **kwargs)
 
 
-def loss_specs() -> list[tuple[str, type, dict]]:
-    """``(id, class, options)`` for every registered loss and its option sets."""
+def loss_specs(K: int = 4) -> list[tuple[str, type, object]]:
+    """``(id, class, options)`` for every registered loss and its variants (options a
+    function of K)."""
     out = []
     for cls in jac.LOSSES.values():
         if default_instance(cls) is None:
             continue
-        for options in [{}] + LOSS_OPTIONS.get(cls, []):
-            out.append((_describe(cls, options), cls, options))
+        for options in variant_options(cls, K):
+            out.append((describe(cls, options(K)), cls, options))
     return out
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 from conftest import TransposedJacobian
 
@@ -43,14 +44,29 @@ class TransposedTanh(TransposedJacobian):
 # -- check ------------------------------------------------------------------------------------
 
 
+def _labels(cls, K=5) -> set[str]:
+    """Labels of a class's default instance and of each of its variants."""
+    return {jac.checks.label(cls(**kw)) for kw in [{}] + cls.variants(K)}
+
+
+def _pair_rows(acls, lcls) -> set[str]:
+    """A pair's rows: defaults, each activation variant with the default loss, each loss
+    variant with the default activation."""
+    a0, l0 = jac.checks.label(acls()), jac.checks.label(lcls())
+    return {f"{a} + {l0}" for a in _labels(acls)} | {f"{a0} + {lo}" for lo in _labels(lcls)}
+
+
 def test_check_only_a_pair_passes(capsys):
     status, out, err = run(capsys, "check", "--only", "softmax,cross_entropy", *FAST)
     assert status == 0, out
     assert err == ""  # no progress bar: stderr is not a terminal
     rows = table_rows(out)
-    assert set(rows) == {"softmax", "softmax + cross_entropy"}
+    assert set(rows) == _labels(jac.Softmax) | _pair_rows(jac.Softmax, jac.CrossEntropy)
+    assert {"softmax(temperature=0.5) + cross_entropy", "softmax + cross_entropy(weight)",
+            "softmax + cross_entropy(ignore_index=-100)", "softmax + cross_entropy(label_smoothing=0.1)"} <= set(rows)
     assert "jacobian, vjp, operator, jvp, fused" in rows["softmax + cross_entropy"]
     assert rows["softmax + cross_entropy"].rstrip().endswith("×")  # the fused speed-up
+    assert rows["softmax(temperature=0.5) + cross_entropy"].rstrip().endswith("—")  # timed once per pair
     assert rows["softmax"].rstrip().endswith("—")  # no fused rule for an activation alone
     assert " ok " in rows["softmax"] + " "
     assert "max err float64" in out and "max err float32" in out
@@ -61,7 +77,8 @@ def test_check_only_a_pair_passes(capsys):
 def test_only_a_loss_keeps_every_pair_with_it(capsys):
     status, out, _ = run(capsys, "check", "--only", "mse", "--dtype", "float64", *FAST)
     assert status == 0
-    expected = {f"{p.activation} + mse" for p in jac.pairs() if p.loss == "mse"}
+    expected = set().union(*(_pair_rows(jac.get_activation(p.activation), jac.MeanSquaredError)
+                             for p in jac.pairs() if p.loss == "mse"))
     assert set(table_rows(out)) == expected
     assert "max err float32" not in out
 
@@ -69,10 +86,61 @@ def test_only_a_loss_keeps_every_pair_with_it(capsys):
 def test_only_activations_keeps_them_and_their_pairs(capsys):
     status, out, _ = run(capsys, "check", "--only", "sigmoid,tanh", "--dtype", "float32", *FAST)
     assert status == 0
-    expected = {"sigmoid", "tanh"} | {f"{p.activation} + {p.loss}" for p in jac.pairs() if p.activation in ("sigmoid", "tanh")}
+    expected = {"sigmoid", "tanh"} | set().union(*(
+        _pair_rows(jac.get_activation(p.activation), jac.get_loss(p.loss))
+        for p in jac.pairs() if p.activation in ("sigmoid", "tanh")))
     assert set(table_rows(out)) == expected
     assert "max err float64" not in out
     assert "float32" in out.splitlines()[0]
+
+
+def _failing_rows(out: str) -> set[str]:
+    return {label for label, line in table_rows(out).items() if "FAIL" in line}
+
+
+def test_check_catches_a_temperature_factor_missing_from_a_fused_rule(capsys, monkeypatch):
+    rule = jac.fused.FUSED[(jac.Softmax, jac.CrossEntropy)]
+
+    def no_temperature(act, loss, z, y):  # the gradient without its 1/T
+        value, grad = rule(act, loss, z, y)
+        return value, grad * act.temperature
+
+    monkeypatch.setitem(jac.fused.FUSED, (jac.Softmax, jac.CrossEntropy), no_temperature)
+    status, out, _ = run(capsys, "check", "--only", "softmax,cross_entropy", *FAST)
+    assert status == 1
+    assert _failing_rows(out) == {"softmax(temperature=0.5) + cross_entropy", "softmax(temperature=3.0) + cross_entropy"}
+
+
+def test_check_catches_a_pos_weight_term_shared_by_every_method(capsys, monkeypatch):
+    """pos_weight applied to the negative term, in the loss and in the fused rule alike: the
+    methods agree with each other and with finite differences; the loop reference does not."""
+    monkeypatch.setattr(jac.BinaryCrossEntropy, "_pos_weight", lambda self, dtype: None if self.pos_weight is None
+                        else 1 / self.pos_weight.astype(dtype))
+    status, out, _ = run(capsys, "check", "--only", "sigmoid,binary_cross_entropy", "--dtype", "float64", *FAST)
+    assert status == 1
+    assert _failing_rows(out) == {"sigmoid + binary_cross_entropy(pos_weight)",
+                                  "sigmoid + binary_cross_entropy(label_smoothing=0.2, pos_weight)"}
+    assert "vs loop" in out
+
+
+def test_check_catches_an_ignore_index_denominator_shared_by_every_method(capsys, monkeypatch):
+    """'mean' divided by every sample, ignored ones included, in the loss and in the fused
+    rule alike: only the loop reference sees it."""
+    from jacobians.losses import _targets, classification
+
+    coefficients = _targets.class_coefficients
+
+    def count_ignored_too(t, dtype, **kw):
+        c, denom = coefficients(t, dtype, **kw)
+        return c, float(t.indices.size) if t.is_index and t.valid is not None and kw.get("weight") is None else denom
+
+    monkeypatch.setattr(classification, "class_coefficients", count_ignored_too)
+    real_count = np.count_nonzero
+    monkeypatch.setattr(jac.fused.np, "count_nonzero", lambda x, *a, **k: x.size if x.dtype == bool else real_count(x, *a, **k))
+    status, out, _ = run(capsys, "check", "--only", "softmax,cross_entropy", "--dtype", "float64", *FAST)
+    assert status == 1
+    assert _failing_rows(out) == {"softmax + cross_entropy(ignore_index=-100)"}
+    assert "vs loop" in out
 
 
 def test_broken_registered_activation_fails_check(capsys, restore_registries):
@@ -208,6 +276,12 @@ def test_list(capsys):
     lines = out.splitlines()
     for p in ps:
         assert any(line.split() == [p.activation, p.loss, "yes" if p.fused else "-"] for line in lines), p
+    variants = [jac.checks.label(cls(**kw)) for reg in (jac.ACTIVATIONS, jac.LOSSES) for cls in reg.values()
+                for kw in cls.variants(5)]
+    assert f"variants checked besides the defaults ({len(variants)};" in out
+    for v in ["softmax(temperature=0.5)", "leaky_relu(slope=0.2)", "cross_entropy(weight)", "nll(ignore_index=-100)",
+              "binary_cross_entropy(pos_weight)", "huber(delta=0.3)", "cross_entropy(label_smoothing=0.1)"]:
+        assert f"  {v}\n" in out, v
 
 
 def test_bench_is_imported_lazily_and_given_its_arguments(capsys, monkeypatch):

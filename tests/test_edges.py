@@ -16,7 +16,7 @@ import importlib
 
 import numpy as np
 import pytest
-from conftest import ACTIVATION_OPTIONS, LOSS_OPTIONS, make_loss, make_targets, target_forms
+from conftest import make_loss, make_targets, target_forms, variant_options
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -219,10 +219,6 @@ def edge_rows(draw, dtype):
     return z, bottom
 
 
-def _variants(cls, options: dict) -> list[dict]:
-    return [{}] + options.get(cls, [])
-
-
 @pytest.mark.parametrize("pair", FUSED_PAIRS)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
@@ -231,8 +227,8 @@ def test_fused_rules_at_the_fast_path_edges_match_long_double_references(pair, d
     dtype = data.draw(st.sampled_from(DTYPES))
     z, bottom = data.draw(edge_rows(dtype))
     K = z.shape[-1]
-    aopt = data.draw(st.sampled_from(_variants(acls, ACTIVATION_OPTIONS)))
-    lopt = data.draw(st.sampled_from(_variants(lcls, LOSS_OPTIONS)))
+    aopt = data.draw(st.sampled_from([{}] + acls.variants(K)))
+    lopt = data.draw(st.sampled_from(variant_options(lcls, K)))
     reduction = data.draw(st.sampled_from(["mean", "sum", "none"]))
     loss = make_loss(lcls, lopt, K, reduction)
     head = jac.Head(acls(**aopt), loss)

@@ -9,14 +9,16 @@ import math
 import numpy as np
 import pytest
 from conftest import (
-    IGNORE,
     REDUCTIONS,
+    describe,
     head_methods,
     head_targets,
     make_logits,
+    make_loss,
     make_targets,
     readonly,
     target_forms,
+    variant_options,
 )
 
 import jacobians as jac
@@ -131,34 +133,20 @@ def test_fused_rule_value_equals_separate_loss_on_moderate_logits(pair, rng):
 
 # -- the fused rules with every option ---------------------------------------------------------
 
-FUSED_LOSS_OPTIONS = {
-    jac.CrossEntropy: [{}, {"label_smoothing": 0.15}, {"weight": "w"}, {"ignore_index": IGNORE},
-                       {"label_smoothing": 0.1, "weight": "w", "ignore_index": IGNORE}],
-    jac.NLLLoss: [{}, {"weight": "w"}, {"ignore_index": IGNORE}, {"weight": "w", "ignore_index": IGNORE}],
-    jac.BinaryCrossEntropy: [{}, {"label_smoothing": 0.1}, {"pos_weight": "pw"}, {"label_smoothing": 0.2, "pos_weight": "pw"}],
-}
-ACT_OPTIONS = {jac.Softmax: [{}, {"temperature": 0.5}, {"temperature": 2.5}]}
-
-
-def _materialize(options):
-    table = {"w": np.linspace(0.5, 2.0, K), "pw": np.linspace(0.5, 3.0, K)}
-    return {k: table.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
-
-
 FUSED_CASES = [
     pytest.param(acls, aopt, lcls, lopt, form, red,
-                 id=f"{acls.__name__}{aopt or ''}+{lcls.__name__}{lopt or ''}-{form}-{red}")
+                 id=f"{describe(acls, aopt)}+{describe(lcls, lopt(K))}-{form}-{red}")
     for (acls, lcls) in list(jac.fused.FUSED)
-    for aopt in ACT_OPTIONS.get(acls, [{}])
-    for lopt in FUSED_LOSS_OPTIONS.get(lcls, [{}])
-    for form in target_forms(lcls(**_materialize(lopt)))
+    for aopt in [{}] + acls.variants(K)
+    for lopt in variant_options(lcls, K)
+    for form in target_forms(make_loss(lcls, lopt, K))
     for red in REDUCTIONS
 ]
 
 
 @pytest.mark.parametrize(("acls", "aopt", "lcls", "lopt", "form", "reduction"), FUSED_CASES)
 def test_fused_rules_with_every_option(acls, aopt, lcls, lopt, form, reduction, rng):
-    loss = lcls(reduction=reduction, **_materialize(lopt))
+    loss = make_loss(lcls, lopt, K, reduction)
     head = jac.Head(acls(**aopt), loss)
     z = _logits(rng)
     y = make_targets(loss, rng, SHAPE, form)

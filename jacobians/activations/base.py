@@ -113,6 +113,17 @@ class Activation:
     name: ClassVar[str | None] = None
     output_domain: ClassVar[str | Domain] = "real"
 
+    @classmethod
+    def variants(cls, K: int) -> list[dict]:
+        """Parameter sets besides the defaults that the checks and the tests also run.
+
+        A list of keyword-argument dicts for ``cls(**kw)`` (empty by default): the
+        ``check`` command and the test suite walk them with every valid loss, so that a
+        parameter's factor (a temperature, a slope) is checked, not only its default.
+        ``K`` is the number of classes of the inputs, for parameters shaped by it.
+        """
+        return []
+
     def __call__(self, z) -> np.ndarray:
         return self.forward(z)
 

@@ -105,6 +105,10 @@ class LeakyReLU(ElementwiseActivation):
     def __init__(self, slope: float = 0.01):
         self.slope = check_nonnegative_scalar(slope, "slope")
 
+    @classmethod
+    def variants(cls, K):
+        return [{"slope": 0.2}]
+
     def forward(self, z):
         z = as_float_array(z, "z")
         return np.where(z > 0, z, z * z.dtype.type(self.slope))

@@ -99,6 +99,10 @@ class Softmax(SimplexMapping):
     def __init__(self, temperature: float = 1.0):
         self.temperature = check_positive_scalar(temperature, "temperature")
 
+    @classmethod
+    def variants(cls, K):
+        return [{"temperature": 0.5}, {"temperature": 3.0}]
+
     def _scaled(self, z):
         return z if self.temperature == 1.0 else z / z.dtype.type(self.temperature)
 

@@ -62,7 +62,7 @@ from .activation import check_activation
 from .extreme import EXTREME_CLOSED_FORMS, check_extreme
 from .head import check_head
 from .inputs import DEFAULT_SHAPE, EXTREME, KINK_MARGIN, KINKS, TARGET_KINDS, example_inputs, extreme_inputs
-from .report import TOLERANCES, CheckReport, CheckRow, format_rows, format_table
+from .report import TOLERANCES, CheckReport, CheckRow, format_rows, format_table, label
 
 __all__ = [
     "CheckReport",
@@ -81,4 +81,5 @@ __all__ = [
     "EXTREME_CLOSED_FORMS",
     "format_rows",
     "format_table",
+    "label",
 ]

@@ -7,6 +7,8 @@ import numpy as np
 from .._validation import as_float_array
 from ..activations import Activation
 from ..numerical import numerical_jacobian
+from ..testing import loop_jacobian
+from .head import has_loop_reference
 from .inputs import DEFAULT_SHAPE, _check_dtype, _kink_note, _row_distance, example_inputs
 from .report import (
     CheckReport,
@@ -121,6 +123,8 @@ def check_activation(act: Activation, z=None, *, shape=DEFAULT_SHAPE, dtype=None
     rows.compare("J", "jacobian", "numerical", J, Jn, "numerical")
     rows.compare("J", "operator", "numerical", J_op, Jn, "numerical")
     rows.compare("J", "operator", "jacobian", J_op, J, "methods")
+    if has_loop_reference(act):
+        rows.compare("J", "jacobian", "loop", J, _run(loop_jacobian, act, z64), "methods")
 
     vjp = _run(act.vjp, z, g)
     vjp_op = from_op("vjp", g)

@@ -7,6 +7,7 @@ import numpy as np
 from .._validation import as_float_array
 from ..head import Head
 from ..numerical import numerical_grad
+from ..testing import ACTIVATION_REFERENCES, LOSS_REFERENCES, loop_head
 from .inputs import DEFAULT_SHAPE, _check_dtype, _check_shape, _head_distance, _kink_note, _make_targets, example_inputs
 from .report import CheckReport, _batched_vjp, _Failed, _readonly, _require, _Rows, _run, _safe_call, _subject
 
@@ -171,7 +172,28 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
             ref_val = fused if isinstance(fused, _Failed) else np.asarray(fused[0])
             rows.compare("value", method, "fused", val, ref_val, "methods", dtype_of=None,
                          floor=rows.floors["numerical"])
+
+    if has_loop_reference(head):
+        # the textbook definition, one sample at a time in float64 (jacobians.testing): a
+        # bug shared by every method (a wrong 'mean' denominator, say) shows here
+        loop = _run(loop_head, head, z64, y64)
+        loop_value = loop if isinstance(loop, _Failed) else np.asarray(loop[0])
+        loop_grad = loop if isinstance(loop, _Failed) else loop[1]
+        for method, r in results.items():
+            grad = r if isinstance(r, _Failed) else r[1]
+            val = r if isinstance(r, _Failed) else np.asarray(r[0])
+            rows.compare("dE/dz", method, "loop", grad, loop_grad, "methods")
+            rows.compare("value", method, "loop", val, loop_value, "methods", dtype_of=None,
+                         floor=rows.floors["numerical"])
     return CheckReport(rows.rows)
+
+
+def has_loop_reference(obj) -> bool:
+    """True when :mod:`jacobians.testing` has a loop reference for ``obj`` (an activation,
+    a loss, or both parts of a head): the built-in classes, matched exactly."""
+    if isinstance(obj, Head):
+        return has_loop_reference(obj.activation) and has_loop_reference(obj.loss_fn)
+    return type(obj) in ACTIVATION_REFERENCES or type(obj) in LOSS_REFERENCES
 
 
 def _chain_rule_scale(head: Head, z64, y64) -> float:

@@ -120,7 +120,11 @@ def _make_targets(loss, shape: tuple, rng: np.random.Generator) -> np.ndarray:
     """Targets for ``loss`` and logits of ``shape``, from ``loss.target_kind`` (float64 or int)."""
     kind = _target_kind(loss)
     if kind == "class":
-        return rng.integers(0, shape[-1], size=shape[:-1])
+        y = rng.integers(0, shape[-1], size=shape[:-1])
+        ignore = getattr(loss, "ignore_index", None)
+        if ignore is not None and y.size > 1:  # every third sample ignored, never all of them
+            y.reshape(-1)[1::3] = ignore
+        return y
     if kind == "probability":
         return rng.uniform(0.0, 1.0, size=shape)
     return rng.normal(size=shape)

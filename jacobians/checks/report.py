@@ -305,10 +305,41 @@ class _Rows:
         self._add(quantity, method, "finite", None, None, tol, not note, note)
 
 
-def _subject(obj) -> str:
+def label(obj) -> str:
+    """The registry name of an activation or loss, with the parameters that differ from its
+    class's defaults: ``'softmax(temperature=0.5)'``, ``'cross_entropy(weight)'`` (arrays
+    show by name); a head is ``'<activation> + <loss>'``.
+
+    Examples
+    --------
+    >>> import jacobians as jac
+    >>> label(jac.Head(jac.Softmax(temperature=2.0), jac.CrossEntropy(reduction="sum")))
+    "softmax(temperature=2.0) + cross_entropy(reduction='sum')"
+    """
     if isinstance(obj, Head):
-        return f"{registry_name(type(obj.activation))} + {registry_name(type(obj.loss_fn))}"
-    return registry_name(type(obj))
+        return f"{label(obj.activation)} + {label(obj.loss_fn)}"
+    try:
+        default = vars(type(obj)())
+    except TypeError:
+        default = {}
+    params = []
+    for key, value in vars(obj).items():
+        if key.startswith("_"):
+            continue
+        if key in default and _same(value, default[key]):
+            continue
+        params.append(key if isinstance(value, np.ndarray) else f"{key}={value!r}")
+    name = registry_name(type(obj))
+    return f"{name}({', '.join(params)})" if params else name
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.array_equal(a, b)
+    return a == b
+
+
+_subject = label
 
 
 def _require(obj, cls, name):

@@ -93,6 +93,18 @@ class Loss:
     def __init__(self, reduction: str = "mean"):
         self.reduction = check_reduction(reduction)
 
+    @classmethod
+    def variants(cls, K: int) -> list[dict]:
+        """Parameter sets besides the defaults that the checks and the tests also run.
+
+        A list of keyword-argument dicts for ``cls(**kw)`` (empty by default; the
+        reduction is varied separately): the ``check`` command and the test suite walk
+        them with every activation the loss pairs with, so that label smoothing, class
+        weights or an ignored index are checked, not only the defaults. ``K`` is the
+        number of classes, for parameters of shape (K,).
+        """
+        return []
+
     # -- what a subclass writes ----------------------------------------------------------
     def per_sample(self, a: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Loss of each sample, shape ``(...,)``."""

@@ -38,6 +38,10 @@ def _neg_ratio(c: np.ndarray, safe: np.ndarray) -> np.ndarray:
     return np.clip(g, -big, big, out=g)
 
 
+#: the ``ignore_index`` of the loss variants the checks run (torch's default value)
+IGNORE_INDEX = -100
+
+
 def _check_ignore_index(ignore_index):
     if ignore_index is None:
         return None
@@ -112,6 +116,16 @@ class CrossEntropy(_ClassLoss):
         self.weight = check_weight(weight)
         self.ignore_index = _check_ignore_index(ignore_index)
 
+    @classmethod
+    def variants(cls, K):
+        w = np.linspace(0.5, 2.0, K)
+        return [
+            {"label_smoothing": 0.1},
+            {"weight": w},
+            {"ignore_index": IGNORE_INDEX},
+            {"label_smoothing": 0.2, "weight": w, "ignore_index": IGNORE_INDEX},
+        ]
+
     def _terms(self, a, t, need_grad):
         c, denom = self.coefficients(t, a.dtype)
         safe = _floor_tiny(a)
@@ -148,6 +162,11 @@ class NLLLoss(_ClassLoss):
         super().__init__(reduction)
         self.weight = check_weight(weight)
         self.ignore_index = _check_ignore_index(ignore_index)
+
+    @classmethod
+    def variants(cls, K):
+        w = np.linspace(0.5, 2.0, K)
+        return [{"weight": w}, {"ignore_index": IGNORE_INDEX}, {"weight": w, "ignore_index": IGNORE_INDEX}]
 
     def _terms(self, a, t, need_grad):
         c, denom = self.coefficients(t, a.dtype)
@@ -248,6 +267,11 @@ class BinaryCrossEntropy(ElementwiseLoss):
                 raise ValueError(f"pos_weight must be finite and >= 0; got {pos_weight}")
             pos_weight.flags.writeable = False
         self.pos_weight = pos_weight
+
+    @classmethod
+    def variants(cls, K):
+        pw = np.linspace(0.5, 3.0, K)
+        return [{"label_smoothing": 0.1}, {"pos_weight": pw}, {"label_smoothing": 0.2, "pos_weight": pw}]
 
     def check_targets(self, a, y):
         y = super().check_targets(a, y)
