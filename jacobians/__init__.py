@@ -18,6 +18,7 @@ True
 __version__ = "0.1.0"
 
 from . import domains, fused, operators
+from ._kernels import kernels
 from .activations import (
     ACTIVATIONS,
     Activation,
@@ -130,6 +131,8 @@ __all__ = [
     "check_activation",
     "check_head",
     "CheckReport",
+    # which compiled kernels run
+    "kernels",
     # modules
     "domains",
     "fused",

@@ -18,11 +18,8 @@ __all__ = [
     "logsumexp",
     "log1p_ratio",
     "RATIO_MAX_EXP",
-    "softmax",
-    "softmax_vjp",
     "diag_minus_rank_one",
     "rowdot",
-    "log_softmax",
     "sigmoid",
     "sigmoid_derivative",
     "log_sigmoid",
@@ -162,50 +159,6 @@ def log1p_ratio(other: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.log1p(other / np.maximum(e, floor)), far
 
 
-def softmax(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``exp(z − m) / Σ exp(z − m)`` with ``m = max(z)``: never overflows.
-
-    The shift is skipped when :func:`exp_is_safe` (same result to round-off). ``out``
-    (same shape and dtype as ``z``, not ``z`` itself) receives the result.
-    """
-    e = np.empty_like(z) if out is None else out
-    if exp_is_safe(z):
-        np.exp(z, out=e)
-    else:
-        np.subtract(z, z.max(axis=-1, keepdims=True), out=e)
-        np.exp(e, out=e)
-    e /= rowsum(e)  # a division, not a reciprocal: a row of one entry gives exactly 1
-    return e
-
-
-def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``s ⊙ (g − s·g) / T`` with ``s = softmax(x)``: the softmax VJP from the (scaled) logits.
-
-    One output buffer: ``s`` is built in it chunk by chunk (see :func:`row_chunks`), and
-    ``g − s·g`` goes to a reused scratch buffer, so a call allocates only its result.
-    """
-    K = x.shape[-1]
-    x2, g2 = x.reshape(-1, K), g.reshape(-1, K)
-    out = np.empty(x2.shape, dtype=x.dtype)
-    safe = exp_is_safe(x)
-    ones = np.ones(K, dtype=x.dtype)
-    for rows in row_chunks(x2.shape[0], K):
-        o, xc, gc = out[rows], x2[rows], g2[rows]
-        if safe:
-            np.exp(xc, out=o)
-        else:
-            np.subtract(xc, xc.max(axis=-1, keepdims=True), out=o)
-            np.exp(o, out=o)
-        o /= np.matmul(o, ones)[:, None]
-        dot = rowdot(o, gc)
-        w = scratch(o.size, x.dtype).reshape(o.shape)
-        np.subtract(gc, dot[:, None], out=w)
-        o *= w
-    if temperature != 1.0:
-        out /= out.dtype.type(temperature)
-    return out.reshape(x.shape)
-
-
 def rowdot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``Σ_k x_k y_k`` per row of two (n, K) arrays, shape (n,).
 
@@ -237,15 +190,6 @@ def diag_minus_rank_one(d: np.ndarray, a: np.ndarray, b: np.ndarray, x: np.ndarr
             np.multiply(a2[rows], dot[:, None], out=w)
             o -= w
     return out.reshape(x.shape)
-
-
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    """``(z − m) − log1p(Σ_{k ≠ argmax} exp(z_k − m))``: a few ulp from the exact value in
-    every entry, including the largest (``−log1p`` of a tiny sum, where ``log Σ`` would
-    give 0), and finite where ``log(softmax(z))`` would give -inf."""
-    shifted, _, rest, _ = shifted_exp(z)
-    shifted -= np.log1p(rest)
-    return shifted
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

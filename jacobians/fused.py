@@ -39,7 +39,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import _math
+from . import _kernels
 from ._validation import as_float_array
 from .activations import Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
 from .losses import (
@@ -125,23 +125,10 @@ def log_softmax_rule(activation, loss, z, y):
     )
     if plain and type(loss)._reduce is Loss._reduce:
         return _plain_index_rule(x, t, loss.reduction, T)
-    shifted, s, rest, top = _math.shifted_exp(x)
     c, denom = loss.coefficients(t, z.dtype)
-    csum = c.sum(axis=-1, keepdims=True)
-    # Σ c (lse − x) = Σc · log1p(rest) + Σ c (m − x): both terms >= 0
-    values = (np.log1p(rest) * csum)[..., 0] - np.einsum("...k,...k->...", c, shifted)
+    values, grad = _kernels.ce_coefficients(x, c)
     if isinstance(loss, KLDivergence):
         values += loss.entropy_term(t, z.dtype)
-    total = 1 + rest
-    s /= total
-    # at the row's maximum s·Σc − c = s (Σc − c) − c (1 − s) with 1 − s = rest/total: a
-    # confident prediction (s near 1) keeps the small gradient that s − 1 would round away
-    s_top, c_top = np.take_along_axis(s, top, axis=-1), np.take_along_axis(c, top, axis=-1)
-    g_top = s_top * (csum - c_top) - c_top * (rest / total)
-    s *= csum
-    s -= c
-    np.put_along_axis(s, top, g_top, axis=-1)
-    grad = s
     if T != 1.0:
         grad /= grad.dtype.type(T)
     return loss._reduce(values, grad, denom)
@@ -163,27 +150,7 @@ def _plain_index_rule(x, t, reduction, T):
     x2 = x.reshape(-1, K)
     n = x2.shape[0]
     idx = t.safe_indices().reshape(-1)
-    flat = np.arange(n) * K + idx  # positions of the targets in g.ravel()
-    g = np.empty_like(x2)
-    gflat = g.reshape(-1)
-    if _math.exp_is_safe(x2):
-        np.copyto(g, x2)
-    else:
-        np.subtract(x2, x2.max(axis=-1, keepdims=True), out=g)
-    x_y = gflat[flat]
-    np.exp(g, out=g)
-    e_y = gflat[flat]
-    gflat[flat] = 0
-    other = np.matmul(g, np.ones(K, dtype=g.dtype))
-    gflat[flat] = e_y
-    # float32: the target's exp again in float64 (one per row), so that the value carries
-    # the rounding of float32 exp (up to 2.4 ulp in numpy) once, through o, not twice
-    exact_e_y = np.exp(x_y.astype(np.float64)) if g.dtype == np.float32 else e_y
-    values, far = _math.log1p_ratio(other, exact_e_y)
-    if far.any():
-        rows = np.flatnonzero(far)
-        values[rows] = _far_target_values(x2[rows], idx[rows])
-    dtype = g.dtype.type
+    dtype = x.dtype.type
     valid = None if t.valid is None else t.valid.reshape(-1)
     count = n if valid is None else int(np.count_nonzero(valid))
     with np.errstate(divide="ignore", invalid="ignore"):  # an empty batch: 'mean' is nan, as torch
@@ -191,12 +158,7 @@ def _plain_index_rule(x, t, reduction, T):
     scale = mean if reduction == "mean" else dtype(1.0)
     if T != 1.0:
         scale = scale / dtype(T)
-    w = scale / (other + e_y)
-    if valid is not None:
-        w *= valid
-        values *= valid
-    g *= w[:, None]
-    gflat[flat] = -(other * w)  # s_y − 1 = −o/(o + e_y), without the cancellation
+    values, g = _kernels.ce_index(x2, idx, valid, scale)
     g = g.reshape(x.shape)
     if reduction == "none":
         return values.reshape(x.shape[:-1]), g
@@ -205,17 +167,6 @@ def _plain_index_rule(x, t, reduction, T):
         return value, g
     with np.errstate(invalid="ignore"):
         return value * mean, g
-
-
-def _far_target_values(x, idx):
-    """``lse(x) − x_y`` for rows ``x`` (n, K) whose target lies far below the maximum:
-    ``log Σ_{k≠y} e^{x_k − m} + (m − x_y)``, the sum at least 1 (it holds the maximum)."""
-    rows = np.arange(x.shape[0])
-    shifted = x - x.max(axis=-1, keepdims=True)
-    gap = -shifted[rows, idx]
-    e = np.exp(shifted)
-    e[rows, idx] = 0
-    return np.log(e.sum(axis=-1)) + gap
 
 
 @register_fused(Sigmoid, BinaryCrossEntropy)
@@ -230,67 +181,21 @@ def sigmoid_bce_rule(activation, loss, z, y):
     pw = loss._pos_weight(z.dtype)
     if pw is None and type(loss)._reduce is Loss._reduce:
         return _sigmoid_bce_plain(z, y, loss.reduction)
-    e = np.exp(-np.abs(z))
-    inv = 1 / (1 + e)
-    pos = z > 0
-    sig, sig_neg = np.where(pos, inv, e * inv), np.where(pos, e * inv, inv)  # σ(z), σ(−z)
-    log1p_e = np.log1p(e)
     py = y if pw is None else pw * y
-    # (1 − y) softplus(z) + p y softplus(−z) and (1 − y) σ(z) − p y σ(−z): products of
-    # non-negative numbers, nothing rounded against 1
-    values = (1 - y) * (np.maximum(z, 0) + log1p_e) + py * (np.maximum(-z, 0) + log1p_e)
-    grad = (1 - y) * sig - py * sig_neg
+    values, grad = _kernels.sigmoid_bce_weighted(z, y, py)
     return loss._reduce(values, grad, values.size)
 
 
 def _sigmoid_bce_plain(z, y, reduction):
-    """Sigmoid + BCE without ``pos_weight``: ``softplus(z) − y z`` and ``σ(z) − y``.
-
-    With ``h = step(z)`` (1 for z > 0, else 0) and ``q = σ(−|z|) = e/(1 + e)``,
-    ``e = exp(−|z|)``::
-
-        value = z (h − y) + log1p(e)          grad = (h − y) + (1 − 2h) q
-
-    A product and a sum of two non-negative numbers; and ``σ(z) − y`` written so that
-    nothing is rounded against 1 first: a well-classified entry (z = 40, y = 1) keeps its
-    tiny loss e^{-40} and its gradient −e^{-40}, a soft target near 1 loses nothing to
-    cancellation. Branch-free (a ``where=`` on random signs is ~10x slower), chunk by
-    chunk in reused scratch buffers, so a call allocates only its results.
-    """
+    """Sigmoid + BCE without ``pos_weight``: ``softplus(z) − y z`` and ``σ(z) − y``, as
+    ``z (h − y) + log1p(e)`` and ``(h − y) + (1 − 2h) q`` with ``h = step(z)``,
+    ``e = exp(−|z|)``, ``q = e/(1 + e)`` (see :func:`jacobians._kernels.numpy_impl.sigmoid_bce_plain`):
+    nothing rounded against 1, a call allocates only its results."""
     zf, yf = z.reshape(-1), np.broadcast_to(y, z.shape).reshape(-1)
-    n = zf.size
     dtype = z.dtype.type
-    grad = np.empty_like(zf)
-    values = np.empty_like(zf) if reduction == "none" else None
     with np.errstate(divide="ignore"):  # an empty batch: 'mean' is nan, as torch
-        scale = dtype(1.0) / dtype(n) if reduction == "mean" else dtype(1.0)
-    total = dtype(0.0)
-    for c in _math.row_chunks(n, 1):
-        zc, yc, gc = zf[c], yf[c], grad[c]
-        m = zc.size
-        e = _math.scratch(m, z.dtype, 1)
-        v = values[c] if values is not None else _math.scratch(m, z.dtype, 3)
-        w = _math.scratch(m, z.dtype, 4)
-        u = _math.scratch(m, z.dtype, 5)
-        np.abs(zc, out=e)
-        np.negative(e, out=e)
-        np.exp(e, out=e)  # e = exp(−|z|) <= 1: never overflows
-        np.log1p(e, out=v)
-        np.add(e, 1, out=w)
-        np.divide(e, w, out=e)  # q = σ(−|z|)
-        np.sign(zc, out=w)
-        np.maximum(w, 0, out=w)  # h (0 at z = 0, where q = 1/2 = σ(0))
-        np.subtract(w, yc, out=gc)  # h − y
-        np.multiply(gc, zc, out=u)
-        v += u
-        np.multiply(w, -2, out=u)
-        u += 1
-        u *= e
-        gc += u
-        if scale != 1:
-            gc *= scale
-        if values is None:
-            total += v.sum(dtype=v.dtype)
+        scale = dtype(1.0) / dtype(zf.size) if reduction == "mean" else dtype(1.0)
+    values, total, grad = _kernels.sigmoid_bce_plain(zf, yf, scale, reduction == "none")
     grad = grad.reshape(z.shape)
     if values is not None:
         return values.reshape(z.shape), grad

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _kernels
 from ._math import diag_minus_rank_one
 from ._parallel import run_in_row_blocks
 from ._validation import as_float_array, check_same_shape
@@ -35,12 +36,6 @@ from .contract import contract
 from .contract import diagonal as _diagonal_view
 
 __all__ = ["JacobianOperator", "DenseJacobian", "DiagonalJacobian", "DiagonalPlusRankOne"]
-
-#: dense Jacobians are written in slabs of about this many bytes: one core's L2 cache on
-#: the development machine (1, 2, 4 and 8 MiB measured within noise of each other on two
-#: threads; on one thread, bands of rows at K = 1000 beat whole 8 MB Jacobians by ~25%)
-DENSE_BLOCK_BYTES = 2 << 20
-
 
 class JacobianOperator:
     """A batch of K×K Jacobians, ``J[..., i, j] = ∂a_i/∂z_j``, stored in structured form.
@@ -154,25 +149,6 @@ def _rows2d(x: np.ndarray) -> np.ndarray:
     return x.reshape(-1, x.shape[-1])
 
 
-def _slabs(out: np.ndarray):
-    """Cover ``out`` (shape (n, K, K)) with ``(samples, js)`` slices of ~DENSE_BLOCK_BYTES.
-
-    A slab is ``out[samples, js]``: whole Jacobians when one is smaller than the block,
-    otherwise bands of rows ``js`` of one Jacobian. Its diagonal entries are the diagonal
-    of the square ``out[samples, js, js]``.
-    """
-    n, K = out.shape[0], out.shape[-1]
-    rows = max(1, DENSE_BLOCK_BYTES // (K * out.itemsize))
-    if rows >= K:
-        step = rows // K
-        for a in range(0, n, step):
-            yield slice(a, a + step), slice(None)
-    else:
-        for i in range(n):
-            for j in range(0, K, rows):
-                yield slice(i, i + 1), slice(j, j + rows)
-
-
 class DenseJacobian(JacobianOperator):
     """A Jacobian held as its dense array ``J`` of shape ``(..., K, K)``."""
 
@@ -220,10 +196,7 @@ class DiagonalJacobian(JacobianOperator):
         return self.d.nbytes
 
     def _dense_rows(self, rows, out):
-        d = _rows2d(self.d)[rows]
-        for samples, js in _slabs(out):
-            out[samples, js].fill(0)
-            _diagonal_view(out[samples, js, js])[...] = d[samples, js]
+        _kernels.dense_diagonal(_rows2d(self.d)[rows], out)
 
     def jvp(self, v):
         return self.d * self._check_vector(v, "v")
@@ -263,14 +236,8 @@ class DiagonalPlusRankOne(JacobianOperator):
         return sum(x.nbytes for x in unique.values())
 
     def _dense_rows(self, rows, out):
-        u, v, d = _rows2d(self.u)[rows], _rows2d(self.v)[rows], _rows2d(self.d)[rows]
-        nv = np.negative(v)
-        # einsum writes a slab in two passes (zeros, then products) and the diagonal is a
-        # third: slabs of about DENSE_BLOCK_BYTES keep all three in the core's cache, so
-        # memory sees one write of each entry
-        for samples, js in _slabs(out):
-            np.einsum("ij,ik->ijk", u[samples, js], nv[samples], out=out[samples, js])
-            _diagonal_view(out[samples, js, js])[...] += d[samples, js]
+        # numpy: einsum slab by slab; numba: one pass (see _kernels.dense_diag_minus_rank_one)
+        _kernels.dense_diag_minus_rank_one(_rows2d(self.d)[rows], _rows2d(self.u)[rows], _rows2d(self.v)[rows], out)
 
     def jvp(self, x):
         # d ⊙ x − u (v·x), one allocation

@@ -9,6 +9,7 @@ from conftest import readonly
 
 import jacobians as jac
 from jacobians import testing
+from jacobians._kernels import numpy_impl
 from jacobians._parallel import PARALLEL_MIN_BYTES
 from jacobians.contract import contraction_expression
 
@@ -187,7 +188,7 @@ def test_dense_out_buffer_and_threads_give_identical_numbers(kind, dtype, rng):
 def test_dense_slabs_cover_every_entry_once(kind, block_bytes, rng, monkeypatch):
     # block_bytes from one J row (bands of rows within a Jacobian) up to many Jacobians a slab;
     # the output starts as NaN so an entry no slab writes would show
-    monkeypatch.setattr(jac.operators, "DENSE_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(numpy_impl, "DENSE_BLOCK_BYTES", block_bytes)
     op, params = _operator(kind, rng, (5,), 7)
     out = np.full(op.shape, np.nan)
     op.dense(out=out, workers=1)

@@ -25,8 +25,9 @@ import pytest
 from conftest import activation_cases, head_methods, head_targets
 
 import jacobians as jac
-from jacobians import _math, _parallel, operators
+from jacobians import _math, _parallel
 from jacobians import head as head_module
+from jacobians._kernels import numpy_impl
 
 ACTIVATIONS = activation_cases()
 # pairs with a Jacobian path (a Fenchel–Young loss of its own mapping's logits has none)
@@ -43,11 +44,15 @@ N_BIG, K_BIG = 300, 72
 def blocks(request, monkeypatch):
     """Run with the toolkit's block sizes, and again with tiny ones so that these sizes
     cross every threshold many times: threads (PARALLEL_MIN_BYTES), the blocked dense
-    build (DENSE_BLOCK_BYTES), the chunked VJPs (CHUNK_ENTRIES) and the per-thread blocks
-    of method='jacobian' (JACOBIAN_BLOCK_BYTES)."""
+    build (DENSE_BLOCK_BYTES), the chunked VJPs (CHUNK_ENTRIES; the numba kernels' CHUNK)
+    and the per-thread blocks of method='jacobian' (JACOBIAN_BLOCK_BYTES)."""
     if request.param == "small":
         monkeypatch.setattr(_math, "CHUNK_ENTRIES", 1000)
-        monkeypatch.setattr(operators, "DENSE_BLOCK_BYTES", 64 << 10)
+        monkeypatch.setattr(numpy_impl, "DENSE_BLOCK_BYTES", 64 << 10)
+        if jac.kernels() == "numba":
+            from jacobians._kernels import numba_impl
+
+            monkeypatch.setattr(numba_impl, "CHUNK", 300)
         monkeypatch.setattr(_parallel, "PARALLEL_MIN_BYTES", 64 << 10)
         monkeypatch.setattr(head_module, "PARALLEL_MIN_BYTES", 64 << 10)
         monkeypatch.setattr(head_module, "JACOBIAN_BLOCK_BYTES", 256 << 10)
@@ -57,7 +62,7 @@ def blocks(request, monkeypatch):
 def test_sizes_cross_the_thresholds():
     dense = N_BIG * K_BIG * K_BIG * 8
     assert dense > _parallel.PARALLEL_MIN_BYTES
-    assert dense > 2 * operators.DENSE_BLOCK_BYTES
+    assert dense > 2 * numpy_impl.DENSE_BLOCK_BYTES
     assert dense > head_module.JACOBIAN_BLOCK_BYTES
     assert N_BIG * K_BIG > 2 * 1000
 

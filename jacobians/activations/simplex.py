@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _math
+from .. import _kernels, _math
 from .._validation import as_float_array, check_positive_scalar
 from ..operators import DiagonalPlusRankOne
 from .base import Activation, _check_pair, register_activation
@@ -107,7 +107,7 @@ class Softmax(SimplexMapping):
         return z if self.temperature == 1.0 else z / z.dtype.type(self.temperature)
 
     def forward(self, z):
-        return _math.softmax(self._scaled(as_float_array(z, "z")))
+        return _kernels.softmax(self._scaled(as_float_array(z, "z")))
 
     def gradient_weights(self, p):
         return p if self.temperature == 1.0 else p / p.dtype.type(self.temperature)
@@ -124,9 +124,14 @@ class Softmax(SimplexMapping):
         return out
 
     def vjp(self, z, g) -> np.ndarray:
-        # forward and VJP in one output buffer (see _math.softmax_vjp)
+        # forward and VJP in one pass over each chunk of rows (see _kernels.softmax_vjp)
         z, g = _check_pair(z, g, "g")
-        return _math.softmax_vjp(self._scaled(z), g, self.temperature)
+        return _kernels.softmax_vjp(self._scaled(z), g, self.temperature)
+
+    def jvp(self, z, v) -> np.ndarray:
+        # J is symmetric: the JVP is the VJP's kernel
+        z, v = _check_pair(z, v, "v")
+        return _kernels.softmax_vjp(self._scaled(z), v, self.temperature)
 
 
 @register_activation
@@ -151,7 +156,7 @@ class LogSoftmax(Activation):
     output_domain = "log_simplex"
 
     def forward(self, z):
-        return _math.log_softmax(as_float_array(z, "z"))
+        return _kernels.log_softmax(as_float_array(z, "z"))
 
     def _operator_from_output(self, z, a):
         s = np.exp(a)
@@ -174,7 +179,7 @@ class LogSoftmax(Activation):
 
     def jvp(self, z, v):
         z, v = _check_pair(z, v, "v")
-        return v - _rowdot(_math.softmax(z), v)
+        return v - _rowdot(_kernels.softmax(z), v)
 
 
 @register_activation
