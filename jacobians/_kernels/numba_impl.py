@@ -15,11 +15,12 @@ the meaning of its twin in :mod:`.numpy_impl`; read the math there. What differs
 The shift by the row max is decided as numpy decides it (:func:`~jacobians._math.exp_is_safe`
 over the whole input), so both kernel sets compute the same formula on the same rows.
 
-Compiler flags: the loops that add up rows are compiled with ``fastmath={'reassoc',
-'contract'}`` (a sum may be reordered, which vectorizes it); everything whose rounding
-matters (the elementary functions, the per-entry formulas) is in functions compiled with
-``contract`` only, which LLVM inlines with their own flags. A row max uses ``nnan`` only
-after the row was checked for NaN.
+Compiler flags: the loops that add up rows are functions of their own compiled with
+``fastmath={'reassoc', 'contract'}`` (a sum may be reordered, which vectorizes it) and
+call no elementary function; everything whose rounding matters (the elementary functions,
+the per-entry formulas, the loops calling them) is compiled with ``contract`` only, the
+per-entry helpers inlined by numba into those loops. A row max uses ``nnan`` only after
+the row was checked for NaN.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ __all__ = [
 
 _SUMS = {"fastmath": {"reassoc", "contract"}}
 _EXACT = {"fastmath": {"contract"}}
+#: per-entry helpers, inlined by numba into the (``_EXACT``) loops that call them
+_ENTRY = {"fastmath": {"contract"}, "inline": "always"}
 
 #: rows are processed in chunks of about this many entries (a float64 work buffer of
 #: 16 KiB: the chunk's exps stay in L1 between the passes over them); read at each call
@@ -51,6 +54,13 @@ CHUNK = 2048
 #: than along each row (a chain of K dependent additions)
 SHORT_ROWS = 32
 
+
+# Every loop below runs over ``range(n)`` from 0 on C-contiguous views (rows ``x[i]``,
+# chunks ``x[a:b]``): LLVM then knows each index is non-negative and in bounds, so it
+# vectorizes without runtime overlap checks between the arrays (a loop over
+# ``range(a, b)`` indexing whole arrays fell back to scalar code whenever an output sat
+# next to an input in memory). ``like`` is a zero of the input's dtype: it picks the
+# float32 or float64 ``exp`` (see :func:`.numba_math.expw`).
 
 # -- row helpers ------------------------------------------------------------------------------
 
@@ -65,108 +75,141 @@ def _count_bad(x, bound):
 
 
 @jit(**_SUMS)
-def _nan_count(x, start, K):
+def _nan_count(xr):
     c = 0
-    for k in range(start, start + K):
-        c += x[k] != x[k]
+    for k in range(xr.size):
+        c += xr[k] != xr[k]
     return c
 
 
 @jit(fastmath={"nnan", "nsz", "reassoc"})
-def _max_no_nan(x, start, K):
+def _max_no_nan(xr):
     m = -np.inf
-    for k in range(start, start + K):
-        v = x[k]
+    for k in range(xr.size):
+        v = xr[k]
         m = v if v > m else m
     return m
 
 
 @jit(**_SUMS)
-def _rowmax(x, start, K):
-    """``max(x[start:start + K])`` as numpy's ``max``: NaN when the row holds one."""
-    if _nan_count(x, start, K):
+def _rowmax(xr):
+    """``max(xr)`` as numpy's ``max``: NaN when the row holds one."""
+    if _nan_count(xr):
         return np.nan
-    return np.float64(_max_no_nan(x, start, K))
+    return np.float64(_max_no_nan(xr))
 
 
 @jit(**_SUMS)
-def _argmax(x, start, K):
-    """numpy's ``argmax`` of ``x[start:start + K]``: the first maximum, or the first NaN."""
+def _argmax(xr):
+    """numpy's ``argmax`` of the row: the first maximum, or the first NaN."""
+    K = xr.size
     top = K
-    if _nan_count(x, start, K):
+    if _nan_count(xr):
         for k in range(K):
-            top = min(top, k if x[start + k] != x[start + k] else K)
+            top = min(top, k if xr[k] != xr[k] else K)
         return top
-    m = _max_no_nan(x, start, K)
+    m = _max_no_nan(xr)
     for k in range(K):
-        top = min(top, k if x[start + k] == m else K)
+        top = min(top, k if xr[k] == m else K)
     return top
 
 
-@jit(**_SUMS)
-def _exp_rows(x, K, a, b, shift, e):
-    """``e[(i − a)K + k] = exp(x_ik − m_i)`` (float64) for rows ``a <= i < b`` of the flat
-    ``x``; ``m_i`` the row max when ``shift``, else 0."""
+@jit(**_EXACT)
+def _exp_row(xr, m, like, er):
+    """``er[k] = exp(xr[k] − m)`` in float64."""
+    for k in range(xr.size):
+        er[k] = expw(xr[k] - m, like)
+
+
+@jit(**_EXACT)
+def _exp_flat(xf, like, ef):
+    """``ef[j] = exp(xf[j])`` in float64."""
+    for j in range(xf.size):
+        ef[j] = expw(xf[j], like)
+
+
+@jit(**_EXACT)
+def _exp_rows(xc, shift, like, ec):
+    """``ec[i, k] = exp(xc[i, k] − m_i)`` (float64) for a chunk of rows; ``m_i`` the row max
+    when ``shift``, else 0 (then one flat loop over the whole chunk: short rows vectorize too)."""
+    r, K = xc.shape
     if shift:
-        for i in range(a, b):
-            m = _rowmax(x, i * K, K)
-            o = (i - a) * K
-            for k in range(K):
-                e[o + k] = expw(x[i * K + k] - m, x)
+        for i in range(r):
+            _exp_row(xc[i], _rowmax(xc[i]), like, ec[i])
     else:
-        base = a * K
-        for j in range((b - a) * K):
-            e[j] = expw(x[base + j], x)
+        _exp_flat(xc.reshape(r * K), like, ec.reshape(r * K))
 
 
 @jit(**_SUMS)
-def _row_sums(e, K, r, skip, s):
-    """``s[i] = Σ_k e[iK + k]`` for ``i < r``, leaving out column ``skip[i]`` when ``skip``
-    has entries (``skip[i] = −1`` leaves out nothing)."""
+def _sum(v):
+    t = 0.0
+    for j in range(v.size):
+        t += v[j]
+    return t
+
+
+@jit(**_SUMS)
+def _sum_except(er, skip):
+    """``Σ_{k ≠ skip} er[k]``."""
+    t = 0.0
+    for k in range(er.size):
+        t += er[k] if k != skip else 0.0
+    return t
+
+
+@jit(**_SUMS)
+def _row_sums(ec, skip, s):
+    """``s[i] = Σ_{k ≠ skip[i]} ec[i, k]`` (``skip`` empty: every k). Short rows add across
+    the rows of the chunk (independent additions), long ones along each row."""
+    r, K = ec.shape
     if K < SHORT_ROWS:
         for i in range(r):
             s[i] = 0.0
         for k in range(K):
             for i in range(r):
-                s[i] += e[i * K + k] if (skip.size == 0 or skip[i] != k) else 0.0
+                s[i] += ec[i, k] if (skip.size == 0 or skip[i] != k) else 0.0
+    elif skip.size == 0:
+        for i in range(r):
+            s[i] = _sum(ec[i])
     else:
         for i in range(r):
-            t = 0.0
-            if skip.size == 0:
-                for k in range(K):
-                    t += e[i * K + k]
-            else:
-                y = skip[i]
-                for k in range(K):
-                    t += e[i * K + k] if k != y else 0.0
-            s[i] = t
+            s[i] = _sum_except(ec[i], skip[i])
 
 
 @jit(**_SUMS)
-def _row_dots(e, g, base, K, r, s):
-    """``s[i] = Σ_k e[iK + k] g[base + iK + k]`` for ``i < r``."""
+def _dot(a, b):
+    t = 0.0
+    for k in range(a.size):
+        t += a[k] * b[k]
+    return t
+
+
+@jit(**_SUMS)
+def _row_dots(ec, gc, s):
+    """``s[i] = Σ_k ec[i, k] gc[i, k]``."""
+    r, K = ec.shape
     if K < SHORT_ROWS:
         for i in range(r):
             s[i] = 0.0
         for k in range(K):
             for i in range(r):
-                s[i] += e[i * K + k] * g[base + i * K + k]
+                s[i] += ec[i, k] * gc[i, k]
     else:
         for i in range(r):
-            t = 0.0
-            for k in range(K):
-                t += e[i * K + k] * g[base + i * K + k]
-            s[i] = t
+            s[i] = _dot(ec[i], gc[i])
 
 
-def _flat(x):
-    return np.ascontiguousarray(x).reshape(-1)
+def _rows(x):
+    """``x`` as C-contiguous rows ``(n, K)`` (no copy when it is C-contiguous already)."""
+    K = x.shape[-1]
+    n = x.size // K if K else 0
+    return np.ascontiguousarray(x).reshape(n, K)
 
 
 def _shift(x) -> bool:
     """numpy's decision (:func:`~jacobians._math.exp_is_safe`): shift unless every entry is in ``[−B, B]``."""
     bound = EXP_SAFE_BOUND.get(x.dtype)
-    return x.size == 0 or bound is None or _count_bad(x, bound) > 0
+    return x.size == 0 or bound is None or _count_bad(x.reshape(-1), bound) > 0
 
 
 _NO_SKIP = np.empty(0, dtype=np.int64)
@@ -175,90 +218,104 @@ _NO_SKIP = np.empty(0, dtype=np.int64)
 # -- softmax, log-softmax, the softmax VJP ------------------------------------------------------------
 
 
-@jit(**_SUMS)
-def _softmax(x, K, shift, chunk, out):
-    n = x.size // K if K else 0
-    R = max(1, chunk // K) if K else 1
-    e = np.empty(R * K)
+@jit(**_EXACT)
+def _divide_rows(ec, s, out):
+    """``out[i, k] = ec[i, k] / s[i]`` (a division, as numpy's softmax: one entry gives exactly 1)."""
+    for i in range(ec.shape[0]):
+        t = s[i]
+        er, orow = ec[i], out[i]
+        for k in range(er.size):
+            orow[k] = er[k] / t
+
+
+@jit(**_EXACT)
+def _softmax(x, shift, chunk, like, out):
+    n, K = x.shape
+    R = max(1, chunk // max(K, 1))
+    e = np.empty((R, K))
     s = np.empty(R)
     for a in range(0, n, R):
-        b = min(n, a + R)
-        _exp_rows(x, K, a, b, shift, e)
-        _row_sums(e, K, b - a, _NO_SKIP, s)
-        base = a * K
-        for i in range(b - a):
-            t = s[i]
-            for k in range(K):
-                out[base + i * K + k] = e[i * K + k] / t
+        r = min(n - a, R)
+        ec = e[:r]
+        _exp_rows(x[a : a + r], shift, like, ec)
+        _row_sums(ec, _NO_SKIP, s)
+        _divide_rows(ec, s, out[a : a + r])
 
 
 def softmax(x, out=None):
-    xf = _flat(x)
+    x2 = _rows(x)
     res = np.empty(x.shape, dtype=x.dtype) if out is None else out
-    _softmax(xf, x.shape[-1], _shift(xf), CHUNK, res.reshape(-1))
+    if x2.size:
+        _softmax(x2, _shift(x2), CHUNK, x.dtype.type(0), res.reshape(x2.shape))
     return res
 
 
-@jit(**_SUMS)
-def _log_softmax(x, K, out):
-    n = x.size // K if K else 0
+@jit(**_EXACT)
+def _log_softmax(x, like, out):
+    n, K = x.shape
+    e = np.empty(K)
     for i in range(n):
-        base = i * K
-        top = _argmax(x, base, K)
-        m = np.float64(x[base + top])
-        rest = 0.0
+        xr, orow = x[i], out[i]
+        top = _argmax(xr)
+        m = np.float64(xr[top])
+        _exp_row(xr, m, like, e)
+        lr = log1p64(_sum_except(e, top))
         for k in range(K):
-            rest += expw(x[base + k] - m, x) if k != top else 0.0
-        lr = log1p64(rest)
-        for k in range(K):
-            out[base + k] = (x[base + k] - m) - lr
+            orow[k] = (xr[k] - m) - lr
 
 
 def log_softmax(x):
+    x2 = _rows(x)
     out = np.empty(x.shape, dtype=x.dtype)
-    _log_softmax(_flat(x), x.shape[-1], out.reshape(-1))
+    if x2.size:
+        _log_softmax(x2, x.dtype.type(0), out.reshape(x2.shape))
     return out
 
 
-@jit(**_SUMS)
-def _softmax_vjp(x, g, K, shift, temperature, chunk, out):
-    n = x.size // K if K else 0
-    R = max(1, chunk // K) if K else 1
-    e = np.empty(R * K)
+@jit(**_EXACT)
+def _vjp_rows(ec, gc, dot, temperature, out):
+    """``out[i] = ec[i] (gc[i] − dot[i]) / T`` (no division when T is 1)."""
+    for i in range(ec.shape[0]):
+        d = dot[i]
+        er, gr, orow = ec[i], gc[i], out[i]
+        if temperature == 1.0:
+            for k in range(er.size):
+                orow[k] = er[k] * (gr[k] - d)
+        else:
+            for k in range(er.size):
+                orow[k] = (er[k] * (gr[k] - d)) / temperature
+
+
+@jit(**_EXACT)
+def _softmax_vjp(x, g, shift, temperature, chunk, like, out):
+    n, K = x.shape
+    R = max(1, chunk // max(K, 1))
+    e = np.empty((R, K))
     s = np.empty(R)
     dot = np.empty(R)
     for a in range(0, n, R):
-        b = min(n, a + R)
-        r = b - a
-        base = a * K
-        _exp_rows(x, K, a, b, shift, e)
-        _row_sums(e, K, r, _NO_SKIP, s)
-        for i in range(r):
-            t = s[i]
-            for k in range(K):
-                e[i * K + k] = e[i * K + k] / t  # the softmax, divided as numpy divides it
-        _row_dots(e, g, base, K, r, dot)
-        for i in range(r):
-            d = dot[i]
-            if temperature == 1.0:
-                for k in range(K):
-                    out[base + i * K + k] = e[i * K + k] * (g[base + i * K + k] - d)
-            else:
-                for k in range(K):
-                    out[base + i * K + k] = (e[i * K + k] * (g[base + i * K + k] - d)) / temperature
+        r = min(n - a, R)
+        ec = e[:r]
+        gc = g[a : a + r]
+        _exp_rows(x[a : a + r], shift, like, ec)
+        _row_sums(ec, _NO_SKIP, s)
+        _divide_rows(ec, s, ec)  # the softmax, in place
+        _row_dots(ec, gc, dot)
+        _vjp_rows(ec, gc, dot, temperature, out[a : a + r])
 
 
 def softmax_vjp(x, g, temperature=1.0):
-    xf = _flat(x)
+    x2 = _rows(x)
     out = np.empty(x.shape, dtype=x.dtype)
-    _softmax_vjp(xf, _flat(g), x.shape[-1], _shift(xf), float(temperature), CHUNK, out.reshape(-1))
+    if x2.size:
+        _softmax_vjp(x2, _rows(g), _shift(x2), float(temperature), CHUNK, x.dtype.type(0), out.reshape(x2.shape))
     return out
 
 
 # -- cross-entropy --------------------------------------------------------------------------------
 
 
-@jit(**_EXACT)
+@jit(**_ENTRY)
 def _ratio_log1p(o, e_y, limit):
     """``(log1p(o / e_y), far)`` as :func:`~jacobians._math.log1p_ratio`: ``far`` when
     ``e_y < o·limit`` (the quotient is then not formed; the value is a placeholder)."""
@@ -267,106 +324,120 @@ def _ratio_log1p(o, e_y, limit):
     return log1p64(o / (e_y if e_y >= floor else floor)), far
 
 
-@jit(**_SUMS)
-def _far_value(x, K, i, y):
-    """``log Σ_{k≠y} e^{x_k − m} + (m − x_y)`` for row ``i`` (its target far below its maximum)."""
-    base = i * K
-    m = _rowmax(x, base, K)
-    t = 0.0
-    for k in range(K):
-        t += expw(x[base + k] - m, x) if k != y else 0.0
-    return log64(t) + (m - x[base + y])
+@jit(**_EXACT)
+def _far_value(xr, y, like, e):
+    """``log Σ_{k≠y} e^{x_k − m} + (m − x_y)`` for a row whose target lies far below its
+    maximum; ``e`` a work buffer of K entries."""
+    m = _rowmax(xr)
+    _exp_row(xr, m, like, e)
+    return log64(_sum_except(e, y)) + (m - xr[y])
 
 
-@jit(**_SUMS)
-def _ce_index(x, K, idx, valid, scale, shift, limit, chunk, g, values):
-    n = idx.size
+@jit(**_EXACT)
+def _scale_rows(ec, w, idx, o, gc):
+    """``gc[i] = ec[i] w[i]``, then ``−o[i] w[i]`` at the target ``idx[i]``."""
+    for i in range(ec.shape[0]):
+        c = w[i]
+        er, gr = ec[i], gc[i]
+        for k in range(er.size):
+            gr[k] = er[k] * c
+        gr[idx[i]] = -(o[i] * c)  # s_y − 1 = −o/(o + e_y), without the cancellation
+
+
+@jit(**_EXACT)
+def _ce_index(x, idx, valid, scale, shift, limit, chunk, like, g, values):
+    n, K = x.shape
     R = max(1, chunk // K)
-    e = np.empty(R * K)
+    e = np.empty((R, K))
     o = np.empty(R)
     w = np.empty(R)
     lv = np.empty(R)
     far = np.zeros(R, dtype=np.bool_)
+    ework = np.empty(K)
     for a in range(0, n, R):
-        b = min(n, a + R)
-        r = b - a
-        base = a * K
-        _exp_rows(x, K, a, b, shift, e)
-        _row_sums(e, K, r, idx[a:b], o)
+        r = min(n - a, R)
+        ec = e[:r]
+        ic = idx[a : a + r]
+        _exp_rows(x[a : a + r], shift, like, ec)
+        _row_sums(ec, ic, o)
         for i in range(r):
-            e_y = e[i * K + idx[a + i]]
+            e_y = ec[i, ic[i]]
             lv[i], far[i] = _ratio_log1p(o[i], e_y, limit)
             w[i] = scale / (o[i] + e_y)
         for i in range(r):
             if far[i]:
-                lv[i] = _far_value(x, K, a + i, idx[a + i])
+                lv[i] = _far_value(x[a + i], ic[i], like, ework)
             if valid.size:
                 w[i] *= valid[a + i]
                 lv[i] *= valid[a + i]
             values[a + i] = lv[i]
-        for i in range(r):
-            c = w[i]
-            for k in range(K):
-                g[base + i * K + k] = e[i * K + k] * c
-            g[base + i * K + idx[a + i]] = -(o[i] * c)  # s_y − 1 = −o/(o + e_y)
+        _scale_rows(ec, w, ic, o, g[a : a + r])
 
 
 def ce_index(x, idx, valid, scale):
     n, K = x.shape
-    xf = _flat(x)
+    x2 = _rows(x)
     g = np.empty((n, K), dtype=x.dtype)
     values = np.empty(n, dtype=x.dtype)
     v = np.empty(0, dtype=np.bool_) if valid is None else np.ascontiguousarray(valid, dtype=np.bool_)
     if n:
         limit = 2.0 ** -RATIO_MAX_EXP[x.dtype]
-        _ce_index(xf, K, np.ascontiguousarray(idx, dtype=np.int64), v, float(scale), _shift(xf), limit,
-                  CHUNK, g.reshape(-1), values)
+        _ce_index(x2, np.ascontiguousarray(idx, dtype=np.int64), v, float(scale), _shift(x2), limit, CHUNK,
+                  x.dtype.type(0), g, values)
     return values, g
 
 
-@jit(**_EXACT)
+@jit(**_ENTRY)
 def _top_entry(s_top, csum, c_top, rest, total):
     """``s·Σc − c`` at the row's maximum as ``s (Σc − c) − c (1 − s)``, ``1 − s = rest/total``."""
     return s_top * (csum - c_top) - c_top * (rest / total)
 
 
 @jit(**_SUMS)
-def _ce_coefficients(x, c, K, values, g):
-    n = x.size // K if K else 0
+def _coefficient_sums(cr, sh):
+    """``(Σ_k c_k, Σ_k c_k sh_k)``."""
+    csum = 0.0
+    cdot = 0.0
+    for k in range(cr.size):
+        csum += cr[k]
+        cdot += cr[k] * sh[k]
+    return csum, cdot
+
+
+@jit(**_EXACT)
+def _ce_coefficients(x, c, like, values, g):
+    n, K = x.shape
     e = np.empty(K)
+    sh = np.empty(K)
     for i in range(n):
-        base = i * K
-        top = _argmax(x, base, K)
-        m = np.float64(x[base + top])
-        rest = 0.0
-        csum = 0.0
-        cdot = 0.0
+        xr, cr, gr = x[i], c[i], g[i]
+        top = _argmax(xr)
+        m = np.float64(xr[top])
         for k in range(K):
-            sh = x[base + k] - m
-            v = expw(sh, x)
-            e[k] = v
-            rest += v if k != top else 0.0
-            csum += c[base + k]
-            cdot += c[base + k] * sh
+            sh[k] = xr[k] - m
+        _exp_row(xr, m, like, e)
+        rest = _sum_except(e, top)
+        csum, cdot = _coefficient_sums(cr, sh)
         values[i] = log1p64(rest) * csum - cdot
         total = 1.0 + rest
         for k in range(K):
-            g[base + k] = (e[k] / total) * csum - c[base + k]
-        g[base + top] = _top_entry(1.0 / total, csum, c[base + top], rest, total)
+            gr[k] = (e[k] / total) * csum - cr[k]
+        gr[top] = _top_entry(1.0 / total, csum, cr[top], rest, total)
 
 
 def ce_coefficients(x, c):
-    K = x.shape[-1]
+    x2 = _rows(x)
     values = np.empty(x.shape[:-1], dtype=x.dtype)
     g = np.empty(x.shape, dtype=x.dtype)
-    _ce_coefficients(_flat(x), _flat(np.asarray(c, dtype=x.dtype)), K, values.reshape(-1), g.reshape(-1))
+    if x2.size:
+        _ce_coefficients(x2, _rows(np.asarray(c, dtype=x.dtype)), x.dtype.type(0), values.reshape(-1), g.reshape(x2.shape))
     return values, g
 
 
 # -- sigmoid + binary cross-entropy -------------------------------------------------------------------
 
 
-@jit(**_EXACT)
+@jit(**_ENTRY)
 def _bce_entry(z, y, like):
     """``(z (h − y) + log1p(e), (h − y) + (1 − 2h) q)`` with ``h = step(z)``, ``e = exp(−|z|)``,
     ``q = e/(1 + e)``: the value and gradient of one plain sigmoid + BCE entry."""
@@ -378,36 +449,41 @@ def _bce_entry(z, y, like):
     return zd * hy + log1p64(e), hy + (1.0 - 2.0 * h) * q
 
 
-@jit(**_SUMS)
-def _bce_plain_values(z, y, scale, values, grad):
+@jit(**_EXACT)
+def _bce_plain(z, y, scale, like, values, grad):
     for j in range(z.size):
-        v, d = _bce_entry(z[j], np.float64(y[j]), z)
+        v, d = _bce_entry(z[j], np.float64(y[j]), like)
         values[j] = v
         grad[j] = d * scale
 
 
-@jit(**_SUMS)
-def _bce_plain_total(z, y, scale, grad):
+@jit(**_EXACT)
+def _bce_plain_total(z, y, scale, chunk, like, grad):
+    """Σ of the values (float64, chunk by chunk through a work buffer), the gradient into ``grad``."""
+    n = z.size
+    v = np.empty(min(chunk, n))
     total = 0.0
-    for j in range(z.size):
-        v, d = _bce_entry(z[j], np.float64(y[j]), z)
-        total += v
-        grad[j] = d * scale
+    for a in range(0, n, chunk):
+        r = min(n - a, chunk)
+        vc = v[:r]
+        _bce_plain(z[a : a + r], y[a : a + r], scale, like, vc, grad[a : a + r])
+        total += _sum(vc)
     return total
 
 
 def sigmoid_bce_plain(z, y, scale, need_values):
-    zf, yf = _flat(z), _flat(y)
+    zf, yf = _rows(z).reshape(-1), _rows(y).reshape(-1)
     grad = np.empty_like(zf)
+    like = z.dtype.type(0)
     if need_values:
         values = np.empty_like(zf)
-        _bce_plain_values(zf, yf, float(scale), values, grad)
-        return values, z.dtype.type(0.0), grad
-    total = _bce_plain_total(zf, yf, float(scale), grad)
+        _bce_plain(zf, yf, float(scale), like, values, grad)
+        return values, like, grad
+    total = _bce_plain_total(zf, yf, float(scale), CHUNK, like, grad) if zf.size else 0.0
     return None, z.dtype.type(total), grad
 
 
-@jit(**_EXACT)
+@jit(**_ENTRY)
 def _bce_weighted_entry(z, y, py, like):
     zd = np.float64(z)
     e = expw(-abs(zd), like)
@@ -420,10 +496,10 @@ def _bce_weighted_entry(z, y, py, like):
     return value, (1.0 - y) * sig - py * sig_neg
 
 
-@jit(**_SUMS)
-def _bce_weighted(z, y, py, values, grad):
+@jit(**_EXACT)
+def _bce_weighted(z, y, py, like, values, grad):
     for j in range(z.size):
-        v, d = _bce_weighted_entry(z[j], np.float64(y[j]), np.float64(py[j]), z)
+        v, d = _bce_weighted_entry(z[j], np.float64(y[j]), np.float64(py[j]), like)
         values[j] = v
         grad[j] = d
 
@@ -431,8 +507,8 @@ def _bce_weighted(z, y, py, values, grad):
 def sigmoid_bce_weighted(z, y, py):
     values = np.empty(z.shape, dtype=z.dtype)
     grad = np.empty(z.shape, dtype=z.dtype)
-    _bce_weighted(_flat(z), _flat(np.broadcast_to(y, z.shape)), _flat(np.broadcast_to(py, z.shape)),
-                  values.reshape(-1), grad.reshape(-1))
+    flat = [_rows(np.broadcast_to(a, z.shape)).reshape(-1) for a in (z, y, py)]
+    _bce_weighted(*flat, z.dtype.type(0), values.reshape(-1), grad.reshape(-1))
     return values, grad
 
 
@@ -440,35 +516,37 @@ def sigmoid_bce_weighted(z, y, py):
 
 
 @jit()
-def _dense_dmr(d, u, v, K, out):
+def _dense_dmr(d, u, v, out):
     """``out[n, j, k] = δ_jk d_nj − u_nj v_nk`` in one pass (no fastmath: the same roundings
     as numpy's ``u_j·(−v_k)`` and ``+ d_j`` on the diagonal)."""
-    n = d.size // K if K else 0
+    n, K = d.shape
     for i in range(n):
-        row = i * K
+        ur, vr, dr, oi = u[i], v[i], d[i], out[i]
         for j in range(K):
-            uj = u[row + j]
-            base = (row + j) * K
+            uj = ur[j]
+            orow = oi[j]
             for k in range(K):
-                out[base + k] = uj * -v[row + k]
-            out[base + j] = out[base + j] + d[row + j]
+                orow[k] = uj * -vr[k]
+            orow[j] = orow[j] + dr[j]
 
 
 def dense_diag_minus_rank_one(d, u, v, out):
-    _dense_dmr(_flat(d), _flat(u), _flat(v), d.shape[-1], out.reshape(-1))
+    if out.size:
+        _dense_dmr(_rows(d), _rows(u), _rows(v), out)
 
 
 @jit()
-def _dense_diag(d, K, out):
-    n = d.size // K if K else 0
+def _dense_diag(d, out):
+    n, K = d.shape
     for i in range(n):
-        row = i * K
+        dr, oi = d[i], out[i]
         for j in range(K):
-            base = (row + j) * K
+            orow = oi[j]
             for k in range(K):
-                out[base + k] = 0.0
-            out[base + j] = d[row + j]
+                orow[k] = 0.0
+            orow[j] = dr[j]
 
 
 def dense_diagonal(d, out):
-    _dense_diag(_flat(d), d.shape[-1], out.reshape(-1))
+    if out.size:
+        _dense_diag(_rows(d), out)

@@ -21,7 +21,10 @@ double, numpy and :mod:`math`):
 
 Every function is compiled with ``fastmath={'contract'}`` only: fused multiply-adds are
 allowed (they only remove roundings), reassociation is not — the TwoSum and the
-Cody–Waite reduction depend on the order of their operations.
+Cody–Waite reduction depend on the order of their operations. They are inlined by numba
+(``inline='always'``) and take the flags of the function they are inlined into: call them
+only from functions compiled with ``contract`` alone (sums that need ``reassoc`` to
+vectorize go in a function of their own).
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ def jit(fn=None, **options):
         return njit(cache=False, **options)(fn)
 
 
-#: the elementary functions: fused multiply-adds allowed, no reassociation
-_jit = jit(fastmath={"contract"})
+#: the elementary functions: fused multiply-adds allowed, no reassociation; inlined by numba
+#: into their callers (LLVM's inliner gives up on a loop calling two of them), which must
+#: therefore be compiled without reassociation too
+_jit = jit(fastmath={"contract"}, inline="always")
 
 
 @intrinsic
@@ -162,14 +167,16 @@ def exp32(x):
 
 
 def expw(x, like):
-    """``e**x`` in float64 for a kernel working on arrays like ``like``: :func:`exp64` for
-    float64 arrays, :func:`exp32_wide` (accurate to float32's needs, faster) for float32."""
+    """``e**x`` in float64 for a kernel working on numbers like ``like`` (an element of its
+    input, passed for its type only): :func:`exp64` for float64, :func:`exp32_wide`
+    (accurate to float32's needs, faster) for float32. (A scalar, not the array: passing an
+    array to a compiled function costs reference counting calls, which stop vectorization.)"""
     raise NotImplementedError("expw is compiled by numba only")
 
 
-@overload(expw, jit_options={"fastmath": {"contract"}})
+@overload(expw, inline="always", jit_options={"fastmath": {"contract"}})
 def _expw_impl(x, like):
-    if isinstance(like, types.Array) and like.dtype == types.float32:
+    if like == types.float32:
         return lambda x, like: exp32_wide(x)
     return lambda x, like: exp64(x)
 
