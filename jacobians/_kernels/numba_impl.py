@@ -220,12 +220,17 @@ _NO_SKIP = np.empty(0, dtype=np.int64)
 
 @jit(**_EXACT)
 def _divide_rows(ec, s, out):
-    """``out[i, k] = ec[i, k] / s[i]`` (a division, as numpy's softmax: one entry gives exactly 1)."""
+    """``out[i, k] = ec[i, k] / s[i]``, as ``ec[i, k]·(1/s[i])`` (within an ulp of numpy's
+    division), and a division for a row of one entry (exactly 1, as numpy)."""
     for i in range(ec.shape[0]):
         t = s[i]
         er, orow = ec[i], out[i]
-        for k in range(er.size):
-            orow[k] = er[k] / t
+        if er.size == 1:
+            orow[0] = er[0] / t
+        else:  # a division a row, then products (a division an entry costs more than the exp)
+            inv = 1.0 / t
+            for k in range(er.size):
+                orow[k] = er[k] * inv
 
 
 @jit(**_EXACT)
@@ -272,18 +277,35 @@ def log_softmax(x):
     return out
 
 
+@jit(**_SUMS)
+def _row_sums_dots(ec, gc, s, dot):
+    """``s[i] = Σ_k ec[i, k]`` and ``dot[i] = Σ_k ec[i, k] gc[i, k]`` in one pass."""
+    r, K = ec.shape
+    if K < SHORT_ROWS:
+        for i in range(r):
+            s[i] = 0.0
+            dot[i] = 0.0
+        for k in range(K):
+            for i in range(r):
+                s[i] += ec[i, k]
+                dot[i] += ec[i, k] * gc[i, k]
+    else:
+        for i in range(r):
+            s[i] = _sum(ec[i])
+            dot[i] = _dot(ec[i], gc[i])
+
+
 @jit(**_EXACT)
-def _vjp_rows(ec, gc, dot, temperature, out):
-    """``out[i] = ec[i] (gc[i] − dot[i]) / T`` (no division when T is 1)."""
+def _vjp_rows(ec, gc, s, dot, temperature, out):
+    """``out[i] = s_i ⊙ (gc[i] − s_i·gc[i]) / T`` with ``s_i = ec[i] / s[i]``: one division a
+    row (``s·g = (e·g)/Σe``), the softmax entries as ``e_k · (1/Σe)``."""
     for i in range(ec.shape[0]):
-        d = dot[i]
+        inv = 1.0 / s[i]
+        d = dot[i] / s[i]
+        c = inv / temperature
         er, gr, orow = ec[i], gc[i], out[i]
-        if temperature == 1.0:
-            for k in range(er.size):
-                orow[k] = er[k] * (gr[k] - d)
-        else:
-            for k in range(er.size):
-                orow[k] = (er[k] * (gr[k] - d)) / temperature
+        for k in range(er.size):
+            orow[k] = (er[k] * c) * (gr[k] - d)
 
 
 @jit(**_EXACT)
@@ -298,13 +320,15 @@ def _softmax_vjp(x, g, shift, temperature, chunk, like, out):
         ec = e[:r]
         gc = g[a : a + r]
         _exp_rows(x[a : a + r], shift, like, ec)
-        _row_sums(ec, _NO_SKIP, s)
-        _divide_rows(ec, s, ec)  # the softmax, in place
-        _row_dots(ec, gc, dot)
-        _vjp_rows(ec, gc, dot, temperature, out[a : a + r])
+        _row_sums_dots(ec, gc, s, dot)
+        _vjp_rows(ec, gc, s, dot, temperature, out[a : a + r])
 
 
 def softmax_vjp(x, g, temperature=1.0):
+    if x.shape[-1] == 1:  # one class: s = 1 exactly and the VJP is g − g (numpy divides e/e)
+        from . import numpy_impl
+
+        return numpy_impl.softmax_vjp(x, g, temperature)
     x2 = _rows(x)
     out = np.empty(x.shape, dtype=x.dtype)
     if x2.size:
@@ -322,6 +346,15 @@ def _ratio_log1p(o, e_y, limit):
     floor = o * limit
     far = e_y < floor
     return log1p64(o / (e_y if e_y >= floor else floor)), far
+
+
+@jit(**_EXACT)
+def _ratio_rows(o, ey, limit, scale, lv, far, w):
+    """Per row: ``lv = log1p(o/e_y)`` and ``far`` (see :func:`_ratio_log1p`), ``w = scale/(o + e_y)``;
+    a loop over the rows of a chunk, so that short rows vectorize too."""
+    for i in range(o.size):
+        lv[i], far[i] = _ratio_log1p(o[i], ey[i], limit)
+        w[i] = scale / (o[i] + ey[i])
 
 
 @jit(**_EXACT)
@@ -352,6 +385,7 @@ def _ce_index(x, idx, valid, scale, shift, limit, chunk, like, g, values):
     o = np.empty(R)
     w = np.empty(R)
     lv = np.empty(R)
+    ey = np.empty(R)
     far = np.zeros(R, dtype=np.bool_)
     ework = np.empty(K)
     for a in range(0, n, R):
@@ -361,9 +395,8 @@ def _ce_index(x, idx, valid, scale, shift, limit, chunk, like, g, values):
         _exp_rows(x[a : a + r], shift, like, ec)
         _row_sums(ec, ic, o)
         for i in range(r):
-            e_y = ec[i, ic[i]]
-            lv[i], far[i] = _ratio_log1p(o[i], e_y, limit)
-            w[i] = scale / (o[i] + e_y)
+            ey[i] = ec[i, ic[i]]
+        _ratio_rows(o[:r], ey[:r], limit, scale, lv, far, w)
         for i in range(r):
             if far[i]:
                 lv[i] = _far_value(x[a + i], ic[i], like, ework)

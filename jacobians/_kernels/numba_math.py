@@ -174,11 +174,17 @@ def expw(x, like):
     raise NotImplementedError("expw is compiled by numba only")
 
 
+def _expw32(x, like):
+    return exp32_wide(x)
+
+
+def _expw64(x, like):
+    return exp64(x)
+
+
 @overload(expw, inline="always", jit_options={"fastmath": {"contract"}})
 def _expw_impl(x, like):
-    if like == types.float32:
-        return lambda x, like: exp32_wide(x)
-    return lambda x, like: exp64(x)
+    return _expw32 if like == types.float32 else _expw64
 
 
 # fdlibm's log polynomial: log(1 + f) = f − f²/2 + s (f²/2 + R(s²)), s = f / (2 + f)
