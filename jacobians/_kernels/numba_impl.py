@@ -220,17 +220,13 @@ _NO_SKIP = np.empty(0, dtype=np.int64)
 
 @jit(**_EXACT)
 def _divide_rows(ec, s, out):
-    """``out[i, k] = ec[i, k] / s[i]``, as ``ec[i, k]·(1/s[i])`` (within an ulp of numpy's
-    division), and a division for a row of one entry (exactly 1, as numpy)."""
+    """``out[i, k] = ec[i, k] / s[i]``: a division, as numpy's softmax (a product with
+    ``1/s[i]`` measured no faster, and is up to an ulp less accurate)."""
     for i in range(ec.shape[0]):
         t = s[i]
         er, orow = ec[i], out[i]
-        if er.size == 1:
-            orow[0] = er[0] / t
-        else:  # a division a row, then products (a division an entry costs more than the exp)
-            inv = 1.0 / t
-            for k in range(er.size):
-                orow[k] = er[k] * inv
+        for k in range(er.size):
+            orow[k] = er[k] / t
 
 
 @jit(**_EXACT)
