@@ -348,6 +348,36 @@ def format_targets(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: environment variables that change what is measured (shown in the header and --json)
+ENV_SHOWN = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "NPY_DISABLE_CPU_FEATURES", "ATEN_CPU_CAPABILITY",
+             "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "JACOBIANS_KERNELS")
+
+
+def numpy_simd() -> str:
+    """numpy's vector level: the SIMD targets it dispatches to that this CPU has (what
+    ``np.show_runtime()`` reports as found), e.g. ``'X86_V4 (found X86_V3 X86_V4 AVX512_ICL;
+    not found AVX512_SPR)'``; ``NPY_DISABLE_CPU_FEATURES`` removes targets."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    except ImportError:  # numpy < 2
+        try:
+            from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+        except ImportError:
+            return "unknown"
+    found = [t for t in __cpu_dispatch__ if __cpu_features__.get(t)]
+    missing = [t for t in __cpu_dispatch__ if not __cpu_features__.get(t)]
+    levels = [t for t in found if t.startswith("X86_V") or t in ("ASIMD", "SVE", "VSX", "VX")]
+    top = levels[-1] if levels else "baseline"
+    return f"{top} (found {' '.join(found) or 'none'}; not found {' '.join(missing) or 'none'})"
+
+
+def kernels_description() -> str:
+    """Which kernel set runs (see :func:`jacobians.kernels`), with its version and target."""
+    from . import _kernels
+
+    return _kernels.describe()
+
+
 def machine_info() -> dict:
     """What the figures were measured on."""
     info = {
@@ -356,7 +386,9 @@ def machine_info() -> dict:
         "cpu": platform.processor() or platform.machine(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "numpy": np.__version__,
-        "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS") if k in os.environ},
+        "env": {k: os.environ[k] for k in ENV_SHOWN if k in os.environ},
+        "numpy_simd": numpy_simd(),
+        "kernels": kernels_description(),
     }
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -421,8 +453,18 @@ def main(argv: list[str] | None = None) -> int:
     min_rounds, max_rounds = (3, 10) if args.quick else (5, 50)
     peers = suite.available_peers(args.peers)
     groups = suite.plan(sections=args.sections, dtypes=args.dtypes, quick=args.quick, peers=peers)
-    print(f"# {PROG}{' --quick' if args.quick else ''}: {machine_info()['cpu']}, {machine_info()['cores']} cores, "
-          f"numpy {np.__version__}; peers: {', '.join(f'{k} {v}' for k, v in peers.items()) or 'none'}", flush=True)
+    info = machine_info()
+    print(f"# {PROG}{' --quick' if args.quick else ''}: {info['cpu']}, {info['cores']} cores, "
+          f"numpy {np.__version__}; peers: {', '.join(f'{k} {v}' for k, v in peers.items()) or 'none'}")
+    torch_level = ""
+    if "torch" in peers:
+        with contextlib.suppress(Exception):
+            import torch
+
+            torch_level = f"; torch {torch.backends.cpu.get_cpu_capability()}"
+    env = " ".join(f"{k}={v}" for k, v in info["env"].items())
+    print(f"# vector level: numpy SIMD {info['numpy_simd']}{torch_level}; kernels: {info['kernels']}"
+          + (f"; env: {env}" if env else ""), flush=True)
     progress = _Progress(len(groups), enabled=not args.no_progress)
     results: list[dict] = []
     by_section: dict[str, list[tuple[Group, list[dict]]]] = {}

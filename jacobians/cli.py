@@ -192,9 +192,10 @@ def _default(cls):
 
 
 def _list() -> int:
+    from . import _kernels
     from .domains import domain
 
-    lines = [f"activations ({len(ACTIVATIONS)}):"]
+    lines = [f"kernels: {_kernels.describe()} (JACOBIANS_KERNELS=numpy for numpy's)", "", f"activations ({len(ACTIVATIONS)}):"]
     body = []
     for name, cls in ACTIVATIONS.items():
         body.append([name, cls.__name__, domain(getattr(cls, "output_domain", "real")).name])

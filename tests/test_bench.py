@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import jacobians as jac
 from jacobians import bench
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,11 +21,14 @@ def test_quick_run_without_peers_reports_every_section(tmp_path, capsys):
     status = bench.main(["--quick", "--peers", "none", "--budget", "0", "--json", str(out), "--suite", str(REPO / "benchmarks")])
     assert status == 0
     text = capsys.readouterr().out
+    header = text.splitlines()[1]
+    assert header.startswith("# vector level: numpy SIMD ") and f"kernels: {jac.kernels()} " in header
     for section in bench.SECTIONS:
         assert f"== {section}:" in text
     assert "== targets" in text
     data = json.loads(out.read_text())
     assert data["peers"] == {}
+    assert data["machine"]["kernels"].startswith(jac.kernels()) and data["machine"]["numpy_simd"]
     assert {r["section"] for r in data["results"]} == set(bench.SECTIONS)
     assert {r["dtype"] for r in data["results"]} == {"float64", "float32"}
     for r in data["results"]:

@@ -269,6 +269,7 @@ def test_help(capsys):
 def test_list(capsys):
     status, out, _ = run(capsys, "list")
     assert status == 0
+    assert out.splitlines()[0].startswith(f"kernels: {jac.kernels()} ")  # which kernel set runs
     for name in list(jac.ACTIVATIONS) + list(jac.LOSSES):
         assert f"  {name} " in out
     ps = jac.pairs()

@@ -23,6 +23,7 @@ import warnings
 
 __all__ = [
     "kernels",
+    "describe",
     "ENV",
     "softmax",
     "log_softmax",
@@ -91,6 +92,12 @@ def kernels() -> str:
     """
     _impl()
     return _NAME
+
+
+def describe() -> str:
+    """The kernel set in use with its version and, for numba, the CPU it compiles for and
+    its vector level, e.g. ``'numba 0.68.1 (LLVM target znver4, AVX-512)'``."""
+    return _impl().describe()
 
 
 def softmax(x, out=None):

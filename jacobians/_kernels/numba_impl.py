@@ -31,6 +31,8 @@ from .._math import EXP_SAFE_BOUND, RATIO_MAX_EXP
 from .numba_math import expw, jit, log1p64, log64
 
 __all__ = [
+    "describe",
+    "target",
     "softmax",
     "log_softmax",
     "softmax_vjp",
@@ -53,6 +55,30 @@ CHUNK = 2048
 #: below this K, row sums run across the rows of a chunk (independent additions) rather
 #: than along each row (a chain of K dependent additions)
 SHORT_ROWS = 32
+
+
+def target() -> tuple[str, str]:
+    """``(cpu, vector level)`` numba compiles for: the host CPU, or ``NUMBA_CPU_NAME`` and
+    ``NUMBA_CPU_FEATURES`` when set (e.g. ``haswell`` and AVX2 features, to build the
+    AVX2 kernels on an AVX-512 machine)."""
+    from llvmlite import binding as ll
+    from numba.core import codegen, config
+
+    name = config.CPU_NAME or ll.get_host_cpu_name()
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
+    on = {f[1:] for f in str(features).split(",") if f.startswith("+")}
+    for flag, level in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sve", "SVE"), ("neon", "NEON")):
+        if flag in on:
+            return name, level
+    return name, "SSE2 or scalar"
+
+
+def describe() -> str:
+    """``'numba <version> (LLVM target <cpu>, <vector level>)'``."""
+    import numba
+
+    name, level = target()
+    return f"numba {numba.__version__} (LLVM target {name}, {level})"
 
 
 # Every loop below runs over ``range(n)`` from 0 on C-contiguous views (rows ``x[i]``,

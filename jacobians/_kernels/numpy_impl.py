@@ -15,6 +15,7 @@ from .._math import exp_is_safe, row_chunks, rowdot, rowsum, scratch
 from ..contract import diagonal as _diagonal_view
 
 __all__ = [
+    "describe",
     "softmax",
     "log_softmax",
     "softmax_vjp",
@@ -24,6 +25,11 @@ __all__ = [
     "sigmoid_bce_weighted",
     "dense_diag_minus_rank_one",
 ]
+
+
+def describe() -> str:
+    """``'numpy <version>'``."""
+    return f"numpy {np.__version__}"
 
 
 def softmax(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
