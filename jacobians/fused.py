@@ -137,15 +137,8 @@ def log_softmax_rule(activation, loss, z, y):
 def _plain_index_rule(x, t, reduction, T):
     """Index targets, no weights or smoothing: value ``lse(x) − x_y``, gradient
     ``(s − e_y)/T`` (over the number of samples not ignored for ``'mean'``), written in
-    one buffer.
-
-    With ``e = exp(x)`` (unshifted when :func:`~jacobians._math.exp_is_safe`, else
-    ``exp(x − max)``) and ``o = Σ_{k≠y} e_k`` summed without the target, the value is
-    ``log1p(o / e_y)`` (no cancellation: exact to a few ulp, tiny losses included) and
-    the target's gradient entry ``−o / (o + e_y)``. Where ``o / e_y`` would overflow (the
-    target far below the row's maximum) the row is redone on shifted logits as
-    ``log Σ_{k≠y} e^{x_k − m} + (m − x_y)``, a sum of two positive numbers.
-    """
+    one buffer: ``log1p(o / e_y)`` and ``−o / (o + e_y)`` with ``o = Σ_{k≠y} e^{x_k}``
+    summed without the target (see :func:`jacobians._kernels.numpy_impl.ce_index`)."""
     K = x.shape[-1]
     x2 = x.reshape(-1, K)
     n = x2.shape[0]

@@ -21,10 +21,9 @@ import os
 import threading
 import warnings
 
-__all__ = [
-    "kernels",
+#: the functions each kernel set (numpy_impl, numba_impl) defines, with one signature and meaning
+INTERFACE = (
     "describe",
-    "ENV",
     "softmax",
     "log_softmax",
     "softmax_vjp",
@@ -34,7 +33,9 @@ __all__ = [
     "sigmoid_bce_weighted",
     "dense_diag_minus_rank_one",
     "dense_diagonal",
-]
+)
+
+__all__ = ["kernels", "ENV", "INTERFACE", *INTERFACE]
 
 #: the environment variable that chooses the kernel set: 'auto' (default), 'numba' or 'numpy'
 ENV = "JACOBIANS_KERNELS"

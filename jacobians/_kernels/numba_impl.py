@@ -28,21 +28,10 @@ from __future__ import annotations
 import numpy as np
 
 from .._math import EXP_SAFE_BOUND, RATIO_MAX_EXP
+from . import INTERFACE
 from .numba_math import expw, jit, log1p64, log64
 
-__all__ = [
-    "describe",
-    "target",
-    "softmax",
-    "log_softmax",
-    "softmax_vjp",
-    "ce_index",
-    "ce_coefficients",
-    "sigmoid_bce_plain",
-    "sigmoid_bce_weighted",
-    "dense_diag_minus_rank_one",
-    "dense_diagonal",
-]
+__all__ = ["target", *INTERFACE]
 
 _SUMS = {"fastmath": {"reassoc", "contract"}}
 _EXACT = {"fastmath": {"contract"}}
@@ -166,6 +155,20 @@ def _exp_rows(xc, shift, like, ec):
         _exp_flat(xc.reshape(r * K), like, ec.reshape(r * K))
 
 
+@jit(**_EXACT)
+def _exp_chunk(x, a, shift, like, e):
+    """``exp`` of the rows ``x[a : a + r]`` into ``e[:r]`` (see :func:`_exp_rows`), ``r`` as
+    many rows as ``e`` holds or as are left; returns ``e[:r]``."""
+    r = min(x.shape[0] - a, e.shape[0])
+    _exp_rows(x[a : a + r], shift, like, e[:r])
+    return e[:r]
+
+
+def _chunk_rows(K):
+    """Rows a chunk holds: about :data:`CHUNK` entries, at least one row."""
+    return max(1, CHUNK // max(K, 1))
+
+
 @jit(**_SUMS)
 def _sum(v):
     t = 0.0
@@ -184,22 +187,26 @@ def _sum_except(er, skip):
 
 
 @jit(**_SUMS)
-def _row_sums(ec, skip, s):
-    """``s[i] = Σ_{k ≠ skip[i]} ec[i, k]`` (``skip`` empty: every k). Short rows add across
-    the rows of the chunk (independent additions), long ones along each row."""
+def _row_sums(ec, skip, weights, s):
+    """``s[i] = Σ_{k ≠ skip[i]} ec[i, k] · weights[i, k]`` (``skip`` empty: every k;
+    ``weights`` empty: 1). Short rows add across the rows of the chunk (independent
+    additions), long ones along each row (a vectorized reduction)."""
     r, K = ec.shape
     if K < SHORT_ROWS:
         for i in range(r):
             s[i] = 0.0
         for k in range(K):
             for i in range(r):
-                s[i] += ec[i, k] if (skip.size == 0 or skip[i] != k) else 0.0
-    elif skip.size == 0:
-        for i in range(r):
-            s[i] = _sum(ec[i])
+                v = ec[i, k] if weights.size == 0 else ec[i, k] * weights[i, k]
+                s[i] += v if (skip.size == 0 or skip[i] != k) else 0.0
     else:
         for i in range(r):
-            s[i] = _sum_except(ec[i], skip[i])
+            if weights.size:
+                s[i] = _dot(ec[i], weights[i])
+            elif skip.size:
+                s[i] = _sum_except(ec[i], skip[i])
+            else:
+                s[i] = _sum(ec[i])
 
 
 @jit(**_SUMS)
@@ -208,21 +215,6 @@ def _dot(a, b):
     for k in range(a.size):
         t += a[k] * b[k]
     return t
-
-
-@jit(**_SUMS)
-def _row_dots(ec, gc, s):
-    """``s[i] = Σ_k ec[i, k] gc[i, k]``."""
-    r, K = ec.shape
-    if K < SHORT_ROWS:
-        for i in range(r):
-            s[i] = 0.0
-        for k in range(K):
-            for i in range(r):
-                s[i] += ec[i, k] * gc[i, k]
-    else:
-        for i in range(r):
-            s[i] = _dot(ec[i], gc[i])
 
 
 def _rows(x):
@@ -239,6 +231,7 @@ def _shift(x) -> bool:
 
 
 _NO_SKIP = np.empty(0, dtype=np.int64)
+_NO_WEIGHTS = np.empty((0, 0))
 
 
 # -- softmax, log-softmax, the softmax VJP ------------------------------------------------------------
@@ -256,24 +249,20 @@ def _divide_rows(ec, s, out):
 
 
 @jit(**_EXACT)
-def _softmax(x, shift, chunk, like, out):
-    n, K = x.shape
-    R = max(1, chunk // max(K, 1))
-    e = np.empty((R, K))
+def _softmax(x, shift, R, like, out):
+    e = np.empty((R, x.shape[1]))
     s = np.empty(R)
-    for a in range(0, n, R):
-        r = min(n - a, R)
-        ec = e[:r]
-        _exp_rows(x[a : a + r], shift, like, ec)
-        _row_sums(ec, _NO_SKIP, s)
-        _divide_rows(ec, s, out[a : a + r])
+    for a in range(0, x.shape[0], R):
+        ec = _exp_chunk(x, a, shift, like, e)
+        _row_sums(ec, _NO_SKIP, _NO_WEIGHTS, s)
+        _divide_rows(ec, s, out[a : a + ec.shape[0]])
 
 
 def softmax(x, out=None):
     x2 = _rows(x)
     res = np.empty(x.shape, dtype=x.dtype) if out is None else out
     if x2.size:
-        _softmax(x2, _shift(x2), CHUNK, x.dtype.type(0), res.reshape(x2.shape))
+        _softmax(x2, _shift(x2), _chunk_rows(x2.shape[1]), x.dtype.type(0), res.reshape(x2.shape))
     return res
 
 
@@ -299,24 +288,6 @@ def log_softmax(x):
     return out
 
 
-@jit(**_SUMS)
-def _row_sums_dots(ec, gc, s, dot):
-    """``s[i] = Σ_k ec[i, k]`` and ``dot[i] = Σ_k ec[i, k] gc[i, k]`` in one pass."""
-    r, K = ec.shape
-    if K < SHORT_ROWS:
-        for i in range(r):
-            s[i] = 0.0
-            dot[i] = 0.0
-        for k in range(K):
-            for i in range(r):
-                s[i] += ec[i, k]
-                dot[i] += ec[i, k] * gc[i, k]
-    else:
-        for i in range(r):
-            s[i] = _sum(ec[i])
-            dot[i] = _dot(ec[i], gc[i])
-
-
 @jit(**_EXACT)
 def _vjp_rows(ec, gc, s, dot, temperature, out):
     """``out[i] = s_i ⊙ (gc[i] − s_i·gc[i]) / T`` with ``s_i = ec[i] / s[i]``: one division a
@@ -331,19 +302,16 @@ def _vjp_rows(ec, gc, s, dot, temperature, out):
 
 
 @jit(**_EXACT)
-def _softmax_vjp(x, g, shift, temperature, chunk, like, out):
-    n, K = x.shape
-    R = max(1, chunk // max(K, 1))
-    e = np.empty((R, K))
+def _softmax_vjp(x, g, shift, temperature, R, like, out):
+    e = np.empty((R, x.shape[1]))
     s = np.empty(R)
     dot = np.empty(R)
-    for a in range(0, n, R):
-        r = min(n - a, R)
-        ec = e[:r]
-        gc = g[a : a + r]
-        _exp_rows(x[a : a + r], shift, like, ec)
-        _row_sums_dots(ec, gc, s, dot)
-        _vjp_rows(ec, gc, s, dot, temperature, out[a : a + r])
+    for a in range(0, x.shape[0], R):
+        ec = _exp_chunk(x, a, shift, like, e)
+        gc = g[a : a + ec.shape[0]]
+        _row_sums(ec, _NO_SKIP, _NO_WEIGHTS, s)
+        _row_sums(ec, _NO_SKIP, gc, dot)
+        _vjp_rows(ec, gc, s, dot, temperature, out[a : a + ec.shape[0]])
 
 
 def softmax_vjp(x, g, temperature=1.0):
@@ -354,7 +322,8 @@ def softmax_vjp(x, g, temperature=1.0):
     x2 = _rows(x)
     out = np.empty(x.shape, dtype=x.dtype)
     if x2.size:
-        _softmax_vjp(x2, _rows(g), _shift(x2), float(temperature), CHUNK, x.dtype.type(0), out.reshape(x2.shape))
+        _softmax_vjp(x2, _rows(g), _shift(x2), float(temperature), _chunk_rows(x2.shape[1]), x.dtype.type(0),
+                     out.reshape(x2.shape))
     return out
 
 
@@ -400,22 +369,17 @@ def _scale_rows(ec, w, idx, o, gc):
 
 
 @jit(**_EXACT)
-def _ce_index(x, idx, valid, scale, shift, limit, chunk, like, g, values):
-    n, K = x.shape
-    R = max(1, chunk // K)
+def _ce_index(x, idx, valid, scale, shift, limit, R, like, g, values):
+    K = x.shape[1]
     e = np.empty((R, K))
-    o = np.empty(R)
-    w = np.empty(R)
-    lv = np.empty(R)
-    ey = np.empty(R)
+    o, w, lv, ey = np.empty(R), np.empty(R), np.empty(R), np.empty(R)
     far = np.zeros(R, dtype=np.bool_)
     ework = np.empty(K)
-    for a in range(0, n, R):
-        r = min(n - a, R)
-        ec = e[:r]
+    for a in range(0, x.shape[0], R):
+        ec = _exp_chunk(x, a, shift, like, e)
+        r = ec.shape[0]
         ic = idx[a : a + r]
-        _exp_rows(x[a : a + r], shift, like, ec)
-        _row_sums(ec, ic, o)
+        _row_sums(ec, ic, _NO_WEIGHTS, o)
         for i in range(r):
             ey[i] = ec[i, ic[i]]
         _ratio_rows(o[:r], ey[:r], limit, scale, lv, far, w)
@@ -437,7 +401,7 @@ def ce_index(x, idx, valid, scale):
     v = np.empty(0, dtype=np.bool_) if valid is None else np.ascontiguousarray(valid, dtype=np.bool_)
     if n:
         limit = 2.0 ** -RATIO_MAX_EXP[x.dtype]
-        _ce_index(x2, np.ascontiguousarray(idx, dtype=np.int64), v, float(scale), _shift(x2), limit, CHUNK,
+        _ce_index(x2, np.ascontiguousarray(idx, dtype=np.int64), v, float(scale), _shift(x2), limit, _chunk_rows(K),
                   x.dtype.type(0), g, values)
     return values, g
 

@@ -109,33 +109,47 @@ def _pow2(t):
 
 
 @_jit
-def exp64(x):
-    """``e**x`` for a float64 ``x``, within 0.51 ulp; 0 below −745.2, inf above 709.8, NaN for NaN.
-
-    ``x = n ln2 + r`` with ``n = round(x/ln2)``, ``|r| ≤ ln2/2`` (Cody–Waite, exact);
-    ``e**r`` by its Taylor polynomial of degree 13 (``1 + r`` added exactly); ``2**n`` as two factors ``2**n1·2**n2``
-    (each a normal number) so that a subnormal result is rounded once and an overflow gives inf.
-    """
-    xc = min(max(x, -746.0), 710.0)
-    t = xc * _LOG2E + _MAGIC
+def _reduce(x):
+    """``(t, n, r)`` with ``x = n ln2 + r``, ``n = round(x/ln2)`` (``t = n + _MAGIC``) and
+    ``|r| ≤ ln2/2`` (Cody–Waite: ``n·LN2_HI`` is exact, ``x − n·LN2_HI`` too)."""
+    t = x * _LOG2E + _MAGIC
     nf = t - _MAGIC
-    r = xc - nf * _LN2_HI
-    r = r - nf * _LN2_LO
-    q = 1.6059043836821613e-10  # 1/13!
-    q = q * r + 2.08767569878681e-09
-    q = q * r + 2.505210838544172e-08
-    q = q * r + 2.755731922398589e-07
-    q = q * r + 2.755731922398589e-06
-    q = q * r + 2.48015873015873e-05
+    r = x - nf * _LN2_HI
+    return t, nf, r - nf * _LN2_LO
+
+
+@_jit
+def _exp_poly(q, r):
+    """``e**r`` from the Horner sum ``q`` of the Taylor coefficients from 1/8! up: the
+    terms 1/7! … 1/2!, then ``1 + r + r²q`` with ``1 + r`` split exactly (Fast2Sum:
+    ``|r| < 1``), so that the result is rounded once."""
     q = q * r + 0.0001984126984126984
     q = q * r + 0.001388888888888889
     q = q * r + 0.008333333333333333
     q = q * r + 0.041666666666666664
     q = q * r + 0.16666666666666666
     q = q * r + 0.5
-    # 1 + r + r²q with 1 + r split exactly (Fast2Sum: |r| < 1): one rounding at the end
     h = 1.0 + r
-    p = h + (((1.0 - h) + r) + (r * r) * q)
+    return h + (((1.0 - h) + r) + (r * r) * q)
+
+
+@_jit
+def exp64(x):
+    """``e**x`` for a float64 ``x``, within 0.51 ulp (0.8 on subnormal results); 0 below
+    −745.2, inf above 709.8, NaN for NaN.
+
+    ``x = n ln2 + r`` (:func:`_reduce`); ``e**r`` by its Taylor polynomial of degree 13
+    (truncation 4e-18 relative); ``2**n`` as two factors ``2**n1·2**n2`` (each a normal
+    number) so that a subnormal result is rounded once and an overflow gives inf.
+    """
+    xc = min(max(x, -746.0), 710.0)
+    _, nf, r = _reduce(xc)
+    q = 1.6059043836821613e-10  # 1/13!
+    q = q * r + 2.08767569878681e-09
+    q = q * r + 2.505210838544172e-08
+    q = q * r + 2.755731922398589e-07
+    q = q * r + 2.755731922398589e-06
+    p = _exp_poly(q * r + 2.48015873015873e-05, r)
     t1 = nf * 0.5 + _MAGIC  # n1 = round(n/2), n2 = n − n1: both in [−539, 513]
     t2 = (nf - (t1 - _MAGIC)) + _MAGIC
     y = (p * _pow2(t1)) * _pow2(t2)
@@ -151,20 +165,8 @@ def exp32_wide(x):
     float64 before its final rounding). ``x`` is clamped to [−110, 100]: 0 and inf once
     rounded to float32.
     """
-    xd = min(max(np.float64(x), -110.0), 100.0)
-    t = xd * _LOG2E + _MAGIC
-    nf = t - _MAGIC
-    r = xd - nf * _LN2_HI
-    r = r - nf * _LN2_LO
-    q = 2.48015873015873e-05  # 1/8!
-    q = q * r + 0.0001984126984126984
-    q = q * r + 0.001388888888888889
-    q = q * r + 0.008333333333333333
-    q = q * r + 0.041666666666666664
-    q = q * r + 0.16666666666666666
-    q = q * r + 0.5
-    p = 1.0 + (r + (r * r) * q)
-    y = p * _pow2(t)
+    t, _, r = _reduce(min(max(np.float64(x), -110.0), 100.0))
+    y = _exp_poly(2.48015873015873e-05, r) * _pow2(t)  # 1/8!
     return x if x != x else y
 
 

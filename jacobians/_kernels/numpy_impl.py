@@ -13,18 +13,9 @@ import numpy as np
 from .. import _math
 from .._math import exp_is_safe, row_chunks, rowdot, rowsum, scratch
 from ..contract import diagonal as _diagonal_view
+from . import INTERFACE
 
-__all__ = [
-    "describe",
-    "softmax",
-    "log_softmax",
-    "softmax_vjp",
-    "ce_index",
-    "ce_coefficients",
-    "sigmoid_bce_plain",
-    "sigmoid_bce_weighted",
-    "dense_diag_minus_rank_one",
-]
+__all__ = [*INTERFACE]
 
 
 def describe() -> str:
