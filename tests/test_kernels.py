@@ -373,6 +373,31 @@ def test_sigmoid_bce_kernels_match_numpy_and_long_double(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_an_entry_out_of_bounds_in_the_last_chunk_shifts_every_row(dtype, rng):
+    """The numba kernels run unshifted and start again shifted at the first chunk holding
+    an entry outside ±B: rows of earlier chunks must be redone too (numpy's global
+    decision), not left with their unshifted values."""
+    B = _math.EXP_SAFE_BOUND[np.dtype(dtype)]
+    x = rng.normal(size=(3000, 7)).astype(dtype)
+    x[-1, 3] = dtype(1.5 * B)
+    assert numba_impl._chunk_rows(7) < 3000 and not _math.exp_is_safe(x)
+    g = rng.normal(size=x.shape).astype(dtype)
+    idx = rng.integers(0, 7, size=3000)
+    shifted = x - x.max(axis=-1, keepdims=True)  # the same rows, every one safe: computed unshifted
+    pairs = [
+        (numba_impl.softmax(x), numba_impl.softmax(shifted)),
+        (numba_impl.softmax_vjp(x, g), numba_impl.softmax_vjp(shifted, g)),
+        (numba_impl.ce_index(x, idx, None, 1.0)[1], numba_impl.ce_index(shifted, idx, None, 1.0)[1]),
+    ]
+    for got, expected in pairs:  # float64: bitwise (x − max is rounded alike); float32: the
+        # kernel takes x − max in float64, exactly, where the reference rounded it to float32
+        if dtype == np.float64:
+            np.testing.assert_array_equal(got[:-1], expected[:-1])
+        else:
+            np.testing.assert_allclose(got[:-1], expected[:-1], rtol=8 * np.finfo(dtype).eps, atol=1e-30)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_builds_are_bitwise_equal(dtype, rng):
     d, u, v = (rng.normal(size=(9, 6)).astype(dtype) for _ in range(3))
     for args in ((d, u, v), (d, d, v)):

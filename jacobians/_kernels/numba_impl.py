@@ -13,7 +13,8 @@ the meaning of its twin in :mod:`.numpy_impl`; read the math there. What differs
 * the dense ``diag(d) − u vᵀ`` is written in one pass, without einsum's zeroing pass.
 
 The shift by the row max is decided as numpy decides it (:func:`~jacobians._math.exp_is_safe`
-over the whole input), so both kernel sets compute the same formula on the same rows.
+over the whole input), so both kernel sets compute the same formula on the same rows; the
+check costs no pass of its own (see :func:`_shifted_if_needed`).
 
 Compiler flags: the loops that add up rows are functions of their own compiled with
 ``fastmath={'reassoc', 'contract'}`` (a sum may be reordered, which vectorizes it) and
@@ -81,15 +82,6 @@ def describe() -> str:
 
 
 @jit(**_SUMS)
-def _count_bad(x, bound):
-    """How many entries of the flat ``x`` are outside ``[−bound, bound]`` (NaN included)."""
-    bad = 0
-    for j in range(x.size):
-        bad += not (abs(x[j]) <= bound)
-    return bad
-
-
-@jit(**_SUMS)
 def _nan_count(xr):
     c = 0
     for k in range(xr.size):
@@ -137,31 +129,36 @@ def _exp_row(xr, m, like, er):
 
 
 @jit(**_EXACT)
-def _exp_flat(xf, like, ef):
-    """``ef[j] = exp(xf[j])`` in float64."""
+def _exp_flat(xf, bound, like, ef):
+    """``ef[j] = exp(xf[j])`` in float64; returns how many entries lie outside
+    ``[−bound, bound]`` (NaN included), counted in the same pass."""
+    bad = 0
     for j in range(xf.size):
-        ef[j] = expw(xf[j], like)
+        v = xf[j]
+        ef[j] = expw(v, like)
+        bad += not (abs(v) <= bound)
+    return bad
 
 
 @jit(**_EXACT)
-def _exp_rows(xc, shift, like, ec):
+def _exp_rows(xc, shift, bound, like, ec):
     """``ec[i, k] = exp(xc[i, k] − m_i)`` (float64) for a chunk of rows; ``m_i`` the row max
-    when ``shift``, else 0 (then one flat loop over the whole chunk: short rows vectorize too)."""
+    when ``shift``, else 0 (then one flat loop over the whole chunk: short rows vectorize
+    too). Returns the entries outside ``[−bound, bound]`` of an unshifted chunk (0 shifted)."""
     r, K = xc.shape
     if shift:
         for i in range(r):
             _exp_row(xc[i], _rowmax(xc[i]), like, ec[i])
-    else:
-        _exp_flat(xc.reshape(r * K), like, ec.reshape(r * K))
+        return 0
+    return _exp_flat(xc.reshape(r * K), bound, like, ec.reshape(r * K))
 
 
 @jit(**_EXACT)
-def _exp_chunk(x, a, shift, like, e):
+def _exp_chunk(x, a, shift, bound, like, e):
     """``exp`` of the rows ``x[a : a + r]`` into ``e[:r]`` (see :func:`_exp_rows`), ``r`` as
-    many rows as ``e`` holds or as are left; returns ``e[:r]``."""
+    many rows as ``e`` holds or as are left; returns ``(e[:r], entries out of bounds)``."""
     r = min(x.shape[0] - a, e.shape[0])
-    _exp_rows(x[a : a + r], shift, like, e[:r])
-    return e[:r]
+    return e[:r], _exp_rows(x[a : a + r], shift, bound, like, e[:r])
 
 
 def _chunk_rows(K):
@@ -224,10 +221,15 @@ def _rows(x):
     return np.ascontiguousarray(x).reshape(n, K)
 
 
-def _shift(x) -> bool:
-    """numpy's decision (:func:`~jacobians._math.exp_is_safe`): shift unless every entry is in ``[−B, B]``."""
-    bound = EXP_SAFE_BOUND.get(x.dtype)
-    return x.size == 0 or bound is None or _count_bad(x.reshape(-1), bound) > 0
+def _shifted_if_needed(kernel, x, *args) -> None:
+    """``kernel(x, shift, bound, *args)`` as numpy decides the shift
+    (:func:`~jacobians._math.exp_is_safe`: unshifted only when every entry is in ``[−B, B]``),
+    without a pass of its own: the kernel runs unshifted, counting the entries out of
+    bounds as it takes their exps, and returns False at the first chunk holding one;
+    it then runs again, shifted, over every row."""
+    bound = EXP_SAFE_BOUND[x.dtype]
+    if not kernel(x, False, bound, *args):
+        kernel(x, True, bound, *args)
 
 
 _NO_SKIP = np.empty(0, dtype=np.int64)
@@ -249,20 +251,23 @@ def _divide_rows(ec, s, out):
 
 
 @jit(**_EXACT)
-def _softmax(x, shift, R, like, out):
+def _softmax(x, shift, bound, R, like, out):
     e = np.empty((R, x.shape[1]))
     s = np.empty(R)
     for a in range(0, x.shape[0], R):
-        ec = _exp_chunk(x, a, shift, like, e)
+        ec, bad = _exp_chunk(x, a, shift, bound, like, e)
+        if bad:
+            return False
         _row_sums(ec, _NO_SKIP, _NO_WEIGHTS, s)
         _divide_rows(ec, s, out[a : a + ec.shape[0]])
+    return True
 
 
 def softmax(x, out=None):
     x2 = _rows(x)
     res = np.empty(x.shape, dtype=x.dtype) if out is None else out
     if x2.size:
-        _softmax(x2, _shift(x2), _chunk_rows(x2.shape[1]), x.dtype.type(0), res.reshape(x2.shape))
+        _shifted_if_needed(_softmax, x2, _chunk_rows(x2.shape[1]), x.dtype.type(0), res.reshape(x2.shape))
     return res
 
 
@@ -302,16 +307,19 @@ def _vjp_rows(ec, gc, s, dot, temperature, out):
 
 
 @jit(**_EXACT)
-def _softmax_vjp(x, g, shift, temperature, R, like, out):
+def _softmax_vjp(x, shift, bound, g, temperature, R, like, out):
     e = np.empty((R, x.shape[1]))
     s = np.empty(R)
     dot = np.empty(R)
     for a in range(0, x.shape[0], R):
-        ec = _exp_chunk(x, a, shift, like, e)
+        ec, bad = _exp_chunk(x, a, shift, bound, like, e)
+        if bad:
+            return False
         gc = g[a : a + ec.shape[0]]
         _row_sums(ec, _NO_SKIP, _NO_WEIGHTS, s)
         _row_sums(ec, _NO_SKIP, gc, dot)
         _vjp_rows(ec, gc, s, dot, temperature, out[a : a + ec.shape[0]])
+    return True
 
 
 def softmax_vjp(x, g, temperature=1.0):
@@ -322,8 +330,8 @@ def softmax_vjp(x, g, temperature=1.0):
     x2 = _rows(x)
     out = np.empty(x.shape, dtype=x.dtype)
     if x2.size:
-        _softmax_vjp(x2, _rows(g), _shift(x2), float(temperature), _chunk_rows(x2.shape[1]), x.dtype.type(0),
-                     out.reshape(x2.shape))
+        _shifted_if_needed(_softmax_vjp, x2, _rows(g), float(temperature), _chunk_rows(x2.shape[1]), x.dtype.type(0),
+                           out.reshape(x2.shape))
     return out
 
 
@@ -369,14 +377,16 @@ def _scale_rows(ec, w, idx, o, gc):
 
 
 @jit(**_EXACT)
-def _ce_index(x, idx, valid, scale, shift, limit, R, like, g, values):
+def _ce_index(x, shift, bound, idx, valid, scale, limit, R, like, g, values):
     K = x.shape[1]
     e = np.empty((R, K))
     o, w, lv, ey = np.empty(R), np.empty(R), np.empty(R), np.empty(R)
     far = np.zeros(R, dtype=np.bool_)
     ework = np.empty(K)
     for a in range(0, x.shape[0], R):
-        ec = _exp_chunk(x, a, shift, like, e)
+        ec, bad = _exp_chunk(x, a, shift, bound, like, e)
+        if bad:
+            return False
         r = ec.shape[0]
         ic = idx[a : a + r]
         _row_sums(ec, ic, _NO_WEIGHTS, o)
@@ -391,6 +401,7 @@ def _ce_index(x, idx, valid, scale, shift, limit, R, like, g, values):
                 lv[i] *= valid[a + i]
             values[a + i] = lv[i]
         _scale_rows(ec, w, ic, o, g[a : a + r])
+    return True
 
 
 def ce_index(x, idx, valid, scale):
@@ -401,8 +412,8 @@ def ce_index(x, idx, valid, scale):
     v = np.empty(0, dtype=np.bool_) if valid is None else np.ascontiguousarray(valid, dtype=np.bool_)
     if n:
         limit = 2.0 ** -RATIO_MAX_EXP[x.dtype]
-        _ce_index(x2, np.ascontiguousarray(idx, dtype=np.int64), v, float(scale), _shift(x2), limit, _chunk_rows(K),
-                  x.dtype.type(0), g, values)
+        _shifted_if_needed(_ce_index, x2, np.ascontiguousarray(idx, dtype=np.int64), v, float(scale), limit,
+                           _chunk_rows(K), x.dtype.type(0), g, values)
     return values, g
 
 
