@@ -17,8 +17,9 @@ Sections, each a table: every group is one size and dtype, measured side by side
   Jacobian does not fit in memory, timed in a subprocess that reports its peak RSS.
 
 The limits are one-thread numpy operations that move the same bytes: the least any
-implementation must pay. Targets (from issue 5) are attached to our rows and reported
-as met or not met.
+implementation must pay. Targets are attached to our rows and reported as met or not met:
+issue 5's with the numpy kernels, issue 13's with the compiled ones (``fast`` extra: every
+fused row ≤ 0.8× torch and ≤ 1.0× JAX, ``act.vjp`` ≤ 0.8× torch with one thread).
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ PAIRS = {
     "log_softmax+nll": (jac.LogSoftmax, jac.NLLLoss),
     "sigmoid+binary_cross_entropy": (jac.Sigmoid, jac.BinaryCrossEntropy),
 }
+
+
+#: the compiled kernels (numba) have the tighter targets of issue 13
+COMPILED = jac.kernels() == "numba"
 
 
 def available_peers(names) -> dict[str, str]:
@@ -131,7 +136,7 @@ def _vjp_cases(N, K, dtype, peers):
     out = np.empty_like(z)
     cases = [
         Case("one pass: np.multiply(z, g, out=)", lambda: np.multiply(z, g, out=out), kind="limit", column="1 pass"),
-        Case("act.vjp(z, g)", lambda: act.vjp(z, g), targets={"torch fwd+bwd": 1.0}),
+        Case("act.vjp(z, g)", lambda: act.vjp(z, g), targets={"torch fwd+bwd": 0.8 if COMPILED else 1.0}),
         Case("g @ act.jacobian_operator(z)", lambda: g @ op, targets={"torch bwd": 1.5}),
     ]
     if "torch" in peers:
@@ -163,10 +168,13 @@ def _fused_cases(pair, N, K, dtype, peers):
     else:
         y = rng.integers(0, K, size=N)
     out = np.empty_like(z)
-    torch_target = 1.5 if pair == "sigmoid+binary_cross_entropy" else 1.0
+    if COMPILED:
+        targets = {"torch": 0.8, "jax": 1.0}
+    else:
+        targets = {"torch": 1.5 if pair == "sigmoid+binary_cross_entropy" else 1.0}
     cases = [
         Case("one pass: np.exp(z, out=)", lambda: np.exp(z, out=out), kind="limit", column="1 exp pass"),
-        Case(f"{pair} fused", lambda: head.value_and_grad(z, y, "fused"), targets={"torch": torch_target}),
+        Case(f"{pair} fused", lambda: head.value_and_grad(z, y, "fused"), targets=targets),
     ]
     if pair == "softmax+cross_entropy":
         cases.append(Case(f"{pair} method='vjp'", lambda: head.value_and_grad(z, y, "vjp")))
