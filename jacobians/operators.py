@@ -80,8 +80,10 @@ class JacobianOperator:
         workers : int, optional
             Threads building row blocks; default every available core. Outputs under
             :data:`~jacobians._parallel.PARALLEL_MIN_BYTES` are built on the calling thread.
-            The build is compute-bound in numpy's einsum loop at every K, so a second core
-            helps at K = 10 as at K = 1000 (1.3-1.9x on the 2-core development machine).
+            With numpy's kernels the build is compute-bound in numpy's einsum loop at every K,
+            so a second core helps at K = 10 as at K = 1000 (1.3-1.9x on the 2-core
+            development machine); the compiled kernels (``fast`` extra) write each entry once
+            and run near the speed of ``buf.fill``.
         """
         shape = self.shape
         if out is None:
@@ -216,7 +218,8 @@ class DiagonalPlusRankOne(JacobianOperator):
 
     The dense form is built the vectorized way: ``einsum('ij,ik->ijk', u, -v)`` writes the
     rank-one part, then ``d`` is added onto the writable diagonal view
-    ``einsum('ijj->ij', J)``.
+    ``einsum('ijj->ij', J)`` (numpy's kernels); the compiled kernels write ``−u_j v_k`` and
+    ``d_j − u_j v_j`` in one pass, with the same roundings (bitwise equal).
     """
 
     def __init__(self, d, u, v):

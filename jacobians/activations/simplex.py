@@ -74,7 +74,8 @@ class Softmax(SimplexMapping):
     """``s = softmax(z / T)``: ``exp(z/T − m) / Σ exp(z/T − m)`` with ``m`` the row max.
 
     Jacobian ``J = (diag(s) − s sᵀ) / T``, built as ``einsum('ij,ik->ijk', s, -s)`` plus
-    ``s`` added onto the diagonal view ``einsum('ijj->ij', J)``.
+    ``s`` added onto the diagonal view ``einsum('ijj->ij', J)`` (with the compiled kernels:
+    the same entries in one pass, see :class:`~jacobians.DiagonalPlusRankOne`).
 
     Parameters
     ----------
