@@ -52,6 +52,20 @@ def _vectorized(fn):
     return call
 
 
+def _vectorized_pair(fn):
+    @numba.njit(fastmath={"contract"}, error_model="numpy")
+    def run(x, a, b):
+        for i in range(x.size):
+            a[i], b[i] = fn(x[i])
+
+    def call(x):
+        a, b = np.empty_like(x), np.empty_like(x)
+        run(x, a, b)
+        return a, b
+
+    return call
+
+
 EXP64 = _vectorized(numba_math.exp64)
 EXP32 = _vectorized(numba_math.exp32)
 LOG64 = _vectorized(numba_math.log64)
@@ -160,6 +174,10 @@ def test_log1p64_is_within_one_ulp_over_the_whole_range(rng):
     with np.errstate(invalid="ignore", divide="ignore"):
         special = LOG1P64(np.array([-1.0, -1.5, -np.inf, np.inf, np.nan]))
     assert special[0] == -np.inf and np.isnan(special[1:3]).all() and special[3] == np.inf and np.isnan(special[4])
+    unit = np.concatenate([rng.random(1 << 18), np.geomspace(1e-300, 1, 1 << 16), [0.0, 1.0, 5e-324]])
+    l1, inv = _vectorized_pair(numba_math.log1p_unit)(unit)  # sigmoid + BCE's log1p on [0, 1]
+    assert float(_ulps(l1, np.log1p(unit.astype(LD)), np.float64).max()) <= 1.0
+    assert np.array_equal(inv, 1 / (1 + unit))
     x32 = _all_floats(rng, 1 << 18, -0.999, 1e30)
     assert float(_ulps(LOG1P32(x32), np.log1p(x32.astype(LD)), np.float32).max()) <= 0.51
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from .._math import EXP_SAFE_BOUND, RATIO_MAX_EXP
 from . import INTERFACE
-from .numba_math import expw, jit, log1p64, log64
+from .numba_math import expw, jit, log1p64, log1p_unit, log64
 
 __all__ = ["target", *INTERFACE]
 
@@ -470,13 +470,14 @@ def ce_coefficients(x, c):
 @jit(**_ENTRY)
 def _bce_entry(z, y, like):
     """``(z (h − y) + log1p(e), (h − y) + (1 − 2h) q)`` with ``h = step(z)``, ``e = exp(−|z|)``,
-    ``q = e/(1 + e)``: the value and gradient of one plain sigmoid + BCE entry."""
+    ``q = e/(1 + e)``: the value and gradient of one plain sigmoid + BCE entry (one division:
+    ``q = e · (1/(1 + e))`` shares log1p's quotient)."""
     zd = np.float64(z)
     e = expw(-abs(zd), like)
-    q = e / (1.0 + e)
+    l1, inv = log1p_unit(e)
     h = 1.0 if zd > 0 else 0.0
     hy = h - y
-    return zd * hy + log1p64(e), hy + (1.0 - 2.0 * h) * q
+    return zd * hy + l1, hy + (1.0 - 2.0 * h) * (e * inv)
 
 
 @jit(**_EXACT)
@@ -517,11 +518,10 @@ def sigmoid_bce_plain(z, y, scale, need_values):
 def _bce_weighted_entry(z, y, py, like):
     zd = np.float64(z)
     e = expw(-abs(zd), like)
-    inv = 1.0 / (1.0 + e)
+    l1, inv = log1p_unit(e)  # inv = 1/(1 + e) = σ(|z|)
     pos = zd > 0
     sig = inv if pos else e * inv
     sig_neg = e * inv if pos else inv
-    l1 = log1p64(e)
     value = (1.0 - y) * (max(zd, 0.0) + l1) + py * (max(-zd, 0.0) + l1)
     return value, (1.0 - y) * sig - py * sig_neg
 

@@ -41,7 +41,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["exp64", "exp32", "exp32_wide", "expw", "log64", "log1p64", "log1p32", "jit"]
+__all__ = ["exp64", "exp32", "exp32_wide", "expw", "log64", "log1p64", "log1p_unit", "log1p32", "jit"]
 
 
 def jit(fn=None, **options):
@@ -212,8 +212,8 @@ _TINY = 2.2250738585072014e-308
 
 
 @_jit
-def _log_reduced(u, c):
-    """``log(u) + c/u`` for a positive normal ``u`` (``c`` a correction much smaller than ``u``)."""
+def _log_reduced(u, cu):
+    """``log(u) + cu`` for a positive normal ``u`` and a correction ``cu`` much smaller than 1."""
     ix = _as_i64(u) + (0x3FF0000000000000 - _SQRT_HALF_BITS)
     k = ((ix >> 52) & 0x7FF) - 1023
     m = _as_f64((ix & 0x000FFFFFFFFFFFFF) + _SQRT_HALF_BITS)  # u / 2**k, in [√2/2, √2)
@@ -225,7 +225,7 @@ def _log_reduced(u, c):
     w = z * z
     t1 = w * (_LG2 + w * (_LG4 + w * _LG6))
     t2 = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7)))
-    return dk * _LN2_HI - ((hfsq - (s * (hfsq + (t1 + t2)) + (dk * _LN2_LO + c / u))) - f)
+    return dk * _LN2_HI - ((hfsq - (s * (hfsq + (t1 + t2)) + (dk * _LN2_LO + cu))) - f)
 
 
 @_jit
@@ -254,10 +254,22 @@ def log1p64(x):
     b = u - x
     c = (1.0 - b) + (x - (u - b))  # u + c = 1 + x exactly
     c = 0.0 if u == _INF else c
-    y = _log_reduced(u, c)
+    y = _log_reduced(u, c / u)
     y = -_INF if x == -1.0 else y
     y = _INF if x == _INF else y
     return x + np.nan if not x >= -1.0 else y
+
+
+@_jit
+def log1p_unit(x):
+    """``(log1p(x), 1/fl(1 + x))`` for ``0 <= x <= 1`` (NaN gives NaN, NaN): :func:`log1p64`'s
+    result with one division, whose quotient the caller may reuse (sigmoid + BCE needs
+    ``x/(1 + x)``). ``1 + x`` is split exactly by Fast2Sum (``1 >= x``)."""
+    u = 1.0 + x
+    c = (1.0 - u) + x
+    inv = 1.0 / u
+    y = _log_reduced(u, c * inv)
+    return (x if x != x else y), inv
 
 
 @_jit
