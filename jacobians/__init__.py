@@ -17,7 +17,7 @@ True
 
 __version__ = "0.1.0"
 
-from . import domains, fused, operators
+from . import curvature, domains, fused, operators
 from .activations import (
     ACTIVATIONS,
     Activation,
@@ -38,6 +38,7 @@ from .activations import (
 )
 from .checks import CheckReport, check_activation, check_head
 from .contract import contract, diagonal
+from .curvature import register_hessian
 from .fused import register_fused
 from .head import Head, Pair, pairs
 from .losses import (
@@ -58,7 +59,14 @@ from .losses import (
     register_loss,
 )
 from .numerical import numerical_grad, numerical_jacobian
-from .operators import DenseJacobian, DiagonalJacobian, DiagonalPlusRankOne, JacobianOperator
+from .operators import (
+    DenseJacobian,
+    DiagonalJacobian,
+    DiagonalPlusLowRank,
+    DiagonalPlusRankOne,
+    JacobianOperator,
+    SimplexBlock,
+)
 
 
 def _canonical_order(registry: dict, names: tuple[str, ...]) -> None:
@@ -119,11 +127,14 @@ __all__ = [
     "DenseJacobian",
     "DiagonalJacobian",
     "DiagonalPlusRankOne",
+    "DiagonalPlusLowRank",
+    "SimplexBlock",
     # heads
     "Head",
     "Pair",
     "pairs",
     "register_fused",
+    "register_hessian",
     # verification
     "numerical_jacobian",
     "numerical_grad",
@@ -131,6 +142,7 @@ __all__ = [
     "check_head",
     "CheckReport",
     # modules
+    "curvature",
     "domains",
     "fused",
     "operators",

@@ -178,8 +178,9 @@ def softmax(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return e
 
 
-def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``s ⊙ (g − s·g) / T`` with ``s = softmax(x)``: the softmax VJP from the (scaled) logits.
+def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0, factor=None) -> np.ndarray:
+    """``f · s ⊙ (g − s·g) / T`` with ``s = softmax(x)``: the softmax VJP from the (scaled)
+    logits, times an optional ``factor`` f (a scalar, or one per row, shape ``(...)``).
 
     One output buffer: ``s`` is built in it chunk by chunk (see :func:`row_chunks`), and
     ``g − s·g`` goes to a reused scratch buffer, so a call allocates only its result.
@@ -189,6 +190,10 @@ def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0) -> np.nd
     out = np.empty(x2.shape, dtype=x.dtype)
     safe = exp_is_safe(x)
     ones = np.ones(K, dtype=x.dtype)
+    f = None
+    if factor is not None or temperature != 1.0:
+        f = np.asarray(1.0 if factor is None else factor, dtype=x.dtype) / x.dtype.type(temperature)
+        f = f.reshape(-1, 1) if f.ndim else f
     for rows in row_chunks(x2.shape[0], K):
         o, xc, gc = out[rows], x2[rows], g2[rows]
         if safe:
@@ -200,9 +205,9 @@ def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0) -> np.nd
         dot = rowdot(o, gc)
         w = scratch(o.size, x.dtype).reshape(o.shape)
         np.subtract(gc, dot[:, None], out=w)
+        if f is not None:  # in cache: cheaper than a pass over the result
+            w *= f[rows] if f.ndim else f
         o *= w
-    if temperature != 1.0:
-        out /= out.dtype.type(temperature)
     return out.reshape(x.shape)
 
 
