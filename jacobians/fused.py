@@ -164,7 +164,7 @@ def _plain_index_rule(x, t, reduction, T):
     n = x2.shape[0]
     idx = t.safe_indices().reshape(-1)
     flat = np.arange(n) * K + idx  # positions of the targets in g.ravel()
-    g = np.empty_like(x2)
+    g = np.empty(x2.shape, dtype=x2.dtype)  # C order: gflat below must be a view, whatever x2's layout
     gflat = g.reshape(-1)
     if _math.exp_is_safe(x2):
         np.copyto(g, x2)
