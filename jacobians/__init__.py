@@ -36,7 +36,7 @@ from .activations import (
     get_activation,
     register_activation,
 )
-from .checks import CheckReport, check_activation, check_head
+from .checks import CheckReport, check_activation, check_head, check_second_order
 from .contract import contract, diagonal
 from .curvature import register_hessian
 from .fused import register_fused
@@ -140,6 +140,7 @@ __all__ = [
     "numerical_grad",
     "check_activation",
     "check_head",
+    "check_second_order",
     "CheckReport",
     # modules
     "curvature",

@@ -15,6 +15,8 @@ __all__ = [
     "row_chunks",
     "scratch",
     "shifted_exp",
+    "complement_sums",
+    "project_columns",
     "logsumexp",
     "log1p_ratio",
     "RATIO_MAX_EXP",
@@ -121,6 +123,47 @@ def shifted_exp(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     rest = e.sum(axis=-1, keepdims=True)
     np.put_along_axis(e, top, 1, axis=-1)
     return shifted, e, rest, top
+
+
+def complement_sums(x: np.ndarray) -> np.ndarray:
+    """``Σ_{i≠j} x_i`` for every j along the last axis, for ``x >= 0``.
+
+    ``total − x_j``, except at each row's largest entry, where the sum of the others is
+    taken directly: there ``total − x_j`` would subtract two nearly equal numbers (a
+    confident probability: ``1 − p_max``). Every other entry is at most half the total,
+    so its subtraction loses nothing.
+    """
+    total = x.sum(axis=-1, keepdims=True)
+    out = total - x
+    top = x.argmax(axis=-1)[..., None]
+    others = np.array(x, copy=True)
+    np.put_along_axis(others, top, 0, axis=-1)
+    np.put_along_axis(out, top, others.sum(axis=-1, keepdims=True), axis=-1)
+    return out
+
+
+def project_columns(X: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``(I − v 1ᵀ) X`` per sample for ``X`` (..., K, C) and ``v`` (..., K) with ``Σv = 1``, ``v >= 0``.
+
+    Row j is ``X_j − v_j Σ_i X_i = X_j (1 − v_j) − v_j Σ_{i≠j} X_i``; at the largest entry
+    of v (where ``1 − v_j`` cancels) it is computed that way, with both complements summed
+    directly (:func:`complement_sums`), elsewhere as the plain difference.
+    """
+    colsum = X.sum(axis=-2, keepdims=True)
+    out = X - v[..., :, None] * colsum
+    top = v.argmax(axis=-1)[..., None]
+    comp = np.take_along_axis(complement_sums(v), top, axis=-1)[..., None]  # 1 − v_top, (..., 1, 1)
+    X_top = np.take_along_axis(X, top[..., None], axis=-2)  # (..., 1, C)
+    rows = X_top * comp - np.take_along_axis(v, top, axis=-1)[..., None] * _others_sum(X, top)
+    np.put_along_axis(out, top[..., None], rows, axis=-2)
+    return out
+
+
+def _others_sum(X: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """``Σ_{i≠top} X_i`` over the rows of X (..., K, C), taken directly."""
+    masked = np.array(X, copy=True)
+    np.put_along_axis(masked, top[..., None], 0, axis=-2)
+    return masked.sum(axis=-2, keepdims=True)
 
 
 def logsumexp(z: np.ndarray) -> np.ndarray:

@@ -61,7 +61,9 @@ from .operators import (
     DiagonalPlusLowRank,
     DiagonalPlusRankOne,
     JacobianOperator,
+    ProjectedDiagonal,
     SimplexBlock,
+    SumOperator,
 )
 
 __all__ = [
@@ -372,16 +374,46 @@ def _forward(head, z, y):
     return a, g, act._operator_from_output(z, a)
 
 
+def _projection_form(J):
+    """``(g, v)`` when ``J = diag(g) − g vᵀ = diag(g) (I − 1 vᵀ)`` with ``v >= 0``, ``Σv = 1``
+    (every simplex map and log-softmax), else None."""
+    if not isinstance(J, DiagonalPlusRankOne) or isinstance(J, SimplexBlock):
+        return None
+    if not (J.u is J.d or np.array_equal(J.u, J.d)) or not np.all(J.v >= 0):
+        return None
+    K = J.size
+    if not np.all(np.abs(J.v.sum(axis=-1) - 1) <= 8 * K * np.finfo(J.dtype).eps):
+        return None
+    return J.d, J.v
+
+
+def _gram(J: JacobianOperator, H: JacobianOperator) -> JacobianOperator:
+    """``Jᵀ H J``. For a simplex map (``J = diag(g) P``, ``P = I − 1 vᵀ``) and a diagonal or
+    entmax-family H it is ``Pᵀ diag(g² h) P`` (minus ``x xᵀ`` with ``x = Pᵀ(g ⊙ w)`` for
+    ``H = diag(c q) − w wᵀ``), whose diagonal is computed without cancellation
+    (:class:`~jacobians.operators.ProjectedDiagonal`): where a prediction is confident the
+    generic product subtracts numbers far larger than the result."""
+    form = _projection_form(J)
+    if form is not None:
+        g, v = form
+        if isinstance(H, DiagonalJacobian):
+            return ProjectedDiagonal(g * g * H.d, v)
+        if isinstance(H, SimplexBlock):
+            x = _math.project_columns((g * H.u)[..., None], v)[..., 0]
+            outer = DiagonalPlusLowRank(np.zeros_like(x), x[..., None], x[..., None])
+            return SumOperator(ProjectedDiagonal(g * g * H.d, v), outer)
+    return J.T @ H @ J
+
+
 def _ggn_chain(head, z, y) -> JacobianOperator:
     a = head.activation(z)
     J = head.activation._operator_from_output(z, a)
-    return J.T @ head.loss_fn.hessian_operator(a, y) @ J
+    return _gram(J, head.loss_fn.hessian_operator(a, y))
 
 
 def _hessian_chain(head, z, y) -> JacobianOperator:
     a, g, J = _forward(head, z, y)
-    ggn = J.T @ head.loss_fn.hessian_operator(a, y) @ J
-    return ggn + head.activation.hessian_vjp_operator(z, g)
+    return SumOperator(_gram(J, head.loss_fn.hessian_operator(a, y)), head.activation.hessian_vjp_operator(z, g))
 
 
 def hessian_operator(head, z, y, method: str = "auto") -> JacobianOperator:
@@ -430,7 +462,12 @@ def sqrt_ggn(head, z, y) -> np.ndarray:
     _require_chain(head, "sqrt_ggn")
     a = head.activation(z)
     J = head.activation._operator_from_output(z, a)
-    return J.T.matmat(head.loss_fn.hessian_operator(a, y).sqrt())
+    S = head.loss_fn.hessian_operator(a, y).sqrt()
+    form = _projection_form(J)
+    if form is not None:  # Jᵀ S = Pᵀ (g ⊙ S), rows projected without cancellation
+        g, v = form
+        return _math.project_columns(g[..., None] * S, v)
+    return J.T.matmat(S)
 
 
 # -- Fisher ------------------------------------------------------------------------------------
@@ -472,7 +509,7 @@ def fisher_operator(head, z, y=None, kind: str = "exact", *, mc_samples: int = 1
     else:
         a = head.activation(z)
         J = head.activation._operator_from_output(z, a)
-        blocks = J.T @ loss.fisher_blocks(a) @ J
+        blocks = _gram(J, loss.fisher_blocks(a))
     return _masked(blocks, c, valid)
 
 
@@ -502,6 +539,8 @@ def _seed_key(seed) -> int:
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+#: the Monte-Carlo columns are computed for blocks of rows of about this many entries (N·M·K)
+MC_BLOCK_ENTRIES = 1 << 21
 
 
 def row_uniforms(key: int, row_start: int, n_rows: int, per_row: int) -> np.ndarray:
@@ -558,9 +597,19 @@ def sqrt_ggn_sampled(head, z, mc_samples: int = 1, seed=None, *, y=None, row_sta
     n = int(np.prod(z.shape[:-1]))
     M = int(mc_samples)
     per = _uniforms_per_row(kind, K)
-    u = row_uniforms(key, row_start, n, M * per)  # row n's draws for every sample, in one block
-    cols = [_row_gradients(head, z, sample_targets(loss, a, u[:, m * per : (m + 1) * per])) for m in range(M)]
-    S = np.stack(cols, axis=-1)
+    z2, a2 = z.reshape(n, K), a.reshape(n, K)
+    S = np.empty((n, K, M), dtype=z.dtype)
+    step = max(1, MC_BLOCK_ENTRIES // (M * K))
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        m = rows.stop - rows.start
+        # row r's draws for all M samples, one block: the same numbers however rows are split
+        u = row_uniforms(key, row_start + start, m, M * per).reshape(m * M, per)
+        zr = np.broadcast_to(z2[rows, None, :], (m, M, K)).reshape(m * M, K)
+        ar = np.broadcast_to(a2[rows, None, :], (m, M, K)).reshape(m * M, K)
+        grads = _row_gradients(head, zr, sample_targets(loss, ar, u))
+        S[rows] = np.swapaxes(grads.reshape(m, M, K), -1, -2)
+    S = S.reshape(z.shape + (M,))
     w = np.sqrt(c / z.dtype.type(mc_samples))
     if valid is not None:
         return S * (w * valid.astype(z.dtype))[..., None, None]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._math import diag_minus_rank_one
+from ._math import complement_sums, diag_minus_rank_one, project_columns
 from ._parallel import run_in_row_blocks
 from ._validation import as_float_array, check_same_shape
 from .contract import contract
@@ -41,6 +41,8 @@ __all__ = [
     "DiagonalPlusRankOne",
     "DiagonalPlusLowRank",
     "SimplexBlock",
+    "ProjectedDiagonal",
+    "SumOperator",
     "as_low_rank",
     "product",
     "total",
@@ -465,6 +467,119 @@ class SimplexBlock(DiagonalPlusRankOne):
         return S
 
 
+class ProjectedDiagonal(JacobianOperator):
+    """``Pᵀ diag(m) P`` per sample with ``P = I − 1 vᵀ`` (``m >= 0``, ``v >= 0``, ``Σv = 1``).
+
+    The Gauss–Newton term ``Jᵀ diag(h) J`` of every simplex map, whose Jacobian is
+    ``J = diag(g) − g vᵀ = diag(g) P``, with ``m = g² h``. Its entries::
+
+        M_jk = v_j v_k Σm − m_j v_k − m_k v_j        (j ≠ k)
+        M_jj = m_j (1 − v_j)² + v_j² Σ_{i≠j} m_i
+
+    are computed that way: the diagonal as a sum of non-negative terms with both
+    complements summed directly (:func:`~jacobians._math.complement_sums`), so a
+    confident prediction (``v`` near one-hot, where ``diag(m) − m vᵀ − v mᵀ + Σm v vᵀ``
+    subtracts numbers far larger than the result) keeps its small curvature, and a
+    one-hot ``v`` gives exact zeros.
+    """
+
+    def __init__(self, m, v):
+        self.m = as_float_array(m, "m")
+        self.v = as_float_array(v, "v", like=self.m)
+        check_same_shape(self.v, "v", self.m, "m")
+        self.batch_shape = self.m.shape[:-1]
+        self.size = self.m.shape[-1]
+        self.dtype = self.m.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.m.nbytes + self.v.nbytes
+
+    def _parts(self, rows=slice(None)):
+        m, v = _rows2d(self.m)[rows], _rows2d(self.v)[rows]
+        total = m.sum(axis=-1, keepdims=True)
+        return m, v, total
+
+    def diagonal(self):
+        m, v, _ = self._parts()
+        comp = complement_sums(v)
+        return (m * comp * comp + v * v * complement_sums(m)).reshape(self.m.shape)
+
+    def _dense_rows(self, rows, out):
+        m, v, total = self._parts(rows)
+        low = DiagonalPlusLowRank(m, np.stack([m, v], axis=-1), np.stack([v, m - total * v], axis=-1))
+        low._dense_rows(slice(None), out)
+        comp = complement_sums(v)
+        _diagonal_view(out)[...] = m * comp * comp + v * v * complement_sums(m)
+
+    def jvp(self, x):
+        x = self._check_vector(x, "v")
+        y = self.m * (x - np.einsum("...k,...k->...", self.v, x)[..., None])
+        return y - self.v * y.sum(axis=-1, keepdims=True)
+
+    def vjp(self, g):
+        return self.jvp(g)  # symmetric
+
+    def matmat(self, X):
+        X = as_float_array(X, "X", min_ndim=2)
+        if X.shape[:-1] != self.m.shape:
+            raise ValueError(f"X must have shape {self.m.shape + ('C',)} (..., K, C); got shape {X.shape}")
+        Y = self.m[..., None] * (X - np.einsum("...k,...kc->...c", self.v, X)[..., None, :])
+        return project_columns(Y, self.v)
+
+    def sqrt(self):
+        """``Pᵀ diag(√m)``: ``(Pᵀ diag(√m))(diag(√m) P) = Pᵀ diag(m) P``, its rows projected
+        with the complement summed directly where ``v`` is largest."""
+        if np.any(self.m < 0):
+            raise ValueError("a ProjectedDiagonal needs m >= 0 for a real square root")
+        return project_columns(DiagonalJacobian(np.sqrt(self.m)).dense(), self.v)
+
+    def _take(self, rows):
+        return ProjectedDiagonal(_rows2d(self.m)[rows], _rows2d(self.v)[rows])
+
+
+class SumOperator(JacobianOperator):
+    """``Σ ops`` block by block, each part kept in its own (accurate) structure: products,
+    the diagonal and the dense form are sums of the parts' own."""
+
+    def __init__(self, *ops: JacobianOperator):
+        if not ops:
+            raise ValueError("a SumOperator needs at least one operator")
+        for op in ops[1:]:
+            _check_compatible(ops[0], op)
+        self.ops = tuple(ops)
+        self.batch_shape = ops[0].batch_shape
+        self.size = ops[0].size
+        self.dtype = np.result_type(*(op.dtype for op in ops))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(op.nbytes for op in self.ops)
+
+    def _dense_rows(self, rows, out):
+        self.ops[0]._dense_rows(rows, out)
+        if len(self.ops) > 1:
+            part = np.empty_like(out)
+            for op in self.ops[1:]:
+                op._dense_rows(rows, part)
+                out += part
+
+    def jvp(self, x):
+        return sum(op.jvp(x) for op in self.ops)
+
+    def vjp(self, g):
+        return sum(op.vjp(g) for op in self.ops)
+
+    def matmat(self, X):
+        return sum(op.matmat(X) for op in self.ops)
+
+    def diagonal(self):
+        return sum(op.diagonal() for op in self.ops)
+
+    def _take(self, rows):
+        return SumOperator(*(op._take(rows) for op in self.ops))
+
+
 def _diagonal_sqrt(d: np.ndarray) -> np.ndarray:
     if np.any(d < 0):
         raise ValueError(
@@ -498,6 +613,12 @@ def as_low_rank(op: JacobianOperator) -> DiagonalPlusLowRank | DenseJacobian:
     """``op`` as :class:`DiagonalPlusLowRank` (a diagonal has rank 0), or a dense one as it is."""
     if isinstance(op, DiagonalPlusLowRank):
         return op
+    if isinstance(op, ProjectedDiagonal):
+        m, v = op.m, op.v
+        msum = m.sum(axis=-1, keepdims=True)
+        return DiagonalPlusLowRank(m, np.stack([m, v], axis=-1), np.stack([v, m - msum * v], axis=-1))
+    if isinstance(op, SumOperator):
+        return total(*op.ops)
     if isinstance(op, DiagonalPlusRankOne):
         return DiagonalPlusLowRank(op.d, op.u[..., None], op.v[..., None])
     if isinstance(op, DiagonalJacobian):
@@ -515,8 +636,10 @@ def _check_compatible(a: JacobianOperator, b: JacobianOperator) -> None:
 
 def transpose(op: JacobianOperator) -> JacobianOperator:
     """``op`` with each block transposed, ``M[..., j, i]``, keeping its structure."""
-    if isinstance(op, (DiagonalJacobian, SimplexBlock)):
+    if isinstance(op, (DiagonalJacobian, SimplexBlock, ProjectedDiagonal)):
         return op
+    if isinstance(op, SumOperator):
+        return SumOperator(*(transpose(part) for part in op.ops))
     if isinstance(op, DiagonalPlusRankOne):
         return DiagonalPlusRankOne(op.d, op.v, op.u)
     if isinstance(op, DiagonalPlusLowRank):
@@ -531,6 +654,10 @@ def _scale(op: JacobianOperator, c) -> JacobianOperator:
     cv = c[..., None]
     if isinstance(op, SimplexBlock) and np.all(c >= 0):
         return SimplexBlock(op.weights, op.c[..., 0] * c, op._root_d)
+    if isinstance(op, ProjectedDiagonal) and np.all(c >= 0):
+        return ProjectedDiagonal(op.m * cv, op.v)
+    if isinstance(op, SumOperator):
+        return SumOperator(*(_scale(part, c) for part in op.ops))
     if isinstance(op, DiagonalJacobian):
         return DiagonalJacobian(op.d * cv)
     low = as_low_rank(op)
