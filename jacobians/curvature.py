@@ -245,7 +245,9 @@ def _softmax_sqrt(act, loss, z, y):
     root = half / np.sqrt(np.einsum("...k,...k->...", half, half))[..., None]
     p = root * root
     rc = np.sqrt(csum * scale)[..., None]
-    return DiagonalPlusRankOne(rc * root, rc * p / p.sum(axis=-1, keepdims=True), root).dense()
+    total = p.sum(axis=-1, keepdims=True)
+    exact = rc * root * (_math.complement_sums(p) / total)  # the diagonal, 1 − p/Σp summed directly
+    return DiagonalPlusRankOne(rc * root, rc * p / total, root, diagonal=exact).dense()
 
 
 def _class_fisher(p: np.ndarray, loss, dtype) -> JacobianOperator:
@@ -377,12 +379,7 @@ def _forward(head, z, y):
 def _projection_form(J):
     """``(g, v)`` when ``J = diag(g) − g vᵀ = diag(g) (I − 1 vᵀ)`` with ``v >= 0``, ``Σv = 1``
     (every simplex map and log-softmax), else None."""
-    if not isinstance(J, DiagonalPlusRankOne) or isinstance(J, SimplexBlock):
-        return None
-    if not (J.u is J.d or np.array_equal(J.u, J.d)) or not np.all(J.v >= 0):
-        return None
-    K = J.size
-    if not np.all(np.abs(J.v.sum(axis=-1) - 1) <= 8 * K * np.finfo(J.dtype).eps):
+    if not isinstance(J, DiagonalPlusRankOne) or not J.projector:
         return None
     return J.d, J.v
 
@@ -393,6 +390,10 @@ def _gram(J: JacobianOperator, H: JacobianOperator) -> JacobianOperator:
     ``H = diag(c q) − w wᵀ``), whose diagonal is computed without cancellation
     (:class:`~jacobians.operators.ProjectedDiagonal`): where a prediction is confident the
     generic product subtracts numbers far larger than the result."""
+    if isinstance(J, DiagonalJacobian) and isinstance(H, SimplexBlock):
+        # diag(g) (diag(c q) − w wᵀ) diag(g), its diagonal g² times H's exact one
+        gw = J.d * H.u
+        return DiagonalPlusRankOne(J.d * J.d * H.d, gw, gw, diagonal=J.d * J.d * H.diagonal())
     form = _projection_form(J)
     if form is not None:
         g, v = form

@@ -305,9 +305,16 @@ class DiagonalPlusRankOne(JacobianOperator):
     The dense form is built the vectorized way: ``einsum('ij,ik->ijk', u, -v)`` writes the
     rank-one part, then ``d`` is added onto the writable diagonal view
     ``einsum('ijj->ij', J)``.
+
+    ``projector=True`` declares ``u = d`` and ``v`` a distribution (``v >= 0``, ``Σv = 1``):
+    ``J = diag(d)(I − 1 vᵀ)``, the form of every simplex map's Jacobian. Its diagonal
+    ``d_k (1 − v_k)`` is then computed as ``d_k Σ_{i≠k} v_i``
+    (:func:`~jacobians._math.complement_sums`): where a prediction is confident
+    (``v_k`` near 1) ``d_k − d_k v_k`` would keep only the rounding of the difference.
+    ``diagonal`` passes that accurate diagonal ``d − u ⊙ v`` directly instead.
     """
 
-    def __init__(self, d, u, v):
+    def __init__(self, d, u, v, *, projector: bool = False, diagonal=None):
         self.d = as_float_array(d, "d")
         self.u = as_float_array(u, "u", like=self.d)
         self.v = as_float_array(v, "v", like=self.d)
@@ -316,6 +323,16 @@ class DiagonalPlusRankOne(JacobianOperator):
         self.batch_shape = self.d.shape[:-1]
         self.size = self.d.shape[-1]
         self.dtype = self.d.dtype
+        self.projector = bool(projector)
+        self._diagonal = None if diagonal is None else as_float_array(diagonal, "diagonal", like=self.d)
+
+    def _exact_diagonal(self, rows=slice(None)) -> np.ndarray | None:
+        """The diagonal without cancellation (rows of the flattened batch), or None."""
+        if self._diagonal is not None:
+            return _rows2d(self._diagonal)[rows]
+        if not self.projector:
+            return None
+        return _rows2d(self.d)[rows] * complement_sums(_rows2d(self.v)[rows])
 
     @property
     def nbytes(self) -> int:
@@ -326,12 +343,16 @@ class DiagonalPlusRankOne(JacobianOperator):
     def _dense_rows(self, rows, out):
         u, v, d = _rows2d(self.u)[rows], _rows2d(self.v)[rows], _rows2d(self.d)[rows]
         nv = np.negative(v)
+        exact = self._exact_diagonal(rows)
         # einsum writes a slab in two passes (zeros, then products) and the diagonal is a
         # third: slabs of about DENSE_BLOCK_BYTES keep all three in the core's cache, so
         # memory sees one write of each entry
         for samples, js in _slabs(out):
             np.einsum("ij,ik->ijk", u[samples, js], nv[samples], out=out[samples, js])
-            _diagonal_view(out[samples, js, js])[...] += d[samples, js]
+            if exact is None:
+                _diagonal_view(out[samples, js, js])[...] += d[samples, js]
+            else:
+                _diagonal_view(out[samples, js, js])[...] = exact[samples, js]
 
     def jvp(self, x):
         # d ⊙ x − u (v·x), one allocation
@@ -342,7 +363,8 @@ class DiagonalPlusRankOne(JacobianOperator):
         return diag_minus_rank_one(self.d, self.v, self.u, self._check_vector(g, "g"))
 
     def diagonal(self):
-        return self.d - self.u * self.v
+        exact = self._exact_diagonal()
+        return self.d - self.u * self.v if exact is None else exact.reshape(self.d.shape)
 
     def matmat(self, X):
         X = as_float_array(X, "X", min_ndim=2)
@@ -351,7 +373,9 @@ class DiagonalPlusRankOne(JacobianOperator):
         return self.d[..., None] * X - self.u[..., None] * np.einsum("...k,...kc->...c", self.v, X)[..., None, :]
 
     def _take(self, rows):
-        return DiagonalPlusRankOne(_rows2d(self.d)[rows], _rows2d(self.u)[rows], _rows2d(self.v)[rows])
+        diagonal = None if self._diagonal is None else _rows2d(self._diagonal)[rows]
+        return DiagonalPlusRankOne(_rows2d(self.d)[rows], _rows2d(self.u)[rows], _rows2d(self.v)[rows],
+                                   projector=self.projector, diagonal=diagonal)
 
 
 class DiagonalPlusLowRank(JacobianOperator):
@@ -448,8 +472,16 @@ class SimplexBlock(DiagonalPlusRankOne):
         with np.errstate(divide="ignore", invalid="ignore"):
             w = d * np.where(total_d > 0, np.sqrt(c / np.where(total_d > 0, total_d, 1)), 0)
         super().__init__(c * d, w, w)
-        self.c, self.weights, self.total = c, d, total_d
+        self.c, self.weights, self.total = np.broadcast_to(c, total_d.shape), d, total_d
         self._root_d = None if root_d is None else as_float_array(root_d, "root_d", like=d)
+
+    def _exact_diagonal(self, rows=slice(None)):
+        """``c d_k Σ_{i≠k} d_i / Σd``: no cancellation (a one-hot d gives exact zeros)."""
+        d = _rows2d(self.weights)[rows]
+        c = self.c.reshape(-1, 1)[rows] if self.c.ndim > 1 else self.c
+        D = _rows2d(self.total)[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(D > 0, c * d * complement_sums(d) / np.where(D > 0, D, 1), 0)
 
     @property
     def root_d(self) -> np.ndarray:
@@ -462,9 +494,9 @@ class SimplexBlock(DiagonalPlusRankOne):
         d, D = self.weights, self.total
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(D > 0, d / np.where(D > 0, D, 1), 0)
-        S = DiagonalPlusRankOne(self.root_d, ratio, self.root_d).dense()
-        S *= np.sqrt(self.c)[..., None]
-        return S
+            comp = np.where(D > 0, complement_sums(d) / np.where(D > 0, D, 1), 0)  # 1 − d/Σd
+        rc = np.sqrt(self.c)
+        return DiagonalPlusRankOne(rc * self.root_d, rc * ratio, self.root_d, diagonal=rc * self.root_d * comp).dense()
 
 
 class ProjectedDiagonal(JacobianOperator):
@@ -507,7 +539,10 @@ class ProjectedDiagonal(JacobianOperator):
 
     def _dense_rows(self, rows, out):
         m, v, total = self._parts(rows)
-        low = DiagonalPlusLowRank(m, np.stack([m, v], axis=-1), np.stack([v, m - total * v], axis=-1))
+        # m vᵀ + v mᵀ − (√Σm v)(√Σm v)ᵀ: each entry's terms are the transposed entry's,
+        # swapped, so the blocks come out symmetric to the bit
+        sv = np.sqrt(total) * v
+        low = DiagonalPlusLowRank(m, np.stack([m, v, sv], axis=-1), np.stack([v, m, -sv], axis=-1))
         low._dense_rows(slice(None), out)
         comp = complement_sums(v)
         _diagonal_view(out)[...] = m * comp * comp + v * v * complement_sums(m)

@@ -43,7 +43,7 @@ class SimplexMapping(Activation):
         return g, g, g / g.sum(axis=-1, keepdims=True)
 
     def _operator_from_output(self, z, a):
-        return DiagonalPlusRankOne(*self._factors(a))
+        return DiagonalPlusRankOne(*self._factors(a), projector=True)
 
     def _vjp_from_output(self, z, a, v):
         d, u, w = self._factors(a)
@@ -180,7 +180,7 @@ class LogSoftmax(Activation):
     def _operator_from_output(self, z, a):
         s = np.exp(a)
         ones = np.ones_like(s)
-        return DiagonalPlusRankOne(ones, ones, s)
+        return DiagonalPlusRankOne(ones, ones, s, projector=True)
 
     def jacobian_operator(self, z) -> DiagonalPlusRankOne:
         z = as_float_array(z, "z")
@@ -206,7 +206,7 @@ class LogSoftmax(Activation):
         z, g = _check_pair(z, g, "g")
         s = _math.softmax(z)
         ws = -g.sum(axis=-1, keepdims=True) * s
-        return DiagonalPlusRankOne(ws, ws, s)
+        return DiagonalPlusRankOne(ws, ws, s, projector=True)
 
 
 @register_activation
