@@ -17,6 +17,7 @@ __all__ = [
     "shifted_exp",
     "complement_sums",
     "project_columns",
+    "project_rows",
     "logsumexp",
     "log1p_ratio",
     "RATIO_MAX_EXP",
@@ -133,13 +134,18 @@ def complement_sums(x: np.ndarray) -> np.ndarray:
     confident probability: ``1 − p_max``). Every other entry is at most half the total,
     so its subtraction loses nothing.
     """
-    total = x.sum(axis=-1, keepdims=True)
-    out = total - x
-    top = x.argmax(axis=-1)[..., None]
-    others = np.array(x, copy=True)
-    np.put_along_axis(others, top, 0, axis=-1)
-    np.put_along_axis(out, top, others.sum(axis=-1, keepdims=True), axis=-1)
-    return out
+    K = x.shape[-1]
+    x2 = x.reshape(-1, K)
+    total = x2.sum(axis=-1)
+    out = total[:, None] - x2
+    top = x2.argmax(axis=-1)
+    # only a row whose largest entry is over half its total can cancel: redo those
+    bad = np.flatnonzero(x2[np.arange(x2.shape[0]), top] > 0.5 * total)
+    if bad.size:
+        others = x2[bad]
+        others[np.arange(bad.size), top[bad]] = 0
+        out[bad, top[bad]] = others.sum(axis=-1)
+    return out.reshape(x.shape)
 
 
 def project_columns(X: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -156,6 +162,25 @@ def project_columns(X: np.ndarray, v: np.ndarray) -> np.ndarray:
     X_top = np.take_along_axis(X, top[..., None], axis=-2)  # (..., 1, C)
     rows = X_top * comp - np.take_along_axis(v, top, axis=-1)[..., None] * _others_sum(X, top)
     np.put_along_axis(out, top[..., None], rows, axis=-2)
+    return out
+
+
+def project_rows(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``x − (v·x) 1`` along the last axis (``P x`` with ``P = I − 1 vᵀ``, ``Σv = 1``,
+    ``v >= 0``; ``v`` broadcasts against ``x``).
+
+    At v's largest entry t it is ``x_t (1 − v_t) − Σ_{i≠t} v_i x_i`` with both sums taken
+    directly; elsewhere the plain difference.
+    """
+    v = np.broadcast_to(v, x.shape)
+    dot = np.einsum("...k,...k->...", v, x)[..., None]
+    out = x - dot
+    t = v.argmax(axis=-1)[..., None]
+    comp = np.take_along_axis(complement_sums(v), t, axis=-1)
+    x_t = np.take_along_axis(x, t, axis=-1)
+    vx = v * x
+    np.put_along_axis(vx, t, 0, axis=-1)
+    np.put_along_axis(out, t, x_t * comp - vx.sum(axis=-1, keepdims=True), axis=-1)
     return out
 
 

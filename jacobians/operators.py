@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._math import complement_sums, diag_minus_rank_one, project_columns
+from ._math import complement_sums, diag_minus_rank_one, project_columns, project_rows
 from ._parallel import run_in_row_blocks
 from ._validation import as_float_array, check_same_shape
 from .contract import contract
@@ -544,13 +544,23 @@ class ProjectedDiagonal(JacobianOperator):
         sv = np.sqrt(total) * v
         low = DiagonalPlusLowRank(m, np.stack([m, v, sv], axis=-1), np.stack([v, m, -sv], axis=-1))
         low._dense_rows(slice(None), out)
-        comp = complement_sums(v)
-        _diagonal_view(out)[...] = m * comp * comp + v * v * complement_sums(m)
+        comp, rest = complement_sums(v), complement_sums(m)
+        _diagonal_view(out)[...] = m * comp * comp + v * v * rest
+        # the row and column of v's largest entry t: M_tk = v_k (v_t R_t − m_t c_t) − m_k v_t
+        # with R_t = Σ_{i≠t} m_i and c_t = 1 − v_t summed directly (the plain form subtracts
+        # v_t Σm v_k and m_t v_k, both near m_t v_k when v_t is near 1)
+        n = np.arange(m.shape[0])
+        t = v.argmax(axis=-1)
+        lead = v[n, t] * rest[n, t] - m[n, t] * comp[n, t]
+        edge = v * lead[:, None] - m * v[n, t][:, None]
+        edge[n, t] = out[n, t, t]
+        out[n, t, :] = edge
+        out[n, :, t] = edge
 
     def jvp(self, x):
         x = self._check_vector(x, "v")
-        y = self.m * (x - np.einsum("...k,...k->...", self.v, x)[..., None])
-        return y - self.v * y.sum(axis=-1, keepdims=True)
+        y = self.m * project_rows(x, self.v)
+        return project_columns(y[..., None], self.v)[..., 0]
 
     def vjp(self, g):
         return self.jvp(g)  # symmetric
@@ -559,7 +569,7 @@ class ProjectedDiagonal(JacobianOperator):
         X = as_float_array(X, "X", min_ndim=2)
         if X.shape[:-1] != self.m.shape:
             raise ValueError(f"X must have shape {self.m.shape + ('C',)} (..., K, C); got shape {X.shape}")
-        Y = self.m[..., None] * (X - np.einsum("...k,...kc->...c", self.v, X)[..., None, :])
+        Y = self.m[..., None] * np.moveaxis(project_rows(np.moveaxis(X, -1, -2), self.v[..., None, :]), -1, -2)
         return project_columns(Y, self.v)
 
     def sqrt(self):

@@ -27,7 +27,7 @@ from hypothesis.extra.numpy import arrays
 
 import jacobians as jac
 from jacobians import checks, curvature, numerical_jacobian
-from jacobians.checks.second_order import _gauss_newton_scale
+from jacobians.checks.second_order import _curvature_term_scale, _gauss_newton_scale
 
 K = 4
 SHAPE = (3, K)
@@ -366,7 +366,8 @@ def test_second_order_properties(pair, data):
     y = head_targets(head, np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))), shape, dtype)
     # round-off is relative to the terms the blocks add up (their result may cancel to 0)
     z64, y64 = z.astype(np.float64), (y.astype(np.float64) if np.asarray(y).dtype.kind == "f" else y)
-    terms = max(_gauss_newton_scale(head, z64, y64), float(np.abs(head.grad(z64, y64)).max(initial=0.0)))
+    terms = max(_gauss_newton_scale(head, z64, y64), _curvature_term_scale(head, z64, y64),
+                float(np.abs(head.grad(z64, y64)).max(initial=0.0)))
     tol = 1e3 * float(np.finfo(dtype).eps)
     for m in _second_methods(head):
         H = head.hessian(z, y, method=m)

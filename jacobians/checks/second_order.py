@@ -137,9 +137,10 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
     v = _readonly(rng.normal(size=z.shape).astype(z.dtype))
 
     H_num = _run(lambda: numerical_jacobian(lambda x: head.grad(x, y64), z64))
-    # round-off scales with the curvature, or with the gradient and the Gauss–Newton terms
-    # |J|ᵀ |H_E| |J| where the curvature vanishes (they may cancel to exact zeros)
-    floor = max(_grad_size(head, z64, y64), _gauss_newton_scale(head, z64, y64))
+    # round-off scales with the curvature, or with the gradient, the Gauss–Newton terms
+    # |J|ᵀ |H_E| |J| and the curvature terms |∂E/∂a| |∇²a| where the curvature vanishes
+    # (they may cancel to exact zeros)
+    floor = max(_grad_size(head, z64, y64), _gauss_newton_scale(head, z64, y64), _curvature_term_scale(head, z64, y64))
     if not isinstance(H_num, _Failed):
         floor = max(float(np.abs(H_num).max(initial=0.0)), floor)
     rows.floors["numerical"] = rows.floors["methods"] = floor
@@ -200,6 +201,19 @@ def _gauss_newton_scale(head, z64, y64) -> float:
     if absJ is None or not np.all(np.isfinite(absJ)):
         return 0.0
     return float((_symmetric(absJ) @ H @ absJ).max(initial=0.0))
+
+
+def _curvature_term_scale(head, z64, y64) -> float:
+    """``max_jk Σ_i |∂E/∂a_i| |∂²a_i/∂z_j∂z_k|`` at float64 inputs: the size of what the
+    curvature term adds up (it cancels to 0 when ∂E/∂a is constant over a simplex map)."""
+    if head.logits_loss or z64.size * z64.shape[-1] ** 2 > 4_000_000:
+        return 0.0
+    a = _safe_call(head.activation, z64)
+    g = None if a is None else _safe_call(head.loss_fn.grad, a, y64)
+    T = _safe_call(head.activation.hessian, z64)
+    if g is None or T is None or not (np.all(np.isfinite(g)) and np.all(np.isfinite(T))):
+        return 0.0
+    return float(np.einsum("...i,...ijk->...jk", np.abs(g), np.abs(T)).max(initial=0.0))
 
 
 def _grad_size(head, z64, y64) -> float:
