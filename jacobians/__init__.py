@@ -41,6 +41,7 @@ from .contract import contract, diagonal
 from .curvature import register_hessian
 from .fused import register_fused
 from .head import Head, Pair, pairs
+from .last_layer import Kron, linear_curvature, linear_gradient
 from .losses import (
     LOSSES,
     BinaryCrossEntropy,
@@ -135,6 +136,10 @@ __all__ = [
     "pairs",
     "register_fused",
     "register_hessian",
+    # the last layer
+    "linear_curvature",
+    "linear_gradient",
+    "Kron",
     # verification
     "numerical_jacobian",
     "numerical_grad",

@@ -583,11 +583,16 @@ def _uniforms_per_row(kind: str, K: int) -> int:
     return {"categorical": 1, "categorical_log": 1, "bernoulli": K, "gaussian": 2 * K}[kind]
 
 
+def _check_mc_samples(mc_samples) -> int:
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 1:
+        raise ValueError(f"mc_samples must be an int >= 1; got {mc_samples!r}")
+    return int(mc_samples)
+
+
 def sqrt_ggn_sampled(head, z, mc_samples: int = 1, seed=None, *, y=None, row_start: int = 0) -> np.ndarray:
     """Monte-Carlo columns ``(..., K, M)``: ``√(c_n/M) ∇_z ℓ_n(ŷ_m)`` with ``ŷ_m`` drawn from the
     model's predictive distribution; ``E[S Sᵀ]`` is the exact Fisher."""
-    if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 1:
-        raise ValueError(f"mc_samples must be an int >= 1; got {mc_samples!r}")
+    _check_mc_samples(mc_samples)
     z = as_float_array(z, "z")
     loss = head.loss_fn
     kind = _predictive(loss)
@@ -615,6 +620,60 @@ def sqrt_ggn_sampled(head, z, mc_samples: int = 1, seed=None, *, y=None, row_sta
     if valid is not None:
         return S * (w * valid.astype(z.dtype))[..., None, None]
     return S * w
+
+
+# -- row blocks (the last layer and Dask take the blocks a slice of rows at a time) ----------------
+
+#: the kinds of per-sample blocks :func:`blocks_for_rows` gives
+BLOCK_KINDS = ("hessian", "ggn", "fisher", "fisher_mc", "empirical_fisher")
+
+
+def reduction_factor(head, z, y) -> float:
+    """``c`` with the reduced loss's blocks = ``c`` × the blocks of the ``'sum'`` loss, for the
+    whole batch ``z`` (and targets ``y``, or None): 1/denominator for ``'mean'``, else 1."""
+    loss = head.loss_fn
+    z = as_float_array(z, "z")
+    if loss.reduction != "mean":
+        return 1.0
+    x = z if head.logits_loss else head.activation(z)
+    if y is None:
+        denom = x.size if isinstance(loss, ElementwiseLoss) else int(np.prod(x.shape[:-1]))
+    else:
+        denom = loss._mean_denominator(x, loss.check_targets(x, y))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.float64(1.0) / np.float64(denom))
+
+
+def _check_kind_applies(head, kind: str) -> None:
+    if kind not in BLOCK_KINDS:
+        raise ValueError(f"kind must be one of {BLOCK_KINDS}; got {kind!r}")
+    if kind in ("fisher", "fisher_mc"):
+        _predictive(head.loss_fn)
+
+
+def blocks_for_rows(head, kind: str, z, y, *, key: int = 0, mc_samples: int = 1, row_start: int = 0):
+    """The per-sample blocks of ``kind`` for some rows, for a head whose loss has reduction
+    ``'sum'`` or ``'none'`` (each row's own blocks: multiply by :func:`reduction_factor` of
+    the whole batch for ``'mean'``).
+
+    Returns a :class:`~jacobians.JacobianOperator` (``'hessian'``, ``'ggn'``, ``'fisher'``)
+    or a factor ``S`` (n, K, C) whose blocks are ``S Sᵀ`` (``'fisher_mc'``: M sampled
+    columns drawn for global rows ``row_start ...`` from ``key``; ``'empirical_fisher'``:
+    the rows' own gradients, C = 1).
+    """
+    if kind == "hessian":
+        return hessian_operator(head, z, y)
+    if kind == "ggn":
+        return ggn_operator(head, z, y)
+    if kind == "fisher":
+        return fisher_operator(head, z, y, "exact")
+    if kind == "fisher_mc":
+        S = sqrt_ggn_sampled(head, z, mc_samples, key, y=y, row_start=row_start)
+        return S.reshape(-1, *S.shape[-2:])
+    if kind == "empirical_fisher":
+        g = _row_gradients(head, as_float_array(z, "z"), y)
+        return g.reshape(-1, g.shape[-1])[..., None]
+    raise ValueError(f"kind must be one of {BLOCK_KINDS}; got {kind!r}")
 
 
 # -- dispatch ----------------------------------------------------------------------------------

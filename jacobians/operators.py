@@ -663,7 +663,7 @@ def as_low_rank(op: JacobianOperator) -> DiagonalPlusLowRank | DenseJacobian:
         msum = m.sum(axis=-1, keepdims=True)
         return DiagonalPlusLowRank(m, np.stack([m, v], axis=-1), np.stack([v, m - msum * v], axis=-1))
     if isinstance(op, SumOperator):
-        return total(*op.ops)
+        return as_low_rank(total(*op.ops))
     if isinstance(op, DiagonalPlusRankOne):
         return DiagonalPlusLowRank(op.d, op.u[..., None], op.v[..., None])
     if isinstance(op, DiagonalJacobian):
