@@ -14,6 +14,8 @@ import importlib.util
 import numpy as np
 
 NUMPY_PEERS = ("seed", "loop")
+#: peers whose distribution is not named like their module
+DISTRIBUTIONS = {"backpack": "backpack-for-pytorch"}
 
 
 def available(names) -> dict[str, str]:
@@ -30,7 +32,7 @@ def available(names) -> dict[str, str]:
             if name == "jax":
                 module.config.update("jax_enable_x64", True)
             try:
-                found[name] = importlib.metadata.version(name)
+                found[name] = importlib.metadata.version(DISTRIBUTIONS.get(name, name))
             except importlib.metadata.PackageNotFoundError:
                 found[name] = getattr(module, "__version__", "?")
     return found
@@ -129,6 +131,49 @@ def torch_fused(pair, z, y):
     return run
 
 
+def _in_threads(fn, n: int | None):
+    """``fn`` run with torch limited to ``n`` threads for the call (None: ``fn`` itself)."""
+    if n is None:
+        return fn
+    import torch
+
+    def run():
+        old = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(old)
+
+    return run
+
+
+def torch_hessian_vmap(z, y, threads: int | None = None):
+    """``vmap(hessian(per-sample cross-entropy / N))``: the (N, K, K) blocks of the mean
+    loss, as ``head.hessian`` returns them."""
+    import torch
+    import torch.nn.functional as F
+    from torch.func import hessian, vmap
+
+    scale = 1.0 / z.shape[0]
+    f = vmap(hessian(lambda x, t: F.cross_entropy(x, t) * scale))
+    tz, ty = torch.from_numpy(z), torch.from_numpy(y)
+    return _in_threads(lambda: f(tz, ty), threads)
+
+
+def backpack_sqrt_hessian(z, y):
+    """BackPACK's ``sqrt_hessian`` of ``CrossEntropyLoss`` (mean): the exact factor, ``[K, N, K]``
+    (``np.moveaxis`` of ``head.sqrt_ggn``'s ``(N, K, K)``), from the module's stored input."""
+    import torch
+    from backpack.core.derivatives.crossentropyloss import CrossEntropyLossDerivatives
+
+    module = torch.nn.CrossEntropyLoss()
+    tz, ty = torch.from_numpy(z), torch.from_numpy(y)
+    module.input0, module.output = tz, module(tz, ty)  # what BackPACK's forward hook stores
+    derivatives = CrossEntropyLossDerivatives()
+    return lambda: derivatives.sqrt_hessian(module, None, None)
+
+
 # -- JAX ------------------------------------------------------------------------------------
 
 
@@ -179,6 +224,19 @@ def jax_fused(pair, z, y):
         return v.block_until_ready(), g.block_until_ready()
 
     return run
+
+
+def jax_hessian_vmap(z, y):
+    """``jit(vmap(hessian(per-sample cross-entropy / N)))``."""
+    jax, jnp = _jax()
+    scale = 1.0 / z.shape[0]
+
+    def ce(x, t):
+        return (jax.nn.logsumexp(x) - x[t]) * scale
+
+    f = jax.jit(jax.vmap(jax.hessian(ce)))
+    jz, jy = jnp.asarray(z), jnp.asarray(y)
+    return lambda: f(jz, jy).block_until_ready()
 
 
 # -- autograd -------------------------------------------------------------------------------

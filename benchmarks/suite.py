@@ -15,10 +15,15 @@ Sections, each a table: every group is one size and dtype, measured side by side
   fused path's speed-up over the Jacobian path at K = 10, 100, 1000.
 * ``blocked`` — ``head.grad(z, y, method='jacobian', max_bytes=...)`` on a batch whose dense
   Jacobian does not fit in memory, timed in a subprocess that reports its peak RSS.
+* ``second_order`` — softmax + CE: the Hessian blocks ``head.hessian(z, y)`` against the dense
+  Jacobian build ``act.jacobian(z)`` (same diagonal-minus-rank-one structure, same size),
+  torch's ``vmap(hessian(per-sample loss))`` (one thread and default threads) and JAX's
+  ``jit(vmap(hessian))``; ``head.hvp(z, y, v)`` against ``head.grad(z, y)``; the factor
+  ``head.sqrt_ggn(z, y)`` against the same dense build and BackPACK's ``sqrt_hessian``.
 
 The limits are one-thread numpy operations that move the same bytes: the least any
-implementation must pay. Targets (from issue 5) are attached to our rows and reported
-as met or not met.
+implementation must pay. Targets (from issues 5 and 10) are attached to our rows and
+reported as met or not met.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ TITLES = {
     "vjp": "softmax VJP: act.vjp(z, g) (forward included) and g @ act.jacobian_operator(z) (backward only); torch 1 thread",
     "fused": "value and dE/dz from the logits, forward + backward; torch default threads",
     "blocked": "head.grad(z, y, method='jacobian', max_bytes) in a subprocess: time and peak RSS",
+    "second_order": "softmax + CE curvature from the logits: Hessian blocks (N, K, K), H·v, GGN factor; "
+    "torch/JAX default threads unless marked",
 }
 
 PAIRS = {
@@ -230,6 +237,44 @@ def _blocked_cases(N, K, dtype, max_bytes, peers):
     ]
 
 
+# -- second order ---------------------------------------------------------------------------
+
+
+def _second_order_cases(N, K, dtype, peers):
+    z, v = _data(N, K, dtype)
+    y = np.random.default_rng(1).integers(0, K, size=N)
+    act = jac.Softmax()
+    head = jac.Head(act, jac.CrossEntropy())
+    out = np.empty_like(z)
+    # the issue's targets: ratios of medians, ≥ 10× faster is ≤ 0.1
+    beat = {c: 0.1 for c in ("torch vmap(hessian)", "torch vmap(hessian) 1 thread", "jax vmap(hessian)")}
+    cases = [
+        Case("np.ones((N, K, K))", lambda: np.ones((N, K, K), dtype=dtype), kind="limit", column="np.ones"),
+        Case("one pass: np.exp(z, out=)", lambda: np.exp(z, out=out), kind="limit", column="1 exp pass"),
+        Case("head.hessian(z, y)", lambda: head.hessian(z, y), limit="np.ones", targets={"act.jacobian": 1.2, **beat}),
+        Case("head.sqrt_ggn(z, y)", lambda: head.sqrt_ggn(z, y), limit="np.ones", targets={"act.jacobian": 1.2}),
+        Case("head.hvp(z, y, v)", lambda: head.hvp(z, y, v), limit="1 exp pass", targets={"head.grad": 1.5}),
+        Case("act.jacobian(z): the dense build of the same size", lambda: act.jacobian(z), kind="ref",
+             column="act.jacobian", limit="np.ones"),
+        Case("head.grad(z, y): the reference of ×head.grad", lambda: head.grad(z, y), kind="ref",
+             column="head.grad", limit="1 exp pass"),
+    ]
+    if "torch" in peers:
+        cases += [
+            Case("torch vmap(hessian(per-sample CE))", P.torch_hessian_vmap(z, y), kind="peer",
+                 column="torch vmap(hessian)"),
+            Case("torch vmap(hessian(per-sample CE)), 1 thread", P.torch_hessian_vmap(z, y, threads=1), kind="peer",
+                 column="torch vmap(hessian) 1 thread"),
+        ]
+    if "jax" in peers:
+        cases.append(Case("jax jit(vmap(hessian(per-sample CE)))", P.jax_hessian_vmap(z, y), kind="peer",
+                          column="jax vmap(hessian)"))
+    if "backpack" in peers and "torch" in peers:
+        cases.append(Case("backpack CrossEntropyLoss sqrt_hessian", P.backpack_sqrt_hessian(z, y), kind="peer",
+                          column="backpack sqrt_hessian"))
+    return cases
+
+
 # -- the plan -------------------------------------------------------------------------------
 
 
@@ -260,6 +305,11 @@ def plan(*, sections, dtypes, quick, peers) -> list[Group]:
             N, K, mb = (2000, 256, 32 << 20) if quick else (20000, 256, 256 << 20)
             groups.append(_group("blocked", N, K, dtype, functools.partial(_blocked_cases, N, K, dtype, mb, peers),
                                  note="peak RSS of the whole subprocess (python, numpy, z, y, dE/dz included)"))
+        if "second_order" in sections:
+            groups += [
+                _group("second_order", N, K, dtype, functools.partial(_second_order_cases, N, K, dtype, peers))
+                for N, K in big
+            ]
     order = {s: i for i, s in enumerate(sections)}
     groups.sort(key=lambda g: order[g.section])
     return groups

@@ -2,9 +2,9 @@
 
 The runner lives here, in the package (numpy only): argument parsing, timing, ratios,
 tables, ``--json``, the progress bar. The suite itself — what is measured, the machine
-limits and the peers (torch, JAX, autograd, the seed's numpy recipes, per-sample loops) —
-lives in the repository's ``benchmarks/`` folder, which a wheel does not install: peers are
-optional heavy packages and have no place in the runtime package. The runner finds the
+limits and the peers (torch, JAX, autograd, BackPACK, the seed's numpy recipes, per-sample
+loops) — lives in the repository's ``benchmarks/`` folder, which a wheel does not install:
+peers are optional heavy packages and have no place in the runtime package. The runner finds the
 suite with ``--suite DIR``, else ``$JACOBIANS_BENCHMARKS``, else the ``benchmarks/`` folder
 beside the package's source tree (a clone with an editable install), else
 ``./benchmarks``; otherwise it says so and exits with status 2.
@@ -142,8 +142,8 @@ def load_suite(folder: Path):
 
 # -- command line ---------------------------------------------------------------------------
 
-SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked")
-PEERS = ("torch", "jax", "autograd", "seed", "loop")
+SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked", "second_order")
+PEERS = ("torch", "jax", "autograd", "backpack", "seed", "loop")
 
 
 def _csv(choices: tuple[str, ...], what: str):
@@ -166,9 +166,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Benchmark the toolkit against the machine's limits and the peers installed "
-        "(torch, JAX, autograd, the seed's numpy recipes, per-sample loops).",
+        "(torch, JAX, autograd, BackPACK, the seed's numpy recipes, per-sample loops).",
         epilog="Peers are optional: python -m pip install -e '.[bench]' for autograd/JAX/tqdm and a CPU "
-        "build of torch (pip install torch --index-url https://download.pytorch.org/whl/cpu). "
+        "build of torch (pip install torch --index-url https://download.pytorch.org/whl/cpu); BackPACK "
+        "(pip install --no-deps backpack-for-pytorch einops unfoldNd, with torch in place). "
         "Ratios are this row's median over the column's median in the same run: below 1 is faster.",
     )
     p.add_argument("--quick", action="store_true", help="small sizes and few rounds (a minute or less)")
@@ -342,7 +343,7 @@ def format_targets(results: list[dict]) -> str:
         for t in r.get("target_results", []):
             vs = "limit" if t["vs"] == "limit" else t["vs"]
             lines.append(
-                f"{'met    ' if t['met'] else 'NOT met'}  {r['section']:<8} {r['size']:<10} {r['dtype']:<8} "
+                f"{'met    ' if t['met'] else 'NOT met'}  {r['section']:<12} {r['size']:<10} {r['dtype']:<8} "
                 f"{r['case']:<38} {t['ratio']:.2f} ≤ {t['max']:.2f} × {vs}"
             )
     return "\n".join(lines)

@@ -518,12 +518,19 @@ def _loss_input(head, z):
     return z if head.logits_loss else head.activation(z)
 
 
-def _row_gradients(head, z, y) -> np.ndarray:
-    """∇_z of each row's own loss (the reduction 'none'), shape of z."""
+def _row_gradients(head, z, y, *, sampled: bool = False) -> np.ndarray:
+    """∇_z of each row's own loss (the reduction 'none'), shape of z.
+
+    ``sampled``: ``y`` was drawn from the predictive distribution. ``ignore_index`` selects
+    rows by their *true* target (the mask of :func:`_row_factor`); a drawn class equal to it
+    is a class like any other, as in the exact Fisher, so the per-row loss here goes without
+    it."""
     from .head import Head
 
-    per_row = Head(head.activation, head.loss_fn.with_reduction("none"))
-    return per_row.grad(z, y)
+    loss = head.loss_fn.with_reduction("none")
+    if sampled and getattr(loss, "ignore_index", None) is not None:
+        loss.ignore_index = None  # a copy: the head's own loss keeps it
+    return Head(head.activation, loss).grad(z, y)
 
 
 # -- Monte-Carlo columns -----------------------------------------------------------------------
@@ -613,7 +620,7 @@ def sqrt_ggn_sampled(head, z, mc_samples: int = 1, seed=None, *, y=None, row_sta
         u = row_uniforms(key, row_start + start, m, M * per).reshape(m * M, per)
         zr = np.broadcast_to(z2[rows, None, :], (m, M, K)).reshape(m * M, K)
         ar = np.broadcast_to(a2[rows, None, :], (m, M, K)).reshape(m * M, K)
-        grads = _row_gradients(head, zr, sample_targets(loss, ar, u))
+        grads = _row_gradients(head, zr, sample_targets(loss, ar, u), sampled=True)
         S[rows] = np.swapaxes(grads.reshape(m, M, K), -1, -2)
     S = S.reshape(z.shape + (M,))
     w = np.sqrt(c / z.dtype.type(mc_samples))

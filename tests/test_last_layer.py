@@ -12,7 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import describe, head_targets, make_targets, target_forms, variant_options
+from conftest import describe, head_targets, variant_options
 
 import jacobians as jac
 from jacobians import checks, numerical_grad, numerical_jacobian
