@@ -12,6 +12,7 @@ import numpy as np
 __all__ = [
     "exp_is_safe",
     "rowsum",
+    "total",
     "row_chunks",
     "scratch",
     "shifted_exp",
@@ -63,13 +64,30 @@ def exp_is_safe(z: np.ndarray) -> bool:
     return bool(z.max() <= bound) and bool(z.min() >= -bound)
 
 
-def rowsum(x: np.ndarray) -> np.ndarray:
-    """``Σ_k x_k`` along the last axis, shape ``(..., 1)``, as a BLAS matrix–vector product.
+def total(values: np.ndarray):
+    """``Σ values`` as a scalar of their dtype, in one fixed order: the flattened values in
+    consecutive pieces of :data:`CHUNK_ENTRIES` (as :func:`row_chunks` cuts them), each
+    summed in float64 (numpy's pairwise sum), the pieces added in float64, the total rounded
+    once. float32 values thus lose nothing to float32 accumulation, and any caller that
+    holds the same values — a kernel that never materialises them all, a Dask graph that
+    gathers them — gets the same number to the bit."""
+    flat = values.reshape(-1)
+    acc = np.float64(0.0)
+    for piece in row_chunks(flat.size, 1):
+        acc += flat[piece].sum(dtype=np.float64)
+    return values.dtype.type(acc)
 
-    Much faster than ``x.sum(axis=-1)`` for short rows (numpy reduces each row in its
-    own inner loop).
+
+def rowsum(x: np.ndarray) -> np.ndarray:
+    """``Σ_k x_k`` along the last axis, shape ``(..., 1)``.
+
+    numpy's einsum loop: it adds each row's entries in the same order however many rows
+    come with it, so a row's sum does not depend on the batch it is in (a BLAS
+    matrix–vector product, faster for short rows, picks its kernel by the number of rows:
+    chunks of a batch would differ in the last bit). Much faster than ``x.sum(axis=-1)``
+    for short rows (numpy reduces each row in its own inner loop).
     """
-    return np.matmul(x, np.ones(x.shape[-1], dtype=x.dtype))[..., None]
+    return np.einsum("...k->...", x)[..., None]
 
 
 #: rows of (..., K) work are processed in chunks of about this many entries, so that the
@@ -257,7 +275,6 @@ def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0, factor=N
     x2, g2 = x.reshape(-1, K), g.reshape(-1, K)
     out = np.empty(x2.shape, dtype=x.dtype)
     safe = exp_is_safe(x)
-    ones = np.ones(K, dtype=x.dtype)
     f = None
     if factor is not None or temperature != 1.0:
         f = np.asarray(1.0 if factor is None else factor, dtype=x.dtype) / x.dtype.type(temperature)
@@ -269,7 +286,7 @@ def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0, factor=N
         else:
             np.subtract(xc, xc.max(axis=-1, keepdims=True), out=o)
             np.exp(o, out=o)
-        o /= np.matmul(o, ones)[:, None]
+        o /= rowsum(o)
         dot = rowdot(o, gc)
         w = scratch(o.size, x.dtype).reshape(o.shape)
         np.subtract(gc, dot[:, None], out=w)

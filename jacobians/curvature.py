@@ -552,18 +552,25 @@ MC_BLOCK_ENTRIES = 1 << 21
 
 
 def row_uniforms(key: int, row_start: int, n_rows: int, per_row: int) -> np.ndarray:
-    """Uniforms in [0, 1), shape ``(n_rows, per_row)``, a function of (key, global row, column)
-    only: SplitMix64 of a Weyl sequence. Any split of the rows into chunks draws the same
-    numbers for the same rows, so sampling is reproducible from the seed whatever the
-    chunking (one chunk, Dask blocks, ...)."""
-    idx = np.arange(row_start * per_row, (row_start + n_rows) * per_row, dtype=np.uint64)
+    """Uniforms in [0, 1), shape ``(n_rows, per_row)``, for the global rows ``row_start`` ...
+    (see :func:`uniforms_for_rows`)."""
+    return uniforms_for_rows(key, np.arange(row_start, row_start + n_rows), per_row)
+
+
+def uniforms_for_rows(key: int, row_ids, per_row: int) -> np.ndarray:
+    """Uniforms in [0, 1), shape ``(len(row_ids), per_row)``, a function of (key, global row,
+    column) only: SplitMix64 of a Weyl sequence. Any split of the rows into chunks — one
+    chunk, Dask blocks along any batch axes — draws the same numbers for the same rows, so
+    sampling is reproducible from the seed whatever the chunking."""
+    rows = np.asarray(row_ids, dtype=np.uint64).reshape(-1)
+    idx = (rows[:, None] * np.uint64(per_row) + np.arange(per_row, dtype=np.uint64)).reshape(-1)
     x = idx * _GOLDEN + np.uint64(key % 2**64)
     x ^= x >> np.uint64(30)
     x *= np.uint64(0xBF58476D1CE4E5B9)
     x ^= x >> np.uint64(27)
     x *= np.uint64(0x94D049BB133111EB)
     x ^= x >> np.uint64(31)
-    return ((x >> np.uint64(11)).astype(np.float64) * 2.0**-53).reshape(n_rows, per_row)
+    return ((x >> np.uint64(11)).astype(np.float64) * 2.0**-53).reshape(rows.size, per_row)
 
 
 def sample_targets(loss, a: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -596,9 +603,13 @@ def _check_mc_samples(mc_samples) -> int:
     return int(mc_samples)
 
 
-def sqrt_ggn_sampled(head, z, mc_samples: int = 1, seed=None, *, y=None, row_start: int = 0) -> np.ndarray:
+def sqrt_ggn_sampled(head, z, mc_samples: int = 1, seed=None, *, y=None, row_start: int = 0,
+                     row_ids=None) -> np.ndarray:
     """Monte-Carlo columns ``(..., K, M)``: ``√(c_n/M) ∇_z ℓ_n(ŷ_m)`` with ``ŷ_m`` drawn from the
-    model's predictive distribution; ``E[S Sᵀ]`` is the exact Fisher."""
+    model's predictive distribution; ``E[S Sᵀ]`` is the exact Fisher.
+
+    The draws of row n are a function of (seed, its global index, m): ``row_ids`` (the
+    global flat indices of z's rows) or ``row_start + arange(N)``."""
     _check_mc_samples(mc_samples)
     z = as_float_array(z, "z")
     loss = head.loss_fn
@@ -611,13 +622,16 @@ def sqrt_ggn_sampled(head, z, mc_samples: int = 1, seed=None, *, y=None, row_sta
     M = int(mc_samples)
     per = _uniforms_per_row(kind, K)
     z2, a2 = z.reshape(n, K), a.reshape(n, K)
+    ids = np.arange(row_start, row_start + n) if row_ids is None else np.asarray(row_ids).reshape(-1)
+    if ids.size != n:
+        raise ValueError(f"row_ids must hold one index per row of z, {n}; got {ids.size}")
     S = np.empty((n, K, M), dtype=z.dtype)
     step = max(1, MC_BLOCK_ENTRIES // (M * K))
     for start in range(0, n, step):
         rows = slice(start, min(n, start + step))
         m = rows.stop - rows.start
         # row r's draws for all M samples, one block: the same numbers however rows are split
-        u = row_uniforms(key, row_start + start, m, M * per).reshape(m * M, per)
+        u = uniforms_for_rows(key, ids[rows], M * per).reshape(m * M, per)
         zr = np.broadcast_to(z2[rows, None, :], (m, M, K)).reshape(m * M, K)
         ar = np.broadcast_to(a2[rows, None, :], (m, M, K)).reshape(m * M, K)
         grads = _row_gradients(head, zr, sample_targets(loss, ar, u), sampled=True)
@@ -658,7 +672,7 @@ def _check_kind_applies(head, kind: str) -> None:
         _predictive(head.loss_fn)
 
 
-def blocks_for_rows(head, kind: str, z, y, *, key: int = 0, mc_samples: int = 1, row_start: int = 0):
+def blocks_for_rows(head, kind: str, z, y, *, key: int = 0, mc_samples: int = 1, row_start: int = 0, row_ids=None):
     """The per-sample blocks of ``kind`` for some rows, for a head whose loss has reduction
     ``'sum'`` or ``'none'`` (each row's own blocks: multiply by :func:`reduction_factor` of
     the whole batch for ``'mean'``).
@@ -675,7 +689,7 @@ def blocks_for_rows(head, kind: str, z, y, *, key: int = 0, mc_samples: int = 1,
     if kind == "fisher":
         return fisher_operator(head, z, y, "exact")
     if kind == "fisher_mc":
-        S = sqrt_ggn_sampled(head, z, mc_samples, key, y=y, row_start=row_start)
+        S = sqrt_ggn_sampled(head, z, mc_samples, key, y=y, row_start=row_start, row_ids=row_ids)
         return S.reshape(-1, *S.shape[-2:])
     if kind == "empirical_fisher":
         g = _row_gradients(head, as_float_array(z, "z"), y)

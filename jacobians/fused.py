@@ -124,7 +124,7 @@ def log_softmax_rule(activation, loss, z, y):
         and not getattr(loss, "label_smoothing", 0.0)
     )
     if plain and type(loss)._reduce is Loss._reduce:
-        return _plain_index_rule(x, t, loss.reduction, T)
+        return _plain_index_rule(x, t, loss.reduction, T, loss.denominator)
     shifted, s, rest, top = _math.shifted_exp(x)
     c, denom = loss.coefficients(t, z.dtype)
     csum = c.sum(axis=-1, keepdims=True)
@@ -147,7 +147,7 @@ def log_softmax_rule(activation, loss, z, y):
     return loss._reduce(values, grad, denom)
 
 
-def _plain_index_rule(x, t, reduction, T):
+def _plain_index_rule(x, t, reduction, T, denominator=None):
     """Index targets, no weights or smoothing: value ``lse(x) − x_y``, gradient
     ``(s − e_y)/T`` (over the number of samples not ignored for ``'mean'``), written in
     one buffer.
@@ -174,7 +174,7 @@ def _plain_index_rule(x, t, reduction, T):
     np.exp(g, out=g)
     e_y = gflat[flat]
     gflat[flat] = 0
-    other = np.matmul(g, np.ones(K, dtype=g.dtype))
+    other = _math.rowsum(g)[:, 0]
     gflat[flat] = e_y
     # float32: the target's exp again in float64 (one per row), so that the value carries
     # the rounding of float32 exp (up to 2.4 ulp in numpy) once, through o, not twice
@@ -186,6 +186,8 @@ def _plain_index_rule(x, t, reduction, T):
     dtype = g.dtype.type
     valid = None if t.valid is None else t.valid.reshape(-1)
     count = n if valid is None else int(np.count_nonzero(valid))
+    if denominator is not None:  # the whole batch's, for a piece of it (Loss.with_denominator)
+        count = denominator
     with np.errstate(divide="ignore", invalid="ignore"):  # an empty batch: 'mean' is nan, as torch
         mean = dtype(1.0) / dtype(count)
     scale = mean if reduction == "mean" else dtype(1.0)
@@ -200,7 +202,7 @@ def _plain_index_rule(x, t, reduction, T):
     g = g.reshape(x.shape)
     if reduction == "none":
         return values.reshape(x.shape[:-1]), g
-    value = values.sum(dtype=values.dtype)
+    value = _math.total(values)
     if reduction == "sum":
         return value, g
     with np.errstate(invalid="ignore"):
@@ -229,7 +231,7 @@ def sigmoid_bce_rule(activation, loss, z, y):
     y = loss.smoothed(loss.check_targets(z, y))
     pw = loss._pos_weight(z.dtype)
     if pw is None and type(loss)._reduce is Loss._reduce:
-        return _sigmoid_bce_plain(z, y, loss.reduction)
+        return _sigmoid_bce_plain(z, y, loss.reduction, loss.denominator)
     e = np.exp(-np.abs(z))
     inv = 1 / (1 + e)
     pos = z > 0
@@ -243,7 +245,7 @@ def sigmoid_bce_rule(activation, loss, z, y):
     return loss._reduce(values, grad, values.size)
 
 
-def _sigmoid_bce_plain(z, y, reduction):
+def _sigmoid_bce_plain(z, y, reduction, denominator=None):
     """Sigmoid + BCE without ``pos_weight``: ``softplus(z) − y z`` and ``σ(z) − y``.
 
     With ``h = step(z)`` (1 for z > 0, else 0) and ``q = σ(−|z|) = e/(1 + e)``,
@@ -262,9 +264,10 @@ def _sigmoid_bce_plain(z, y, reduction):
     dtype = z.dtype.type
     grad = np.empty_like(zf)
     values = np.empty_like(zf) if reduction == "none" else None
+    count = n if denominator is None else denominator
     with np.errstate(divide="ignore"):  # an empty batch: 'mean' is nan, as torch
-        scale = dtype(1.0) / dtype(n) if reduction == "mean" else dtype(1.0)
-    total = dtype(0.0)
+        scale = dtype(1.0) / dtype(count) if reduction == "mean" else dtype(1.0)
+    total = 0.0
     for c in _math.row_chunks(n, 1):
         zc, yc, gc = zf[c], yf[c], grad[c]
         m = zc.size
@@ -290,10 +293,11 @@ def _sigmoid_bce_plain(z, y, reduction):
         if scale != 1:
             gc *= scale
         if values is None:
-            total += v.sum(dtype=v.dtype)
+            total += v.sum(dtype=np.float64)  # float32 chunks added in float64, rounded once below
     grad = grad.reshape(z.shape)
     if values is not None:
         return values.reshape(z.shape), grad
+    total = dtype(total)
     if reduction == "sum":
         return total, grad
     with np.errstate(invalid="ignore"):

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import curvature
+from ._lazy import any_dask, dask_support
 from ._validation import as_float_array
 from .head import DEFAULT_MAX_BYTES, Head
 from .operators import (
@@ -134,6 +135,8 @@ def linear_gradient(features, head: Head, z, y, bias: bool = True) -> np.ndarray
     >>> bool(np.allclose(G.ravel(), jac.numerical_grad(loss, theta), atol=1e-8))
     True
     """
+    if any_dask(features, z, y):
+        return dask_support().linear_gradient(features, head, z, y, bias)
     X, z2, y2 = _rows(features, head, z, y)
     g = head.grad(z2, y2)
     return g.T @ _with_bias(X, bias)
@@ -206,21 +209,43 @@ def linear_curvature(features, head: Head, z, y, *, kind: str = "ggn", structure
     >>> A.shape, B.shape
     ((3, 3), (3, 3))
     """
+    if any_dask(features, z, y):
+        return dask_support().linear_curvature(features, head, z, y, kind=kind, structure=structure, bias=bias,
+                                               max_bytes=max_bytes, mc_samples=mc_samples, seed=seed)
+    budget, key = _check_options(head, y, kind, structure, max_bytes, mc_samples, seed)
+    X, z2, y2 = _rows(features, head, z, y)
+    scale = curvature.reduction_factor(head, z2, y2)
+    part = partial_curvature(X, head, z2, y2, kind=kind, structure=structure, bias=bias, budget=budget,
+                             key=key, mc_samples=mc_samples, row_ids=np.arange(z2.shape[0]))
+    return finish_curvature(structure, part, scale, z2.shape[0])
+
+
+def _check_options(head, y, kind, structure, max_bytes, mc_samples, seed) -> tuple[int, int]:
+    """Validate the options; ``(budget, key)`` with key the sampling seed's integer key."""
     if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
     if not isinstance(structure, str) or structure not in STRUCTURES:
         raise ValueError(f"structure must be one of {STRUCTURES}; got {structure!r}")
+    if not isinstance(head, Head):
+        raise TypeError(f"head must be a jacobians.Head; got {type(head).__name__}")
     budget = _check_max_bytes(max_bytes)
     if y is None and kind not in ("fisher", "fisher_mc"):
         raise ValueError(f"kind={kind!r} needs the targets y")
-    X, z2, y2 = _rows(features, head, z, y)
     curvature._check_kind_applies(head, kind)
-    key = curvature._seed_key(seed) if kind == "fisher_mc" else 0
+    key = 0
     if kind == "fisher_mc":
         curvature._check_mc_samples(mc_samples)
-    scale = curvature.reduction_factor(head, z2, y2)
+        key = curvature._seed_key(seed)
+    return budget, key
+
+
+def partial_curvature(X, head, z2, y2, *, kind, structure, bias, budget, key, mc_samples, row_ids):
+    """The unscaled sum over some rows (X (n, D), z2 (n, K), y2, their global indices
+    ``row_ids``) of what :func:`linear_curvature` returns — (P, P), (K, D+1), or the pair
+    ``(Σ B_n, Σ φ̃_n φ̃_nᵀ)`` — for the head with reduction ``'sum'``: partial sums over
+    disjoint rows add up, and :func:`finish_curvature` applies the whole batch's factor."""
     per_row = Head(head.activation, head.loss_fn.with_reduction("sum"))
-    N, K = z2.shape
+    n, K = z2.shape
     D1 = X.shape[1] + bool(bias)
     itemsize = z2.dtype.itemsize
     # rows whose structured blocks (a few arrays of K entries each, or an M-column factor)
@@ -228,12 +253,22 @@ def linear_curvature(features, head: Head, z, y, *, kind: str = "ggn", structure
     width = K * (max(int(mc_samples), 8) if kind == "fisher_mc" else 8)
     step = max(1, budget // (itemsize * width))
     acc = _ACCUMULATORS[structure](K, D1, z2.dtype)
-    for start in range(0, N, step):
-        rows = slice(start, min(N, start + step))
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
         blocks = curvature.blocks_for_rows(per_row, kind, z2[rows], None if y2 is None else y2[rows],
-                                           key=key, mc_samples=mc_samples, row_start=start)
+                                           key=key, mc_samples=mc_samples, row_ids=row_ids[rows])
         acc.add(blocks, _with_bias(X[rows], bias), budget)
-    return acc.result(scale, N)
+    return acc.partial()
+
+
+def finish_curvature(structure: str, part, scale, n_rows: int):
+    """The result of :func:`linear_curvature` from the sum of :func:`partial_curvature` over
+    all rows: times the reduction's factor (and the mean features' outer product for 'kron')."""
+    if structure == "kron":
+        A, XtX = part
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return Kron(A * scale, XtX / n_rows)
+    return part * scale
 
 
 # -- accumulators ------------------------------------------------------------------------------
@@ -314,13 +349,11 @@ class _Full:
         self.diag_blocks += out4[idx, :, idx, :]
         out4[idx, :, idx, :] = 0
 
-    def result(self, scale, N):
+    def partial(self):
         K, D1 = self.K, self.D1
         out4 = self.out.reshape(K, D1, K, D1)
         idx = np.arange(K)
         out4[idx, :, idx, :] = self.diag_blocks  # exact (k, k) blocks, not diag − low rank
-        if scale != 1:
-            self.out *= scale
         return self.out
 
 
@@ -334,8 +367,8 @@ class _Diag:
         h = (blocks * blocks).sum(axis=-1) if isinstance(blocks, np.ndarray) else blocks.diagonal()
         self.out += h.T @ (X * X)
 
-    def result(self, scale, N):
-        return self.out * scale if scale != 1 else self.out
+    def partial(self):
+        return self.out
 
 
 class _Kron:
@@ -355,10 +388,8 @@ class _Kron:
             self.A += _block_sum(blocks)
         self.B += X.T @ X
 
-    def result(self, scale, N):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            B = self.B / self.B.dtype.type(N)
-        return Kron(self.A * scale if scale != 1 else self.A, B)
+    def partial(self):
+        return self.A, self.B
 
 
 def _block_sum(blocks: JacobianOperator) -> np.ndarray:

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .._lazy import dask_aware
 from .._validation import as_float_array
 from ..domains import Domain, domain
 from ..operators import DenseJacobian, DiagonalJacobian, JacobianOperator
@@ -112,6 +113,11 @@ class Activation:
 
     name: ClassVar[str | None] = None
     output_domain: ClassVar[str | Domain] = "real"
+
+    def __init_subclass__(cls, **kwargs):
+        # every subclass's row-wise methods take Dask arrays too (jacobians._dask)
+        super().__init_subclass__(**kwargs)
+        _make_dask_aware(cls)
 
     @classmethod
     def variants(cls, K: int) -> list[dict]:
@@ -227,6 +233,19 @@ class Activation:
 
     def __hash__(self) -> int:
         return hash((type(self), tuple(sorted((k, repr(v)) for k, v in vars(self).items()))))
+
+
+#: the row-wise methods of an activation that run on Dask arrays chunk by chunk
+DASK_METHODS = ("__call__", "jacobian", "vjp", "jvp", "hessian", "hessian_vjp")
+
+
+def _make_dask_aware(cls) -> None:
+    for name in DASK_METHODS:
+        if name in cls.__dict__:
+            setattr(cls, name, dask_aware(name)(cls.__dict__[name]))
+
+
+_make_dask_aware(Activation)
 
 
 def _overrides(obj, method: str) -> bool:

@@ -7,6 +7,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from .. import _math
+from .._lazy import dask_aware
 from .._validation import as_float_array, check_reduction
 from ..activations.base import _register
 from ..domains import Domain, domain
@@ -90,6 +92,9 @@ class Loss:
     #: instance attribute set by ``__init__``; the class default serves subclasses whose
     #: ``__init__`` does not call ``super().__init__()``
     reduction: str = "mean"
+    #: what ``'mean'`` divides by instead of the batch's own denominator (None: the batch's);
+    #: see :meth:`with_denominator`
+    denominator: float | None = None
     #: the model's own distribution of targets given ``a``, for the Fisher (one of
     #: ``jacobians.curvature.PREDICTIVES``: ``'categorical'``, ``'categorical_log'``,
     #: ``'bernoulli'``, ``'gaussian'``); None: the loss is no negative log-likelihood
@@ -97,6 +102,11 @@ class Loss:
 
     def __init__(self, reduction: str = "mean"):
         self.reduction = check_reduction(reduction)
+
+    def __init_subclass__(cls, **kwargs):
+        # every subclass's value/grad/curvature take Dask arrays too (jacobians._dask)
+        super().__init_subclass__(**kwargs)
+        _make_dask_aware(cls)
 
     @classmethod
     def variants(cls, K: int) -> list[dict]:
@@ -165,6 +175,8 @@ class Loss:
         ``'mean'``, 1 otherwise."""
         if self.reduction != "mean":
             return dtype.type(1.0)
+        if self.denominator is not None:
+            denom = self.denominator
         with np.errstate(divide="ignore", invalid="ignore"):
             return dtype.type(1.0) / dtype.type(denom)
 
@@ -235,11 +247,11 @@ class Loss:
         red = self.reduction
         if red == "none":
             return values, grads
-        total = values.sum(dtype=values.dtype)
+        total = _math.total(values)
         if red == "sum":
             return total, grads
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = values.dtype.type(1.0) / values.dtype.type(denom)
+        scale = self._reduction_scale(denom, values.dtype)
+        with np.errstate(invalid="ignore"):
             return total * scale, (None if grads is None else grads * scale)
 
     def value(self, a, y):
@@ -266,6 +278,32 @@ class Loss:
         new.reduction = check_reduction(reduction)
         return new
 
+    def with_denominator(self, denominator) -> Loss:
+        """A copy of this loss whose ``'mean'`` divides by ``denominator`` whatever the batch.
+
+        For a batch split into pieces (chunks of a Dask array, a data set that does not fit
+        at once): with the whole batch's denominator — N, N·K for an elementwise loss, the
+        summed weights of the targets not ignored — each piece gives its rows' exact share
+        of the whole batch's value, gradient and curvature, and the shares add up.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import jacobians as jac
+        >>> a = np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])
+        >>> y = np.array([1, 0, 1])
+        >>> loss = jac.CrossEntropy()
+        >>> whole = loss.grad(a, y)
+        >>> piece = loss.with_denominator(3).grad(a[:1], y[:1])
+        >>> bool(np.array_equal(piece, whole[:1]))
+        True
+        """
+        if denominator is not None:
+            denominator = float(denominator)
+        new = copy.copy(self)
+        new.denominator = denominator
+        return new
+
     @property
     def domain(self) -> Domain:
         """The input domain as a :class:`~jacobians.domains.Domain`."""
@@ -274,6 +312,19 @@ class Loss:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
+
+
+#: the methods of a loss that run on Dask arrays chunk by chunk
+DASK_METHODS = ("value", "grad", "value_and_grad", "hessian", "hvp")
+
+
+def _make_dask_aware(cls) -> None:
+    for name in DASK_METHODS:
+        if name in cls.__dict__:
+            setattr(cls, name, dask_aware("loss." + name)(cls.__dict__[name]))
+
+
+_make_dask_aware(Loss)
 
 
 class ElementwiseLoss(Loss):
