@@ -140,12 +140,9 @@ def register_hessian(activation_cls: type, loss_cls: type, *, canonical: bool = 
             [ 0., 24.]]])
     >>> _ = jac.curvature.HESSIAN_RULES.pop((jac.Identity, Quartic))   # (tidy up)
     """
-    from .activations import Activation
+    from .fused import check_rule_classes
 
-    if not (isinstance(activation_cls, type) and issubclass(activation_cls, Activation)):
-        raise TypeError(f"activation_cls must be an Activation subclass; got {activation_cls!r}")
-    if not (isinstance(loss_cls, type) and issubclass(loss_cls, Loss)):
-        raise TypeError(f"loss_cls must be a Loss subclass; got {loss_cls!r}")
+    check_rule_classes(activation_cls, loss_cls)
 
     def add(rule):
         key = (activation_cls, loss_cls)

@@ -75,13 +75,7 @@ def register_fused(activation_cls: type, loss_cls: type, *, replace: bool = Fals
     replace : bool
         Allow replacing an existing rule for the pair.
     """
-    from .activations import Activation
-    from .losses import Loss
-
-    if not (isinstance(activation_cls, type) and issubclass(activation_cls, Activation)):
-        raise TypeError(f"activation_cls must be an Activation subclass; got {activation_cls!r}")
-    if not (isinstance(loss_cls, type) and issubclass(loss_cls, Loss)):
-        raise TypeError(f"loss_cls must be a Loss subclass; got {loss_cls!r}")
+    check_rule_classes(activation_cls, loss_cls)
 
     def add(rule: Rule) -> Rule:
         key = (activation_cls, loss_cls)
@@ -94,6 +88,16 @@ def register_fused(activation_cls: type, loss_cls: type, *, replace: bool = Fals
         return rule
 
     return add
+
+
+def check_rule_classes(activation_cls, loss_cls) -> None:
+    """``TypeError`` unless a rule's pair is an Activation subclass and a Loss subclass."""
+    from .activations import Activation
+
+    if not (isinstance(activation_cls, type) and issubclass(activation_cls, Activation)):
+        raise TypeError(f"activation_cls must be an Activation subclass; got {activation_cls!r}")
+    if not (isinstance(loss_cls, type) and issubclass(loss_cls, Loss)):
+        raise TypeError(f"loss_cls must be a Loss subclass; got {loss_cls!r}")
 
 
 def get_fused(activation, loss) -> Rule | None:

@@ -5,14 +5,11 @@ dtypes, with and without a bias, batch axes, the memory budget, and errors."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
-from conftest import describe, head_targets, variant_options
+from conftest import describe, head_targets, peak_rss, variant_options
 
 import jacobians as jac
 from jacobians import checks, numerical_grad, numerical_jacobian
@@ -220,30 +217,18 @@ def test_errors(rng):
         jac.linear_gradient(X, head, z, np.zeros(4, int))
 
 
-_PEAK = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np
-    import jacobians as jac
-
-    def vmhwm():
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-
-    N, D, K, max_bytes = (int(a) for a in sys.argv[1:5])
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(N, D)).astype(np.float32)
-    z = (X @ rng.normal(size=(D, K)).astype(np.float32) * 0.1).astype(np.float32)
-    y = rng.integers(0, K, size=N)
-    head = jac.Head(jac.Softmax(), jac.CrossEntropy())
-    jac.linear_curvature(X[:64], head, z[:64], y[:64])   # warm up the code paths
-    base = vmhwm()
-    G = jac.linear_curvature(X, head, z, y, kind="ggn", max_bytes=max_bytes)
-    print(json.dumps({"base": base, "peak": vmhwm(), "P": G.shape[0], "finite": bool(np.isfinite(G).all())}))
-    """
-)
+_PEAK = """
+N, D, K, max_bytes = (int(a) for a in sys.argv[1:5])
+rng = np.random.default_rng(0)
+X = rng.normal(size=(N, D)).astype(np.float32)
+z = (X @ rng.normal(size=(D, K)).astype(np.float32) * 0.1).astype(np.float32)
+y = rng.integers(0, K, size=N)
+head = jac.Head(jac.Softmax(), jac.CrossEntropy())
+jac.linear_curvature(X[:64], head, z[:64], y[:64])   # warm up the code paths
+base = vmhwm()
+G = jac.linear_curvature(X, head, z, y, kind="ggn", max_bytes=max_bytes)
+print(json.dumps({"base": base, "peak": vmhwm(), "P": G.shape[0], "finite": bool(np.isfinite(G).all())}))
+"""
 
 
 @pytest.mark.slow
@@ -253,9 +238,7 @@ def test_full_ggn_stays_within_the_budget_plus_the_result():
     take 520 MB in float32 and an N×P×P array far more; the call stays within max_bytes
     (64 MiB) plus a few copies of the P² result."""
     N_, D_, K_, budget = 20_000, 64, 100, 64 << 20
-    proc = subprocess.run([sys.executable, "-c", _PEAK, str(N_), str(D_), str(K_), str(budget)],
-                          capture_output=True, text=True, check=True)
-    out = json.loads(proc.stdout)
+    out = peak_rss(_PEAK, N_, D_, K_, budget)
     P = out["P"]
     assert P == K_ * (D_ + 1) and out["finite"]
     result = P * P * 4

@@ -25,15 +25,7 @@ from ..losses import (
 from ..numerical import numerical_jacobian
 from ..operators import DenseJacobian, DiagonalPlusLowRank, as_low_rank
 from .head import _prepare_targets
-from .inputs import (
-    DEFAULT_SHAPE,
-    _check_dtype,
-    _head_distance,
-    _kink_note,
-    _make_targets,
-    example_inputs,
-    extreme_inputs,
-)
+from .inputs import DEFAULT_SHAPE, _check_dtype, example_inputs, extreme_inputs, head_inputs
 from .report import CheckReport, _Failed, _readonly, _require, _Rows, _run, _safe_call, _subject
 
 __all__ = ["check_second_order", "check_activation_second_order", "check_second_order_extreme", "EXTREME_HESSIANS", "MC_SAMPLES", "MC_SIGMAS"]
@@ -117,18 +109,7 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
     """
     _require(head, Head, "head")
     rng = np.random.default_rng(seed)
-    if z is None:
-        dt = np.dtype(np.float64) if dtype is None else _check_dtype(dtype)
-        z, y = example_inputs(head, shape=shape, dtype=dt, seed=rng, y=y)
-        kink = ""
-    else:
-        z = as_float_array(z, "z")
-        if dtype is not None:
-            z = z.astype(_check_dtype(dtype))
-        if y is None:
-            y = _make_targets(head.loss_fn, z.shape, rng)
-        dist, names = _head_distance(head, z.astype(np.float64), np.asarray(y))
-        kink = _kink_note(names, dist)
+    z, y, kink = head_inputs(head, z, y, shape=shape, dtype=dtype, rng=rng)
     z = _readonly(z)
     y = _prepare_targets(y, z)
     rows = _Rows(_subject(head), z.dtype, z.shape, kink)
