@@ -249,10 +249,12 @@ def _split(n_rows: int, bytes_per_row: int, budget: int):
         yield slice(start, min(n_rows, start + step))
 
 
-def _kron_rows(S: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Rows ``S_n[:, c] ⊗ X_n`` of U: shape (n·C, K·D1), for a factor S (n, K, C)."""
+def _kron_rows(S: np.ndarray, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``S_n[:, c] ⊗ X_n`` of U: shape (n·C, K·D1), for a factor S (n, K, C) (written into
+    ``out`` of shape (n, C, K, D1) if given)."""
     n, K, C = S.shape
-    return (np.swapaxes(S, 1, 2)[:, :, :, None] * X[:, None, None, :]).reshape(n * C, K * X.shape[1])
+    U = np.multiply(np.swapaxes(S, 1, 2)[:, :, :, None], X[:, None, None, :], out=out)
+    return U.reshape(n * C, K * X.shape[1])
 
 
 class _Full:
@@ -282,14 +284,26 @@ class _Full:
             self.diag_blocks += (Y.T @ X[rows]).reshape(K, D1, D1)
 
     def _add_factor(self, S, X, budget, sign=1.0):
-        C = S.shape[-1]
-        P = self.K * self.D1
-        for rows in _split(X.shape[0], S.itemsize * C * P * 2, budget):
-            U = _kron_rows(S[rows], X[rows])
+        """``± Σ_n (S_n S_nᵀ) ⊗ X_n X_nᵀ`` as ``Uᵀ U`` (one symmetric BLAS product a row block).
+
+        U's row blocks (at most half the budget, and no more than ``max(_BLOCK_BYTES, 4 P²)``
+        bytes: enough rows that each product outweighs adding its P² result) are written into
+        one reused buffer, and each ``Uᵀ U`` into one reused (P, P) buffer: fresh arrays of
+        that size cost a first touch of every page, call after call."""
+        n_rows, K, C = S.shape
+        D1, P = self.D1, self.K * self.D1
+        dtype = np.result_type(S, X)
+        row_bytes = dtype.itemsize * C * P
+        limit = min(budget // 2, max(_BLOCK_BYTES, 4 * P * P * dtype.itemsize))
+        buf = np.empty((min(n_rows, max(1, limit // row_bytes)), C, K, D1), dtype)
+        gram = np.empty((P, P), dtype)
+        for rows in _split(n_rows, row_bytes, limit):
+            U = _kron_rows(S[rows], X[rows], out=buf[: rows.stop - rows.start])
+            np.matmul(U.T, U, out=gram)
             if sign > 0:
-                self.out += U.T @ U
+                self.out += gram
             else:
-                self.out -= U.T @ U
+                self.out -= gram
 
     def add(self, blocks, X, budget):
         if isinstance(blocks, np.ndarray):  # a factor (n, K, C): blocks S Sᵀ
