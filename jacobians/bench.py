@@ -142,7 +142,7 @@ def load_suite(folder: Path):
 
 # -- command line ---------------------------------------------------------------------------
 
-SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked", "second_order")
+SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked", "second_order", "last_layer")
 PEERS = ("torch", "jax", "autograd", "backpack", "seed", "loop")
 
 
@@ -321,6 +321,8 @@ def format_section(section: str, title: str, groups: list[tuple[Group, list[dict
                 if "dense_bytes" in extra:
                     label += f"; dense J {extra['dense_bytes'] / 2**30:.1f} GiB"
                 label += ")"
+            if "label" in extra:
+                label += f"  {extra['label']}"
             rows.append([g.size, g.dtype, label, format_seconds(r["median_s"]), _ratio_cell(r, "limit"),
                          *[_ratio_cell(r, c) if r["kind"] == "ours" else "" for c in peer_cols]])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
@@ -343,7 +345,7 @@ def format_targets(results: list[dict]) -> str:
         for t in r.get("target_results", []):
             vs = "limit" if t["vs"] == "limit" else t["vs"]
             lines.append(
-                f"{'met    ' if t['met'] else 'NOT met'}  {r['section']:<12} {r['size']:<10} {r['dtype']:<8} "
+                f"{'met    ' if t['met'] else 'NOT met'}  {r['section']:<12} {r['size']:<14} {r['dtype']:<8} "
                 f"{r['case']:<38} {t['ratio']:.2f} ≤ {t['max']:.2f} × {vs}"
             )
     return "\n".join(lines)

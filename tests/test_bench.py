@@ -34,6 +34,8 @@ def test_quick_run_without_peers_reports_every_section(tmp_path, capsys):
             assert "limit" in r["ratios"], r
     blocked = [r for r in data["results"] if r["section"] == "blocked" and "extra" in r]
     assert blocked and all(0 < r["extra"]["peak_rss_bytes"] < 2**30 for r in blocked)
+    memory = [r for r in data["results"] if r["section"] == "last_layer" and "extra" in r]
+    assert memory and all(r["extra"]["baseline_rss_bytes"] < r["extra"]["peak_rss_bytes"] < 2**30 for r in memory)
     targets = [t for r in data["results"] for t in r.get("target_results", [])]
     assert targets and all(isinstance(t["met"], bool) for t in targets)
 
