@@ -25,6 +25,11 @@ Sections, each a table: every group is one size and dtype, measured side by side
   rank-one parts come to, torch's ``func.hessian`` in θ and BackPACK's ``SqrtGGNExact``;
   ``'diag'`` and ``'kron'`` against one O(N·K·D) product ``pᵀX̃``; and the 200,000 × 64,
   K = 100 ``'full'`` GGN with ``max_bytes`` in a subprocess reporting its peak RSS.
+* ``dask`` — softmax + CE ``head.grad`` and ``head.hessian`` on Dask arrays against the same
+  call on numpy: one chunk on the synchronous scheduler (the dask path's overhead),
+  several chunks on the threaded scheduler, and a ``LocalCluster`` of one-thread worker
+  processes (one worker against two). Only when dask and distributed import; otherwise
+  the section is skipped with the reason (:func:`skipped_sections`).
 
 The limits are one-thread numpy operations that move the same bytes: the least any
 implementation must pay. Targets (from issues 5, 10 and 11) are attached to our rows and
@@ -34,6 +39,8 @@ reported as met or not met.
 from __future__ import annotations
 
 import functools
+import itertools
+import logging
 import time
 
 import numpy as np
@@ -53,6 +60,8 @@ TITLES = {
     "torch/JAX default threads unless marked",
     "last_layer": "softmax + CE curvature of a linear layer in θ = vec([W | b]), P = K·(D+1): dense GGN (P, P), "
     "its diagonal, its Kronecker factors; peers timed on a subset of the rows and scaled",
+    "dask": "softmax + CE on Dask arrays against the numpy call (×numpy), and 2 workers against 1 "
+    "(×1 worker …); ratios of one run on a shared machine, not asserted",
 }
 
 PAIRS = {
@@ -385,6 +394,199 @@ def _last_layer_memory_cases(N, D, K, dtype, max_bytes, repeats, block_rows):
         Case(f"U.T @ U on {n:,} rows, scaled to N (P={P_:,})", kind="limit", column="UᵀU", measure=product_limit),
         Case(f"'full', max_bytes={max_bytes >> 20} MiB, P²={P_ * P_ * itemsize / 2**20:.0f} MiB", measure=subprocess_measure),
     ]
+# -- dask -----------------------------------------------------------------------------------
+
+
+def dask_missing() -> str | None:
+    """Why the ``dask`` section cannot run, or None when dask.array and distributed import."""
+    try:
+        import dask.array  # noqa: F401
+        import distributed  # noqa: F401
+    except Exception as exc:  # not installed, or a broken install
+        return f"needs dask[array] and distributed ({type(exc).__name__}: {exc}); pip install 'jacobians[dask]'"
+    return None
+
+
+def skipped_sections(sections) -> dict[str, str]:
+    """``{section: why}`` for the requested sections that cannot run here (the runner prints
+    the reason in place of the table)."""
+    why = dask_missing() if "dask" in sections else None
+    return {"dask": why} if why else {}
+
+
+class _Cluster:
+    """The section's ``LocalCluster``: two worker processes of one thread each, started on
+    first use (once for the whole section) and closed by :func:`close`."""
+
+    def __init__(self):
+        self.cluster = self.client = None
+
+    def get(self):
+        if self.client is None:
+            from distributed import Client, LocalCluster
+
+            self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                        silence_logs=logging.ERROR)
+            # not the default scheduler of this process: the other rows name theirs
+            self.client = Client(self.cluster, set_as_default=False)
+        return self.client
+
+    def close(self):
+        if self.client is not None:
+            self.client.close()
+            self.cluster.close()
+        self.cluster = self.client = None
+
+
+_CLUSTER = _Cluster()
+
+
+def close() -> None:
+    """Called by the runner when every group has run: closes the dask section's cluster."""
+    _CLUSTER.close()
+
+
+def _scatter(client, x, rows: int, workers=None):
+    """``x`` split into chunks of ``rows`` rows and sent to the workers (all of them, or
+    ``workers``) before timing: a dask array of those futures. Random keys (``hash=False``):
+    the same data scattered again is a copy of its own, not the first one's keys."""
+    import dask.array as da
+
+    pieces = [x[i:i + rows] for i in range(0, len(x), rows)]
+    futures = client.scatter(pieces, workers=workers, hash=False)
+    return da.concatenate([da.from_delayed(f, shape=p.shape, dtype=p.dtype) for f, p in zip(futures, pieces)])
+
+
+def _dask_cases(what, N, K, dtype, n_chunks, cluster, target=None):
+    """``what``: ``'grad'`` (dE/dz, (N, K)), ``'hessian'`` (the blocks, (N, K, K)), or
+    ``'hessian.sum()'`` (the blocks built and summed chunk by chunk, never held at once;
+    numpy does the same row blocks in a loop, with the whole batch's denominator).
+    ``target``: the largest ratio of the one-chunk ``.compute()`` row to numpy (issue 12)."""
+    import dask
+    import dask.array as da
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(N, K)).astype(dtype, copy=False)
+    y = rng.integers(0, K, size=N)
+    head = jac.Head(jac.Softmax(), jac.CrossEntropy())
+    rows = -(-N // n_chunks)
+    if what == "grad":
+        def call(zz, yy):
+            return head.grad(zz, yy)
+
+        out = np.empty_like(z)
+        limit = Case("one pass: np.exp(z, out=)", lambda: np.exp(z, out=out), kind="limit", column="1 exp pass")
+        reference = Case("numpy head.grad(z, y)", lambda: head.grad(z, y), kind="ref", column="numpy")
+    elif what == "hessian":
+        def call(zz, yy):
+            return head.hessian(zz, yy)
+
+        limit = Case("np.ones((N, K, K))", lambda: np.ones((N, K, K), dtype=dtype), kind="limit", column="np.ones")
+        reference = Case("numpy head.hessian(z, y)", lambda: head.hessian(z, y), kind="ref", column="numpy")
+    else:
+        def call(zz, yy):
+            return head.hessian(zz, yy).sum()
+
+        piece = jac.Head(head.activation, head.loss_fn.with_denominator(N))
+        buf = np.empty((rows, K, K), dtype=dtype)
+
+        def numpy_blocks():
+            return sum(float(piece.hessian(z[i:i + rows], y[i:i + rows]).sum()) for i in range(0, N, rows))
+
+        def fill():
+            for _ in range(0, N, rows):
+                buf.fill(1.0)
+
+        limit = Case("write the blocks once, a chunk at a time (fill)", fill, kind="limit", column="fill")
+        reference = Case(f"numpy: the same {n_chunks} row blocks in a loop, each summed", numpy_blocks,
+                         kind="ref", column="numpy")
+    reduced = what == "hessian.sum()"
+    one_chunk = (da.from_array(z, chunks=(N, K)), da.from_array(y, chunks=N))
+    chunked = (da.from_array(z, chunks=(rows, K)), da.from_array(y, chunks=rows))
+    threads = dask.system.CPU_COUNT  # the threaded scheduler's default pool
+    cases = [limit, reference]
+    if not reduced:  # one chunk of 8 GB of blocks would not be a fair row
+        cases += [
+            Case("dask 1 chunk, synchronous: .compute()",
+                 lambda: call(*one_chunk).compute(scheduler="synchronous"),
+                 targets={} if target is None else {"numpy": target}),
+            Case("dask 1 chunk, synchronous: dask.persist (dask's final copy left out)",
+                 lambda: dask.persist(call(*one_chunk), scheduler="synchronous")),
+        ]
+    cases.append(Case(f"dask {n_chunks} chunks, threads ({threads}): .compute()",
+                      lambda: call(*chunked).compute(scheduler="threads")))
+    if cluster:
+        from distributed import futures_of, wait
+
+        client = _CLUSTER.get()
+        first = sorted(client.scheduler_info()["workers"])[0]
+        on_both = (_scatter(client, z, rows), _scatter(client, y, rows))
+        on_first = (_scatter(client, z, rows, [first]), _scatter(client, y, rows, [first]))
+        only = {"workers": [first], "allow_other_workers": False}
+
+        calls = itertools.count()
+
+        def fresh(data):
+            """The data under new names (``np.asarray`` of each chunk: the same buffers), so that
+            every call's graph has keys of its own: the same keys again would be served from
+            the previous round's results if the scheduler still held them."""
+            n = next(calls)
+            return tuple(x.map_blocks(np.asarray, name=f"{x.name}-call-{n}", dtype=x.dtype) for x in data)
+
+        def compute(data, **kw):
+            return client.compute(call(*fresh(data)), **kw).result()
+
+        def persist(data, **kw):
+            futures = futures_of(client.persist(call(*fresh(data)), **kw))
+            with client.as_current():  # wait() asks for the current client (it is not the default)
+                wait(futures)  # the results are released when the futures go, on return
+
+        cases += [
+            Case("LocalCluster, 1 worker: client.compute(...).result()", lambda: compute(on_first, **only),
+                 kind="ref", column="1 worker .compute"),
+            Case("LocalCluster, 2 workers: client.compute(...).result()", lambda: compute(on_both)),
+        ]
+        if not reduced:  # a scalar: nothing to leave on the workers
+            cases += [
+                Case("LocalCluster, 1 worker: persist (results left on the worker)", lambda: persist(on_first, **only),
+                     kind="ref", column="1 worker persist"),
+                Case("LocalCluster, 2 workers: persist (results left on the workers)", lambda: persist(on_both)),
+            ]
+    return cases
+
+
+#: (what, N, K, chunks) of the dask section: 800 MB of float64 logits for the gradient;
+#: 800 MB of Hessian blocks when they are returned; 8 GB of blocks (80 GB at 10⁶ × 100
+#: could not be built in the time of a benchmark) when they are summed chunk by chunk
+DASK_SIZES = [("grad", 10**7, 10, 8), ("grad", 10**6, 100, 8),
+              ("hessian", 10**6, 10, 8), ("hessian", 10**4, 100, 8),
+              ("hessian.sum()", 10**7, 10, 10), ("hessian.sum()", 10**5, 100, 10)]
+DASK_SIZES_QUICK = [("grad", 20_000, 10, 4), ("grad", 2_000, 100, 4),
+                    ("hessian", 2_000, 10, 4), ("hessian", 200, 100, 4),
+                    ("hessian.sum()", 20_000, 10, 4), ("hessian.sum()", 2_000, 100, 4)]
+DASK_NOTES = {
+    "cluster": "LocalCluster(n_workers=2, threads_per_worker=1), started once for the section; z and y are "
+    "scattered to the workers before timing (the chunks spread over both, and a copy on the first worker "
+    "alone for the 1-worker rows, restricted to it); .compute() gathers the result into this process, "
+    "persist leaves it on the workers",
+    "quick": "--quick: no LocalCluster (its start takes seconds); synchronous and threaded schedulers only",
+    "sum": "hessian.sum(): the blocks are built and summed chunk by chunk, never held at once; numpy sums "
+    "the same row blocks in a loop (loss.with_denominator(N))",
+}
+#: issue 12: the dask path at one chunk within 1.2× of numpy at 10⁶ × 100 (head.grad)
+DASK_TARGETS = {("grad", 10**6, 100): 1.2}
+
+
+def dask_groups(dtype, *, quick, cluster=None) -> list[Group]:
+    """The dask section's groups (``cluster``: with the LocalCluster rows; default: not in --quick)."""
+    cluster = (not quick) if cluster is None else cluster
+    groups = []
+    for what, N, K, n_chunks in DASK_SIZES_QUICK if quick else DASK_SIZES:
+        note = DASK_NOTES["sum"] if what == "hessian.sum()" else DASK_NOTES["cluster" if cluster else "quick"]
+        target = None if quick else DASK_TARGETS.get((what, N, K))
+        groups.append(Group(section="dask", size=f"{N}x{K} {what}", dtype=dtype, note=note, ref_ratios=True,
+                            build=functools.partial(_dask_cases, what, N, K, dtype, n_chunks, cluster, target)))
+    return groups
 
 
 # -- the plan -------------------------------------------------------------------------------
@@ -436,6 +638,8 @@ def plan(*, sections, dtypes, quick, peers) -> list[Group]:
                                     build=functools.partial(_last_layer_memory_cases, N, D, K, dtype, mb, repeats, 10_000),
                                     note="peak RSS of the whole subprocess; 'over the start': above its peak with the data "
                                          "in memory and the code paths warmed up"))
+    if "dask" in sections and not skipped_sections(sections):
+        groups += dask_groups(dtypes[0], quick=quick)  # 800 MB arrays: one dtype (float64 unless --dtypes)
     order = {s: i for i, s in enumerate(sections)}
     groups.sort(key=lambda g: order[g.section])
     return groups

@@ -7,8 +7,9 @@ numpy code that exists; only the reductions cross chunks:
 * the row axes may be chunked any way; the class axis K is rechunked to one chunk;
 * targets ``y`` (numpy or dask) are aligned to z's row chunks;
 * ``'mean'`` divides by the whole batch's denominator (N, N·K, or the summed class weights
-  of the targets not ignored), a 0-d dask array summed over the chunks (a tree
-  reduction); every chunk computes with the reduction ``'sum'`` and is divided by it;
+  of the targets not ignored): an int when the shapes give it (no graph), else a 0-d dask
+  array summed over the chunks (from the targets alone for a class loss); every chunk
+  computes with it (``loss.with_denominator``);
 * a reduced loss value is a 0-d dask array; ``linear_curvature`` sums its per-chunk
   partials in a tree;
 * Monte-Carlo draws are a function of (seed, global row index, sample), so they do not
@@ -200,13 +201,48 @@ def _as_class_or_rows(loss, x, y):
     return loss.check_targets(x, y)
 
 
+def _targets_only(loss) -> bool:
+    """True for a class loss whose denominator is :func:`class_coefficients`' (CE, NLL, KL):
+    a function of the targets, K and the dtype only, never of the values of ``a``."""
+    from .losses.classification import _ClassLoss
+
+    cls = type(loss)
+    return (isinstance(loss, _ClassLoss) and cls._mean_denominator is _ClassLoss._mean_denominator
+            and cls.coefficients is _ClassLoss.coefficients and cls.check_targets is _ClassLoss.check_targets)
+
+
 def denominator(loss, x, y):
-    """What ``'mean'`` divides by for the whole batch: a 0-d dask array (or an int)."""
+    """What ``'mean'`` divides by for the whole batch: an int when the shapes give it, else a
+    0-d dask array summed over the chunks.
+
+    A loss made by :meth:`~jacobians.Loss.with_denominator` keeps its own. A class loss's
+    denominator is N for probability targets, and for index targets without
+    class weights or ``ignore_index``; otherwise (summed weights, targets not ignored) it
+    is summed from ``y`` alone, each chunk's targets checked against a zero-stride stand-in
+    for ``a`` (its shape and dtype: ``a`` itself, the activation's output, is never
+    computed for it). Other losses sum ``loss._mean_denominator`` over the chunks of
+    ``x`` and ``y``.
+    """
     from .losses import ElementwiseLoss
 
+    if loss.denominator is not None:  # with_denominator: the caller's, whatever the batch
+        return loss.denominator
+    n = int(np.prod(x.shape[:-1]))
     if y is None or isinstance(loss, ElementwiseLoss):
-        n = int(np.prod(x.shape[:-1]))
         return x.shape[-1] * n if isinstance(loss, ElementwiseLoss) else n
+    if _targets_only(loss):
+        indices = y.ndim == x.ndim - 1
+        if not indices or (getattr(loss, "weight", None) is None and loss.ignore_index is None):
+            return n
+        K, dt = x.shape[-1], _float_dtype(x.dtype)
+
+        def one(yc):
+            stand_in = np.broadcast_to(np.zeros((), dtype=dt), yc.shape + (K,))
+            return np.asarray(loss._mean_denominator(stand_in, yc), dtype=np.float64).reshape((1,) * yc.ndim)
+
+        b = _indices(y.ndim)
+        parts = da.blockwise(one, b, y, b, dtype=np.float64, adjust_chunks={i: 1 for i in b})
+        return exact_total(parts, np.float64)
     return chunk_sum(lambda xc, yc: loss._mean_denominator(xc, loss.check_targets(xc, yc)), x, y, dtype=np.float64)
 
 
@@ -225,8 +261,17 @@ def reduction_factor(head, z, y, dtype):
     loss = head.loss_fn
     if loss.reduction != "mean":
         return 1
-    x = z if (y is None or head.logits_loss) else head.activation(z)
-    return scale_of(loss, x, y, dtype)
+    return scale_of(loss, _loss_input(head, z, y), y, dtype)
+
+
+def _loss_input(head, z, y):
+    """What a head's loss sees, for its denominator: the activation's output (lazily), or z
+    where only the shape and dtype matter (no targets, a loss of the logits, a class loss
+    whose denominator comes from the targets): the activation's graph is then not built."""
+    if y is None or head.logits_loss or _targets_only(head.loss_fn):
+        dt = _float_dtype(z.dtype)
+        return z if z.dtype == dt else z.astype(dt)
+    return head.activation(z)
 
 
 def _times(x, c):
@@ -362,15 +407,12 @@ def _head_piece(head, d):
     return head if d is None else Head(head.activation, head.loss_fn.with_denominator(float(d)))
 
 
-def _head_denominator(head, z, y, *, targets_needed=True):
+def _head_denominator(head, z, y):
     """The whole batch's ``'mean'`` denominator of a head's loss (None for the others)."""
     loss = head.loss_fn
     if loss.reduction != "mean":
         return None
-    if y is None:
-        return denominator(loss, z, None)
-    x = z if head.logits_loss else head.activation(z)
-    return denominator(loss, x, y)
+    return denominator(loss, _loss_input(head, z, y), y)
 
 
 def head_value_and_grad(head, z, y, method="auto", *, max_bytes=None, workers=None, need="both"):

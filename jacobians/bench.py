@@ -97,6 +97,9 @@ class Group:
     build: Callable[[], list[Case]]
     context: Callable[[], contextlib.AbstractContextManager] | None = None
     note: str = ""
+    #: also give the ``'ref'`` rows their ratios to the group's other reference columns
+    #: (e.g. a 1-worker row shown against numpy while being the column of ×1 worker)
+    ref_ratios: bool = False
 
 
 class SuiteNotFound(RuntimeError):
@@ -142,7 +145,7 @@ def load_suite(folder: Path):
 
 # -- command line ---------------------------------------------------------------------------
 
-SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked", "second_order", "last_layer")
+SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked", "second_order", "last_layer", "dask")
 PEERS = ("torch", "jax", "autograd", "backpack", "seed", "loop")
 
 
@@ -204,7 +207,8 @@ def _time_once(fn) -> float:
     return t
 
 
-def run_group(cases: list[Case], *, budget: float, min_rounds: int, max_rounds: int, tick=lambda: None) -> list[dict]:
+def run_group(cases: list[Case], *, budget: float, min_rounds: int, max_rounds: int, tick=lambda: None,
+              ref_ratios: bool = False) -> list[dict]:
     """Time the cases of one group side by side; returns one record per case.
 
     Each timed case is called once to warm up (JIT compilation, first-touch of its
@@ -213,6 +217,7 @@ def run_group(cases: list[Case], *, budget: float, min_rounds: int, max_rounds: 
     for a case slower than five budgets). The
     cases then run in interleaved rounds, in a new (seeded) random order each round, so
     that neither a busy moment of the machine nor the case run just before favours one.
+    With ``ref_ratios`` the ``'ref'`` rows also get their ratios to the other reference columns.
     """
     timed = [c for c in cases if c.fn is not None]
     times: dict[int, list[float]] = {id(c): [] for c in cases}
@@ -253,11 +258,11 @@ def run_group(cases: list[Case], *, budget: float, min_rounds: int, max_rounds: 
                 **({"extra": extra} if extra else {}),
             }
         )
-    _add_ratios(records)
+    _add_ratios(records, ref_ratios)
     return records
 
 
-def _add_ratios(records: list[dict]) -> None:
+def _add_ratios(records: list[dict], ref_ratios: bool = False) -> None:
     refs = {r["column"]: r["median_s"] for r in records if r["kind"] in ("limit", "peer", "ref")}
     limits = [r["column"] for r in records if r["kind"] == "limit"]
     for r in records:
@@ -266,10 +271,11 @@ def _add_ratios(records: list[dict]) -> None:
             lim = r["limit"] or limits[0]
             if lim in refs:
                 ratios["limit"] = r["median_s"] / refs[lim]
-        if r["kind"] == "ours":
+        if r["kind"] == "ours" or (ref_ratios and r["kind"] == "ref"):
             for col, ref in refs.items():
-                if col not in limits:
+                if col not in limits and col != r["column"]:
                     ratios[col] = r["median_s"] / ref
+        if r["kind"] == "ours":
             r["target_results"] = [
                 {"vs": col, "max": mx, "ratio": ratios.get(col), "met": (ratios.get(col) is not None and ratios[col] <= mx)}
                 for col, mx in r["targets"].items()
@@ -324,7 +330,7 @@ def format_section(section: str, title: str, groups: list[tuple[Group, list[dict
             if "label" in extra:
                 label += f"  {extra['label']}"
             rows.append([g.size, g.dtype, label, format_seconds(r["median_s"]), _ratio_cell(r, "limit"),
-                         *[_ratio_cell(r, c) if r["kind"] == "ours" else "" for c in peer_cols]])
+                         *[_ratio_cell(r, c) if r["kind"] in ("ours", "ref") else "" for c in peer_cols]])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = [f"== {section}: {title}", "  ".join(h.ljust(w) for h, w in zip(header, widths))]
     prev = None
@@ -423,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.budget if args.budget is not None else (0.2 if args.quick else 1.0)
     min_rounds, max_rounds = (3, 10) if args.quick else (5, 50)
     peers = suite.available_peers(args.peers)
+    # sections whose packages are missing (dask): skipped with the reason, like an absent peer
+    skipped = getattr(suite, "skipped_sections", lambda sections: {})(args.sections)
     groups = suite.plan(sections=args.sections, dtypes=args.dtypes, quick=args.quick, peers=peers)
     print(f"# {PROG}{' --quick' if args.quick else ''}: {machine_info()['cpu']}, {machine_info()['cores']} cores, "
           f"numpy {np.__version__}; peers: {', '.join(f'{k} {v}' for k, v in peers.items()) or 'none'}", flush=True)
@@ -434,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             progress.describe(f"{g.section} {g.size} {g.dtype}")
             with g.context() if g.context else contextlib.nullcontext():
                 cases = g.build()
-                recs = run_group(cases, budget=budget, min_rounds=min_rounds, max_rounds=max_rounds)
+                recs = run_group(cases, budget=budget, min_rounds=min_rounds, max_rounds=max_rounds,
+                                 ref_ratios=g.ref_ratios)
                 del cases
             for r in recs:
                 r.update(section=g.section, size=g.size, dtype=g.dtype)
@@ -443,10 +452,14 @@ def main(argv: list[str] | None = None) -> int:
             progress.update()
     finally:
         progress.close()
+        getattr(suite, "close", lambda: None)()  # what the suite started (the dask section's cluster)
     for section in args.sections:
         if section in by_section:
             print()
             print(format_section(section, suite.TITLES.get(section, ""), by_section[section]))
+        elif section in skipped:
+            print()
+            print(f"== {section}: skipped: {skipped[section]}")
     print()
     print(format_targets(results))
     if args.json:
@@ -454,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join([PROG, *(argv if argv is not None else sys.argv[1:])]),
             "machine": machine_info(),
             "peers": peers,
+            "skipped_sections": skipped,
             "budget_s": budget,
             "results": results,
         }

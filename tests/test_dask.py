@@ -171,6 +171,46 @@ def test_mean_is_global_with_weights_and_ignored_rows(scheduler, rng):
     assert _ulps(_lazy(loss.hessian(da.from_array(a, chunks=(7, 5)), y.clip(0))), loss.hessian(a, y.clip(0))) == 0
 
 
+@pytest.mark.parametrize("loss", [pytest.param(jac.CrossEntropy(), id="plain"),
+                                  pytest.param(jac.CrossEntropy(weight=np.linspace(0.5, 3, 5), ignore_index=-1), id="weighted")])
+def test_the_mean_denominator_comes_from_the_targets_alone(loss, scheduler, monkeypatch, rng):
+    """A class loss's 'mean' denominator is N from the shapes (no weights, no ignore_index) or
+    is summed from y alone: the softmax is not computed for it (the fused gradient and the
+    closed-form Hessian blocks never call the activation)."""
+    calls = []
+    forward = jac.Softmax.forward
+    monkeypatch.setattr(jac.Softmax, "forward", lambda self, z: calls.append(z.shape) or forward(self, z))
+    head = jac.Head(jac.Softmax(), loss)
+    z = rng.normal(size=(40, 5))
+    y = rng.integers(0, 5, size=40)
+    y[::3] = -1 if loss.ignore_index is not None else y[::3]
+    zd = da.from_array(z, chunks=((1, 7, 30, 2), 5))
+    H = head.hessian(z, y)
+    for y_in in (y, da.from_array(y, chunks=13)):
+        calls.clear()
+        value, grad, H_dask = dask.compute(*head.value_and_grad(zd, y_in), head.hessian(zd, y_in))
+        assert calls == []  # not even on dask's meta arrays when the graph is built
+        assert _ulps(grad, head.grad(z, y)) == 0
+        assert _ulps(value, np.asarray(head.loss(z, y))) <= 2
+        assert _ulps(H_dask, H) == 0
+    if loss.ignore_index is None:  # N, known from the shapes: no reduction in the graph
+        assert not any(k.startswith(("one-", "fsum-")) for k in dict(head.grad(zd, y).__dask_graph__().layers))
+
+
+@pytest.mark.parametrize("loss", [jac.CrossEntropy(), jac.MeanSquaredError(),
+                                  jac.CrossEntropy(weight=np.linspace(0.5, 3, 5), ignore_index=-1)], ids=str)
+def test_a_loss_with_its_own_denominator_keeps_it(loss, synchronous, rng):
+    """``loss.with_denominator(d)`` divides by d on dask arrays too, not by the batch's own."""
+    z = rng.normal(size=(12, 5))
+    y = rng.integers(0, 5, size=12) if not isinstance(loss, jac.MeanSquaredError) else rng.normal(size=(12, 5))
+    head = jac.Head(jac.Softmax(), loss.with_denominator(37.0))
+    zd = da.from_array(z, chunks=((1, 7, 4), 5))
+    assert _ulps(_lazy(head.grad(zd, y)), head.grad(z, y)) == 0
+    assert _ulps(_lazy(head.loss(zd, y)), np.asarray(head.loss(z, y))) <= 2
+    assert _ulps(_lazy(head.hessian(zd, y)), head.hessian(z, y)) == 0
+    assert not np.allclose(head.grad(z, y), jac.Head(jac.Softmax(), loss).grad(z, y))  # 37 is not the batch's
+
+
 def test_sampling_does_not_depend_on_the_chunking(rng):
     head = jac.Head(jac.Sigmoid(), jac.BinaryCrossEntropy())
     z = rng.normal(size=(4, 6, 3))
