@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import importlib.util
+import warnings
 
 import numpy as np
 
 NUMPY_PEERS = ("seed", "loop")
+#: peers whose distribution is not named like their module
+DISTRIBUTIONS = {"backpack": "backpack-for-pytorch"}
 
 
 def available(names) -> dict[str, str]:
@@ -30,7 +33,7 @@ def available(names) -> dict[str, str]:
             if name == "jax":
                 module.config.update("jax_enable_x64", True)
             try:
-                found[name] = importlib.metadata.version(name)
+                found[name] = importlib.metadata.version(DISTRIBUTIONS.get(name, name))
             except importlib.metadata.PackageNotFoundError:
                 found[name] = getattr(module, "__version__", "?")
     return found
@@ -129,6 +132,130 @@ def torch_fused(pair, z, y):
     return run
 
 
+def _in_threads(fn, n: int | None):
+    """``fn`` run with torch limited to ``n`` threads for the call (None: ``fn`` itself)."""
+    if n is None:
+        return fn
+    import torch
+
+    def run():
+        old = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(old)
+
+    return run
+
+
+def torch_hessian_vmap(z, y, threads: int | None = None):
+    """``vmap(hessian(per-sample cross-entropy / N))``: the (N, K, K) blocks of the mean
+    loss, as ``head.hessian`` returns them."""
+    import torch
+    import torch.nn.functional as F
+    from torch.func import hessian, vmap
+
+    scale = 1.0 / z.shape[0]
+    f = vmap(hessian(lambda x, t: F.cross_entropy(x, t) * scale))
+    tz, ty = torch.from_numpy(z), torch.from_numpy(y)
+    return _in_threads(lambda: f(tz, ty), threads)
+
+
+def backpack_sqrt_hessian(z, y):
+    """BackPACK's ``sqrt_hessian`` of ``CrossEntropyLoss`` (mean): the exact factor, ``[K, N, K]``
+    (``np.moveaxis`` of ``head.sqrt_ggn``'s ``(N, K, K)``), from the module's stored input."""
+    import torch
+    from backpack.core.derivatives.crossentropyloss import CrossEntropyLossDerivatives
+
+    module = torch.nn.CrossEntropyLoss()
+    tz, ty = torch.from_numpy(z), torch.from_numpy(y)
+    module.input0, module.output = tz, module(tz, ty)  # what BackPACK's forward hook stores
+    derivatives = CrossEntropyLossDerivatives()
+    return lambda: derivatives.sqrt_hessian(module, None, None)
+
+
+# -- torch: the last layer -------------------------------------------------------------------
+#
+# E(θ) = mean cross-entropy of z = X Wᵀ + b over N rows, θ = vec([W | b]) in C order (row k:
+# class k's weights, then its bias), as ``jacobians.linear_curvature`` orders it. E is a sum
+# over rows, so both peers take it over row chunks (their intermediates are P-fold or K-fold
+# the chunk's logits, far larger than the data) and add the chunks' (P, P) matrices.
+
+
+def _chunk_rows(per_row_bytes: int, chunk_bytes: int) -> int:
+    return max(1, chunk_bytes // max(per_row_bytes, 1))
+
+
+def torch_linear_hessian(X, W, b, y, threads: int | None = None, chunk_bytes: int = 256 << 20):
+    """``torch.func.hessian`` of E with respect to θ, shape (P, P), P = K·(D+1): forward-over-reverse
+    with P tangents, summed over row chunks of about ``chunk_bytes`` of (P, rows, K) tangents."""
+    import torch
+    import torch.nn.functional as F
+    from torch.func import hessian
+
+    N, D = X.shape
+    K = W.shape[0]
+    P = K * (D + 1)
+    tX, ty = torch.from_numpy(X), torch.from_numpy(y)
+    theta = torch.from_numpy(np.concatenate([W, b[:, None]], axis=1).ravel())
+    scale = 1.0 / N
+
+    def E(t, x, target):
+        Wb = t.view(K, D + 1)
+        return F.cross_entropy(x @ Wb[:, :D].T + Wb[:, D], target, reduction="sum") * scale
+
+    h = hessian(E)
+    rows = _chunk_rows(P * K * X.itemsize, chunk_bytes)
+
+    def run():
+        H = torch.zeros(P, P, dtype=tX.dtype)
+        for s in range(0, N, rows):
+            H += h(theta, tX[s:s + rows], ty[s:s + rows])
+        return H
+
+    return _in_threads(run, threads)
+
+
+def backpack_linear_ggn(X, W, b, y, chunk_bytes: int = 256 << 20):
+    """BackPACK's ``SqrtGGNExact`` on a ``torch.nn.Linear`` + ``CrossEntropyLoss``: the factor
+    ``[C, rows, K, D]`` (weight) and ``[C, rows, K]`` (bias), C = K, joined in θ's order and
+    summed as ``Sᵀ S`` (P, P) over row chunks of about ``chunk_bytes`` of factor; the loss
+    summed, the GGN divided by N (the mean's factor)."""
+    import torch
+    from backpack import backpack, extend
+    from backpack.extensions import SqrtGGNExact
+
+    N, D = X.shape
+    K = W.shape[0]
+    P = K * (D + 1)
+    tX, ty = torch.from_numpy(X), torch.from_numpy(y)
+    layer = torch.nn.Linear(D, K, dtype=tX.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(W))
+        layer.bias.copy_(torch.from_numpy(b))
+    layer = extend(layer)
+    loss_fn = extend(torch.nn.CrossEntropyLoss(reduction="sum"))
+    rows = _chunk_rows(K * P * X.itemsize, chunk_bytes)
+    # the input needs no gradient; torch says its full backward hooks then fire on the outputs
+    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+
+    def run():
+        G = torch.zeros(P, P, dtype=tX.dtype)
+        for s in range(0, N, rows):
+            layer.zero_grad(set_to_none=True)
+            loss = loss_fn(layer(tX[s:s + rows]), ty[s:s + rows])
+            with backpack(SqrtGGNExact()):
+                loss.backward()
+            S = torch.cat([layer.weight.sqrt_ggn_exact, layer.bias.sqrt_ggn_exact[..., None]], dim=-1)
+            S = S.reshape(-1, P)  # rows (c, n), columns θ
+            G.addmm_(S.T, S)
+        G *= 1.0 / N
+        return G
+
+    return run
+
+
 # -- JAX ------------------------------------------------------------------------------------
 
 
@@ -179,6 +306,19 @@ def jax_fused(pair, z, y):
         return v.block_until_ready(), g.block_until_ready()
 
     return run
+
+
+def jax_hessian_vmap(z, y):
+    """``jit(vmap(hessian(per-sample cross-entropy / N)))``."""
+    jax, jnp = _jax()
+    scale = 1.0 / z.shape[0]
+
+    def ce(x, t):
+        return (jax.nn.logsumexp(x) - x[t]) * scale
+
+    f = jax.jit(jax.vmap(jax.hessian(ce)))
+    jz, jy = jnp.asarray(z), jnp.asarray(y)
+    return lambda: f(jz, jy).block_until_ready()
 
 
 # -- autograd -------------------------------------------------------------------------------

@@ -15,16 +15,35 @@ Sections, each a table: every group is one size and dtype, measured side by side
   fused path's speed-up over the Jacobian path at K = 10, 100, 1000.
 * ``blocked`` — ``head.grad(z, y, method='jacobian', max_bytes=...)`` on a batch whose dense
   Jacobian does not fit in memory, timed in a subprocess that reports its peak RSS.
+* ``second_order`` — softmax + CE: the Hessian blocks ``head.hessian(z, y)`` against the dense
+  Jacobian build ``act.jacobian(z)`` (same diagonal-minus-rank-one structure, same size),
+  torch's ``vmap(hessian(per-sample loss))`` (one thread and default threads) and JAX's
+  ``jit(vmap(hessian))``; ``head.hvp(z, y, v)`` against ``head.grad(z, y)``; the factor
+  ``head.sqrt_ggn(z, y)`` against the same dense build and BackPACK's ``sqrt_hessian``.
+* ``last_layer`` — softmax + CE through a linear layer, N = 50,000, D = 128, K = 10:
+  ``jac.linear_curvature(structure='full')`` against the one BLAS product ``UᵀU`` its
+  rank-one parts come to, torch's ``func.hessian`` in θ and BackPACK's ``SqrtGGNExact``;
+  ``'diag'`` and ``'kron'`` against one O(N·K·D) product ``pᵀX̃``; and the 200,000 × 64,
+  K = 100 ``'full'`` GGN with ``max_bytes`` in a subprocess reporting its peak RSS.
+* ``dask`` — softmax + CE ``head.grad`` and ``head.hessian`` on Dask arrays against the same
+  call on numpy: one chunk on the synchronous scheduler (the dask path's overhead),
+  several chunks on the threaded scheduler, and a ``LocalCluster`` of one-thread worker
+  processes (one worker against two). Only when dask and distributed import; otherwise
+  the section is skipped with the reason (:func:`skipped_sections`).
 
 The limits are one-thread numpy operations that move the same bytes: the least any
-implementation must pay. Targets are attached to our rows and reported as met or not met:
-issue 5's with the numpy kernels, issue 13's with the compiled ones (``fast`` extra: every
-fused row ≤ 0.8× torch and ≤ 1.0× JAX, ``act.vjp`` ≤ 0.8× torch with one thread).
+implementation must pay. Targets (from issues 5, 10, 11 and 13) are attached to our rows
+and reported as met or not met: issue 5's fused and Jacobian targets with the numpy kernels,
+issue 13's with the compiled ones (``fast`` extra: every fused row ≤ 0.8× torch and ≤ 1.0×
+JAX, ``act.vjp`` ≤ 0.8× torch with one thread).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+import logging
+import time
 
 import numpy as np
 import peers as P
@@ -39,6 +58,12 @@ TITLES = {
     "vjp": "softmax VJP: act.vjp(z, g) (forward included) and g @ act.jacobian_operator(z) (backward only); torch 1 thread",
     "fused": "value and dE/dz from the logits, forward + backward; torch default threads",
     "blocked": "head.grad(z, y, method='jacobian', max_bytes) in a subprocess: time and peak RSS",
+    "second_order": "softmax + CE curvature from the logits: Hessian blocks (N, K, K), H·v, GGN factor; "
+    "torch/JAX default threads unless marked",
+    "last_layer": "softmax + CE curvature of a linear layer in θ = vec([W | b]), P = K·(D+1): dense GGN (P, P), "
+    "its diagonal, its Kronecker factors; peers timed on a subset of the rows and scaled",
+    "dask": "softmax + CE on Dask arrays against the numpy call (×numpy), and 2 workers against 1 "
+    "(×1 worker …); ratios of one run on a shared machine, not asserted",
 }
 
 PAIRS = {
@@ -238,6 +263,341 @@ def _blocked_cases(N, K, dtype, max_bytes, peers):
     ]
 
 
+# -- second order ---------------------------------------------------------------------------
+
+
+def _second_order_cases(N, K, dtype, peers):
+    z, v = _data(N, K, dtype)
+    y = np.random.default_rng(1).integers(0, K, size=N)
+    act = jac.Softmax()
+    head = jac.Head(act, jac.CrossEntropy())
+    out = np.empty_like(z)
+    # the issue's targets: ratios of medians, ≥ 10× faster is ≤ 0.1
+    beat = {c: 0.1 for c in ("torch vmap(hessian)", "torch vmap(hessian) 1 thread", "jax vmap(hessian)")}
+    cases = [
+        Case("np.ones((N, K, K))", lambda: np.ones((N, K, K), dtype=dtype), kind="limit", column="np.ones"),
+        Case("one pass: np.exp(z, out=)", lambda: np.exp(z, out=out), kind="limit", column="1 exp pass"),
+        Case("head.hessian(z, y)", lambda: head.hessian(z, y), limit="np.ones", targets={"act.jacobian": 1.2, **beat}),
+        Case("head.sqrt_ggn(z, y)", lambda: head.sqrt_ggn(z, y), limit="np.ones", targets={"act.jacobian": 1.2}),
+        Case("head.hvp(z, y, v)", lambda: head.hvp(z, y, v), limit="1 exp pass", targets={"head.grad": 1.5}),
+        Case("act.jacobian(z): the dense build of the same size", lambda: act.jacobian(z), kind="ref",
+             column="act.jacobian", limit="np.ones"),
+        Case("head.grad(z, y): the reference of ×head.grad", lambda: head.grad(z, y), kind="ref",
+             column="head.grad", limit="1 exp pass"),
+    ]
+    if "torch" in peers:
+        cases += [
+            Case("torch vmap(hessian(per-sample CE))", P.torch_hessian_vmap(z, y), kind="peer",
+                 column="torch vmap(hessian)"),
+            Case("torch vmap(hessian(per-sample CE)), 1 thread", P.torch_hessian_vmap(z, y, threads=1), kind="peer",
+                 column="torch vmap(hessian) 1 thread"),
+        ]
+    if "jax" in peers:
+        cases.append(Case("jax jit(vmap(hessian(per-sample CE)))", P.jax_hessian_vmap(z, y), kind="peer",
+                          column="jax vmap(hessian)"))
+    if "backpack" in peers and "torch" in peers:
+        cases.append(Case("backpack CrossEntropyLoss sqrt_hessian", P.backpack_sqrt_hessian(z, y), kind="peer",
+                          column="backpack sqrt_hessian"))
+    return cases
+
+
+# -- last layer -----------------------------------------------------------------------------
+
+
+def _last_layer_problem(N, D, K, dtype, seed_=0):
+    """Features X (N, D), a layer W (K, D), b (K,) with logits of unit scale, z and y."""
+    rng = np.random.default_rng(seed_)
+    X = rng.normal(size=(N, D)).astype(dtype)
+    W = (rng.normal(size=(K, D)) / np.sqrt(D)).astype(dtype)
+    b = (0.3 * rng.normal(size=K)).astype(dtype)
+    return X, W, b, X @ W.T + b, rng.integers(0, K, size=N)
+
+
+def _rank_one_rows(p, Xt):
+    """U (N, P) with rows ``p_n ⊗ φ̃_n``: ``UᵀU`` is the sum of softmax + CE's rank-one parts."""
+    return (p[:, :, None] * Xt[:, None, :]).reshape(len(p), -1)
+
+
+def _scaled_peer(make, reference, rows, factor, rtol):
+    """``measure(rounds)`` of a peer timed on ``rows`` rows, its times multiplied by ``factor``
+    (its cost is a loop over row chunks: linear in N). The first call is the warm-up, its
+    result compared with ours on the same rows (largest difference over the largest entry)."""
+
+    def measure(rounds):
+        fn = make()
+        diff = float(np.abs(np.asarray(fn()) - reference).max() / np.abs(reference).max())
+        times = []
+        for _ in range(max(2, min(rounds, 3))):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * factor)
+        agrees = "" if diff <= rtol else f" > {rtol:.0e}: DISAGREES"
+        return {"times": times, "rows": rows, "scale": factor, "max_rel_diff": diff,
+                "label": f"(on {rows:,} rows, × {factor:g}; vs ours {diff:.0e}{agrees})"}
+
+    return measure
+
+
+def _last_layer_cases(N, D, K, dtype, peers, peer_rows):
+    X, W, b, z, y = _last_layer_problem(N, D, K, dtype)
+    head = jac.Head(jac.Softmax(), jac.CrossEntropy())
+    p = head.activation(z)
+    Xt = np.concatenate([X, np.ones((N, 1), dtype)], axis=1)
+    U = _rank_one_rows(p, Xt)  # built once, outside the timed call: the limit is the product alone
+    beat = {c: 1.0 for c in ("torch hessian", "torch hessian 1 thread", "backpack SqrtGGNExact")}
+    cases = [
+        Case("U.T @ U, U (N, P): rows p_n ⊗ φ̃_n", lambda: U.T @ U, kind="limit", column="UᵀU"),
+        Case("p.T @ X̃: one O(N·K·D) product", lambda: p.T @ Xt, kind="limit", column="pᵀX̃"),
+        Case("X̃.T @ X̃: K-FAC's B factor alone, O(N·D²)", lambda: Xt.T @ Xt, kind="limit", column="X̃ᵀX̃"),
+        Case("linear_curvature(structure='full')", lambda: jac.linear_curvature(X, head, z, y, kind="ggn"),
+             limit="UᵀU", targets={"limit": 1.5, **beat}),
+        Case("linear_curvature(structure='diag')",
+             lambda: jac.linear_curvature(X, head, z, y, kind="ggn", structure="diag"), limit="pᵀX̃"),
+        Case("linear_curvature(structure='kron')",
+             lambda: jac.linear_curvature(X, head, z, y, kind="ggn", structure="kron"), limit="pᵀX̃"),
+    ]
+    if "torch" in peers:
+        n = min(N, peer_rows)
+        Xs, ys = X[:n], y[:n]
+        ours = jac.linear_curvature(Xs, head, z[:n], ys, kind="ggn")
+        rtol = 1e-12 if dtype == "float64" else 1e-4
+        scaled = functools.partial(_scaled_peer, reference=ours, rows=n, factor=N / n, rtol=rtol)
+        cases += [
+            Case("torch func.hessian(E)(θ)", kind="peer", column="torch hessian",
+                 measure=scaled(lambda: P.torch_linear_hessian(Xs, W, b, ys))),
+            Case("torch func.hessian(E)(θ), 1 thread", kind="peer", column="torch hessian 1 thread",
+                 measure=scaled(lambda: P.torch_linear_hessian(Xs, W, b, ys, threads=1))),
+        ]
+        if "backpack" in peers:
+            cases.append(Case("backpack SqrtGGNExact (Linear + CE), SᵀS", kind="peer",
+                              column="backpack SqrtGGNExact", measure=scaled(lambda: P.backpack_linear_ggn(Xs, W, b, ys))))
+    return cases
+
+
+def _last_layer_memory_cases(N, D, K, dtype, max_bytes, repeats, block_rows):
+    import peak_memory
+
+    P_ = K * (D + 1)
+    itemsize = np.dtype(dtype).itemsize
+
+    def product_limit(rounds):
+        n = min(N, block_rows)
+        X, _, _, z, _ = _last_layer_problem(n, D, K, dtype)
+        U = _rank_one_rows(jac.Softmax()(z), np.concatenate([X, np.ones((n, 1), dtype)], axis=1))
+        times = []
+        for _ in range(rounds + 1):
+            t0 = time.perf_counter()
+            U.T @ U
+            times.append((time.perf_counter() - t0) * N / n)
+        return {"times": times[1:]}
+
+    def subprocess_measure(rounds):
+        out = peak_memory.measure_linear_curvature(N, D, K, dtype, max_bytes, repeats)
+        above = out["peak_rss_bytes"] - out["baseline_rss_bytes"]
+        result = out["result_bytes"]
+        out["label"] = f"+{above / 2**20:.0f} MiB over the start = max_bytes + {(above - max_bytes) / result:.2f}·P²"
+        return out
+
+    n = min(N, block_rows)
+    return [
+        Case(f"U.T @ U on {n:,} rows, scaled to N (P={P_:,})", kind="limit", column="UᵀU", measure=product_limit),
+        Case(f"'full', max_bytes={max_bytes >> 20} MiB, P²={P_ * P_ * itemsize / 2**20:.0f} MiB", measure=subprocess_measure),
+    ]
+# -- dask -----------------------------------------------------------------------------------
+
+
+def dask_missing() -> str | None:
+    """Why the ``dask`` section cannot run, or None when dask.array and distributed import."""
+    try:
+        import dask.array  # noqa: F401
+        import distributed  # noqa: F401
+    except Exception as exc:  # not installed, or a broken install
+        return f"needs dask[array] and distributed ({type(exc).__name__}: {exc}); pip install 'jacobians[dask]'"
+    return None
+
+
+def skipped_sections(sections) -> dict[str, str]:
+    """``{section: why}`` for the requested sections that cannot run here (the runner prints
+    the reason in place of the table)."""
+    why = dask_missing() if "dask" in sections else None
+    return {"dask": why} if why else {}
+
+
+class _Cluster:
+    """The section's ``LocalCluster``: two worker processes of one thread each, started on
+    first use (once for the whole section) and closed by :func:`close`."""
+
+    def __init__(self):
+        self.cluster = self.client = None
+
+    def get(self):
+        if self.client is None:
+            from distributed import Client, LocalCluster
+
+            self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                        silence_logs=logging.ERROR)
+            # not the default scheduler of this process: the other rows name theirs
+            self.client = Client(self.cluster, set_as_default=False)
+        return self.client
+
+    def close(self):
+        if self.client is not None:
+            self.client.close()
+            self.cluster.close()
+        self.cluster = self.client = None
+
+
+_CLUSTER = _Cluster()
+
+
+def close() -> None:
+    """Called by the runner when every group has run: closes the dask section's cluster."""
+    _CLUSTER.close()
+
+
+def _scatter(client, x, rows: int, workers=None):
+    """``x`` split into chunks of ``rows`` rows and sent to the workers (all of them, or
+    ``workers``) before timing: a dask array of those futures. Random keys (``hash=False``):
+    the same data scattered again is a copy of its own, not the first one's keys."""
+    import dask.array as da
+
+    pieces = [x[i:i + rows] for i in range(0, len(x), rows)]
+    futures = client.scatter(pieces, workers=workers, hash=False)
+    return da.concatenate([da.from_delayed(f, shape=p.shape, dtype=p.dtype) for f, p in zip(futures, pieces)])
+
+
+def _dask_cases(what, N, K, dtype, n_chunks, cluster, target=None):
+    """``what``: ``'grad'`` (dE/dz, (N, K)), ``'hessian'`` (the blocks, (N, K, K)), or
+    ``'hessian.sum()'`` (the blocks built and summed chunk by chunk, never held at once;
+    numpy does the same row blocks in a loop, with the whole batch's denominator).
+    ``target``: the largest ratio of the one-chunk ``.compute()`` row to numpy (issue 12)."""
+    import dask
+    import dask.array as da
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(N, K)).astype(dtype, copy=False)
+    y = rng.integers(0, K, size=N)
+    head = jac.Head(jac.Softmax(), jac.CrossEntropy())
+    rows = -(-N // n_chunks)
+    if what == "grad":
+        def call(zz, yy):
+            return head.grad(zz, yy)
+
+        out = np.empty_like(z)
+        limit = Case("one pass: np.exp(z, out=)", lambda: np.exp(z, out=out), kind="limit", column="1 exp pass")
+        reference = Case("numpy head.grad(z, y)", lambda: head.grad(z, y), kind="ref", column="numpy")
+    elif what == "hessian":
+        def call(zz, yy):
+            return head.hessian(zz, yy)
+
+        limit = Case("np.ones((N, K, K))", lambda: np.ones((N, K, K), dtype=dtype), kind="limit", column="np.ones")
+        reference = Case("numpy head.hessian(z, y)", lambda: head.hessian(z, y), kind="ref", column="numpy")
+    else:
+        def call(zz, yy):
+            return head.hessian(zz, yy).sum()
+
+        piece = jac.Head(head.activation, head.loss_fn.with_denominator(N))
+        buf = np.empty((rows, K, K), dtype=dtype)
+
+        def numpy_blocks():
+            return sum(float(piece.hessian(z[i:i + rows], y[i:i + rows]).sum()) for i in range(0, N, rows))
+
+        def fill():
+            for _ in range(0, N, rows):
+                buf.fill(1.0)
+
+        limit = Case("write the blocks once, a chunk at a time (fill)", fill, kind="limit", column="fill")
+        reference = Case(f"numpy: the same {n_chunks} row blocks in a loop, each summed", numpy_blocks,
+                         kind="ref", column="numpy")
+    reduced = what == "hessian.sum()"
+    one_chunk = (da.from_array(z, chunks=(N, K)), da.from_array(y, chunks=N))
+    chunked = (da.from_array(z, chunks=(rows, K)), da.from_array(y, chunks=rows))
+    threads = dask.system.CPU_COUNT  # the threaded scheduler's default pool
+    cases = [limit, reference]
+    if not reduced:  # one chunk of 8 GB of blocks would not be a fair row
+        cases += [
+            Case("dask 1 chunk, synchronous: .compute()",
+                 lambda: call(*one_chunk).compute(scheduler="synchronous"),
+                 targets={} if target is None else {"numpy": target}),
+            Case("dask 1 chunk, synchronous: dask.persist (dask's final copy left out)",
+                 lambda: dask.persist(call(*one_chunk), scheduler="synchronous")),
+        ]
+    cases.append(Case(f"dask {n_chunks} chunks, threads ({threads}): .compute()",
+                      lambda: call(*chunked).compute(scheduler="threads")))
+    if cluster:
+        from distributed import futures_of, wait
+
+        client = _CLUSTER.get()
+        first = sorted(client.scheduler_info()["workers"])[0]
+        on_both = (_scatter(client, z, rows), _scatter(client, y, rows))
+        on_first = (_scatter(client, z, rows, [first]), _scatter(client, y, rows, [first]))
+        only = {"workers": [first], "allow_other_workers": False}
+
+        calls = itertools.count()
+
+        def fresh(data):
+            """The data under new names (``np.asarray`` of each chunk: the same buffers), so that
+            every call's graph has keys of its own: the same keys again would be served from
+            the previous round's results if the scheduler still held them."""
+            n = next(calls)
+            return tuple(x.map_blocks(np.asarray, name=f"{x.name}-call-{n}", dtype=x.dtype) for x in data)
+
+        def compute(data, **kw):
+            return client.compute(call(*fresh(data)), **kw).result()
+
+        def persist(data, **kw):
+            futures = futures_of(client.persist(call(*fresh(data)), **kw))
+            with client.as_current():  # wait() asks for the current client (it is not the default)
+                wait(futures)  # the results are released when the futures go, on return
+
+        cases += [
+            Case("LocalCluster, 1 worker: client.compute(...).result()", lambda: compute(on_first, **only),
+                 kind="ref", column="1 worker .compute"),
+            Case("LocalCluster, 2 workers: client.compute(...).result()", lambda: compute(on_both)),
+        ]
+        if not reduced:  # a scalar: nothing to leave on the workers
+            cases += [
+                Case("LocalCluster, 1 worker: persist (results left on the worker)", lambda: persist(on_first, **only),
+                     kind="ref", column="1 worker persist"),
+                Case("LocalCluster, 2 workers: persist (results left on the workers)", lambda: persist(on_both)),
+            ]
+    return cases
+
+
+#: (what, N, K, chunks) of the dask section: 800 MB of float64 logits for the gradient;
+#: 800 MB of Hessian blocks when they are returned; 8 GB of blocks (80 GB at 10⁶ × 100
+#: could not be built in the time of a benchmark) when they are summed chunk by chunk
+DASK_SIZES = [("grad", 10**7, 10, 8), ("grad", 10**6, 100, 8),
+              ("hessian", 10**6, 10, 8), ("hessian", 10**4, 100, 8),
+              ("hessian.sum()", 10**7, 10, 10), ("hessian.sum()", 10**5, 100, 10)]
+DASK_SIZES_QUICK = [("grad", 20_000, 10, 4), ("grad", 2_000, 100, 4),
+                    ("hessian", 2_000, 10, 4), ("hessian", 200, 100, 4),
+                    ("hessian.sum()", 20_000, 10, 4), ("hessian.sum()", 2_000, 100, 4)]
+DASK_NOTES = {
+    "cluster": "LocalCluster(n_workers=2, threads_per_worker=1), started once for the section; z and y are "
+    "scattered to the workers before timing (the chunks spread over both, and a copy on the first worker "
+    "alone for the 1-worker rows, restricted to it); .compute() gathers the result into this process, "
+    "persist leaves it on the workers",
+    "quick": "--quick: no LocalCluster (its start takes seconds); synchronous and threaded schedulers only",
+    "sum": "hessian.sum(): the blocks are built and summed chunk by chunk, never held at once; numpy sums "
+    "the same row blocks in a loop (loss.with_denominator(N))",
+}
+#: issue 12: the dask path at one chunk within 1.2× of numpy at 10⁶ × 100 (head.grad)
+DASK_TARGETS = {("grad", 10**6, 100): 1.2}
+
+
+def dask_groups(dtype, *, quick, cluster=None) -> list[Group]:
+    """The dask section's groups (``cluster``: with the LocalCluster rows; default: not in --quick)."""
+    cluster = (not quick) if cluster is None else cluster
+    groups = []
+    for what, N, K, n_chunks in DASK_SIZES_QUICK if quick else DASK_SIZES:
+        note = DASK_NOTES["sum"] if what == "hessian.sum()" else DASK_NOTES["cluster" if cluster else "quick"]
+        target = None if quick else DASK_TARGETS.get((what, N, K))
+        groups.append(Group(section="dask", size=f"{N}x{K} {what}", dtype=dtype, note=note, ref_ratios=True,
+                            build=functools.partial(_dask_cases, what, N, K, dtype, n_chunks, cluster, target)))
+    return groups
+
+
 # -- the plan -------------------------------------------------------------------------------
 
 
@@ -268,6 +628,27 @@ def plan(*, sections, dtypes, quick, peers) -> list[Group]:
             N, K, mb = (2000, 256, 32 << 20) if quick else (20000, 256, 256 << 20)
             groups.append(_group("blocked", N, K, dtype, functools.partial(_blocked_cases, N, K, dtype, mb, peers),
                                  note="peak RSS of the whole subprocess (python, numpy, z, y, dE/dz included)"))
+        if "second_order" in sections:
+            groups += [
+                _group("second_order", N, K, dtype, functools.partial(_second_order_cases, N, K, dtype, peers))
+                for N, K in big
+            ]
+        if "last_layer" in sections:
+            N, D, K, peer_rows = (5000, 32, 10, 1000) if quick else (50_000, 128, 10, 5000)
+            groups.append(Group(section="last_layer", size=f"{N}x{D},K={K}", dtype=dtype,
+                                build=functools.partial(_last_layer_cases, N, D, K, dtype, peers, peer_rows),
+                                note=f"peers: timed on the first {peer_rows:,} rows (a loop over row chunks, linear in N), "
+                                     "times scaled to N; 'vs ours': their largest difference from our result on those "
+                                     "rows over its largest entry"))
+            # the memory run: float32 as measured for the issue (float64 only when float32 is not asked for)
+            if quick or dtype == "float32" or "float32" not in dtypes:
+                N, D, K, mb, repeats = (4000, 32, 50, 32 << 20, 2) if quick else (200_000, 64, 100, 256 << 20, 1)
+                groups.append(Group(section="last_layer", size=f"{N}x{D},K={K}", dtype=dtype,
+                                    build=functools.partial(_last_layer_memory_cases, N, D, K, dtype, mb, repeats, 10_000),
+                                    note="peak RSS of the whole subprocess; 'over the start': above its peak with the data "
+                                         "in memory and the code paths warmed up"))
+    if "dask" in sections and not skipped_sections(sections):
+        groups += dask_groups(dtypes[0], quick=quick)  # 800 MB arrays: one dtype (float64 unless --dtypes)
     order = {s: i for i, s in enumerate(sections)}
     groups.sort(key=lambda g: order[g.section])
     return groups

@@ -17,7 +17,7 @@ True
 
 __version__ = "0.1.0"
 
-from . import domains, fused, operators
+from . import curvature, domains, fused, operators
 from ._kernels import kernels
 from .activations import (
     ACTIVATIONS,
@@ -37,10 +37,12 @@ from .activations import (
     get_activation,
     register_activation,
 )
-from .checks import CheckReport, check_activation, check_head
+from .checks import CheckReport, check_activation, check_head, check_second_order
 from .contract import contract, diagonal
+from .curvature import register_hessian
 from .fused import register_fused
 from .head import Head, Pair, pairs
+from .last_layer import Kron, linear_curvature, linear_gradient
 from .losses import (
     LOSSES,
     BinaryCrossEntropy,
@@ -59,7 +61,14 @@ from .losses import (
     register_loss,
 )
 from .numerical import numerical_grad, numerical_jacobian
-from .operators import DenseJacobian, DiagonalJacobian, DiagonalPlusRankOne, JacobianOperator
+from .operators import (
+    DenseJacobian,
+    DiagonalJacobian,
+    DiagonalPlusLowRank,
+    DiagonalPlusRankOne,
+    JacobianOperator,
+    SimplexBlock,
+)
 
 
 def _canonical_order(registry: dict, names: tuple[str, ...]) -> None:
@@ -120,20 +129,29 @@ __all__ = [
     "DenseJacobian",
     "DiagonalJacobian",
     "DiagonalPlusRankOne",
+    "DiagonalPlusLowRank",
+    "SimplexBlock",
     # heads
     "Head",
     "Pair",
     "pairs",
     "register_fused",
+    "register_hessian",
+    # the last layer
+    "linear_curvature",
+    "linear_gradient",
+    "Kron",
     # verification
     "numerical_jacobian",
     "numerical_grad",
     "check_activation",
     "check_head",
+    "check_second_order",
     "CheckReport",
     # which compiled kernels run
     "kernels",
     # modules
+    "curvature",
     "domains",
     "fused",
     "operators",

@@ -12,14 +12,21 @@ import numpy as np
 __all__ = [
     "exp_is_safe",
     "rowsum",
+    "total",
     "row_chunks",
     "scratch",
     "shifted_exp",
+    "complement_sums",
+    "project_columns",
+    "project_rows",
     "logsumexp",
     "log1p_ratio",
     "RATIO_MAX_EXP",
+    "softmax",
+    "softmax_vjp",
     "diag_minus_rank_one",
     "rowdot",
+    "log_softmax",
     "sigmoid",
     "sigmoid_derivative",
     "log_sigmoid",
@@ -57,13 +64,30 @@ def exp_is_safe(z: np.ndarray) -> bool:
     return bool(z.max() <= bound) and bool(z.min() >= -bound)
 
 
-def rowsum(x: np.ndarray) -> np.ndarray:
-    """``Σ_k x_k`` along the last axis, shape ``(..., 1)``, as a BLAS matrix–vector product.
+def total(values: np.ndarray):
+    """``Σ values`` as a scalar of their dtype, in one fixed order: the flattened values in
+    consecutive pieces of :data:`CHUNK_ENTRIES` (as :func:`row_chunks` cuts them), each
+    summed in float64 (numpy's pairwise sum), the pieces added in float64, the total rounded
+    once. float32 values thus lose nothing to float32 accumulation, and any caller that
+    holds the same values — a kernel that never materialises them all, a Dask graph that
+    gathers them — gets the same number to the bit."""
+    flat = values.reshape(-1)
+    acc = np.float64(0.0)
+    for piece in row_chunks(flat.size, 1):
+        acc += flat[piece].sum(dtype=np.float64)
+    return values.dtype.type(acc)
 
-    Much faster than ``x.sum(axis=-1)`` for short rows (numpy reduces each row in its
-    own inner loop).
+
+def rowsum(x: np.ndarray) -> np.ndarray:
+    """``Σ_k x_k`` along the last axis, shape ``(..., 1)``.
+
+    numpy's einsum loop: it adds each row's entries in the same order however many rows
+    come with it, so a row's sum does not depend on the batch it is in (a BLAS
+    matrix–vector product, faster for short rows, picks its kernel by the number of rows:
+    chunks of a batch would differ in the last bit). Much faster than ``x.sum(axis=-1)``
+    for short rows (numpy reduces each row in its own inner loop).
     """
-    return np.matmul(x, np.ones(x.shape[-1], dtype=x.dtype))[..., None]
+    return np.einsum("...k->...", x)[..., None]
 
 
 #: rows of (..., K) work are processed in chunks of about this many entries, so that the
@@ -120,6 +144,71 @@ def shifted_exp(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return shifted, e, rest, top
 
 
+def complement_sums(x: np.ndarray) -> np.ndarray:
+    """``Σ_{i≠j} x_i`` for every j along the last axis, for ``x >= 0``.
+
+    ``total − x_j``, except at each row's largest entry, where the sum of the others is
+    taken directly: there ``total − x_j`` would subtract two nearly equal numbers (a
+    confident probability: ``1 − p_max``). Every other entry is at most half the total,
+    so its subtraction loses nothing.
+    """
+    K = x.shape[-1]
+    x2 = x.reshape(-1, K)
+    total = x2.sum(axis=-1)
+    out = total[:, None] - x2
+    top = x2.argmax(axis=-1)
+    # only a row whose largest entry is over half its total can cancel: redo those
+    bad = np.flatnonzero(x2[np.arange(x2.shape[0]), top] > 0.5 * total)
+    if bad.size:
+        others = x2[bad]
+        others[np.arange(bad.size), top[bad]] = 0
+        out[bad, top[bad]] = others.sum(axis=-1)
+    return out.reshape(x.shape)
+
+
+def project_columns(X: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``(I − v 1ᵀ) X`` per sample for ``X`` (..., K, C) and ``v`` (..., K) with ``Σv = 1``, ``v >= 0``.
+
+    Row j is ``X_j − v_j Σ_i X_i = X_j (1 − v_j) − v_j Σ_{i≠j} X_i``; at the largest entry
+    of v (where ``1 − v_j`` cancels) it is computed that way, with both complements summed
+    directly (:func:`complement_sums`), elsewhere as the plain difference.
+    """
+    colsum = X.sum(axis=-2, keepdims=True)
+    out = X - v[..., :, None] * colsum
+    top = v.argmax(axis=-1)[..., None]
+    comp = np.take_along_axis(complement_sums(v), top, axis=-1)[..., None]  # 1 − v_top, (..., 1, 1)
+    X_top = np.take_along_axis(X, top[..., None], axis=-2)  # (..., 1, C)
+    rows = X_top * comp - np.take_along_axis(v, top, axis=-1)[..., None] * _others_sum(X, top)
+    np.put_along_axis(out, top[..., None], rows, axis=-2)
+    return out
+
+
+def project_rows(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``x − (v·x) 1`` along the last axis (``P x`` with ``P = I − 1 vᵀ``, ``Σv = 1``,
+    ``v >= 0``; ``v`` broadcasts against ``x``).
+
+    At v's largest entry t it is ``x_t (1 − v_t) − Σ_{i≠t} v_i x_i`` with both sums taken
+    directly; elsewhere the plain difference.
+    """
+    v = np.broadcast_to(v, x.shape)
+    dot = np.einsum("...k,...k->...", v, x)[..., None]
+    out = x - dot
+    t = v.argmax(axis=-1)[..., None]
+    comp = np.take_along_axis(complement_sums(v), t, axis=-1)
+    x_t = np.take_along_axis(x, t, axis=-1)
+    vx = v * x
+    np.put_along_axis(vx, t, 0, axis=-1)
+    np.put_along_axis(out, t, x_t * comp - vx.sum(axis=-1, keepdims=True), axis=-1)
+    return out
+
+
+def _others_sum(X: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """``Σ_{i≠top} X_i`` over the rows of X (..., K, C), taken directly."""
+    masked = np.array(X, copy=True)
+    np.put_along_axis(masked, top[..., None], 0, axis=-2)
+    return masked.sum(axis=-2, keepdims=True)
+
+
 def logsumexp(z: np.ndarray) -> np.ndarray:
     """``log Σ_k exp(z_k)`` along the last axis, shape ``(...,)``; exact for huge logits.
 
@@ -159,6 +248,54 @@ def log1p_ratio(other: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.log1p(other / np.maximum(e, floor)), far
 
 
+def softmax(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``exp(z − m) / Σ exp(z − m)`` with ``m = max(z)``: never overflows.
+
+    The shift is skipped when :func:`exp_is_safe` (same result to round-off). ``out``
+    (same shape and dtype as ``z``, not ``z`` itself) receives the result.
+    """
+    e = np.empty_like(z) if out is None else out
+    if exp_is_safe(z):
+        np.exp(z, out=e)
+    else:
+        np.subtract(z, z.max(axis=-1, keepdims=True), out=e)
+        np.exp(e, out=e)
+    e /= rowsum(e)  # a division, not a reciprocal: a row of one entry gives exactly 1
+    return e
+
+
+def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0, factor=None) -> np.ndarray:
+    """``f · s ⊙ (g − s·g) / T`` with ``s = softmax(x)``: the softmax VJP from the (scaled)
+    logits, times an optional ``factor`` f (a scalar, or one per row, shape ``(...)``).
+
+    One output buffer: ``s`` is built in it chunk by chunk (see :func:`row_chunks`), and
+    ``g − s·g`` goes to a reused scratch buffer, so a call allocates only its result.
+    """
+    K = x.shape[-1]
+    x2, g2 = x.reshape(-1, K), g.reshape(-1, K)
+    out = np.empty(x2.shape, dtype=x.dtype)
+    safe = exp_is_safe(x)
+    f = None
+    if factor is not None or temperature != 1.0:
+        f = np.asarray(1.0 if factor is None else factor, dtype=x.dtype) / x.dtype.type(temperature)
+        f = f.reshape(-1, 1) if f.ndim else f
+    for rows in row_chunks(x2.shape[0], K):
+        o, xc, gc = out[rows], x2[rows], g2[rows]
+        if safe:
+            np.exp(xc, out=o)
+        else:
+            np.subtract(xc, xc.max(axis=-1, keepdims=True), out=o)
+            np.exp(o, out=o)
+        o /= rowsum(o)
+        dot = rowdot(o, gc)
+        w = scratch(o.size, x.dtype).reshape(o.shape)
+        np.subtract(gc, dot[:, None], out=w)
+        if f is not None:  # in cache: cheaper than a pass over the result
+            w *= f[rows] if f.ndim else f
+        o *= w
+    return out.reshape(x.shape)
+
+
 def rowdot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``Σ_k x_k y_k`` per row of two (n, K) arrays, shape (n,).
 
@@ -190,6 +327,15 @@ def diag_minus_rank_one(d: np.ndarray, a: np.ndarray, b: np.ndarray, x: np.ndarr
             np.multiply(a2[rows], dot[:, None], out=w)
             o -= w
     return out.reshape(x.shape)
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """``(z − m) − log1p(Σ_{k ≠ argmax} exp(z_k − m))``: a few ulp from the exact value in
+    every entry, including the largest (``−log1p`` of a tiny sum, where ``log Σ`` would
+    give 0), and finite where ``log(softmax(z))`` would give -inf."""
+    shifted, _, rest, _ = shifted_exp(z)
+    shifted -= np.log1p(rest)
+    return shifted
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

@@ -2,9 +2,9 @@
 
 The runner lives here, in the package (numpy only): argument parsing, timing, ratios,
 tables, ``--json``, the progress bar. The suite itself — what is measured, the machine
-limits and the peers (torch, JAX, autograd, the seed's numpy recipes, per-sample loops) —
-lives in the repository's ``benchmarks/`` folder, which a wheel does not install: peers are
-optional heavy packages and have no place in the runtime package. The runner finds the
+limits and the peers (torch, JAX, autograd, BackPACK, the seed's numpy recipes, per-sample
+loops) — lives in the repository's ``benchmarks/`` folder, which a wheel does not install:
+peers are optional heavy packages and have no place in the runtime package. The runner finds the
 suite with ``--suite DIR``, else ``$JACOBIANS_BENCHMARKS``, else the ``benchmarks/`` folder
 beside the package's source tree (a clone with an editable install), else
 ``./benchmarks``; otherwise it says so and exits with status 2.
@@ -97,6 +97,9 @@ class Group:
     build: Callable[[], list[Case]]
     context: Callable[[], contextlib.AbstractContextManager] | None = None
     note: str = ""
+    #: also give the ``'ref'`` rows their ratios to the group's other reference columns
+    #: (e.g. a 1-worker row shown against numpy while being the column of ×1 worker)
+    ref_ratios: bool = False
 
 
 class SuiteNotFound(RuntimeError):
@@ -142,8 +145,8 @@ def load_suite(folder: Path):
 
 # -- command line ---------------------------------------------------------------------------
 
-SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked")
-PEERS = ("torch", "jax", "autograd", "seed", "loop")
+SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked", "second_order", "last_layer", "dask")
+PEERS = ("torch", "jax", "autograd", "backpack", "seed", "loop")
 
 
 def _csv(choices: tuple[str, ...], what: str):
@@ -166,9 +169,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Benchmark the toolkit against the machine's limits and the peers installed "
-        "(torch, JAX, autograd, the seed's numpy recipes, per-sample loops).",
+        "(torch, JAX, autograd, BackPACK, the seed's numpy recipes, per-sample loops).",
         epilog="Peers are optional: python -m pip install -e '.[bench]' for autograd/JAX/tqdm and a CPU "
-        "build of torch (pip install torch --index-url https://download.pytorch.org/whl/cpu). "
+        "build of torch (pip install torch --index-url https://download.pytorch.org/whl/cpu); BackPACK "
+        "(pip install --no-deps backpack-for-pytorch einops unfoldNd, with torch in place). "
         "Ratios are this row's median over the column's median in the same run: below 1 is faster.",
     )
     p.add_argument("--quick", action="store_true", help="small sizes and few rounds (a minute or less)")
@@ -203,7 +207,8 @@ def _time_once(fn) -> float:
     return t
 
 
-def run_group(cases: list[Case], *, budget: float, min_rounds: int, max_rounds: int, tick=lambda: None) -> list[dict]:
+def run_group(cases: list[Case], *, budget: float, min_rounds: int, max_rounds: int, tick=lambda: None,
+              ref_ratios: bool = False) -> list[dict]:
     """Time the cases of one group side by side; returns one record per case.
 
     Each timed case is called once to warm up (JIT compilation, first-touch of its
@@ -212,6 +217,7 @@ def run_group(cases: list[Case], *, budget: float, min_rounds: int, max_rounds: 
     for a case slower than five budgets). The
     cases then run in interleaved rounds, in a new (seeded) random order each round, so
     that neither a busy moment of the machine nor the case run just before favours one.
+    With ``ref_ratios`` the ``'ref'`` rows also get their ratios to the other reference columns.
     """
     timed = [c for c in cases if c.fn is not None]
     times: dict[int, list[float]] = {id(c): [] for c in cases}
@@ -252,11 +258,11 @@ def run_group(cases: list[Case], *, budget: float, min_rounds: int, max_rounds: 
                 **({"extra": extra} if extra else {}),
             }
         )
-    _add_ratios(records)
+    _add_ratios(records, ref_ratios)
     return records
 
 
-def _add_ratios(records: list[dict]) -> None:
+def _add_ratios(records: list[dict], ref_ratios: bool = False) -> None:
     refs = {r["column"]: r["median_s"] for r in records if r["kind"] in ("limit", "peer", "ref")}
     limits = [r["column"] for r in records if r["kind"] == "limit"]
     for r in records:
@@ -265,10 +271,11 @@ def _add_ratios(records: list[dict]) -> None:
             lim = r["limit"] or limits[0]
             if lim in refs:
                 ratios["limit"] = r["median_s"] / refs[lim]
-        if r["kind"] == "ours":
+        if r["kind"] == "ours" or (ref_ratios and r["kind"] == "ref"):
             for col, ref in refs.items():
-                if col not in limits:
+                if col not in limits and col != r["column"]:
                     ratios[col] = r["median_s"] / ref
+        if r["kind"] == "ours":
             r["target_results"] = [
                 {"vs": col, "max": mx, "ratio": ratios.get(col), "met": (ratios.get(col) is not None and ratios[col] <= mx)}
                 for col, mx in r["targets"].items()
@@ -320,8 +327,10 @@ def format_section(section: str, title: str, groups: list[tuple[Group, list[dict
                 if "dense_bytes" in extra:
                     label += f"; dense J {extra['dense_bytes'] / 2**30:.1f} GiB"
                 label += ")"
+            if "label" in extra:
+                label += f"  {extra['label']}"
             rows.append([g.size, g.dtype, label, format_seconds(r["median_s"]), _ratio_cell(r, "limit"),
-                         *[_ratio_cell(r, c) if r["kind"] == "ours" else "" for c in peer_cols]])
+                         *[_ratio_cell(r, c) if r["kind"] in ("ours", "ref") else "" for c in peer_cols]])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = [f"== {section}: {title}", "  ".join(h.ljust(w) for h, w in zip(header, widths))]
     prev = None
@@ -342,7 +351,7 @@ def format_targets(results: list[dict]) -> str:
         for t in r.get("target_results", []):
             vs = "limit" if t["vs"] == "limit" else t["vs"]
             lines.append(
-                f"{'met    ' if t['met'] else 'NOT met'}  {r['section']:<8} {r['size']:<10} {r['dtype']:<8} "
+                f"{'met    ' if t['met'] else 'NOT met'}  {r['section']:<12} {r['size']:<14} {r['dtype']:<8} "
                 f"{r['case']:<38} {t['ratio']:.2f} ≤ {t['max']:.2f} × {vs}"
             )
     return "\n".join(lines)
@@ -452,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.budget if args.budget is not None else (0.2 if args.quick else 1.0)
     min_rounds, max_rounds = (3, 10) if args.quick else (5, 50)
     peers = suite.available_peers(args.peers)
+    # sections whose packages are missing (dask): skipped with the reason, like an absent peer
+    skipped = getattr(suite, "skipped_sections", lambda sections: {})(args.sections)
     groups = suite.plan(sections=args.sections, dtypes=args.dtypes, quick=args.quick, peers=peers)
     info = machine_info()
     print(f"# {PROG}{' --quick' if args.quick else ''}: {info['cpu']}, {info['cores']} cores, "
@@ -473,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
             progress.describe(f"{g.section} {g.size} {g.dtype}")
             with g.context() if g.context else contextlib.nullcontext():
                 cases = g.build()
-                recs = run_group(cases, budget=budget, min_rounds=min_rounds, max_rounds=max_rounds)
+                recs = run_group(cases, budget=budget, min_rounds=min_rounds, max_rounds=max_rounds,
+                                 ref_ratios=g.ref_ratios)
                 del cases
             for r in recs:
                 r.update(section=g.section, size=g.size, dtype=g.dtype)
@@ -482,10 +494,14 @@ def main(argv: list[str] | None = None) -> int:
             progress.update()
     finally:
         progress.close()
+        getattr(suite, "close", lambda: None)()  # what the suite started (the dask section's cluster)
     for section in args.sections:
         if section in by_section:
             print()
             print(format_section(section, suite.TITLES.get(section, ""), by_section[section]))
+        elif section in skipped:
+            print()
+            print(f"== {section}: skipped: {skipped[section]}")
     print()
     print(format_targets(results))
     if args.json:
@@ -493,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join([PROG, *(argv if argv is not None else sys.argv[1:])]),
             "machine": machine_info(),
             "peers": peers,
+            "skipped_sections": skipped,
             "budget_s": budget,
             "results": results,
         }

@@ -17,7 +17,7 @@ Examples
 --------
 >>> from jacobians.cli import main
 >>> main(["check", "--only", "sigmoid,binary_cross_entropy", "--n", "64", "--k", "8"])  # doctest: +ELLIPSIS
-jacobians check: seed 0; ...
+jacobians check (first and second order): seed 0; ...
 0
 """
 
@@ -58,6 +58,8 @@ DEFAULT_N, DEFAULT_K = 1024, 100
 REPEATS = 5
 #: number of classes the rows' labels and method lists are read from
 LABEL_K = 5
+#: draws of the Monte-Carlo Fisher in the second-order checks
+MC_SAMPLES = 500
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,6 +110,9 @@ def _build_parser() -> _Parser:
     check.add_argument("--only", metavar="NAMES", default=None,
                        help="comma-separated activation and/or loss names, e.g. softmax,cross_entropy: "
                             "keep the rows of those activations and the pairs made of them")
+    check.add_argument("--order", choices=("1", "2", "all"), default="all",
+                       help="first-order checks (dE/dz), second-order checks (Hessian, GGN, Fisher), or both "
+                            "(default all)")
     check.add_argument("--json", metavar="FILE", default=None, help="also write every comparison to FILE as JSON")
     sub.add_parser("list", help="list the activations, losses and valid pairs",
                    description="List the registered activations and losses and every valid pair.")
@@ -241,14 +246,36 @@ class _Entry:
         self.obj = self.build(LABEL_K)
         self.label = self.label or checks.label(self.obj)
 
+    orders: tuple = (1, 2)
+
     @property
     def methods(self) -> list[str]:
+        out = []
+        if 1 in self.orders:
+            out += self._first_order()
+        if 2 in self.orders:
+            out += ["H: " + ", ".join(self._second_order())]
+        return out
+
+    def _first_order(self) -> list[str]:
         if self.loss is None:
             return ["jacobian", "operator", "vjp", "jvp"]
         head = self.obj
         if head.logits_loss:
             return ["fused"]
         return ["jacobian", "vjp", "operator", "jvp"] + (["fused"] if head.fused_rule is not None else [])
+
+    def _second_order(self) -> list[str]:
+        if self.loss is None:
+            return ["hessian", "hessian_vjp"]
+        head = self.obj
+        methods = [] if head.hessian_rule is None else ["fused"]
+        if not head.logits_loss:
+            methods.append("chain")
+        extra = ["hvp", "ggn", "sqrt"]
+        if getattr(head.loss_fn, "predictive", None) is not None and not head.logits_loss:
+            extra.append("fisher")
+        return methods + extra
 
     @property
     def timed(self) -> bool:
@@ -337,19 +364,36 @@ def _guarded(entry: _Entry, dtype: str, shape, fn) -> checks.CheckReport:
         return checks.CheckReport([row])
 
 
-def _run_entry(entry: _Entry, dtypes, seed: int, tick) -> None:
-    run = checks.check_activation if entry.loss is None else checks.check_head
-    for di, dt in enumerate(dtypes):
-        for si, shape in enumerate(SHAPES):
-            s = _seed(seed, entry.label, di, si)
-            entry.report += _guarded(entry, dt, shape,
-                                     lambda: run(entry.build(shape[-1]), shape=shape, dtype=dt, seed=s))  # noqa: B023
+def _checks(entry: _Entry, orders) -> list[tuple[Callable, Callable | None]]:
+    """``(check on generated inputs, check at ±1e4 or None)`` for each order asked for."""
+    out = []
+    if 1 in orders:
+        out.append((checks.check_activation if entry.loss is None else checks.check_head, checks.check_extreme))
+    if 2 in orders:
+        if entry.loss is None:
+            out.append((checks.check_activation_second_order, None))
+        else:
+            def second(obj, **kw):
+                return checks.check_second_order(obj, mc_samples=MC_SAMPLES, **kw)
+
+            out.append((second, checks.check_second_order_extreme))
+    return out
+
+
+def _run_entry(entry: _Entry, dtypes, seed: int, tick, orders=(1, 2)) -> None:
+    for order, (run, extreme) in zip(sorted(orders), _checks(entry, orders)):
+        for di, dt in enumerate(dtypes):
+            for si, shape in enumerate(SHAPES):
+                s = _seed(seed, entry.label, di, si, *([order] if order != 1 else []))
+                entry.report += _guarded(entry, dt, shape,
+                                         lambda: run(entry.build(shape[-1]), shape=shape, dtype=dt, seed=s))  # noqa: B023
+                tick()
+            if extreme is not None:
+                s = _seed(seed, entry.label, di, len(SHAPES), *([order] if order != 1 else []))
+                obj = entry.build(EXTREME_SHAPE[-1])
+                entry.report += _guarded(entry, dt, EXTREME_SHAPE,
+                                         lambda: extreme(obj, shape=EXTREME_SHAPE, dtype=dt, seed=s))  # noqa: B023
             tick()
-        s = _seed(seed, entry.label, di, len(SHAPES))
-        obj = entry.build(EXTREME_SHAPE[-1])
-        entry.report += _guarded(entry, dt, EXTREME_SHAPE,
-                                 lambda: checks.check_extreme(obj, shape=EXTREME_SHAPE, dtype=dt, seed=s))  # noqa: B023
-        tick()
 
 
 def _time_entry(entry: _Entry, n: int, k: int, dtype: str, seed: int) -> None:
@@ -404,18 +448,21 @@ def _check(args, parser) -> int:
     dtypes = ["float64", "float32"] if args.dtype == "both" else [args.dtype]
     timing_dtype = "float32" if dtypes == ["float32"] else "float64"
     entries, skipped = _entries(only)
+    orders = (1, 2) if args.order == "all" else (int(args.order),)
+    for entry in entries:
+        entry.orders = orders
     if not entries:
         raise _UsageError(f"nothing to check for --only {args.only}")
 
     start = time.perf_counter()
     timed = [e for e in entries if e.timed]
-    bar = _progress(len(entries) * len(dtypes) * (len(SHAPES) + 1) + len(timed))
+    bar = _progress(len(entries) * len(orders) * len(dtypes) * (len(SHAPES) + 1) + len(timed))
     tick = bar.update if bar is not None else (lambda n=1: None)
     try:
         for entry in entries:
             if bar is not None:
                 bar.set_postfix_str(entry.label, refresh=False)
-            _run_entry(entry, dtypes, args.seed, tick)
+            _run_entry(entry, dtypes, args.seed, tick, orders)
         for entry in timed:
             _time_entry(entry, args.n, args.k, timing_dtype, args.seed)
             tick()
@@ -437,13 +484,17 @@ def _check(args, parser) -> int:
 
 def _render(entries, dtypes, args, timing_dtype, skipped, elapsed) -> str:
     shapes = " ".join(fmt_shape(s) for s in SHAPES)
+    order = {"1": "first order", "2": "second order", "all": "first and second order"}[args.order]
     out = [
-        f"jacobians check: seed {args.seed}; {', '.join(dtypes)}; shapes {shapes}; ±1e4 logits "
+        f"jacobians check ({order}): seed {args.seed}; {', '.join(dtypes)}; shapes {shapes}; ±1e4 logits "
         f"{fmt_shape(EXTREME_SHAPE)}",
         "every method vs each other, vs float64 central differences and vs the per-sample loop references",
         "(vs closed forms at ±1e4); every variant of the registries' classes (list: python -m jacobians list)",
-        "",
     ]
+    if args.order != "1":
+        out.append("second order: H (each method) and Σ g∇²a vs central differences of the exact gradient /")
+        out.append(f"Jacobian, hvp, GGN (= H where canonical; PSD), sqrt, MC Fisher ({MC_SAMPLES} draws) vs exact")
+    out.append("")
     header = ["pair", "methods compared", "checks"] + [f"max err {dt}" for dt in dtypes] + ["result", "fused speed-up"]
     body = []
     for e in entries:
@@ -497,6 +548,8 @@ def _to_json(entries, dtypes, args, timing_dtype, skipped, elapsed, passed) -> d
         "shapes": [list(s) for s in SHAPES],
         "extreme_shape": list(EXTREME_SHAPE),
         "timing": {"n": args.n, "k": args.k, "dtype": timing_dtype, "repeats": REPEATS},
+        "order": args.order,
+        "mc_samples": MC_SAMPLES,
         "tolerances": checks.TOLERANCES,
         "kink_margin": checks.KINK_MARGIN,
         "skipped": skipped,

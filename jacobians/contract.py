@@ -18,6 +18,7 @@ import functools
 import numpy as np
 import opt_einsum
 
+from ._lazy import any_dask, dask_support
 from ._validation import as_float_array
 
 __all__ = ["contract", "contract_kernel", "diagonal", "contraction_expression"]
@@ -90,6 +91,8 @@ def contract(g, J) -> np.ndarray:
     >>> contract(np.array([[1.0, 0.0]]), J)          # row 0 of J
     array([[1., 2.]])
     """
+    if any_dask(g, J):
+        return dask_support().contract(g, J)
     if not isinstance(J, np.ndarray) and callable(getattr(J, "vjp", None)):
         return J.vjp(g)  # a JacobianOperator (this module stays below operators.py)
     J = as_float_array(J, "J", min_ndim=2)

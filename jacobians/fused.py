@@ -39,7 +39,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _math
 from ._validation import as_float_array
 from .activations import Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
 from .losses import (
@@ -75,13 +75,7 @@ def register_fused(activation_cls: type, loss_cls: type, *, replace: bool = Fals
     replace : bool
         Allow replacing an existing rule for the pair.
     """
-    from .activations import Activation
-    from .losses import Loss
-
-    if not (isinstance(activation_cls, type) and issubclass(activation_cls, Activation)):
-        raise TypeError(f"activation_cls must be an Activation subclass; got {activation_cls!r}")
-    if not (isinstance(loss_cls, type) and issubclass(loss_cls, Loss)):
-        raise TypeError(f"loss_cls must be a Loss subclass; got {loss_cls!r}")
+    check_rule_classes(activation_cls, loss_cls)
 
     def add(rule: Rule) -> Rule:
         key = (activation_cls, loss_cls)
@@ -94,6 +88,16 @@ def register_fused(activation_cls: type, loss_cls: type, *, replace: bool = Fals
         return rule
 
     return add
+
+
+def check_rule_classes(activation_cls, loss_cls) -> None:
+    """``TypeError`` unless a rule's pair is an Activation subclass and a Loss subclass."""
+    from .activations import Activation
+
+    if not (isinstance(activation_cls, type) and issubclass(activation_cls, Activation)):
+        raise TypeError(f"activation_cls must be an Activation subclass; got {activation_cls!r}")
+    if not (isinstance(loss_cls, type) and issubclass(loss_cls, Loss)):
+        raise TypeError(f"loss_cls must be a Loss subclass; got {loss_cls!r}")
 
 
 def get_fused(activation, loss) -> Rule | None:
@@ -124,7 +128,7 @@ def log_softmax_rule(activation, loss, z, y):
         and not getattr(loss, "label_smoothing", 0.0)
     )
     if plain and type(loss)._reduce is Loss._reduce:
-        return _plain_index_rule(x, t, loss.reduction, T)
+        return _plain_index_rule(x, t, loss.reduction, T, loss.denominator)
     c, denom = loss.coefficients(t, z.dtype)
     values, grad = _kernels.ce_coefficients(x, c)
     if isinstance(loss, KLDivergence):
@@ -134,7 +138,7 @@ def log_softmax_rule(activation, loss, z, y):
     return loss._reduce(values, grad, denom)
 
 
-def _plain_index_rule(x, t, reduction, T):
+def _plain_index_rule(x, t, reduction, T, denominator=None):
     """Index targets, no weights or smoothing: value ``lse(x) − x_y``, gradient
     ``(s − e_y)/T`` (over the number of samples not ignored for ``'mean'``), written in
     one buffer: ``log1p(o / e_y)`` and ``−o / (o + e_y)`` with ``o = Σ_{k≠y} e^{x_k}``
@@ -146,6 +150,8 @@ def _plain_index_rule(x, t, reduction, T):
     dtype = x.dtype.type
     valid = None if t.valid is None else t.valid.reshape(-1)
     count = n if valid is None else int(np.count_nonzero(valid))
+    if denominator is not None:  # the whole batch's, for a piece of it (Loss.with_denominator)
+        count = denominator
     with np.errstate(divide="ignore", invalid="ignore"):  # an empty batch: 'mean' is nan, as torch
         mean = dtype(1.0) / dtype(count)
     scale = mean if reduction == "mean" else dtype(1.0)
@@ -155,7 +161,7 @@ def _plain_index_rule(x, t, reduction, T):
     g = g.reshape(x.shape)
     if reduction == "none":
         return values.reshape(x.shape[:-1]), g
-    value = values.sum(dtype=values.dtype)
+    value = _math.total(values)
     if reduction == "sum":
         return value, g
     with np.errstate(invalid="ignore"):
@@ -173,21 +179,24 @@ def sigmoid_bce_rule(activation, loss, z, y):
     y = loss.smoothed(loss.check_targets(z, y))
     pw = loss._pos_weight(z.dtype)
     if pw is None and type(loss)._reduce is Loss._reduce:
-        return _sigmoid_bce_plain(z, y, loss.reduction)
+        return _sigmoid_bce_plain(z, y, loss.reduction, loss.denominator)
     py = y if pw is None else pw * y
     values, grad = _kernels.sigmoid_bce_weighted(z, y, py)
     return loss._reduce(values, grad, values.size)
 
 
-def _sigmoid_bce_plain(z, y, reduction):
+def _sigmoid_bce_plain(z, y, reduction, denominator=None):
     """Sigmoid + BCE without ``pos_weight``: ``softplus(z) − y z`` and ``σ(z) − y``, as
     ``z (h − y) + log1p(e)`` and ``(h − y) + (1 − 2h) q`` with ``h = step(z)``,
     ``e = exp(−|z|)``, ``q = e/(1 + e)`` (see :func:`jacobians._kernels.numpy_impl.sigmoid_bce_plain`):
-    nothing rounded against 1, a call allocates only its results."""
+    nothing rounded against 1, a call allocates only its results. The total of the values
+    is :func:`~jacobians._math.total`'s (float64 pieces of CHUNK_ENTRIES, rounded once).
+    """
     zf, yf = z.reshape(-1), np.broadcast_to(y, z.shape).reshape(-1)
     dtype = z.dtype.type
+    count = zf.size if denominator is None else denominator  # the whole batch's (Loss.with_denominator)
     with np.errstate(divide="ignore"):  # an empty batch: 'mean' is nan, as torch
-        scale = dtype(1.0) / dtype(zf.size) if reduction == "mean" else dtype(1.0)
+        scale = dtype(1.0) / dtype(count) if reduction == "mean" else dtype(1.0)
     values, total, grad = _kernels.sigmoid_bce_plain(zf, yf, scale, reduction == "none")
     grad = grad.reshape(z.shape)
     if values is not None:

@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import curvature
+from ._lazy import any_dask, dask_support
 from ._parallel import PARALLEL_MIN_BYTES, resolve_workers, run_in_row_blocks
 from ._validation import as_float_array
 from .activations import ACTIVATIONS, Activation
@@ -144,6 +146,8 @@ class Head:
 
     def loss(self, z, y):
         """The loss value from logits ``z`` (..., K): the fused rule's when there is one."""
+        if any_dask(z, y):
+            return dask_support().head_loss(self, z, y)
         z = as_float_array(z, "z")
         rule = self.fused_rule
         if rule is not None:
@@ -152,10 +156,10 @@ class Head:
 
     def grad(self, z, y, method: str = "auto", *, max_bytes: int | None = None, workers: int | None = None):
         """dE/dz, shape of ``z``. See :meth:`value_and_grad`."""
-        return self.value_and_grad(z, y, method, max_bytes=max_bytes, workers=workers)[1]
+        return self.value_and_grad(z, y, method, max_bytes=max_bytes, workers=workers, _need="grad")[1]
 
     def value_and_grad(
-        self, z, y, method: str = "auto", *, max_bytes: int | None = None, workers: int | None = None
+        self, z, y, method: str = "auto", *, max_bytes: int | None = None, workers: int | None = None, _need="both"
     ):
         """``(loss value, dE/dz)`` from logits ``z`` (..., K), sharing the forward pass.
 
@@ -175,6 +179,9 @@ class Head:
         method = self._resolve(method)
         if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1):
             raise ValueError(f"max_bytes must be a positive int; got {max_bytes!r}")
+        if any_dask(z, y):
+            return dask_support().head_value_and_grad(self, z, y, method, max_bytes=max_bytes, workers=workers,
+                                                      need=_need)
         z = as_float_array(z, "z")
         if method == "fused":
             return self.fused_rule(self.activation, self.loss_fn, z, y)
@@ -223,8 +230,168 @@ class Head:
         run_in_row_blocks(work, n, n * row_bytes, n_workers, chunk_rows=rows)
         return out.reshape(z.shape)
 
+    # -- second order ------------------------------------------------------------------
+    @property
+    def hessian_rule(self):
+        """The pair's registered closed-form second order (:mod:`jacobians.curvature`), or None."""
+        return curvature.get_hessian_rule(self.activation, self.loss_fn)
+
+    @property
+    def ggn_is_hessian(self) -> bool:
+        """True for a canonical pair (softmax + CE, log-softmax + NLL, softmax + KL, sigmoid +
+        BCE, identity + MSE, a Fenchel–Young loss with its own map, a user's pair registered
+        with ``canonical=True``): convex in z, its GGN is its Hessian."""
+        rule = self.hessian_rule
+        return rule is not None and rule.canonical
+
+    def hessian_operator(self, z, y, method: str = "auto"):
+        """The Hessian blocks as a :class:`~jacobians.JacobianOperator` (diagonal, or diagonal
+        minus low rank for every built-in pair: O(N·K) memory); see :meth:`hessian`."""
+        if any_dask(z, y):
+            raise TypeError("hessian_operator holds numpy arrays: for dask logits use hessian, hvp, ggn or sqrt_ggn")
+        return curvature.hessian_operator(self, z, y, method)
+
+    def hessian(self, z, y, method: str = "auto") -> np.ndarray:
+        """Blocks ``∂²E/∂z_n∂z_n`` of the reduced loss ``E = head.loss(z, y)``, shape ``(..., K, K)``.
+
+        Rows do not interact, so the Hessian of E is block diagonal; block n carries the
+        reduction's factor (1/N for ``'mean'``, 1/(N·K) for an elementwise loss, the class
+        weights' normalisation, zero for ignored rows), so ``Σ_n v_nᵀ H_n v_n`` is the exact
+        second-order term of E along v. With ``'none'``, block n is the Hessian of row n's
+        own loss.
+
+        Parameters
+        ----------
+        z : array_like, shape (..., K)
+        y : array_like
+            Targets in the loss's form.
+        method : {'auto', 'fused', 'chain'}
+            ``'fused'``: the pair's closed form (softmax + CE: ``Σc (diag(p) − p pᵀ)/T²``;
+            sigmoid + BCE: ``diag(σσ̄(1 − y + p y))``; identity + MSE: ``2I``; a
+            Fenchel–Young loss: its map's Jacobian); ``'chain'``: any pair,
+            ``Jᵀ H_E J + Σ_i (∂E/∂a_i) ∇²a_i``; ``'auto'``: fused where the pair has a rule.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import jacobians as jac
+        >>> head = jac.Head(jac.Softmax(), jac.CrossEntropy())
+        >>> z, y = np.array([[0.0, 0.0]]), np.array([0])
+        >>> head.hessian(z, y)                              # diag(p) − p pᵀ with p = (½, ½)
+        array([[[ 0.25, -0.25],
+                [-0.25,  0.25]]])
+        >>> np.allclose(head.hessian(z, y, method="chain"), head.hessian(z, y))
+        True
+        """
+        if any_dask(z, y):
+            curvature._resolve(self, method)
+            return dask_support().head_blocks(self, "hessian", z, y, method, sizes="K")
+        return self.hessian_operator(z, y, method).dense()
+
+    def hvp(self, z, y, v, method: str = "auto") -> np.ndarray:
+        """``H_n v_n`` per row, shape ``(..., K)``: O(N·K) for the structured pairs."""
+        if any_dask(z, y, v):
+            curvature._resolve(self, method)
+            ds = dask_support()
+            zd = ds.prepare_z(z)
+            return ds.head_blocks(self, "hvp", zd, y, ds.align(v, zd, "v", rechunk_last=True), method)
+        return curvature.hvp(self, z, y, v, method)
+
+    def ggn_operator(self, z, y):
+        """The GGN blocks as a :class:`~jacobians.JacobianOperator`; see :meth:`ggn`."""
+        if any_dask(z, y):
+            raise TypeError("ggn_operator holds numpy arrays: for dask logits use ggn, hvp or sqrt_ggn")
+        return curvature.ggn_operator(self, z, y)
+
+    def ggn(self, z, y) -> np.ndarray:
+        """Generalized Gauss–Newton blocks, shape ``(..., K, K)``.
+
+        For a canonical pair (:attr:`ggn_is_hessian`) the Hessian; for any other pair
+        ``Jᵀ H_E J``, split at the activation's output (positive semi-definite when the
+        loss is convex in ``a``). It differs from the Hessian by ``Σ_i (∂E/∂a_i) ∇²a_i``,
+        and the Hessian may be indefinite (softmax + MSE, tanh + BCE, ...). (Splitting
+        softmax + CE at the probabilities would give ``(e_y − p)(e_y − p)ᵀ/N``: the
+        empirical Fisher, not this GGN.)
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import jacobians as jac
+        >>> head = jac.Head(jac.Softmax(), jac.MeanSquaredError())
+        >>> z, y = np.array([[2.0, -1.0, 0.5]]), np.array([[0.0, 1.0, 0.0]])
+        >>> bool(np.linalg.eigvalsh(head.ggn(z, y)).min() >= -1e-15)      # PSD
+        True
+        >>> bool(np.linalg.eigvalsh(head.hessian(z, y)).min() < 0)        # the Hessian is not
+        True
+        """
+        if any_dask(z, y):
+            return dask_support().head_blocks(self, "ggn", z, y, sizes="K")
+        return self.ggn_operator(z, y).dense()
+
+    def sqrt_ggn(self, z, y) -> np.ndarray:
+        """A factor ``S`` of the GGN blocks, shape ``(..., K, C)``, with ``S @ Sᵀ == ggn``.
+
+        Per-sample layout: column c of row n is ``S[n, :, c]``; BackPACK's ``[C, N, K]`` is
+        ``np.moveaxis(S, -1, 0)``. The entmax family (softmax + CE, sparsemax, 1.5-entmax)
+        has ``S = √c (diag(√d) − d √dᵀ/Σd)``, exact for any ``Σd`` (``√p`` as
+        ``exp(½ log p)``); sigmoid + BCE ``diag(√c e^{−|z|/2}/(1 + e^{−|z|}))``; other pairs
+        ``Jᵀ S_E`` with ``S_E`` the loss Hessian's own factor.
+        """
+        if any_dask(z, y):
+            return dask_support().head_blocks(self, "sqrt_ggn", z, y, sizes="K")
+        return curvature.sqrt_ggn(self, z, y)
+
+    def sqrt_ggn_sampled(self, z, mc_samples: int = 1, seed=None, *, y=None) -> np.ndarray:
+        """Monte-Carlo factor ``(..., K, M)`` with ``E[S Sᵀ]`` the exact Fisher.
+
+        Column m of row n is ``√(c_n/M) ∇_z ℓ_n(ŷ_m)`` with ``ŷ_m`` drawn from the model's
+        own predictive distribution (:attr:`~jacobians.Loss.predictive`: categorical for
+        CE/NLL/KL, an independent Bernoulli per output for BCE — multi-label included —,
+        Gaussian of variance ½ for MSE, whatever activation is in front) and the loss's
+        options applied to the sampled target. ``c_n`` is the row's factor of ``E``: with
+        targets ``y`` as in the Hessian (class-weight normalisation, ignored rows zero),
+        without them ``1/N`` (``1/(N·K)`` elementwise) for ``'mean'``.
+
+        Parameters
+        ----------
+        z : array_like, shape (..., K)
+        mc_samples : int, >= 1
+        seed : int, numpy.random.Generator or None
+            The draws are a function of (seed, row, sample) only: the same seed gives the
+            same columns for the same rows however the batch is split.
+        y : array_like, optional
+        """
+        if any_dask(z, y):
+            return dask_support().head_sqrt_ggn_sampled(self, z, mc_samples, seed, y=y)
+        return curvature.sqrt_ggn_sampled(self, z, mc_samples, seed, y=y)
+
+    def fisher(self, z, y=None, kind: str = "exact", *, mc_samples: int = 1, seed=None) -> np.ndarray:
+        """Fisher blocks, shape ``(..., K, K)``, on the scale of the Hessian.
+
+        ``kind='exact'`` (type-2): ``c_n E_ŷ[∇ℓ_n(ŷ) ∇ℓ_n(ŷ)ᵀ]`` over the model's own
+        predictive distribution, in closed form; ``'mc'``: the same from ``mc_samples``
+        draws (``S Sᵀ`` of :meth:`sqrt_ggn_sampled`); ``'empirical'``: ``c_n ∇ℓ_n ∇ℓ_nᵀ`` at
+        the true targets ``y`` (required). ``c_n`` is the row's factor of
+        ``E = Σ_n c_n ℓ_n`` (1/N for a class loss's ``'mean'``, 1/(N·K) for an elementwise
+        loss's, the class-weight normalisation when ``y`` is given), so for CE ``'mean'`` the
+        empirical blocks sum to ``(1/N) Σ ∇ℓ_n ∇ℓ_nᵀ``.
+
+        How the options enter: ``ℓ_n(ŷ)`` is the loss as configured, so class weights scale
+        each sampled class's gradient by its weight, label smoothing mixes the sampled
+        target with the uniform (CE) or with ½ (BCE), and ``pos_weight`` weighs a sampled
+        positive. The exact Fisher is the Hessian for the plain canonical pairs (no weights,
+        smoothing or ``pos_weight``); with them it differs (e.g. CE with smoothing ε:
+        ``(1 − ε)²(diag p − p pᵀ) + ε²(p − 1/K)(p − 1/K)ᵀ``). A loss that is no negative
+        log-likelihood (MAE, Huber, the Fenchel–Young losses) has no ``'exact'`` or
+        ``'mc'`` Fisher: a ValueError says so.
+        """
+        if any_dask(z, y):
+            return dask_support().head_fisher(self, z, y, kind, mc_samples, seed)
+        return curvature.fisher_operator(self, z, y, kind, mc_samples=mc_samples, seed=seed).dense()
+
     def __repr__(self) -> str:
         return f"Head({self.activation!r}, {self.loss_fn!r})"
+
 
 
 class Pair(NamedTuple):

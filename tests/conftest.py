@@ -7,6 +7,10 @@ declares: its input domain, its target kind, and whether it is a loss of the log
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 import zlib
 
 import numpy as np
@@ -209,3 +213,28 @@ class ScaledTanh(jac.Activation):
 class TransposedJacobian(ScaledTanh):
     def jacobian(self, z, *, out=None, workers=None):
         return np.swapaxes(super().jacobian(z), -1, -2)
+
+
+# -- peak memory of a fresh process ----------------------------------------------------------------
+
+_VMHWM = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import jacobians as jac
+
+    def vmhwm():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    """
+)
+
+
+def peak_rss(script: str, *args) -> dict:
+    """Run ``script`` in a fresh Python process (with ``vmhwm()``, the peak RSS in bytes so
+    far, ``json``, ``sys``, ``np`` and ``jac`` defined) and return the JSON object it prints last."""
+    code = _VMHWM + textwrap.dedent(script)
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -24,12 +24,14 @@ def test_quick_run_without_peers_reports_every_section(tmp_path, capsys):
     header = text.splitlines()[1]
     assert header.startswith("# vector level: numpy SIMD ") and f"kernels: {jac.kernels()} " in header
     for section in bench.SECTIONS:
-        assert f"== {section}:" in text
+        assert f"== {section}:" in text  # a table, or "skipped: why" (dask without dask installed)
     assert "== targets" in text
     data = json.loads(out.read_text())
     assert data["peers"] == {}
     assert data["machine"]["kernels"].startswith(jac.kernels()) and data["machine"]["numpy_simd"]
-    assert {r["section"] for r in data["results"]} == set(bench.SECTIONS)
+    skipped = data["skipped_sections"]
+    assert set(skipped) <= {"dask"} and all(f"== {s}: skipped: " in text for s in skipped)
+    assert {r["section"] for r in data["results"]} == set(bench.SECTIONS) - set(skipped)
     assert {r["dtype"] for r in data["results"]} == {"float64", "float32"}
     for r in data["results"]:
         assert r["rounds"] >= 2 and all(t > 0 for t in r["times_s"]), r
@@ -38,8 +40,21 @@ def test_quick_run_without_peers_reports_every_section(tmp_path, capsys):
             assert "limit" in r["ratios"], r
     blocked = [r for r in data["results"] if r["section"] == "blocked" and "extra" in r]
     assert blocked and all(0 < r["extra"]["peak_rss_bytes"] < 2**30 for r in blocked)
+    memory = [r for r in data["results"] if r["section"] == "last_layer" and "extra" in r]
+    assert memory and all(r["extra"]["baseline_rss_bytes"] < r["extra"]["peak_rss_bytes"] < 2**30 for r in memory)
     targets = [t for r in data["results"] for t in r.get("target_results", [])]
     assert targets and all(isinstance(t["met"], bool) for t in targets)
+
+
+def test_a_section_whose_packages_are_missing_is_skipped_with_the_reason(tmp_path, capsys, monkeypatch):
+    suite = bench.load_suite(REPO / "benchmarks")
+    monkeypatch.setattr(suite, "dask_missing", lambda: "needs dask[array] and distributed (test)")
+    monkeypatch.setattr(bench, "load_suite", lambda folder: suite)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--sections", "dask", "--peers", "none", "--json", str(out), "--no-progress"]) == 0
+    assert "== dask: skipped: needs dask[array] and distributed (test)" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["skipped_sections"] == {"dask": "needs dask[array] and distributed (test)"} and data["results"] == []
 
 
 def test_a_missing_suite_is_a_clear_error(tmp_path, capsys):
@@ -54,3 +69,26 @@ def test_arguments_are_checked(capsys):
     assert "unknown section nope" in capsys.readouterr().err
     args = bench.parse_args(["--peers", "none", "--sections", "fused"])
     assert args.peers == () and args.sections == ("fused",)
+
+
+@pytest.mark.slow
+def test_the_dask_section_on_a_local_cluster():
+    """The dask section's rows at the quick sizes with its LocalCluster (left out of --quick):
+    every row timed, the 2-worker rows with their ratio to the 1-worker ones, the cluster
+    closed at the end."""
+    pytest.importorskip("dask.array")
+    pytest.importorskip("distributed")
+    suite = bench.load_suite(REPO / "benchmarks")
+    groups = suite.dask_groups("float64", quick=True, cluster=True)
+    assert {g.size.split(" ", 1)[1] for g in groups} == {"grad", "hessian", "hessian.sum()"}
+    try:
+        for g in groups[::2]:  # one size of each
+            recs = bench.run_group(g.build(), budget=0, min_rounds=2, max_rounds=2, ref_ratios=g.ref_ratios)
+            by_case = {r["case"]: r for r in recs}
+            assert all(r["rounds"] == 2 and all(t > 0 for t in r["times_s"]) for r in recs), recs
+            two = by_case["LocalCluster, 2 workers: client.compute(...).result()"]
+            assert {"numpy", "1 worker .compute", "limit"} <= set(two["ratios"])
+            assert "numpy" in by_case["LocalCluster, 1 worker: client.compute(...).result()"]["ratios"]
+    finally:
+        suite.close()
+    assert suite._CLUSTER.client is None

@@ -325,3 +325,25 @@ def test_python_m_jacobians_bad_option_subprocess():
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_check_orders(capsys):
+    status, out, _ = run(capsys, "check", "--only", "softmax,cross_entropy", "--order", "1", *FAST)
+    assert status == 0 and "H:" not in out and "(first order)" in out
+    status, out, _ = run(capsys, "check", "--only", "softmax,cross_entropy", "--order", "2", "--dtype", "float64", *FAST)
+    assert status == 0 and "(second order)" in out
+    rows = table_rows(out)
+    assert "H: fused, chain, hvp, ggn, sqrt, fisher" in rows["softmax + cross_entropy"]
+    assert "H: hessian, hessian_vjp" in rows["softmax"]
+    assert "jacobian, vjp" not in rows["softmax + cross_entropy"]
+    status, out, _ = run(capsys, "check", "--only", "sparsemax,sparsemax_loss", "--order", "2", *FAST)
+    assert status == 0 and "H: fused, hvp, ggn, sqrt" in table_rows(out)["sparsemax + sparsemax_loss"]
+
+
+def test_check_catches_a_wrong_hessian_rule(capsys, monkeypatch):
+    rule = jac.curvature.HESSIAN_RULES[(jac.Sigmoid, jac.BinaryCrossEntropy)]
+    wrong = jac.curvature.HessianRule(lambda *args: rule.hessian(*args).scaled(2.0), True, rule.sqrt, rule.fisher)
+    monkeypatch.setitem(jac.curvature.HESSIAN_RULES, (jac.Sigmoid, jac.BinaryCrossEntropy), wrong)
+    status, out, _ = run(capsys, "check", "--only", "sigmoid,binary_cross_entropy", "--order", "2", *FAST)
+    assert status == 1
+    assert "H: fused vs numerical" in out

@@ -432,3 +432,55 @@ def test_the_derivative_check_rejects_the_naive_formulas(dtype):
     }
     for name, fn in naive.items():
         assert float(_derivative_ulps(fn, DERIVATIVES[name][1], z).max()) > 1e6, name
+
+
+# -- memory layouts -----------------------------------------------------------------------------
+
+def _layouts(z: np.ndarray) -> dict:
+    """The same logits in other memory layouts: Fortran order, a transposed view, negative
+    strides, and a read-only broadcast (zero strides) of equal rows."""
+    rev = z[::-1].copy()
+    return {
+        "fortran": np.asfortranarray(z),
+        "transposed_view": z.T.copy().T,
+        "negative_strides": rev[::-1],
+        "broadcast": np.broadcast_to(z[:1], z.shape),
+    }
+
+
+LAYOUT_PAIRS = [pytest.param(p, id=f"{p.activation}+{p.loss}") for p in jac.pairs()]
+
+
+@pytest.mark.parametrize("pair", LAYOUT_PAIRS)
+def test_every_method_gives_the_same_numbers_for_any_memory_layout(pair, rng):
+    """A fused rule once wrote the target's gradient entries through ``reshape(-1)`` of an
+    array laid out like the input: for Fortran-ordered logits (``(W @ X).T``) the writes went
+    to a copy and the gradient came back as ``p`` instead of ``p − e_y``."""
+    from conftest import head_methods, head_targets
+
+    head = jac.Head(jac.get_activation(pair.activation)(), jac.get_loss(pair.loss)())
+    z = rng.normal(size=(6, 5))
+    y = head_targets(head, rng, z.shape)
+    second = ["fused"] if head.logits_loss else (["fused"] if head.hessian_rule else []) + ["chain"]
+    for name, zl in _layouts(z).items():
+        zc = np.ascontiguousarray(zl)
+        for m in head_methods(head):
+            v1, g1 = head.value_and_grad(zl, y, method=m)
+            v2, g2 = head.value_and_grad(zc, y, method=m)
+            np.testing.assert_allclose(g1, g2, rtol=1e-13, atol=1e-15, err_msg=f"{name} {m}")
+            np.testing.assert_allclose(v1, v2, rtol=1e-13, err_msg=f"{name} {m}")
+        for m in second:
+            np.testing.assert_allclose(head.hessian(zl, y, m), head.hessian(zc, y, m), rtol=1e-12, atol=1e-15,
+                                       err_msg=f"{name} hessian {m}")
+        np.testing.assert_allclose(head.hvp(zl, y, zc), head.hvp(zc, y, zc), rtol=1e-12, atol=1e-15, err_msg=name)
+
+
+@pytest.mark.parametrize("act", [pytest.param(cls(), id=name) for name, cls in jac.ACTIVATIONS.items()])
+def test_activations_give_the_same_numbers_for_any_memory_layout(act, rng):
+    z = rng.normal(size=(6, 5))
+    g = rng.normal(size=(6, 5))
+    for name, zl in _layouts(z).items():
+        zc = np.ascontiguousarray(zl)
+        for method, args in (("forward", ()), ("jacobian", ()), ("vjp", (g,)), ("jvp", (g,)), ("hessian_vjp", (g,))):
+            np.testing.assert_allclose(getattr(act, method)(zl, *args), getattr(act, method)(zc, *args),
+                                       rtol=1e-13, atol=1e-15, err_msg=f"{name} {method}")

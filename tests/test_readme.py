@@ -18,5 +18,5 @@ def test_readme_has_python_examples():
 @pytest.mark.parametrize(("index", "source"), list(enumerate(BLOCKS)), ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_block_runs(index, source, restore_registries, capsys):
     code = compile(source, f"README.md (python block {index})", "exec")
-    exec(code, {"__name__": "__readme__"})
+    exec(code, {"__name__": "__main__"})  # as pasted into a script (the Dask example guards its cluster)
     capsys.readouterr()  # the examples print; what they assert is what counts

@@ -15,14 +15,11 @@ No timing is asserted anywhere.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
-from conftest import activation_cases, head_methods, head_targets
+from conftest import activation_cases, head_methods, head_targets, peak_rss
 
 import jacobians as jac
 from jacobians import _math, _parallel
@@ -267,30 +264,18 @@ def test_fused_sigmoid_bce_matches_a_log1p_reference(dtype, reduction, rng, bloc
 
 # -- memory ---------------------------------------------------------------------------------------------
 
-_PEAK = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np
-    import jacobians as jac
-
-    def vmhwm():
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-
-    N, K, max_bytes = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    rng = np.random.default_rng(0)
-    z = rng.normal(size=(N, K))
-    y = rng.integers(0, K, size=N)
-    head = jac.Head(jac.Softmax(), jac.CrossEntropy())
-    fused = head.grad(z, y, method="fused")
-    base = vmhwm()
-    g = head.grad(z, y, method="jacobian", max_bytes=max_bytes)
-    print(json.dumps({"base": base, "peak": vmhwm(), "err": float(np.abs(g - fused).max()),
-                      "scale": float(np.abs(fused).max())}))
-    """
-)
+_PEAK = """
+N, K, max_bytes = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(0)
+z = rng.normal(size=(N, K))
+y = rng.integers(0, K, size=N)
+head = jac.Head(jac.Softmax(), jac.CrossEntropy())
+fused = head.grad(z, y, method="fused")
+base = vmhwm()
+g = head.grad(z, y, method="jacobian", max_bytes=max_bytes)
+print(json.dumps({"base": base, "peak": vmhwm(), "err": float(np.abs(g - fused).max()),
+                  "scale": float(np.abs(fused).max())}))
+"""
 
 
 @pytest.mark.slow
@@ -301,10 +286,7 @@ def test_a_10_gib_jacobian_runs_in_under_1_gib(max_bytes):
     fresh process) stays under 1 GiB, and above the baseline by at most the budget plus
     a few N×K arrays."""
     N, K = 20_000, 256
-    proc = subprocess.run(
-        [sys.executable, "-c", _PEAK, str(N), str(K), str(max_bytes)], capture_output=True, text=True, check=True
-    )
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = peak_rss(_PEAK, N, K, max_bytes)
     assert N * K * K * 8 > 10**10  # 10.5 GB (9.8 GiB)
     assert out["peak"] < 2**30, out
     assert out["peak"] - out["base"] <= max_bytes + 8 * N * K * 8, out

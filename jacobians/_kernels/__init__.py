@@ -111,9 +111,10 @@ def log_softmax(x):
     return _impl().log_softmax(x)
 
 
-def softmax_vjp(x, g, temperature=1.0):
-    """``s ⊙ (g − s·g) / T`` with ``s = softmax(x)`` (``x`` the scaled logits), shape of ``x``."""
-    return _impl().softmax_vjp(x, g, temperature)
+def softmax_vjp(x, g, temperature=1.0, factor=None):
+    """``f · s ⊙ (g − s·g) / T`` with ``s = softmax(x)`` (``x`` the scaled logits), shape of
+    ``x``; ``factor`` f a scalar or one per row, shape ``x.shape[:-1]`` (default 1)."""
+    return _impl().softmax_vjp(x, g, temperature, factor)
 
 
 def ce_index(x, idx, valid, scale):
@@ -136,9 +137,10 @@ def sigmoid_bce_weighted(z, y, py):
     return _impl().sigmoid_bce_weighted(z, y, py)
 
 
-def dense_diag_minus_rank_one(d, u, v, out):
-    """Write ``diag(d_n) − u_n v_nᵀ`` into ``out`` (n, K, K) for rows ``d, u, v`` (n, K)."""
-    return _impl().dense_diag_minus_rank_one(d, u, v, out)
+def dense_diag_minus_rank_one(d, u, v, out, exact=None):
+    """Write ``diag(d_n) − u_n v_nᵀ`` into ``out`` (n, K, K) for rows ``d, u, v`` (n, K); the
+    diagonal entries are ``exact`` (rows (n, K)) instead when given."""
+    return _impl().dense_diag_minus_rank_one(d, u, v, out, exact)
 
 
 def dense_diagonal(d, out):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._math import EXP_SAFE_BOUND, RATIO_MAX_EXP
+from .._math import EXP_SAFE_BOUND, RATIO_MAX_EXP, row_chunks, scratch
 from . import INTERFACE
 from .numba_math import expw, jit, log1p64, log1p_unit, log64
 
@@ -234,6 +234,7 @@ def _shifted_if_needed(kernel, x, *args) -> None:
 
 _NO_SKIP = np.empty(0, dtype=np.int64)
 _NO_WEIGHTS = np.empty((0, 0))
+_NO_FACTORS = np.empty(0)
 
 
 # -- softmax, log-softmax, the softmax VJP ------------------------------------------------------------
@@ -294,20 +295,21 @@ def log_softmax(x):
 
 
 @jit(**_EXACT)
-def _vjp_rows(ec, gc, s, dot, temperature, out):
-    """``out[i] = s_i ⊙ (gc[i] − s_i·gc[i]) / T`` with ``s_i = ec[i] / s[i]``: one division a
-    row (``s·g = (e·g)/Σe``), the softmax entries as ``e_k · (1/Σe)``."""
+def _vjp_rows(ec, gc, s, dot, f, frows, out):
+    """``out[i] = f_i · s_i ⊙ (gc[i] − s_i·gc[i])`` with ``s_i = ec[i] / s[i]``: one division a
+    row (``s·g = (e·g)/Σe``), the softmax entries as ``e_k · (1/Σe)``; ``f_i = frows[i]``,
+    or ``f`` when ``frows`` is empty (the factor over T, as numpy's kernel rounds it)."""
     for i in range(ec.shape[0]):
         inv = 1.0 / s[i]
         d = dot[i] / s[i]
-        c = inv / temperature
+        c = inv * (frows[i] if frows.size else f)
         er, gr, orow = ec[i], gc[i], out[i]
         for k in range(er.size):
             orow[k] = (er[k] * c) * (gr[k] - d)
 
 
 @jit(**_EXACT)
-def _softmax_vjp(x, shift, bound, g, temperature, R, like, out):
+def _softmax_vjp(x, shift, bound, g, f, frows, R, like, out):
     e = np.empty((R, x.shape[1]))
     s = np.empty(R)
     dot = np.empty(R)
@@ -315,22 +317,30 @@ def _softmax_vjp(x, shift, bound, g, temperature, R, like, out):
         ec, bad = _exp_chunk(x, a, shift, bound, like, e)
         if bad:
             return False
-        gc = g[a : a + ec.shape[0]]
+        r = ec.shape[0]
+        gc = g[a : a + r]
         _row_sums(ec, _NO_SKIP, _NO_WEIGHTS, s)
         _row_sums(ec, _NO_SKIP, gc, dot)
-        _vjp_rows(ec, gc, s, dot, temperature, out[a : a + ec.shape[0]])
+        _vjp_rows(ec, gc, s, dot, f, frows[a : a + r] if frows.size else frows, out[a : a + r])
     return True
 
 
-def softmax_vjp(x, g, temperature=1.0):
+def softmax_vjp(x, g, temperature=1.0, factor=None):
     if x.shape[-1] == 1:  # one class: s = 1 exactly and the VJP is g − g (numpy divides e/e)
         from . import numpy_impl
 
-        return numpy_impl.softmax_vjp(x, g, temperature)
+        return numpy_impl.softmax_vjp(x, g, temperature, factor)
     x2 = _rows(x)
     out = np.empty(x.shape, dtype=x.dtype)
+    # the factor over T in x's dtype, as numpy's kernel forms it (then used in float64)
+    f = np.asarray(1.0 if factor is None else factor, dtype=x.dtype) / x.dtype.type(temperature)
+    if f.ndim:
+        frows = np.ascontiguousarray(np.broadcast_to(f, x.shape[:-1]), dtype=np.float64).reshape(-1)
+        fs = 1.0
+    else:
+        frows, fs = _NO_FACTORS, float(f)
     if x2.size:
-        _shifted_if_needed(_softmax_vjp, x2, _rows(g), float(temperature), _chunk_rows(x2.shape[1]), x.dtype.type(0),
+        _shifted_if_needed(_softmax_vjp, x2, _rows(g), fs, frows, _chunk_rows(x2.shape[1]), x.dtype.type(0),
                            out.reshape(x2.shape))
     return out
 
@@ -488,20 +498,6 @@ def _bce_plain(z, y, scale, like, values, grad):
         grad[j] = d * scale
 
 
-@jit(**_EXACT)
-def _bce_plain_total(z, y, scale, chunk, like, grad):
-    """Σ of the values (float64, chunk by chunk through a work buffer), the gradient into ``grad``."""
-    n = z.size
-    v = np.empty(min(chunk, n))
-    total = 0.0
-    for a in range(0, n, chunk):
-        r = min(n - a, chunk)
-        vc = v[:r]
-        _bce_plain(z[a : a + r], y[a : a + r], scale, like, vc, grad[a : a + r])
-        total += _sum(vc)
-    return total
-
-
 def sigmoid_bce_plain(z, y, scale, need_values):
     zf, yf = _rows(z).reshape(-1), _rows(y).reshape(-1)
     grad = np.empty_like(zf)
@@ -509,8 +505,14 @@ def sigmoid_bce_plain(z, y, scale, need_values):
     if need_values:
         values = np.empty_like(zf)
         _bce_plain(zf, yf, float(scale), like, values, grad)
-        return values, like, grad
-    total = _bce_plain_total(zf, yf, float(scale), CHUNK, like, grad) if zf.size else 0.0
+        return values, None, grad
+    # the values of each piece of CHUNK_ENTRIES into a reused buffer, added as numpy's kernel
+    # (and _math.total, and a Dask graph gathering the values) adds them: the same total to the bit
+    total = 0.0
+    for c in row_chunks(zf.size, 1):
+        v = scratch(c.stop - c.start, z.dtype, 3)
+        _bce_plain(zf[c], yf[c], float(scale), like, v, grad[c])
+        total += v.sum(dtype=np.float64)
     return None, z.dtype.type(total), grad
 
 
@@ -546,9 +548,10 @@ def sigmoid_bce_weighted(z, y, py):
 
 
 @jit()
-def _dense_dmr(d, u, v, out):
+def _dense_dmr(d, u, v, exact, out):
     """``out[n, j, k] = δ_jk d_nj − u_nj v_nk`` in one pass (no fastmath: the same roundings
-    as numpy's ``u_j·(−v_k)`` and ``+ d_j`` on the diagonal)."""
+    as numpy's ``u_j·(−v_k)`` and ``+ d_j`` on the diagonal); with ``exact`` (not empty) the
+    diagonal entries are ``exact[n, j]``, written after the row's off-diagonal ones."""
     n, K = d.shape
     for i in range(n):
         ur, vr, dr, oi = u[i], v[i], d[i], out[i]
@@ -557,12 +560,13 @@ def _dense_dmr(d, u, v, out):
             orow = oi[j]
             for k in range(K):
                 orow[k] = uj * -vr[k]
-            orow[j] = orow[j] + dr[j]
+            orow[j] = exact[i, j] if exact.size else orow[j] + dr[j]
 
 
-def dense_diag_minus_rank_one(d, u, v, out):
+def dense_diag_minus_rank_one(d, u, v, out, exact=None):
     if out.size:
-        _dense_dmr(_rows(d), _rows(u), _rows(v), out)
+        ex = np.empty((0, 0), dtype=d.dtype) if exact is None else _rows(exact)
+        _dense_dmr(_rows(d), _rows(u), _rows(v), ex, out)
 
 
 @jit()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _math
-from .._math import exp_is_safe, row_chunks, rowdot, rowsum, scratch
+from .._math import exp_is_safe, row_chunks, rowsum, scratch
 from ..contract import diagonal as _diagonal_view
 from . import INTERFACE
 
@@ -24,50 +24,21 @@ def describe() -> str:
 
 
 def softmax(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``exp(x − m) / Σ exp(x − m)`` per row (the shift skipped when :func:`~jacobians._math.exp_is_safe`)."""
-    e = np.empty_like(x) if out is None else out
-    if exp_is_safe(x):
-        np.exp(x, out=e)
-    else:
-        np.subtract(x, x.max(axis=-1, keepdims=True), out=e)
-        np.exp(e, out=e)
-    e /= rowsum(e)  # a division, not a reciprocal: a row of one entry gives exactly 1
-    return e
+    """``exp(x − m) / Σ exp(x − m)`` per row: :func:`jacobians._math.softmax` (the shift
+    skipped when :func:`~jacobians._math.exp_is_safe`, row sums by einsum)."""
+    return _math.softmax(x, out)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
-    """``(x − m) − log1p(Σ_{k ≠ argmax} exp(x_k − m))`` per row (see :func:`~jacobians._math.shifted_exp`)."""
-    shifted, _, rest, _ = _math.shifted_exp(x)
-    shifted -= np.log1p(rest)
-    return shifted
+    """``(x − m) − log1p(Σ_{k ≠ argmax} exp(x_k − m))`` per row: :func:`jacobians._math.log_softmax`."""
+    return _math.log_softmax(x)
 
 
-def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``s ⊙ (g − s·g) / T`` with ``s = softmax(x)`` (``x`` the scaled logits).
-
-    One output buffer: ``s`` is built in it chunk by chunk (see :func:`~jacobians._math.row_chunks`),
-    and ``g − s·g`` goes to a reused scratch buffer, so a call allocates only its result.
-    """
-    K = x.shape[-1]
-    x2, g2 = x.reshape(-1, K), g.reshape(-1, K)
-    out = np.empty(x2.shape, dtype=x.dtype)
-    safe = exp_is_safe(x)
-    ones = np.ones(K, dtype=x.dtype)
-    for rows in row_chunks(x2.shape[0], K):
-        o, xc, gc = out[rows], x2[rows], g2[rows]
-        if safe:
-            np.exp(xc, out=o)
-        else:
-            np.subtract(xc, xc.max(axis=-1, keepdims=True), out=o)
-            np.exp(o, out=o)
-        o /= np.matmul(o, ones)[:, None]
-        dot = rowdot(o, gc)
-        w = scratch(o.size, x.dtype).reshape(o.shape)
-        np.subtract(gc, dot[:, None], out=w)
-        o *= w
-    if temperature != 1.0:
-        out /= out.dtype.type(temperature)
-    return out.reshape(x.shape)
+def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0, factor=None) -> np.ndarray:
+    """``f · s ⊙ (g − s·g) / T`` with ``s = softmax(x)`` (``x`` the scaled logits) and an
+    optional ``factor`` f (a scalar or one per row): :func:`jacobians._math.softmax_vjp`
+    (one output buffer, chunk by chunk, a call allocates only its result)."""
+    return _math.softmax_vjp(x, g, temperature, factor)
 
 
 def ce_index(x: np.ndarray, idx: np.ndarray, valid: np.ndarray | None, scale) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +56,7 @@ def ce_index(x: np.ndarray, idx: np.ndarray, valid: np.ndarray | None, scale) ->
     """
     n, K = x.shape
     flat = np.arange(n) * K + idx  # positions of the targets in g.ravel()
-    g = np.empty_like(x)
+    g = np.empty(x.shape, dtype=x.dtype)  # C order: gflat below must be a view, whatever x's layout
     gflat = g.reshape(-1)
     if exp_is_safe(x):
         np.copyto(g, x)
@@ -95,7 +66,7 @@ def ce_index(x: np.ndarray, idx: np.ndarray, valid: np.ndarray | None, scale) ->
     np.exp(g, out=g)
     e_y = gflat[flat]
     gflat[flat] = 0
-    other = np.matmul(g, np.ones(K, dtype=g.dtype))
+    other = rowsum(g)[:, 0]  # einsum: a row's sum does not depend on the rows with it
     gflat[flat] = e_y
     # float32: the target's exp again in float64 (one per row), so that the value carries
     # the rounding of float32 exp (up to 2.4 ulp in numpy) once, through o, not twice
@@ -150,7 +121,8 @@ def sigmoid_bce_plain(z: np.ndarray, y: np.ndarray, scale, need_values: bool):
     """Sigmoid + BCE without ``pos_weight`` on flat ``z``, ``y`` (n,): ``(values, total, grad)``.
 
     ``values`` (n,) only when ``need_values`` (else None); ``total`` their sum (when not
-    ``need_values``); ``grad = scale·(σ(z) − y)``. With ``h = step(z)`` (1 for z > 0, else
+    ``need_values``) as :func:`~jacobians._math.total` adds them (pieces of
+    CHUNK_ENTRIES in float64, rounded once); ``grad = scale·(σ(z) − y)``. With ``h = step(z)`` (1 for z > 0, else
     0) and ``q = σ(−|z|) = e/(1 + e)``, ``e = exp(−|z|)``::
 
         value = z (h − y) + log1p(e)          grad = (h − y) + (1 − 2h) q
@@ -164,7 +136,7 @@ def sigmoid_bce_plain(z: np.ndarray, y: np.ndarray, scale, need_values: bool):
     n = z.size
     grad = np.empty_like(z)
     values = np.empty_like(z) if need_values else None
-    total = z.dtype.type(0.0)
+    total = 0.0
     for c in row_chunks(n, 1):
         zc, yc, gc = z[c], y[c], grad[c]
         m = zc.size
@@ -190,8 +162,8 @@ def sigmoid_bce_plain(z: np.ndarray, y: np.ndarray, scale, need_values: bool):
         if scale != 1:
             gc *= scale
         if values is None:
-            total += v.sum(dtype=v.dtype)
-    return values, total, grad
+            total += v.sum(dtype=np.float64)  # float32 chunks added in float64, rounded once below
+    return values, z.dtype.type(total), grad
 
 
 def sigmoid_bce_weighted(z: np.ndarray, y: np.ndarray, py: np.ndarray):
@@ -236,8 +208,10 @@ def _slabs(out: np.ndarray):
                 yield slice(i, i + 1), slice(j, j + rows)
 
 
-def dense_diag_minus_rank_one(d: np.ndarray, u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
-    """Write ``diag(d_n) − u_n v_nᵀ`` into ``out[n]`` (shape (n, K, K)) for rows ``d, u, v`` (n, K).
+def dense_diag_minus_rank_one(d: np.ndarray, u: np.ndarray, v: np.ndarray, out: np.ndarray, exact=None) -> None:
+    """Write ``diag(d_n) − u_n v_nᵀ`` into ``out[n]`` (shape (n, K, K)) for rows ``d, u, v`` (n, K);
+    with ``exact`` (rows (n, K)) the diagonal entries are ``exact`` instead of ``d_j − u_j v_j``
+    (a projector's diagonal without cancellation, see :class:`~jacobians.DiagonalPlusRankOne`).
 
     ``einsum('ij,ik->ijk', u, -v)`` writes the rank-one part, then ``d`` is added onto the
     writable diagonal view ``einsum('ijj->ij', J)``. einsum writes a slab in two passes
@@ -248,7 +222,10 @@ def dense_diag_minus_rank_one(d: np.ndarray, u: np.ndarray, v: np.ndarray, out: 
     nv = np.negative(v)
     for samples, js in _slabs(out):
         np.einsum("ij,ik->ijk", u[samples, js], nv[samples], out=out[samples, js])
-        _diagonal_view(out[samples, js, js])[...] += d[samples, js]
+        if exact is None:
+            _diagonal_view(out[samples, js, js])[...] += d[samples, js]
+        else:
+            _diagonal_view(out[samples, js, js])[...] = exact[samples, js]
 
 
 def dense_diagonal(d: np.ndarray, out: np.ndarray) -> None:

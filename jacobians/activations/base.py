@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .._lazy import dask_aware
 from .._validation import as_float_array
 from ..domains import Domain, domain
 from ..operators import DenseJacobian, DiagonalJacobian, JacobianOperator
@@ -113,6 +114,11 @@ class Activation:
     name: ClassVar[str | None] = None
     output_domain: ClassVar[str | Domain] = "real"
 
+    def __init_subclass__(cls, **kwargs):
+        # every subclass's row-wise methods take Dask arrays too (jacobians._dask)
+        super().__init_subclass__(**kwargs)
+        _make_dask_aware(cls)
+
     @classmethod
     def variants(cls, K: int) -> list[dict]:
         """Parameter sets besides the defaults that the checks and the tests also run.
@@ -163,6 +169,49 @@ class Activation:
         z, v = _check_pair(z, v, "v")
         return self.jacobian_operator(z).jvp(v)
 
+    # -- second order ------------------------------------------------------------------
+    def hessian(self, z) -> np.ndarray:
+        """Second derivatives ``T[..., i, j, k] = ∂²a_i/∂z_j∂z_k``, shape ``(..., K, K, K)``.
+
+        The whole tensor, for exploration (K³ numbers a sample): the head's second-order
+        methods use :meth:`hessian_vjp_operator` instead. Built in one vectorized call,
+        ``T[..., i, :, :] = hessian_vjp(z, e_i)`` for all i at once. A custom activation
+        writes this method or :meth:`hessian_vjp` (either gives the other).
+        """
+        if not (_overrides(self, "hessian_vjp_operator") or _overrides(self, "hessian_vjp")):
+            raise NotImplementedError(
+                f"{type(self).__name__} has no second derivative: write hessian(z) -> (..., K, K, K) or "
+                "hessian_vjp(z, g) -> (..., K, K) to use second-order methods"
+            )
+        z = as_float_array(z, "z")
+        K = z.shape[-1]
+        rows = np.broadcast_to(z[..., None, :], z.shape[:-1] + (K, K))
+        basis = np.broadcast_to(np.eye(K, dtype=z.dtype), rows.shape)
+        return self.hessian_vjp(rows, basis)
+
+    def hessian_vjp(self, z, g) -> np.ndarray:
+        """``Σ_i g_i ∇²a_i``, shape ``(..., K, K)``: the curvature term of the chain rule.
+
+        The Hessian of a head is ``Jᵀ H_E J + hessian_vjp(z, dE/da)``. Closed form for
+        every built-in activation, without the K³ tensor.
+        """
+        z, g = _check_pair(z, g, "g")
+        return self.hessian_vjp_operator(z, g).dense()
+
+    def hessian_vjp_operator(self, z, g) -> JacobianOperator:
+        """:meth:`hessian_vjp` as a :class:`~jacobians.JacobianOperator` (structured for the
+        built-ins: diagonal for elementwise activations, diagonal minus low rank for the
+        simplex maps)."""
+        z, g = _check_pair(z, g, "g")
+        if _overrides(self, "hessian"):
+            return DenseJacobian(np.einsum("...i,...ijk->...jk", g, self.hessian(z)))
+        if _overrides(self, "hessian_vjp"):
+            return DenseJacobian(self.hessian_vjp(z, g))
+        raise NotImplementedError(
+            f"{type(self).__name__} has no second derivative: write hessian(z) -> (..., K, K, K) or "
+            "hessian_vjp(z, g) -> (..., K, K) to use second-order methods"
+        )
+
     @property
     def domain(self) -> Domain:
         """The output domain as a :class:`~jacobians.domains.Domain`."""
@@ -184,6 +233,19 @@ class Activation:
 
     def __hash__(self) -> int:
         return hash((type(self), tuple(sorted((k, repr(v)) for k, v in vars(self).items()))))
+
+
+#: the row-wise methods of an activation that run on Dask arrays chunk by chunk
+DASK_METHODS = ("__call__", "jacobian", "vjp", "jvp", "hessian", "hessian_vjp")
+
+
+def _make_dask_aware(cls) -> None:
+    for name in DASK_METHODS:
+        if name in cls.__dict__:
+            setattr(cls, name, dask_aware(name)(cls.__dict__[name]))
+
+
+_make_dask_aware(Activation)
 
 
 def _overrides(obj, method: str) -> bool:
@@ -208,6 +270,16 @@ class ElementwiseActivation(Activation):
     def derivative(self, z) -> np.ndarray:
         """``f'(z)``, shape ``(..., K)``: the diagonal of the Jacobian."""
         raise NotImplementedError(f"{type(self).__name__} must implement derivative(z)")
+
+    def second_derivative(self, z) -> np.ndarray:
+        """``f''(z)``, shape ``(..., K)``: ``∂²a_k/∂z_k²``, the only nonzero second derivatives."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement second_derivative(z) -> (..., K) for second-order methods"
+        )
+
+    def hessian_vjp_operator(self, z, g) -> DiagonalJacobian:
+        z, g = _check_pair(z, g, "g")
+        return DiagonalJacobian(g * self.second_derivative(z))
 
     def jacobian_operator(self, z) -> DiagonalJacobian:
         return DiagonalJacobian(self.derivative(as_float_array(z, "z")))

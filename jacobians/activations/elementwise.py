@@ -37,6 +37,11 @@ class Sigmoid(ElementwiseActivation):
     def derivative(self, z):
         return _math.sigmoid_derivative(as_float_array(z, "z"))
 
+    def second_derivative(self, z):
+        # σ(1 − σ)(1 − 2σ) with 1 − 2σ(z) = −tanh(z/2): no cancellation near σ = 1/2 or 1
+        z = as_float_array(z, "z")
+        return -_math.sigmoid_derivative(z) * np.tanh(z / 2)
+
 
 @register_activation
 class Tanh(ElementwiseActivation):
@@ -58,6 +63,11 @@ class Tanh(ElementwiseActivation):
 
     def derivative(self, z):
         return _math.tanh_derivative(as_float_array(z, "z"))
+
+    def second_derivative(self, z):
+        # −2 tanh(z) (1 − tanh²(z))
+        z = as_float_array(z, "z")
+        return -2 * np.tanh(z) * _math.tanh_derivative(z)
 
 
 @register_activation
@@ -81,6 +91,9 @@ class ReLU(ElementwiseActivation):
     def derivative(self, z):
         z = as_float_array(z, "z")
         return (z > 0).astype(z.dtype)
+
+    def second_derivative(self, z):
+        return np.zeros_like(as_float_array(z, "z"))
 
 
 @register_activation
@@ -117,6 +130,9 @@ class LeakyReLU(ElementwiseActivation):
         z = as_float_array(z, "z")
         return np.where(z > 0, z.dtype.type(1), z.dtype.type(self.slope))
 
+    def second_derivative(self, z):
+        return np.zeros_like(as_float_array(z, "z"))
+
 
 @register_activation
 class Identity(ElementwiseActivation):
@@ -138,6 +154,9 @@ class Identity(ElementwiseActivation):
 
     def derivative(self, z):
         return np.ones_like(as_float_array(z, "z"))
+
+    def second_derivative(self, z):
+        return np.zeros_like(as_float_array(z, "z"))
 
     def vjp(self, z, g):
         from .base import _check_pair
@@ -165,3 +184,6 @@ class Softplus(ElementwiseActivation):
 
     def derivative(self, z):
         return _math.sigmoid(as_float_array(z, "z"))
+
+    def second_derivative(self, z):
+        return _math.sigmoid_derivative(as_float_array(z, "z"))

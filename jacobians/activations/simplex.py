@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _kernels, _math
 from .._validation import as_float_array, check_positive_scalar
-from ..operators import DiagonalPlusRankOne
+from ..operators import DiagonalJacobian, DiagonalPlusLowRank, DiagonalPlusRankOne
 from .base import Activation, _check_pair, register_activation
 
 __all__ = ["SimplexMapping", "Softmax", "LogSoftmax", "Sparsemax", "Entmax15"]
@@ -43,7 +43,7 @@ class SimplexMapping(Activation):
         return g, g, g / g.sum(axis=-1, keepdims=True)
 
     def _operator_from_output(self, z, a):
-        return DiagonalPlusRankOne(*self._factors(a))
+        return DiagonalPlusRankOne(*self._factors(a), projector=True)
 
     def _vjp_from_output(self, z, a, v):
         d, u, w = self._factors(a)
@@ -67,6 +67,17 @@ class SimplexMapping(Activation):
         # J is symmetric for the whole family
         z, v = _check_pair(z, v, "v")
         return self._vjp_from_output(z, self.forward(z), v)
+
+    def hessian_vjp_operator(self, z, g):
+        z, g = _check_pair(z, g, "g")
+        return self._curvature(z, self.forward(z), g)
+
+    def _curvature(self, z, p, g):
+        """``Σ_i g_i ∇²p_i`` from the output ``p``, as an operator (each mapping its own)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no second derivative: write hessian(z) or hessian_vjp(z, g), or "
+            "_curvature(z, p, g) -> JacobianOperator, to use second-order methods"
+        )
 
 
 @register_activation
@@ -134,6 +145,19 @@ class Softmax(SimplexMapping):
         z, v = _check_pair(z, v, "v")
         return _kernels.softmax_vjp(self._scaled(z), v, self.temperature)
 
+    def _curvature(self, z, s, g):
+        """``Σ_i g_i ∇²s_i = (diag(w) − w sᵀ − s wᵀ)/T²`` with ``w = s ⊙ (g − g·s)``.
+
+        From ``∂²s_i/∂z_j∂z_k = s_i[(δ_ij − s_j)(δ_ik − s_k) − s_j(δ_jk − s_k)]/T²``.
+        """
+        w = s * (g - _rowdot(s, g))
+        t2 = s.dtype.type(self.temperature) ** 2
+        U = np.stack([w, s], axis=-1)
+        V = np.stack([s, w], axis=-1)
+        if self.temperature != 1.0:
+            w, U = w / t2, U / t2
+        return DiagonalPlusLowRank(w, U, V)
+
 
 @register_activation
 class LogSoftmax(Activation):
@@ -162,7 +186,7 @@ class LogSoftmax(Activation):
     def _operator_from_output(self, z, a):
         s = np.exp(a)
         ones = np.ones_like(s)
-        return DiagonalPlusRankOne(ones, ones, s)
+        return DiagonalPlusRankOne(ones, ones, s, projector=True)
 
     def jacobian_operator(self, z) -> DiagonalPlusRankOne:
         z = as_float_array(z, "z")
@@ -181,6 +205,14 @@ class LogSoftmax(Activation):
     def jvp(self, z, v):
         z, v = _check_pair(z, v, "v")
         return v - _rowdot(_kernels.softmax(z), v)
+
+    def hessian_vjp_operator(self, z, g):
+        """``Σ_i g_i ∇²a_i = −(Σg)(diag(s) − s sᵀ)``: every output has the same curvature,
+        ``−∇² lse(z)``."""
+        z, g = _check_pair(z, g, "g")
+        s = _math.softmax(z)
+        ws = -g.sum(axis=-1, keepdims=True) * s
+        return DiagonalPlusRankOne(ws, ws, s, projector=True)
 
 
 @register_activation
@@ -206,6 +238,10 @@ class Sparsemax(SimplexMapping):
     def gradient_weights(self, p):
         return (p > 0).astype(p.dtype)
 
+    def _curvature(self, z, p, g):
+        # piecewise linear: no curvature off the support boundaries
+        return DiagonalJacobian(np.zeros_like(p))
+
 
 @register_activation
 class Entmax15(SimplexMapping):
@@ -229,3 +265,26 @@ class Entmax15(SimplexMapping):
 
     def gradient_weights(self, p):
         return np.sqrt(p)
+
+    def _curvature(self, z, p, v):
+        """``Σ_i v_i ∇²p_i`` on the support S (zero elsewhere), with ``g = √p``,
+        ``G = Σg``, ``n = |S|``, ``V = Σ_S v`` and ``ν = v·g``::
+
+            ½ [diag(v − ν/G) − (v gᵀ + g vᵀ)/G + (V/G² − nν/G³) g gᵀ + ν (1 gᵀ + g 1ᵀ)/G²]
+
+        from ``p_i = g_i²``, ``∂g_i/∂z_j = (δ_ij − g_j/G)/2`` and ``∂G/∂z_k = (1 − n g_k/G)/2``.
+        """
+        on = (p > 0).astype(p.dtype)
+        g = np.sqrt(p)
+        v = v * on
+        G = g.sum(axis=-1, keepdims=True)
+        n = on.sum(axis=-1, keepdims=True)
+        V = v.sum(axis=-1, keepdims=True)
+        nu = _rowdot(v, g)
+        half = p.dtype.type(0.5)
+        d = half * (v - nu / G) * on
+        # diag(d) − U Vᵀ with U = [v/2G, −ν/2G² 1, g], V = [g, g, v/2G − ½(V/G² − nν/G³) g − ν/2G² 1]
+        last = half * v / G - half * (V / G**2 - n * nu / G**3) * g - half * nu / G**2 * on
+        U = np.stack([half * v / G, -half * nu / G**2 * on, g], axis=-1)
+        W = np.stack([g, g, last], axis=-1)
+        return DiagonalPlusLowRank(d, U, W)

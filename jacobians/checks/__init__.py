@@ -63,6 +63,12 @@ from .extreme import EXTREME_CLOSED_FORMS, check_extreme
 from .head import check_head
 from .inputs import DEFAULT_SHAPE, EXTREME, KINK_MARGIN, KINKS, TARGET_KINDS, example_inputs, extreme_inputs
 from .report import TOLERANCES, CheckReport, CheckRow, format_rows, format_table, label
+from .second_order import (
+    EXTREME_HESSIANS,
+    check_activation_second_order,
+    check_second_order,
+    check_second_order_extreme,
+)
 
 __all__ = [
     "CheckReport",
@@ -70,6 +76,10 @@ __all__ = [
     "check_activation",
     "check_head",
     "check_extreme",
+    "check_second_order",
+    "check_activation_second_order",
+    "check_second_order_extreme",
+    "EXTREME_HESSIANS",
     "example_inputs",
     "extreme_inputs",
     "TOLERANCES",

@@ -18,7 +18,7 @@ from ..losses import (
     NLLLoss,
     SparsemaxLoss,
 )
-from .head import _head_methods, _operator_value_and_grad, _prepare_targets
+from .head import _prepare_targets, method_results
 from .inputs import extreme_inputs
 from .report import CheckReport, _batched_jvp, _batched_vjp, _Failed, _readonly, _require, _Rows, _run, _subject
 
@@ -141,12 +141,7 @@ def check_extreme(obj, z=None, y=None, *, shape=(2, 3, 5), dtype=np.float64, see
 
     head = obj
     y = _prepare_targets(y, z)
-    results = {}
-    for method in _head_methods(head):
-        if method == "operator":
-            results[method] = _run(_operator_value_and_grad, head, z, y)
-        else:
-            results[method] = _run(head.value_and_grad, z, y, method)
+    results = method_results(head, z, y)
     for method, r in results.items():
         value, grad = (r, r) if isinstance(r, _Failed) else (np.asarray(r[0]), r[1])
         rows.finite("value", method, value if isinstance(value, _Failed) else value.astype(dt))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import as_float_array
 from ..head import Head
 from ..numerical import numerical_grad
 from ..testing import ACTIVATION_REFERENCES, LOSS_REFERENCES, loop_head
-from .inputs import DEFAULT_SHAPE, _check_dtype, _check_shape, _head_distance, _kink_note, _make_targets, example_inputs
+from .inputs import DEFAULT_SHAPE, head_inputs
 from .report import CheckReport, _batched_vjp, _Failed, _readonly, _require, _Rows, _run, _safe_call, _subject
 
 # above this many entries the gradient reference is taken along random directions
@@ -79,22 +78,7 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
     """
     _require(head, Head, "head")
     rng = np.random.default_rng(seed)
-    loss = head.loss_fn
-    if z is None:
-        dt = np.dtype(np.float64) if dtype is None else _check_dtype(dtype)
-        if y is not None:
-            ya = np.asarray(y)
-            shape = ya.shape + (_check_shape(shape)[-1],) if ya.dtype.kind in "iu" else ya.shape
-        z, y = example_inputs(head, shape=shape, dtype=dt, seed=rng, y=y)
-        kink = ""
-    else:
-        z = as_float_array(z, "z")
-        if dtype is not None:
-            z = z.astype(_check_dtype(dtype))
-        if y is None:
-            y = _make_targets(loss, z.shape, rng)
-        dist, names = _head_distance(head, z.astype(np.float64), np.asarray(y))
-        kink = _kink_note(names, dist)
+    z, y, kink = head_inputs(head, z, y, shape=shape, dtype=dtype, rng=rng)
     z = _readonly(z)
     y = _prepare_targets(y, z)
     dt = z.dtype
@@ -138,12 +122,7 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
         return directions.reshape(len(directions), -1) @ grad.reshape(-1)
 
     what = "dE/dz" if full else f"dE/dz·v ({_N_DIRECTIONS} directions)"
-    results = {}
-    for method in _head_methods(head):
-        if method == "operator":
-            results[method] = _run(_operator_value_and_grad, head, z, y)
-        else:
-            results[method] = _run(head.value_and_grad, z, y, method)
+    results = method_results(head, z, y)
     grads = {m: (r if isinstance(r, _Failed) else r[1]) for m, r in results.items()}
 
     for method, grad in grads.items():
@@ -194,6 +173,18 @@ def has_loop_reference(obj) -> bool:
     if isinstance(obj, Head):
         return has_loop_reference(obj.activation) and has_loop_reference(obj.loss_fn)
     return type(obj) in ACTIVATION_REFERENCES or type(obj) in LOSS_REFERENCES
+
+
+def method_results(head: Head, z, y) -> dict:
+    """``{method: (value, dE/dz) or _Failed}`` for every method of the head (the
+    ``'operator'`` one: dE/da pushed through the activation's Jacobian operator)."""
+    results = {}
+    for method in _head_methods(head):
+        if method == "operator":
+            results[method] = _run(_operator_value_and_grad, head, z, y)
+        else:
+            results[method] = _run(head.value_and_grad, z, y, method)
+    return results
 
 
 def _chain_rule_scale(head: Head, z64, y64) -> float:

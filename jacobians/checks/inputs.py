@@ -268,3 +268,25 @@ def _kink_note(names, dist) -> str:
     )
 
 
+
+
+def head_inputs(head, z, y, *, shape, dtype, rng) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(z, y, kink note)`` for a head check: generated clear of kinks when z is None (y
+    kept when given: its shape sets the batch), else z as given (cast to ``dtype``) with
+    targets generated when y is None, and a note when the inputs sit near a kink."""
+    from .._validation import as_float_array
+
+    if z is None:
+        dt = np.dtype(np.float64) if dtype is None else _check_dtype(dtype)
+        if y is not None:
+            ya = np.asarray(y)
+            shape = ya.shape + (_check_shape(shape)[-1],) if ya.dtype.kind in "iu" else ya.shape
+        z, y = example_inputs(head, shape=shape, dtype=dt, seed=rng, y=y)
+        return z, y, ""
+    z = as_float_array(z, "z")
+    if dtype is not None:
+        z = z.astype(_check_dtype(dtype))
+    if y is None:
+        y = _make_targets(head.loss_fn, z.shape, rng)
+    dist, names = _head_distance(head, z.astype(np.float64), np.asarray(y))
+    return z, y, _kink_note(names, dist)

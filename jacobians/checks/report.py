@@ -71,8 +71,8 @@ class CheckRow:
     @property
     def compared(self) -> str:
         """``'<quantity>: <method> vs <reference>'`` (``'... is finite'`` for finiteness rows)."""
-        if self.reference == "finite":
-            return f"{self.quantity}: {self.method} is finite"
+        if self.reference in ("finite", "PSD", "symmetric"):
+            return f"{self.quantity}: {self.method} is {self.reference}"
         return f"{self.quantity}: {self.method} vs {self.reference}"
 
     def to_dict(self) -> dict:

@@ -7,9 +7,12 @@ from typing import ClassVar
 
 import numpy as np
 
+from .. import _math
+from .._lazy import dask_aware
 from .._validation import as_float_array, check_reduction
 from ..activations.base import _register
 from ..domains import Domain, domain
+from ..operators import DenseJacobian, DiagonalJacobian, DiagonalPlusLowRank, JacobianOperator
 
 __all__ = ["Loss", "ElementwiseLoss", "LOSSES", "register_loss", "get_loss"]
 
@@ -89,9 +92,21 @@ class Loss:
     #: instance attribute set by ``__init__``; the class default serves subclasses whose
     #: ``__init__`` does not call ``super().__init__()``
     reduction: str = "mean"
+    #: what ``'mean'`` divides by instead of the batch's own denominator (None: the batch's);
+    #: see :meth:`with_denominator`
+    denominator: float | None = None
+    #: the model's own distribution of targets given ``a``, for the Fisher (one of
+    #: ``jacobians.curvature.PREDICTIVES``: ``'categorical'``, ``'categorical_log'``,
+    #: ``'bernoulli'``, ``'gaussian'``); None: the loss is no negative log-likelihood
+    predictive: ClassVar[str | None] = None
 
     def __init__(self, reduction: str = "mean"):
         self.reduction = check_reduction(reduction)
+
+    def __init_subclass__(cls, **kwargs):
+        # every subclass's value/grad/curvature take Dask arrays too (jacobians._dask)
+        super().__init_subclass__(**kwargs)
+        _make_dask_aware(cls)
 
     @classmethod
     def variants(cls, K: int) -> list[dict]:
@@ -114,6 +129,17 @@ class Loss:
         """Gradient of each sample's loss w.r.t. its own row of ``a``, shape ``(..., K)``."""
         raise NotImplementedError(f"{type(self).__name__} must implement per_sample_grad(a, y)")
 
+    def per_sample_hessian(self, a: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Hessian of each sample's loss w.r.t. its own row of ``a``, shape ``(..., K, K)``.
+
+        Write it to get :meth:`hessian`, :meth:`hvp` and every second-order method of a
+        :class:`~jacobians.Head` (every reduction follows, as for the gradient).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no second derivative: write per_sample_hessian(a, y) -> (..., K, K) "
+            "(or, for an ElementwiseLoss, per_element_hessian(a, y) -> (..., K)) to use second-order methods"
+        )
+
     def check_targets(self, a: np.ndarray, y) -> np.ndarray:
         """Validate ``y`` against ``a``; default: shape ``a.shape`` or ``a.shape[:-1]``."""
         y = np.asarray(y)
@@ -133,6 +159,84 @@ class Loss:
         grads = np.asarray(self.per_sample_grad(a, y)) if need_grad else None
         return values, grads, values.size
 
+    def _hessian_terms(self, a: np.ndarray, y):
+        """``(blocks, denominator)``: the unreduced per-sample Hessians as a
+        :class:`~jacobians.JacobianOperator`, and what ``'mean'`` divides by."""
+        H = np.asarray(self.per_sample_hessian(a, y))
+        if H.shape != a.shape + a.shape[-1:]:
+            raise ValueError(
+                f"{type(self).__name__}.per_sample_hessian must return shape {a.shape + a.shape[-1:]} (..., K, K); "
+                f"got shape {H.shape}"
+            )
+        return DenseJacobian(H.astype(a.dtype, copy=False)), int(np.prod(a.shape[:-1]))
+
+    def _reduction_scale(self, denom, dtype):
+        """The factor the reduction puts on every per-sample term: 1/denominator for
+        ``'mean'``, 1 otherwise."""
+        if self.reduction != "mean":
+            return dtype.type(1.0)
+        if self.denominator is not None:
+            denom = self.denominator
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return dtype.type(1.0) / dtype.type(denom)
+
+    def hessian_operator(self, a, y):
+        """The Hessian blocks of the reduced loss, ``∂²E/∂a_n∂a_n``, as a structured
+        :class:`~jacobians.JacobianOperator` (diagonal for the built-ins except the
+        Fenchel–Young losses; O(N·K) memory).
+
+        Each block carries the reduction's factor (1/N for ``'mean'``, 1/(N·K) for an
+        elementwise loss, the summed class weights, zero for ignored samples); with
+        ``'none'`` block n is the Hessian of sample n's own loss.
+        """
+        a, y = self._prepare(a, y)
+        blocks, denom = self._hessian_terms(a, y)
+        scale = self._reduction_scale(denom, a.dtype)
+        return blocks if scale == 1 else blocks.scaled(scale)
+
+    def hessian(self, a, y) -> np.ndarray:
+        """``∂²E/∂a_n∂a_n``, shape ``(..., K, K)``: see :meth:`hessian_operator`."""
+        return self.hessian_operator(a, y).dense()
+
+    def hvp(self, a, y, v) -> np.ndarray:
+        """``(∂²E/∂a_n∂a_n) v_n`` per sample, shape ``(..., K)``, without the dense blocks."""
+        op = self.hessian_operator(a, y)
+        v = as_float_array(v, "v")
+        if v.shape != op.batch_shape + (op.size,):
+            raise ValueError(f"v must have the shape of a, {op.batch_shape + (op.size,)}; got shape {v.shape}")
+        return op @ v.astype(op.dtype, copy=False)
+
+    def fisher_blocks(self, a: np.ndarray) -> JacobianOperator:
+        """``E_ŷ[∇ℓ(ŷ) ∇ℓ(ŷ)ᵀ]`` per sample, unreduced, with ``∇`` taken with respect to ``a``
+        and ``ŷ`` drawn from :attr:`predictive` at ``a``: the exact (type-2) Fisher in the
+        loss's input space, shape ``(..., K, K)`` as an operator.
+
+        The default enumerates the outcomes with :meth:`per_sample_grad`: the K classes of a
+        categorical (O(K³) a sample), the two values of each independent Bernoulli entry (an
+        elementwise loss: ``diag(a(1 − a)(g₁ − g₀)²) + m mᵀ`` with ``m`` the mean gradient).
+        A Gaussian predictive has no finite enumeration: write this method, or use the
+        Monte-Carlo Fisher.
+        """
+        kind = self.predictive
+        K = a.shape[-1]
+        if kind in ("categorical", "categorical_log"):
+            p = np.exp(a) if kind == "categorical_log" else a
+            grads = np.stack([np.asarray(self.per_sample_grad(a, np.full(a.shape[:-1], k))) for k in range(K)], axis=-2)
+            return DenseJacobian(np.einsum("...k,...ki,...kj->...ij", p, grads, grads))
+        if kind == "bernoulli" and isinstance(self, ElementwiseLoss):
+            g0 = self.per_element_grad(a, np.zeros_like(a))
+            g1 = self.per_element_grad(a, np.ones_like(a))
+            m = a * g1 + (1 - a) * g0
+            return DiagonalPlusLowRank(a * (1 - a) * (g1 - g0) ** 2, m[..., None], -m[..., None])
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form Fisher for its predictive {kind!r}: write "
+            "fisher_blocks(a), or use the Monte-Carlo Fisher (kind='mc')"
+        )
+
+    def _mean_denominator(self, a: np.ndarray, y) -> float:
+        """What ``'mean'`` divides by for these targets (``y`` validated)."""
+        return self._terms(a, y, need_grad=False)[2]
+
     def _prepare(self, a, y):
         a = as_float_array(a, "a")
         d = domain(self.input_domain)
@@ -143,11 +247,11 @@ class Loss:
         red = self.reduction
         if red == "none":
             return values, grads
-        total = values.sum(dtype=values.dtype)
+        total = _math.total(values)
         if red == "sum":
             return total, grads
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = values.dtype.type(1.0) / values.dtype.type(denom)
+        scale = self._reduction_scale(denom, values.dtype)
+        with np.errstate(invalid="ignore"):
             return total * scale, (None if grads is None else grads * scale)
 
     def value(self, a, y):
@@ -174,6 +278,32 @@ class Loss:
         new.reduction = check_reduction(reduction)
         return new
 
+    def with_denominator(self, denominator) -> Loss:
+        """A copy of this loss whose ``'mean'`` divides by ``denominator`` whatever the batch.
+
+        For a batch split into pieces (chunks of a Dask array, a data set that does not fit
+        at once): with the whole batch's denominator — N, N·K for an elementwise loss, the
+        summed weights of the targets not ignored — each piece gives its rows' exact share
+        of the whole batch's value, gradient and curvature, and the shares add up.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import jacobians as jac
+        >>> a = np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])
+        >>> y = np.array([1, 0, 1])
+        >>> loss = jac.CrossEntropy()
+        >>> whole = loss.grad(a, y)
+        >>> piece = loss.with_denominator(3).grad(a[:1], y[:1])
+        >>> bool(np.array_equal(piece, whole[:1]))
+        True
+        """
+        if denominator is not None:
+            denominator = float(denominator)
+        new = copy.copy(self)
+        new.denominator = denominator
+        return new
+
     @property
     def domain(self) -> Domain:
         """The input domain as a :class:`~jacobians.domains.Domain`."""
@@ -182,6 +312,19 @@ class Loss:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
+
+
+#: the methods of a loss that run on Dask arrays chunk by chunk
+DASK_METHODS = ("value", "grad", "value_and_grad", "hessian", "hvp")
+
+
+def _make_dask_aware(cls) -> None:
+    for name in DASK_METHODS:
+        if name in cls.__dict__:
+            setattr(cls, name, dask_aware("loss." + name)(cls.__dict__[name]))
+
+
+_make_dask_aware(Loss)
 
 
 class ElementwiseLoss(Loss):
@@ -200,11 +343,32 @@ class ElementwiseLoss(Loss):
     def per_element_grad(self, a, y) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} must implement per_element_grad(a, y)")
 
+    def per_element_hessian(self, a, y) -> np.ndarray:
+        """``∂²e(a_k, y_k)/∂a_k²``, shape ``(..., K)``: the diagonal of each sample's Hessian."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no second derivative: write per_element_hessian(a, y) -> (..., K) "
+            "to use second-order methods"
+        )
+
     def per_sample(self, a, y):
         return self.per_element(a, y).sum(axis=-1)
 
     def per_sample_grad(self, a, y):
         return self.per_element_grad(a, y)
+
+    def per_sample_hessian(self, a, y):
+        return DiagonalJacobian(self.per_element_hessian(a, y)).dense()
+
+    def _hessian_terms(self, a, y):
+        h = np.asarray(self.per_element_hessian(a, y))
+        if h.shape != a.shape:
+            raise ValueError(
+                f"{type(self).__name__}.per_element_hessian must return the shape of a, {a.shape}; got shape {h.shape}"
+            )
+        return DiagonalJacobian(h.astype(a.dtype, copy=False)), a.size
+
+    def _mean_denominator(self, a, y):
+        return a.size
 
     def check_targets(self, a, y):
         y = as_float_array(y, "y", min_ndim=0, like=a)

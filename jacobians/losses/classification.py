@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import as_float_array, check_nonnegative_scalar
-from ._targets import check_class_targets, check_weight, class_coefficients
+from ..operators import DiagonalJacobian, DiagonalPlusLowRank
+from ._targets import ClassTargets, check_class_targets, check_weight, class_coefficients
 from .base import ElementwiseLoss, Loss, register_loss
 
 __all__ = ["CrossEntropy", "NLLLoss", "KLDivergence", "BinaryCrossEntropy"]
@@ -42,6 +43,16 @@ def _neg_ratio(c: np.ndarray, safe: np.ndarray) -> np.ndarray:
 IGNORE_INDEX = -100
 
 
+def _curvature_ratio(c: np.ndarray, safe: np.ndarray) -> np.ndarray:
+    """``c / safe²`` for ``c >= 0``, saturated at the dtype's largest finite value (see
+    :func:`_neg_ratio`): divided twice, so ``safe²`` never underflows to 0."""
+    big = np.finfo(safe.dtype).max
+    with np.errstate(over="ignore"):
+        h = np.minimum(c / safe, big)
+        h /= safe
+    return np.minimum(h, big, out=h)
+
+
 def _check_ignore_index(ignore_index):
     if ignore_index is None:
         return None
@@ -65,9 +76,16 @@ class _ClassLoss(Loss):
     def per_sample_grad(self, a, y):
         return self._terms(a, self.check_targets(a, y), need_grad=True)[1]
 
+    def per_sample_hessian(self, a, y):
+        return self._hessian_terms(a, self.check_targets(a, y))[0].dense()
+
     def coefficients(self, t, dtype):
         """``(c, denominator)``: per-sample loss ``−Σ c_k log p_k (+ const)``."""
         return class_coefficients(t, dtype, weight=getattr(self, "weight", None), smoothing=getattr(self, "label_smoothing", 0.0))
+
+    def _mean_denominator(self, a, y):
+        t = y if isinstance(y, ClassTargets) else self.check_targets(a, y)
+        return self.coefficients(t, a.dtype)[1]
 
 
 @register_loss
@@ -109,6 +127,7 @@ class CrossEntropy(_ClassLoss):
 
     name = "cross_entropy"
     input_domain = "open_simplex"
+    predictive = "categorical"
 
     def __init__(self, label_smoothing: float = 0.0, weight=None, ignore_index: int | None = None, reduction: str = "mean"):
         super().__init__(reduction)
@@ -131,6 +150,27 @@ class CrossEntropy(_ClassLoss):
         safe = _floor_tiny(a)
         values = -_rowdot(c, np.log(safe))
         return values, (_neg_ratio(c, safe) if need_grad else None), denom
+
+    def _hessian_terms(self, a, t):
+        """``diag(c / a²)`` (``a`` read as ``max(a, tiny)``, saturated at the largest float)."""
+        c, denom = self.coefficients(t, a.dtype)
+        return DiagonalJacobian(_curvature_ratio(c, _floor_tiny(a))), denom
+
+    def fisher_blocks(self, a):
+        """With ``ŷ`` ~ Categorical(a) and the target ``q = (1 − ε) e_ŷ + ε/K``, the gradient is
+        ``−w ⊙ q / a``, so ``E[g gᵀ] = (1 − ε)² diag(w²/a) + (1 − ε)(w βᵀ + β wᵀ) + (Σa) β βᵀ``
+        with ``β = (ε/K) w / a``: ``diag(1/a)`` without weights or smoothing."""
+        K, dt = a.shape[-1], a.dtype
+        safe = _floor_tiny(a)
+        w = np.ones(K, dt) if self.weight is None else self.weight.astype(dt)
+        one = dt.type(1 - self.label_smoothing)
+        d = -_neg_ratio(np.broadcast_to(one * one * w * w, a.shape), safe)  # (1 − ε)² w² / a
+        if not self.label_smoothing:
+            return DiagonalJacobian(d)
+        beta = dt.type(self.label_smoothing / K) * w / safe
+        U = np.stack([-one * np.broadcast_to(w, a.shape), -beta], axis=-1)
+        V = np.stack([beta, one * w + a.sum(axis=-1, keepdims=True) * beta], axis=-1)
+        return DiagonalPlusLowRank(d, U, V)
 
 
 @register_loss
@@ -157,6 +197,7 @@ class NLLLoss(_ClassLoss):
 
     name = "nll"
     input_domain = "log_simplex"
+    predictive = "categorical_log"
 
     def __init__(self, weight=None, ignore_index: int | None = None, reduction: str = "mean"):
         super().__init__(reduction)
@@ -171,6 +212,15 @@ class NLLLoss(_ClassLoss):
     def _terms(self, a, t, need_grad):
         c, denom = self.coefficients(t, a.dtype)
         return -_rowdot(c, a), (-c if need_grad else None), denom
+
+    def _hessian_terms(self, a, t):
+        """Linear in ``a``: zero."""
+        return DiagonalJacobian(np.zeros_like(a)), self.coefficients(t, a.dtype)[1]
+
+    def fisher_blocks(self, a):
+        """With ``ŷ`` ~ Categorical(exp a) the gradient is ``−w_ŷ e_ŷ``: ``diag(exp(a) w²)``."""
+        w2 = 1 if self.weight is None else self.weight.astype(a.dtype) ** 2
+        return DiagonalJacobian(np.exp(a) * w2)
 
 
 def _xlogx(y: np.ndarray) -> np.ndarray:
@@ -200,6 +250,7 @@ class KLDivergence(_ClassLoss):
 
     name = "kl_divergence"
     input_domain = "open_simplex"
+    predictive = "categorical"
 
     def __init__(self, reduction: str = "mean"):
         super().__init__(reduction)
@@ -215,6 +266,15 @@ class KLDivergence(_ClassLoss):
         safe = _floor_tiny(a)
         values = self.entropy_term(t, a.dtype) - _rowdot(c, np.log(safe))
         return values, (-c / safe if need_grad else None), denom
+
+    def _hessian_terms(self, a, t):
+        """``diag(y / a²)``."""
+        c, denom = self.coefficients(t, a.dtype)
+        return DiagonalJacobian(_curvature_ratio(c, _floor_tiny(a))), denom
+
+    def fisher_blocks(self, a):
+        """With a one-hot ``ŷ`` ~ Categorical(a) the loss is ``−log a_ŷ``: ``diag(1/a)``."""
+        return DiagonalJacobian(-_neg_ratio(np.ones_like(a), _floor_tiny(a)))
 
 
 #: torch clamps log terms of binary_cross_entropy at -100 and the gradient's a(1 - a) at
@@ -257,6 +317,7 @@ class BinaryCrossEntropy(ElementwiseLoss):
     name = "binary_cross_entropy"
     input_domain = "unit_interval"
     target_kind = "probability"
+    predictive = "bernoulli"
 
     def __init__(self, label_smoothing: float = 0.0, pos_weight=None, reduction: str = "mean"):
         super().__init__(reduction)
@@ -308,3 +369,17 @@ class BinaryCrossEntropy(ElementwiseLoss):
         pw = self._pos_weight(a.dtype)
         numer = a - y if pw is None else a * (pw * y + 1 - y) - pw * y
         return numer / np.maximum(a * (1 - a), a.dtype.type(_BCE_GRAD_EPS))
+
+    def per_element_hessian(self, a, y):
+        """The derivative of :meth:`per_element_grad`: ``p y / a² + (1 − y) / (1 − a)²``
+        where its clamp is inactive (``a(1 − a) >= 1e-12``), ``(p y + 1 − y) / 1e-12``
+        where the clamped gradient ``(a(p y + 1 − y) − p y) / 1e-12`` is linear in ``a``.
+        (torch's double backward regularizes the first expression with
+        ``(a + 1e-12)²(1 − a + 1e-12)²`` instead.)"""
+        y = self.smoothed(y)
+        pw = self._pos_weight(a.dtype)
+        pos = y if pw is None else pw * y
+        eps = a.dtype.type(_BCE_GRAD_EPS)
+        clamped = a * (1 - a) < eps
+        inside = _curvature_ratio(pos, _floor_tiny(a)) + _curvature_ratio(1 - y, _floor_tiny(1 - a))
+        return np.where(clamped, (pos + 1 - y) / eps, inside)

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import _math
 from ..activations.simplex import Entmax15, Sparsemax
+from ..operators import SimplexBlock
 from ._targets import check_class_targets
 from .base import Loss, register_loss
 
@@ -51,6 +52,19 @@ class FenchelYoungLoss(Loss):
 
     def per_sample_grad(self, z, y):
         return self._terms(z, self.check_targets(z, y), need_grad=True)[1]
+
+    def per_sample_hessian(self, z, y):
+        return self._hessian_terms(z, self.check_targets(z, y))[0].dense()
+
+    @staticmethod
+    def curvature_weights(p: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """``d`` of the mapping's Jacobian ``diag(d) − d dᵀ/Σd`` from its output ``p``."""
+        raise NotImplementedError
+
+    def _hessian_terms(self, z, t):
+        """The mapping's Jacobian ``diag(d) − d dᵀ/Σd`` (``∇²L = ∂p/∂z``, whatever y)."""
+        d = self.curvature_weights(self.mapping(z))
+        return SimplexBlock(d, 1.0), int(np.prod(z.shape[:-1]))
 
     def _terms(self, z, t, need_grad):
         p = self.mapping(z)
@@ -93,6 +107,10 @@ class SparsemaxLoss(FenchelYoungLoss):
     def mapping(z):
         return _math.sparsemax(z)
 
+    @staticmethod
+    def curvature_weights(p):
+        return (p > 0).astype(p.dtype)
+
 
 @register_loss
 class Entmax15Loss(FenchelYoungLoss):
@@ -113,3 +131,7 @@ class Entmax15Loss(FenchelYoungLoss):
     @staticmethod
     def mapping(z):
         return _math.entmax15(z)
+
+    @staticmethod
+    def curvature_weights(p):
+        return np.sqrt(p)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import check_positive_scalar
+from ..operators import DiagonalJacobian
 from .base import ElementwiseLoss, register_loss
 
 __all__ = ["MeanSquaredError", "MeanAbsoluteError", "Huber"]
@@ -24,6 +25,7 @@ class MeanSquaredError(ElementwiseLoss):
     """
 
     name = "mse"
+    predictive = "gaussian"
 
     def per_element(self, a, y):
         d = a - y
@@ -31,6 +33,13 @@ class MeanSquaredError(ElementwiseLoss):
 
     def per_element_grad(self, a, y):
         return 2 * (a - y)
+
+    def per_element_hessian(self, a, y):
+        return np.full_like(a, 2)
+
+    def fisher_blocks(self, a):
+        """With ``ŷ = a + N(0, ½)`` the gradient is ``2(a − ŷ)``: ``E[g gᵀ] = 2 I``, the Hessian."""
+        return DiagonalJacobian(np.full_like(a, 2))
 
 
 @register_loss
@@ -52,6 +61,10 @@ class MeanAbsoluteError(ElementwiseLoss):
 
     def per_element_grad(self, a, y):
         return np.sign(a - y)
+
+    def per_element_hessian(self, a, y):
+        """Zero (the kink at ``a = y`` has no second derivative)."""
+        return np.zeros_like(a)
 
 
 @register_loss
@@ -94,3 +107,7 @@ class Huber(ElementwiseLoss):
     def per_element_grad(self, a, y):
         delta = a.dtype.type(self.delta)
         return np.clip(a - y, -delta, delta)
+
+    def per_element_hessian(self, a, y):
+        """1 inside ``|a − y| <= delta``, 0 outside (torch's ``huber_loss`` double backward)."""
+        return (np.abs(a - y) <= a.dtype.type(self.delta)).astype(a.dtype)
