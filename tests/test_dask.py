@@ -281,7 +281,10 @@ def test_on_a_local_cluster(cluster_client, rng):
     for m in ("fused", "vjp", "jacobian"):
         v, g = head.value_and_grad(zd, y, m)
         v, g = cluster_client.compute([v, g], sync=True)
-        assert _ulps(g, head.grad(z, y, m)) == 0 and _ulps(v, np.asarray(head.loss(z, y))) <= 2
+        # the same method on numpy to the bit; the fused value (head.loss) a few ulp away, as the
+        # methods' values are computed differently (up to 3 ulp apart with the numba kernels here)
+        assert _ulps(g, head.grad(z, y, m)) == 0 and v == head.value_and_grad(z, y, m)[0]
+        assert _ulps(v, np.asarray(head.loss(z, y))) <= 4
     H = cluster_client.compute(head.hessian(zd, y), sync=True)
     assert _ulps(H, head.hessian(z, y)) == 0
     S = cluster_client.compute(head.sqrt_ggn_sampled(zd, 5, seed=3), sync=True)

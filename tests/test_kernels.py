@@ -429,6 +429,71 @@ def test_dense_builds_are_bitwise_equal(dtype, rng):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_builds_with_an_exact_diagonal_are_bitwise_equal(dtype, rng):
+    """A projector's exact diagonal (``d ⊙`` complement sums) replaces ``d_j − u_j v_j`` in
+    both kernel sets, written after the off-diagonal entries."""
+    d, u, v, exact = (rng.normal(size=(9, 6)).astype(dtype) for _ in range(4))
+    a, b = np.full((9, 6, 6), np.nan, dtype), np.full((9, 6, 6), np.nan, dtype)
+    numba_impl.dense_diag_minus_rank_one(d, u, v, a, exact)
+    numpy_impl.dense_diag_minus_rank_one(d, u, v, b, exact)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.einsum("ijj->ij", a), exact)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1.0, 0.5])
+def test_softmax_vjp_with_a_factor_matches_numpy_and_long_double(dtype, T, rng):
+    """``f · s ⊙ (g − s·g) / T`` with a scalar factor or one per row (the curvature's HVP)."""
+    x = (rng.normal(size=(4, 60, 13)) * 3).astype(dtype)
+    g = rng.normal(size=x.shape).astype(dtype)
+    s = np.exp(_ld_log_softmax(x))
+    gl = g.astype(LD)
+    dot = (s * gl).sum(axis=-1, keepdims=True)
+    for factor in (dtype(0.25), rng.uniform(0.1, 3.0, size=x.shape[:-1]).astype(dtype)):
+        with np.errstate(**RAISE):
+            out, ref = numba_impl.softmax_vjp(x, g, T, factor), numpy_impl.softmax_vjp(x, g, T, factor)
+        f = (np.asarray(factor, dtype) / dtype(T)).astype(LD)[..., None] if np.ndim(factor) else LD(np.asarray(factor, dtype) / dtype(T))
+        exact = f * s * (gl - dot)
+        scale = np.abs(f) * s * (np.abs(gl) + np.abs(dot))
+        _assert_close_at_scale(out, exact, scale, dtype, 16, f"softmax_vjp factor {np.ndim(factor)}-d", ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_rows_results_do_not_depend_on_the_rows_with_it(dtype, rng):
+    """Chunks of a batch (Dask) get the whole batch's rows to the bit: row sums in a fixed
+    order per row, and BCE totals added as :func:`jacobians._math.total` adds the values."""
+    for K in (7, 100):
+        x = rng.normal(size=(3001, K)).astype(dtype)
+        g = rng.normal(size=x.shape).astype(dtype)
+        idx = rng.integers(0, K, size=x.shape[0])
+        part = slice(1234, 1999)
+        np.testing.assert_array_equal(numba_impl.softmax(x)[part], numba_impl.softmax(x[part]))
+        np.testing.assert_array_equal(numba_impl.log_softmax(x)[part], numba_impl.log_softmax(x[part]))
+        np.testing.assert_array_equal(numba_impl.softmax_vjp(x, g)[part], numba_impl.softmax_vjp(x[part], g[part]))
+        for a, b in zip(numba_impl.ce_index(x, idx, None, 0.5), numba_impl.ce_index(x[part], idx[part], None, 0.5)):
+            np.testing.assert_array_equal(a[part], b)
+        c = np.abs(g)
+        for a, b in zip(numba_impl.ce_coefficients(x, c), numba_impl.ce_coefficients(x[part], c[part])):
+            np.testing.assert_array_equal(a[part], b)
+    z, y = rng.normal(size=200_001).astype(dtype) * 4, (rng.random(200_001) < 0.5).astype(dtype)
+    for impl in (numba_impl, numpy_impl):
+        values, _, _ = impl.sigmoid_bce_plain(z, y, dtype(1.0), True)
+        _, total, _ = impl.sigmoid_bce_plain(z, y, dtype(1.0), False)
+        assert total.dtype == dtype and total == _math.total(values), impl.__name__
+
+
+def test_cross_entropy_index_kernels_on_fortran_ordered_logits(rng):
+    """numpy's kernel writes its gradient in a C-ordered buffer whatever the input's layout
+    (a flat view of it indexes the targets)."""
+    x = np.asfortranarray(rng.normal(size=(40, 9)))
+    idx = rng.integers(0, 9, size=40)
+    ref = numpy_impl.ce_index(np.ascontiguousarray(x), idx, None, 1.0)
+    for impl in (numpy_impl, numba_impl):
+        for a, b in zip(impl.ce_index(x, idx, None, 1.0), ref if impl is numpy_impl else impl.ce_index(np.ascontiguousarray(x), idx, None, 1.0)):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("kernel", ["softmax", "log_softmax", "ce_index"])
 def test_nan_and_inf_rows_as_numpy(kernel):
     """A NaN anywhere in a row makes the row NaN; +inf makes its value NaN, as in numpy."""
