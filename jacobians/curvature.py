@@ -40,7 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import _math
+from . import _kernels, _math
 from ._validation import as_float_array
 from .activations import Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
 from .losses import (
@@ -222,7 +222,7 @@ def _softmax_family(act, loss, z, y):
 def _softmax_hessian(act, loss, z, y):
     """``Σc · (diag(p) − p pᵀ)/T²`` per row (times the reduction's factor)."""
     x, _, csum, scale = _softmax_family(act, loss, z, y)
-    return SimplexBlock(_math.softmax(x), csum * scale)
+    return SimplexBlock(_kernels.softmax(x), csum * scale)
 
 
 def _softmax_hvp(act, loss, z, y, v):
@@ -231,7 +231,7 @@ def _softmax_hvp(act, loss, z, y, v):
     T = getattr(act, "temperature", 1.0)
     plain = t.is_index and t.valid is None and getattr(loss, "weight", None) is None
     factor = scale * z.dtype.type(T) if plain else csum * (scale * z.dtype.type(T))
-    return _math.softmax_vjp(x, v, T, factor)
+    return _kernels.softmax_vjp(x, v, T, factor)
 
 
 def _softmax_sqrt(act, loss, z, y):
@@ -279,9 +279,9 @@ def _softmax_fisher(act, loss, z, y):
     T = getattr(act, "temperature", 1.0)
     x = z if T == 1.0 else z / z.dtype.type(T)
     if isinstance(loss, KLDivergence):  # a one-hot ŷ: −log p_ŷ, whatever the soft targets
-        blocks = SimplexBlock(_math.softmax(x), np.ones(z.shape[:-1], z.dtype))
+        blocks = SimplexBlock(_kernels.softmax(x), np.ones(z.shape[:-1], z.dtype))
     else:
-        blocks = _class_fisher(_math.softmax(x), loss, z.dtype)
+        blocks = _class_fisher(_kernels.softmax(x), loss, z.dtype)
     return blocks if T == 1.0 else blocks.scaled(z.dtype.type(1.0 / T**2))
 
 

@@ -210,7 +210,7 @@ class LogSoftmax(Activation):
         """``Σ_i g_i ∇²a_i = −(Σg)(diag(s) − s sᵀ)``: every output has the same curvature,
         ``−∇² lse(z)``."""
         z, g = _check_pair(z, g, "g")
-        s = _math.softmax(z)
+        s = _kernels.softmax(z)
         ws = -g.sum(axis=-1, keepdims=True) * s
         return DiagonalPlusRankOne(ws, ws, s, projector=True)
 
