@@ -82,6 +82,21 @@ def make_loss(cls, options, K: int, reduction: str = "mean"):
     return cls(reduction=reduction, **kwargs)
 
 
+def pair_options(acls, lcls, K: int = 4) -> list[tuple[dict, object]]:
+    """``(activation keywords, loss options)`` of every variant of the activation with every
+    variant of the loss that makes a valid head (an ``Entmax`` and an ``EntmaxLoss`` of
+    different α are not a pair)."""
+    out = []
+    for aopt in [{}] + acls.variants(K):
+        for lopt in variant_options(lcls, K):
+            try:
+                jac.Head(acls(**aopt), make_loss(lcls, lopt, K))
+            except ValueError:
+                continue
+            out.append((aopt, lopt))
+    return out
+
+
 def loss_specs(K: int = 4) -> list[tuple[str, type, object]]:
     """``(id, class, options)`` for every registered loss and its variants (options a
     function of K)."""

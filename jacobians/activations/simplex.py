@@ -1,12 +1,14 @@
 """Activations onto the probability simplex (and its log).
 
-softmax, sparsemax and 1.5-entmax share one Jacobian structure (Peters et al., 2019)::
+softmax, sparsemax, 1.5-entmax and α-entmax share one Jacobian structure (Peters et al.,
+2019)::
 
     J = diag(g) − g gᵀ / Σg,      Jᵀ v = g ⊙ (v − (g·v) / Σg)
 
-with g = p (softmax; p/T with a temperature), g = 1 on the support (sparsemax) and
-g = √p (1.5-entmax). :class:`SimplexMapping` implements it once; each mapping only
-says how to compute p and g. Log-softmax has ``J = I − 1 pᵀ`` (not symmetric).
+with g = p (softmax), g = 1 on the support (sparsemax), g = √p (1.5-entmax) and
+g = p^{2−α} on the support (α-entmax), each divided by the temperature T: every mapping
+here is ``p = map(z / T)``. :class:`SimplexMapping` implements the structure once; each
+mapping only says how to compute p and g. Log-softmax has ``J = I − 1 pᵀ`` (not symmetric).
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _math
-from .._validation import as_float_array, check_positive_scalar
-from ..operators import DiagonalPlusRankOne
+from .._validation import alpha_rows, as_float_array, check_alpha, check_positive_scalar
+from ..operators import DiagonalPlusRankOne, SimplexJacobian, center_on_largest
 from .base import Activation, _check_pair, register_activation
 
-__all__ = ["SimplexMapping", "Softmax", "LogSoftmax", "Sparsemax", "Entmax15"]
+__all__ = ["SimplexMapping", "Softmax", "LogSoftmax", "Sparsemax", "Entmax15", "Entmax"]
+
+#: temperatures the checks and tests run besides T = 1 (``variants``)
+TEMPERATURES = (0.5, 3.0)
 
 
 def _rowdot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -30,24 +35,43 @@ class SimplexMapping(Activation):
     """Base of the entmax family: ``J = diag(g) − g gᵀ/Σg`` with ``g`` from the output.
 
     Subclasses write ``forward(z)`` and ``gradient_weights(p)`` → ``g``, shape ``(..., K)``.
+    A temperature ``T`` (attribute ``temperature``, default 1) means ``p = map(z / T)``:
+    ``forward`` maps :meth:`_scaled` logits and ``g`` carries the factor 1/T
+    (:meth:`_per_temperature`).
     """
 
     output_domain = "simplex"
+    #: class default, for subclasses without a temperature; instances set their own
+    temperature: float = 1.0
 
     def gradient_weights(self, p: np.ndarray) -> np.ndarray:
         """The vector ``g`` of the Jacobian ``diag(g) − g gᵀ/Σg``, from the output ``p``."""
         raise NotImplementedError
+
+    def _scaled(self, z):
+        """``(z − max z)/T`` (the map is shift-invariant; shifting first keeps the large
+        logits' digits), or ``z`` itself for T = 1."""
+        if self.temperature == 1.0:
+            return z
+        return np.subtract(z, z.max(axis=-1, keepdims=True)) / z.dtype.type(self.temperature)
+
+    def _per_temperature(self, g):
+        """``g / T``, in place (``g`` is a new array)."""
+        if self.temperature != 1.0:
+            g /= g.dtype.type(self.temperature)
+        return g
 
     def _factors(self, p):
         g = self.gradient_weights(p)
         return g, g, g / g.sum(axis=-1, keepdims=True)
 
     def _operator_from_output(self, z, a):
-        return DiagonalPlusRankOne(*self._factors(a))
+        return SimplexJacobian(*self._factors(a))
 
     def _vjp_from_output(self, z, a, v):
         d, u, w = self._factors(a)
-        # symmetric Jacobian: g ⊙ v − (g·v) g/Σg
+        # symmetric Jacobian: g ⊙ v − (g·v) g/Σg, of v centred (J 1 = 0: see center_on_largest)
+        v = center_on_largest(v, d)
         out = v * d
         out -= w * _rowdot(u, v)
         return out
@@ -177,12 +201,28 @@ class LogSoftmax(Activation):
         return v - _rowdot(_math.softmax(z), v)
 
 
+class _TemperedSparseMapping(SimplexMapping):
+    """A sparse mapping of ``z / T``: the ``temperature`` parameter and its variants."""
+
+    def __init__(self, temperature: float = 1.0):
+        self.temperature = check_positive_scalar(temperature, "temperature")
+
+    @classmethod
+    def variants(cls, K):
+        return [{"temperature": T} for T in TEMPERATURES]
+
+
 @register_activation
-class Sparsemax(SimplexMapping):
+class Sparsemax(_TemperedSparseMapping):
     """Euclidean projection onto the simplex (Martins & Astudillo, 2016): sparse outputs.
 
-    ``p = max(z − τ, 0)``; Jacobian ``diag(g) − g gᵀ/|S|`` with ``g`` the support
+    ``p = max(z/T − τ, 0)``; Jacobian ``(diag(g) − g gᵀ/|S|)/T`` with ``g`` the support
     indicator. Pair it with :class:`~jacobians.SparsemaxLoss` for classification.
+
+    Parameters
+    ----------
+    temperature : float, default 1.0
+        ``T > 0``: ``p = sparsemax(z / T)``.
 
     Examples
     --------
@@ -190,22 +230,29 @@ class Sparsemax(SimplexMapping):
     >>> from jacobians import Sparsemax
     >>> Sparsemax()(np.array([[0.5, 0.2, -2.0]]))
     array([[0.65, 0.35, 0.  ]])
+    >>> Sparsemax(temperature=2.0)(np.array([[0.5, 0.2, -2.0]]))   # z/2: flatter
+    array([[0.575, 0.425, 0.   ]])
     """
 
     name = "sparsemax"
 
     def forward(self, z):
-        return _math.sparsemax(as_float_array(z, "z"))
+        return _math.sparsemax(self._scaled(as_float_array(z, "z")))
 
     def gradient_weights(self, p):
-        return (p > 0).astype(p.dtype)
+        return self._per_temperature((p > 0).astype(p.dtype))
 
 
 @register_activation
-class Entmax15(SimplexMapping):
+class Entmax15(_TemperedSparseMapping):
     """1.5-entmax (Peters, Niculae & Martins, 2019): between softmax and sparsemax.
 
-    ``p = [(z/2 − τ)_+]²``; Jacobian ``diag(g) − g gᵀ/Σg`` with ``g = √p``.
+    ``p = [(z/(2T) − τ)_+]²``; Jacobian ``(diag(g) − g gᵀ/Σg)/T`` with ``g = √p``.
+
+    Parameters
+    ----------
+    temperature : float, default 1.0
+        ``T > 0``: ``p = entmax15(z / T)``.
 
     Examples
     --------
@@ -219,7 +266,129 @@ class Entmax15(SimplexMapping):
     name = "entmax15"
 
     def forward(self, z):
-        return _math.entmax15(as_float_array(z, "z"))
+        return _math.entmax15(self._scaled(as_float_array(z, "z")))
 
     def gradient_weights(self, p):
-        return np.sqrt(p)
+        return self._per_temperature(np.sqrt(p))
+
+
+@register_activation
+class Entmax(SimplexMapping):
+    r"""α-entmax (Peters, Niculae & Martins, 2019) for any α > 1: softmax (α → 1),
+    1.5-entmax, sparsemax (α = 2) and sparser maps beyond.
+
+    ``p = argmax_{p ∈ Δ} pᵀ(z/T) + H_α(p)`` with the Tsallis entropy
+    ``H_α(p) = (1 − Σ p^α)/(α(α − 1))``, i.e.::
+
+        p_i = [(α − 1) z_i/T − τ]_+^{1/(α − 1)},     τ such that Σ p = 1.
+
+    Exact, not approximate: the support is found by bisection over the sorted logits, then τ
+    is solved on it by safeguarded Newton to the dtype's precision (``|Σp − 1|`` a few ulp;
+    at α = 2 and 1.5 the result is :class:`Sparsemax`'s and :class:`Entmax15`'s to a few
+    ulp). Exact for logits of ±1e4, float32 included.
+
+    Jacobian ``(diag(g) − g gᵀ/Σg)/T`` with ``g = p^{2−α}`` on the support (0 off it): the
+    shared structure of :class:`SimplexMapping`. For α > 2, ``g`` grows without bound as
+    an entry nears the support's edge (``p_i = u^{1/(α−1)}`` has an infinite slope there).
+
+    Parameters
+    ----------
+    alpha : float or array_like, default 1.5
+        α > 1 and finite. An array gives each row its own α: it broadcasts against the batch
+        axes ``z.shape[:-1]`` (shape ``(...,)``), or, as in the entmax package, against
+        ``z.shape[:-1] + (1,)`` (shape ``(..., 1)``); a shape that both readings accept with
+        different rows is refused. α = 1 is softmax: use :class:`Softmax`.
+    temperature : float, default 1.0
+        ``T > 0``: ``p = entmax_α(z / T)``.
+
+    Notes
+    -----
+    :meth:`alpha_vjp` gives ``Σ_i g_i ∂p_i/∂α`` per row, to learn α. Pair the map with
+    :class:`~jacobians.EntmaxLoss` of the same α for classification.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import Entmax
+    >>> z = np.array([[1.0, 0.5, -3.0]])
+    >>> np.round(Entmax(alpha=1.5)(z), 4)          # 1.5-entmax
+    array([[0.674, 0.326, 0.   ]])
+    >>> Entmax(alpha=2.0)(z)                       # sparsemax
+    array([[0.75, 0.25, 0.  ]])
+    >>> z2 = np.array([[1.0, 0.8, -0.5], [1.0, 0.8, -0.5]])
+    >>> np.round(Entmax(alpha=[1.2, 3.0])(z2), 4)   # one α per row: the larger, the sparser
+    array([[0.522 , 0.4134, 0.0646],
+           [0.7   , 0.3   , 0.    ]])
+    """
+
+    name = "entmax"
+
+    def __init__(self, alpha=1.5, temperature: float = 1.0):
+        self.alpha = check_alpha(alpha)
+        self.temperature = check_positive_scalar(temperature, "temperature")
+
+    @classmethod
+    def variants(cls, K):
+        return [{"alpha": 1.25}, {"alpha": 3.0}, {"alpha": 3.0, "temperature": TEMPERATURES[0]}]
+
+    def _alpha(self, z):
+        return alpha_rows(self.alpha, z)
+
+    def forward(self, z):
+        z = as_float_array(z, "z")
+        return _math.entmax(self._scaled(z), self._alpha(z))
+
+    def gradient_weights(self, p):
+        return self._per_temperature(_math.entmax_weights(p, self._alpha(p)))
+
+    def vjp(self, z, g) -> np.ndarray:
+        # forward and VJP in one pass over each chunk of rows (see _math.entmax_vjp)
+        z, g = _check_pair(z, g, "g")
+        return _math.entmax_vjp(self._scaled(z), self._alpha(z), g, self.temperature)
+
+    def alpha_vjp(self, z, g) -> np.ndarray:
+        r"""``Σ_i g_i ∂p_i/∂α`` per row, shape ``z.shape[:-1]``: the gradient of α.
+
+        With ``w = p^{2−α}`` on the support (the Jacobian's weights), ``ŵ = w/Σw``,
+        ``β = 1/(α − 1)`` and ``H = Σ_j p_j log p_j`` (Correia et al., 2019)::
+
+            ∂p_i/∂α = β² (p_i − ŵ_i) − β (p_i log p_i − ŵ_i H)
+
+        (differentiate ``log p_i = β log u_i``, ``u_i = (α − 1) z_i/T − τ``, with τ(α)
+        implicit in ``Σ_i ∂p_i/∂α = 0``; independent of T given p). Sum over rows for a
+        shared α; a per-row α gets its own entry. As α → 1 the two terms cancel to O(1):
+        about log10(β) digits are lost.
+
+        Parameters
+        ----------
+        z : array_like, shape (..., K)
+        g : array_like, shape (..., K)
+            dE/dp.
+
+        Returns
+        -------
+        ndarray, shape (...,)
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from jacobians import Entmax
+        >>> z, g = np.array([[1.0, 0.5, -3.0]]), np.array([[1.0, 0.0, 0.0]])
+        >>> act, h = Entmax(alpha=1.5), 1e-6
+        >>> numeric = (Entmax(1.5 + h)(z)[0, 0] - Entmax(1.5 - h)(z)[0, 0]) / (2 * h)
+        >>> bool(np.isclose(act.alpha_vjp(z, g)[0], numeric))
+        True
+        """
+        z, g = _check_pair(z, g, "g")
+        p = self.forward(z)
+        alpha = self._alpha(z)
+        w = _math.entmax_weights(p, alpha)
+        beta = 1.0 / (np.asarray(alpha, dtype=np.float64) - 1.0)
+        beta = beta.astype(p.dtype) if isinstance(alpha, np.ndarray) else float(beta)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            plogp = np.where(p > 0, p * np.log(p), 0)
+        sum_w = w.sum(axis=-1, keepdims=True)
+        gw = _rowdot(g, w) / sum_w  # ŵ·g
+        entropy = plogp.sum(axis=-1, keepdims=True)
+        out = beta * beta * (_rowdot(g, p) - gw) - beta * (_rowdot(g, plogp) - gw * entropy)
+        return out[..., 0]
