@@ -439,8 +439,9 @@ def _support_size(a, beta):
     count = np.maximum(np.count_nonzero(a < 1, axis=-1), 1)
     C = int(count.max())
     if n * C * C <= CHUNK_ENTRIES // 4:
-        d = a[:, :C, None] - a[:, None, :C]  # d[j, i] = a_j − a_i
-        np.maximum(d, 0, out=d)
+        with np.errstate(invalid="ignore"):  # masked logits: a = +inf past the candidates
+            d = a[:, :C, None] - a[:, None, :C]  # d[j, i] = a_j − a_i
+        np.clip(d, 0, 1, out=d)  # a term of 1 already puts j out (and d^β cannot overflow)
         F = _power(d, beta if not isinstance(beta, np.ndarray) else beta[:, :, None], d).sum(axis=-1)
         return np.maximum(np.count_nonzero((F < 1) & (np.arange(C) < count[:, None]), axis=-1), 1), count
     lo, hi = np.zeros(n, dtype=np.intp), count - 1

@@ -104,7 +104,7 @@ def check_nonnegative_scalar(value, name: str, *, upper: float | None = None) ->
 
 def _alpha_error(value, what: str) -> ValueError:
     hint = " (α = 1 is softmax: use jacobians.Softmax(), or α slightly above 1)" if np.any(value == 1) else ""
-    return ValueError(f"alpha must be {what}; got {value!r}{hint}")
+    return ValueError(f"alpha must be {what}; got {value}{hint}")
 
 
 def check_alpha(alpha, name: str = "alpha"):
