@@ -15,6 +15,10 @@ Sections, each a table: every group is one size and dtype, measured side by side
   fused path's speed-up over the Jacobian path at K = 10, 100, 1000.
 * ``blocked`` — ``head.grad(z, y, method='jacobian', max_bytes=...)`` on a batch whose dense
   Jacobian does not fit in memory, timed in a subprocess that reports its peak RSS.
+* ``entmax`` — α-entmax forward + VJP, ``Entmax(1.5).vjp(z, g)``, against the closed form
+  ``Entmax15().vjp(z, g)`` (target: within 3×) and the entmax package's ``entmax_bisect``
+  forward + backward, torch with one thread (target: ahead); ``Entmax(1.3)`` (no closed
+  form) and ``Entmax(2.5)`` beside them.
 
 The limits are one-thread numpy operations that move the same bytes: the least any
 implementation must pay. Targets (from issue 5) are attached to our rows and reported
@@ -38,6 +42,8 @@ TITLES = {
     "vjp": "softmax VJP: act.vjp(z, g) (forward included) and g @ act.jacobian_operator(z) (backward only); torch 1 thread",
     "fused": "value and dE/dz from the logits, forward + backward; torch default threads",
     "blocked": "head.grad(z, y, method='jacobian', max_bytes) in a subprocess: time and peak RSS",
+    "entmax": "α-entmax forward + VJP, act.vjp(z, g), against 1.5-entmax's closed form and entmax_bisect "
+              "(torch 1 thread)",
 }
 
 PAIRS = {
@@ -230,6 +236,25 @@ def _blocked_cases(N, K, dtype, max_bytes, peers):
     ]
 
 
+# -- entmax ---------------------------------------------------------------------------------
+
+
+def _entmax_cases(N, K, dtype, peers):
+    z, g = _data(N, K, dtype)
+    out = np.empty_like(z)
+    cases = [
+        Case("one pass: np.multiply(z, g, out=)", lambda: np.multiply(z, g, out=out), kind="limit", column="1 pass"),
+        Case("Entmax15().vjp(z, g) (closed form, sort-based)", lambda: jac.Entmax15().vjp(z, g), kind="ref", column="entmax15"),
+        Case("Entmax(1.5).vjp(z, g)", lambda: jac.Entmax(1.5).vjp(z, g), targets={"entmax15": 3.0, "entmax_bisect": 1.0}),
+        Case("Entmax(1.3).vjp(z, g)", lambda: jac.Entmax(1.3).vjp(z, g)),
+        Case("Entmax(2.5).vjp(z, g)", lambda: jac.Entmax(2.5).vjp(z, g)),
+    ]
+    if "entmax_bisect" in peers:
+        cases.append(Case("entmax_bisect(z, 1.5) + backward (torch, 1 thread)", P.entmax_bisect_vjp(z, g, 1.5),
+                          kind="peer", column="entmax_bisect"))
+    return cases
+
+
 # -- the plan -------------------------------------------------------------------------------
 
 
@@ -256,6 +281,11 @@ def plan(*, sections, dtypes, quick, peers) -> list[Group]:
                           build=functools.partial(_fused_cases, pair, N, K, dtype, peers), note="")
                     for N, K in small
                 ]
+        if "entmax" in sections:
+            sizes = [(256, 100)] if quick else [(1024, 100)]
+            threads = functools.partial(P.torch_threads, 1) if "entmax_bisect" in peers else None
+            groups += [_group("entmax", N, K, dtype, functools.partial(_entmax_cases, N, K, dtype, peers), context=threads)
+                       for N, K in sizes]
         if "blocked" in sections:
             N, K, mb = (2000, 256, 32 << 20) if quick else (20000, 256, 256 << 20)
             groups.append(_group("blocked", N, K, dtype, functools.partial(_blocked_cases, N, K, dtype, mb, peers),

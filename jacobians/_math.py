@@ -366,64 +366,86 @@ def _is(beta, value) -> bool:
     return not isinstance(beta, np.ndarray) and beta == value
 
 
-def _zero_where_zero(p, u):
-    """``p`` times ``sign(u)`` for ``u >= 0``: 0 where u is (numpy's log and exp take 2–3 times
-    longer over arrays holding 0 and -inf, so the logs are taken of clipped values and the
-    entries off the support are zeroed after)."""
+#: exponents below this are raised to it inside the τ solve: numpy's float64 ``exp`` takes ~5×
+#: longer where it underflows, and terms below e^-300 (float32: e^-80) change no sum there
+EXP_FLOOR = {np.dtype(np.float64): -300.0, np.dtype(np.float32): -80.0}
+
+
+def _sign(u):
+    """``sign(u)`` for ``u >= 0`` (0 or 1) in a scratch buffer: numpy's log and exp take 2–3 times
+    longer over arrays holding 0 and -inf, so logs are taken of clipped values and the entries
+    off the support are zeroed after, by this factor."""
     sign = scratch(u.size, u.dtype, 3).reshape(u.shape)
-    np.sign(u, out=sign)
-    p *= sign
-    return p
+    return np.sign(u, out=sign)
 
 
-def _power(d, beta, out):
+def _exp_of(L, factor, out, sign, floor=None):
+    """``exp(factor·L)`` (raised to ``exp(floor)`` first, if given) times ``sign``, into ``out``."""
+    np.multiply(L, factor, out=out)
+    if floor is not None:
+        np.maximum(out, floor, out=out)
+    np.exp(out, out=out)
+    out *= sign
+    return out
+
+
+def _power(d, beta, out, floor=None):
     """``d^β`` for ``d >= 0`` into ``out`` (which may be ``d``): a product for β = 1 and 2,
     else ``exp(β log d)`` (numpy's float32 ``power`` takes ~100× longer where its result is
-    subnormal; ``exp`` does not)."""
+    subnormal; ``exp`` does not). ``floor``: see :data:`EXP_FLOOR`."""
     if _is(beta, 1.0):
         np.copyto(out, d)
     elif _is(beta, 2.0):
         np.multiply(d, d, out=out)
     else:
-        sign = scratch(d.size, d.dtype, 3).reshape(d.shape)
-        np.sign(d, out=sign)
+        sign = _sign(d)
         np.maximum(d, np.finfo(d.dtype).tiny, out=out)
         np.log(out, out=out)
-        out *= beta
-        np.exp(out, out=out)
-        out *= sign
+        _exp_of(out, beta, out, sign, floor)
     return out
 
 
-def _entmax_terms(a, ref, q, beta, form, p, u):
-    """``u`` (clipped at 0) and ``p = u^β`` of a row's entries ``a`` into ``u`` and ``p`` (which
-    may be ``a``), in the row's ``form`` (see the section's comment)."""
+def _is_product(beta, form) -> bool:
+    """True where ``u^β`` is a product (β = 1 or 2) of the FLAT or STEEP form's ``u``."""
+    return form != NEAR_ONE and (_is(beta, 1.0) or _is(beta, 2.0))
+
+
+def _u_and_log(a, ref, q, form, u, L):
+    """``u`` (clipped at 0) into ``u`` and ``log max(u, tiny)`` into ``L`` (which may be ``a``) of
+    a row's entries ``a``, in the row's ``form`` (see the section's comment)."""
     if form == NEAR_ONE:
         np.add(a, q, out=u)
         np.minimum(u, 1, out=u)
-        np.minimum(u, np.nextafter(u.dtype.type(1), u.dtype.type(0)), out=p)
-        np.negative(p, out=p)
-        np.log1p(p, out=p)  # log u on the support (finite elsewhere: zeroed below)
+        np.minimum(u, np.nextafter(u.dtype.type(1), u.dtype.type(0)), out=L)
+        np.negative(L, out=L)
+        np.log1p(L, out=L)
         np.subtract(1, u, out=u)
-    else:
-        np.subtract(ref, a, out=u)
-        u -= q
-        np.maximum(u, 0, out=u)
-        if form == STEEP or _is(beta, 1.0) or _is(beta, 2.0):
-            return _power(u, beta, p), u
-        # FLAT, β not 1 or 2: log u as log1p(−(a + δ)) near the top (u > 1/2), where u itself
-        # would carry an error of eps·β into p, and as log u near the edge (p may be a)
+        return
+    if form == FLAT:  # near the top (u > 1/2) log1p(−(a + δ)): u itself would carry eps·β into p
         top = scratch(u.size, u.dtype, 2).reshape(u.shape)
         np.add(a, q, out=top)
         np.minimum(top, 0.5, out=top)
         np.negative(top, out=top)
         np.log1p(top, out=top)
-        np.maximum(u, np.finfo(u.dtype).tiny, out=p)
-        np.log(p, out=p)
-        np.copyto(p, top, where=u > 0.5)
-    p *= beta
-    np.exp(p, out=p)
-    return _zero_where_zero(p, u), u
+    np.subtract(ref, a, out=u)
+    u -= q
+    np.maximum(u, 0, out=u)
+    np.maximum(u, np.finfo(u.dtype).tiny, out=L)
+    np.log(L, out=L)
+    if form == FLAT:
+        np.copyto(L, top, where=u > 0.5)
+
+
+def _entmax_terms(a, ref, q, beta, form, p, u):
+    """``u`` (clipped at 0) and ``p = u^β`` of a row's entries ``a`` into ``u`` and ``p`` (which
+    may be ``a``), in the row's ``form`` (see the section's comment)."""
+    if _is_product(beta, form):
+        np.subtract(ref, a, out=u)
+        u -= q
+        np.maximum(u, 0, out=u)
+        return _power(u, beta, p), u
+    _u_and_log(a, ref, q, form, u, p)
+    return _exp_of(p, beta, p, _sign(u)), u
 
 
 def _support_size(a, beta):
@@ -442,7 +464,7 @@ def _support_size(a, beta):
         with np.errstate(invalid="ignore"):  # masked logits: a = +inf past the candidates
             d = a[:, :C, None] - a[:, None, :C]  # d[j, i] = a_j − a_i
         np.clip(d, 0, 1, out=d)  # a term of 1 already puts j out (and d^β cannot overflow)
-        F = _power(d, beta if not isinstance(beta, np.ndarray) else beta[:, :, None], d).sum(axis=-1)
+        F = _power(d, beta if not isinstance(beta, np.ndarray) else beta[:, :, None], d, EXP_FLOOR[a.dtype]).sum(axis=-1)
         return np.maximum(np.count_nonzero((F < 1) & (np.arange(C) < count[:, None]), axis=-1), 1), count
     lo, hi = np.zeros(n, dtype=np.intp), count - 1
     rows = np.arange(n)
@@ -452,7 +474,7 @@ def _support_size(a, beta):
         d = scratch(n * C, a.dtype, 7).reshape(n, C)
         np.subtract(a[rows, mid][:, None], a[:, :C], out=d)
         np.maximum(d, 0, out=d)
-        inside = rowsum(_power(d, beta, d))[:, 0] < 1
+        inside = rowsum(_power(d, beta, d, EXP_FLOOR[a.dtype]))[:, 0] < 1
         active = lo < hi
         lo = np.where(active & inside, mid, lo)
         hi = np.where(active & ~inside, mid - 1, hi)
@@ -460,13 +482,17 @@ def _support_size(a, beta):
 
 
 def _mass(a, ref, q, beta, form, buf):
-    """``S = Σ u^β`` and ``W = Σ u^{β−1}`` per row (n, 1)."""
-    p, u = (b[: a.size].reshape(a.shape) for b in buf)
-    _entmax_terms(a, ref, q, beta, form, p, u)
-    S = rowsum(p)
-    np.maximum(u, np.finfo(u.dtype).tiny, out=u)
-    np.divide(p, u, out=p)  # u^{β−1}, 0 off the support
-    return S, rowsum(p)
+    """``S = Σ u^β`` and ``W = Σ u^{β−1}`` per row (n, 1) (terms below ``exp(EXP_FLOOR)`` raised)."""
+    L, u, p = (b[: a.size].reshape(a.shape) for b in buf)
+    if _is_product(beta, form):
+        _entmax_terms(a, ref, q, beta, form, p, u)
+        S = rowsum(p)
+        return S, rowsum(_sign(u) if _is(beta, 1.0) else u)  # u^0 on the support, or u
+    floor = EXP_FLOOR[a.dtype]
+    _u_and_log(a, ref, q, form, u, L)
+    sign = _sign(u)
+    S = rowsum(_exp_of(L, beta, p, sign, floor))
+    return S, rowsum(_exp_of(L, beta - 1, p, sign, floor))
 
 
 def _newton(q, S, W, alpha, beta, form):
@@ -529,7 +555,7 @@ def _newton_solve(A, ref, q, lo, hi, alpha, beta, form):
     rows = np.arange(A.shape[0])
     q_l, lo_l, hi_l, ref_l = q, lo.copy(), hi.copy(), ref
     per_row = isinstance(alpha, np.ndarray)
-    bufs = [scratch(A.size, A.dtype, 8), scratch(A.size, A.dtype, 9)]
+    bufs = [scratch(A.size, A.dtype, slot) for slot in (8, 9, 10)]
     for _ in range(ENTMAX_MAX_ITER):
         S, W = _mass(A, ref_l, q_l, beta, form, bufs)
         above = S >= 1

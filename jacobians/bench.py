@@ -142,8 +142,8 @@ def load_suite(folder: Path):
 
 # -- command line ---------------------------------------------------------------------------
 
-SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked")
-PEERS = ("torch", "jax", "autograd", "seed", "loop")
+SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked", "entmax")
+PEERS = ("torch", "jax", "autograd", "seed", "loop", "entmax_bisect")
 
 
 def _csv(choices: tuple[str, ...], what: str):
@@ -166,7 +166,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Benchmark the toolkit against the machine's limits and the peers installed "
-        "(torch, JAX, autograd, the seed's numpy recipes, per-sample loops).",
+        "(torch, JAX, autograd, the entmax package's entmax_bisect, the seed's numpy recipes, "
+        "per-sample loops).",
         epilog="Peers are optional: python -m pip install -e '.[bench]' for autograd/JAX/tqdm and a CPU "
         "build of torch (pip install torch --index-url https://download.pytorch.org/whl/cpu). "
         "Ratios are this row's median over the column's median in the same run: below 1 is faster.",
