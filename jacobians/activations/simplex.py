@@ -329,7 +329,8 @@ class Entmax(SimplexMapping):
 
     @classmethod
     def variants(cls, K):
-        return [{"alpha": 1.25}, {"alpha": 3.0}, {"alpha": 3.0, "temperature": TEMPERATURES[0]}]
+        # one α of each form of the kernel (_math: NEAR_ONE, FLAT, STEEP); 1.5 is the default
+        return [{"alpha": 1.2}, {"alpha": 1.75}, {"alpha": 3.0, "temperature": TEMPERATURES[0]}]
 
     def _alpha(self, z):
         return alpha_rows(self.alpha, z)

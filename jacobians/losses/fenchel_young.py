@@ -217,7 +217,9 @@ class EntmaxLoss(FenchelYoungLoss):
 
     @classmethod
     def variants(cls, K):
-        return [{"alpha": 1.25}, {"alpha": 3.0}, {"ignore_index": IGNORE_INDEX}]
+        # the α of Entmax.variants (a map pairs with the loss of its own α); ignore_index is the
+        # base class's, checked with SparsemaxLoss and Entmax15Loss
+        return [{"alpha": 1.2}, {"alpha": 1.75}, {"alpha": 3.0}]
 
     def _alpha(self, p):
         return alpha_rows(self.alpha, p)
