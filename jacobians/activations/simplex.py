@@ -330,7 +330,7 @@ class Entmax(SimplexMapping):
     @classmethod
     def variants(cls, K):
         # one α of each form of the kernel (_math: NEAR_ONE, FLAT, STEEP); 1.5 is the default
-        return [{"alpha": 1.2}, {"alpha": 1.75}, {"alpha": 3.0, "temperature": TEMPERATURES[0]}]
+        return [{"alpha": 1.2}, {"alpha": 1.75}, {"alpha": 3.0, "temperature": TEMPERATURES[1]}]
 
     def _alpha(self, z):
         return alpha_rows(self.alpha, z)
