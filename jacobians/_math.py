@@ -498,8 +498,9 @@ def _mass(a, ref, q, beta, form, buf):
 def _newton(q, S, W, alpha, beta, form):
     """The Newton iterate from ``q``, given ``S = Σ u^β`` and ``W = Σ u^{β−1}`` there.
 
-    NEAR_ONE and FLAT rows (q = δ): Newton on ``h(δ) = S^{1/β} − 1``, convex and nearly linear (exact in
-    one step for a single entry or α = 2): ``δ + (S − S^{2−α})/W``, the numerator as
+    NEAR_ONE and FLAT rows (q = δ): Newton on ``h(δ) = S^{1/β} − 1``, convex and nearly
+    linear (exact in one step for a single entry or α = 2): ``δ + (S − S^{2−α})/W``, the
+    numerator as
     ``−S·expm1((1 − α) log1p(S − 1))``. STEEP rows (q = −u_k): ``dS/du_k = βW`` is
     unbounded as u_k → 0, so Newton runs on ``S − 1`` in ``t = p_k = u_k^β``, where
     ``dS/dt = W u_k^{1−β}`` stays bounded: ``t − (S − 1)/(W u_k^{1−β})``, then ``u_k = t^{α−1}``
@@ -678,9 +679,10 @@ def entmax(z: np.ndarray, alpha) -> np.ndarray:
     """α-entmax of each row (Peters, Niculae & Martins, 2019), exact.
 
     ``p_i = [(α − 1) z_i − τ]_+^{1/(α − 1)}`` with τ such that ``Σ p = 1``: the support
-    found by bisection over the sorted entries, τ solved on it by safeguarded Newton to
-    the dtype's precision (``|Σp − 1|`` within a few ulp). ``alpha`` is a float > 1 or a
-    float64 array ``(..., 1)`` (one per row). Shift-invariant: exact for huge logits.
+    found by bisection over the sorted entries, τ solved on it by Newton's method to the
+    dtype's precision (``|Σp − 1|`` within a few ulp; see the section's comment and
+    :func:`_entmax_solve`). ``alpha`` is a float > 1 or a float64 array ``(..., 1)`` (one per
+    row). Shift-invariant: exact for huge logits.
     """
     return _entmax_chunks(z, alpha)
 

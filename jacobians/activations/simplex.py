@@ -273,7 +273,7 @@ class Entmax15(_TemperedSparseMapping):
 
 
 @register_activation
-class Entmax(SimplexMapping):
+class Entmax(_TemperedSparseMapping):
     r"""α-entmax (Peters, Niculae & Martins, 2019) for any α > 1: softmax (α → 1),
     1.5-entmax, sparsemax (α = 2) and sparser maps beyond.
 
@@ -325,7 +325,7 @@ class Entmax(SimplexMapping):
 
     def __init__(self, alpha=1.5, temperature: float = 1.0):
         self.alpha = check_alpha(alpha)
-        self.temperature = check_positive_scalar(temperature, "temperature")
+        super().__init__(temperature)
 
     @classmethod
     def variants(cls, K):

@@ -75,6 +75,25 @@ class FenchelYoungLoss(Loss):
         a = alpha.astype(p.dtype)
         return ((1 - (p**a).sum(axis=-1, keepdims=True)) / (a * (a - 1)))[..., 0]
 
+    def _mapped_entropy(self, p: np.ndarray) -> np.ndarray:
+        """``H_α(p)`` per row for ``p`` on the simplex (the mapping's output), as
+        ``Σ p (1 − p^{α−1}) / (α(α − 1))``: with ``Σp = 1`` it is ``tsallis_entropy(p)``, but a
+        sum of non-negative terms (``1 − Σ p^α`` cancels where p is nearly one-hot, and its
+        error is multiplied by ``1/(α(α − 1))``, 100 at α = 1.01)."""
+        alpha = self._alpha(p)
+        if not isinstance(alpha, np.ndarray) and alpha == 2:
+            terms = p * (1 - p)
+        elif not isinstance(alpha, np.ndarray) and alpha == 1.5:
+            terms = p * (1 - np.sqrt(p))
+        else:
+            a = alpha if not isinstance(alpha, np.ndarray) else alpha.astype(p.dtype)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                terms = np.where(p > 0, -p * np.expm1((a - 1) * np.log(np.where(p > 0, p, 1))), 0)
+        scale = alpha * (alpha - 1)
+        if isinstance(scale, np.ndarray):
+            return (terms.sum(axis=-1, keepdims=True) / scale.astype(p.dtype))[..., 0]
+        return terms.sum(axis=-1) / p.dtype.type(scale)
+
     def own_mapping_mismatch(self, activation) -> str | None:
         """Why ``activation``, an instance of the loss's own mapping (``logits_of``), does not
         pair with this loss — a message — or None when it does."""
@@ -101,7 +120,7 @@ class FenchelYoungLoss(Loss):
         y = t.dense(z.dtype)
         diff = p - y
         values = _rowdot(x, diff) + m[..., 0] * (1 - y.sum(axis=-1))
-        values += self.tsallis_entropy(p)
+        values += self._mapped_entropy(p)
         if not t.is_index:
             values -= self.tsallis_entropy(y)
         n = int(np.prod(z.shape[:-1]))
@@ -265,7 +284,7 @@ class EntmaxLoss(FenchelYoungLoss):
         z, t = self._prepare(z, y)
         x = z - z.max(axis=-1, keepdims=True)
         p = self.mapping(x)
-        values = self._entropy_alpha_derivative(p)
+        values = self._entropy_alpha_derivative(p, mapped=True)
         if not t.is_index:
             values = values - self._entropy_alpha_derivative(t.dense(z.dtype))
         n = int(np.prod(z.shape[:-1]))
@@ -277,14 +296,17 @@ class EntmaxLoss(FenchelYoungLoss):
                 values = values / values.dtype.type(n)
         return values
 
-    def _entropy_alpha_derivative(self, q):
-        """``∂_α H_α(q)`` per row, ``(...,)``."""
+    def _entropy_alpha_derivative(self, q, mapped: bool = False):
+        """``∂_α H_α(q)`` per row, ``(...,)``; ``mapped``: q is the mapping's output (Σq = 1),
+        and ``1 − Σ q^α`` is summed as ``Σ q (1 − q^{α−1})`` (see :meth:`_mapped_entropy`)."""
         alpha = self._alpha(q)
         a = alpha.astype(q.dtype) if isinstance(alpha, np.ndarray) else alpha
         with np.errstate(divide="ignore", invalid="ignore"):
-            powered = np.where(q > 0, q**a, 0)
-            qlog = np.where(q > 0, powered * np.log(np.where(q > 0, q, 1)), 0)
+            log_q = np.log(np.where(q > 0, q, 1))
+            powered = np.where(q > 0, q * np.exp((a - 1) * log_q), 0)  # q^α
+            qlog = powered * log_q
+            rest = np.where(q > 0, -q * np.expm1((a - 1) * log_q), 0) if mapped else None
         c = a * (a - 1)
-        s = powered.sum(axis=-1, keepdims=True)
-        out = -qlog.sum(axis=-1, keepdims=True) / c - (1 - s) * (2 * a - 1) / (c * c)
+        gap = rest.sum(axis=-1, keepdims=True) if mapped else 1 - powered.sum(axis=-1, keepdims=True)
+        out = -qlog.sum(axis=-1, keepdims=True) / c - gap * (2 * a - 1) / (c * c)
         return out[..., 0].astype(q.dtype, copy=False)
