@@ -299,6 +299,25 @@ def test_the_loss_limits(limit):
         np.testing.assert_allclose(g1, g2, rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("alpha", [1.01, 1.2, 1.5, 2.0, 3.0])
+def test_loss_value_against_long_double(alpha, dtype):
+    """⟨z, p − y⟩ + H_α(p): H_α of the mapped p as a sum of non-negative terms keeps the value
+    to a few eps of the terms it adds up, also as α → 1 (where 1/(α(α − 1)) is 100)."""
+    rng = np.random.default_rng(12)
+    z = (rng.normal(size=(3000, 8)) * rng.choice([0.5, 2.0, 8.0], size=(3000, 1))).astype(dtype)
+    y = rng.integers(0, 8, size=3000)
+    zl = z.astype(LD)
+    p = entmax_longdouble(z, alpha)
+    t = np.eye(8, dtype=LD)[y]
+    x = zl - zl.max(axis=-1, keepdims=True)
+    ref = (x * (p - t)).sum(axis=-1) + (1 - (p ** LD(alpha)).sum(axis=-1)) / (LD(alpha) * LD(alpha - 1))
+    terms = (np.abs(x) * (p + t)).sum(axis=-1) + 1
+    got = jac.EntmaxLoss(alpha, reduction="none")(z, y)
+    assert got.dtype == dtype
+    assert np.all(np.abs(got.astype(LD) - ref) <= 8 * _eps(dtype) * terms)
+
+
 @pytest.mark.parametrize("cls", [jac.SparsemaxLoss, jac.Entmax15Loss, jac.EntmaxLoss])
 def test_fenchel_young_ignore_index(cls):
     rng = np.random.default_rng(9)
