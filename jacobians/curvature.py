@@ -16,8 +16,9 @@ Hessian. Those pairs have closed forms registered here (:data:`HESSIAN_RULES`), 
 their exact square roots and, for the likelihoods, their exact Fisher; any other pair
 takes the chain rule from its activation's and loss's pieces.
 
-Fisher kinds (:func:`fisher`), each carrying the row's factor ``c_n`` of
-``E = Σ_n c_n ℓ_n`` (so all are on the scale of the Hessian):
+Fisher kinds (:func:`fisher_operator`, :meth:`Head.fisher <jacobians.Head.fisher>`), each
+carrying the row's factor ``c_n`` of ``E = Σ_n c_n ℓ_n`` (so all are on the scale of the
+Hessian):
 
 * ``'exact'`` (type-2): ``c_n E_ŷ[∇ℓ_n(ŷ) ∇ℓ_n(ŷ)ᵀ]`` with ``ŷ`` drawn from the model's own
   predictive distribution (:attr:`~jacobians.Loss.predictive`), in closed form;

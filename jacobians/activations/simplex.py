@@ -65,8 +65,8 @@ class SimplexMapping(Activation):
 
     Subclasses write ``forward(z)`` and ``gradient_weights(p)`` → ``g``, shape ``(..., K)``.
     A temperature ``T`` (attribute ``temperature``, default 1) means ``p = map(z / T)``:
-    ``forward`` maps :meth:`_scaled` logits and ``g`` carries the factor 1/T
-    (:meth:`_per_temperature`).
+    ``forward`` maps ``_scaled`` logits and ``g`` carries the factor 1/T
+    (``_per_temperature``).
     """
 
     output_domain = "simplex"
