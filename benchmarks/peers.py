@@ -18,6 +18,9 @@ NUMPY_PEERS = ("seed", "loop")
 #: peers whose distribution is not named like their module
 DISTRIBUTIONS = {"backpack": "backpack-for-pytorch"}
 
+#: peer name -> the module that provides it (default: the peer's own name)
+MODULES = {"entmax_bisect": "entmax"}
+
 
 def available(names) -> dict[str, str]:
     """``{name: version}`` of the requested peers that can be imported."""
@@ -25,15 +28,17 @@ def available(names) -> dict[str, str]:
     for name in names:
         if name in NUMPY_PEERS:
             found[name] = "numpy"
-        elif importlib.util.find_spec(name) is not None:
+            continue
+        module_name = MODULES.get(name, name)
+        if importlib.util.find_spec(module_name) is not None:
             try:
-                module = __import__(name)
-            except Exception:  # a broken install is a missing peer
+                module = __import__(module_name)
+            except Exception:  # a broken install (or torch missing under entmax) is a missing peer
                 continue
             if name == "jax":
                 module.config.update("jax_enable_x64", True)
             try:
-                found[name] = importlib.metadata.version(DISTRIBUTIONS.get(name, name))
+                found[name] = importlib.metadata.version(DISTRIBUTIONS.get(name, module_name))
             except importlib.metadata.PackageNotFoundError:
                 found[name] = getattr(module, "__version__", "?")
     return found
@@ -252,6 +257,18 @@ def backpack_linear_ggn(X, W, b, y, chunk_bytes: int = 256 << 20):
             G.addmm_(S.T, S)
         G *= 1.0 / N
         return G
+def entmax_bisect_vjp(z, g, alpha, n_iter=50):
+    """The entmax package's ``entmax_bisect`` (Peters et al., torch) forward + autograd
+    backward: its default 50 bisection steps, then p normalised to sum to 1."""
+    import torch
+    from entmax import entmax_bisect
+
+    tz, tg = torch.from_numpy(z), torch.from_numpy(g)
+
+    def run():
+        x = tz.detach().requires_grad_(True)
+        entmax_bisect(x, alpha=alpha, n_iter=n_iter).backward(tg)
+        return x.grad
 
     return run
 

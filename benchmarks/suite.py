@@ -30,12 +30,16 @@ Sections, each a table: every group is one size and dtype, measured side by side
   several chunks on the threaded scheduler, and a ``LocalCluster`` of one-thread worker
   processes (one worker against two). Only when dask and distributed import; otherwise
   the section is skipped with the reason (:func:`skipped_sections`).
+* ``entmax`` — α-entmax forward + VJP, ``Entmax(1.5).vjp(z, g)``, against the closed form
+  ``Entmax15().vjp(z, g)`` (target: within 3×) and the entmax package's ``entmax_bisect``
+  forward + backward, torch with one thread (target: ahead); ``Entmax(1.3)`` (no closed
+  form) and ``Entmax(2.5)`` beside them.
 
 The limits are one-thread numpy operations that move the same bytes: the least any
-implementation must pay. Targets (from issues 5, 10, 11 and 13) are attached to our rows
-and reported as met or not met: issue 5's fused and Jacobian targets with the numpy kernels,
-issue 13's with the compiled ones (``fast`` extra: every fused row ≤ 0.8× torch and ≤ 1.0×
-JAX, ``act.vjp`` ≤ 0.8× torch with one thread).
+implementation must pay. Targets (from issues 5, 10, 11, 12, 13 and 14) are attached to our
+rows and reported as met or not met: issue 5's fused and Jacobian targets with the numpy
+kernels, issue 13's with the compiled ones (``fast`` extra: every fused row ≤ 0.8× torch and
+≤ 1.0× JAX, ``act.vjp`` ≤ 0.8× torch with one thread).
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ TITLES = {
     "its diagonal, its Kronecker factors; peers timed on a subset of the rows and scaled",
     "dask": "softmax + CE on Dask arrays against the numpy call (×numpy), and 2 workers against 1 "
     "(×1 worker …); ratios of one run on a shared machine, not asserted",
+    "entmax": "α-entmax forward + VJP, act.vjp(z, g), against 1.5-entmax's closed form and entmax_bisect "
+              "(torch 1 thread)",
 }
 
 PAIRS = {
@@ -598,6 +604,25 @@ def dask_groups(dtype, *, quick, cluster=None) -> list[Group]:
     return groups
 
 
+# -- entmax ---------------------------------------------------------------------------------
+
+
+def _entmax_cases(N, K, dtype, peers):
+    z, g = _data(N, K, dtype)
+    out = np.empty_like(z)
+    cases = [
+        Case("one pass: np.multiply(z, g, out=)", lambda: np.multiply(z, g, out=out), kind="limit", column="1 pass"),
+        Case("Entmax15().vjp(z, g) (closed form, sort-based)", lambda: jac.Entmax15().vjp(z, g), kind="ref", column="entmax15"),
+        Case("Entmax(1.5).vjp(z, g)", lambda: jac.Entmax(1.5).vjp(z, g), targets={"entmax15": 3.0, "entmax_bisect": 1.0}),
+        Case("Entmax(1.3).vjp(z, g)", lambda: jac.Entmax(1.3).vjp(z, g)),
+        Case("Entmax(2.5).vjp(z, g)", lambda: jac.Entmax(2.5).vjp(z, g)),
+    ]
+    if "entmax_bisect" in peers:
+        cases.append(Case("entmax_bisect(z, 1.5) + backward (torch, 1 thread)", P.entmax_bisect_vjp(z, g, 1.5),
+                          kind="peer", column="entmax_bisect"))
+    return cases
+
+
 # -- the plan -------------------------------------------------------------------------------
 
 
@@ -624,6 +649,11 @@ def plan(*, sections, dtypes, quick, peers) -> list[Group]:
                           build=functools.partial(_fused_cases, pair, N, K, dtype, peers), note="")
                     for N, K in small
                 ]
+        if "entmax" in sections:
+            sizes = [(256, 100)] if quick else [(1024, 100)]
+            threads = functools.partial(P.torch_threads, 1) if "entmax_bisect" in peers else None
+            groups += [_group("entmax", N, K, dtype, functools.partial(_entmax_cases, N, K, dtype, peers), context=threads)
+                       for N, K in sizes]
         if "blocked" in sections:
             N, K, mb = (2000, 256, 32 << 20) if quick else (20000, 256, 256 << 20)
             groups.append(_group("blocked", N, K, dtype, functools.partial(_blocked_cases, N, K, dtype, mb, peers),

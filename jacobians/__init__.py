@@ -23,6 +23,7 @@ from .activations import (
     ACTIVATIONS,
     Activation,
     ElementwiseActivation,
+    Entmax,
     Entmax15,
     Identity,
     LeakyReLU,
@@ -49,6 +50,7 @@ from .losses import (
     CrossEntropy,
     ElementwiseLoss,
     Entmax15Loss,
+    EntmaxLoss,
     FenchelYoungLoss,
     Huber,
     KLDivergence,
@@ -79,11 +81,11 @@ def _canonical_order(registry: dict, names: tuple[str, ...]) -> None:
 
 _canonical_order(
     ACTIVATIONS,
-    ("softmax", "log_softmax", "sigmoid", "tanh", "relu", "leaky_relu", "identity", "softplus", "sparsemax", "entmax15"),
+    ("softmax", "log_softmax", "sigmoid", "tanh", "relu", "leaky_relu", "identity", "softplus", "sparsemax", "entmax15", "entmax"),
 )
 _canonical_order(
     LOSSES,
-    ("cross_entropy", "nll", "binary_cross_entropy", "mse", "mae", "huber", "kl_divergence", "sparsemax_loss", "entmax15_loss"),
+    ("cross_entropy", "nll", "binary_cross_entropy", "mse", "mae", "huber", "kl_divergence", "sparsemax_loss", "entmax15_loss", "entmax_loss"),
 )
 del _canonical_order
 
@@ -103,6 +105,7 @@ __all__ = [
     "Softplus",
     "Sparsemax",
     "Entmax15",
+    "Entmax",
     "ACTIVATIONS",
     "register_activation",
     "get_activation",
@@ -119,6 +122,7 @@ __all__ = [
     "KLDivergence",
     "SparsemaxLoss",
     "Entmax15Loss",
+    "EntmaxLoss",
     "LOSSES",
     "register_loss",
     "get_loss",

@@ -17,6 +17,8 @@ __all__ = [
     "check_same_shape",
     "check_nonnegative_scalar",
     "check_positive_scalar",
+    "check_alpha",
+    "alpha_rows",
     "REDUCTIONS",
 ]
 
@@ -98,3 +100,65 @@ def check_nonnegative_scalar(value, name: str, *, upper: float | None = None) ->
         bound = f"in [0, {upper}]" if upper is not None else ">= 0"
         raise ValueError(f"{name} must be {bound}; got {value}")
     return value
+
+
+def _alpha_error(value, what: str) -> ValueError:
+    hint = " (α = 1 is softmax: use jacobians.Softmax(), or α slightly above 1)" if np.any(value == 1) else ""
+    return ValueError(f"alpha must be {what}; got {value}{hint}")
+
+
+def check_alpha(alpha, name: str = "alpha"):
+    """α of the entmax family: a float > 1, or a read-only float64 array of them (one per row).
+
+    Returns a Python float for a scalar (0-d arrays included), else a float64 copy that
+    cannot be written to; :func:`alpha_rows` broadcasts it against a batch when used.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (numbers.Real, np.ndarray, list, tuple)):
+        raise TypeError(f"{name} must be a real number > 1 or an array of them; got {type(alpha).__name__} {alpha!r}")
+    arr = np.asarray(alpha)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real number > 1 or an array of them; got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite; got {alpha!r}")
+    if not np.all(arr > 1):
+        bad = arr if arr.ndim == 0 else arr[~(arr > 1)]
+        raise _alpha_error(float(bad) if bad.ndim == 0 else bad, "> 1")
+    if arr.ndim == 0:
+        return float(arr)
+    arr.flags.writeable = False
+    return arr
+
+
+def alpha_rows(alpha, z: np.ndarray, name: str = "alpha"):
+    """α for the rows of ``z`` (..., K): a float stays a float, an array becomes ``(..., 1)``.
+
+    An array α gives each row its own value. It broadcasts against the batch axes
+    ``z.shape[:-1]``, or (the entmax package's form) against ``z.shape[:-1] + (1,)``; a
+    shape that both readings accept but give different rows (``(T, 1)`` for ``z`` of
+    shape ``(T, T, K)``) is refused as ambiguous. The batch itself is never broadcast.
+    The result is float64: callers derive ``α − 1`` and ``1/(α − 1)`` from it.
+    """
+    if not isinstance(alpha, np.ndarray):
+        return alpha
+    batch = z.shape[:-1]
+    readings = []
+    for target in (batch, batch + (1,)):
+        try:
+            shape = np.broadcast_shapes(alpha.shape, target)
+        except ValueError:
+            continue
+        if shape == target:
+            readings.append(np.broadcast_to(alpha, target).reshape(batch))
+    if not readings:
+        raise ValueError(
+            f"{name} of shape {alpha.shape} must broadcast against the batch axes of z, {batch} "
+            f"(or {batch + (1,)}); z has shape {z.shape}"
+        )
+    if len(readings) == 2 and not np.array_equal(readings[0], readings[1]):
+        raise ValueError(
+            f"{name} of shape {alpha.shape} is ambiguous for z of shape {z.shape}: it broadcasts against the "
+            f"batch axes {batch} and against {batch + (1,)} with different rows; give it the shape "
+            f"{batch} or {batch + (1,)}"
+        )
+    return readings[0][..., None]

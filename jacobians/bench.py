@@ -145,8 +145,8 @@ def load_suite(folder: Path):
 
 # -- command line ---------------------------------------------------------------------------
 
-SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked", "second_order", "last_layer", "dask")
-PEERS = ("torch", "jax", "autograd", "backpack", "seed", "loop")
+SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked", "second_order", "last_layer", "dask", "entmax")
+PEERS = ("torch", "jax", "autograd", "backpack", "seed", "loop", "entmax_bisect")
 
 
 def _csv(choices: tuple[str, ...], what: str):
@@ -169,7 +169,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Benchmark the toolkit against the machine's limits and the peers installed "
-        "(torch, JAX, autograd, BackPACK, the seed's numpy recipes, per-sample loops).",
+        "(torch, JAX, autograd, BackPACK, the entmax package's entmax_bisect, the seed's numpy recipes, "
+        "per-sample loops).",
         epilog="Peers are optional: python -m pip install -e '.[bench]' for autograd/JAX/tqdm and a CPU "
         "build of torch (pip install torch --index-url https://download.pytorch.org/whl/cpu); BackPACK "
         "(pip install --no-deps backpack-for-pytorch einops unfoldNd, with torch in place). "

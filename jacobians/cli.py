@@ -337,17 +337,36 @@ def _entries(only) -> tuple[list[_Entry], list[str]]:
         if only is not None and not ((not acts or p.activation in acts) and (not losses or p.loss in losses)):
             continue
         acls, lcls = ACTIVATIONS[p.activation], LOSSES[p.loss]
-        combos = [(a, _options(lcls)[0]) for a in _options(acls)] + [(_options(acls)[0], lo) for lo in _options(lcls)[1:]]
-        for aopt, lopt in combos:
+        for aopt, lopt in _combos(acls, lcls):
             def build(K, aopt=aopt, lopt=lopt, acls=acls, lcls=lcls):
                 return Head(acls(**aopt(K)), lcls(**lopt(K)))
 
-            try:
-                build(LABEL_K)
-            except ValueError:  # a variant that leaves the pair's domain
-                continue
             entries.append(_Entry(p.activation, p.loss, build))
     return entries, skipped
+
+
+def _combos(acls, lcls) -> list[tuple]:
+    """The (activation options, loss options) of a pair's rows: each activation variant with
+    the default loss and each loss variant with the default activation. A variant that its
+    default partner refuses (``Entmax(alpha=3.0)`` and the default ``EntmaxLoss()``: their α
+    differ) is paired instead with each variant of the partner that accepts it; a variant
+    that leaves the pair's domain has no row."""
+    A, L = _options(acls), _options(lcls)
+
+    def valid(a, lo) -> bool:
+        try:
+            Head(acls(**a(LABEL_K)), lcls(**lo(LABEL_K)))
+        except ValueError:
+            return False
+        return True
+
+    out = []
+    for a in A:
+        out += [(a, L[0])] if valid(a, L[0]) else [(a, lo) for lo in L[1:] if valid(a, lo)]
+    for lo in L[1:]:
+        partners = [A[0]] if valid(A[0], lo) else [a for a in A[1:] if valid(a, lo)]
+        out += [(a, lo) for a in partners if (a, lo) not in out]
+    return out
 
 
 def _seed(seed: int, label: str, *more: int) -> np.random.SeedSequence:

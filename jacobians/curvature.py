@@ -16,8 +16,9 @@ Hessian. Those pairs have closed forms registered here (:data:`HESSIAN_RULES`), 
 their exact square roots and, for the likelihoods, their exact Fisher; any other pair
 takes the chain rule from its activation's and loss's pieces.
 
-Fisher kinds (:func:`fisher`), each carrying the row's factor ``c_n`` of
-``E = Σ_n c_n ℓ_n`` (so all are on the scale of the Hessian):
+Fisher kinds (:func:`fisher_operator`, :meth:`Head.fisher <jacobians.Head.fisher>`), each
+carrying the row's factor ``c_n`` of ``E = Σ_n c_n ℓ_n`` (so all are on the scale of the
+Hessian):
 
 * ``'exact'`` (type-2): ``c_n E_ŷ[∇ℓ_n(ŷ) ∇ℓ_n(ŷ)ᵀ]`` with ``ŷ`` drawn from the model's own
   predictive distribution (:attr:`~jacobians.Loss.predictive`), in closed form;
@@ -42,12 +43,13 @@ import numpy as np
 
 from . import _kernels, _math
 from ._validation import as_float_array
-from .activations import Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
+from .activations import Entmax, Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
 from .losses import (
     BinaryCrossEntropy,
     CrossEntropy,
     ElementwiseLoss,
     Entmax15Loss,
+    EntmaxLoss,
     KLDivergence,
     Loss,
     MeanSquaredError,
@@ -353,11 +355,17 @@ _builtin(Identity, MeanSquaredError, fisher=_identity_mse_fisher)(_identity_mse_
 
 
 def _fenchel_young_hessian(act, loss, z, y):
-    """The mapping's Jacobian ``diag(d) − d dᵀ/Σd`` (over N for ``'mean'``)."""
-    return loss.hessian_operator(z, y)
+    """``E = L(z/T, y)``: the mapping's Jacobian ``diag(d) − d dᵀ/Σd`` at ``z/T``, over T²
+    (and over N for ``'mean'``)."""
+    T = getattr(act, "temperature", 1.0)
+    if T == 1.0:
+        return loss.hessian_operator(z, y)
+    z = as_float_array(z, "z")
+    x = np.subtract(z, z.max(axis=-1, keepdims=True)) / z.dtype.type(T)
+    return loss.hessian_operator(x, y).scaled(z.dtype.type(T) ** -2)
 
 
-for _act, _loss in ((Sparsemax, SparsemaxLoss), (Entmax15, Entmax15Loss)):
+for _act, _loss in ((Sparsemax, SparsemaxLoss), (Entmax15, Entmax15Loss), (Entmax, EntmaxLoss)):
     _builtin(_act, _loss)(_fenchel_young_hessian)
 
 

@@ -13,8 +13,9 @@ Softmax(T) + KLDivergence          same, ``c = y``
 LogSoftmax + NLLLoss               same, ``T = 1``
 Sigmoid + BinaryCrossEntropy       ``σ(z)(p y + 1 − y) − p y`` (``(σ − y)/(N·K)``)
 Identity + MeanSquaredError        ``2(z − y)/(N·K)``
-Sparsemax + SparsemaxLoss          ``(sparsemax(z) − y)/N``
-Entmax15 + Entmax15Loss            ``(entmax15(z) − y)/N``
+Sparsemax(T) + SparsemaxLoss      ``(sparsemax(z/T) − y)/(N·T)``
+Entmax15(T) + Entmax15Loss         ``(entmax15(z/T) − y)/(N·T)``
+Entmax(α, T) + EntmaxLoss(α)       ``(entmax_α(z/T) − y)/(N·T)``
 ================================  =====================================================
 
 Examples
@@ -41,11 +42,12 @@ import numpy as np
 
 from . import _kernels, _math
 from ._validation import as_float_array
-from .activations import Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
+from .activations import Entmax, Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
 from .losses import (
     BinaryCrossEntropy,
     CrossEntropy,
     Entmax15Loss,
+    EntmaxLoss,
     KLDivergence,
     Loss,
     MeanSquaredError,
@@ -215,6 +217,8 @@ def identity_rule(activation, loss, z, y):
 
 @register_fused(Sparsemax, SparsemaxLoss)
 @register_fused(Entmax15, Entmax15Loss)
+@register_fused(Entmax, EntmaxLoss)
 def fenchel_young_rule(activation, loss, z, y):
-    """A Fenchel–Young loss with its own mapping: ``(p − y)/N`` from the logits."""
-    return loss.value_and_grad(z, y)
+    """A Fenchel–Young loss with its own mapping: ``L(z/T, y)``, gradient ``(p − y)/(N·T)``
+    with ``p = map(z/T)`` (see :mod:`jacobians.losses.fenchel_young` for the temperature)."""
+    return loss.tempered_value_and_grad(z, y, getattr(activation, "temperature", 1.0))

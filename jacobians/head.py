@@ -33,7 +33,9 @@ def check_pair(activation, loss) -> None:
     """Raise ``TypeError``/``ValueError`` unless ``loss`` accepts what ``activation`` outputs.
 
     A Fenchel–Young loss paired with its own mapping (``Sparsemax`` + ``SparsemaxLoss``)
-    is accepted: the head then applies the loss to the logits.
+    is accepted: the head then applies the loss to the logits (over the map's temperature).
+    The loss may refuse an instance of its own mapping with other parameters
+    (``Entmax(1.5)`` + ``EntmaxLoss(2.0)``: ``ValueError``).
     """
     for obj, base, what in ((activation, Activation, "activation"), (loss, Loss, "loss")):
         if isinstance(obj, type) and issubclass(obj, base):
@@ -41,6 +43,9 @@ def check_pair(activation, loss) -> None:
         if not isinstance(obj, base):
             raise TypeError(f"{what} must be a jacobians.{base.__name__} instance; got {type(obj).__name__}")
     if loss.logits_of is not None and isinstance(activation, loss.logits_of):
+        mismatch = loss.own_mapping_mismatch(activation)
+        if mismatch:
+            raise ValueError(mismatch)
         return
     out, need = activation.domain, loss.domain
     if out.issubset(need):

@@ -12,8 +12,8 @@ blocks ``B_n`` of the head (Hessian, GGN or a Fisher kind)::
 
     ∂²E/∂θ∂θ = Σ_n B_n ⊗ φ̃_n φ̃_nᵀ          (entry (k·(D+1) + d, l·(D+1) + e) = Σ_n B_n[k, l] φ̃_n[d] φ̃_n[e])
 
-:func:`linear_curvature` returns it dense (``'full'``), as its Kronecker (K-FAC)
-approximation (``'kron'``) or as its diagonal (``'diag'``); :func:`linear_gradient` is the
+:func:`~jacobians.linear_curvature` returns it dense (``'full'``), as its Kronecker (K-FAC)
+approximation (``'kron'``) or as its diagonal (``'diag'``); :func:`~jacobians.linear_gradient` is the
 first-order companion ``Σ_n ∇_z E_n ⊗ φ̃_n``.
 """
 

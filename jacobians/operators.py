@@ -41,6 +41,7 @@ __all__ = [
     "DenseJacobian",
     "DiagonalJacobian",
     "DiagonalPlusRankOne",
+    "SimplexJacobian",
     "DiagonalPlusLowRank",
     "SimplexBlock",
     "ProjectedDiagonal",
@@ -349,6 +350,38 @@ class DiagonalPlusRankOne(JacobianOperator):
                                    projector=self.projector, diagonal=diagonal)
 
 
+def center_on_largest(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``x − x_c`` per row, ``c`` the entry of the largest weight: a new array.
+
+    A Jacobian that maps constants to zero (``J 1 = 0``, ``Jᵀ 1 = 0``) gives the same product
+    with ``x`` or ``x − x_c``; taken of ``x − x_c``, its round-off scales with x's spread
+    over the rows' heavy entries instead of x's size (``diag(g) − g gᵀ/Σg`` with one
+    dominant ``g_c`` and x constant over the support is exactly 0 then, not eps·|x|).
+    """
+    top = weights.argmax(axis=-1)[..., None]
+    return x - np.take_along_axis(x, top, axis=-1)
+
+
+class SimplexJacobian(DiagonalPlusRankOne):
+    """``J = diag(g) − g gᵀ/Σg`` per sample (the entmax family, softmax to sparsemax):
+    :class:`DiagonalPlusRankOne` with ``d = u = g`` and ``v = g/Σg`` in projector form (exact
+    diagonal ``g ⊙ (1 − v)`` from complement sums), symmetric, with ``J 1 = 0``; its
+    products are taken of centred vectors (:func:`center_on_largest`)."""
+
+    def __init__(self, d, u, v, *, diagonal=None):
+        super().__init__(d, u, v, projector=True, diagonal=diagonal)
+
+    def jvp(self, x):
+        return super().jvp(center_on_largest(self._check_vector(x, "v"), self.d))
+
+    def vjp(self, g):
+        return super().vjp(center_on_largest(self._check_vector(g, "g"), self.d))
+
+    def _take(self, rows):
+        diagonal = None if self._diagonal is None else _rows2d(self._diagonal)[rows]
+        return SimplexJacobian(_rows2d(self.d)[rows], _rows2d(self.u)[rows], _rows2d(self.v)[rows], diagonal=diagonal)
+
+
 class DiagonalPlusLowRank(JacobianOperator):
     """``M = diag(d) − U Vᵀ`` per sample; ``d`` has shape ``(..., K)``, ``U`` and ``V``
     ``(..., K, r)``.
@@ -357,9 +390,14 @@ class DiagonalPlusLowRank(JacobianOperator):
     rank-one Jacobian, a diagonal loss Hessian and a curvature term compose into it with
     the ranks adding up (:func:`product`, :func:`total`), so a head's Hessian or GGN
     blocks keep O(N·K·r) memory and O(K·r) products per sample.
+
+    ``symmetric=True`` declares ``U Vᵀ`` symmetric: the dense blocks are then averaged with
+    their transposes, so they are symmetric to the bit (einsum's fused multiply-adds would
+    otherwise leave round-off differences between ``M_jk`` and ``M_kj``).
     """
 
-    def __init__(self, d, U, V):
+    def __init__(self, d, U, V, *, symmetric: bool = False):
+        self.symmetric = bool(symmetric)
         self.d = as_float_array(d, "d")
         self.U = as_float_array(U, "U", min_ndim=0, like=self.d)  # r = 0 columns is allowed
         self.V = as_float_array(V, "V", min_ndim=0, like=self.d)
@@ -390,6 +428,9 @@ class DiagonalPlusLowRank(JacobianOperator):
         for samples, js in _slabs(out):
             np.einsum("ijr,ikr->ijk", U[samples, js], nV[samples], out=out[samples, js])
             _diagonal_view(out[samples, js, js])[...] += d[samples, js]
+        if self.symmetric:  # (M + Mᵀ)/2: symmetric to the bit whatever order einsum sums in
+            np.add(out, np.swapaxes(out, -1, -2), out=out)
+            out *= out.dtype.type(0.5)
 
     def jvp(self, x):
         x = self._check_vector(x, "v")
@@ -410,7 +451,8 @@ class DiagonalPlusLowRank(JacobianOperator):
 
     def _take(self, rows):
         K, r = self.size, self.rank
-        return DiagonalPlusLowRank(_rows2d(self.d)[rows], self.U.reshape(-1, K, r)[rows], self.V.reshape(-1, K, r)[rows])
+        return DiagonalPlusLowRank(_rows2d(self.d)[rows], self.U.reshape(-1, K, r)[rows], self.V.reshape(-1, K, r)[rows],
+                                   symmetric=self.symmetric)
 
 
 class SimplexBlock(DiagonalPlusRankOne):

@@ -32,12 +32,15 @@ Examples
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable
 
 import numpy as np
 
+from ._validation import alpha_rows
 from .activations import (
+    Entmax,
     Entmax15,
     Identity,
     LeakyReLU,
@@ -53,6 +56,7 @@ from .losses import (
     BinaryCrossEntropy,
     CrossEntropy,
     Entmax15Loss,
+    EntmaxLoss,
     Huber,
     KLDivergence,
     MeanAbsoluteError,
@@ -311,10 +315,17 @@ def _sparsemax_probs(z):
     return np.maximum(x - tau, 0.0)
 
 
-def _sparsemax_sample(act, z):
-    p = _sparsemax_probs(z)
-    g = (p > 0).astype(np.float64)
-    return p, np.diag(g) - np.outer(g, g) / g.sum()
+def _simplex_sample(probs: Callable, weights: Callable):
+    """``sample(act, z)`` of a mapping ``p = probs(act, z/T)`` with Jacobian
+    ``(diag(g) − g gᵀ/Σg)/T``, ``g = weights(act, p)``."""
+
+    def sample(act, z):
+        T = float(act.temperature)
+        p = probs(act, (z - z.max()) / T)
+        g = weights(act, p) / T
+        return p, np.diag(g) - np.outer(g, g) / g.sum()
+
+    return sample
 
 
 def _entmax15_probs(z):
@@ -331,10 +342,30 @@ def _entmax15_probs(z):
     return np.maximum(x - tau, 0.0) ** 2
 
 
-def _entmax15_sample(act, z):
-    p = _entmax15_probs(z)
-    g = np.sqrt(p)
-    return p, np.diag(g) - np.outer(g, g) / g.sum()
+def _entmax_probs(z, alpha: float):
+    """α-entmax of one row: bisection on τ, then Newton on the support, all in float64."""
+    x = (alpha - 1.0) * (z - z.max())
+    beta = 1.0 / (alpha - 1.0)
+    tau = _bisect_threshold(x, lambda t: (np.maximum(x - t, 0.0) ** beta).sum())
+    support = x > tau
+    if not support.any():
+        support = x == x.max()
+    xs = x[support]
+    for _ in range(8):  # exact on the support: Newton on Σ_S (x_j − τ)^β = 1, kept below min x_S
+        u = xs - tau
+        step = ((u**beta).sum() - 1.0) / (beta * (u ** (beta - 1.0)).sum())
+        if not (tau + step < xs.min()) or step == 0:
+            break
+        tau += step
+    return np.maximum(x - tau, 0.0) ** beta
+
+
+_sparsemax_sample = _simplex_sample(lambda act, x: _sparsemax_probs(x), lambda act, p: (p > 0).astype(np.float64))
+_entmax15_sample = _simplex_sample(lambda act, x: _entmax15_probs(x), lambda act, p: np.sqrt(p))
+_entmax_sample = _simplex_sample(
+    lambda act, x: _entmax_probs(x, float(act.alpha)),
+    lambda act, p: np.where(p > 0, np.where(p > 0, p, 1.0) ** (2.0 - float(act.alpha)), 0.0),
+)
 
 
 #: activation class -> ``sample(activation, z_1d) -> (a, J)`` in float64
@@ -349,6 +380,7 @@ ACTIVATION_REFERENCES: dict[type, Callable] = {
     Softplus: _softplus_sample,
     Sparsemax: _sparsemax_sample,
     Entmax15: _entmax15_sample,
+    Entmax: _entmax_sample,
 }
 
 
@@ -372,6 +404,19 @@ def _as_rows(x, name: str) -> np.ndarray:
     return arr.astype(np.float64)
 
 
+def _row_objects(obj, z: np.ndarray) -> list:
+    """``obj`` for each row of ``z``: copies with a scalar ``alpha`` when it has one per row."""
+    n = int(np.prod(z.shape[:-1], dtype=np.int64))
+    if not isinstance(getattr(obj, "alpha", None), np.ndarray):
+        return [obj] * n
+    out = []
+    for a in alpha_rows(obj.alpha, z).reshape(-1):
+        row = copy.copy(obj)
+        row.alpha = float(a)
+        out.append(row)
+    return out
+
+
 def _per_sample(activation, z):
     ref = _reference(ACTIVATION_REFERENCES, activation, "activation")
     z = _as_rows(z, "z")
@@ -379,8 +424,8 @@ def _per_sample(activation, z):
     rows = z.reshape(-1, K)
     a = np.empty_like(rows)
     J = np.empty((rows.shape[0], K, K))
-    for n in range(rows.shape[0]):
-        a[n], J[n] = ref(activation, rows[n])
+    for n, act in enumerate(_row_objects(activation, z)):
+        a[n], J[n] = ref(act, rows[n])
     return z, a.reshape(z.shape), J.reshape(z.shape + (K,))
 
 
@@ -412,8 +457,9 @@ def loop_jacobian(activation, z) -> np.ndarray:
     """The dense Jacobian ``J[..., i, j] = ∂a_i/∂z_j``, one sample at a time, in float64.
 
     softmax ``(diag(s) − s sᵀ)/T``; log-softmax ``I − 1 sᵀ``; elementwise activations
-    ``diag(f'(z))``; sparsemax and 1.5-entmax ``diag(g) − g gᵀ/Σg`` with the mapping
-    found by bisection on its threshold τ and then solved exactly on its support.
+    ``diag(f'(z))``; sparsemax, 1.5-entmax and α-entmax ``(diag(g) − g gᵀ/Σg)/T`` with the
+    mapping of ``z/T`` found by bisection on its threshold τ and then solved exactly on its
+    support (in closed form, or by Newton's method for α-entmax).
 
     Parameters
     ----------
@@ -634,18 +680,25 @@ def _tsallis(p: np.ndarray, alpha: float) -> float:
     return (1.0 - np.sum(p**alpha)) / (alpha * (alpha - 1.0))
 
 
-def _fenchel_young_rows(mapping: Callable, alpha: float):
+def _fenchel_young_rows(probs: Callable):
+    """Rows of a Fenchel–Young loss whose mapping of one row is ``probs(z_1d, α)``."""
+
     def rows(loss, z, y):
         K = z.shape[-1]
-        _, targets = _class_rows(z, y)
+        _, targets = _class_rows(z, y, loss.ignore_index)
         values, grads = [], []
-        for z_n, (_, row, _) in zip(z.reshape(-1, K), targets):
-            p = mapping(z_n)
+        for loss_n, z_n, (_, row, ignored) in zip(_row_objects(loss, z), z.reshape(-1, K), targets):
+            if ignored:
+                values.append(0.0)
+                grads.append(np.zeros(K))
+                continue
+            alpha = float(loss_n.alpha)
+            p = probs(z_n, alpha)
             # ⟨z, p − y⟩ with Σp = 1, written around m = max z so that huge logits stay exact
             m = z_n.max()
             values.append((z_n - m) @ (p - row) + m * (1.0 - row.sum()) + _tsallis(p, alpha) - _tsallis(row, alpha))
             grads.append(p - row)
-        return np.array(values), np.array(grads), float(len(targets))
+        return np.array(values), np.array(grads), float(sum(not ignored for *_, ignored in targets))
 
     return rows
 
@@ -659,8 +712,9 @@ LOSS_REFERENCES: dict[type, Callable] = {
     MeanSquaredError: _elementwise_rows(lambda loss, a, y: ((a - y) ** 2, 2 * (a - y))),
     MeanAbsoluteError: _elementwise_rows(lambda loss, a, y: (np.abs(a - y), np.sign(a - y))),
     Huber: _elementwise_rows(_huber_sample),
-    SparsemaxLoss: _fenchel_young_rows(_sparsemax_probs, 2.0),
-    Entmax15Loss: _fenchel_young_rows(_entmax15_probs, 1.5),
+    SparsemaxLoss: _fenchel_young_rows(lambda z, alpha: _sparsemax_probs(z)),
+    Entmax15Loss: _fenchel_young_rows(lambda z, alpha: _entmax15_probs(z)),
+    EntmaxLoss: _fenchel_young_rows(_entmax_probs),
 }
 
 
@@ -673,8 +727,9 @@ def loop_loss(loss, a, y):
     ``binary_cross_entropy`` (with its clamps; Keras smoothing; ``pos_weight``),
     ``mse_loss``, ``l1_loss``, ``huber_loss``, ``kl_div(..., 'batchmean')`` (over all
     samples), and the Fenchel–Young losses ``⟨z, p − y⟩ + H(p) − H(y)`` (Tsallis H) of the
-    logits. The loss's ``reduction`` is applied; ``'none'`` gives ``(...,)`` for class
-    losses and ``(..., K)`` for elementwise ones.
+    logits (``ignore_index`` as for cross-entropy; α per row where the loss has an array).
+    The loss's ``reduction`` is applied; ``'none'`` gives ``(...,)`` for class losses and
+    ``(..., K)`` for elementwise ones.
 
     Parameters
     ----------
@@ -728,7 +783,8 @@ def loop_head(head, z, y):
 
     The loss's gradient with respect to the activation's output, pushed back through
     each sample's Jacobian (:func:`loop_vjp`); a Fenchel–Young loss paired with its own
-    mapping is a loss of the logits, so its own gradient is dE/dz.
+    mapping is a loss of the logits that mapping sees, ``z / T``: dE/dz is its own gradient
+    over T.
 
     Parameters
     ----------
@@ -755,8 +811,10 @@ def loop_head(head, z, y):
     >>> grad                        # s − y
     array([[-0.5,  0.5]])
     """
-    if getattr(head, "logits_loss", False):
-        return loop_loss(head.loss_fn, z, y)
+    if getattr(head, "logits_loss", False):  # the loss of the logits its own map sees, z/T
+        T = float(getattr(head.activation, "temperature", 1.0))
+        value, grad = loop_loss(head.loss_fn, _as_rows(z, "z") / T, y)
+        return value, grad / T
     a = loop_forward(head.activation, z)
     value, g = loop_loss(head.loss_fn, a, y)
     return value, loop_vjp(head.activation, z, g)

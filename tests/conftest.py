@@ -86,6 +86,21 @@ def make_loss(cls, options, K: int, reduction: str = "mean"):
     return cls(reduction=reduction, **kwargs)
 
 
+def pair_options(acls, lcls, K: int = 4) -> list[tuple[dict, object]]:
+    """``(activation keywords, loss options)`` of every variant of the activation with every
+    variant of the loss that makes a valid head (an ``Entmax`` and an ``EntmaxLoss`` of
+    different α are not a pair)."""
+    out = []
+    for aopt in [{}] + acls.variants(K):
+        for lopt in variant_options(lcls, K):
+            try:
+                jac.Head(acls(**aopt), make_loss(lcls, lopt, K))
+            except ValueError:
+                continue
+            out.append((aopt, lopt))
+    return out
+
+
 def loss_specs(K: int = 4) -> list[tuple[str, type, object]]:
     """``(id, class, options)`` for every registered loss and its variants (options a
     function of K)."""
@@ -96,6 +111,35 @@ def loss_specs(K: int = 4) -> list[tuple[str, type, object]]:
         for options in variant_options(cls, K):
             out.append((describe(cls, options(K)), cls, options))
     return out
+
+
+# -- references -----------------------------------------------------------------------------------
+
+
+def entmax_longdouble(x, alpha) -> np.ndarray:
+    """α-entmax of rows ``x`` (..., K) in long double: bisection on τ to 2^-90, then Newton on
+    the support; independent of the library's kernel (plain powers of ``x − τ``). ``alpha``
+    a number or an array broadcasting against ``x.shape[:-1] + (1,)``."""
+    LD = np.longdouble
+    x = np.asarray(x).astype(LD)
+    a1 = np.asarray(alpha).astype(LD) - 1
+    beta = 1 / a1
+    xs = a1 * (x - x.max(axis=-1, keepdims=True))
+    lo, hi = np.full(xs.shape[:-1] + (1,), LD(-1)), np.zeros(xs.shape[:-1] + (1,), LD)
+    for _ in range(90):
+        mid = (lo + hi) / 2
+        above = (np.maximum(xs - mid, 0) ** beta).sum(axis=-1, keepdims=True) >= 1
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    tau = lo
+    for _ in range(3):
+        u = xs - tau
+        on = u > 0
+        us = np.where(on, u, 1)
+        f = np.where(on, us**beta, 0).sum(axis=-1, keepdims=True) - 1
+        fp = beta * np.where(on, us ** (beta - 1), 0).sum(axis=-1, keepdims=True)
+        new = tau + f / fp
+        tau = np.where((new < np.where(on, xs, np.inf).min(axis=-1, keepdims=True)) & (new > lo - 1), new, tau)
+    return np.maximum(xs - tau, 0) ** beta
 
 
 # -- inputs ------------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ from conftest import (
     make_logits,
     make_loss,
     make_targets,
+    pair_options,
     readonly,
     target_forms,
-    variant_options,
 )
 
 import jacobians as jac
@@ -137,8 +137,7 @@ FUSED_CASES = [
     pytest.param(acls, aopt, lcls, lopt, form, red,
                  id=f"{describe(acls, aopt)}+{describe(lcls, lopt(K))}-{form}-{red}")
     for (acls, lcls) in list(jac.fused.FUSED)
-    for aopt in [{}] + acls.variants(K)
-    for lopt in variant_options(lcls, K)
+    for aopt, lopt in pair_options(acls, lcls, K)
     for form in target_forms(make_loss(lcls, lopt, K))
     for red in REDUCTIONS
 ]

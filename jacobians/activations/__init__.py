@@ -8,7 +8,7 @@ from .base import (
     register_activation,
 )
 from .elementwise import Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
-from .simplex import Entmax15, LogSoftmax, SimplexMapping, Softmax, Sparsemax
+from .simplex import Entmax, Entmax15, LogSoftmax, SimplexMapping, Softmax, Sparsemax
 
 __all__ = [
     "ACTIVATIONS",
@@ -27,4 +27,5 @@ __all__ = [
     "Softplus",
     "Sparsemax",
     "Entmax15",
+    "Entmax",
 ]

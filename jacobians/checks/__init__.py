@@ -22,7 +22,9 @@ error of the worst entry against the size of the largest reference entry). ``rto
   ``atol`` is relative to the size of the function differenced (``max |act(z)|``, or
   the largest per-sample loss), which the reference's round-off scales with.
 * ``'methods'`` — two analytic methods in the inputs' dtype (round-off only: tighter).
-  ``atol`` is relative to the terms the product adds up (``max |g|·|J|``).
+  ``atol`` is relative to the terms the product adds up (``max |g|·|J|``); for loss
+  values, to the loss, or for a Fenchel–Young loss to the terms its value adds up
+  (``Σ |z − max z| (p + y) + 1``, much larger than the loss where p nears y).
 * ``'closed_form'`` — a fused rule at ±1e4 logits against its closed form.
 
 The scaled ``atol`` keeps a reference of exact zeros (a gradient that vanishes) from
@@ -30,13 +32,14 @@ failing on round-off, without waving through a function that is merely small.
 
 Kinks
 -----
-Finite differences are wrong within one step of a kink (ReLU at 0, sparsemax's and
-1.5-entmax's support boundaries — also inside the Fenchel–Young losses —, MAE at
-``a = y``, Huber at ``|a − y| = δ``). Generated inputs (:func:`example_inputs`) are
-resampled row by row until every entry is at least :data:`KINK_MARGIN` = 1e-2 from a
-known kink, measured in the kink's own coordinate (``z`` for an activation, the loss's
-input for a loss; 1.5-entmax asks for 10× that, since ``p = (z/2 − τ)²`` makes log-losses
-steep near its support boundary). Logits are clipped to ``|z| <= 6``, so the largest step
+Finite differences are wrong within one step of a kink (ReLU at 0, the support
+boundaries of sparsemax, 1.5-entmax and α-entmax — which move with the temperature and α,
+and are also inside the Fenchel–Young losses —, MAE at ``a = y``, Huber at
+``|a − y| = δ``). Generated inputs (:func:`example_inputs`) are resampled row by row until
+every entry is at least :data:`KINK_MARGIN` = 1e-2 from a known kink, measured in the
+kink's own coordinate (``z`` for an activation, the loss's input for a loss; 1.5-entmax
+and α-entmax ask for 10× that, since ``p = u^{1/(α−1)}`` makes log-losses steep near the
+support boundary, and beyond α = 2 its slope is unbounded there). Logits are clipped to ``|z| <= 6``, so the largest step
 is 6e-6·6 < 4e-5 in ``z``, and at most twice that in ``a`` (every built-in activation is
 2-Lipschitz): the margin is over 100 times the step. The kinks are looked up in
 :data:`KINKS` by class (subclasses included); add an entry for your own class with a

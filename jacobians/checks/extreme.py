@@ -6,13 +6,14 @@ from typing import Callable
 
 import numpy as np
 
-from .._validation import as_float_array
-from ..activations import Activation, Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
+from .._validation import alpha_rows, as_float_array
+from ..activations import Activation, Entmax, Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
 from ..head import Head
 from ..losses import (
     BinaryCrossEntropy,
     CrossEntropy,
     Entmax15Loss,
+    EntmaxLoss,
     KLDivergence,
     MeanSquaredError,
     NLLLoss,
@@ -72,15 +73,24 @@ def _identity_mse_closed_form(act, loss, z, y):
 
 
 def _fenchel_young_closed_form(act, loss, z, y):
-    """Sparsemax/1.5-entmax are one-hot at gaps >= 2: value ``z_max − z_y``, grad ``e_max − e_y``."""
+    """A Fenchel–Young loss with its own map of ``z/T`` (sparsemax α = 2, 1.5-entmax, α-entmax)
+    is one-hot where the top two logits are ``T/(α − 1)`` or more apart: value
+    ``(z_max − z_y)/T``, grad ``(e_max − e_y)/T``; ignored rows add nothing."""
     y = np.asarray(y)
     if y.shape != z.shape[:-1]:
         return None
     K = z.shape[-1]
-    c = _onehot(y, K)
-    values = (c * (z.max(axis=-1, keepdims=True) - z)).sum(axis=-1)
-    grads = _onehot(z.argmax(axis=-1), K) - c
-    return _reduce(loss, values, grads, values.size)
+    T = float(getattr(act, "temperature", 1.0))
+    alpha = np.asarray(alpha_rows(loss.alpha, z))[..., 0] if isinstance(loss.alpha, np.ndarray) else loss.alpha
+    top2 = np.sort(z, axis=-1)[..., -2:]
+    if np.any((top2[..., 1] - top2[..., 0]) * (alpha - 1) < T):
+        return None
+    ignore = getattr(loss, "ignore_index", None)
+    valid = np.ones(y.shape, dtype=bool) if ignore is None else y != ignore
+    c = _onehot(np.where(valid, y, 0), K) * valid[..., None]
+    values = (c * (z.max(axis=-1, keepdims=True) - z)).sum(axis=-1) / T
+    grads = (_onehot(z.argmax(axis=-1), K) * valid[..., None] - c) / T
+    return _reduce(loss, values, grads, int(valid.sum()))
 
 
 #: (activation class, loss class) -> closed form ``(value, dE/dz)`` at :func:`extreme_inputs`
@@ -93,6 +103,7 @@ EXTREME_CLOSED_FORMS: dict[tuple[type, type], Callable] = {
     (Identity, MeanSquaredError): _identity_mse_closed_form,
     (Sparsemax, SparsemaxLoss): _fenchel_young_closed_form,
     (Entmax15, Entmax15Loss): _fenchel_young_closed_form,
+    (Entmax, EntmaxLoss): _fenchel_young_closed_form,
 }
 
 

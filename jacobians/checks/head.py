@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..head import Head
+from ..losses import FenchelYoungLoss
 from ..numerical import numerical_grad
 from ..testing import ACTIVATION_REFERENCES, LOSS_REFERENCES, loop_head
 from .inputs import DEFAULT_SHAPE, head_inputs
@@ -104,6 +105,8 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
         rows.floors["numerical"] = max(sizes)
     if not head.logits_loss:
         rows.floors["methods"] = _chain_rule_scale(head, z64, y64)
+    # the values' round-off scales with the terms they add up (the loss itself, or more)
+    value_floor = max(rows.floors["numerical"], _value_terms(head, z64, y64))
 
     if full:
         ref = _run(lambda: numerical_grad(ref_loss, z64))
@@ -150,7 +153,7 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
             val = r if isinstance(r, _Failed) else np.asarray(r[0])
             ref_val = fused if isinstance(fused, _Failed) else np.asarray(fused[0])
             rows.compare("value", method, "fused", val, ref_val, "methods", dtype_of=None,
-                         floor=rows.floors["numerical"])
+                         floor=value_floor)
 
     if has_loop_reference(head):
         # the textbook definition, one sample at a time in float64 (jacobians.testing): a
@@ -163,7 +166,7 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
             val = r if isinstance(r, _Failed) else np.asarray(r[0])
             rows.compare("dE/dz", method, "loop", grad, loop_grad, "methods")
             rows.compare("value", method, "loop", val, loop_value, "methods", dtype_of=None,
-                         floor=rows.floors["numerical"])
+                         floor=value_floor)
     return CheckReport(rows.rows)
 
 
@@ -185,6 +188,27 @@ def method_results(head: Head, z, y) -> dict:
         else:
             results[method] = _run(head.value_and_grad, z, y, method)
     return results
+def _value_terms(head: Head, z64, y64) -> float:
+    """Size of the terms a Fenchel–Young loss's value adds up: the largest row's
+    ``Σ |x − max x| (p + y) + 1`` (``x`` the logits the loss sees, ``p`` its mapping).
+
+    ``⟨x, p − y⟩ + H(p) − H(y)`` is a difference of such terms, and its round-off scales with
+    them — not with the loss, which is much smaller where ``p`` nears ``y``. 0 for other losses.
+    """
+    loss = head.loss_fn
+    if not isinstance(loss, FenchelYoungLoss):
+        return 0.0
+    with np.errstate(all="ignore"):
+        x = _safe_call(lambda: z64 / float(getattr(head.activation, "temperature", 1.0))
+                       if head.logits_loss else head.activation(z64))
+        if x is None or not np.all(np.isfinite(x)):
+            return 0.0
+        x = x - x.max(axis=-1, keepdims=True)
+        p = _safe_call(loss.mapping, x)
+        t = _safe_call(lambda: loss.check_targets(x, y64).dense(x.dtype))
+        if p is None or t is None:
+            return 0.0
+        return float((np.abs(x) * (p + t)).sum(axis=-1).max() + 1.0)
 
 
 def _chain_rule_scale(head: Head, z64, y64) -> float:

@@ -7,9 +7,10 @@ from typing import Callable
 import numpy as np
 
 from .. import _math
-from ..activations import Activation, Entmax15, LeakyReLU, ReLU, Sparsemax
+from .._validation import alpha_rows
+from ..activations import Activation, Entmax, Entmax15, LeakyReLU, ReLU, Sparsemax
 from ..head import Head
-from ..losses import Entmax15Loss, Huber, MeanAbsoluteError, SparsemaxLoss
+from ..losses import Entmax15Loss, EntmaxLoss, Huber, MeanAbsoluteError, SparsemaxLoss
 from .report import _safe_call
 
 #: generated inputs keep every entry this far from a known kink (see the module docstring)
@@ -51,11 +52,40 @@ def _entmax15_distance(x):
     return np.abs(x - 2 * tau)
 
 
+def _entmax_distance(x, alpha):
+    """Distance of each entry of ``x`` to α-entmax's support edge, in ``x``'s units.
+
+    On the support ``p^{α−1} = (α − 1) x − τ``, elsewhere ``(α − 1) x <= τ``: τ is the row's
+    largest ``(α − 1) x − p^{α−1}``, and the edge is at ``x = τ/(α − 1)``."""
+    am1 = alpha - 1.0
+    p = _math.entmax(x, alpha)
+    xs = (x - x.max(axis=-1, keepdims=True)) * am1
+    tau = (xs - np.power(p, am1)).max(axis=-1, keepdims=True)
+    return np.abs(xs - tau) / am1
+
+
+def _tempered(act, z, distance):
+    """``distance`` of a map of ``z / T``, measured in z: T times the distance in z/T."""
+    T = float(getattr(act, "temperature", 1.0))
+    if T == 1.0:
+        return distance(z)
+    return distance((z - z.max(axis=-1, keepdims=True)) / T) * T
+
+
+def _on_simplex(a):
+    """Rows on the simplex, ``(..., 1)``: sparsemax (α-entmax at α = 2) is the identity there,
+    and an activation with simplex outputs keeps a on it (zeros of sparsemax/entmax stay
+    exactly 0), so those rows cross no kink of it."""
+    return ((a.min(axis=-1) >= 0) & (np.abs(a.sum(axis=-1) - 1) <= 1e-5))[..., None]
+
+
 def _sparsemax_loss_distance(loss, a, y=None):
-    # sparsemax is the identity on the simplex, and an activation with simplex outputs
-    # keeps a on it (zeros of sparsemax/entmax stay exactly 0): rows there cross no kink
-    on_simplex = (a.min(axis=-1) >= 0) & (np.abs(a.sum(axis=-1) - 1) <= 1e-5)
-    return np.where(on_simplex[..., None], np.inf, _sparsemax_distance(a))
+    return np.where(_on_simplex(a), np.inf, _sparsemax_distance(a))
+
+
+def _entmax_loss_distance(loss, a, y=None):
+    alpha = alpha_rows(loss.alpha, a)
+    return np.where(_on_simplex(a) & (np.asarray(alpha) == 2), np.inf, _entmax_distance(a, alpha))
 
 
 #: class -> ``distance(obj, x, y)`` of every entry of ``x`` to its nearest kink, ``(..., K)``
@@ -63,13 +93,17 @@ def _sparsemax_loss_distance(loss, a, y=None):
 KINKS: dict[type, Callable] = {
     ReLU: _abs_distance,
     LeakyReLU: _abs_distance,
-    Sparsemax: lambda act, z, y=None: _sparsemax_distance(z),
+    Sparsemax: lambda act, z, y=None: _tempered(act, z, _sparsemax_distance),
     # p = (z/2 − τ)² near its support boundary makes log-losses (BCE) steep there: 10× the margin
-    Entmax15: lambda act, z, y=None: _entmax15_distance(z) / 10,
+    Entmax15: lambda act, z, y=None: _tempered(act, z, _entmax15_distance) / 10,
+    # the same for any α (p = u^{1/(α−1)}); beyond α = 2 p's slope is unbounded at the edge, and
+    # central differences need the 10× margin too (their error grows as (step/distance)²)
+    Entmax: lambda act, z, y=None: _tempered(act, z, lambda x: _entmax_distance(x, alpha_rows(act.alpha, x))) / 10,
     MeanAbsoluteError: lambda loss, a, y: np.abs(a - y),
     Huber: lambda loss, a, y: np.abs(np.abs(a - y) - loss.delta),
     SparsemaxLoss: _sparsemax_loss_distance,
     Entmax15Loss: lambda loss, a, y=None: _entmax15_distance(a),
+    EntmaxLoss: _entmax_loss_distance,
 }
 
 

@@ -32,6 +32,8 @@ __all__ = ["check_second_order", "check_activation_second_order", "check_second_
 
 #: samples of the Monte-Carlo Fisher the check averages
 MC_SAMPLES = 4000
+#: a failed Monte-Carlo comparison is retried once with this many times the draws
+MC_RETRY = 8
 #: the Monte-Carlo average passes within this many standard errors of the exact Fisher
 MC_SIGMAS = 6.0
 
@@ -215,24 +217,39 @@ def _psd_row(rows: _Rows, head: Head, z, y, G) -> None:
 
 
 def _fisher_rows(rows: _Rows, head: Head, z, y, mc_samples: int, seed) -> None:
-    """The Monte-Carlo Fisher's mean within MC_SIGMAS standard errors of the exact one."""
+    """The Monte-Carlo Fisher's mean within MC_SIGMAS standard errors of the exact one.
+
+    The standard error is estimated from the draws themselves, which underestimates it when
+    a rare outcome carries a large gradient (a Bernoulli entry of probability 0.005 with
+    ``pos_weight`` 3 turns up 2 or 3 times in 500 draws): a failure is retried once with
+    :data:`MC_RETRY` times as many draws from another seed, and the row reports that run.
+    """
     exact = _run(head.fisher, z, y, "exact")
-    S = _run(lambda: head.sqrt_ggn_sampled(z, mc_samples, seed, y=y))
-    if isinstance(exact, _Failed) or isinstance(S, _Failed):
-        rows.compare("F", "mc", "exact", S, exact, "methods")
+    if isinstance(exact, _Failed):
+        rows.compare("F", "mc", "exact", exact, exact, "methods")
         return
-    S = np.asarray(S, dtype=np.float64)
-    M = S.shape[-1]
-    outer = np.einsum("...im,...jm->...ijm", S, S) * M  # each draw's own estimate of the Fisher
-    mean = outer.mean(axis=-1)
     exact64 = np.asarray(exact, np.float64)
-    # Frobenius norms over the whole batch: the error of the mean against its standard error
-    err = float(np.sqrt(((mean - exact64) ** 2).sum()))
-    spread = float(np.sqrt(((outer - mean[..., None]) ** 2).sum() / M))
     scale = float(np.sqrt((exact64**2).sum()))
-    allowed = MC_SIGMAS * spread / np.sqrt(M) + 1e3 * float(np.finfo(z.dtype).eps) * scale
-    passed = err <= allowed
-    note = "" if passed else f"the mean of {M} draws is {err / allowed * MC_SIGMAS:.1f} standard errors off"
+    note = ""
+    for attempt, (M, s) in enumerate(((mc_samples, seed), (MC_RETRY * mc_samples, seed + 1))):
+        S = _run(lambda: head.sqrt_ggn_sampled(z, M, s, y=y))  # noqa: B023
+        if isinstance(S, _Failed):
+            rows.compare("F", "mc", "exact", S, exact, "methods")
+            return
+        S = np.asarray(S, dtype=np.float64)
+        outer = np.einsum("...im,...jm->...ijm", S, S) * M  # each draw's own estimate of the Fisher
+        mean = outer.mean(axis=-1)
+        # Frobenius norms over the whole batch: the error of the mean against its standard error
+        err = float(np.sqrt(((mean - exact64) ** 2).sum()))
+        spread = float(np.sqrt(((outer - mean[..., None]) ** 2).sum() / M))
+        allowed = MC_SIGMAS * spread / np.sqrt(M) + 1e3 * float(np.finfo(z.dtype).eps) * scale
+        passed = err <= allowed
+        if passed or attempt:
+            break
+        note = f"{mc_samples} draws were {err / allowed * MC_SIGMAS:.1f} standard errors off; retried with {M * MC_RETRY}: "
+    note = (note + "passed") if passed and note else note
+    if not passed:
+        note += f"the mean of {M} draws is {err / allowed * MC_SIGMAS:.1f} standard errors off"
     rows._add("F", "mc", "exact", err, err / scale if scale else 0.0, (MC_SIGMAS, 0.0), passed, note,
               allowed=allowed)
     rows.finite("F", "exact", exact)

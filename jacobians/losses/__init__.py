@@ -2,7 +2,7 @@
 
 from .base import LOSSES, ElementwiseLoss, Loss, get_loss, register_loss
 from .classification import BinaryCrossEntropy, CrossEntropy, KLDivergence, NLLLoss
-from .fenchel_young import Entmax15Loss, FenchelYoungLoss, SparsemaxLoss
+from .fenchel_young import Entmax15Loss, EntmaxLoss, FenchelYoungLoss, SparsemaxLoss
 from .regression import Huber, MeanAbsoluteError, MeanSquaredError
 
 __all__ = [
@@ -21,4 +21,5 @@ __all__ = [
     "KLDivergence",
     "SparsemaxLoss",
     "Entmax15Loss",
+    "EntmaxLoss",
 ]

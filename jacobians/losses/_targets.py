@@ -15,7 +15,26 @@ import numpy as np
 
 from .._validation import as_float_array
 
-__all__ = ["ClassTargets", "check_class_targets", "class_coefficients", "check_weight"]
+__all__ = [
+    "ClassTargets",
+    "check_class_targets",
+    "class_coefficients",
+    "check_weight",
+    "check_ignore_index",
+    "IGNORE_INDEX",
+]
+
+#: the ``ignore_index`` of the loss variants the checks run (torch's default value)
+IGNORE_INDEX = -100
+
+
+def check_ignore_index(ignore_index) -> int | None:
+    """``ignore_index`` as an int, or None."""
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise TypeError(f"ignore_index must be an int or None; got {ignore_index!r}")
+    return int(ignore_index)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,14 @@ import numpy as np
 
 from .._validation import as_float_array, check_nonnegative_scalar
 from ..operators import DiagonalJacobian, DiagonalPlusLowRank
-from ._targets import ClassTargets, check_class_targets, check_weight, class_coefficients
+from ._targets import (
+    IGNORE_INDEX,
+    ClassTargets,
+    check_class_targets,
+    check_ignore_index,
+    check_weight,
+    class_coefficients,
+)
 from .base import ElementwiseLoss, Loss, register_loss
 
 __all__ = ["CrossEntropy", "NLLLoss", "KLDivergence", "BinaryCrossEntropy"]
@@ -39,10 +46,6 @@ def _neg_ratio(c: np.ndarray, safe: np.ndarray) -> np.ndarray:
     return np.clip(g, -big, big, out=g)
 
 
-#: the ``ignore_index`` of the loss variants the checks run (torch's default value)
-IGNORE_INDEX = -100
-
-
 def _curvature_ratio(c: np.ndarray, safe: np.ndarray) -> np.ndarray:
     """``c / safe²`` for ``c >= 0``, saturated at the dtype's largest finite value (see
     :func:`_neg_ratio`): divided twice, so ``safe²`` never underflows to 0."""
@@ -51,14 +54,6 @@ def _curvature_ratio(c: np.ndarray, safe: np.ndarray) -> np.ndarray:
         h = np.minimum(c / safe, big)
         h /= safe
     return np.minimum(h, big, out=h)
-
-
-def _check_ignore_index(ignore_index):
-    if ignore_index is None:
-        return None
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
-        raise TypeError(f"ignore_index must be an int or None; got {ignore_index!r}")
-    return int(ignore_index)
 
 
 class _ClassLoss(Loss):
@@ -133,7 +128,7 @@ class CrossEntropy(_ClassLoss):
         super().__init__(reduction)
         self.label_smoothing = check_nonnegative_scalar(label_smoothing, "label_smoothing", upper=1.0)
         self.weight = check_weight(weight)
-        self.ignore_index = _check_ignore_index(ignore_index)
+        self.ignore_index = check_ignore_index(ignore_index)
 
     @classmethod
     def variants(cls, K):
@@ -202,7 +197,7 @@ class NLLLoss(_ClassLoss):
     def __init__(self, weight=None, ignore_index: int | None = None, reduction: str = "mean"):
         super().__init__(reduction)
         self.weight = check_weight(weight)
-        self.ignore_index = _check_ignore_index(ignore_index)
+        self.ignore_index = check_ignore_index(ignore_index)
 
     @classmethod
     def variants(cls, K):

@@ -2,12 +2,19 @@
 
 They are functions of the logits, not of the mapped probabilities::
 
-    L(z, y) = ⟨z, p − y⟩ + H(p) − H(y),     ∇_z L = p − y,
+    L(z, y) = ⟨z, p − y⟩ + H_α(p) − H_α(y),     ∇_z L = p − y,
 
-with ``p`` the mapping of ``z`` (sparsemax / 1.5-entmax) and ``H`` the Tsallis entropy
-``H_α(p) = (1 − Σ p^α) / (α(α − 1))`` (α = 2 and 1.5). ``L >= 0``, and ``L = 0`` iff
-``p = y``. With index targets ``H(y) = 0`` and the loss is entmax's
-``SparsemaxLoss`` / ``Entmax15Loss``.
+with ``p`` the mapping of ``z`` (sparsemax, 1.5-entmax, α-entmax) and ``H_α`` the Tsallis
+entropy ``H_α(p) = (1 − Σ p^α) / (α(α − 1))``. ``L >= 0``, and ``L = 0`` iff ``p = y``.
+With index targets ``H(y) = 0`` and the loss is the entmax package's ``SparsemaxLoss`` /
+``Entmax15Loss`` / ``EntmaxBisectLoss``.
+
+A head pairing a loss with its own mapping at a temperature T (``Head(Sparsemax(T),
+SparsemaxLoss())``) is the loss of the logits the mapping sees, ``L(z/T, y)``: gradient
+``(p − y)/T`` with ``p = map(z/T)`` — as ``Head(Softmax(T), CrossEntropy())`` is the
+cross-entropy of ``softmax(z/T)``, gradient ``(s − y)/T``. (The Fenchel–Young loss of the
+tempered map itself, ``T·L(z/T, y)``, would have gradient ``p − y``; it is that loss times
+T.)
 """
 
 from __future__ import annotations
@@ -17,35 +24,84 @@ from typing import ClassVar
 import numpy as np
 
 from .. import _math
-from ..activations.simplex import Entmax15, Sparsemax
+from .._validation import alpha_rows, check_alpha
+from ..activations.simplex import Entmax, Entmax15, Sparsemax
 from ..operators import SimplexBlock
-from ._targets import check_class_targets
+from ._targets import IGNORE_INDEX, check_class_targets, check_ignore_index
 from .base import Loss, register_loss
 
-__all__ = ["FenchelYoungLoss", "SparsemaxLoss", "Entmax15Loss"]
+__all__ = ["FenchelYoungLoss", "SparsemaxLoss", "Entmax15Loss", "EntmaxLoss"]
+
+
+def _rowdot(x, y):
+    return np.einsum("...k,...k->...", x, y)
 
 
 class FenchelYoungLoss(Loss):
-    """Base of the Fenchel–Young losses: a mapping ``p(z)`` and its Tsallis index α."""
+    """Base of the Fenchel–Young losses: a mapping ``p(z)`` and its Tsallis index α.
+
+    Parameters
+    ----------
+    ignore_index : int, optional
+        Index targets equal to it contribute nothing (and are not counted by ``'mean'``).
+    reduction : {'mean', 'sum', 'none'}
+        ``'none'`` gives shape ``(...,)``.
+    """
 
     target_kind = "class"
     alpha: ClassVar[float]
 
-    def __init__(self, reduction: str = "mean"):
+    def __init__(self, ignore_index: int | None = None, reduction: str = "mean"):
         super().__init__(reduction)
+        self.ignore_index = check_ignore_index(ignore_index)
 
-    @staticmethod
-    def mapping(z: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+    @classmethod
+    def variants(cls, K):
+        return [{"ignore_index": IGNORE_INDEX}]
+
+    def mapping(self, z: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """The loss's own mapping ``p(z)``, rows of ``z`` (..., K)."""
         raise NotImplementedError
 
+    def _alpha(self, p: np.ndarray):
+        """α for the rows of ``p``: a float, or ``(..., 1)`` float64 for per-row α."""
+        return self.alpha
+
     def tsallis_entropy(self, p: np.ndarray) -> np.ndarray:
-        """``H_α(p) = (1 − Σ p^α) / (α(α − 1))`` per row."""
-        alpha = self.alpha
-        powered = p * p if alpha == 2 else p * np.sqrt(p) if alpha == 1.5 else p**alpha
-        return (1 - powered.sum(axis=-1)) / p.dtype.type(alpha * (alpha - 1))
+        """``H_α(p) = (1 − Σ p^α) / (α(α − 1))`` per row, shape ``(...,)``."""
+        alpha = self._alpha(p)
+        if not isinstance(alpha, np.ndarray):
+            powered = p * p if alpha == 2 else p * np.sqrt(p) if alpha == 1.5 else p**alpha
+            return (1 - powered.sum(axis=-1)) / p.dtype.type(alpha * (alpha - 1))
+        a = alpha.astype(p.dtype)
+        return ((1 - (p**a).sum(axis=-1, keepdims=True)) / (a * (a - 1)))[..., 0]
+
+    def _mapped_entropy(self, p: np.ndarray) -> np.ndarray:
+        """``H_α(p)`` per row for ``p`` on the simplex (the mapping's output), as
+        ``Σ p (1 − p^{α−1}) / (α(α − 1))``: with ``Σp = 1`` it is ``tsallis_entropy(p)``, but a
+        sum of non-negative terms (``1 − Σ p^α`` cancels where p is nearly one-hot, and its
+        error is multiplied by ``1/(α(α − 1))``, 100 at α = 1.01)."""
+        alpha = self._alpha(p)
+        if not isinstance(alpha, np.ndarray) and alpha == 2:
+            terms = p * (1 - p)
+        elif not isinstance(alpha, np.ndarray) and alpha == 1.5:
+            terms = p * (1 - np.sqrt(p))
+        else:
+            a = alpha if not isinstance(alpha, np.ndarray) else alpha.astype(p.dtype)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                terms = np.where(p > 0, -p * np.expm1((a - 1) * np.log(np.where(p > 0, p, 1))), 0)
+        scale = alpha * (alpha - 1)
+        if isinstance(scale, np.ndarray):
+            return (terms.sum(axis=-1, keepdims=True) / scale.astype(p.dtype))[..., 0]
+        return terms.sum(axis=-1) / p.dtype.type(scale)
+
+    def own_mapping_mismatch(self, activation) -> str | None:
+        """Why ``activation``, an instance of the loss's own mapping (``logits_of``), does not
+        pair with this loss — a message — or None when it does."""
+        return None
 
     def check_targets(self, a, y):
-        return check_class_targets(a, y)
+        return check_class_targets(a, y, ignore_index=self.ignore_index)
 
     def per_sample(self, z, y):
         return self._terms(z, self.check_targets(z, y), need_grad=False)[0]
@@ -56,28 +112,48 @@ class FenchelYoungLoss(Loss):
     def per_sample_hessian(self, z, y):
         return self._hessian_terms(z, self.check_targets(z, y))[0].dense()
 
-    @staticmethod
-    def curvature_weights(p: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+    def curvature_weights(self, p: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         """``d`` of the mapping's Jacobian ``diag(d) − d dᵀ/Σd`` from its output ``p``."""
         raise NotImplementedError
 
     def _hessian_terms(self, z, t):
-        """The mapping's Jacobian ``diag(d) − d dᵀ/Σd`` (``∇²L = ∂p/∂z``, whatever y)."""
+        """The mapping's Jacobian ``diag(d) − d dᵀ/Σd`` (``∇²L = ∂p/∂z``, whatever y; zero
+        for ignored rows, which ``'mean'`` does not count)."""
         d = self.curvature_weights(self.mapping(z))
-        return SimplexBlock(d, 1.0), int(np.prod(z.shape[:-1]))
+        if t.valid is None:
+            return SimplexBlock(d, 1.0), int(np.prod(z.shape[:-1]))
+        return SimplexBlock(d, t.valid.astype(d.dtype)), int(np.count_nonzero(t.valid))
 
-    def _terms(self, z, t, need_grad):
-        p = self.mapping(z)
-        y = t.dense(z.dtype)
-        # ⟨z, p − y⟩ = ⟨z − m, p − y⟩ + m (1 − Σy): the shift keeps huge logits exact
+    def _terms(self, z, t, need_grad, temperature: float = 1.0):
+        """Unreduced ``L(z/T, y)``, its gradient in ``z/T`` (``p − y``) and the denominator."""
         m = z.max(axis=-1, keepdims=True)
+        x = z - m  # the shift keeps huge logits exact (⟨z, p − y⟩ = ⟨z − m, p − y⟩ + m (1 − Σy))
+        if temperature != 1.0:
+            T = z.dtype.type(temperature)
+            x /= T
+            m = m / T
+        p = self.mapping(x)
+        y = t.dense(z.dtype)
         diff = p - y
-        values = np.einsum("...k,...k->...", z - m, diff) + m[..., 0] * (1 - y.sum(axis=-1))
-        values += self.tsallis_entropy(p)
+        values = _rowdot(x, diff) + m[..., 0] * (1 - y.sum(axis=-1))
+        values += self._mapped_entropy(p)
         if not t.is_index:
             values -= self.tsallis_entropy(y)
         n = int(np.prod(z.shape[:-1]))
+        if t.valid is not None:
+            values = np.where(t.valid, values, 0).astype(z.dtype, copy=False)
+            diff *= t.valid[..., None]
+            n = int(np.count_nonzero(t.valid))
         return values, (diff if need_grad else None), n
+
+    def tempered_value_and_grad(self, z, y, temperature: float = 1.0):
+        """``(value, dE/dz)`` of ``L(z/T, y)``, reduced: what ``Head(own mapping with
+        temperature T, this loss)`` computes (gradient ``(p − y)/T``, ``p = map(z/T)``)."""
+        z, t = self._prepare(z, y)
+        values, diff, denom = self._terms(z, t, True, temperature)
+        if temperature != 1.0:
+            diff /= diff.dtype.type(temperature)
+        return self._reduce(values, diff, denom)
 
 
 @register_loss
@@ -87,6 +163,11 @@ class SparsemaxLoss(FenchelYoungLoss):
     ``Head(Sparsemax(), SparsemaxLoss())`` runs the fused rule only (the loss is not a
     function of sparsemax's output); ``Head(Identity(), SparsemaxLoss())`` runs every
     method.
+
+    Parameters
+    ----------
+    ignore_index : int, optional
+    reduction : {'mean', 'sum', 'none'}
 
     Examples
     --------
@@ -103,8 +184,7 @@ class SparsemaxLoss(FenchelYoungLoss):
     alpha = 2.0
     logits_of = Sparsemax
 
-    @staticmethod
-    def mapping(z):
+    def mapping(self, z):
         return _math.sparsemax(z)
 
     @staticmethod
@@ -115,6 +195,11 @@ class SparsemaxLoss(FenchelYoungLoss):
 @register_loss
 class Entmax15Loss(FenchelYoungLoss):
     """1.5-entmax loss (Peters et al., 2019) on logits ``z``: gradient ``entmax15(z) − y``.
+
+    Parameters
+    ----------
+    ignore_index : int, optional
+    reduction : {'mean', 'sum', 'none'}
 
     Examples
     --------
@@ -128,10 +213,127 @@ class Entmax15Loss(FenchelYoungLoss):
     alpha = 1.5
     logits_of = Entmax15
 
-    @staticmethod
-    def mapping(z):
+    def mapping(self, z):
         return _math.entmax15(z)
 
     @staticmethod
     def curvature_weights(p):
         return np.sqrt(p)
+
+
+@register_loss
+class EntmaxLoss(FenchelYoungLoss):
+    r"""α-entmax loss (Peters et al., 2019) on logits ``z``, any α > 1: gradient
+    ``entmax_α(z) − y``.
+
+    ``L(z, y) = ⟨z, p − y⟩ + H_α(p) − H_α(y)`` with ``p = entmax_α(z)``. α = 2 is
+    :class:`SparsemaxLoss`, α = 1.5 :class:`Entmax15Loss`, α → 1 the cross-entropy of
+    softmax. ``Head(Entmax(α), EntmaxLoss(α))`` runs the fused rule only; a map and a loss
+    of different α are not a pair (``ValueError``); ``Head(Identity(), EntmaxLoss(α))``
+    runs every method.
+
+    Parameters
+    ----------
+    alpha : float or array_like, default 1.5
+        α > 1, finite; an array gives each row its own α (shapes as for
+        :class:`~jacobians.Entmax`).
+    ignore_index : int, optional
+    reduction : {'mean', 'sum', 'none'}
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jacobians import EntmaxLoss, SparsemaxLoss
+    >>> z, y = np.array([[2.0, 0.5, -1.0]]), np.array([1])
+    >>> float(EntmaxLoss(alpha=2.0)(z, y)) == float(SparsemaxLoss()(z, y))
+    True
+    >>> EntmaxLoss(alpha=2.0).grad(z, y)                  # sparsemax(z) − e_y
+    array([[ 1., -1.,  0.]])
+    """
+
+    name = "entmax_loss"
+    logits_of = Entmax
+
+    def __init__(self, alpha=1.5, ignore_index: int | None = None, reduction: str = "mean"):
+        super().__init__(ignore_index, reduction)
+        self.alpha = check_alpha(alpha)
+
+    @classmethod
+    def variants(cls, K):
+        # the α of Entmax.variants (a map pairs with the loss of its own α); ignore_index is the
+        # base class's, checked with SparsemaxLoss and Entmax15Loss
+        return [{"alpha": 1.2}, {"alpha": 1.75}, {"alpha": 2.5}]
+
+    def _alpha(self, p):
+        return alpha_rows(self.alpha, p)
+
+    def mapping(self, z):
+        return _math.entmax(z, self._alpha(z))
+
+    def curvature_weights(self, p):
+        return _math.entmax_weights(p, self._alpha(p))
+
+    def own_mapping_mismatch(self, activation) -> str | None:
+        mine, theirs = self.alpha, activation.alpha
+        try:
+            same = np.array_equal(*np.broadcast_arrays(np.asarray(mine), np.asarray(theirs)))
+        except ValueError:  # shapes that do not broadcast
+            same = False
+        if same:
+            return None
+        return (
+            f"Entmax(alpha={theirs!r}) and EntmaxLoss(alpha={mine!r}) have different α: the loss is the "
+            "Fenchel–Young loss of its own map, so pair Entmax(alpha=a) with EntmaxLoss(alpha=a) (the same "
+            "value, or arrays equal once broadcast)"
+        )
+
+    def alpha_grad(self, z, y) -> np.ndarray:
+        r"""``∂E/∂α`` of the reduced loss, per row: shape ``z.shape[:-1]`` (0 for ignored rows).
+
+        p maximises ``⟨z, p⟩ + H_α(p)``, so α moves the loss only through the entropies
+        (Danskin): ``∂L/∂α = ∂_α H_α(p) − ∂_α H_α(y)`` at fixed ``p`` and ``y``, with::
+
+            ∂_α H_α(q) = −Σ q^α log q / (α(α − 1)) − (1 − Σ q^α)(2α − 1) / (α(α − 1))²
+
+        (0 for a one-hot ``y``). The reduction's factor is inside (1/N for ``'mean'``): sum
+        the entries for a shared α; a per-row α takes its own. For a head with a
+        temperature, pass the logits the loss sees, ``z / T``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from jacobians import EntmaxLoss
+        >>> z, y, h = np.array([[1.0, 0.5, -3.0]]), np.array([1]), 1e-6
+        >>> numeric = (EntmaxLoss(1.5 + h)(z, y) - EntmaxLoss(1.5 - h)(z, y)) / (2 * h)
+        >>> bool(np.isclose(EntmaxLoss(1.5).alpha_grad(z, y).sum(), numeric))
+        True
+        """
+        z, t = self._prepare(z, y)
+        x = z - z.max(axis=-1, keepdims=True)
+        p = self.mapping(x)
+        values = self._entropy_alpha_derivative(p, mapped=True)
+        if not t.is_index:
+            values = values - self._entropy_alpha_derivative(t.dense(z.dtype))
+        n = int(np.prod(z.shape[:-1]))
+        if t.valid is not None:
+            values = np.where(t.valid, values, 0).astype(z.dtype, copy=False)
+            n = int(np.count_nonzero(t.valid))
+        if self.reduction == "mean":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                values = values / values.dtype.type(n)
+        return values
+
+    def _entropy_alpha_derivative(self, q, mapped: bool = False):
+        """``∂_α H_α(q)`` per row, ``(...,)``; ``mapped``: q is the mapping's output (Σq = 1),
+        and ``1 − Σ q^α`` is summed as ``Σ q (1 − q^{α−1})`` (see :meth:`_mapped_entropy`)."""
+        alpha = self._alpha(q)
+        a = alpha.astype(q.dtype) if isinstance(alpha, np.ndarray) else alpha
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_q = np.log(np.where(q > 0, q, 1))
+            powered = np.where(q > 0, q * np.exp((a - 1) * log_q), 0)  # q^α
+            qlog = powered * log_q
+            rest = np.where(q > 0, -q * np.expm1((a - 1) * log_q), 0) if mapped else None
+        c = a * (a - 1)
+        gap = rest.sum(axis=-1, keepdims=True) if mapped else 1 - powered.sum(axis=-1, keepdims=True)
+        out = -qlog.sum(axis=-1, keepdims=True) / c - gap * (2 * a - 1) / (c * c)
+        return out[..., 0].astype(q.dtype, copy=False)

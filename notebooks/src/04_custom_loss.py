@@ -118,7 +118,8 @@ except ValueError as err:
 # %% [markdown]
 # Registering the class makes it part of the registries, so `jac.pairs()` (and the
 # tests and checks that walk them) pick it up. It pairs with exactly the activations whose
-# output lies in (0, 1): sparsemax and 1.5-entmax are out, since they produce exact zeros.
+# output lies in (0, 1): the sparse maps (sparsemax, 1.5- and α-entmax) are out, since they
+# produce exact zeros.
 
 # %%
 jac.register_loss(FocalLoss)
