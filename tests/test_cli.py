@@ -194,7 +194,7 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_bar_on_a_terminal(capsys, monkeypatch):
-    pytest.importorskip("tqdm")  # the `cli` extra; the fallback is tested above
+    pytest.importorskip("tqdm")  # the `cli` extra (also in `test`); the fallback is tested above
     term = _Terminal()
     monkeypatch.setattr(sys, "stderr", term)
     status = cli.main(["check", "--only", "relu,mse", "--dtype", "float64", *FAST])
