@@ -584,3 +584,16 @@ def test_check_second_order_passes_for_every_pair(pair):
     head = jac.Head(jac.get_activation(pair.activation)(), jac.get_loss(pair.loss)())
     for dtype in ("float64", "float32"):
         checks.check_second_order(head, dtype=dtype, mc_samples=500).raise_if_failed()
+
+
+@pytest.mark.parametrize("act", [jac.Softmax(temperature=0.5), jac.Entmax15(temperature=3.0), jac.Entmax(1.2),
+                                 jac.Entmax(2.5, temperature=3.0)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_simplex_curvature_blocks_are_symmetric_to_the_bit(act, dtype, rng):
+    """Σ g∇²a of the simplex maps is symmetric in exact arithmetic; its dense blocks are
+    symmetric in floating point too (einsum's fused multiply-adds would otherwise differ
+    between M_jk and M_kj)."""
+    z = rng.normal(size=(64, 7)).astype(dtype)
+    g = rng.normal(size=z.shape).astype(dtype)
+    H = act.hessian_vjp(z, g)
+    np.testing.assert_array_equal(H, np.swapaxes(H, -1, -2))

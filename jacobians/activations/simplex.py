@@ -209,7 +209,7 @@ class Softmax(SimplexMapping):
         V = np.stack([s, w], axis=-1)
         if self.temperature != 1.0:
             w, U = w / t2, U / t2
-        return DiagonalPlusLowRank(w, U, V)
+        return DiagonalPlusLowRank(w, U, V, symmetric=True)
 
 
 @register_activation
