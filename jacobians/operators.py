@@ -479,7 +479,7 @@ class SimplexBlock(DiagonalPlusRankOne):
     def __init__(self, d, c, root_d=None):
         d = as_float_array(d, "d")
         c = np.asarray(c, dtype=d.dtype)[..., None]
-        if np.any(d < 0) or np.any(c < 0):
+        if (d.size and d.min() < 0) or (c.size and c.min() < 0):  # no (..., K) mask: NaN passes as before
             raise ValueError("a SimplexBlock needs d >= 0 and c >= 0")
         total_d = d.sum(axis=-1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -494,7 +494,11 @@ class SimplexBlock(DiagonalPlusRankOne):
         c = self.c.reshape(-1, 1)[rows] if self.c.ndim > 1 else self.c
         D = _rows2d(self.total)[rows]
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(D > 0, c * d * complement_sums(d) / np.where(D > 0, D, 1), 0)
+            factor = np.where(D > 0, c / np.where(D > 0, D, 1), 0)  # (n, 1): zero rows stay 0
+        out = complement_sums(d)
+        out *= d
+        out *= factor
+        return out
 
     @property
     def root_d(self) -> np.ndarray:
