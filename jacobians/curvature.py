@@ -361,8 +361,7 @@ def _fenchel_young_hessian(act, loss, z, y):
     if T == 1.0:
         return loss.hessian_operator(z, y)
     z = as_float_array(z, "z")
-    x = np.subtract(z, z.max(axis=-1, keepdims=True)) / z.dtype.type(T)
-    return loss.hessian_operator(x, y).scaled(z.dtype.type(T) ** -2)
+    return loss.hessian_operator(act._scaled(z), y).scaled(z.dtype.type(T) ** -2)
 
 
 for _act, _loss in ((Sparsemax, SparsemaxLoss), (Entmax15, Entmax15Loss), (Entmax, EntmaxLoss)):

@@ -259,6 +259,22 @@ class TransposedJacobian(ScaledTanh):
         return np.swapaxes(super().jacobian(z), -1, -2)
 
 
+# -- a user's loss in two methods (shared by test_custom and test_second_order) ----------------------
+
+
+class Brier(jac.Loss):
+    """Σ_k (a_k − y_k)² per sample; does not call ``super().__init__`` (class default reduction)."""
+
+    input_domain = "simplex"
+    target_kind = "probability"
+
+    def per_sample(self, a, y):
+        return ((a - y) ** 2).sum(axis=-1)
+
+    def per_sample_grad(self, a, y):
+        return 2 * (a - y)
+
+
 # -- peak memory of a fresh process ----------------------------------------------------------------
 
 _VMHWM = textwrap.dedent(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import REDUCTIONS
+from conftest import REDUCTIONS, Brier
 
 import jacobians as jac
 from jacobians import testing
@@ -35,19 +35,6 @@ class FocalLoss(jac.Loss):
         grad = np.zeros_like(a)
         np.put_along_axis(grad, y[..., None], d[..., None], axis=-1)
         return grad
-
-
-class Brier(jac.Loss):
-    """Σ_k (a_k − y_k)² per sample; does not call ``super().__init__`` (class default reduction)."""
-
-    input_domain = "simplex"
-    target_kind = "probability"
-
-    def per_sample(self, a, y):
-        return ((a - y) ** 2).sum(axis=-1)
-
-    def per_sample_grad(self, a, y):
-        return 2 * (a - y)
 
 
 class TiltedSoftmax(jac.Activation):

@@ -19,8 +19,8 @@ from ..losses import (
     NLLLoss,
     SparsemaxLoss,
 )
-from .head import _prepare_targets, method_results
-from .inputs import extreme_inputs
+from .head import method_results
+from .inputs import extreme_inputs, prepare_targets
 from .report import CheckReport, _batched_jvp, _batched_vjp, _Failed, _readonly, _require, _Rows, _run, _subject
 
 
@@ -151,7 +151,7 @@ def check_extreme(obj, z=None, y=None, *, shape=(2, 3, 5), dtype=np.float64, see
         return CheckReport(rows.rows)
 
     head = obj
-    y = _prepare_targets(y, z)
+    y = prepare_targets(y, z)
     results = method_results(head, z, y)
     for method, r in results.items():
         value, grad = (r, r) if isinstance(r, _Failed) else (np.asarray(r[0]), r[1])

@@ -11,7 +11,7 @@ from .._validation import alpha_rows
 from ..activations import Activation, Entmax, Entmax15, LeakyReLU, ReLU, Sparsemax
 from ..head import Head
 from ..losses import Entmax15Loss, EntmaxLoss, Huber, MeanAbsoluteError, SparsemaxLoss
-from .report import _safe_call
+from .report import _readonly, _safe_call
 
 #: generated inputs keep every entry this far from a known kink (see the module docstring)
 KINK_MARGIN = 1e-2
@@ -304,10 +304,20 @@ def _kink_note(names, dist) -> str:
 
 
 
+def prepare_targets(y, z: np.ndarray) -> np.ndarray:
+    """A read-only copy of the targets, floating ones in z's dtype."""
+    y = np.array(y, copy=True)
+    if y.dtype.kind == "f" or y.dtype.kind == "b":
+        y = y.astype(z.dtype)
+    y.flags.writeable = False
+    return y
+
+
 def head_inputs(head, z, y, *, shape, dtype, rng) -> tuple[np.ndarray, np.ndarray, str]:
-    """``(z, y, kink note)`` for a head check: generated clear of kinks when z is None (y
-    kept when given: its shape sets the batch), else z as given (cast to ``dtype``) with
-    targets generated when y is None, and a note when the inputs sit near a kink."""
+    """``(z, y, kink note)`` for a head check, both arrays read-only (:func:`prepare_targets`):
+    generated clear of kinks when z is None (y kept when given: its shape sets the batch),
+    else z as given (cast to ``dtype``) with targets generated when y is None, and a note
+    when the inputs sit near a kink."""
     from .._validation import as_float_array
 
     if z is None:
@@ -316,11 +326,14 @@ def head_inputs(head, z, y, *, shape, dtype, rng) -> tuple[np.ndarray, np.ndarra
             ya = np.asarray(y)
             shape = ya.shape + (_check_shape(shape)[-1],) if ya.dtype.kind in "iu" else ya.shape
         z, y = example_inputs(head, shape=shape, dtype=dt, seed=rng, y=y)
-        return z, y, ""
-    z = as_float_array(z, "z")
-    if dtype is not None:
-        z = z.astype(_check_dtype(dtype))
-    if y is None:
-        y = _make_targets(head.loss_fn, z.shape, rng)
-    dist, names = _head_distance(head, z.astype(np.float64), np.asarray(y))
-    return z, y, _kink_note(names, dist)
+        kink = ""
+    else:
+        z = as_float_array(z, "z")
+        if dtype is not None:
+            z = z.astype(_check_dtype(dtype))
+        if y is None:
+            y = _make_targets(head.loss_fn, z.shape, rng)
+        dist, names = _head_distance(head, z.astype(np.float64), np.asarray(y))
+        kink = _kink_note(names, dist)
+    z = _readonly(z)
+    return z, prepare_targets(y, z), kink

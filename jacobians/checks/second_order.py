@@ -24,8 +24,7 @@ from ..losses import (
 )
 from ..numerical import numerical_jacobian
 from ..operators import DenseJacobian, DiagonalPlusLowRank, as_low_rank
-from .head import _prepare_targets
-from .inputs import DEFAULT_SHAPE, _check_dtype, example_inputs, extreme_inputs, head_inputs
+from .inputs import DEFAULT_SHAPE, _check_dtype, example_inputs, extreme_inputs, head_inputs, prepare_targets
 from .report import CheckReport, _Failed, _readonly, _require, _Rows, _run, _safe_call, _subject
 
 __all__ = ["check_second_order", "check_activation_second_order", "check_second_order_extreme", "EXTREME_HESSIANS", "MC_SAMPLES", "MC_SIGMAS"]
@@ -112,8 +111,6 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
     _require(head, Head, "head")
     rng = np.random.default_rng(seed)
     z, y, kink = head_inputs(head, z, y, shape=shape, dtype=dtype, rng=rng)
-    z = _readonly(z)
-    y = _prepare_targets(y, z)
     rows = _Rows(_subject(head), z.dtype, z.shape, kink)
     z64 = z.astype(np.float64)
     y64 = y.astype(np.float64) if y.dtype.kind == "f" else y
@@ -324,7 +321,7 @@ def check_second_order_extreme(head: Head, *, shape=(2, 3, 5), dtype=np.float64,
     _require(head, Head, "head")
     z, y = extreme_inputs(head, shape=shape, dtype=dtype, seed=seed)
     z = _readonly(z)
-    y = _prepare_targets(y, z)
+    y = prepare_targets(y, z)
     rows = _Rows(_subject(head) + " (±1e4)", z.dtype, z.shape)
     for method in _second_order_methods(head):
         rows.finite("H", method, _run(head.hessian, z, y, method))
