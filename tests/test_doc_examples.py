@@ -23,6 +23,11 @@ def _blocks(path):
     return FENCE.findall(path.read_text(encoding="utf-8"))
 
 
+#: what an example may import from an optional extra (dask: `dask`; fast: numba; notebooks:
+#: matplotlib); its block is skipped, saying so, where the extra is not installed
+OPTIONAL = {"dask", "distributed", "numba", "matplotlib"}
+IMPORTED = re.compile(r"^\s*(?:import|from)\s+(\w+)", flags=re.M)
+
 BLOCKS = [(path.relative_to(ROOT).as_posix(), i, source) for path in PAGES for i, source in enumerate(_blocks(path))]
 
 
@@ -47,6 +52,8 @@ def test_no_other_python_fences():
     ("page", "index", "source"), BLOCKS, ids=[f"{page}:block{i}" for page, i, _ in BLOCKS]
 )
 def test_block_runs(page, index, source, restore_registries, capsys):
+    for module in sorted(set(IMPORTED.findall(source)) & OPTIONAL):
+        pytest.importorskip(module, reason=f"the example imports {module}, an optional extra that is not installed")
     code = compile(source, f"{page} (python block {index})", "exec")
     exec(code, {"__name__": "__main__"})  # as pasted into a script (the Dask example guards its cluster)
     capsys.readouterr()  # the examples print; what they assert is what counts
