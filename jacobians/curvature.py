@@ -655,16 +655,20 @@ BLOCK_KINDS = ("hessian", "ggn", "fisher", "fisher_mc", "empirical_fisher")
 
 def reduction_factor(head, z, y) -> float:
     """``c`` with the reduced loss's blocks = ``c`` × the blocks of the ``'sum'`` loss, for the
-    whole batch ``z`` (and targets ``y``, or None): 1/denominator for ``'mean'``, else 1."""
+    whole batch ``z`` (and targets ``y``, or None): 1/denominator for ``'mean'``, else 1. A loss
+    made by :meth:`~jacobians.Loss.with_denominator` keeps its own denominator."""
     loss = head.loss_fn
     z = as_float_array(z, "z")
     if loss.reduction != "mean":
         return 1.0
-    x = z if head.logits_loss else head.activation(z)
-    if y is None:
-        denom = x.size if isinstance(loss, ElementwiseLoss) else int(np.prod(x.shape[:-1]))
+    if loss.denominator is not None:  # with_denominator: the caller's, whatever the batch
+        denom = loss.denominator
     else:
-        denom = loss._mean_denominator(x, loss.check_targets(x, y))
+        x = z if head.logits_loss else head.activation(z)
+        if y is None:
+            denom = x.size if isinstance(loss, ElementwiseLoss) else int(np.prod(x.shape[:-1]))
+        else:
+            denom = loss._mean_denominator(x, loss.check_targets(x, y))
     with np.errstate(divide="ignore", invalid="ignore"):
         return float(np.float64(1.0) / np.float64(denom))
 

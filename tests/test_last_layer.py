@@ -73,15 +73,18 @@ def test_hessian_through_the_layer_matches_the_definition(acls, aopt, lcls, lopt
     np.testing.assert_allclose(H, ref, rtol=0, atol=2e-7 * max(1.0, np.abs(ref).max()))
     np.testing.assert_allclose(H, H.T, rtol=0, atol=1e-13 * max(1.0, np.abs(H).max()))
     floor = _curvature_terms(head, z, y)
-    for kind in ("hessian", "ggn", "empirical_fisher") + (("fisher",) if _is_likelihood(head) else ()):
-        full = jac.linear_curvature(X, head, z, y, kind=kind, bias=bias)
+    for kind in ("hessian", "ggn", "empirical_fisher") + (("fisher", "fisher_mc") if _is_likelihood(head) else ()):
+        # fisher_mc with several columns a row: a one-column factor (the empirical Fisher) hides
+        # a diagonal taken as (Σ_c S[:, c])² instead of Σ_c S[:, c]²
+        mc = {"mc_samples": 3, "seed": 5}
+        full = jac.linear_curvature(X, head, z, y, kind=kind, bias=bias, **mc)
         tol = 1e-11 * max(np.abs(full).max(), floor, 1e-300)  # round-off of the terms summed, in any order
-        diag = jac.linear_curvature(X, head, z, y, kind=kind, structure="diag", bias=bias)
+        diag = jac.linear_curvature(X, head, z, y, kind=kind, structure="diag", bias=bias, **mc)
         assert diag.shape == (K, P // K)
         np.testing.assert_allclose(diag.ravel(), np.diag(full), rtol=0, atol=tol)
-        small = jac.linear_curvature(X, head, z, y, kind=kind, bias=bias, max_bytes=1)  # one row a block
+        small = jac.linear_curvature(X, head, z, y, kind=kind, bias=bias, max_bytes=1, **mc)  # one row a block
         np.testing.assert_allclose(small, full, rtol=0, atol=tol)
-        A, B = jac.linear_curvature(X, head, z, y, kind=kind, structure="kron", bias=bias)
+        A, B = jac.linear_curvature(X, head, z, y, kind=kind, structure="kron", bias=bias, **mc)
         blocks = _blocks(head, kind, z, y)
         np.testing.assert_allclose(A, blocks.sum(axis=0), rtol=0, atol=1e-11 * max(np.abs(blocks).max(), floor, 1e-300))
         Xt = np.concatenate([X, np.ones((N, 1))], 1) if bias else X
@@ -112,6 +115,9 @@ def _blocks(head, kind, z, y):
         return head.hessian(z, y)
     if kind == "ggn":
         return head.ggn(z, y)
+    if kind == "fisher_mc":  # the same draws as linear_curvature's (seed 5, rows 0..N-1)
+        S = head.sqrt_ggn_sampled(z, 3, seed=5, y=y)
+        return S @ np.swapaxes(S, -1, -2)
     return head.fisher(z, y, {"fisher": "exact", "empirical_fisher": "empirical"}[kind])
 
 
@@ -258,3 +264,46 @@ def test_full_ggn_stays_within_the_budget_plus_the_result():
     assert P == K_ * (D_ + 1) and out["finite"]
     result = P * P * 4
     assert out["peak"] - out["base"] <= budget + 3 * result + 20 * N_ * K_ * 4, out
+
+
+LAYER_KINDS = ("hessian", "ggn", "fisher", "fisher_mc", "empirical_fisher")
+
+
+@pytest.mark.parametrize("structure", ["full", "diag", "kron"])
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+def test_a_loss_with_its_own_denominator_keeps_it(kind, structure, rng):
+    """``with_denominator(d)``: E = Σ ℓ_n / d whatever the batch, so the curvature in θ is the
+    'sum' head's over d, and pieces of a batch, each with the whole batch's N, add up to the
+    whole batch's 'mean' curvature (what with_denominator is for). N = 6, d = 100: a factor
+    1/N in place of 1/d is off by 100/6."""
+    head = jac.Head(jac.Softmax(), jac.CrossEntropy().with_denominator(100))
+    X, y = rng.normal(size=(6, D)), rng.integers(0, K, size=6)
+    z = X @ rng.normal(size=(K, D)).T
+    kw = {"kind": kind, "structure": structure, "mc_samples": 3, "seed": 4}
+    got = jac.linear_curvature(X, head, z, y, **kw)
+    total = jac.linear_curvature(X, jac.Head(jac.Softmax(), jac.CrossEntropy(reduction="sum")), z, y, **kw)
+    if structure == "kron":
+        np.testing.assert_allclose(got.A, total.A / 100, rtol=1e-13)
+        np.testing.assert_allclose(got.B, total.B, rtol=1e-13)  # the features' mean: no loss factor
+    else:
+        np.testing.assert_allclose(got, total / 100, rtol=1e-13, atol=1e-18)
+    if kind == "hessian" and structure == "full":  # the definition: differences of E = Σ ℓ_n / 100 in θ
+        def loss(theta):
+            M = theta.reshape(K, D + 1)
+            return head.loss(X @ M[:, :D].T + M[:, D], y)
+
+        theta = np.concatenate([rng.normal(size=(K, D)), np.zeros((K, 1))], axis=1).ravel()
+        M = theta.reshape(K, D + 1)
+        z0 = X @ M[:, :D].T + M[:, D]
+        ref = numerical_jacobian(lambda t: numerical_grad(loss, t[0], eps=1e-4)[None], theta[None], eps=1e-4)[0]
+        np.testing.assert_allclose(jac.linear_curvature(X, head, z0, y, kind="hessian"), ref, atol=1e-6 * np.abs(ref).max())
+    if kind in ("fisher", "fisher_mc"):
+        return  # the pieces below would draw their own samples (fisher_mc) — the identity above suffices
+    whole = jac.linear_curvature(X, jac.Head(jac.Softmax(), jac.CrossEntropy()), z, y, **kw)
+    piece = jac.Head(jac.Softmax(), jac.CrossEntropy().with_denominator(6))
+    a = jac.linear_curvature(X[:2], piece, z[:2], y[:2], **kw)
+    b = jac.linear_curvature(X[2:], piece, z[2:], y[2:], **kw)
+    if structure == "kron":
+        np.testing.assert_allclose(a.A + b.A, whole.A, rtol=1e-12)
+    else:
+        np.testing.assert_allclose(a + b, whole, rtol=1e-12, atol=1e-17)
