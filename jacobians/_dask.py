@@ -534,9 +534,16 @@ def contract(g, J):
     return da.blockwise(lambda gc, Jc: contract_numpy(gc, Jc), b + "K", g, b + "M", J, b + "MK", dtype=dt, concatenate=True)
 
 
+def _features(features, z):
+    """The features with z's row chunks, in z's float dtype (as numpy's ``like=z``)."""
+    X = align(features, z, "features", rechunk_last=True)
+    dt = _float_dtype(z.dtype)
+    return X if X.dtype == dt else X.astype(dt)
+
+
 def linear_gradient(features, head, z, y, bias=True):
     z = prepare_z(z)
-    X = align(features, z, "features", rechunk_last=True)
+    X = _features(features, z)
     g = head_value_and_grad(head, z, y)[1]
     K, D = z.shape[-1], X.shape[-1]
     g2, X2 = g.reshape(-1, K), X.reshape(-1, D)
@@ -550,7 +557,7 @@ def linear_curvature(features, head, z, y, *, kind, structure, bias, max_bytes, 
 
     budget, key = last_layer._check_options(head, y, kind, structure, max_bytes, mc_samples, seed)
     z = prepare_z(z)
-    X = align(features, z, "features", rechunk_last=True)
+    X = _features(features, z)
     y = align(y, z, "y")
     dt = _float_dtype(z.dtype)
     batch = z.shape[:-1]

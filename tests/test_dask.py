@@ -312,3 +312,26 @@ def test_a_40_gb_jacobian_path_on_workers_of_1_gib(cluster_client):
         lambda dask_worker, start=None: max(dask_worker.monitor.quantities["memory"], default=0))
     assert len(peaks) == 2 and before
     assert all(0 < peak <= limit for peak in peaks.values()), peaks
+
+
+@pytest.mark.parametrize("structure", ["full", "diag", "kron"])
+def test_last_layer_casts_the_features_like_z(structure, rng):
+    """float64 features with float32 logits: numpy casts the features to z's dtype, so Dask must
+    too (it returned float64 linear_gradient and Kron B)."""
+    head = jac.Head(jac.Softmax(), jac.CrossEntropy())
+    X = rng.normal(size=(3, 9, 4))
+    z = rng.normal(size=(3, 9, 5)).astype(np.float32)
+    y = rng.integers(0, 5, size=(3, 9))
+    Xd = da.from_array(X, chunks=((1, 2), (4, 5), (4,)))
+    ref = jac.linear_curvature(X, head, z, y, structure=structure)
+    out = jac.linear_curvature(Xd, head, _dask(z), y, structure=structure)
+    for r, o in zip(ref if structure == "kron" else [ref], out if structure == "kron" else [out]):
+        assert r.dtype == np.float32
+        assert o.dtype == np.float32, "lazy dtype"
+        computed = _lazy(o)
+        assert computed.dtype == np.float32
+        np.testing.assert_allclose(computed, r, rtol=2e-5, atol=1e-7)
+    G = jac.linear_gradient(Xd, head, _dask(z), y)
+    assert jac.linear_gradient(X, head, z, y).dtype == np.float32
+    assert G.dtype == np.float32 and _lazy(G).dtype == np.float32
+    np.testing.assert_allclose(_lazy(G), jac.linear_gradient(X, head, z, y), rtol=2e-5, atol=1e-7)
