@@ -767,6 +767,8 @@ def _entmax_chunks(z, alpha, g=None, temperature=1.0):
     z2 = z.reshape(-1, K)
     g2 = None if g is None else g.reshape(-1, K)
     out = np.empty(z2.shape, dtype=z.dtype)
+    if z2.size == 0:  # no rows (or K = 0): nothing to solve
+        return out.reshape(z.shape)
     if not isinstance(alpha, np.ndarray):
         _entmax_rows(z2, alpha, int(_entmax_form(alpha)), g2, out)
     else:
