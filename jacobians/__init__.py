@@ -18,6 +18,7 @@ True
 __version__ = "0.1.0"
 
 from . import curvature, domains, fused, operators
+from ._empty import EmptyMeanWarning
 from ._kernels import kernels
 from .activations import (
     ACTIVATIONS,
@@ -126,6 +127,7 @@ __all__ = [
     "LOSSES",
     "register_loss",
     "get_loss",
+    "EmptyMeanWarning",
     # contraction and operators
     "contract",
     "diagonal",

@@ -31,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - only reached with a dask array 
     ) from exc
 
 from . import _math, curvature
+from ._empty import mean_scale, mean_value
 
 __all__ = ["is_dask", "any_dask"]
 
@@ -253,14 +254,22 @@ def scale_of(loss, x, y, dtype):
         return 1
     d = denominator(loss, x, y)
     one = np.dtype(dtype).type(1)
-    return one / np.dtype(dtype).type(d) if not is_dask(d) else one / d.astype(dtype)
+    if is_dask(d):  # known at compute time: 1/0 = inf makes the value NaN, without the warning
+        return one / d.astype(dtype)
+    if d == 0:  # the value of 'mean' over nothing: NaN, with numpy's warning (jacobians._empty)
+        return mean_value(0, 0, dtype)
+    return one / np.dtype(dtype).type(d)
 
 
-def reduction_factor(head, z, y, dtype):
-    """The whole batch's factor on a head's ``'sum'`` blocks (see :func:`curvature.reduction_factor`)."""
+def reduction_factor(head, z, y, dtype, *, value: bool = True):
+    """The whole batch's factor on a head's ``'sum'`` value (``value=True``) or blocks (see
+    :func:`curvature.reduction_factor`): for derivatives, 0 where the denominator is 0."""
     loss = head.loss_fn
     if loss.reduction != "mean":
         return 1
+    if not value:
+        d = denominator(loss, _loss_input(head, z, y), y)
+        return mean_scale(d, dtype) if not is_dask(d) else da.where(d == 0, 0, 1 / d).astype(dtype)
     return scale_of(loss, _loss_input(head, z, y), y, dtype)
 
 
@@ -582,11 +591,11 @@ def linear_curvature(features, head, z, y, *, kind, structure, bias, max_bytes, 
     parts = da.map_blocks(partial, *arrays, dtype=dt, drop_axis=[z.ndim - 1], new_axis=list(range(len(batch), len(batch) + len(shape))),
                           chunks=tuple((1,) * len(c) for c in z.chunks[:-1]) + tuple((s,) for s in shape))
     total = parts.sum(axis=tuple(range(len(batch))))
-    scale = reduction_factor(head, z, y, dt)
+    scale = reduction_factor(head, z, y, dt, value=False)
     n_rows = int(np.prod(batch))
     if structure == "kron":
         X2 = X.reshape(-1, D)
         if bias:
             X2 = da.concatenate([X2, da.ones((X2.shape[0], 1), dtype=X2.dtype, chunks=(X2.chunks[0], 1))], axis=1)
-        return last_layer.Kron(_times(total, scale), (X2.T @ X2) / n_rows)
+        return last_layer.Kron(_times(total, scale), (X2.T @ X2) / max(n_rows, 1))  # no rows: B = 0
     return _times(total, scale)

@@ -42,6 +42,7 @@ from typing import Callable
 import numpy as np
 
 from . import _kernels, _math
+from ._empty import mean_scale
 from ._validation import as_float_array
 from .activations import Entmax, Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
 from .losses import (
@@ -669,8 +670,7 @@ def reduction_factor(head, z, y) -> float:
             denom = x.size if isinstance(loss, ElementwiseLoss) else int(np.prod(x.shape[:-1]))
         else:
             denom = loss._mean_denominator(x, loss.check_targets(x, y))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.float64(1.0) / np.float64(denom))
+    return float(mean_scale(denom, np.float64))  # 0 for a denominator of 0 (see jacobians._empty)
 
 
 def _check_kind_applies(head, kind: str) -> None:

@@ -41,6 +41,7 @@ from typing import Callable
 import numpy as np
 
 from . import _kernels, _math
+from ._empty import mean_scale, mean_value
 from ._validation import as_float_array
 from .activations import Entmax, Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
 from .losses import (
@@ -154,9 +155,7 @@ def _plain_index_rule(x, t, reduction, T, denominator=None):
     count = n if valid is None else int(np.count_nonzero(valid))
     if denominator is not None:  # the whole batch's, for a piece of it (Loss.with_denominator)
         count = denominator
-    with np.errstate(divide="ignore", invalid="ignore"):  # an empty batch: 'mean' is nan, as torch
-        mean = dtype(1.0) / dtype(count)
-    scale = mean if reduction == "mean" else dtype(1.0)
+    scale = mean_scale(count, x.dtype) if reduction == "mean" else dtype(1.0)  # (see jacobians._empty)
     if T != 1.0:
         scale = scale / dtype(T)
     values, g = _kernels.ce_index(x2, idx, valid, scale)
@@ -166,8 +165,7 @@ def _plain_index_rule(x, t, reduction, T, denominator=None):
     value = _math.total(values)
     if reduction == "sum":
         return value, g
-    with np.errstate(invalid="ignore"):
-        return value * mean, g
+    return mean_value(value, count, x.dtype), g
 
 
 @register_fused(Sigmoid, BinaryCrossEntropy)
@@ -197,16 +195,14 @@ def _sigmoid_bce_plain(z, y, reduction, denominator=None):
     zf, yf = z.reshape(-1), np.broadcast_to(y, z.shape).reshape(-1)
     dtype = z.dtype.type
     count = zf.size if denominator is None else denominator  # the whole batch's (Loss.with_denominator)
-    with np.errstate(divide="ignore"):  # an empty batch: 'mean' is nan, as torch
-        scale = dtype(1.0) / dtype(count) if reduction == "mean" else dtype(1.0)
+    scale = mean_scale(count, z.dtype) if reduction == "mean" else dtype(1.0)  # (see jacobians._empty)
     values, total, grad = _kernels.sigmoid_bce_plain(zf, yf, scale, reduction == "none")
     grad = grad.reshape(z.shape)
     if values is not None:
         return values.reshape(z.shape), grad
     if reduction == "sum":
         return total, grad
-    with np.errstate(invalid="ignore"):
-        return total * scale, grad
+    return mean_value(total, count, z.dtype), grad
 
 
 @register_fused(Identity, MeanSquaredError)

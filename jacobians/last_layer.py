@@ -266,8 +266,7 @@ def finish_curvature(structure: str, part, scale, n_rows: int):
     all rows: times the reduction's factor (and the mean features' outer product for 'kron')."""
     if structure == "kron":
         A, XtX = part
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return Kron(A * scale, XtX / n_rows)
+        return Kron(A * scale, XtX / max(n_rows, 1))  # no rows: B = 0, as A (jacobians._empty)
     return part * scale
 
 

@@ -773,8 +773,8 @@ def loop_loss(loss, a, y):
         return total, grads
     if reduction != "mean":
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
-    if denom == 0:
-        return math.nan, np.full(a.shape, math.nan)
+    if denom == 0:  # 'mean' over nothing: torch's value is nan and its autograd's gradient 0
+        return math.nan, np.zeros(a.shape)
     return float(total / denom), grads / denom
 
 

@@ -8,6 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from .. import _math
+from .._empty import mean_scale, mean_value
 from .._lazy import dask_aware
 from .._validation import as_float_array, check_reduction
 from ..activations.base import _register
@@ -177,8 +178,7 @@ class Loss:
             return dtype.type(1.0)
         if self.denominator is not None:
             denom = self.denominator
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return dtype.type(1.0) / dtype.type(denom)
+        return mean_scale(denom, dtype)  # 0 for a denominator of 0 (see jacobians._empty)
 
     def hessian_operator(self, a, y):
         """The Hessian blocks of the reduced loss, ``∂²E/∂a_n∂a_n``, as a structured
@@ -251,8 +251,8 @@ class Loss:
         if red == "sum":
             return total, grads
         scale = self._reduction_scale(denom, values.dtype)
-        with np.errstate(invalid="ignore"):
-            return total * scale, (None if grads is None else grads * scale)
+        value = mean_value(total, denom if self.denominator is None else self.denominator, values.dtype)
+        return value, (None if grads is None else grads * scale)
 
     def value(self, a, y):
         """The reduced loss: a scalar (``'mean'``, ``'sum'``) or an array (``'none'``)."""
