@@ -1,0 +1,107 @@
+"""What a new user meets first: public signatures, registry names of custom classes, inputs
+of the wrong kind (dtypes, ragged lists) and NaN in the inputs.
+
+Each part walks the registries (or ``jacobians.__all__``), so that a class added later is
+covered here too.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+import jacobians as jac
+from jacobians.activations.base import registry_name
+
+# -- public signatures ----------------------------------------------------------------------------
+
+
+def _public_callables():
+    for name in jac.__all__:
+        obj = getattr(jac, name)
+        if inspect.isclass(obj):
+            for attr, member in inspect.getmembers(obj):
+                if callable(member) and (not attr.startswith("_") or attr in ("__init__", "__call__")):
+                    yield f"{name}.{attr}", member
+        elif callable(obj):
+            yield name, obj
+
+
+def test_no_public_signature_shows_a_private_parameter():
+    """A parameter starting with '_' is an internal switch: it must not show in the API docs."""
+    seen, private = 0, []
+    for where, fn in _public_callables():
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # builtins without a signature
+            continue
+        seen += 1
+        private += [f"{where}({p})" for p in sig.parameters if p.startswith("_")]
+    assert seen > 100  # the walk reached the classes' methods
+    assert not private, f"private parameters in public signatures: {private}"
+
+
+def test_value_and_grad_and_grad_and_loss_agree_after_the_split(rng):
+    """``grad`` and ``loss`` share ``value_and_grad``'s code path: same numbers."""
+    z = rng.normal(size=(6, 4))
+    y = rng.integers(0, 4, size=6)
+    head = jac.Head(jac.Softmax(), jac.CrossEntropy())
+    for method in ("fused", "vjp", "jacobian"):
+        value, g = head.value_and_grad(z, y, method)
+        np.testing.assert_array_equal(g, head.grad(z, y, method))
+        np.testing.assert_allclose(value, head.loss(z, y), rtol=1e-14)
+
+
+# -- registry names of custom classes ---------------------------------------------------------------
+
+SNAKE = {
+    "GCE": "gce",
+    "BCE": "bce",
+    "MSELoss": "mse_loss",
+    "HTTPResponse": "http_response",
+    "CrossEntropy": "cross_entropy",
+    "KLDivergence": "kl_divergence",
+    "BinaryCrossEntropy": "binary_cross_entropy",
+    "LogSoftmax": "log_softmax",
+    "Entmax15": "entmax15",
+    "Entmax15Loss": "entmax15_loss",
+    "SparsemaxLoss": "sparsemax_loss",
+    "L2Loss": "l2_loss",
+    "Softmax": "softmax",
+    "focal": "focal",
+}
+
+
+@pytest.mark.parametrize(("cls_name", "expected"), SNAKE.items(), ids=list(SNAKE))
+def test_class_names_become_snake_case_with_acronyms_kept_together(cls_name, expected):
+    cls = type(cls_name, (jac.Loss,), {})
+    assert registry_name(cls) == expected
+
+
+def test_a_registered_custom_loss_named_with_an_acronym(restore_registries):
+    class GCE(jac.Loss):
+        def per_sample(self, a, y):
+            return (a - y).sum(axis=-1)
+
+        def per_sample_grad(self, a, y):
+            return np.ones_like(a)
+
+    jac.register_loss(GCE)
+    assert jac.LOSSES["gce"] is GCE and "g_c_e" not in jac.LOSSES
+
+
+def test_every_built_in_keeps_its_registry_name():
+    """The names users pass to ``get_activation``/``get_loss`` and the CLI: unchanged."""
+    for registry in (jac.ACTIVATIONS, jac.LOSSES):
+        for key, cls in registry.items():
+            assert registry_name(cls) == key, (key, cls)
+    assert list(jac.ACTIVATIONS) == [
+        "softmax", "log_softmax", "sigmoid", "tanh", "relu", "leaky_relu", "identity", "softplus",
+        "sparsemax", "entmax15", "entmax",
+    ]
+    assert list(jac.LOSSES) == [
+        "cross_entropy", "nll", "binary_cross_entropy", "mse", "mae", "huber", "kl_divergence",
+        "sparsemax_loss", "entmax15_loss", "entmax_loss",
+    ]
