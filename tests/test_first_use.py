@@ -105,3 +105,84 @@ def test_every_built_in_keeps_its_registry_name():
         "cross_entropy", "nll", "binary_cross_entropy", "mse", "mae", "huber", "kl_divergence",
         "sparsemax_loss", "entmax15_loss", "entmax_loss",
     ]
+
+
+# -- ragged lists ---------------------------------------------------------------------------------
+
+
+def _ragged(x):
+    """``x`` as a nested list with one entry of the wrong length."""
+    rows = np.asarray(x).tolist()
+    if np.ndim(x) >= 2:
+        rows[-1] = rows[-1][:-1]
+    else:
+        rows[0] = [rows[0], rows[0]]
+    return rows
+
+
+def _calls(rng, N=3, K=4):
+    """``(label, function, kwargs)``: every public entry point that takes arrays, for every
+    registered activation, loss and valid pair, with good inputs."""
+    from conftest import default_instance, head_targets, make_loss_input, make_targets, target_forms
+
+    z = rng.normal(size=(N, K))
+    v = rng.normal(size=(N, K))
+    for name, cls in jac.ACTIVATIONS.items():
+        act = default_instance(cls)
+        if act is None:
+            continue
+        for meth in ("forward", "jacobian", "jacobian_operator", "hessian"):
+            yield f"{name}.{meth}", getattr(act, meth), {"z": z}
+        for meth, other in (("vjp", "g"), ("jvp", "v"), ("hessian_vjp", "g")):
+            yield f"{name}.{meth}", getattr(act, meth), {"z": z, other: v}
+    for name, cls in jac.LOSSES.items():
+        loss = default_instance(cls)
+        if loss is None:
+            continue
+        a = make_loss_input(loss, rng, (N, K))
+        for form in target_forms(loss):
+            y = make_targets(loss, rng, (N, K), form)
+            for meth in ("value", "grad", "value_and_grad", "hessian", "hessian_operator"):
+                yield f"{name}.{meth}[{form}]", getattr(loss, meth), {"a": a, "y": y}
+            yield f"{name}.hvp[{form}]", loss.hvp, {"a": a, "y": y, "v": v}
+    for pair in jac.pairs():
+        head = jac.Head(default_instance(jac.ACTIVATIONS[pair.activation]), default_instance(jac.LOSSES[pair.loss]))
+        y = head_targets(head, rng, (N, K))
+        label = f"Head({pair.activation}, {pair.loss})"
+        for meth in ("loss", "grad", "value_and_grad", "hessian", "ggn", "sqrt_ggn", "fisher"):
+            yield f"{label}.{meth}", getattr(head, meth), {"z": z, "y": y}
+        yield f"{label}.hvp", head.hvp, {"z": z, "y": y, "v": v}
+        yield f"{label}.sqrt_ggn_sampled", head.sqrt_ggn_sampled, {"z": z}
+    head = jac.Head(jac.Softmax(), jac.CrossEntropy())
+    y = rng.integers(0, K, size=N)
+    x = rng.normal(size=(N, 5))
+    yield "contract", jac.contract, {"dE_da": v, "J": jac.Softmax().jacobian(z)}
+    yield "linear_gradient", jac.linear_gradient, {"head": head, "x": x, "z": z, "y": y}
+    yield "linear_curvature", jac.linear_curvature, {"head": head, "x": x, "z": z, "y": y}
+
+
+def test_a_ragged_list_is_a_value_error_naming_the_argument(rng):
+    """Every array argument of every entry point: a ragged nested list gets a message of ours
+    (the argument, what was expected, what came), not numpy's "inhomogeneous shape"."""
+    checked, failures = 0, []
+    for label, fn, kwargs in _calls(rng):
+        try:
+            fn(**kwargs)
+        except (NotImplementedError, ValueError, TypeError):
+            continue  # this entry point does not apply to this class (e.g. no second derivative)
+        for arg, value in kwargs.items():
+            if not isinstance(value, np.ndarray) or value.ndim == 0:
+                continue
+            try:
+                fn(**{**kwargs, arg: _ragged(value)})
+            except ValueError as err:
+                msg = str(err)
+                if not (msg.startswith(f"{arg} ") and "ragged" in msg and "inhomogeneous" not in msg):
+                    failures.append(f"{label}({arg}=ragged): {msg[:160]}")
+            except Exception as err:  # noqa: BLE001 - any other kind is a failure, reported below
+                failures.append(f"{label}({arg}=ragged): {type(err).__name__}: {str(err)[:160]}")
+            else:
+                failures.append(f"{label}({arg}=ragged): no error")
+            checked += 1
+    assert checked > 300
+    assert not failures, f"{len(failures)} of {checked}:\n" + "\n".join(failures[:40])
