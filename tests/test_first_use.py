@@ -186,3 +186,86 @@ def test_a_ragged_list_is_a_value_error_naming_the_argument(rng):
             checked += 1
     assert checked > 300
     assert not failures, f"{len(failures)} of {checked}:\n" + "\n".join(failures[:40])
+
+
+# -- NaN in the inputs: row by row, as in torch ----------------------------------------------------
+
+BAD = 2  # the row that holds a NaN
+#: activations whose derivative is piecewise constant: finite at a NaN, as in torch
+PIECEWISE_LINEAR = tuple(jac.ACTIVATIONS[name] for name in ("relu", "leaky_relu", "identity"))
+
+
+def _rows_match(x, clean, what):
+    """Row BAD holds a NaN; every other row equals the clean run's to round-off (a NaN
+    anywhere may switch a batch-wide choice such as softmax's max shift)."""
+    x, clean = np.asarray(x), np.asarray(clean)
+    assert np.isnan(x[BAD]).any(), f"{what}: the NaN row has no NaN: {x[BAD]}"
+    others = np.arange(x.shape[0]) != BAD
+    eps = np.finfo(x.dtype).eps
+    scale = np.abs(clean[others]).max(initial=1.0)
+    np.testing.assert_allclose(x[others], clean[others], rtol=16 * eps, atol=16 * eps * scale, err_msg=what)
+
+
+def _with_nan(z):
+    zn = z.copy()
+    zn[BAD, 1] = np.nan
+    return zn
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_nan_in_the_logits_stays_in_its_row_for_every_activation(dtype, rng):
+    from conftest import activation_cases
+
+    z = rng.normal(size=(5, 4)).astype(dtype)
+    v = rng.normal(size=(5, 4)).astype(dtype)
+    zn = _with_nan(z)
+    for case in activation_cases():
+        act = case.values[0]
+        for what, fn in (
+            ("forward", lambda x: act(x)),
+            ("jacobian", lambda x: act.jacobian(x)),
+            ("vjp", lambda x: act.vjp(x, v)),
+            ("jvp", lambda x: act.jvp(x, v)),
+        ):
+            if what != "forward" and isinstance(act, PIECEWISE_LINEAR):
+                # the derivative at a NaN is the negative side's (relu 0, leaky_relu its slope,
+                # identity 1), as torch's leaky_relu (torch's relu takes 1); a head's dE/dz is
+                # NaN all the same, as dE/da is
+                z_finite = np.where(np.isnan(zn), -1, zn).astype(dtype)
+                np.testing.assert_array_equal(fn(zn), fn(z_finite))
+                continue
+            out = fn(zn)
+            assert out.dtype == dtype
+            _rows_match(out, fn(z), f"{case.id}.{what}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_nan_in_the_logits_stays_in_its_row_for_every_pair_method_and_reduction(dtype, rng):
+    """dE/dz by every method and the 'none' losses: NaN in the NaN row only; 'mean' and
+    'sum' are NaN (as torch's)."""
+    from conftest import default_instance, head_methods, head_targets
+
+    z = rng.normal(size=(5, 4)).astype(dtype)
+    zn = _with_nan(z)
+    checked = 0
+    for pair in jac.pairs():
+        act = default_instance(jac.ACTIVATIONS[pair.activation])
+        loss_cls = jac.LOSSES[pair.loss]
+        y = head_targets(jac.Head(act, loss_cls()), rng, z.shape, dtype)
+        for reduction in ("none", "sum", "mean"):
+            head = jac.Head(act, loss_cls(reduction=reduction))
+            what = f"{head!r} {reduction}"
+            for method in head_methods(head):
+                value, g = head.value_and_grad(zn, y, method)
+                clean_value, clean_g = head.value_and_grad(z, y, method)
+                _rows_match(g, clean_g, f"{what} grad {method}")
+                if reduction == "none":
+                    _rows_match(value, clean_value, f"{what} value {method}")
+                else:
+                    assert np.isnan(value), f"{what} value {method}: {value}"
+                checked += 1
+            if reduction == "none":
+                _rows_match(head.loss(zn, y), head.loss(z, y), f"{what} loss")
+            else:
+                assert np.isnan(head.loss(zn, y)), what
+    assert checked > 100
