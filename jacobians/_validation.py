@@ -66,7 +66,9 @@ def as_float_array(x, name: str, *, min_ndim: int = 1, like: np.ndarray | None =
     """Return ``x`` as a float32 or float64 array without copying when possible.
 
     float32 and float64 stay as they are; integer and bool inputs are promoted to
-    float64; float16 is promoted to float32; anything else is a ``TypeError``. When
+    float64; float16 is computed in float32 and long double in float64 (docs/concepts.md,
+    dtypes); anything else (complex, object, strings, bfloat16) is a ``TypeError``. A
+    ragged nested list is a ``ValueError`` (see :func:`as_array`). When
     ``like`` is given, the result takes ``like``'s dtype (used for targets and upstream
     gradients, so that they never upcast float32 work).
 

@@ -222,10 +222,10 @@ def test_nan_in_the_logits_stays_in_its_row_for_every_activation(dtype, rng):
     for case in activation_cases():
         act = case.values[0]
         for what, fn in (
-            ("forward", lambda x: act(x)),
-            ("jacobian", lambda x: act.jacobian(x)),
-            ("vjp", lambda x: act.vjp(x, v)),
-            ("jvp", lambda x: act.jvp(x, v)),
+            ("forward", lambda x, act=act: act(x)),
+            ("jacobian", lambda x, act=act: act.jacobian(x)),
+            ("vjp", lambda x, act=act: act.vjp(x, v)),
+            ("jvp", lambda x, act=act: act.jvp(x, v)),
         ):
             if what != "forward" and isinstance(act, PIECEWISE_LINEAR):
                 # the derivative at a NaN is the negative side's (relu 0, leaky_relu its slope,
@@ -269,3 +269,68 @@ def test_nan_in_the_logits_stays_in_its_row_for_every_pair_method_and_reduction(
             else:
                 assert np.isnan(head.loss(zn, y)), what
     assert checked > 100
+
+
+# -- dtypes: float16 is computed in float32, long double in float64, the rest is refused ----------
+
+
+def _arrays_of(out):
+    if isinstance(out, np.ndarray):
+        return [out]
+    if isinstance(out, tuple):
+        return [x for o in out for x in _arrays_of(o)]
+    if hasattr(out, "dense"):
+        return [out.dense()]
+    return [np.asarray(out)]
+
+
+@pytest.mark.parametrize(("given", "computed"), [(np.float16, np.float32), (np.longdouble, np.float64)])
+def test_float16_comes_back_float32_and_long_double_float64(given, computed, rng):
+    """As documented in docs/concepts.md (dtypes): no float16 or long double arithmetic."""
+    checked = 0
+    for label, fn, kwargs in _calls(rng):
+        try:
+            fn(**kwargs)
+        except (NotImplementedError, ValueError, TypeError):
+            continue
+        cast = {k: v.astype(given) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v for k, v in kwargs.items()}
+        for out in _arrays_of(fn(**cast)):
+            assert out.dtype == computed, f"{label}: {out.dtype}"
+        checked += 1
+    assert checked > 300
+
+
+def _bfloat16():
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 comes from ml_dtypes (installed with jax)")
+    return ml_dtypes.bfloat16
+
+
+@pytest.mark.parametrize("kind", ["complex", "object", "bfloat16", "str"])
+def test_complex_object_bfloat16_and_strings_are_a_type_error_naming_the_argument(kind, rng):
+    make = {
+        "complex": lambda x: x.astype(np.complex128),
+        "object": lambda x: x.astype(object),
+        "bfloat16": lambda x: x.astype(_bfloat16()),
+        "str": lambda x: x.astype(str),
+    }[kind]
+    checked, failures = 0, []
+    for label, fn, kwargs in _calls(rng):
+        try:
+            fn(**kwargs)
+        except (NotImplementedError, ValueError, TypeError):
+            continue
+        for arg, value in kwargs.items():
+            if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+                continue
+            try:
+                fn(**{**kwargs, arg: make(value)})
+            except TypeError as err:
+                if not (str(err).startswith(f"{arg} ") and "dtype" in str(err)):
+                    failures.append(f"{label}({arg}): {str(err)[:160]}")
+            except Exception as err:  # noqa: BLE001 - any other kind is a failure, reported below
+                failures.append(f"{label}({arg}): {type(err).__name__}: {str(err)[:160]}")
+            else:
+                failures.append(f"{label}({arg}): no error")
+            checked += 1
+    assert checked > 300
+    assert not failures, f"{len(failures)} of {checked}:\n" + "\n".join(failures[:40])
