@@ -332,3 +332,18 @@ def test_the_docs_focal_loss_hessian_is_torchs(gamma):
     head = jac.Head(jac.Softmax(), FocalLoss(gamma=gamma))
     np.testing.assert_allclose(head.hessian(z, y), blocks, rtol=1e-10, atol=1e-13)
     assert np.abs(H_full[0, :, 1, :]).max() == 0  # rows do not interact: the blocks are all of it
+
+
+def test_the_docs_input_domain_table_lists_every_domain_and_the_activations_that_fit():
+    import pathlib
+    import re
+
+    from jacobians.domains import DOMAINS, domain
+
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "custom.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(\w+)` \| [^|]+ \| ([^|]+) \|$", page, flags=re.M))
+    assert set(rows) == set(DOMAINS)
+    for name, listed in rows.items():
+        fits = [k for k, cls in jac.ACTIVATIONS.items() if domain(cls.output_domain).issubset(name)]
+        shown = list(jac.ACTIVATIONS) if listed.strip() == "all of them" else [s.strip() for s in listed.split(",")]
+        assert shown == fits, name
