@@ -12,6 +12,7 @@ import numbers
 import numpy as np
 
 __all__ = [
+    "as_array",
     "as_float_array",
     "check_reduction",
     "check_same_shape",
@@ -25,17 +26,55 @@ __all__ = [
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def _ragged_depth(x) -> tuple[int, list[int]]:
+    """``(depth, lengths)``: the first level of a nested sequence whose entries differ in
+    length (a scalar among sequences counts as length None)."""
+    level, items = 0, [x]
+    while True:
+        seqs = [isinstance(i, (list, tuple)) or (isinstance(i, np.ndarray) and i.ndim > 0) for i in items]
+        if not any(seqs):
+            return level, []
+        lengths = [len(i) if s else None for i, s in zip(items, seqs)]
+        if not all(seqs) or len(set(lengths)) > 1:
+            return level, lengths
+        items = [j for i in items for j in i]
+        level += 1
+
+
+def as_array(x, name: str) -> np.ndarray:
+    """``np.asarray(x)``, with a ``ValueError`` naming ``x`` when it is a ragged nested list.
+
+    numpy's own message ("inhomogeneous shape after 1 dimensions") names neither the
+    argument nor which rows differ.
+    """
+    try:
+        return np.asarray(x)
+    except ValueError as err:
+        if "inhomogeneous" not in str(err):
+            raise
+        depth, lengths = _ragged_depth(x)
+        shown = ", ".join("a scalar" if n is None else str(n) for n in lengths[:8])
+        more = ", ..." if len(lengths) > 8 else ""
+        raise ValueError(
+            f"{name} must be a rectangular array, shape (..., K): a nested list whose rows all have the "
+            f"same length; got a ragged sequence, whose entries at depth {depth} have lengths "
+            f"[{shown}{more}]"
+        ) from None
+
+
 def as_float_array(x, name: str, *, min_ndim: int = 1, like: np.ndarray | None = None) -> np.ndarray:
     """Return ``x`` as a float32 or float64 array without copying when possible.
 
     float32 and float64 stay as they are; integer and bool inputs are promoted to
-    float64; float16 is promoted to float32; anything else is a ``TypeError``. When
+    float64; float16 is computed in float32 and long double in float64 (docs/concepts.md,
+    dtypes); anything else (complex, object, strings, bfloat16) is a ``TypeError``. A
+    ragged nested list is a ``ValueError`` (see :func:`as_array`). When
     ``like`` is given, the result takes ``like``'s dtype (used for targets and upstream
     gradients, so that they never upcast float32 work).
 
     The array returned may be the caller's own: callers never write into it.
     """
-    arr = np.asarray(x)
+    arr = as_array(x, name)
     kind = arr.dtype.kind
     if kind == "f":
         if arr.dtype == np.float16:

@@ -161,11 +161,9 @@ class Head:
 
     def grad(self, z, y, method: str = "auto", *, max_bytes: int | None = None, workers: int | None = None):
         """dE/dz, shape of ``z``. See :meth:`value_and_grad`."""
-        return self.value_and_grad(z, y, method, max_bytes=max_bytes, workers=workers, _need="grad")[1]
+        return self._value_and_grad(z, y, method, max_bytes, workers, need="grad")[1]
 
-    def value_and_grad(
-        self, z, y, method: str = "auto", *, max_bytes: int | None = None, workers: int | None = None, _need="both"
-    ):
+    def value_and_grad(self, z, y, method: str = "auto", *, max_bytes: int | None = None, workers: int | None = None):
         """``(loss value, dE/dz)`` from logits ``z`` (..., K), sharing the forward pass.
 
         Parameters
@@ -181,12 +179,16 @@ class Head:
         workers : int, optional
             ``'jacobian'`` only: threads building each block (default: all cores).
         """
+        return self._value_and_grad(z, y, method, max_bytes, workers, need="both")
+
+    def _value_and_grad(self, z, y, method, max_bytes, workers, need):
+        # need ('both', 'grad'): what the caller uses, so that the Dask path computes only that
         method = self._resolve(method)
         if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1):
             raise ValueError(f"max_bytes must be a positive int; got {max_bytes!r}")
         if any_dask(z, y):
             return dask_support().head_value_and_grad(self, z, y, method, max_bytes=max_bytes, workers=workers,
-                                                      need=_need)
+                                                      need=need)
         z = as_float_array(z, "z")
         if method == "fused":
             return self.fused_rule(self.activation, self.loss_fn, z, y)

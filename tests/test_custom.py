@@ -262,3 +262,89 @@ def test_no_registry_entry_leaks_from_the_tests_above():
     assert "brier" not in jac.LOSSES and "probabilities" not in jac.ACTIVATIONS
     assert (jac.Softmax, Brier) not in jac.fused.FUSED
     assert all(cls.__module__.startswith("jacobians") for cls in [*jac.ACTIVATIONS.values(), *jac.LOSSES.values()])
+
+
+# -- the focal loss's Hessian of docs/custom.md, against torch ------------------------------------------
+
+
+def _docs_focal_loss():
+    """The FocalLoss class of the docs page's second-order example, as a reader pastes it."""
+    import pathlib
+    import re
+
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "custom.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"^```python\n(.*?)^```", page, flags=re.S | re.M)
+              if "def per_sample_hessian" in b and "numerical_jacobian" in b]
+    assert len(blocks) == 1, "docs/custom.md: one example writes the focal loss's per_sample_hessian"
+    namespace = {"__name__": "docs_custom"}
+    exec(compile(blocks[0], "docs/custom.md (focal loss, second order)", "exec"), namespace)
+    return namespace["FocalLoss"]
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0, 3.5])
+def test_the_docs_focal_loss_hessian_is_the_second_difference_of_its_loss(gamma):
+    """ℓ''(p) against (ℓ(p + h) − 2ℓ(p) + ℓ(p − h))/h² of the loss alone, in long double, with
+    h = 1e-4·p (relative truncation ~1e-8, round-off ~eps/1e-8 ~ 1e-11)."""
+    FocalLoss = _docs_focal_loss()
+    loss = FocalLoss(gamma=gamma)
+    rng = np.random.default_rng(int(gamma * 10))
+    N, K = 9, 3
+    a = jac.Softmax()(rng.normal(size=(N, K)) * 1.5)
+    y = rng.integers(0, K, size=N)
+    H = loss.per_sample_hessian(a, y)
+    onehot = np.eye(K, dtype=bool)[y]
+    assert np.all(H[~(onehot[:, :, None] & onehot[:, None, :])] == 0)  # the (y, y) entry only
+    LD = np.longdouble
+    al, e = a.astype(LD), np.eye(K, dtype=LD)[y]
+    h = LD(1e-4) * al[np.arange(N), y]
+    e *= h[:, None]
+    second = (loss.per_sample(al + e, y) - 2 * loss.per_sample(al, y) + loss.per_sample(al - e, y)) / h**2
+    np.testing.assert_allclose(H[np.arange(N), y, y], second.astype(np.float64), rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, on import
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0, 3.5])
+def test_the_docs_focal_loss_hessian_is_torchs(gamma):
+    """per_sample_hessian (in a) and head.hessian (in z, through softmax) of the docs' focal
+    loss against torch.func.hessian of the same loss written in torch."""
+    torch = pytest.importorskip("torch")
+    FocalLoss = _docs_focal_loss()
+    rng = np.random.default_rng(int(gamma * 10))
+    N, K = 7, 4
+    z = rng.normal(size=(N, K)) * 1.5
+    y = rng.integers(0, K, size=N)
+    yt = torch.as_tensor(y)
+
+    def focal(a_row, k):
+        p = a_row[k]
+        return -((1 - p) ** gamma) * torch.log(p)
+
+    a = jac.Softmax()(z)
+    at = torch.as_tensor(a)
+    H_a = torch.stack([torch.func.hessian(focal)(at[n], yt[n]) for n in range(N)]).numpy()
+    np.testing.assert_allclose(FocalLoss(gamma=gamma).per_sample_hessian(a, y), H_a, rtol=1e-12, atol=1e-12)
+
+    def mean_loss(zt):
+        return torch.stack([focal(torch.softmax(zt[n], -1), yt[n]) for n in range(N)]).mean()
+
+    H_full = torch.func.hessian(mean_loss)(torch.as_tensor(z)).numpy()           # (N, K, N, K)
+    blocks = np.stack([H_full[n, :, n, :] for n in range(N)])
+    head = jac.Head(jac.Softmax(), FocalLoss(gamma=gamma))
+    np.testing.assert_allclose(head.hessian(z, y), blocks, rtol=1e-10, atol=1e-13)
+    assert np.abs(H_full[0, :, 1, :]).max() == 0  # rows do not interact: the blocks are all of it
+
+
+def test_the_docs_input_domain_table_lists_every_domain_and_the_activations_that_fit():
+    import pathlib
+    import re
+
+    from jacobians.domains import DOMAINS, domain
+
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "custom.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(\w+)` \| [^|]+ \| ([^|]+) \|$", page, flags=re.M))
+    rows.pop("input_domain")  # the header
+    assert set(rows) == set(DOMAINS)
+    for name, listed in rows.items():
+        fits = [k for k, cls in jac.ACTIVATIONS.items() if domain(cls.output_domain).issubset(name)]
+        shown = list(jac.ACTIVATIONS) if listed.strip() == "all of them" else [s.strip() for s in listed.split(",")]
+        assert shown == fits, name

@@ -26,11 +26,18 @@ ACTIVATIONS: dict[str, type] = {}
 
 
 def registry_name(cls: type) -> str:
-    """The registry name of a class: its ``name`` attribute, else its name in snake_case."""
+    """The registry name of a class: its ``name`` attribute, else its name in snake_case.
+
+    An acronym stays one word: ``GCE`` → ``gce``, ``MSELoss`` → ``mse_loss``,
+    ``KLDivergence`` → ``kl_divergence``, ``Entmax15Loss`` → ``entmax15_loss``.
+    """
     name = getattr(cls, "name", None)
     if isinstance(name, str) and name:
         return name
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+    # split an acronym from the capitalised word after it (MSE|Loss), then a lower-case
+    # letter or digit from the capital after it (Cross|Entropy, 15|Loss)
+    snake = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", cls.__name__)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", snake).lower()
 
 
 def _register(registry: dict, kind: str, base: type, cls: type | None, name: str | None, replace: bool):

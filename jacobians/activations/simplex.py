@@ -92,7 +92,8 @@ class SimplexMapping(Activation):
 
     def _factors(self, p):
         g = self.gradient_weights(p)
-        return g, g, g / g.sum(axis=-1, keepdims=True)
+        with np.errstate(invalid="ignore"):  # a NaN row has an empty support: 0/0, its NaN
+            return g, g, g / g.sum(axis=-1, keepdims=True)
 
     def _operator_from_output(self, z, a):
         return SimplexJacobian(*self._factors(a))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import as_float_array
+from .._validation import as_array, as_float_array
 
 __all__ = [
     "ClassTargets",
@@ -75,7 +75,7 @@ class ClassTargets:
 def check_class_targets(a: np.ndarray, y, *, ignore_index: int | None = None, name: str = "y") -> ClassTargets:
     """Validate ``y`` as class indices of shape ``a.shape[:-1]`` or probabilities of ``a``'s shape."""
     K = a.shape[-1]
-    y = np.asarray(y)
+    y = as_array(y, name)
     if y.shape == a.shape[:-1]:
         if y.dtype.kind not in "iu":
             raise TypeError(

@@ -10,7 +10,7 @@ import numpy as np
 from .. import _math
 from .._empty import mean_scale, mean_value
 from .._lazy import dask_aware
-from .._validation import as_float_array, check_reduction
+from .._validation import as_array, as_float_array, check_reduction
 from ..activations.base import _register
 from ..domains import Domain, domain
 from ..operators import DenseJacobian, DiagonalJacobian, DiagonalPlusLowRank, JacobianOperator
@@ -143,7 +143,7 @@ class Loss:
 
     def check_targets(self, a: np.ndarray, y) -> np.ndarray:
         """Validate ``y`` against ``a``; default: shape ``a.shape`` or ``a.shape[:-1]``."""
-        y = np.asarray(y)
+        y = as_array(y, "y")
         if y.shape not in (a.shape, a.shape[:-1]):
             raise ValueError(
                 f"y must have shape {a.shape} (like a) or {a.shape[:-1]} (one per sample); got shape {y.shape}"
