@@ -307,7 +307,7 @@ def test_the_docs_focal_loss_hessian_is_the_second_difference_of_its_loss(gamma)
 def test_the_docs_focal_loss_hessian_is_torchs(gamma):
     """per_sample_hessian (in a) and head.hessian (in z, through softmax) of the docs' focal
     loss against torch.func.hessian of the same loss written in torch."""
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="torch, a test-only peer not in any extra yet: pip install torch==2.13.0 (its CPU build)")
     FocalLoss = _docs_focal_loss()
     rng = np.random.default_rng(int(gamma * 10))
     N, K = 7, 4
