@@ -24,6 +24,7 @@ from ..losses import (
 )
 from ..numerical import numerical_jacobian
 from ..operators import DenseJacobian, DiagonalPlusLowRank, as_low_rank
+from .head import reduction_factor, row_loss_head, stack_or_loop, stacked
 from .inputs import DEFAULT_SHAPE, _check_dtype, example_inputs, extreme_inputs, head_inputs, prepare_targets
 from .report import CheckReport, _Failed, _readonly, _require, _Rows, _run, _safe_call, _subject
 
@@ -43,10 +44,19 @@ def _second_order_methods(head: Head) -> list[str]:
     return (["fused"] if head.hessian_rule is not None else []) + ["chain"]
 
 
-def _row_loss_head(head: Head) -> Head:
-    """The head with ``'none'``: its gradient is each row's own gradient, its Hessian blocks
-    each row's own (the reference differentiates it and rescales)."""
-    return Head(head.activation, head.loss_fn.with_reduction("none"))
+_row_loss_head = row_loss_head
+
+
+def _hessian_reference(head: Head, z64, y64):
+    """Central differences of ``head.grad(·, y)``: ``c`` times those of the rows' own
+    gradients (``'none'``), from ONE call on the 2K perturbed copies of every row stacked on
+    a leading axis; where ``c`` is unknown, 2K calls of ``head.grad`` on the whole batch."""
+    c = reduction_factor(head, z64, y64)
+    if c is not None:
+        H = _run(lambda: numerical_jacobian(stacked(row_loss_head(head).grad, y64, z64), z64, stack=True))
+        if not isinstance(H, _Failed):
+            return c * H
+    return _run(lambda: numerical_jacobian(lambda x: head.grad(x, y64), z64))
 
 
 def _symmetric(x):
@@ -116,7 +126,7 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
     y64 = y.astype(np.float64) if y.dtype.kind == "f" else y
     v = _readonly(rng.normal(size=z.shape).astype(z.dtype))
 
-    H_num = _run(lambda: numerical_jacobian(lambda x: head.grad(x, y64), z64))
+    H_num = _hessian_reference(head, z64, y64)
     # round-off scales with the curvature, or with the gradient, the Gauss–Newton terms
     # |J|ᵀ |H_E| |J| and the curvature terms |∂E/∂a| |∇²a| where the curvature vanishes
     # (they may cancel to exact zeros)
@@ -299,7 +309,7 @@ def check_activation_second_order(act, z=None, *, shape=DEFAULT_SHAPE, dtype=Non
     rows = _Rows(_subject(act), z.dtype, z.shape)
     K = z.shape[-1]
     z64 = z.astype(np.float64)
-    T_num = _run(lambda: numerical_jacobian(lambda x: act.jacobian(x).reshape(x.shape[:-1] + (K * K,)), z64)
+    T_num = _run(lambda: stack_or_loop(lambda x: act.jacobian(x).reshape(x.shape[:-1] + (K * K,)), z64)
                  .reshape(z.shape + (K, K)))
     if not isinstance(T_num, _Failed):
         rows.floors["numerical"] = max(float(np.abs(act.jacobian(z64)).max(initial=0.0)), 1.0)
