@@ -99,7 +99,7 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
     value_floor = max(rows.floors["numerical"], _value_terms(head, z64, y64))
 
     if full:
-        ref = _run(stacked_grad_reference, head, z64, y64)
+        ref = _run(stacked_grad_reference, head, z64, y64, _safe_call(reduction_factor, head, z64, y64, value64))
         if ref is None or isinstance(ref, _Failed):  # not separable by rows: each entry on its own
             ref = _run(lambda: numerical_grad(ref_loss, z64))
         directions = None
@@ -168,14 +168,15 @@ def row_loss_head(head: Head) -> Head:
     return Head(head.activation, head.loss_fn.with_reduction("none"))
 
 
-def reduction_factor(head: Head, z64, y64) -> float | None:
+def reduction_factor(head: Head, z64, y64, value=None) -> float | None:
     """``c`` with ``E = c Σ_n ℓ_n``: the reduced loss over the sum of the rows' own losses
     (1 for ``'sum'`` and ``'none'``; for ``'mean'`` read off the values, which also catches
-    a denominator that depends on the targets); None when that sum is 0 or not finite."""
+    a denominator that depends on the targets); None when that sum is 0 or not finite.
+    ``value``: ``Σ head.loss(z64, y64)`` when already known."""
     if head.loss_fn.reduction != "mean":
         return 1.0
     with np.errstate(all="ignore"):
-        value = float(np.sum(head.loss(z64, y64)))
+        value = float(np.sum(head.loss(z64, y64) if value is None else value))
         total = float(np.sum(row_loss_head(head).loss(z64, y64)))
     if not (np.isfinite(value) and np.isfinite(total)) or total == 0:
         return None
@@ -192,16 +193,17 @@ def stacked(fn, y, z):
     return call
 
 
-def stacked_grad_reference(head: Head, z64, y64):
+def stacked_grad_reference(head: Head, z64, y64, c: float | None = None):
     """Central differences of ``Σ head.loss(z, y)``, shape of ``z``, from ONE call of the
     unreduced loss on the 2K perturbed copies of every row stacked on a leading axis.
 
     The rows' losses are independent (``E = c Σ_n ℓ_n(z_n)``, c from
     :func:`reduction_factor`), so moving entry ``(n, j)`` changes ``ℓ_n`` alone: the
     difference of ``E`` is ``c`` times that of ``ℓ_n`` — the same points and steps as
-    :func:`~jacobians.numerical_grad`, with less round-off. None when ``c`` is unknown.
+    :func:`~jacobians.numerical_grad`, with less round-off. None when ``c`` is unknown
+    (given, or else read off the values).
     """
-    c = reduction_factor(head, z64, y64)
+    c = reduction_factor(head, z64, y64) if c is None else c
     if c is None:
         return None
     row = row_loss_head(head)

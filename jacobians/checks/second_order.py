@@ -47,11 +47,10 @@ def _second_order_methods(head: Head) -> list[str]:
 _row_loss_head = row_loss_head
 
 
-def _hessian_reference(head: Head, z64, y64):
+def _hessian_reference(head: Head, z64, y64, c):
     """Central differences of ``head.grad(·, y)``: ``c`` times those of the rows' own
     gradients (``'none'``), from ONE call on the 2K perturbed copies of every row stacked on
     a leading axis; where ``c`` is unknown, 2K calls of ``head.grad`` on the whole batch."""
-    c = reduction_factor(head, z64, y64)
     if c is not None:
         H = _run(lambda: numerical_jacobian(stacked(row_loss_head(head).grad, y64, z64), z64, stack=True))
         if not isinstance(H, _Failed):
@@ -126,7 +125,8 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
     y64 = y.astype(np.float64) if y.dtype.kind == "f" else y
     v = _readonly(rng.normal(size=z.shape).astype(z.dtype))
 
-    H_num = _hessian_reference(head, z64, y64)
+    c = _safe_call(reduction_factor, head, z64, y64)  # E = c Σ_n ℓ_n
+    H_num = _hessian_reference(head, z64, y64, c)
     # round-off scales with the curvature, or with the gradient, the Gauss–Newton terms
     # |J|ᵀ |H_E| |J| and the curvature terms |∂E/∂a| |∇²a| where the curvature vanishes
     # (they may cancel to exact zeros)
@@ -164,7 +164,7 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
 
     if getattr(head.loss_fn, "predictive", None) is not None and not head.logits_loss:
         _fisher_rows(rows, head, z, y, mc_samples, int(rng.integers(2**63)))
-    _empirical_row(rows, head, z, y, z64, y64)
+    _empirical_row(rows, head, z, y, z64, y64, c)
     return CheckReport(rows.rows)
 
 
@@ -262,19 +262,18 @@ def _fisher_rows(rows: _Rows, head: Head, z, y, mc_samples: int, seed) -> None:
     rows.finite("F", "exact", exact)
 
 
-def _empirical_row(rows: _Rows, head: Head, z, y, z64, y64) -> None:
-    """``c_n ∇ℓ_n ∇ℓ_nᵀ`` against outer products of the rows' own gradients, with the factor
-    read off the losses: ``c = E / Σ_n ℓ_n`` (1 for ``'none'``)."""
+def _empirical_row(rows: _Rows, head: Head, z, y, z64, y64, c) -> None:
+    """``c ∇ℓ_n ∇ℓ_nᵀ`` against outer products of the rows' own gradients, with the factor
+    read off the losses: ``c = E / Σ_n ℓ_n`` (:func:`reduction_factor`; 1 for ``'sum'`` and
+    ``'none'``, 0 when the rows' losses add up to 0)."""
     F = _run(head.fisher, z, y, "empirical")
-    row_head = _row_loss_head(head)
-    row = _safe_call(row_head.grad, z64, y64)
-    losses = _safe_call(row_head.loss, z64, y64)
-    value = _safe_call(head.loss, z64, y64)
-    if row is None or losses is None or value is None or isinstance(F, _Failed):
+    row = _safe_call(_row_loss_head(head).grad, z64, y64)
+    if c is None:  # the losses add up to 0, or could not be computed
+        losses = _safe_call(_row_loss_head(head).loss, z64, y64)
+        c = 0.0 if losses is not None and float(np.sum(losses)) == 0 else None
+    if row is None or c is None or isinstance(F, _Failed):
         rows.compare("F", "empirical", "gradients", F, F, "methods")
         return
-    total = float(np.sum(losses))
-    c = 1.0 if head.loss_fn.reduction == "none" else (float(value) / total if total else 0.0)
     rows.compare("F", "empirical", "gradients", F, c * np.einsum("...i,...j->...ij", row, row), "methods")
 
 
