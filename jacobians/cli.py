@@ -449,6 +449,16 @@ def _time_entry(entry: _Entry, n: int, k: int, dtype: str, seed: int) -> None:
         entry.timing_note = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished workers."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on a POSIX system
+        return time.process_time()
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def _say(text: str) -> None:
     """A progress line on stderr (stdout holds only the table and the summary)."""
     print(text, file=sys.stderr, flush=True)
@@ -484,7 +494,7 @@ def _check(args, parser) -> int:
     if not entries:
         raise _UsageError(f"nothing to check for --only {args.only}")
 
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), _cpu_seconds()
     jobs = _parallel.resolve_workers(args.jobs)
     _say(f"jacobians check: {len(entries)} rows, {', '.join(dtypes)}, {jobs} process{'es' if jobs > 1 else ''}")
     sections = list(_sections(entries, orders))
@@ -506,6 +516,7 @@ def _check(args, parser) -> int:
             _time_entry(entry, args.n, args.k, timing_dtype, args.seed)
         _say(f"  fused speed-up: {len(timed)} pairs timed, N={args.n} K={args.k}, {time.perf_counter() - t0:.1f} s")
     elapsed = time.perf_counter() - start
+    args.cpu_seconds, args.jobs_used = _cpu_seconds() - cpu0, jobs
 
     print(_render(entries, dtypes, args, timing_dtype, skipped, elapsed))
     passed = all(e.report.passed for e in entries)
@@ -562,7 +573,8 @@ def _render(entries, dtypes, args, timing_dtype, skipped, elapsed) -> str:
         if len(rows) > len(shown):
             out.append(f"... and {len(rows) - len(shown)} more failures (all of them: --json FILE)")
     else:
-        out.append(f"{len(entries)} rows, {n_checks} comparisons: all passed in {elapsed:.1f} s")
+        out.append(f"{len(entries)} rows, {n_checks} comparisons: all passed in {elapsed:.1f} s "
+                   f"({args.cpu_seconds:.1f} s of CPU, {args.jobs_used} process{'es' if args.jobs_used > 1 else ''})")
     return "\n".join(out)
 
 
@@ -625,6 +637,8 @@ def _to_json(entries, dtypes, args, timing_dtype, skipped, elapsed, passed) -> d
         "kink_margin": checks.KINK_MARGIN,
         "skipped": skipped,
         "wall_time_s": elapsed,
+        "cpu_time_s": getattr(args, "cpu_seconds", None),
+        "jobs": getattr(args, "jobs_used", None),
         "rows": [
             {
                 "pair": e.label,
