@@ -27,9 +27,13 @@ def _head_methods(head: Head) -> list[str]:
 def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, seed=0) -> CheckReport:
     """Check dE/dz of every method of a head against the others and a float64 reference.
 
-    The reference is :func:`~jacobians.numerical_grad` of ``head.loss`` (the fused value
-    where the pair has a rule) at ``z`` promoted to float64 — along a few random
-    directions when ``z`` has more than 2048 entries. The methods are ``jacobian``,
+    The reference is central differences of ``head.loss`` (the fused value where the pair
+    has a rule) at ``z`` promoted to float64 — along a few random directions when ``z``
+    has more than 2048 entries. The rows' losses are independent, so it is taken in one
+    call of the unreduced loss on every row's 2K perturbed copies, times the reduction
+    factor (``jacobians.checks.head.stacked_grad_reference``); where that factor is
+    unknown (the losses add up to 0), :func:`~jacobians.numerical_grad` moves one entry
+    at a time. The methods are ``jacobian``,
     ``vjp``, ``operator`` (``dE/da @ act.jacobian_operator(z)``) and ``fused`` where a
     rule exists; a Fenchel–Young loss with its own mapping (``Sparsemax`` +
     ``SparsemaxLoss``) has only ``fused``. Rows::

@@ -76,7 +76,8 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
 
     The reference ``H_num`` is :func:`~jacobians.numerical_jacobian` of the exact gradient
     ``head.grad(·, y)`` at ``z`` promoted to float64 (rows do not interact, so the
-    Jacobian of the gradient is the stack of Hessian blocks). Rows::
+    Jacobian of the gradient is the stack of Hessian blocks), taken in one call of the
+    unreduced gradient on every row's 2K perturbed copies, times the reduction factor. Rows::
 
         H:   <method> vs numerical (fused, chain),  chain vs fused,  operator vs <method>
         H:   <method> is symmetric (vs its transpose)
