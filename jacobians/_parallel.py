@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-__all__ = ["available_cores", "resolve_workers", "run_in_row_blocks", "PARALLEL_MIN_BYTES", "CHUNK_BYTES"]
+__all__ = ["available_cores", "resolve_workers", "run_in_row_blocks", "ForkedTasks", "PARALLEL_MIN_BYTES", "CHUNK_BYTES"]
 
 #: Outputs smaller than this are built on the calling thread.
 PARALLEL_MIN_BYTES = 4 << 20
@@ -98,3 +98,70 @@ def run_in_row_blocks(
     for e in errors:
         if e is not None:
             raise e
+
+
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist: start a new pool on first use."""
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+class ForkedTasks:
+    """Zero-argument callables run on up to ``workers`` forked processes (every core by
+    default), in groups: ``with ForkedTasks(tasks) as pool: pool.run(indices)``.
+
+    For work that holds the GIL (many small numpy calls): threads would take turns, forked
+    processes run side by side. The tasks are inherited by the fork, not pickled (closures
+    are fine); their results are pickled back. One pool serves every :meth:`run`, so what a
+    worker loads on first use (compiled kernels) it loads once. Tasks are handed out one at
+    a time, so a slow one does not hold up a chunk. With one worker, or without the ``fork``
+    start method (not Linux), the tasks run here, in order.
+    """
+
+    def __init__(self, tasks: list[Callable], workers: int | None = None):
+        import multiprocessing as mp
+
+        self.tasks = list(tasks)
+        self.workers = min(resolve_workers(workers), max(len(self.tasks), 1))
+        self._pool = None
+        if self.workers > 1 and "fork" in mp.get_all_start_methods():
+            global _FORKED
+            _FORKED = self.tasks
+            try:
+                self._pool = mp.get_context("fork").Pool(self.workers)
+            finally:
+                _FORKED = None
+
+    def run(self, indices) -> list:
+        """The results of ``tasks[i]`` for ``i`` in ``indices``, in that order."""
+        indices = list(indices)
+        if self._pool is None or len(indices) <= 1:
+            return [self.tasks[i]() for i in indices]
+        where = {i: k for k, i in enumerate(indices)}
+        out = [None] * len(indices)
+        for i, result in self._pool.imap_unordered(_call_forked, indices, chunksize=1):
+            out[where[i]] = result
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> ForkedTasks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_FORKED: list | None = None
+
+
+def _call_forked(i: int):
+    return i, _FORKED[i]()

@@ -36,11 +36,12 @@ from typing import Callable
 
 import numpy as np
 
-from . import checks
+from . import _parallel, checks
 from .activations import ACTIVATIONS
 from .checks.inputs import _make_targets as make_targets
 from .checks.report import _fmt_shape as fmt_shape
 from .checks.report import _json_float as json_float
+from .checks.report import fmt_ratio
 from .head import Head, pairs
 from .losses import LOSSES
 
@@ -60,6 +61,8 @@ REPEATS = 5
 LABEL_K = 5
 #: draws of the Monte-Carlo Fisher in the second-order checks
 MC_SAMPLES = 500
+#: columns of the table without --wide
+WIDTH = 100
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,6 +117,11 @@ def _build_parser() -> _Parser:
                        help="first-order checks (dE/dz), second-order checks (Hessian, GGN, Fisher), or both "
                             "(default all)")
     check.add_argument("--json", metavar="FILE", default=None, help="also write every comparison to FILE as JSON")
+    check.add_argument("--wide", action="store_true",
+                       help=f"the full table: methods compared and the error of each dtype (default: within {WIDTH} "
+                            "columns)")
+    check.add_argument("--jobs", type=_positive_int(1), default=None,
+                       help="processes that check rows side by side (default: every available core)")
     sub.add_parser("list", help="list the activations, losses and valid pairs",
                    description="List the registered activations and losses and every valid pair.")
     sub.add_parser("bench", help="run the benchmarks (jacobians.bench; options: bench --help)", add_help=False)
@@ -399,20 +407,21 @@ def _checks(entry: _Entry, orders) -> list[tuple[Callable, Callable | None]]:
     return out
 
 
-def _run_entry(entry: _Entry, dtypes, seed: int, tick, orders=(1, 2)) -> None:
-    for order, (run, extreme) in zip(sorted(orders), _checks(entry, orders)):
-        for di, dt in enumerate(dtypes):
-            for si, shape in enumerate(SHAPES):
-                s = _seed(seed, entry.label, di, si, *([order] if order != 1 else []))
-                entry.report += _guarded(entry, dt, shape,
-                                         lambda: run(entry.build(shape[-1]), shape=shape, dtype=dt, seed=s))  # noqa: B023
-                tick()
-            if extreme is not None:
-                s = _seed(seed, entry.label, di, len(SHAPES), *([order] if order != 1 else []))
-                obj = entry.build(EXTREME_SHAPE[-1])
-                entry.report += _guarded(entry, dt, EXTREME_SHAPE,
-                                         lambda: extreme(obj, shape=EXTREME_SHAPE, dtype=dt, seed=s))  # noqa: B023
-            tick()
+def _run_entry(entry: _Entry, dtypes, seed: int, order: int) -> checks.CheckReport:
+    """The checks of one order of one row, every dtype and shape (and ±1e4 logits)."""
+    (run, extreme), = _checks(entry, (order,))
+    report = checks.CheckReport()
+    for di, dt in enumerate(dtypes):
+        for si, shape in enumerate(SHAPES):
+            s = _seed(seed, entry.label, di, si, *([order] if order != 1 else []))
+            report += _guarded(entry, dt, shape,
+                               lambda: run(entry.build(shape[-1]), shape=shape, dtype=dt, seed=s))  # noqa: B023
+        if extreme is not None:
+            s = _seed(seed, entry.label, di, len(SHAPES), *([order] if order != 1 else []))
+            obj = entry.build(EXTREME_SHAPE[-1])
+            report += _guarded(entry, dt, EXTREME_SHAPE,
+                               lambda: extreme(obj, shape=EXTREME_SHAPE, dtype=dt, seed=s))  # noqa: B023
+    return report
 
 
 def _time_entry(entry: _Entry, n: int, k: int, dtype: str, seed: int) -> None:
@@ -440,16 +449,28 @@ def _time_entry(entry: _Entry, n: int, k: int, dtype: str, seed: int) -> None:
         entry.timing_note = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def _progress(total: int):
-    """A tqdm bar on stderr (silent when stderr is not a terminal, or without tqdm)."""
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished workers."""
     try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    isatty = getattr(sys.stderr, "isatty", None)
-    if not (isatty and isatty()):
-        return None
-    return tqdm(total=total, desc="jacobians check", unit="check", file=sys.stderr, leave=False)
+        import resource
+    except ImportError:  # pragma: no cover - not on a POSIX system
+        return time.process_time()
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def _say(text: str) -> None:
+    """A progress line on stderr (stdout holds only the table and the summary)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def _sections(entries, orders):
+    names = {1: "first order", 2: "second order"}
+    for order in orders:
+        for kind, keep in (("activations", lambda e: e.loss is None), ("pairs", lambda e: e.loss is not None)):
+            part = [e for e in entries if keep(e)]
+            if part:
+                yield f"{names[order]}, {kind}", order, part
 
 
 def _fmt_err(x) -> str:
@@ -473,22 +494,29 @@ def _check(args, parser) -> int:
     if not entries:
         raise _UsageError(f"nothing to check for --only {args.only}")
 
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), _cpu_seconds()
+    jobs = _parallel.resolve_workers(args.jobs)
+    _say(f"jacobians check: {len(entries)} rows, {', '.join(dtypes)}, {jobs} process{'es' if jobs > 1 else ''}")
+    sections = list(_sections(entries, orders))
+    tasks = [lambda e=e, o=order: _run_entry(e, dtypes, args.seed, o) for _, order, part in sections for e in part]
+    with _parallel.ForkedTasks(tasks, jobs) as pool:
+        first = 0
+        for name, _, part in sections:
+            t0 = time.perf_counter()
+            reports = pool.run(range(first, first + len(part)))
+            first += len(part)
+            for entry, report in zip(part, reports):
+                entry.report += report
+            n, failed = sum(len(r) for r in reports), sum(len(r.failures) for r in reports)
+            _say(f"  {name}: {len(part)} rows, {n} comparisons, {failed} failed, {time.perf_counter() - t0:.1f} s")
     timed = [e for e in entries if e.timed]
-    bar = _progress(len(entries) * len(orders) * len(dtypes) * (len(SHAPES) + 1) + len(timed))
-    tick = bar.update if bar is not None else (lambda n=1: None)
-    try:
-        for entry in entries:
-            if bar is not None:
-                bar.set_postfix_str(entry.label, refresh=False)
-            _run_entry(entry, dtypes, args.seed, tick, orders)
+    if timed:
+        t0 = time.perf_counter()
         for entry in timed:
             _time_entry(entry, args.n, args.k, timing_dtype, args.seed)
-            tick()
-    finally:
-        if bar is not None:
-            bar.close()
+        _say(f"  fused speed-up: {len(timed)} pairs timed, N={args.n} K={args.k}, {time.perf_counter() - t0:.1f} s")
     elapsed = time.perf_counter() - start
+    args.cpu_seconds, args.jobs_used = _cpu_seconds() - cpu0, jobs
 
     print(_render(entries, dtypes, args, timing_dtype, skipped, elapsed))
     passed = all(e.report.passed for e in entries)
@@ -505,42 +533,32 @@ def _render(entries, dtypes, args, timing_dtype, skipped, elapsed) -> str:
     shapes = " ".join(fmt_shape(s) for s in SHAPES)
     order = {"1": "first order", "2": "second order", "all": "first and second order"}[args.order]
     out = [
-        f"jacobians check ({order}): seed {args.seed}; {', '.join(dtypes)}; shapes {shapes}; ±1e4 logits "
-        f"{fmt_shape(EXTREME_SHAPE)}",
-        "every method vs each other, vs float64 central differences and vs the per-sample loop references",
-        "(vs closed forms at ±1e4); every variant of the registries' classes (list: python -m jacobians list)",
+        f"jacobians check ({order}): seed {args.seed}; {', '.join(dtypes)};",
+        f"shapes {shapes}; ±1e4 logits {fmt_shape(EXTREME_SHAPE)}",
+        "every method vs each other, vs float64 central differences and vs the per-sample loop",
+        "references (vs closed forms at ±1e4); every variant of the registries' classes",
+        "(python -m jacobians list shows them)",
     ]
     if args.order != "1":
         out.append("second order: H (each method) and Σ g∇²a vs central differences of the exact gradient /")
         out.append(f"Jacobian, hvp, GGN (= H where canonical; PSD), sqrt, MC Fisher ({MC_SAMPLES} draws) vs exact")
     out.append("")
-    header = ["pair", "methods compared", "checks"] + [f"max err {dt}" for dt in dtypes] + ["result", "fused speed-up"]
-    body = []
-    for e in entries:
-        fails = len(e.report.failures)
-        if e.speedup is not None:
-            speed = f"{e.speedup:.1f}×"
-        elif e.timing_note:
-            speed = "error"
-        else:
-            speed = "—"
-        body.append(
-            [e.label, ", ".join(e.methods), str(len(e.report))]
-            + [_fmt_err(e.report.max_rel(dt)) for dt in dtypes]
-            + ["ok" if not fails else f"FAIL ({fails})", speed]
-        )
-    ncols = len(header)
-    out += checks.format_table(header, body, right={2, *range(3, 3 + len(dtypes)), ncols - 1})
+    out += _table(entries, dtypes, args.wide)
     n_checks = sum(len(e.report) for e in entries)
     failed = [e for e in entries if not e.report.passed]
     out += [
         "",
         "max err:  the largest max|x - ref| / max|ref| of the row's comparisons (ref: float64 central",
         "          differences, another method, a loop reference, or a closed form at ±1e4; |ref| floored",
-        "          at the noise level)",
+        "          at the noise level), the Monte-Carlo Fisher left out (its error is statistical)",
+        "err/tol:  the largest error of the row's comparisons over its own tolerance, the Monte-Carlo",
+        f"          Fisher's included ({checks.second_order.MC_SIGMAS:g} standard errors of its draws): a comparison "
+        "passes when <= 1",
         "speed-up: median time of head.grad(method='jacobian') / head.grad(method='fused'),",
         f"          N={args.n}, K={args.k}, {timing_dtype}, {REPEATS} runs each side by side; — : no fused rule to time",
     ]
+    if not args.wide:
+        out.append("--wide: also the methods compared and the max err of each dtype")
     notes = [f"{e.label}: timing failed: {e.timing_note}" for e in entries if e.timing_note]
     if skipped:
         notes.append(f"not checked (their classes need arguments): {', '.join(skipped)}")
@@ -555,8 +573,54 @@ def _render(entries, dtypes, args, timing_dtype, skipped, elapsed) -> str:
         if len(rows) > len(shown):
             out.append(f"... and {len(rows) - len(shown)} more failures (all of them: --json FILE)")
     else:
-        out.append(f"{len(entries)} rows, {n_checks} comparisons: all passed in {elapsed:.1f} s")
+        out.append(f"{len(entries)} rows, {n_checks} comparisons: all passed in {elapsed:.1f} s "
+                   f"({args.cpu_seconds:.1f} s of CPU, {args.jobs_used} process{'es' if args.jobs_used > 1 else ''})")
     return "\n".join(out)
+
+
+def _table(entries, dtypes, wide: bool) -> list[str]:
+    """The rows' table; without ``wide`` within :data:`WIDTH` columns (long labels wrap)."""
+    def speed(e):
+        return f"{e.speedup:.1f}×" if e.speedup is not None else ("error" if e.timing_note else "—")
+
+    def result(e):
+        fails = len(e.report.failures)
+        return "ok" if not fails else f"FAIL ({fails})"
+
+    def worst(e, dt=None):
+        return _fmt_err(e.report.max_rel(dt, statistical=False))
+
+    if wide:
+        header = ["pair", "methods compared", "checks"] + [f"max err {dt}" for dt in dtypes]
+        header += ["err/tol", "result", "fused speed-up"]
+        body = [[e.label, ", ".join(e.methods), str(len(e.report))] + [worst(e, dt) for dt in dtypes]
+                + [fmt_ratio(e.report.max_err_over_tol()), result(e), speed(e)] for e in entries]
+        return checks.format_table(header, body, right={2, *range(3, len(header) - 2), len(header) - 1})
+    header = ["pair", "checks", "max err", "err/tol", "result", "speed-up"]
+    body = [[e.label, str(len(e.report)), worst(e), fmt_ratio(e.report.max_err_over_tol()), result(e), speed(e)]
+            for e in entries]
+    others = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header) if i]
+    room = max(24, WIDTH - sum(others) - 2 * len(others))
+    wrapped = []
+    for b in body:
+        lines = _wrap(b[0], room)
+        wrapped.append([lines[0]] + b[1:])
+        wrapped += [["  " + ln] + [""] * (len(b) - 1) for ln in lines[1:]]
+    return checks.format_table(header, wrapped, right={1, 2, 3, 5})
+
+
+def _wrap(label: str, width: int) -> list[str]:
+    """``label`` in lines of at most ``width`` characters (continuations are indented by
+    two), broken after ' + ' or ', ' where possible."""
+    lines, rest = [], label
+    while len(rest) > width - (2 if lines else 0):
+        room = width - (2 if lines else 0)
+        cut = max(rest.rfind(" + ", 0, room - 1) + 2, rest.rfind(", ", 0, room - 1) + 1)
+        if cut <= 1:
+            cut = room
+        lines.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    return lines + [rest]
 
 
 def _to_json(entries, dtypes, args, timing_dtype, skipped, elapsed, passed) -> dict:
@@ -573,6 +637,8 @@ def _to_json(entries, dtypes, args, timing_dtype, skipped, elapsed, passed) -> d
         "kink_margin": checks.KINK_MARGIN,
         "skipped": skipped,
         "wall_time_s": elapsed,
+        "cpu_time_s": getattr(args, "cpu_seconds", None),
+        "jobs": getattr(args, "jobs_used", None),
         "rows": [
             {
                 "pair": e.label,
@@ -582,7 +648,8 @@ def _to_json(entries, dtypes, args, timing_dtype, skipped, elapsed, passed) -> d
                 "checks": len(e.report),
                 "failed": len(e.report.failures),
                 "passed": e.report.passed,
-                "max_err": {dt: json_float(e.report.max_rel(dt)) for dt in dtypes},
+                "max_err": {dt: json_float(e.report.max_rel(dt, statistical=False)) for dt in dtypes},
+                "max_err_over_tol": json_float(e.report.max_err_over_tol()),
                 "fused_speedup": e.speedup,
                 "t_fused_s": e.t_fused,
                 "t_jacobian_s": e.t_jacobian,

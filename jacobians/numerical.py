@@ -66,6 +66,7 @@ def numerical_jacobian(
     *,
     eps: float | None = None,
     method: str = "central",
+    stack: bool = False,
 ) -> np.ndarray:
     """Finite-difference Jacobian of a batched function ``f: (..., K) -> (..., M)``.
 
@@ -73,6 +74,14 @@ def numerical_jacobian(
     rows at once, so ``f`` is called 2K times on whole batches (K + 1 for
     ``'forward'``, 4K for ``'richardson'``), never N·K times. Rows must be independent
     (``f`` acts on each sample separately), as activations do.
+
+    With ``stack=True`` the perturbed copies are stacked along a new leading axis and
+    ``f`` is called once (twice for ``'forward'``) on an array of shape ``(2K, ..., K)``
+    (``(K, ..., K)`` for ``'forward'``, ``(4K, ..., K)`` for ``'richardson'``): the same
+    points, the same steps and the same differences, in one call instead of 2K. ``f``
+    must then accept extra leading batch axes and treat them as more rows (every
+    :class:`~jacobians.Activation` does; a function that reduces over the batch, or
+    closes over targets of the batch's shape, does not).
 
     Parameters
     ----------
@@ -84,6 +93,9 @@ def numerical_jacobian(
         :func:`default_step` for ``z``'s dtype and ``method``.
     method : {'central', 'forward', 'richardson'}
         ``'richardson'`` combines central differences at h and h/2, error O(h⁴).
+    stack : bool
+        Call ``f`` once on all the perturbed copies stacked along a new leading axis
+        (default False: one call per copy).
 
     Returns
     -------
@@ -93,6 +105,10 @@ def numerical_jacobian(
     _check_method(method)
     z = as_float_array(z, "z")
     eps = _resolve_eps(eps, z.dtype, method)
+    if not isinstance(stack, bool):
+        raise TypeError(f"stack must be True or False; got {type(stack).__name__} {stack!r}")
+    if stack:
+        return _stacked_jacobian(f, z, eps, method).astype(z.dtype, copy=False)
     f0 = _call(f, z, z) if method == "forward" else None
     columns = []
     for j in range(z.shape[-1]):
@@ -118,6 +134,57 @@ def _call(f, x, z):
             f"f(z) has shape {out.shape}"
         )
     return out
+
+
+def _perturbed(z: np.ndarray, eps: float, sign: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, x_j)``: K copies of ``z`` stacked on a new leading axis, copy ``j`` with
+    ``z[..., j]`` moved by ``sign · h`` (h as in :func:`_steps`), and the moved entries."""
+    K = z.shape[-1]
+    X = np.broadcast_to(z, (K,) + z.shape).copy()
+    idx = np.arange(K)
+    plus, minus = _steps(z, eps)
+    moved = np.moveaxis(plus if sign > 0 else minus, -1, 0)  # (K, ...): entry j of every row
+    X[idx, ..., idx] = moved
+    return X, moved
+
+
+def _stacked_call(f, X):
+    out = np.asarray(f(X))
+    if out.shape[: X.ndim - 1] != X.shape[:-1]:
+        raise ValueError(
+            f"with stack=True, f must map (S, ..., K) to (S, ..., M); it was given shape {X.shape} and "
+            f"returned shape {out.shape}"
+        )
+    return out
+
+
+def _stacked_central(f, z, eps):
+    """Every column of the central differences from one call of ``f`` on ``2K`` copies."""
+    K = z.shape[-1]
+    Xp, xp = _perturbed(z, eps, 1.0)
+    Xm, xm = _perturbed(z, eps, -1.0)
+    out = _stacked_call(f, np.concatenate([Xp, Xm]))
+    h = (xp - xm)[..., None]  # (K, ..., 1): the step actually taken, exactly
+    cols = (out[:K] - out[K:]) / h  # (K, ..., M): column j of every row
+    return np.moveaxis(cols, 0, -1)
+
+
+def _stacked_jacobian(f, z, eps, method):
+    if method == "central":
+        return _stacked_central(f, z, eps)
+    if method == "richardson":
+        K = z.shape[-1]
+        X = np.concatenate([_perturbed(z, e, s)[0] for e in (eps, eps / 2) for s in (1.0, -1.0)])
+        out = _stacked_call(f, X)
+        steps = [(_steps(z, e)[0] - _steps(z, e)[1]) for e in (eps, eps / 2)]
+        coarse = (out[:K] - out[K:2 * K]) / np.moveaxis(steps[0], -1, 0)[..., None]
+        fine = (out[2 * K:3 * K] - out[3 * K:]) / np.moveaxis(steps[1], -1, 0)[..., None]
+        return np.moveaxis(fine + (fine - coarse) / 3, 0, -1)
+    f0 = _call(f, z, z)
+    Xp, xp = _perturbed(z, eps, 1.0)
+    out = _stacked_call(f, Xp)
+    h = (xp - np.moveaxis(z, -1, 0))[..., None]
+    return np.moveaxis((out - f0) / h, 0, -1)
 
 
 def _central_column(f, z, j, eps):

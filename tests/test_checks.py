@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ScaledTanh, TransposedJacobian, activation_cases, loss_specs, make_loss
+from conftest import Brier, ScaledTanh, TransposedJacobian, activation_cases, loss_specs, make_loss
 
 import jacobians as jac
 from jacobians import checks
@@ -394,3 +394,86 @@ def test_tolerances_scale_with_the_reference():
 def test_empty_report_does_not_pass():
     assert not checks.CheckReport().passed
     assert str(checks.CheckReport()) == "(no checks)"
+
+
+# -- the stacked references against the one-entry-at-a-time ones ---------------------------------
+
+
+def _heads_for_references():
+    K = 5
+    w = np.linspace(0.5, 2.0, K)
+    return [
+        jac.Head(jac.Softmax(), jac.CrossEntropy()),
+        jac.Head(jac.Softmax(temperature=0.5), jac.CrossEntropy(weight=w, ignore_index=-100)),
+        jac.Head(jac.Sigmoid(), jac.BinaryCrossEntropy(label_smoothing=0.2, pos_weight=w)),
+        jac.Head(jac.Identity(), jac.MeanSquaredError()),  # elementwise: 'mean' over N·K
+        jac.Head(jac.Tanh(), jac.MeanSquaredError(reduction="sum")),
+        jac.Head(jac.Sparsemax(temperature=0.5), jac.SparsemaxLoss()),  # a logits loss at a temperature
+        jac.Head(jac.Entmax(alpha=1.7), jac.EntmaxLoss(alpha=1.7)),
+        jac.Head(jac.Softmax(), jac.EntmaxLoss(alpha=2.5)),
+        jac.Head(jac.Softmax(), Brier()),  # a user's loss
+    ]
+
+
+@pytest.mark.parametrize("head", _heads_for_references(), ids=checks.label)
+@pytest.mark.parametrize("shape", [(6, 5), (2, 3, 5)])
+def test_stacked_grad_reference_equals_numerical_grad(head, shape):
+    """One call on every row's 2K perturbed copies, times the reduction factor, against
+    central differences of the reduced loss moving one entry at a time."""
+    from jacobians.checks.head import stacked_grad_reference
+    from jacobians.checks.inputs import head_inputs
+
+    z, y, _ = head_inputs(head, None, None, shape=shape, dtype=np.float64, rng=np.random.default_rng(3))
+    calls = []
+
+    def loss(x):
+        calls.append(x.shape)
+        return np.sum(head.loss(x, y))
+
+    plain = jac.numerical_grad(loss, z)
+    assert len(calls) == 2 * z.size
+    stacked = stacked_grad_reference(head, z, y)
+    assert stacked.shape == z.shape
+    scale = max(np.abs(plain).max(), 1e-3)
+    assert np.abs(stacked - plain).max() <= 1e-8 * scale
+
+
+@pytest.mark.parametrize("head", _heads_for_references(), ids=checks.label)
+def test_stacked_hessian_reference_equals_column_at_a_time(head):
+    from jacobians.checks.head import reduction_factor
+    from jacobians.checks.inputs import head_inputs
+    from jacobians.checks.second_order import _hessian_reference
+
+    z, y, _ = head_inputs(head, None, None, shape=(4, 5), dtype=np.float64, rng=np.random.default_rng(4))
+    plain = jac.numerical_jacobian(lambda x: head.grad(x, y), z)  # 2K calls on the whole batch
+    stacked = _hessian_reference(head, z, y, reduction_factor(head, z, y))
+    assert np.abs(stacked - plain).max() <= 1e-8 * max(np.abs(plain).max(), 1e-3)
+
+
+def test_reduction_factor_reads_the_denominator_off_the_values():
+    from jacobians.checks.head import reduction_factor
+
+    K, N = 4, 6
+    w = np.arange(1.0, K + 1)
+    y = np.array([0, 1, 2, 3, -100, 1])
+    z = np.random.default_rng(0).normal(size=(N, K))
+    head = jac.Head(jac.Softmax(), jac.CrossEntropy(weight=w, ignore_index=-100))
+    # torch's weighted mean: the summed weights of the targets not ignored
+    assert reduction_factor(head, z, y) == pytest.approx(1 / (w[[0, 1, 2, 3, 1]].sum()), rel=1e-12)
+    assert reduction_factor(jac.Head(jac.Tanh(), jac.MeanSquaredError()), z, np.tanh(z)) is None  # losses add to 0
+    assert reduction_factor(jac.Head(jac.Tanh(), jac.MeanSquaredError()), z, 0 * z) == pytest.approx(1 / (N * K))
+    assert reduction_factor(jac.Head(jac.Tanh(), jac.MeanSquaredError(reduction="sum")), z, z) == 1.0
+
+
+def test_a_wrong_gradient_still_fails_with_the_stacked_reference():
+    class Off(jac.Loss):
+        def per_sample(self, a, y):
+            return ((a - y) ** 2).sum(axis=-1)
+
+        def per_sample_grad(self, a, y):
+            return 2.02 * (a - y)  # 1 % off
+
+    report = checks.check_head(jac.Head(jac.Tanh(), Off()))
+    assert not report.passed
+    assert "dE/dz: jacobian vs numerical" in [r.compared for r in report.failures]
+    assert all(r.err_over_tol > 1 for r in report.failures if r.err_over_tol is not None)

@@ -1,7 +1,7 @@
 """``python -m jacobians`` end to end: check (exit status, failures made visible, JSON,
-filters, progress bar), list, bench dispatch, and one-line errors with status 2."""
+filters, progress lines on stderr, the table's width), list, bench dispatch, and one-line
+errors with status 2."""
 
-import io
 import json
 import subprocess
 import sys
@@ -27,10 +27,16 @@ def table_rows(out: str) -> dict[str, str]:
     """``{row label: line}`` of the check table (the lines between the rule and the blank line)."""
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("----"))
-    rows = {}
+    rows, label = {}, None
     for line in lines[start + 1:]:
         if not line.strip():
             break
+        if line.startswith("  ") and label is not None:  # a long label's continuation
+            sep = "" if label.endswith("(") else " "
+            new = label + sep + line.split("  ")[1].strip()
+            rows[new] = rows.pop(label)
+            label = new
+            continue
         label = line.split("  ")[0].strip()
         rows[label] = line
     return rows
@@ -57,9 +63,10 @@ def _pair_rows(acls, lcls) -> set[str]:
 
 
 def test_check_only_a_pair_passes(capsys):
-    status, out, err = run(capsys, "check", "--only", "softmax,cross_entropy", *FAST)
+    status, out, err = run(capsys, "check", "--only", "softmax,cross_entropy", "--wide", *FAST)
     assert status == 0, out
-    assert err == ""  # no progress bar: stderr is not a terminal
+    assert "first order, pairs: 7 rows" in err  # progress goes to stderr, a line per section
+    assert "first order" not in out.split("\n\n")[-1]
     rows = table_rows(out)
     assert set(rows) == _labels(jac.Softmax) | _pair_rows(jac.Softmax, jac.CrossEntropy)
     assert {"softmax(temperature=0.5) + cross_entropy", "softmax + cross_entropy(weight)",
@@ -180,27 +187,72 @@ def test_json_output(capsys, tmp_path):
     assert {tuple(s) for s in data["shapes"]} | {tuple(data["extreme_shape"])} == shapes
 
 
-def test_check_without_tqdm(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError
-    monkeypatch.setattr(sys, "stderr", _Terminal())
-    status = cli.main(["check", "--only", "relu,mse", "--dtype", "float64", *FAST])
+def test_progress_on_stderr_table_alone_on_stdout(capsys):
+    status, out, err = run(capsys, "check", "--only", "relu,mse", "--dtype", "float64", *FAST)
     assert status == 0
-    assert sys.stderr.getvalue() == ""
+    lines = err.splitlines()
+    assert lines[0].startswith("jacobians check: ") and "rows" in lines[0]
+    assert [ln.split(":")[0].strip() for ln in lines[1:]] == [
+        "first order, activations", "first order, pairs", "second order, activations", "second order, pairs"]
+    assert all(ln.rstrip().endswith(" s") for ln in lines[1:])  # each section says how long it took
+    assert " comparisons, 0 failed" in err
+    # stdout: the heading, the table, the legend and the summary, nothing of the progress
+    assert out.startswith("jacobians check (first and second order)")
+    assert " comparisons, 0 failed" not in out
+    last = out.rstrip().splitlines()[-1]
+    assert last.startswith("2 rows, 156 comparisons: all passed in ") and " s of CPU, " in last
 
 
-class _Terminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_progress_bar_on_a_terminal(capsys, monkeypatch):
-    pytest.importorskip("tqdm")  # the `cli` extra (also in `test`); the fallback is tested above
-    term = _Terminal()
-    monkeypatch.setattr(sys, "stderr", term)
-    status = cli.main(["check", "--only", "relu,mse", "--dtype", "float64", *FAST])
+def test_table_within_100_columns_and_wide(capsys):
+    argv = ["check", "--only", "softmax,cross_entropy,binary_cross_entropy", "--dtype", "float64", *FAST]
+    status, out, _ = run(capsys, *argv)
     assert status == 0
-    assert "jacobians check" in term.getvalue()  # tqdm's description
-    assert "jacobians check" not in capsys.readouterr().err
+    assert max(len(line) for line in out.splitlines()) <= cli.WIDTH  # heading, table, legend, summary
+    rows = table_rows(out)
+    long = "softmax + binary_cross_entropy(label_smoothing=0.2, pos_weight)"
+    assert long in rows  # wrapped onto two lines, not cut
+    assert "methods compared  " not in out and "err/tol" in out and "--wide" in out
+    status, wide, _ = run(capsys, *argv, "--wide")
+    assert status == 0
+    assert "methods compared" in wide and "max err float64" in wide
+    assert max(len(line) for line in wide.splitlines()[:40]) > cli.WIDTH
+    wide_rows = table_rows(wide)
+    assert set(wide_rows) == set(rows)
+    assert long in wide_rows[long]  # one line
+
+
+def test_err_over_tol_column(capsys, tmp_path):
+    path = tmp_path / "r.json"
+    status, out, _ = run(capsys, "check", "--only", "softmax,cross_entropy", "--order", "2", "--json", str(path),
+                         *FAST)
+    assert status == 0
+    assert "err/tol" in out and "<= 1" in out  # the legend says what passes
+    header = next(line for line in out.splitlines() if line.startswith("pair"))
+    assert header.split()[-3] == "err/tol"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for row in data["rows"]:
+        comps = [c for c in row["comparisons"] if c["err_over_tol"] is not None]
+        worst = max(c["err_over_tol"] for c in comps)
+        assert worst <= 1 and row["max_err_over_tol"] == worst
+        # err/tol is each comparison's error over its own allowed error
+        assert all(c["err_over_tol"] == pytest.approx(c["max_abs"] / c["allowed"]) for c in comps if c["allowed"])
+        assert float(table_rows(out)[row["pair"]].split()[-3]) == pytest.approx(worst, abs=0.006)
+    # the Monte-Carlo Fisher: a large relative error, within its statistical tolerance; max err leaves it out
+    pair = next(r for r in data["rows"] if r["pair"] == "softmax + cross_entropy")
+    mc = [c for c in pair["comparisons"] if c["compared"] == "F: mc vs exact"]
+    assert mc and max(c["max_rel"] for c in mc) > 1e-3 and all(c["err_over_tol"] <= 1 for c in mc)
+    assert pair["max_err"]["float64"] < 1e-6
+
+
+def test_jobs_one_and_two_agree(tmp_path, capsys):
+    reports = []
+    for jobs in ("1", "2"):
+        path = tmp_path / f"j{jobs}.json"
+        assert cli.main(["check", "--only", "entmax,entmax_loss", "--jobs", jobs, "--json", str(path), *FAST]) == 0
+        reports.append(json.loads(path.read_text(encoding="utf-8")))
+    capsys.readouterr()
+    strip = [[{k: v for k, v in c.items()} for r in d["rows"] for c in r["comparisons"]] for d in reports]
+    assert strip[0] == strip[1]  # same rows, same inputs, same numbers, in the same order
 
 
 def test_a_crash_inside_a_check_is_a_failed_row(capsys, monkeypatch):
@@ -314,7 +366,8 @@ def test_python_m_jacobians_check_subprocess():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "softmax + cross_entropy" in result.stdout and "all passed" in result.stdout
-    assert result.stderr == ""
+    assert "second order, pairs: " in result.stderr and "second order" not in result.stdout.split("----")[-1]
+    assert max(len(line) for line in result.stdout.splitlines()) <= cli.WIDTH  # through a pipe, too
 
 
 def test_python_m_jacobians_bad_option_subprocess():
@@ -328,15 +381,16 @@ def test_python_m_jacobians_bad_option_subprocess():
 
 
 def test_check_orders(capsys):
-    status, out, _ = run(capsys, "check", "--only", "softmax,cross_entropy", "--order", "1", *FAST)
+    status, out, _ = run(capsys, "check", "--only", "softmax,cross_entropy", "--order", "1", "--wide", *FAST)
     assert status == 0 and "H:" not in out and "(first order)" in out
-    status, out, _ = run(capsys, "check", "--only", "softmax,cross_entropy", "--order", "2", "--dtype", "float64", *FAST)
+    status, out, _ = run(capsys, "check", "--only", "softmax,cross_entropy", "--order", "2", "--dtype", "float64",
+                         "--wide", *FAST)
     assert status == 0 and "(second order)" in out
     rows = table_rows(out)
     assert "H: fused, chain, hvp, ggn, sqrt, fisher" in rows["softmax + cross_entropy"]
     assert "H: hessian, hessian_vjp" in rows["softmax"]
     assert "jacobian, vjp" not in rows["softmax + cross_entropy"]
-    status, out, _ = run(capsys, "check", "--only", "sparsemax,sparsemax_loss", "--order", "2", *FAST)
+    status, out, _ = run(capsys, "check", "--only", "sparsemax,sparsemax_loss", "--order", "2", "--wide", *FAST)
     assert status == 0 and "H: fused, hvp, ggn, sqrt" in table_rows(out)["sparsemax + sparsemax_loss"]
 
 

@@ -242,3 +242,91 @@ def test_non_scalar_fun_is_an_error():
 def test_non_numeric_input_is_a_type_error():
     with pytest.raises(TypeError, match="z must be a real numeric array"):
         jac.numerical_jacobian(np.sin, np.array(["a", "b"]))
+
+
+# -- stack=True: every perturbed copy in one call ------------------------------------------------
+
+
+def _loop_jacobian(f, z, eps, method):
+    """The plain reference: one sample, one coordinate, one call of f at a time."""
+    flat = z.reshape(-1, z.shape[-1])
+    out = []
+    for row in flat:
+        cols = []
+        for j in range(len(row)):
+            def at(step, row=row, j=j):
+                x = row.copy()
+                x[j] += step
+                return np.asarray(f(x[None]))[0], x[j] - row[j]
+
+            h = eps * max(1.0, abs(row[j]))
+            if method == "forward":
+                (fp, hp), f0 = at(h), np.asarray(f(row[None]))[0]
+                cols.append((fp - f0) / hp)
+                continue
+            (fp, hp), (fm, hm) = at(h), at(-h)
+            col = (fp - fm) / (hp - hm)
+            if method == "richardson":
+                (fp2, hp2), (fm2, hm2) = at(h / 2), at(-h / 2)
+                fine = (fp2 - fm2) / (hp2 - hm2)
+                col = fine + (fine - col) / 3
+            cols.append(col)
+        out.append(np.stack(cols, axis=-1))
+    return np.array(out).reshape(z.shape[:-1] + out[0].shape)
+
+
+class _Skewed(jac.Activation):
+    """A user's non-symmetric map: ``a_i = tanh(z_i) · z_0 + z_{i+1}²`` (cyclic)."""
+
+    def forward(self, z):
+        return np.tanh(z) * z[..., :1] + np.roll(z, -1, axis=-1) ** 2
+
+
+@pytest.mark.parametrize("method", FD_METHODS)
+@pytest.mark.parametrize("act", [_Skewed(), jac.Entmax(alpha=1.7), jac.Entmax(alpha=2.5, temperature=0.5),
+                                 jac.Softmax()], ids=["skewed", "entmax1.7", "entmax2.5", "softmax"])
+@pytest.mark.parametrize("shape", [(6, 5), (2, 3, 4), (7,)])
+def test_stacked_equals_one_at_a_time(rng, act, method, shape):
+    z = rng.normal(size=shape)
+    eps = default_step(np.float64, method)
+    stacked = jac.numerical_jacobian(act, z, method=method, stack=True)
+    columns = jac.numerical_jacobian(act, z, method=method)
+    loop = _loop_jacobian(act, z, eps, method)
+    assert stacked.shape == columns.shape == loop.shape == shape + shape[-1:]
+    # the same points and steps: the column-at-a-time result to the bit, the plain loop to
+    # round-off of the function values over the step
+    np.testing.assert_array_equal(stacked, columns)
+    scale = np.abs(loop).max()
+    assert np.abs(stacked - loop).max() <= 1e-12 / eps * max(scale, 1.0)
+
+
+@pytest.mark.parametrize("method", FD_METHODS)
+def test_stacked_calls_f_once_on_all_copies(rng, method):
+    shapes = []
+
+    def f(x):
+        shapes.append(x.shape)
+        return np.tanh(x)
+
+    z = rng.normal(size=(50, 6))
+    J = jac.numerical_jacobian(f, z, method=method, stack=True)
+    expected = {"central": [(12, 50, 6)], "forward": [(50, 6), (6, 50, 6)], "richardson": [(24, 50, 6)]}[method]
+    assert shapes == expected
+    np.testing.assert_allclose(J, jac.numerical_jacobian(np.tanh, z, method=method), rtol=0, atol=0)
+
+
+def test_stacked_keeps_dtype_and_input(rng):
+    z = rng.normal(size=(3, 4)).astype(np.float32)
+    z.flags.writeable = False
+    before = z.copy()
+    J = jac.numerical_jacobian(jac.Sigmoid(), z, stack=True)
+    assert J.dtype == np.float32
+    np.testing.assert_array_equal(z, before)
+
+
+def test_stacked_f_that_drops_the_stack_axis_is_an_error(rng):
+    z = rng.normal(size=(3, 4))
+    with pytest.raises(ValueError, match="stack=True"):
+        jac.numerical_jacobian(lambda x: x.sum(axis=0), z, stack=True)
+    with pytest.raises(TypeError, match="stack"):
+        jac.numerical_jacobian(np.tanh, z, stack="yes")

@@ -6,9 +6,8 @@ import numpy as np
 
 from .._validation import as_float_array
 from ..activations import Activation
-from ..numerical import numerical_jacobian
 from ..testing import loop_jacobian
-from .head import has_loop_reference
+from .head import has_loop_reference, stack_or_loop
 from .inputs import DEFAULT_SHAPE, _check_dtype, _kink_note, _row_distance, example_inputs
 from .report import (
     CheckReport,
@@ -93,7 +92,7 @@ def check_activation(act: Activation, z=None, *, shape=DEFAULT_SHAPE, dtype=None
     rows = _Rows(_subject(act), dt, z.shape, kink)
 
     z64 = z.astype(np.float64)
-    Jn = _run(lambda: numerical_jacobian(act, z64))
+    Jn = _run(stack_or_loop, act, z64)
     if isinstance(Jn, _Failed):
         rows.compare("J", "numerical", "float64 forward", Jn, None, "numerical")
         return CheckReport(rows.rows)

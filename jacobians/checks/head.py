@@ -6,7 +6,7 @@ import numpy as np
 
 from ..head import Head
 from ..losses import FenchelYoungLoss
-from ..numerical import numerical_grad
+from ..numerical import numerical_grad, numerical_jacobian
 from ..testing import ACTIVATION_REFERENCES, LOSS_REFERENCES, loop_head
 from .inputs import DEFAULT_SHAPE, head_inputs
 from .report import CheckReport, _batched_vjp, _Failed, _readonly, _require, _Rows, _run, _safe_call, _subject
@@ -27,9 +27,13 @@ def _head_methods(head: Head) -> list[str]:
 def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, seed=0) -> CheckReport:
     """Check dE/dz of every method of a head against the others and a float64 reference.
 
-    The reference is :func:`~jacobians.numerical_grad` of ``head.loss`` (the fused value
-    where the pair has a rule) at ``z`` promoted to float64 — along a few random
-    directions when ``z`` has more than 2048 entries. The methods are ``jacobian``,
+    The reference is central differences of ``head.loss`` (the fused value where the pair
+    has a rule) at ``z`` promoted to float64 — along a few random directions when ``z``
+    has more than 2048 entries. The rows' losses are independent, so it is taken in one
+    call of the unreduced loss on every row's 2K perturbed copies, times the reduction
+    factor (``jacobians.checks.head.stacked_grad_reference``); where that factor is
+    unknown (the losses add up to 0), :func:`~jacobians.numerical_grad` moves one entry
+    at a time. The methods are ``jacobian``,
     ``vjp``, ``operator`` (``dE/da @ act.jacobian_operator(z)``) and ``fused`` where a
     rule exists; a Fenchel–Young loss with its own mapping (``Sparsemax`` +
     ``SparsemaxLoss``) has only ``fused``. Rows::
@@ -99,7 +103,9 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
     value_floor = max(rows.floors["numerical"], _value_terms(head, z64, y64))
 
     if full:
-        ref = _run(lambda: numerical_grad(ref_loss, z64))
+        ref = _run(stacked_grad_reference, head, z64, y64, _safe_call(reduction_factor, head, z64, y64, value64))
+        if ref is None or isinstance(ref, _Failed):  # not separable by rows: each entry on its own
+            ref = _run(lambda: numerical_grad(ref_loss, z64))
         directions = None
     else:
         directions = rng.normal(size=(_N_DIRECTIONS,) + z.shape)
@@ -158,6 +164,69 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
             rows.compare("value", method, "loop", val, loop_value, "methods", dtype_of=None,
                          floor=value_floor)
     return CheckReport(rows.rows)
+
+
+def row_loss_head(head: Head) -> Head:
+    """The head with ``'none'``: its gradient is each row's own gradient, its Hessian blocks
+    each row's own (the references differentiate it and rescale)."""
+    return Head(head.activation, head.loss_fn.with_reduction("none"))
+
+
+def reduction_factor(head: Head, z64, y64, value=None) -> float | None:
+    """``c`` with ``E = c Σ_n ℓ_n``: the reduced loss over the sum of the rows' own losses
+    (1 for ``'sum'`` and ``'none'``; for ``'mean'`` read off the values, which also catches
+    a denominator that depends on the targets); None when that sum is 0 or not finite.
+    ``value``: ``Σ head.loss(z64, y64)`` when already known."""
+    if head.loss_fn.reduction != "mean":
+        return 1.0
+    with np.errstate(all="ignore"):
+        value = float(np.sum(head.loss(z64, y64) if value is None else value))
+        total = float(np.sum(row_loss_head(head).loss(z64, y64)))
+    if not (np.isfinite(value) and np.isfinite(total)) or total == 0:
+        return None
+    return value / total
+
+
+def stacked(fn, y, z):
+    """``X -> fn(X, y)`` for X of shape ``(S,) + z.shape`` (copies of the batch stacked on a
+    leading axis): the targets are broadcast to the S copies, without a copy."""
+    def call(X):
+        lead = X.shape[: X.ndim - z.ndim]
+        return fn(X, np.broadcast_to(y, lead + np.shape(y)))
+
+    return call
+
+
+def stacked_grad_reference(head: Head, z64, y64, c: float | None = None):
+    """Central differences of ``Σ head.loss(z, y)``, shape of ``z``, from ONE call of the
+    unreduced loss on the 2K perturbed copies of every row stacked on a leading axis.
+
+    The rows' losses are independent (``E = c Σ_n ℓ_n(z_n)``, c from
+    :func:`reduction_factor`), so moving entry ``(n, j)`` changes ``ℓ_n`` alone: the
+    difference of ``E`` is ``c`` times that of ``ℓ_n`` — the same points and steps as
+    :func:`~jacobians.numerical_grad`, with less round-off. None when ``c`` is unknown
+    (given, or else read off the values).
+    """
+    c = reduction_factor(head, z64, y64) if c is None else c
+    if c is None:
+        return None
+    row = row_loss_head(head)
+
+    def rows(X, Y):
+        v = np.asarray(row.loss(X, Y))
+        return (v if v.ndim == X.ndim - 1 else v.sum(axis=-1))[..., None]  # elementwise losses: (..., K)
+
+    return c * numerical_jacobian(stacked(rows, y64, z64), z64, stack=True)[..., 0, :]
+
+
+def stack_or_loop(f, z64):
+    """:func:`~jacobians.numerical_jacobian` of ``f`` in one call on the 2K perturbed copies
+    stacked on a leading axis; 2K calls when ``f`` refuses the extra axis (a custom class's
+    own shape checks)."""
+    try:
+        return numerical_jacobian(f, z64, stack=True)
+    except Exception:
+        return numerical_jacobian(f, z64)
 
 
 def has_loop_reference(obj) -> bool:

@@ -75,12 +75,29 @@ class CheckRow:
             return f"{self.quantity}: {self.method} is {self.reference}"
         return f"{self.quantity}: {self.method} vs {self.reference}"
 
+    @property
+    def err_over_tol(self) -> float | None:
+        """``max_abs / allowed``: the error against this comparison's own tolerance (≤ 1
+        passes); None for a row without a number (finiteness, an exception)."""
+        if self.max_abs is None or self.allowed is None:
+            return None
+        if self.allowed > 0:
+            return self.max_abs / self.allowed
+        return 0.0 if self.max_abs == 0 else math.inf
+
+    @property
+    def statistical(self) -> bool:
+        """True for the Monte-Carlo Fisher, whose tolerance is a number of standard errors
+        of its draws rather than round-off: its relative error is large by design."""
+        return self.quantity == "F" and self.method == "mc"
+
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (non-finite numbers become None)."""
         d = asdict(self)
         d["shape"] = list(self.shape)
         for key in ("max_abs", "max_rel", "allowed", "rtol", "atol"):
             d[key] = _json_float(d[key])
+        d["err_over_tol"] = _json_float(self.err_over_tol)
         d["compared"] = self.compared
         return d
 
@@ -118,9 +135,17 @@ class CheckReport:
         """The rows that failed."""
         return [r for r in self.rows if not r.passed]
 
-    def max_rel(self, dtype: str | None = None) -> float | None:
-        """The largest relative error over the rows (of ``dtype``), or None."""
-        errs = [r.max_rel for r in self.rows if r.max_rel is not None and (dtype is None or r.dtype == dtype)]
+    def max_rel(self, dtype: str | None = None, *, statistical: bool = True) -> float | None:
+        """The largest relative error over the rows (of ``dtype``; without the Monte-Carlo
+        rows when ``statistical`` is False), or None."""
+        errs = [r.max_rel for r in self.rows if r.max_rel is not None and (dtype is None or r.dtype == dtype)
+                and (statistical or not r.statistical)]
+        return max(errs) if errs else None
+
+    def max_err_over_tol(self, dtype: str | None = None) -> float | None:
+        """The largest error against its own tolerance over the rows (of ``dtype``), or
+        None: ≤ 1 when every comparison with a number passed."""
+        errs = [r.err_over_tol for r in self.rows if r.err_over_tol is not None and (dtype is None or r.dtype == dtype)]
         return max(errs) if errs else None
 
     def __add__(self, other: CheckReport) -> CheckReport:
@@ -166,6 +191,17 @@ def _fmt_err(x) -> str:
     return f"{x:.1e}"
 
 
+def fmt_ratio(x) -> str:
+    """An error over its tolerance: two decimals (``'0.03'``, ``'1.20'``), ``'—'`` for None."""
+    if x is None:
+        return "—"
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.2f}" if x < 100 else f"{x:.1e}"
+
+
 def _fmt_shape(shape) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
@@ -184,13 +220,13 @@ def format_rows(rows: list[CheckRow]) -> str:
     """The rows as a text table (what ``str(report)`` prints), failures explained below it."""
     if not rows:
         return "(no checks)"
-    header = ["subject", "dtype", "shape", "compared", "max abs err", "allowed", "max rel err", "result"]
+    header = ["subject", "dtype", "shape", "compared", "max abs err", "allowed", "max rel err", "err/tol", "result"]
     body = [
         [r.subject, r.dtype, _fmt_shape(r.shape), r.compared, _fmt_err(r.max_abs), _fmt_err(r.allowed),
-         _fmt_err(r.max_rel), "ok" if r.passed else "FAIL"]
+         _fmt_err(r.max_rel), fmt_ratio(r.err_over_tol), "ok" if r.passed else "FAIL"]
         for r in rows
     ]
-    out = format_table(header, body, right={4, 5, 6})
+    out = format_table(header, body, right={4, 5, 6, 7})
     groups: dict[tuple, list[str]] = {}
     for r in rows:
         if r.note and not r.passed:

@@ -24,6 +24,7 @@ from ..losses import (
 )
 from ..numerical import numerical_jacobian
 from ..operators import DenseJacobian, DiagonalPlusLowRank, as_low_rank
+from .head import reduction_factor, row_loss_head, stack_or_loop, stacked
 from .inputs import DEFAULT_SHAPE, _check_dtype, example_inputs, extreme_inputs, head_inputs, prepare_targets
 from .report import CheckReport, _Failed, _readonly, _require, _Rows, _run, _safe_call, _subject
 
@@ -43,10 +44,18 @@ def _second_order_methods(head: Head) -> list[str]:
     return (["fused"] if head.hessian_rule is not None else []) + ["chain"]
 
 
-def _row_loss_head(head: Head) -> Head:
-    """The head with ``'none'``: its gradient is each row's own gradient, its Hessian blocks
-    each row's own (the reference differentiates it and rescales)."""
-    return Head(head.activation, head.loss_fn.with_reduction("none"))
+_row_loss_head = row_loss_head
+
+
+def _hessian_reference(head: Head, z64, y64, c):
+    """Central differences of ``head.grad(·, y)``: ``c`` times those of the rows' own
+    gradients (``'none'``), from ONE call on the 2K perturbed copies of every row stacked on
+    a leading axis; where ``c`` is unknown, 2K calls of ``head.grad`` on the whole batch."""
+    if c is not None:
+        H = _run(lambda: numerical_jacobian(stacked(row_loss_head(head).grad, y64, z64), z64, stack=True))
+        if not isinstance(H, _Failed):
+            return c * H
+    return _run(lambda: numerical_jacobian(lambda x: head.grad(x, y64), z64))
 
 
 def _symmetric(x):
@@ -67,7 +76,8 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
 
     The reference ``H_num`` is :func:`~jacobians.numerical_jacobian` of the exact gradient
     ``head.grad(·, y)`` at ``z`` promoted to float64 (rows do not interact, so the
-    Jacobian of the gradient is the stack of Hessian blocks). Rows::
+    Jacobian of the gradient is the stack of Hessian blocks), taken in one call of the
+    unreduced gradient on every row's 2K perturbed copies, times the reduction factor. Rows::
 
         H:   <method> vs numerical (fused, chain),  chain vs fused,  operator vs <method>
         H:   <method> is symmetric (vs its transpose)
@@ -116,7 +126,8 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
     y64 = y.astype(np.float64) if y.dtype.kind == "f" else y
     v = _readonly(rng.normal(size=z.shape).astype(z.dtype))
 
-    H_num = _run(lambda: numerical_jacobian(lambda x: head.grad(x, y64), z64))
+    c = _safe_call(reduction_factor, head, z64, y64)  # E = c Σ_n ℓ_n
+    H_num = _hessian_reference(head, z64, y64, c)
     # round-off scales with the curvature, or with the gradient, the Gauss–Newton terms
     # |J|ᵀ |H_E| |J| and the curvature terms |∂E/∂a| |∇²a| where the curvature vanishes
     # (they may cancel to exact zeros)
@@ -154,7 +165,7 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
 
     if getattr(head.loss_fn, "predictive", None) is not None and not head.logits_loss:
         _fisher_rows(rows, head, z, y, mc_samples, int(rng.integers(2**63)))
-    _empirical_row(rows, head, z, y, z64, y64)
+    _empirical_row(rows, head, z, y, z64, y64, c)
     return CheckReport(rows.rows)
 
 
@@ -252,19 +263,18 @@ def _fisher_rows(rows: _Rows, head: Head, z, y, mc_samples: int, seed) -> None:
     rows.finite("F", "exact", exact)
 
 
-def _empirical_row(rows: _Rows, head: Head, z, y, z64, y64) -> None:
-    """``c_n ∇ℓ_n ∇ℓ_nᵀ`` against outer products of the rows' own gradients, with the factor
-    read off the losses: ``c = E / Σ_n ℓ_n`` (1 for ``'none'``)."""
+def _empirical_row(rows: _Rows, head: Head, z, y, z64, y64, c) -> None:
+    """``c ∇ℓ_n ∇ℓ_nᵀ`` against outer products of the rows' own gradients, with the factor
+    read off the losses: ``c = E / Σ_n ℓ_n`` (:func:`reduction_factor`; 1 for ``'sum'`` and
+    ``'none'``, 0 when the rows' losses add up to 0)."""
     F = _run(head.fisher, z, y, "empirical")
-    row_head = _row_loss_head(head)
-    row = _safe_call(row_head.grad, z64, y64)
-    losses = _safe_call(row_head.loss, z64, y64)
-    value = _safe_call(head.loss, z64, y64)
-    if row is None or losses is None or value is None or isinstance(F, _Failed):
+    row = _safe_call(_row_loss_head(head).grad, z64, y64)
+    if c is None:  # the losses add up to 0, or could not be computed
+        losses = _safe_call(_row_loss_head(head).loss, z64, y64)
+        c = 0.0 if losses is not None and float(np.sum(losses)) == 0 else None
+    if row is None or c is None or isinstance(F, _Failed):
         rows.compare("F", "empirical", "gradients", F, F, "methods")
         return
-    total = float(np.sum(losses))
-    c = 1.0 if head.loss_fn.reduction == "none" else (float(value) / total if total else 0.0)
     rows.compare("F", "empirical", "gradients", F, c * np.einsum("...i,...j->...ij", row, row), "methods")
 
 
@@ -299,7 +309,7 @@ def check_activation_second_order(act, z=None, *, shape=DEFAULT_SHAPE, dtype=Non
     rows = _Rows(_subject(act), z.dtype, z.shape)
     K = z.shape[-1]
     z64 = z.astype(np.float64)
-    T_num = _run(lambda: numerical_jacobian(lambda x: act.jacobian(x).reshape(x.shape[:-1] + (K * K,)), z64)
+    T_num = _run(lambda: stack_or_loop(lambda x: act.jacobian(x).reshape(x.shape[:-1] + (K * K,)), z64)
                  .reshape(z.shape + (K, K)))
     if not isinstance(T_num, _Failed):
         rows.floors["numerical"] = max(float(np.abs(act.jacobian(z64)).max(initial=0.0)), 1.0)
