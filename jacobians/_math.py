@@ -24,6 +24,7 @@ __all__ = [
     "RATIO_MAX_EXP",
     "softmax",
     "softmax_vjp",
+    "simplex_vjp",
     "diag_minus_rank_one",
     "rowdot",
     "log_softmax",
@@ -271,8 +272,15 @@ def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0, factor=N
     """``f · s ⊙ (g − s·g) / T`` with ``s = softmax(x)``: the softmax VJP from the (scaled)
     logits, times an optional ``factor`` f (a scalar, or one per row, shape ``(...)``).
 
+    Computed as ``s ⊙ (g' − s·g')`` with ``g' = g − g_t`` centred on the row's largest
+    probability ``s_t`` (the same product: ``J 1 = 0``). The plain ``g − s·g`` cancels on a
+    confident row (``s_t`` near 1, ``s·g`` near ``g_t``): its round-off, eps·|g|, dwarfs a
+    result of size ``(1 − s_t)|g|``. Centred, ``g'_t = 0`` and ``s·g' = Σ_{j≠t} s_j g'_j``
+    is as small as the result and as accurate (the complement sums ``1 − s_t = Σ_{j≠t} s_j``
+    without forming them); the round-off then scales with g's spread, not its size.
+
     One output buffer: ``s`` is built in it chunk by chunk (see :func:`row_chunks`), and
-    ``g − s·g`` goes to a reused scratch buffer, so a call allocates only its result.
+    ``g' − s·g'`` goes to a reused scratch buffer, so a call allocates only its result.
     """
     K = x.shape[-1]
     x2, g2 = x.reshape(-1, K), g.reshape(-1, K)
@@ -284,18 +292,36 @@ def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0, factor=N
         f = f.reshape(-1, 1) if f.ndim else f
     for rows in row_chunks(x2.shape[0], K):
         o, xc, gc = out[rows], x2[rows], g2[rows]
+        top = xc.argmax(axis=-1)[:, None]  # the largest s: the first largest logit
         if safe:
             np.exp(xc, out=o)
         else:
-            np.subtract(xc, xc.max(axis=-1, keepdims=True), out=o)
+            np.subtract(xc, np.take_along_axis(xc, top, axis=-1), out=o)
             np.exp(o, out=o)
         o /= rowsum(o)
-        dot = rowdot(o, gc)
         w = scratch(o.size, x.dtype).reshape(o.shape)
-        np.subtract(gc, dot[:, None], out=w)
+        np.subtract(gc, np.take_along_axis(gc, top, axis=-1), out=w)
+        w -= rowdot(o, w)[:, None]
         if f is not None:  # in cache: cheaper than a pass over the result
             w *= f[rows] if f.ndim else f
         o *= w
+    return out.reshape(x.shape)
+
+
+def simplex_vjp(w: np.ndarray, v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``w ⊙ (x − v·x)`` per row (``(diag(w) − w vᵀ) x`` for ``Σv = 1``, the product of
+    every simplex map's Jacobian, ``v = w/Σw``), with ``x`` centred first on the entry of
+    the largest ``w`` (the same product: the rows of ``I − 1 vᵀ`` sum to 0): no cancellation
+    on a confident row (see :func:`softmax_vjp`). One allocation, chunk by chunk.
+    """
+    K = x.shape[-1]
+    w2, v2, x2 = (y.reshape(-1, K) for y in (w, v, x))
+    out = np.empty(x2.shape, dtype=np.result_type(w2, x2))
+    for rows in row_chunks(x2.shape[0], K):
+        o, xc, wc = out[rows], x2[rows], w2[rows]
+        np.subtract(xc, np.take_along_axis(xc, wc.argmax(axis=-1)[:, None], axis=-1), out=o)
+        o -= rowdot(v2[rows], o)[:, None]
+        o *= wc
     return out.reshape(x.shape)
 
 
