@@ -252,6 +252,20 @@ def log1p_ratio(other: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.log1p(other / np.maximum(e, floor)), far
 
 
+def _exp_shifted(x: np.ndarray, m: np.ndarray, out: np.ndarray) -> None:
+    """``exp(x − m)`` into ``out``. float32: ``x − m`` and its exp in float64, rounded once
+    (in float32 the difference of a logit and a far larger maximum is rounded, and its
+    exp carries eps·|x − m| of relative error: tens of ulp on the small probabilities of
+    a confident row, which are all its softmax Jacobian holds)."""
+    if out.dtype == np.float32:
+        d = np.subtract(x, m, dtype=np.float64)
+        np.exp(d, out=d)
+        out[...] = d
+    else:
+        np.subtract(x, m, out=out)
+        np.exp(out, out=out)
+
+
 def softmax(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``exp(z − m) / Σ exp(z − m)`` with ``m = max(z)``: never overflows.
 
@@ -262,8 +276,7 @@ def softmax(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     if exp_is_safe(z):
         np.exp(z, out=e)
     else:
-        np.subtract(z, z.max(axis=-1, keepdims=True), out=e)
-        np.exp(e, out=e)
+        _exp_shifted(z, z.max(axis=-1, keepdims=True), e)
     e /= rowsum(e)  # a division, not a reciprocal: a row of one entry gives exactly 1
     return e
 
@@ -296,8 +309,7 @@ def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0, factor=N
         if safe:
             np.exp(xc, out=o)
         else:
-            np.subtract(xc, np.take_along_axis(xc, top, axis=-1), out=o)
-            np.exp(o, out=o)
+            _exp_shifted(xc, np.take_along_axis(xc, top, axis=-1), o)
         o /= rowsum(o)
         w = scratch(o.size, x.dtype).reshape(o.shape)
         np.subtract(gc, np.take_along_axis(gc, top, axis=-1), out=w)
