@@ -24,6 +24,7 @@ __all__ = [
     "RATIO_MAX_EXP",
     "softmax",
     "softmax_vjp",
+    "simplex_vjp",
     "diag_minus_rank_one",
     "rowdot",
     "log_softmax",
@@ -251,6 +252,20 @@ def log1p_ratio(other: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.log1p(other / np.maximum(e, floor)), far
 
 
+def _exp_shifted(x: np.ndarray, m: np.ndarray, out: np.ndarray) -> None:
+    """``exp(x − m)`` into ``out``. float32: ``x − m`` and its exp in float64, rounded once
+    (in float32 the difference of a logit and a far larger maximum is rounded, and its
+    exp carries eps·|x − m| of relative error: tens of ulp on the small probabilities of
+    a confident row, which are all its softmax Jacobian holds)."""
+    if out.dtype == np.float32:
+        d = np.subtract(x, m, dtype=np.float64)
+        np.exp(d, out=d)
+        out[...] = d
+    else:
+        np.subtract(x, m, out=out)
+        np.exp(out, out=out)
+
+
 def softmax(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``exp(z − m) / Σ exp(z − m)`` with ``m = max(z)``: never overflows.
 
@@ -261,8 +276,7 @@ def softmax(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     if exp_is_safe(z):
         np.exp(z, out=e)
     else:
-        np.subtract(z, z.max(axis=-1, keepdims=True), out=e)
-        np.exp(e, out=e)
+        _exp_shifted(z, z.max(axis=-1, keepdims=True), e)
     e /= rowsum(e)  # a division, not a reciprocal: a row of one entry gives exactly 1
     return e
 
@@ -271,8 +285,15 @@ def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0, factor=N
     """``f · s ⊙ (g − s·g) / T`` with ``s = softmax(x)``: the softmax VJP from the (scaled)
     logits, times an optional ``factor`` f (a scalar, or one per row, shape ``(...)``).
 
+    Computed as ``s ⊙ (g' − s·g')`` with ``g' = g − g_t`` centred on the row's largest
+    probability ``s_t`` (the same product: ``J 1 = 0``). The plain ``g − s·g`` cancels on a
+    confident row (``s_t`` near 1, ``s·g`` near ``g_t``): its round-off, eps·|g|, dwarfs a
+    result of size ``(1 − s_t)|g|``. Centred, ``g'_t = 0`` and ``s·g' = Σ_{j≠t} s_j g'_j``
+    is as small as the result and as accurate (the complement sums ``1 − s_t = Σ_{j≠t} s_j``
+    without forming them); the round-off then scales with g's spread, not its size.
+
     One output buffer: ``s`` is built in it chunk by chunk (see :func:`row_chunks`), and
-    ``g − s·g`` goes to a reused scratch buffer, so a call allocates only its result.
+    ``g' − s·g'`` goes to a reused scratch buffer, so a call allocates only its result.
     """
     K = x.shape[-1]
     x2, g2 = x.reshape(-1, K), g.reshape(-1, K)
@@ -284,18 +305,37 @@ def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0, factor=N
         f = f.reshape(-1, 1) if f.ndim else f
     for rows in row_chunks(x2.shape[0], K):
         o, xc, gc = out[rows], x2[rows], g2[rows]
+        # the largest s: the first largest logit, as flat positions (a flat take is faster
+        # than take_along_axis)
+        top = xc.argmax(axis=-1) + np.arange(0, o.size, K)
         if safe:
             np.exp(xc, out=o)
         else:
-            np.subtract(xc, xc.max(axis=-1, keepdims=True), out=o)
-            np.exp(o, out=o)
+            _exp_shifted(xc, np.ascontiguousarray(xc).reshape(-1)[top][:, None], o)
         o /= rowsum(o)
-        dot = rowdot(o, gc)
         w = scratch(o.size, x.dtype).reshape(o.shape)
-        np.subtract(gc, dot[:, None], out=w)
+        np.subtract(gc, np.ascontiguousarray(gc).reshape(-1)[top][:, None], out=w)
+        w -= rowdot(o, w)[:, None]
         if f is not None:  # in cache: cheaper than a pass over the result
             w *= f[rows] if f.ndim else f
         o *= w
+    return out.reshape(x.shape)
+
+
+def simplex_vjp(w: np.ndarray, v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``w ⊙ (x − v·x)`` per row (``(diag(w) − w vᵀ) x`` for ``Σv = 1``, the product of
+    every simplex map's Jacobian, ``v = w/Σw``), with ``x`` centred first on the entry of
+    the largest ``w`` (the same product: the rows of ``I − 1 vᵀ`` sum to 0): no cancellation
+    on a confident row (see :func:`softmax_vjp`). One allocation, chunk by chunk.
+    """
+    K = x.shape[-1]
+    w2, v2, x2 = (y.reshape(-1, K) for y in (w, v, x))
+    out = np.empty(x2.shape, dtype=np.result_type(w2, x2))
+    for rows in row_chunks(x2.shape[0], K):
+        o, xc, wc = out[rows], x2[rows], w2[rows]
+        np.subtract(xc, np.take_along_axis(xc, wc.argmax(axis=-1)[:, None], axis=-1), out=o)
+        o -= rowdot(v2[rows], o)[:, None]
+        o *= wc
     return out.reshape(x.shape)
 
 

@@ -366,16 +366,23 @@ class SimplexJacobian(DiagonalPlusRankOne):
     """``J = diag(g) − g gᵀ/Σg`` per sample (the entmax family, softmax to sparsemax):
     :class:`DiagonalPlusRankOne` with ``d = u = g`` and ``v = g/Σg`` in projector form (exact
     diagonal ``g ⊙ (1 − v)`` from complement sums), symmetric, with ``J 1 = 0``; its
-    products are taken of centred vectors (:func:`center_on_largest`)."""
+    products are taken of centred vectors (:func:`center_on_largest`), in one kernel pass
+    (:func:`jacobians._kernels.simplex_vjp`)."""
 
     def __init__(self, d, u, v, *, diagonal=None):
         super().__init__(d, u, v, projector=True, diagonal=diagonal)
 
+    def _product(self, x):
+        # symmetric: J x = Jᵀ x = d ⊙ (x' − v·x'), x' centred on the largest d (one kernel pass)
+        if x.dtype == self.dtype:
+            return _kernels.simplex_vjp(self.d, self.v, x)
+        return diag_minus_rank_one(self.d, self.v, self.u, center_on_largest(x, self.d))
+
     def jvp(self, x):
-        return super().jvp(center_on_largest(self._check_vector(x, "v"), self.d))
+        return self._product(self._check_vector(x, "v"))
 
     def vjp(self, g):
-        return super().vjp(center_on_largest(self._check_vector(g, "g"), self.d))
+        return self._product(self._check_vector(g, "g"))
 
     def _take(self, rows):
         diagonal = None if self._diagonal is None else _rows2d(self._diagonal)[rows]

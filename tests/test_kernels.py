@@ -290,6 +290,20 @@ def test_softmax_and_log_softmax_match_numpy_and_long_double(dtype, rng):
         _check_ulps(ls, lref, exact, dtype, f"log_softmax {name}")
 
 
+def _ld_centred_vjp(s, g):
+    """``s ⊙ (g − s·g)`` in long double, written without cancellation: ``s_k Σ_j s_j (g_k − g_j)``
+    (``g − s·g`` itself, in long double, keeps only eps_LD·|g| of a confident row's result)."""
+    return s * np.einsum("...j,...kj->...k", s, g[..., :, None] - g[..., None, :])
+
+
+def _centred_scale(s, g):
+    """What the round-off of ``s ⊙ (g' − s·g')`` scales with, entry by entry, for ``g'`` the
+    gradient centred on its entry of largest ``s`` (both kernels' form):
+    ``s ⊙ (|g'| + s·|g'|)``."""
+    gc = g - np.take_along_axis(g, s.argmax(axis=-1)[..., None], axis=-1)
+    return s * (np.abs(gc) + (s * np.abs(gc)).sum(axis=-1, keepdims=True))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("T", [1.0, 0.5])
 def test_softmax_vjp_matches_numpy_and_long_double(dtype, T, rng):
@@ -299,9 +313,8 @@ def test_softmax_vjp_matches_numpy_and_long_double(dtype, T, rng):
             out, ref = numba_impl.softmax_vjp(x, g, T), numpy_impl.softmax_vjp(x, g, T)
         s = np.exp(_ld_log_softmax(x))
         gl = g.astype(LD)
-        exact = s * (gl - (s * gl).sum(axis=-1, keepdims=True)) / LD(T)
-        # s ⊙ (g − s·g): the subtraction cancels; errors scale with s (|g| + |s·g|)
-        scale = s * (np.abs(gl) + np.abs((s * gl).sum(axis=-1, keepdims=True))) / LD(T)
+        exact = _ld_centred_vjp(s, gl) / LD(T)
+        scale = _centred_scale(s, gl) / LD(T)
         _assert_close_at_scale(out, exact, scale, dtype, 16, f"softmax_vjp {name}", ref)
     one = rng.normal(size=(5, 1)).astype(dtype)
     assert np.array_equal(numba_impl.softmax_vjp(one, one), np.zeros_like(one))
@@ -449,13 +462,12 @@ def test_softmax_vjp_with_a_factor_matches_numpy_and_long_double(dtype, T, rng):
     g = rng.normal(size=x.shape).astype(dtype)
     s = np.exp(_ld_log_softmax(x))
     gl = g.astype(LD)
-    dot = (s * gl).sum(axis=-1, keepdims=True)
     for factor in (dtype(0.25), rng.uniform(0.1, 3.0, size=x.shape[:-1]).astype(dtype)):
         with np.errstate(**RAISE):
             out, ref = numba_impl.softmax_vjp(x, g, T, factor), numpy_impl.softmax_vjp(x, g, T, factor)
         f = (np.asarray(factor, dtype) / dtype(T)).astype(LD)[..., None] if np.ndim(factor) else LD(np.asarray(factor, dtype) / dtype(T))
-        exact = f * s * (gl - dot)
-        scale = np.abs(f) * s * (np.abs(gl) + np.abs(dot))
+        exact = f * _ld_centred_vjp(s, gl)
+        scale = np.abs(f) * _centred_scale(s, gl)
         _assert_close_at_scale(out, exact, scale, dtype, 16, f"softmax_vjp factor {np.ndim(factor)}-d", ref)
 
 

@@ -27,6 +27,7 @@ INTERFACE = (
     "softmax",
     "log_softmax",
     "softmax_vjp",
+    "simplex_vjp",
     "ce_index",
     "ce_coefficients",
     "sigmoid_bce_plain",
@@ -115,6 +116,12 @@ def softmax_vjp(x, g, temperature=1.0, factor=None):
     """``f · s ⊙ (g − s·g) / T`` with ``s = softmax(x)`` (``x`` the scaled logits), shape of
     ``x``; ``factor`` f a scalar or one per row, shape ``x.shape[:-1]`` (default 1)."""
     return _impl().softmax_vjp(x, g, temperature, factor)
+
+
+def simplex_vjp(w, v, x):
+    """``w ⊙ (x' − v·x')`` with ``x'`` centred on the entry of the largest ``w``:
+    ``(diag(w) − w vᵀ) x`` for ``Σv = 1``, rows (..., K) of one dtype."""
+    return _impl().simplex_vjp(w, v, x)
 
 
 def ce_index(x, idx, valid, scale):

@@ -30,7 +30,7 @@ import numpy as np
 
 from .._math import EXP_SAFE_BOUND, RATIO_MAX_EXP, row_chunks, scratch
 from . import INTERFACE
-from .numba_math import expw, jit, log1p64, log1p_unit, log64
+from .numba_math import _as_f64, _as_i64, expw, jit, log1p64, log1p_unit, log64
 
 __all__ = ["target", *INTERFACE]
 
@@ -294,18 +294,109 @@ def log_softmax(x):
     return out
 
 
+@jit(**_SUMS)
+def _at_max(er, gr, m):
+    """``gr[k]`` at the first k where ``er[k] == m`` (the row's maximum), else ``gr[0]``: a
+    masked sum (one term when the maximum is unique, exact) and a search only on a tie."""
+    t = 0.0
+    c = 0
+    for k in range(er.size):
+        eq = er[k] == m
+        t += gr[k] if eq else 0.0
+        c += eq
+    if c == 1:
+        return t
+    for k in range(er.size):
+        if er[k] == m:
+            return gr[k]
+    return gr[0]
+
+
+@jit(**_SUMS)
+def _max_bits(er):
+    """The int64 bits of ``max(er)`` for entries >= 0 (NaN included: larger than any number),
+    whose bits are ordered as their values: an integer maximum, which vectorizes."""
+    mb = 0
+    for k in range(er.size):
+        mb = max(mb, _as_i64(np.float64(er[k])))
+    return mb
+
+
+@jit(**_SUMS)
+def _sums_and_centres(ec, gc, s, m, gt):
+    """``s[i] = Σ_k ec[i, k]`` (as :func:`_row_sums`) and ``gt[i]``: ``gc[i]`` at the first
+    largest entry of ``ec[i] >= 0`` (what :func:`jacobians._math.softmax_vjp` centres on);
+    ``m`` a work buffer. Short rows run across the rows of a chunk (the sums, and ``gc`` at
+    the running maximum by selects, in one pass); long rows take the sum and the maximum in
+    one pass (the maximum of the bits: see :func:`_max_bits`), then :func:`_at_max`."""
+    r, K = ec.shape
+    if K < SHORT_ROWS:
+        for i in range(r):
+            s[i] = 0.0
+            m[i] = -np.inf
+            gt[i] = gc[i, 0]
+        for k in range(K):
+            for i in range(r):
+                v = ec[i, k]
+                s[i] += v
+                top = v > m[i]
+                m[i] = v if top else m[i]
+                gt[i] = gc[i, k] if top else gt[i]
+        return
+    for i in range(r):
+        er = ec[i]
+        t = 0.0
+        mb = 0
+        for k in range(K):
+            v = er[k]
+            t += v
+            mb = max(mb, _as_i64(v))
+        s[i] = t
+        gt[i] = _at_max(er, gc[i], _as_f64(mb))
+
+
+@jit(**_SUMS)
+def _centres(v, x, xt):
+    """``xt[i]``: ``x[i]`` at the first largest entry of ``v[i] >= 0``."""
+    for i in range(v.shape[0]):
+        xt[i] = _at_max(v[i], x[i], _as_f64(_max_bits(v[i])))
+
+
+@jit(**_SUMS)
+def _centred_dots(ec, gc, gt, dot):
+    """``dot[i] = Σ_k ec[i, k] (gc[i, k] − gt[i])`` (short rows across the rows of a chunk, as
+    :func:`_row_sums`)."""
+    r, K = ec.shape
+    if K < SHORT_ROWS:
+        for i in range(r):
+            dot[i] = 0.0
+        for k in range(K):
+            for i in range(r):
+                dot[i] += ec[i, k] * (gc[i, k] - gt[i])
+    else:
+        for i in range(r):
+            er, gr, c = ec[i], gc[i], gt[i]
+            t = 0.0
+            for k in range(K):
+                t += er[k] * (gr[k] - c)
+            dot[i] = t
+
+
 @jit(**_EXACT)
-def _vjp_rows(ec, gc, s, dot, f, frows, out):
-    """``out[i] = f_i · s_i ⊙ (gc[i] − s_i·gc[i])`` with ``s_i = ec[i] / s[i]``: one division a
-    row (``s·g = (e·g)/Σe``), the softmax entries as ``e_k · (1/Σe)``; ``f_i = frows[i]``,
-    or ``f`` when ``frows`` is empty (the factor over T, as numpy's kernel rounds it)."""
+def _vjp_rows(ec, gc, s, gt, dot, f, frows, out):
+    """``out[i] = f_i · s_i ⊙ (g' − s_i·g')`` with ``g' = gc[i] − gt[i]`` (``gt[i]`` the entry of
+    the largest s: see :func:`jacobians._math.softmax_vjp`) and ``s_i = ec[i] / s[i]``: one
+    division a row (``s·g' = (e·g')/Σe``), the softmax entries as ``e_k · (1/Σe)``;
+    ``f_i = frows[i]``, or ``f`` when ``frows`` is empty (the factor over T, as numpy's kernel
+    rounds it)."""
     for i in range(ec.shape[0]):
         inv = 1.0 / s[i]
         d = dot[i] / s[i]
         c = inv * (frows[i] if frows.size else f)
+        t = gt[i]
         er, gr, orow = ec[i], gc[i], out[i]
         for k in range(er.size):
-            orow[k] = (er[k] * c) * (gr[k] - d)
+            orow[k] = (er[k] * c) * ((gr[k] - t) - d)
 
 
 @jit(**_EXACT)
@@ -313,15 +404,17 @@ def _softmax_vjp(x, shift, bound, g, f, frows, R, like, out):
     e = np.empty((R, x.shape[1]))
     s = np.empty(R)
     dot = np.empty(R)
+    gt = np.empty(R)
+    q = np.empty(R)
     for a in range(0, x.shape[0], R):
         ec, bad = _exp_chunk(x, a, shift, bound, like, e)
         if bad:
             return False
         r = ec.shape[0]
         gc = g[a : a + r]
-        _row_sums(ec, _NO_SKIP, _NO_WEIGHTS, s)
-        _row_sums(ec, _NO_SKIP, gc, dot)
-        _vjp_rows(ec, gc, s, dot, f, frows[a : a + r] if frows.size else frows, out[a : a + r])
+        _sums_and_centres(ec, gc, s, q, gt)
+        _centred_dots(ec, gc, gt, dot)
+        _vjp_rows(ec, gc, s, gt, dot, f, frows[a : a + r] if frows.size else frows, out[a : a + r])
     return True
 
 
@@ -342,6 +435,30 @@ def softmax_vjp(x, g, temperature=1.0, factor=None):
     if x2.size:
         _shifted_if_needed(_softmax_vjp, x2, _rows(g), fs, frows, _chunk_rows(x2.shape[1]), x.dtype.type(0),
                            out.reshape(x2.shape))
+    return out
+
+
+@jit(**_EXACT)
+def _simplex_vjp(w, v, x, R, xt, dot, out):
+    n, K = w.shape
+    for a in range(0, n, R):
+        r = min(n - a, R)
+        vc, xc, oc = v[a : a + r], x[a : a + r], out[a : a + r]
+        _centres(vc, xc, xt)
+        _centred_dots(vc, xc, xt, dot)
+        for i in range(r):
+            t, d = xt[i], dot[i]
+            wr, xr, orow = w[a + i], xc[i], oc[i]
+            for k in range(K):
+                orow[k] = wr[k] * ((xr[k] - t) - d)
+
+
+def simplex_vjp(w, v, x):
+    x2 = _rows(x)
+    out = np.empty(x.shape, dtype=x.dtype)
+    if x2.size:
+        R = _chunk_rows(x2.shape[1])
+        _simplex_vjp(_rows(w), _rows(v), x2, R, np.empty(R), np.empty(R), out.reshape(x2.shape))
     return out
 
 

@@ -41,6 +41,14 @@ def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0, factor=N
     return _math.softmax_vjp(x, g, temperature, factor)
 
 
+def simplex_vjp(w: np.ndarray, v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``w ⊙ (x' − v·x')`` per row, ``x' = x − x_c`` centred on the entry ``c`` of the largest
+    ``w`` (first of equals): ``(diag(w) − w vᵀ) x`` for ``Σv = 1``, the product of every
+    simplex map's Jacobian (:func:`jacobians._math.simplex_vjp`). ``w``, ``v``, ``x`` (n, K)
+    of one dtype."""
+    return _math.simplex_vjp(w, v, x)
+
+
 def ce_index(x: np.ndarray, idx: np.ndarray, valid: np.ndarray | None, scale) -> tuple[np.ndarray, np.ndarray]:
     """Cross-entropy of rows ``x`` (n, K) with target indices ``idx`` (n,): ``(values, g)``.
 
