@@ -322,9 +322,11 @@ class DiagonalPlusRankOne(JacobianOperator):
 
     def _dense_rows(self, rows, out):
         # numpy: einsum slab by slab; numba: one pass (see _kernels.dense_diag_minus_rank_one);
-        # a projector's (or a given) exact diagonal replaces d_j − u_j v_j
+        # a given exact diagonal, or a projector's d ⊙ complement_sums(v) (the kernels take it
+        # row by row, in the pass that writes the row), replaces d_j − u_j v_j
         u, v, d = _rows2d(self.u)[rows], _rows2d(self.v)[rows], _rows2d(self.d)[rows]
-        _kernels.dense_diag_minus_rank_one(d, u, v, out, self._exact_diagonal(rows))
+        exact = None if self._diagonal is None else _rows2d(self._diagonal)[rows]
+        _kernels.dense_diag_minus_rank_one(d, u, v, out, exact, projector=self.projector)
 
     def jvp(self, x):
         # d ⊙ x − u (v·x), one allocation
