@@ -291,7 +291,8 @@ class DiagonalPlusRankOne(JacobianOperator):
     (``v_k`` near 1) ``d_k − d_k v_k`` would keep only the rounding of the difference.
     ``diagonal`` passes that accurate diagonal ``d − u ⊙ v`` directly instead. The dense
     form then holds that exact diagonal (both kernel sets write it over the diagonal
-    entries, after the off-diagonal ones).
+    entries, after the off-diagonal ones; the compiled kernels take a projector's complement
+    sums row by row in the pass that writes the row, bitwise equal to numpy's).
     """
 
     def __init__(self, d, u, v, *, projector: bool = False, diagonal=None):
