@@ -19,7 +19,9 @@ Sections, each a table: every group is one size and dtype, measured side by side
   Jacobian build ``act.jacobian(z)`` (same diagonal-minus-rank-one structure, same size),
   torch's ``vmap(hessian(per-sample loss))`` (one thread and default threads) and JAX's
   ``jit(vmap(hessian))``; ``head.hvp(z, y, v)`` against ``head.grad(z, y)``; the factor
-  ``head.sqrt_ggn(z, y)`` against the same dense build and BackPACK's ``sqrt_hessian``.
+  ``head.sqrt_ggn(z, y)`` against the same dense build and BackPACK's ``sqrt_hessian``;
+  at 1024 × 50,304 (a language model's vocabulary) the structured ``head.hessian_operator(z, y)``
+  and ``head.hvp`` against one softmax ``act(z)`` (target: ≤ 1.5×, issue 24).
 * ``last_layer`` — softmax + CE through a linear layer, N = 50,000, D = 128, K = 10:
   ``jac.linear_curvature(structure='full')`` against the one BLAS product ``UᵀU`` its
   rank-one parts come to, torch's ``func.hessian`` in θ and BackPACK's ``SqrtGGNExact``;
@@ -305,6 +307,24 @@ def _second_order_cases(N, K, dtype, peers):
         cases.append(Case("backpack CrossEntropyLoss sqrt_hessian", P.backpack_sqrt_hessian(z, y), kind="peer",
                           column="backpack sqrt_hessian"))
     return cases
+
+
+def _operator_cases(N, K, dtype, peers):
+    """The structured Hessian at a vocabulary-sized K: building it should cost about one
+    softmax (issue 24: it held three full-size arrays and took 10× ``head.hvp``)."""
+    z, v = _data(N, K, dtype)
+    y = np.random.default_rng(1).integers(0, K, size=N)
+    act = jac.Softmax()
+    head = jac.Head(act, jac.CrossEntropy())
+    out = np.empty_like(z)
+    return [
+        Case("one pass: np.exp(z, out=)", lambda: np.exp(z, out=out), kind="limit", column="1 exp pass"),
+        Case("head.hessian_operator(z, y)", lambda: head.hessian_operator(z, y), limit="1 exp pass",
+             targets={"softmax": 1.5}),
+        Case("head.hvp(z, y, v)", lambda: head.hvp(z, y, v), limit="1 exp pass"),
+        Case("act(z): one softmax, the reference of ×softmax", lambda: act(z), kind="ref", column="softmax",
+             limit="1 exp pass"),
+    ]
 
 
 # -- last layer -----------------------------------------------------------------------------
@@ -663,6 +683,8 @@ def plan(*, sections, dtypes, quick, peers) -> list[Group]:
                 _group("second_order", N, K, dtype, functools.partial(_second_order_cases, N, K, dtype, peers))
                 for N, K in big
             ]
+            N, K = (256, 8192) if quick else (1024, 50_304)  # a language model's vocabulary
+            groups.append(_group("second_order", N, K, dtype, functools.partial(_operator_cases, N, K, dtype, peers)))
         if "last_layer" in sections:
             N, D, K, peer_rows = (5000, 32, 10, 1000) if quick else (50_000, 128, 10, 5000)
             groups.append(Group(section="last_layer", size=f"{N}x{D},K={K}", dtype=dtype,

@@ -291,7 +291,8 @@ class DiagonalPlusRankOne(JacobianOperator):
     (``v_k`` near 1) ``d_k − d_k v_k`` would keep only the rounding of the difference.
     ``diagonal`` passes that accurate diagonal ``d − u ⊙ v`` directly instead. The dense
     form then holds that exact diagonal (both kernel sets write it over the diagonal
-    entries, after the off-diagonal ones).
+    entries, after the off-diagonal ones; the compiled kernels take a projector's complement
+    sums row by row in the pass that writes the row, bitwise equal to numpy's).
     """
 
     def __init__(self, d, u, v, *, projector: bool = False, diagonal=None):
@@ -322,9 +323,11 @@ class DiagonalPlusRankOne(JacobianOperator):
 
     def _dense_rows(self, rows, out):
         # numpy: einsum slab by slab; numba: one pass (see _kernels.dense_diag_minus_rank_one);
-        # a projector's (or a given) exact diagonal replaces d_j − u_j v_j
+        # a given exact diagonal, or a projector's d ⊙ complement_sums(v) (the kernels take it
+        # row by row, in the pass that writes the row), replaces d_j − u_j v_j
         u, v, d = _rows2d(self.u)[rows], _rows2d(self.v)[rows], _rows2d(self.d)[rows]
-        _kernels.dense_diag_minus_rank_one(d, u, v, out, self._exact_diagonal(rows))
+        exact = None if self._diagonal is None else _rows2d(self._diagonal)[rows]
+        _kernels.dense_diag_minus_rank_one(d, u, v, out, exact, projector=self.projector)
 
     def jvp(self, x):
         # d ⊙ x − u (v·x), one allocation
@@ -490,10 +493,49 @@ class SimplexBlock(DiagonalPlusRankOne):
             raise ValueError("a SimplexBlock needs d >= 0 and c >= 0")
         total_d = d.sum(axis=-1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
-            w = d * np.where(total_d > 0, np.sqrt(c / np.where(total_d > 0, total_d, 1)), 0)
-        super().__init__(c * d, w, w)
+            # √(c/Σd) per row (zero where Σd = 0): w = d ⊙ this
+            self._w_factor = np.where(total_d > 0, np.sqrt(c / np.where(total_d > 0, total_d, 1)), 0)
         self.c, self.weights, self.total = np.broadcast_to(c, total_d.shape), d, total_d
+        self.batch_shape, self.size, self.dtype = d.shape[:-1], d.shape[-1], d.dtype
+        self.projector, self._diagonal = False, None
         self._root_d = None if root_d is None else as_float_array(root_d, "root_d", like=d)
+        # c d and w (each the size of d) are made when first asked for: building the block
+        # costs one pass over d (its sum), not three full-size arrays
+        self._cd = self._w = None
+
+    @property
+    def d(self) -> np.ndarray:
+        """``c d``, the diagonal part (computed when first asked for)."""
+        if self._cd is None:
+            self._cd = self.c * self.weights
+        return self._cd
+
+    @property
+    def u(self) -> np.ndarray:
+        """``w = d √(c/Σd)`` (computed when first asked for); ``v`` is the same array."""
+        if self._w is None:
+            self._w = self.weights * self._w_factor
+        return self._w
+
+    v = u
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays held: d (and ``c d``, ``w`` once a product has made them)."""
+        held = [self.weights, self.total, self._w_factor, self._cd, self._w, self._root_d]
+        return sum(x.nbytes for x in held if x is not None)
+
+    def _dense_rows(self, rows, out):
+        # w and c d of these rows only (the same products as the full arrays', row by row)
+        d = _rows2d(self.weights)[rows]
+        w = d * self._w_factor.reshape(-1, 1)[rows]
+        c = self.c.reshape(-1, 1)[rows] if self.c.ndim > 1 else self.c
+        _kernels.dense_diag_minus_rank_one(c * d, w, w, out, self._exact_diagonal(rows))
+
+    def _take(self, rows):
+        c = self.c.reshape(-1)[rows] if self.c.ndim > 1 else self.c.reshape(())
+        root = None if self._root_d is None else _rows2d(self._root_d)[rows]
+        return SimplexBlock(_rows2d(self.weights)[rows], c, root)
 
     def _exact_diagonal(self, rows=slice(None)):
         """``c d_k Σ_{i≠k} d_i / Σd``: no cancellation (a one-hot d gives exact zeros)."""

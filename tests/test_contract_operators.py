@@ -215,3 +215,36 @@ def test_operator_errors(rng):
         jac.DiagonalPlusRankOne(np.zeros((2, 3)), np.zeros((2, 4)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"J must have shape \(\.\.\., K, K\)"):
         jac.DenseJacobian(np.zeros((2, 3, 4)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_simplex_block_is_built_from_d_alone_and_its_rows_keep_the_exact_diagonal(dtype, rng):
+    """A SimplexBlock holds d (and its row sums) until a product asks for ``c d`` and
+    ``w``; its dense blocks, products and row blocks are ``c (diag(d) − d dᵀ/Σd)`` built by
+    hand in long double, the diagonal (confident rows: d near one-hot) to a few ulp."""
+    N, K = 6, 9
+    z = rng.normal(size=(N, K)) * 4
+    z[:3, 2] += 40  # confident rows: 1 − p_2 far below eps
+    d = readonly(jac.Softmax()(z).astype(dtype))
+    c = readonly(rng.uniform(0.5, 2.0, size=N).astype(dtype))
+    op = jac.SimplexBlock(d, c)
+    assert op.nbytes < 2 * d.nbytes  # no full-size c d or w yet
+    dl, cl = d.astype(np.longdouble), c.astype(np.longdouble)[:, None, None]
+    total = dl.sum(-1)[:, None, None]
+    ref = -cl * np.einsum("nj,nk->njk", dl, dl) / total
+    others = np.array([[np.delete(row, k).sum() for k in range(K)] for row in dl])  # Σ_{i≠k} d_i, directly
+    np.einsum("njj->nj", ref)[...] = cl[:, :, 0] * dl * others / total[:, :, 0]
+    eps, tiny = np.finfo(dtype).eps, np.finfo(dtype).tiny  # below tiny: subnormal products
+    scale = cl * dl[:, :, None] * dl[:, None, :] + cl * np.einsum("nj,jk->njk", dl, np.eye(K))
+    for part, rows in ((op, slice(None)), (op[2:5], slice(2, 5))):
+        assert isinstance(part, jac.SimplexBlock) and part.dtype == dtype
+        dense = part.dense()
+        assert np.all(np.abs(dense - ref[rows]) <= 8 * eps * scale[rows] + tiny)
+        diag = np.einsum("njj->nj", ref[rows])  # relative to itself: no cancellation allowed
+        assert np.all(np.abs(np.einsum("njj->nj", dense) - diag) <= 8 * eps * np.abs(diag))
+        np.testing.assert_array_equal(dense, op.dense()[rows])
+    v = rng.normal(size=(N, K)).astype(dtype)
+    exact = np.einsum("njk,nk->nj", ref, v.astype(np.longdouble))
+    bound = 16 * eps * np.einsum("njk,nk->nj", scale, np.abs(v.astype(np.longdouble))) + K * tiny
+    assert np.all(np.abs(op @ v - exact) <= bound) and np.all(np.abs(v @ op - exact) <= bound)
+    assert op.nbytes >= 3 * d.nbytes  # the products made c d and w, and keep them

@@ -455,6 +455,38 @@ def test_dense_builds_with_an_exact_diagonal_are_bitwise_equal(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K", [1, 3, 8, 100, 129, 300, 1031])
+def test_dense_builds_of_a_projector_take_the_complement_sums_per_row(dtype, K, rng):
+    """``projector=True``: the kernels compute the diagonal ``d_j Σ_{i≠j} v_j`` themselves,
+    row by row (numba: numpy's pairwise summation replayed, blocks of 128 and halvings
+    past them), bitwise equal to numpy's ``d * complement_sums(v)``, confident rows (the
+    sum without the top entry taken directly), ties, a zero row and a NaN row included."""
+    z = rng.normal(size=(8, K)) * 3
+    z[:3, K // 2] += 40 if dtype == np.float64 else 20  # confident: 1 − v_top far below eps
+    z[3, :] = 0.0  # ties: the first largest entry is the top
+    v = np.exp(z - z.max(-1, keepdims=True))
+    v = (v / v.sum(-1, keepdims=True)).astype(dtype)
+    v[4] = 0
+    v[5, 0] = np.nan
+    d = (rng.random((8, K)) + 0.5).astype(dtype)
+    exact = d * _math.complement_sums(v)
+    a, b = np.full((8, K, K), 7, dtype), np.full((8, K, K), 7, dtype)
+    with np.errstate(invalid="ignore"):
+        numba_impl.dense_diag_minus_rank_one(d, d, v, a, projector=True)
+        numpy_impl.dense_diag_minus_rank_one(d, d, v, b, projector=True)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.einsum("ijj->ij", a), exact)
+    off = ~np.eye(K, dtype=bool)
+    np.testing.assert_array_equal(a[:, off], (d[:, :, None] * -v[:, None, :])[:, off])
+    # the diagonal against long double: Σ_{i≠j} v_i summed without v_j, then times d_j
+    vl = v[:4].astype(LD)
+    others = vl.sum(-1, keepdims=True) - vl
+    top = vl.argmax(-1)
+    others[np.arange(4), top] = [np.delete(row, t).sum() for row, t in zip(vl, top)]
+    _assert_ulps(np.einsum("ijj->ij", a)[:4], d[:4].astype(LD) * others, dtype, 2 + K / 64, "projector diagonal")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("T", [1.0, 0.5])
 def test_softmax_vjp_with_a_factor_matches_numpy_and_long_double(dtype, T, rng):
     """``f · s ⊙ (g − s·g) / T`` with a scalar factor or one per row (the curvature's HVP)."""

@@ -144,10 +144,11 @@ def sigmoid_bce_weighted(z, y, py):
     return _impl().sigmoid_bce_weighted(z, y, py)
 
 
-def dense_diag_minus_rank_one(d, u, v, out, exact=None):
+def dense_diag_minus_rank_one(d, u, v, out, exact=None, projector=False):
     """Write ``diag(d_n) − u_n v_nᵀ`` into ``out`` (n, K, K) for rows ``d, u, v`` (n, K); the
-    diagonal entries are ``exact`` (rows (n, K)) instead when given."""
-    return _impl().dense_diag_minus_rank_one(d, u, v, out, exact)
+    diagonal entries are ``exact`` (rows (n, K)) instead when given, else with ``projector``
+    ``d ⊙ complement_sums(v)`` (``v`` a distribution), computed by the kernel."""
+    return _impl().dense_diag_minus_rank_one(d, u, v, out, exact, projector)
 
 
 def dense_diagonal(d, out):

@@ -216,10 +216,12 @@ def _slabs(out: np.ndarray):
                 yield slice(i, i + 1), slice(j, j + rows)
 
 
-def dense_diag_minus_rank_one(d: np.ndarray, u: np.ndarray, v: np.ndarray, out: np.ndarray, exact=None) -> None:
+def dense_diag_minus_rank_one(d: np.ndarray, u: np.ndarray, v: np.ndarray, out: np.ndarray, exact=None,
+                              projector: bool = False) -> None:
     """Write ``diag(d_n) − u_n v_nᵀ`` into ``out[n]`` (shape (n, K, K)) for rows ``d, u, v`` (n, K);
-    with ``exact`` (rows (n, K)) the diagonal entries are ``exact`` instead of ``d_j − u_j v_j``
-    (a projector's diagonal without cancellation, see :class:`~jacobians.DiagonalPlusRankOne`).
+    with ``exact`` (rows (n, K)) the diagonal entries are ``exact`` instead of ``d_j − u_j v_j``;
+    with ``projector`` (and no ``exact``) they are ``d ⊙`` :func:`~jacobians._math.complement_sums`
+    of ``v`` (a projector's diagonal without cancellation, see :class:`~jacobians.DiagonalPlusRankOne`).
 
     ``einsum('ij,ik->ijk', u, -v)`` writes the rank-one part, then ``d`` is added onto the
     writable diagonal view ``einsum('ijj->ij', J)``. einsum writes a slab in two passes
@@ -227,6 +229,9 @@ def dense_diag_minus_rank_one(d: np.ndarray, u: np.ndarray, v: np.ndarray, out: 
     :data:`DENSE_BLOCK_BYTES` keep all three in the core's cache, so memory sees one write
     of each entry.
     """
+    if exact is None and projector:
+        exact = _math.complement_sums(v)
+        exact *= d
     nv = np.negative(v)
     for samples, js in _slabs(out):
         np.einsum("ij,ik->ijk", u[samples, js], nv[samples], out=out[samples, js])
