@@ -21,7 +21,7 @@ Sections, each a table: every group is one size and dtype, measured side by side
   ``jit(vmap(hessian))``; ``head.hvp(z, y, v)`` against ``head.grad(z, y)``; the factor
   ``head.sqrt_ggn(z, y)`` against the same dense build and BackPACK's ``sqrt_hessian``;
   at 1024 × 50,304 (a language model's vocabulary) the structured ``head.hessian_operator(z, y)``
-  and ``head.hvp`` against one softmax ``act(z)`` (target: ≤ 1.5×, issue 24).
+  and ``head.hvp`` against one softmax ``act(z)`` (target: ≤ 1.5×).
 * ``last_layer`` — softmax + CE through a linear layer, N = 50,000, D = 128, K = 10:
   ``jac.linear_curvature(structure='full')`` against the one BLAS product ``UᵀU`` its
   rank-one parts come to, torch's ``func.hessian`` in θ and BackPACK's ``SqrtGGNExact``;
@@ -38,9 +38,9 @@ Sections, each a table: every group is one size and dtype, measured side by side
   form) and ``Entmax(2.5)`` beside them.
 
 The limits are one-thread numpy operations that move the same bytes: the least any
-implementation must pay. Targets (from issues 5, 10, 11, 12, 13 and 14) are attached to our
-rows and reported as met or not met: issue 5's fused and Jacobian targets with the numpy
-kernels, issue 13's with the compiled ones (``fast`` extra: every fused row ≤ 0.8× torch and
+implementation must pay. Targets are attached to our
+rows and reported as met or not met: the fused and Jacobian targets with the numpy
+kernels, the tighter ones with the compiled ones (``fast`` extra: every fused row ≤ 0.8× torch and
 ≤ 1.0× JAX, ``act.vjp`` ≤ 0.8× torch with one thread).
 """
 
@@ -81,7 +81,7 @@ PAIRS = {
 }
 
 
-#: the compiled kernels (numba) have the tighter targets of issue 13
+#: the compiled kernels (numba) have tighter targets
 COMPILED = jac.kernels() == "numba"
 
 
@@ -280,7 +280,7 @@ def _second_order_cases(N, K, dtype, peers):
     act = jac.Softmax()
     head = jac.Head(act, jac.CrossEntropy())
     out = np.empty_like(z)
-    # the issue's targets: ratios of medians, ≥ 10× faster is ≤ 0.1
+    # the targets: ratios of medians, ≥ 10× faster is ≤ 0.1
     beat = {c: 0.1 for c in ("torch vmap(hessian)", "torch vmap(hessian) 1 thread", "jax vmap(hessian)")}
     cases = [
         Case("np.ones((N, K, K))", lambda: np.ones((N, K, K), dtype=dtype), kind="limit", column="np.ones"),
@@ -311,7 +311,7 @@ def _second_order_cases(N, K, dtype, peers):
 
 def _operator_cases(N, K, dtype, peers):
     """The structured Hessian at a vocabulary-sized K: building it should cost about one
-    softmax (issue 24: it held three full-size arrays and took 10× ``head.hvp``)."""
+    softmax (it once held three full-size arrays and took 10× ``head.hvp``)."""
     z, v = _data(N, K, dtype)
     y = np.random.default_rng(1).integers(0, K, size=N)
     act = jac.Softmax()
@@ -496,7 +496,7 @@ def _dask_cases(what, N, K, dtype, n_chunks, cluster, target=None):
     """``what``: ``'grad'`` (dE/dz, (N, K)), ``'hessian'`` (the blocks, (N, K, K)), or
     ``'hessian.sum()'`` (the blocks built and summed chunk by chunk, never held at once;
     numpy does the same row blocks in a loop, with the whole batch's denominator).
-    ``target``: the largest ratio of the one-chunk ``.compute()`` row to numpy (issue 12)."""
+    ``target``: the largest ratio of the one-chunk ``.compute()`` row to numpy ."""
     import dask
     import dask.array as da
 
@@ -608,7 +608,7 @@ DASK_NOTES = {
     "sum": "hessian.sum(): the blocks are built and summed chunk by chunk, never held at once; numpy sums "
     "the same row blocks in a loop (loss.with_denominator(N))",
 }
-#: issue 12: the dask path at one chunk within 1.2× of numpy at 10⁶ × 100 (head.grad)
+#: the dask path at one chunk within 1.2× of numpy at 10⁶ × 100 (head.grad)
 DASK_TARGETS = {("grad", 10**6, 100): 1.2}
 
 
@@ -692,7 +692,7 @@ def plan(*, sections, dtypes, quick, peers) -> list[Group]:
                                 note=f"peers: timed on the first {peer_rows:,} rows (a loop over row chunks, linear in N), "
                                      "times scaled to N; 'vs ours': their largest difference from our result on those "
                                      "rows over its largest entry"))
-            # the memory run: float32 as measured for the issue (float64 only when float32 is not asked for)
+            # the memory run: float32 as measured for the targets (float64 only when float32 is not asked for)
             if quick or dtype == "float32" or "float32" not in dtypes:
                 N, D, K, mb, repeats = (4000, 32, 50, 32 << 20, 2) if quick else (200_000, 64, 100, 256 << 20, 1)
                 groups.append(Group(section="last_layer", size=f"{N}x{D},K={K}", dtype=dtype,

@@ -346,7 +346,7 @@ def format_section(section: str, title: str, groups: list[tuple[Group, list[dict
 
 
 def format_targets(results: list[dict]) -> str:
-    """The targets of the issue, each with its measured ratio, met or not."""
+    """The targets, each with its measured ratio, met or not."""
     lines = ["== targets (ratio = our median ÷ the reference's, same run)"]
     for r in results:
         for t in r.get("target_results", []):
