@@ -269,7 +269,7 @@ def reduction_factor(head, z, y, dtype, *, value: bool = True):
         return 1
     if not value:
         d = denominator(loss, _loss_input(head, z, y), y)
-        return mean_scale(d, dtype) if not is_dask(d) else da.where(d == 0, 0, 1 / d).astype(dtype)
+        return mean_scale(d, dtype) if not is_dask(d) else da.where(d == 0, 0, 1 / da.where(d == 0, 1, d)).astype(dtype)
     return scale_of(loss, _loss_input(head, z, y), y, dtype)
 
 

@@ -133,3 +133,18 @@ def test_every_activation_on_an_empty_batch(name):
     assert act.vjp(z, z).shape == (0, K) and act.jvp(z, z).shape == (0, K)
     op = act.jacobian_operator(z)
     assert (z @ op).shape == (0, K) and (op @ z).shape == (0, K) and op.dense().shape == (0, K, K)
+
+
+def test_every_target_ignored_on_dask(rng):
+    """The denominator summed lazily from the targets is 0: the curvature is 0 without a
+    division by zero inside dask (the suite turns numpy's warnings into errors)."""
+    da = pytest.importorskip("dask.array", reason="the dask extra")
+    head = jac.Head(jac.Softmax(), jac.CrossEntropy(ignore_index=-1))
+    z, y = da.from_array(rng.normal(size=(3, K)), chunks=(1, K)), da.from_array(np.full(3, -1), chunks=1)
+    X = da.from_array(rng.normal(size=(3, D)), chunks=(1, D))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyMeanWarning)  # ours is expected; numpy's would fail
+        for structure in ("full", "diag"):
+            assert not jac.linear_curvature(X, head, z, y, structure=structure).compute().any()
+        assert not jac.linear_curvature(X, head, z, y, structure="kron").A.compute().any()
+        assert not head.grad(z, y).compute().any()
