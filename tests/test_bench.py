@@ -76,8 +76,8 @@ def test_the_dask_section_on_a_local_cluster():
     """The dask section's rows at the quick sizes with its LocalCluster (left out of --quick):
     every row timed, the 2-worker rows with their ratio to the 1-worker ones, the cluster
     closed at the end."""
-    pytest.importorskip("dask.array")
-    pytest.importorskip("distributed")
+    pytest.importorskip("dask.array", reason="the dask extra is not installed: python -m pip install -e '.[dask]'")
+    pytest.importorskip("distributed", reason="the dask extra is not installed: python -m pip install -e '.[dask]'")
     suite = bench.load_suite(REPO / "benchmarks")
     groups = suite.dask_groups("float64", quick=True, cluster=True)
     assert {g.size.split(" ", 1)[1] for g in groups} == {"grad", "hessian", "hessian.sum()"}

@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-da = pytest.importorskip("dask.array")
-dask = pytest.importorskip("dask")
-distributed = pytest.importorskip("distributed")
+da = pytest.importorskip("dask.array", reason="the dask extra is not installed: python -m pip install -e '.[dask]'")
+dask = pytest.importorskip("dask", reason="the dask extra is not installed: python -m pip install -e '.[dask]'")
+distributed = pytest.importorskip("distributed", reason="the dask extra is not installed: python -m pip install -e '.[dask]'")
 
 from conftest import head_methods, head_targets  # noqa: E402
 

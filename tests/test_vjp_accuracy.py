@@ -130,7 +130,7 @@ def _kernel_sets():
     try:
         from jacobians._kernels import numba_impl
     except ImportError:
-        sets.append(pytest.param(None, id="numba", marks=pytest.mark.skip(reason="numba is not installed")))
+        sets.append(pytest.param(None, id="numba", marks=pytest.mark.skip(reason="the fast extra (numba) is not installed")))
     else:
         sets.append(pytest.param(numba_impl, id="numba"))
     return sets
