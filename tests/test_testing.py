@@ -156,8 +156,8 @@ def test_stepped_bisection_equals_a_plain_scalar_bisection(rng):
     for x in _reference_rows(rng):
         x = x - x.max()
         for power in (1.0, 2.0, 1 / 0.3, 1 / 1.7):
-            stepped = testing._bisect_threshold(x, lambda t, p=power: (np.maximum(x - t[:, None], 0.0) ** p).sum(axis=1))
-            plain = _scalar_bisection(x, lambda t, p=power: (np.maximum(x - t, 0.0) ** p).sum())
+            stepped = testing._bisect_threshold(x, lambda t, p=power, x=x: (np.maximum(x - t[:, None], 0.0) ** p).sum(axis=1))
+            plain = _scalar_bisection(x, lambda t, p=power, x=x: (np.maximum(x - t, 0.0) ** p).sum())
             assert abs(stepped - plain) <= 2 * np.spacing(abs(plain) + 1.0), (x, power, stepped, plain)
 
 

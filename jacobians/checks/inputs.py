@@ -126,18 +126,30 @@ def _row_distance(obj, x, y=None) -> tuple[np.ndarray | None, str | None]:
 
 def _head_distance(head: Head, z64, y) -> tuple[np.ndarray, list[str]]:
     """Per-row distance of ``(z, y)`` to the head's kinks (activation in z, loss in its input)."""
+    return _head_distance_and_input(head, z64, y)[:2]
+
+
+def _loss_input(head: Head, z64):
+    """What the head's loss sees at float64 logits: ``z64`` itself (a loss of the logits) or
+    the activation's output (None when it raises)."""
+    return z64 if head.logits_loss else _safe_call(head.activation, z64)
+
+
+def _head_distance_and_input(head: Head, z64, y):
+    """``(distance, names, x)``: :func:`_head_distance` and the loss's input ``x`` at ``z64``
+    (:func:`_loss_input`) it measured the loss's kinks at."""
     dist = np.full(z64.shape[:-1], np.inf)
     names = []
     d, name = _row_distance(head.activation, z64)
     if d is not None:
         dist, names = np.minimum(dist, d), [name]
-    x = z64 if head.logits_loss else _safe_call(head.activation, z64)
+    x = _loss_input(head, z64)
     if x is not None:
         yl = y.astype(np.float64) if np.asarray(y).dtype.kind == "f" else y
         d, name = _row_distance(head.loss_fn, x, yl)
         if d is not None:
             dist, names = np.minimum(dist, d), names + [name]
-    return dist, names
+    return dist, names, x
 
 
 def _target_kind(loss) -> str:
@@ -221,6 +233,13 @@ def example_inputs(obj, shape=DEFAULT_SHAPE, dtype=np.float64, seed=0, *, y=None
     >>> z.dtype, y.shape, y.dtype.kind
     (dtype('float32'), (4,), 'i')
     """
+    z, y, _ = _generate(obj, shape, dtype, seed, y)
+    return z if y is None else (z, y)
+
+
+def _generate(obj, shape, dtype, seed, y):
+    """:func:`example_inputs` as ``(z, y, x)``: y None for an activation, ``x`` what a
+    head's loss sees at ``z`` promoted to float64 (:func:`_loss_input`; None for an activation)."""
     shape, dt = _check_shape(shape), _check_dtype(dtype)
     rng = np.random.default_rng(seed)
     is_head = isinstance(obj, Head)
@@ -236,7 +255,7 @@ def example_inputs(obj, shape=DEFAULT_SHAPE, dtype=np.float64, seed=0, *, y=None
         zc = z.astype(dt).astype(np.float64)  # what the check will see
         yc = y.astype(dt) if y is not None and y.dtype.kind == "f" else y
         if is_head:
-            dist, _ = _head_distance(obj, zc, yc)
+            dist, _, x = _head_distance_and_input(obj, zc, yc)
         else:
             dist, _ = _row_distance(obj, zc)
         bad = np.zeros(shape[:-1], dtype=bool) if dist is None else ~(dist >= KINK_MARGIN)
@@ -253,8 +272,8 @@ def example_inputs(obj, shape=DEFAULT_SHAPE, dtype=np.float64, seed=0, *, y=None
         )
     z = z.astype(dt)
     if not is_head:
-        return z
-    return z, (y.astype(dt) if y.dtype.kind == "f" else y)
+        return z, None, None
+    return z, (y.astype(dt) if y.dtype.kind == "f" else y), x
 
 
 def extreme_inputs(obj, shape=(2, 3, 5), dtype=np.float64, seed=0):
@@ -318,6 +337,12 @@ def head_inputs(head, z, y, *, shape, dtype, rng) -> tuple[np.ndarray, np.ndarra
     generated clear of kinks when z is None (y kept when given: its shape sets the batch),
     else z as given (cast to ``dtype``) with targets generated when y is None, and a note
     when the inputs sit near a kink."""
+    return _head_inputs(head, z, y, shape=shape, dtype=dtype, rng=rng)[:3]
+
+
+def _head_inputs(head, z, y, *, shape, dtype, rng) -> tuple:
+    """:func:`head_inputs` and, fourth, what the loss sees at ``z`` promoted to float64
+    (:func:`_loss_input`, read-only; None when the activation raised), computed on the way."""
     from .._validation import as_float_array
 
     if z is None:
@@ -325,7 +350,7 @@ def head_inputs(head, z, y, *, shape, dtype, rng) -> tuple[np.ndarray, np.ndarra
         if y is not None:
             ya = np.asarray(y)
             shape = ya.shape + (_check_shape(shape)[-1],) if ya.dtype.kind in "iu" else ya.shape
-        z, y = example_inputs(head, shape=shape, dtype=dt, seed=rng, y=y)
+        z, y, x = _generate(head, shape, dt, rng, y)
         kink = ""
     else:
         z = as_float_array(z, "z")
@@ -333,7 +358,7 @@ def head_inputs(head, z, y, *, shape, dtype, rng) -> tuple[np.ndarray, np.ndarra
             z = z.astype(_check_dtype(dtype))
         if y is None:
             y = _make_targets(head.loss_fn, z.shape, rng)
-        dist, names = _head_distance(head, z.astype(np.float64), np.asarray(y))
+        dist, names, x = _head_distance_and_input(head, z.astype(np.float64), np.asarray(y))
         kink = _kink_note(names, dist)
     z = _readonly(z)
-    return z, prepare_targets(y, z), kink
+    return z, prepare_targets(y, z), kink, (None if x is None else _readonly(x))
