@@ -295,14 +295,18 @@ _softplus_sample = _elementwise(lambda act, z: np.logaddexp(0.0, z), lambda act,
 _GRID = np.arange(1, 64) / 64.0
 
 
-def _bisect_threshold(x: np.ndarray, mass: Callable[[np.ndarray], np.ndarray]) -> float:
+def _bisect_threshold(x: np.ndarray, mass: Callable[[np.ndarray], np.ndarray], support_only: bool = False) -> float:
     """τ in [max(x) − 1, max(x)] with ``mass(τ) = 1``, for a decreasing ``mass``.
 
     Bisection on τ, 63 points a step: ``mass(t)`` takes the points ``t`` (G,) and returns the
     mass at each, (G,); the bracket ``[lo, hi)`` (``mass(lo) >= 1 > mass(hi)``) shrinks 64-fold
-    a step until no point lies strictly inside it (about 9 steps instead of 53)."""
+    a step until no point lies strictly inside it (about 9 steps instead of 53).
+    ``support_only``: stop as soon as no entry of ``x`` lies in ``[lo, hi]``: then ``x > τ``
+    is the support for every τ of the bracket, the root's included (usually 1 or 2 steps)."""
     lo, hi = float(x.max()) - 1.0, float(x.max())
     for _ in range(200):
+        if support_only and not ((x >= lo) & (x <= hi)).any():
+            break
         t = lo + (hi - lo) * _GRID
         t = t[(t > lo) & (t < hi)]
         if not t.size:
@@ -318,7 +322,7 @@ def _bisect_threshold(x: np.ndarray, mass: Callable[[np.ndarray], np.ndarray]) -
 
 def _sparsemax_probs(z):
     x = z - z.max()
-    tau = _bisect_threshold(x, lambda t: np.maximum(x - t[:, None], 0.0).sum(axis=1))
+    tau = _bisect_threshold(x, lambda t: np.maximum(x - t[:, None], 0.0).sum(axis=1), support_only=True)
     support = x > tau
     if not support.any():
         support = x == x.max()
@@ -341,7 +345,7 @@ def _simplex_sample(probs: Callable, weights: Callable):
 
 def _entmax15_probs(z):
     x = (z - z.max()) / 2.0
-    tau = _bisect_threshold(x, lambda t: (np.maximum(x - t[:, None], 0.0) ** 2).sum(axis=1))
+    tau = _bisect_threshold(x, lambda t: (np.maximum(x - t[:, None], 0.0) ** 2).sum(axis=1), support_only=True)
     support = x > tau
     if not support.any():
         support = x == x.max()
