@@ -103,7 +103,9 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
     value_floor = max(rows.floors["numerical"], _value_terms(head, z64, y64, x64))
 
     if full:
-        c = _safe_call(lambda: reduction_factor(head, z64, y64, value64, x=x64, rows=per_sample))
+        row = row_loss_head(head)
+        known = per_sample if x64 is not None and row.fused_rule is None and not row.logits_loss else None
+        c = _safe_call(lambda: reduction_factor(head, z64, y64, value64, x=x64, rows=known))
         ref = _run(stacked_grad_reference, head, z64, y64, c)
         if ref is None or isinstance(ref, _Failed):  # not separable by rows: each entry on its own
             ref = _run(lambda: numerical_grad(ref_loss, z64))
@@ -189,14 +191,14 @@ def reduction_factor(head: Head, z64, y64, value=None, *, x=None, rows=None) -> 
     (1 for ``'sum'`` and ``'none'``; for ``'mean'`` read off the values, which also catches
     a denominator that depends on the targets); None when that sum is 0 or not finite.
     ``value``: ``Σ head.loss(z64, y64)`` when already known; ``x``: the loss's input at
-    ``z64`` (:func:`loss_values`); ``rows``: ``loss.with_reduction('none')(x, y64)`` when
-    already known (used where the row head computes its losses that way)."""
+    ``z64`` (:func:`loss_values`); ``rows``: the rows' own losses
+    ``row_loss_head(head).loss(z64, y64)`` when already known."""
     if head.loss_fn.reduction != "mean":
         return 1.0
     row = row_loss_head(head)
     with np.errstate(all="ignore"):
         value = float(np.sum(loss_values(head, z64, y64, x) if value is None else value))
-        if rows is not None and x is not None and row.fused_rule is None and not row.logits_loss:
+        if rows is not None:
             total = float(np.sum(rows))
         else:
             total = float(np.sum(loss_values(row, z64, y64, x)))
