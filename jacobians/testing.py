@@ -526,6 +526,11 @@ def loop_vjp(activation, z, g) -> np.ndarray:
     array([ 0.25, -0.25])
     """
     z, _, J = _per_sample(activation, z)
+    return _vjp_rows(z, J, g)
+
+
+def _vjp_rows(z, J, g) -> np.ndarray:
+    """``g_n @ J_n`` for each sample n, given the samples' Jacobians ``J`` of ``z`` (float64 rows)."""
     g = _check_like(g, "g", z).reshape(-1, z.shape[-1])
     J = J.reshape(-1, z.shape[-1], z.shape[-1])
     return np.array([g[n] @ J[n] for n in range(g.shape[0])]).reshape(z.shape)
@@ -830,6 +835,6 @@ def loop_head(head, z, y):
         T = float(getattr(head.activation, "temperature", 1.0))
         value, grad = loop_loss(head.loss_fn, _as_rows(z, "z") / T, y)
         return value, grad / T
-    a = loop_forward(head.activation, z)
+    z, a, J = _per_sample(head.activation, z)  # each sample's output and Jacobian, once
     value, g = loop_loss(head.loss_fn, a, y)
-    return value, loop_vjp(head.activation, z, g)
+    return value, _vjp_rows(z, J, g)
