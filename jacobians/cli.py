@@ -449,6 +449,38 @@ def _time_entry(entry: _Entry, n: int, k: int, dtype: str, seed: int) -> None:
         entry.timing_note = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
+def _load_kernels() -> None:
+    """Load the compiled kernels (numba's, from its cache) in this process before the workers
+    fork: each worker would otherwise import numba and load them again on first use. A few
+    calls of the softmax, cross-entropy and sigmoid families in both dtypes, on writable and
+    read-only inputs (each a signature of its own); nothing is kept but the loaded code."""
+    from . import _kernels
+    from .activations import LogSoftmax, Sigmoid, Softmax
+    from .losses import BinaryCrossEntropy, CrossEntropy, KLDivergence, NLLLoss
+
+    if _kernels.kernels() != "numba":
+        return
+    rng = np.random.default_rng(0)
+    heads = [Head(Softmax(), CrossEntropy()), Head(Softmax(), CrossEntropy(label_smoothing=0.1)),
+             Head(LogSoftmax(), NLLLoss()), Head(Softmax(), KLDivergence()),
+             Head(Sigmoid(), BinaryCrossEntropy()), Head(Sigmoid(), BinaryCrossEntropy(pos_weight=np.full(4, 2.0)))]
+    for dt in (np.float64, np.float32):
+        z = rng.normal(size=(3, 4)).astype(dt)
+        frozen = z.copy()
+        frozen.flags.writeable = False
+        for x in (z, frozen):
+            for head in heads:
+                y = make_targets(head.loss_fn, x.shape, rng)
+                y = y.astype(dt) if y.dtype.kind == "f" else y
+                try:
+                    for method in ("fused", "jacobian"):
+                        head.value_and_grad(x, y, method)
+                    head.hessian(x, y)
+                    head.activation.vjp(x, x)
+                except Exception:  # loading is an optimization: a failure here shows in the checks
+                    pass
+
+
 def _cpu_seconds() -> float:
     """CPU time (user + system) of this process and of its finished workers."""
     try:
@@ -496,6 +528,8 @@ def _check(args, parser) -> int:
 
     start, cpu0 = time.perf_counter(), _cpu_seconds()
     jobs = _parallel.resolve_workers(args.jobs)
+    if jobs > 1:
+        _load_kernels()
     _say(f"jacobians check: {len(entries)} rows, {', '.join(dtypes)}, {jobs} process{'es' if jobs > 1 else ''}")
     sections = list(_sections(entries, orders))
     tasks = [lambda e=e, o=order: _run_entry(e, dtypes, args.seed, o) for _, order, part in sections for e in part]

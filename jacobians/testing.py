@@ -291,23 +291,38 @@ _identity_sample = _elementwise(lambda act, z: z.copy(), lambda act, z: np.ones_
 _softplus_sample = _elementwise(lambda act, z: np.logaddexp(0.0, z), lambda act, z: np.exp(_log_sigmoid(z)))
 
 
-def _bisect_threshold(x: np.ndarray, mass: Callable[[float], float]) -> float:
-    """τ in [max(x) − 1, max(x)] with ``mass(τ) = 1``, for a decreasing ``mass``."""
+#: the points a bisection step evaluates the mass at, as fractions of the bracket
+_GRID = np.arange(1, 64) / 64.0
+
+
+def _bisect_threshold(x: np.ndarray, mass: Callable[[np.ndarray], np.ndarray], support_only: bool = False) -> float:
+    """τ in [max(x) − 1, max(x)] with ``mass(τ) = 1``, for a decreasing ``mass``.
+
+    Bisection on τ, 63 points a step: ``mass(t)`` takes the points ``t`` (G,) and returns the
+    mass at each, (G,); the bracket ``[lo, hi)`` (``mass(lo) >= 1 > mass(hi)``) shrinks 64-fold
+    a step until no point lies strictly inside it (about 9 steps instead of 53).
+    ``support_only``: stop as soon as no entry of ``x`` lies in ``[lo, hi]``: then ``x > τ``
+    is the support for every τ of the bracket, the root's included (usually 1 or 2 steps)."""
     lo, hi = float(x.max()) - 1.0, float(x.max())
     for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if not lo < mid < hi:
+        if support_only and not ((x >= lo) & (x <= hi)).any():
             break
-        if mass(mid) >= 1.0:
-            lo = mid
-        else:
-            hi = mid
+        t = lo + (hi - lo) * _GRID
+        t = t[(t > lo) & (t < hi)]
+        if not t.size:
+            break
+        above = np.asarray(mass(t)) >= 1.0
+        k = int(np.count_nonzero(above))  # the mass decreases in t: the points with mass >= 1 come first
+        if k:
+            lo = float(t[k - 1])
+        if k < t.size:
+            hi = float(t[k])
     return 0.5 * (lo + hi)
 
 
 def _sparsemax_probs(z):
     x = z - z.max()
-    tau = _bisect_threshold(x, lambda t: np.maximum(x - t, 0.0).sum())
+    tau = _bisect_threshold(x, lambda t: np.maximum(x - t[:, None], 0.0).sum(axis=1), support_only=True)
     support = x > tau
     if not support.any():
         support = x == x.max()
@@ -330,7 +345,7 @@ def _simplex_sample(probs: Callable, weights: Callable):
 
 def _entmax15_probs(z):
     x = (z - z.max()) / 2.0
-    tau = _bisect_threshold(x, lambda t: (np.maximum(x - t, 0.0) ** 2).sum())
+    tau = _bisect_threshold(x, lambda t: (np.maximum(x - t[:, None], 0.0) ** 2).sum(axis=1), support_only=True)
     support = x > tau
     if not support.any():
         support = x == x.max()
@@ -346,7 +361,7 @@ def _entmax_probs(z, alpha: float):
     """α-entmax of one row: bisection on τ, then Newton on the support, all in float64."""
     x = (alpha - 1.0) * (z - z.max())
     beta = 1.0 / (alpha - 1.0)
-    tau = _bisect_threshold(x, lambda t: (np.maximum(x - t, 0.0) ** beta).sum())
+    tau = _bisect_threshold(x, lambda t: (np.maximum(x - t[:, None], 0.0) ** beta).sum(axis=1))
     support = x > tau
     if not support.any():
         support = x == x.max()
@@ -511,6 +526,11 @@ def loop_vjp(activation, z, g) -> np.ndarray:
     array([ 0.25, -0.25])
     """
     z, _, J = _per_sample(activation, z)
+    return _vjp_rows(z, J, g)
+
+
+def _vjp_rows(z, J, g) -> np.ndarray:
+    """``g_n @ J_n`` for each sample n, given the samples' Jacobians ``J`` of ``z`` (float64 rows)."""
     g = _check_like(g, "g", z).reshape(-1, z.shape[-1])
     J = J.reshape(-1, z.shape[-1], z.shape[-1])
     return np.array([g[n] @ J[n] for n in range(g.shape[0])]).reshape(z.shape)
@@ -815,6 +835,6 @@ def loop_head(head, z, y):
         T = float(getattr(head.activation, "temperature", 1.0))
         value, grad = loop_loss(head.loss_fn, _as_rows(z, "z") / T, y)
         return value, grad / T
-    a = loop_forward(head.activation, z)
+    z, a, J = _per_sample(head.activation, z)  # each sample's output and Jacobian, once
     value, g = loop_loss(head.loss_fn, a, y)
-    return value, loop_vjp(head.activation, z, g)
+    return value, _vjp_rows(z, J, g)

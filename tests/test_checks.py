@@ -477,3 +477,17 @@ def test_a_wrong_gradient_still_fails_with_the_stacked_reference():
     assert not report.passed
     assert "dE/dz: jacobian vs numerical" in [r.compared for r in report.failures]
     assert all(r.err_over_tol > 1 for r in report.failures if r.err_over_tol is not None)
+
+
+def test_kink_distance_from_the_activation_output_is_the_recomputed_one(rng):
+    """head inputs measure a simplex activation's kinks from its own output (no second forward
+    pass): the same distances, to the bit, as recomputing the map, at T = 1 and T != 1."""
+    from jacobians.checks.inputs import _row_distance
+
+    z = rng.normal(scale=1.5, size=(40, 6))
+    for act in (jac.Sparsemax(), jac.Sparsemax(temperature=0.5), jac.Entmax15(), jac.Entmax15(temperature=3.0),
+                jac.Entmax(1.2), jac.Entmax(2.5, temperature=0.5), jac.Entmax(np.linspace(1.1, 2.9, 40)[:, None])):
+        plain, _ = _row_distance(act, z)
+        shared, _ = _row_distance(act, z, a=act(z))
+        np.testing.assert_array_equal(shared, plain, err_msg=repr(act))
+        assert np.all(plain >= 0)

@@ -401,3 +401,16 @@ def test_check_catches_a_wrong_hessian_rule(capsys, monkeypatch):
     status, out, _ = run(capsys, "check", "--only", "sigmoid,binary_cross_entropy", "--order", "2", *FAST)
     assert status == 1
     assert "H: fused vs numerical" in out
+
+
+def test_kernels_are_loaded_before_the_workers_fork():
+    """With numba's kernels, cli._load_kernels loads the softmax / cross-entropy / sigmoid
+    kernels in this process (the forked workers inherit them); with numpy's it does nothing."""
+    cli._load_kernels()
+    if jac.kernels() != "numba":
+        return
+    from jacobians._kernels import numba_impl
+
+    for name in ("_softmax", "_softmax_vjp", "_ce_index", "_bce_plain"):
+        sigs = getattr(numba_impl, name).signatures
+        assert {str(s[0].dtype) for s in sigs} >= {"float32", "float64"}, (name, sigs)

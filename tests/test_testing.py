@@ -123,6 +123,68 @@ def test_sparsemax_and_entmax_references():
     np.testing.assert_allclose(testing.loop_forward(jac.Sparsemax(), np.array([3.0])), [1.0])
 
 
+def _scalar_bisection(x, mass):
+    """The plain bisection the stepped one replaces: one midpoint a step, to adjacent floats."""
+    lo, hi = float(x.max()) - 1.0, float(x.max())
+    while lo < 0.5 * (lo + hi) < hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if mass(mid) >= 1.0 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def _sorted_sparsemax(z):
+    """Sparsemax of one row by sorting (Martins & Astudillo 2016), in long double."""
+    x = np.asarray(z, np.longdouble)
+    x = x - x.max()
+    s = np.sort(x)[::-1]
+    k = np.arange(1, x.size + 1)
+    cs = np.cumsum(s)
+    kmax = k[1 + k * s > cs].max()
+    return np.maximum(x - (cs[kmax - 1] - 1) / kmax, 0)
+
+
+def _reference_rows(rng):
+    rows = [rng.normal(scale=s, size=K) for s in (0.1, 1.0, 3.0) for K in (1, 2, 5, 17) for _ in range(5)]
+    rows += [np.array([1.0, 1.0, 1.0, -2.0]), np.array([0.3, 0.3, 0.3]), np.array([2.0, 2.0, 0.0, 0.0]),
+             np.array([1e4, 0.0, -1e4]), np.array([1e300, 1e300 - 1e290, -1e300]), np.array([-1e4, -1e4 + 0.5, -1e4])]
+    return rows
+
+
+def test_stepped_bisection_equals_a_plain_scalar_bisection(rng):
+    """The references' bisection evaluates 63 points a step; it ends on the same bracket of
+    adjacent floats as a plain one-midpoint-a-step bisection, for each mass."""
+    for x in _reference_rows(rng):
+        x = x - x.max()
+        for power in (1.0, 2.0, 1 / 0.3, 1 / 1.7):
+            stepped = testing._bisect_threshold(x, lambda t, p=power, x=x: (np.maximum(x - t[:, None], 0.0) ** p).sum(axis=1))
+            plain = _scalar_bisection(x, lambda t, p=power, x=x: (np.maximum(x - t, 0.0) ** p).sum())
+            assert abs(stepped - plain) <= 2 * np.spacing(abs(plain) + 1.0), (x, power, stepped, plain)
+            # stopped once no entry lies in the bracket: the same support, but for entries at the
+            # root itself (within round-off of the plain τ), whose share is 0 either way
+            early = testing._bisect_threshold(x, lambda t, p=power, x=x: (np.maximum(x - t[:, None], 0.0) ** p).sum(axis=1),
+                                              support_only=True)
+            at_root = np.abs(x - plain) <= 4 * np.spacing(abs(plain) + 1.0)
+            np.testing.assert_array_equal((x > early)[~at_root], (x > plain)[~at_root], err_msg=f"{x!r} {power}")
+
+
+def test_simplex_references_equal_sorting_and_long_double(rng):
+    """sparsemax against the sort-based closed form, 1.5-entmax and α-entmax against the long
+    double bisection of conftest, on random rows, ties and huge logits."""
+    from conftest import entmax_longdouble
+
+    for x in _reference_rows(rng):
+        np.testing.assert_allclose(testing.loop_forward(jac.Sparsemax(), x), _sorted_sparsemax(x).astype(float),
+                                   rtol=1e-13, atol=1e-15, err_msg=repr(x))
+        if np.abs(x).max() > 1e10:  # α-entmax scales x by α − 1: keep the long double reference in range
+            continue
+        np.testing.assert_allclose(testing.loop_forward(jac.Entmax15(), x), entmax_longdouble(x, 1.5).astype(float),
+                                   rtol=1e-12, atol=1e-15, err_msg=repr(x))
+        for alpha in (1.3, 1.5, 2.0, 2.7):
+            np.testing.assert_allclose(testing.loop_forward(jac.Entmax(alpha), x),
+                                       entmax_longdouble(x, alpha).astype(float),
+                                       rtol=1e-12, atol=1e-15, err_msg=f"{x!r} alpha={alpha}")
+
+
 def test_vjp_and_jvp_references_use_the_layout():
     z = np.log([0.25, 0.75])
     J = np.array([[0.75, -0.75], [-0.25, 0.25]])

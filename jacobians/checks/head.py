@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..head import Head
-from ..losses import FenchelYoungLoss
+from ..losses import FenchelYoungLoss, Loss
 from ..numerical import numerical_grad, numerical_jacobian
 from ..testing import ACTIVATION_REFERENCES, LOSS_REFERENCES, loop_head
-from .inputs import DEFAULT_SHAPE, head_inputs
+from .inputs import DEFAULT_SHAPE, _head_inputs
 from .report import CheckReport, _batched_vjp, _Failed, _readonly, _require, _Rows, _run, _safe_call, _subject
 
 # above this many entries the gradient reference is taken along random directions
@@ -75,7 +75,7 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
     """
     _require(head, Head, "head")
     rng = np.random.default_rng(seed)
-    z, y, kink = head_inputs(head, z, y, shape=shape, dtype=dtype, rng=rng)
+    z, y, kink, x64 = _head_inputs(head, z, y, shape=shape, dtype=dtype, rng=rng)
     dt = z.dtype
     rows = _Rows(_subject(head), dt, z.shape, kink)
 
@@ -89,21 +89,24 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
 
     # round-off of the finite differences scales with the loss: atol is relative to the
     # largest per-sample (or per-entry) loss
-    per_sample = _safe_call(lambda: head.loss_fn.with_reduction("none")(
-        z64 if head.logits_loss else head.activation(z64), y64))
-    value64 = _safe_call(ref_loss, z64)
+    # x64: what the loss sees at z64, computed once (by head_inputs) for the sizes below
+    per_sample = None if x64 is None else _safe_call(head.loss_fn.with_reduction("none"), x64, y64)
+    value64 = _safe_call(lambda: np.sum(loss_values(head, z64, y64, x64)))
     sizes = [abs(float(value64))] if value64 is not None else []
     if per_sample is not None and np.size(per_sample) and np.isfinite(per_sample).all():
         sizes.append(float(np.abs(per_sample).max()))
     if sizes:
         rows.floors["numerical"] = max(sizes)
     if not head.logits_loss:
-        rows.floors["methods"] = _chain_rule_scale(head, z64, y64)
+        rows.floors["methods"] = _chain_rule_scale(head, z64, y64, x64)
     # the values' round-off scales with the terms they add up (the loss itself, or more)
-    value_floor = max(rows.floors["numerical"], _value_terms(head, z64, y64))
+    value_floor = max(rows.floors["numerical"], _value_terms(head, z64, y64, x64))
 
     if full:
-        ref = _run(stacked_grad_reference, head, z64, y64, _safe_call(reduction_factor, head, z64, y64, value64))
+        row = row_loss_head(head)
+        known = per_sample if x64 is not None and row.fused_rule is None and not row.logits_loss else None
+        c = _safe_call(lambda: reduction_factor(head, z64, y64, value64, x=x64, rows=known))
+        ref = _run(stacked_grad_reference, head, z64, y64, c)
         if ref is None or isinstance(ref, _Failed):  # not separable by rows: each entry on its own
             ref = _run(lambda: numerical_grad(ref_loss, z64))
         directions = None
@@ -121,7 +124,9 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
         return directions.reshape(len(directions), -1) @ grad.reshape(-1)
 
     what = "dE/dz" if full else f"dE/dz·v ({_N_DIRECTIONS} directions)"
-    results = method_results(head, z, y)
+    # (value, dE/da) at a = act(z): the 'operator' method and the JVP row start from it
+    at_output = None if head.logits_loss or not _shares_grad(head.loss_fn) else _run(_loss_at_output, head, z, y)
+    results = method_results(head, z, y, at_output)
     grads = {m: (r if isinstance(r, _Failed) else r[1]) for m, r in results.items()}
 
     for method, grad in grads.items():
@@ -133,7 +138,7 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
 
     if not head.logits_loss and full:
         # the JVP in the chain rule: Σ dE/da · (J v) = Σ dE/dz · v
-        jvp_proj = _run(_jvp_projection, head, z, y, v)
+        jvp_proj = _run(_jvp_projection, head, z, y, v, at_output)
         if isinstance(ref, _Failed):
             rows.compare("dE/dz·v", "jvp", "numerical", jvp_proj, ref, "numerical", dtype_of=None)
         else:
@@ -172,16 +177,31 @@ def row_loss_head(head: Head) -> Head:
     return Head(head.activation, head.loss_fn.with_reduction("none"))
 
 
-def reduction_factor(head: Head, z64, y64, value=None) -> float | None:
+def loss_values(head: Head, z64, y64, x=None):
+    """``head.loss(z64, y64)``, from ``x`` — what the loss sees at ``z64``, already computed
+    (:func:`~jacobians.checks.inputs._loss_input`) — where the head computes it that way
+    (no fused rule): ``loss(x, y)``, the same numbers without a second forward pass."""
+    if x is not None and head.fused_rule is None and not head.logits_loss:
+        return head.loss_fn.value(x, y64)
+    return head.loss(z64, y64)
+
+
+def reduction_factor(head: Head, z64, y64, value=None, *, x=None, rows=None) -> float | None:
     """``c`` with ``E = c Σ_n ℓ_n``: the reduced loss over the sum of the rows' own losses
     (1 for ``'sum'`` and ``'none'``; for ``'mean'`` read off the values, which also catches
     a denominator that depends on the targets); None when that sum is 0 or not finite.
-    ``value``: ``Σ head.loss(z64, y64)`` when already known."""
+    ``value``: ``Σ head.loss(z64, y64)`` when already known; ``x``: the loss's input at
+    ``z64`` (:func:`loss_values`); ``rows``: the rows' own losses
+    ``row_loss_head(head).loss(z64, y64)`` when already known."""
     if head.loss_fn.reduction != "mean":
         return 1.0
+    row = row_loss_head(head)
     with np.errstate(all="ignore"):
-        value = float(np.sum(head.loss(z64, y64) if value is None else value))
-        total = float(np.sum(row_loss_head(head).loss(z64, y64)))
+        value = float(np.sum(loss_values(head, z64, y64, x) if value is None else value))
+        if rows is not None:
+            total = float(np.sum(rows))
+        else:
+            total = float(np.sum(loss_values(row, z64, y64, x)))
     if not (np.isfinite(value) and np.isfinite(total)) or total == 0:
         return None
     return value / total
@@ -237,17 +257,18 @@ def has_loop_reference(obj) -> bool:
     return type(obj) in ACTIVATION_REFERENCES or type(obj) in LOSS_REFERENCES
 
 
-def method_results(head: Head, z, y) -> dict:
+def method_results(head: Head, z, y, at_output=None) -> dict:
     """``{method: (value, dE/dz) or _Failed}`` for every method of the head (the
-    ``'operator'`` one: dE/da pushed through the activation's Jacobian operator)."""
+    ``'operator'`` one: dE/da pushed through the activation's Jacobian operator;
+    ``at_output``: :func:`_loss_at_output` when already computed)."""
     results = {}
     for method in _head_methods(head):
         if method == "operator":
-            results[method] = _run(_operator_value_and_grad, head, z, y)
+            results[method] = _run(_operator_value_and_grad, head, z, y, at_output)
         else:
             results[method] = _run(head.value_and_grad, z, y, method)
     return results
-def _value_terms(head: Head, z64, y64) -> float:
+def _value_terms(head: Head, z64, y64, x64=None) -> float:
     """Size of the terms a Fenchel–Young loss's value adds up: the largest row's
     ``Σ |x − max x| (p + y) + 1`` (``x`` the logits the loss sees, ``p`` its mapping).
 
@@ -259,7 +280,7 @@ def _value_terms(head: Head, z64, y64) -> float:
         return 0.0
     with np.errstate(all="ignore"):
         x = _safe_call(lambda: z64 / float(getattr(head.activation, "temperature", 1.0))
-                       if head.logits_loss else head.activation(z64))
+                       if head.logits_loss else (head.activation(z64) if x64 is None else x64))
         if x is None or not np.all(np.isfinite(x)):
             return 0.0
         x = x - x.max(axis=-1, keepdims=True)
@@ -270,11 +291,12 @@ def _value_terms(head: Head, z64, y64) -> float:
         return float((np.abs(x) * (p + t)).sum(axis=-1).max() + 1.0)
 
 
-def _chain_rule_scale(head: Head, z64, y64) -> float:
+def _chain_rule_scale(head: Head, z64, y64, a64=None) -> float:
     """Size of the terms the chain rule adds up, ``max |dE/da| @ |J|`` (what round-off
-    scales with); ``max |dE/da|`` when the dense Jacobian would be large."""
+    scales with); ``max |dE/da|`` when the dense Jacobian would be large. ``a64``: the
+    activation's output at ``z64`` when already computed."""
     with np.errstate(all="ignore"):
-        dE_da = _safe_call(lambda: head.loss_fn.grad(head.activation(z64), y64))
+        dE_da = _safe_call(lambda: head.loss_fn.grad(head.activation(z64) if a64 is None else a64, y64))
         if dE_da is None or not np.size(dE_da) or not np.isfinite(dE_da).all():
             return 1.0
         dE_da = np.abs(np.asarray(dE_da, dtype=np.float64))
@@ -285,14 +307,29 @@ def _chain_rule_scale(head: Head, z64, y64) -> float:
         return float(dE_da.max())
 
 
-def _operator_value_and_grad(head: Head, z, y):
-    act, loss = head.activation, head.loss_fn
-    value, g = loss.value_and_grad(act(z), y)
+def _shares_grad(loss) -> bool:
+    """True when ``loss.grad`` is ``loss.value_and_grad``'s gradient by construction (neither
+    overridden): one call then serves both."""
+    return type(loss).grad is Loss.grad and type(loss).value_and_grad is Loss.value_and_grad
+
+
+def _loss_at_output(head: Head, z, y):
+    """``(value, dE/da)`` at ``a = act(z)``."""
+    return head.loss_fn.value_and_grad(head.activation(z), y)
+
+
+def _operator_value_and_grad(head: Head, z, y, at_output=None):
+    act = head.activation
+    if isinstance(at_output, _Failed):
+        return at_output
+    value, g = _loss_at_output(head, z, y) if at_output is None else at_output
     return value, act.jacobian_operator(z).vjp(g)
 
 
-def _jvp_projection(head: Head, z, y, v):
+def _jvp_projection(head: Head, z, y, v, at_output=None):
     act, loss = head.activation, head.loss_fn
-    g = loss.grad(act(z), y)
+    if isinstance(at_output, _Failed):
+        return at_output
+    g = loss.grad(act(z), y) if at_output is None else at_output[1]
     jv = act.jvp(z, v)
     return np.array((np.asarray(g, dtype=np.float64) * np.asarray(jv, dtype=np.float64)).sum())

@@ -40,25 +40,26 @@ def _abs_distance(obj, z, y=None):
     return np.abs(z)
 
 
-def _sparsemax_distance(x):
-    # on the support p = x − τ, elsewhere x <= τ: τ = max(x − p)
-    tau = (x - _math.sparsemax(x)).max(axis=-1, keepdims=True)
+def _sparsemax_distance(x, p=None):
+    # on the support p = x − τ, elsewhere x <= τ: τ = max(x − p)  (p: sparsemax(x) when known)
+    tau = (x - (_math.sparsemax(x) if p is None else p)).max(axis=-1, keepdims=True)
     return np.abs(x - tau)
 
 
-def _entmax15_distance(x):
+def _entmax15_distance(x, p=None):
     # on the support √p = x/2 − τ, elsewhere x/2 <= τ; the kink is at x = 2τ
-    tau = (x / 2 - np.sqrt(_math.entmax15(x))).max(axis=-1, keepdims=True)
+    tau = (x / 2 - np.sqrt(_math.entmax15(x) if p is None else p)).max(axis=-1, keepdims=True)
     return np.abs(x - 2 * tau)
 
 
-def _entmax_distance(x, alpha):
+def _entmax_distance(x, alpha, p=None):
     """Distance of each entry of ``x`` to α-entmax's support edge, in ``x``'s units.
 
     On the support ``p^{α−1} = (α − 1) x − τ``, elsewhere ``(α − 1) x <= τ``: τ is the row's
-    largest ``(α − 1) x − p^{α−1}``, and the edge is at ``x = τ/(α − 1)``."""
+    largest ``(α − 1) x − p^{α−1}``, and the edge is at ``x = τ/(α − 1)``. ``p``:
+    ``entmax(x, alpha)`` when already known."""
     am1 = alpha - 1.0
-    p = _math.entmax(x, alpha)
+    p = _math.entmax(x, alpha) if p is None else p
     xs = (x - x.max(axis=-1, keepdims=True)) * am1
     tau = (xs - np.power(p, am1)).max(axis=-1, keepdims=True)
     return np.abs(xs - tau) / am1
@@ -93,18 +94,25 @@ def _entmax_loss_distance(loss, a, y=None):
 KINKS: dict[type, Callable] = {
     ReLU: _abs_distance,
     LeakyReLU: _abs_distance,
-    Sparsemax: lambda act, z, y=None: _tempered(act, z, _sparsemax_distance),
+    Sparsemax: lambda act, z, y=None, a=None: _tempered(act, z, lambda x: _sparsemax_distance(x, a)),
     # p = (z/2 − τ)² near its support boundary makes log-losses (BCE) steep there: 10× the margin
-    Entmax15: lambda act, z, y=None: _tempered(act, z, _entmax15_distance) / 10,
+    Entmax15: lambda act, z, y=None, a=None: _tempered(act, z, lambda x: _entmax15_distance(x, a)) / 10,
     # the same for any α (p = u^{1/(α−1)}); beyond α = 2 p's slope is unbounded at the edge, and
     # central differences need the 10× margin too (their error grows as (step/distance)²)
-    Entmax: lambda act, z, y=None: _tempered(act, z, lambda x: _entmax_distance(x, alpha_rows(act.alpha, x))) / 10,
+    Entmax: lambda act, z, y=None, a=None: _tempered(
+        act, z, lambda x: _entmax_distance(x, alpha_rows(act.alpha, x), a)) / 10,
     MeanAbsoluteError: lambda loss, a, y: np.abs(a - y),
     Huber: lambda loss, a, y: np.abs(np.abs(a - y) - loss.delta),
     SparsemaxLoss: _sparsemax_loss_distance,
     Entmax15Loss: lambda loss, a, y=None: _entmax15_distance(a),
     EntmaxLoss: _entmax_loss_distance,
 }
+
+
+#: the built-in distances that take the activation's output ``a = act(z)`` (keyword ``a``):
+#: it is the map they evaluate — ``act(z)`` computes ``map((z − max z)/T)``, or ``map(z)`` at
+#: T = 1, as :func:`_tempered` does — so they skip computing it again
+_TAKES_OUTPUT = {KINKS[Sparsemax], KINKS[Entmax15], KINKS[Entmax]}
 
 
 def _kink_fn(obj):
@@ -114,30 +122,45 @@ def _kink_fn(obj):
     return None, None
 
 
-def _row_distance(obj, x, y=None) -> tuple[np.ndarray | None, str | None]:
-    """Per-row minimum distance ``(...,)`` of ``x`` to ``obj``'s kinks, or (None, None)."""
+def _row_distance(obj, x, y=None, a=None) -> tuple[np.ndarray | None, str | None]:
+    """Per-row minimum distance ``(...,)`` of ``x`` to ``obj``'s kinks, or (None, None).
+    ``a``: an activation's output at ``x`` when known (used by :data:`_TAKES_OUTPUT`)."""
     fn, where = _kink_fn(obj)
     if fn is None:
         return None, None
     with np.errstate(all="ignore"):
-        d = np.broadcast_to(np.asarray(fn(obj, x, y), dtype=np.float64), x.shape)
+        d = fn(obj, x, y, a=a) if a is not None and fn in _TAKES_OUTPUT else fn(obj, x, y)
+        d = np.broadcast_to(np.asarray(d, dtype=np.float64), x.shape)
     return np.nan_to_num(d, nan=0.0).min(axis=-1), where
 
 
 def _head_distance(head: Head, z64, y) -> tuple[np.ndarray, list[str]]:
     """Per-row distance of ``(z, y)`` to the head's kinks (activation in z, loss in its input)."""
+    return _head_distance_and_input(head, z64, y)[:2]
+
+
+def _loss_input(head: Head, z64):
+    """What the head's loss sees at float64 logits: ``z64`` itself (a loss of the logits) or
+    the activation's output (None when it raises)."""
+    return z64 if head.logits_loss else _safe_call(head.activation, z64)
+
+
+def _head_distance_and_input(head: Head, z64, y):
+    """``(distance, names, x)``: :func:`_head_distance` and the loss's input ``x`` at ``z64``
+    (:func:`_loss_input`) it measured the loss's kinks at."""
     dist = np.full(z64.shape[:-1], np.inf)
     names = []
-    d, name = _row_distance(head.activation, z64)
+    x = _loss_input(head, z64)
+    own = not head.logits_loss and type(head.activation) in (Sparsemax, Entmax15, Entmax)  # not a subclass's
+    d, name = _row_distance(head.activation, z64, a=x if own else None)
     if d is not None:
         dist, names = np.minimum(dist, d), [name]
-    x = z64 if head.logits_loss else _safe_call(head.activation, z64)
     if x is not None:
         yl = y.astype(np.float64) if np.asarray(y).dtype.kind == "f" else y
         d, name = _row_distance(head.loss_fn, x, yl)
         if d is not None:
             dist, names = np.minimum(dist, d), names + [name]
-    return dist, names
+    return dist, names, x
 
 
 def _target_kind(loss) -> str:
@@ -221,6 +244,13 @@ def example_inputs(obj, shape=DEFAULT_SHAPE, dtype=np.float64, seed=0, *, y=None
     >>> z.dtype, y.shape, y.dtype.kind
     (dtype('float32'), (4,), 'i')
     """
+    z, y, _ = _generate(obj, shape, dtype, seed, y)
+    return z if y is None else (z, y)
+
+
+def _generate(obj, shape, dtype, seed, y):
+    """:func:`example_inputs` as ``(z, y, x)``: y None for an activation, ``x`` what a
+    head's loss sees at ``z`` promoted to float64 (:func:`_loss_input`; None for an activation)."""
     shape, dt = _check_shape(shape), _check_dtype(dtype)
     rng = np.random.default_rng(seed)
     is_head = isinstance(obj, Head)
@@ -236,7 +266,7 @@ def example_inputs(obj, shape=DEFAULT_SHAPE, dtype=np.float64, seed=0, *, y=None
         zc = z.astype(dt).astype(np.float64)  # what the check will see
         yc = y.astype(dt) if y is not None and y.dtype.kind == "f" else y
         if is_head:
-            dist, _ = _head_distance(obj, zc, yc)
+            dist, _, x = _head_distance_and_input(obj, zc, yc)
         else:
             dist, _ = _row_distance(obj, zc)
         bad = np.zeros(shape[:-1], dtype=bool) if dist is None else ~(dist >= KINK_MARGIN)
@@ -253,8 +283,8 @@ def example_inputs(obj, shape=DEFAULT_SHAPE, dtype=np.float64, seed=0, *, y=None
         )
     z = z.astype(dt)
     if not is_head:
-        return z
-    return z, (y.astype(dt) if y.dtype.kind == "f" else y)
+        return z, None, None
+    return z, (y.astype(dt) if y.dtype.kind == "f" else y), x
 
 
 def extreme_inputs(obj, shape=(2, 3, 5), dtype=np.float64, seed=0):
@@ -318,6 +348,12 @@ def head_inputs(head, z, y, *, shape, dtype, rng) -> tuple[np.ndarray, np.ndarra
     generated clear of kinks when z is None (y kept when given: its shape sets the batch),
     else z as given (cast to ``dtype``) with targets generated when y is None, and a note
     when the inputs sit near a kink."""
+    return _head_inputs(head, z, y, shape=shape, dtype=dtype, rng=rng)[:3]
+
+
+def _head_inputs(head, z, y, *, shape, dtype, rng) -> tuple:
+    """:func:`head_inputs` and, fourth, what the loss sees at ``z`` promoted to float64
+    (:func:`_loss_input`, read-only; None when the activation raised), computed on the way."""
     from .._validation import as_float_array
 
     if z is None:
@@ -325,7 +361,7 @@ def head_inputs(head, z, y, *, shape, dtype, rng) -> tuple[np.ndarray, np.ndarra
         if y is not None:
             ya = np.asarray(y)
             shape = ya.shape + (_check_shape(shape)[-1],) if ya.dtype.kind in "iu" else ya.shape
-        z, y = example_inputs(head, shape=shape, dtype=dt, seed=rng, y=y)
+        z, y, x = _generate(head, shape, dt, rng, y)
         kink = ""
     else:
         z = as_float_array(z, "z")
@@ -333,7 +369,7 @@ def head_inputs(head, z, y, *, shape, dtype, rng) -> tuple[np.ndarray, np.ndarra
             z = z.astype(_check_dtype(dtype))
         if y is None:
             y = _make_targets(head.loss_fn, z.shape, rng)
-        dist, names = _head_distance(head, z.astype(np.float64), np.asarray(y))
+        dist, names, x = _head_distance_and_input(head, z.astype(np.float64), np.asarray(y))
         kink = _kink_note(names, dist)
     z = _readonly(z)
-    return z, prepare_targets(y, z), kink
+    return z, prepare_targets(y, z), kink, (None if x is None else _readonly(x))

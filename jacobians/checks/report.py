@@ -311,12 +311,14 @@ class _Rows:
             self._add(quantity, method, reference, None, None, tol, False,
                       f"dtype {np.asarray(dtype_of).dtype}, expected {self.dtype} (the inputs' dtype)")
             return
+        r64 = ref.astype(np.float64, copy=False)
         with np.errstate(all="ignore"):
-            diff = np.abs(x.astype(np.float64) - ref.astype(np.float64))
+            diff = np.abs(x.astype(np.float64, copy=False) - r64)
             max_abs = float(diff.max()) if diff.size else 0.0
-            if scale is None:
-                scale = float(np.abs(ref.astype(np.float64)).max()) if ref.size else 0.0
-        for val, who in ((x, method), (ref, reference)):
+            ref_max = float(np.abs(r64).max()) if ref.size else 0.0
+        scale = ref_max if scale is None else scale
+        # both finite when max |ref| and max |x − ref| are (else look: NaN, ±inf, or an overflow)
+        for val, who in () if math.isfinite(max_abs) and math.isfinite(ref_max) else ((x, method), (ref, reference)):
             if not np.isfinite(val).all():
                 self._add(quantity, method, reference, None, None, tol, False,
                           f"{who} has {int((~np.isfinite(val)).sum())} non-finite entries")

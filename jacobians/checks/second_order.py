@@ -25,7 +25,7 @@ from ..losses import (
 from ..numerical import numerical_jacobian
 from ..operators import DenseJacobian, DiagonalPlusLowRank, as_low_rank
 from .head import reduction_factor, row_loss_head, stack_or_loop, stacked
-from .inputs import DEFAULT_SHAPE, _check_dtype, example_inputs, extreme_inputs, head_inputs, prepare_targets
+from .inputs import DEFAULT_SHAPE, _check_dtype, _head_inputs, example_inputs, extreme_inputs, prepare_targets
 from .report import CheckReport, _Failed, _readonly, _require, _Rows, _run, _safe_call, _subject
 
 __all__ = ["check_second_order", "check_activation_second_order", "check_second_order_extreme", "EXTREME_HESSIANS", "MC_SAMPLES", "MC_SIGMAS"]
@@ -120,18 +120,26 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
     """
     _require(head, Head, "head")
     rng = np.random.default_rng(seed)
-    z, y, kink = head_inputs(head, z, y, shape=shape, dtype=dtype, rng=rng)
+    z, y, kink, x64 = _head_inputs(head, z, y, shape=shape, dtype=dtype, rng=rng)  # x64: the loss's input at z64
     rows = _Rows(_subject(head), z.dtype, z.shape, kink)
     z64 = z.astype(np.float64)
     y64 = y.astype(np.float64) if y.dtype.kind == "f" else y
     v = _readonly(rng.normal(size=z.shape).astype(z.dtype))
 
-    c = _safe_call(reduction_factor, head, z64, y64)  # E = c Σ_n ℓ_n
+    # (E, dE/dz) and the rows' own (ℓ_n, ∇ℓ_n) at z64, once: the sizes, the factor c with
+    # E = c Σ_n ℓ_n and the empirical Fisher's reference read them (a value only where the
+    # head computes its loss with the same call: a fused rule)
+    at64 = _safe_call(head.value_and_grad, z64, y64)
+    rows64 = _safe_call(_row_loss_head(head).value_and_grad, z64, y64)
+    value = at64[0] if at64 is not None and head.fused_rule is not None else None
+    own = rows64[0] if rows64 is not None and _row_loss_head(head).fused_rule is not None else None
+    c = _safe_call(lambda: reduction_factor(head, z64, y64, value, x=x64, rows=own))
     H_num = _hessian_reference(head, z64, y64, c)
     # round-off scales with the curvature, or with the gradient, the Gauss–Newton terms
     # |J|ᵀ |H_E| |J| and the curvature terms |∂E/∂a| |∇²a| where the curvature vanishes
     # (they may cancel to exact zeros)
-    floor = max(_grad_size(head, z64, y64), _gauss_newton_scale(head, z64, y64), _curvature_term_scale(head, z64, y64))
+    floor = max(_grad_size(head, z64, y64, None if at64 is None else at64[1]), _gauss_newton_scale(head, z64, y64, x64),
+                _curvature_term_scale(head, z64, y64, x64))
     if not isinstance(H_num, _Failed):
         floor = max(float(np.abs(H_num).max(initial=0.0)), floor)
     rows.floors["numerical"] = rows.floors["methods"] = floor
@@ -165,7 +173,7 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
 
     if getattr(head.loss_fn, "predictive", None) is not None and not head.logits_loss:
         _fisher_rows(rows, head, z, y, mc_samples, int(rng.integers(2**63)))
-    _empirical_row(rows, head, z, y, z64, y64, c)
+    _empirical_row(rows, head, z, y, z64, y64, c, None if rows64 is None else rows64[1])
     return CheckReport(rows.rows)
 
 
@@ -177,10 +185,11 @@ def _absolute(op) -> np.ndarray | None:
     return DiagonalPlusLowRank(np.abs(low.d), np.abs(low.U), -np.abs(low.V)).dense()
 
 
-def _gauss_newton_scale(head, z64, y64) -> float:
+def _gauss_newton_scale(head, z64, y64, x64=None) -> float:
     """``max |J|ᵀ |H_E| |J|`` with each piece's terms in absolute value, at float64 inputs
-    (0 when a piece is unavailable): the size of what the Gauss–Newton term adds up."""
-    x = z64 if head.logits_loss else _safe_call(head.activation, z64)
+    (0 when a piece is unavailable): the size of what the Gauss–Newton term adds up.
+    ``x64``: the loss's input at ``z64`` when already computed."""
+    x = x64 if x64 is not None else z64 if head.logits_loss else _safe_call(head.activation, z64)
     op = None if x is None else _safe_call(head.loss_fn.hessian_operator, x, y64)
     H = None if op is None else _safe_call(_absolute, op)
     if H is None or not np.all(np.isfinite(H)):
@@ -194,12 +203,12 @@ def _gauss_newton_scale(head, z64, y64) -> float:
     return float((_symmetric(absJ) @ H @ absJ).max(initial=0.0))
 
 
-def _curvature_term_scale(head, z64, y64) -> float:
+def _curvature_term_scale(head, z64, y64, a64=None) -> float:
     """``max_jk Σ_i |∂E/∂a_i| |∂²a_i/∂z_j∂z_k|`` at float64 inputs: the size of what the
     curvature term adds up (it cancels to 0 when ∂E/∂a is constant over a simplex map)."""
     if head.logits_loss or z64.size * z64.shape[-1] ** 2 > 4_000_000:
         return 0.0
-    a = _safe_call(head.activation, z64)
+    a = _safe_call(head.activation, z64) if a64 is None else a64
     g = None if a is None else _safe_call(head.loss_fn.grad, a, y64)
     T = _safe_call(head.activation.hessian, z64)
     if g is None or T is None or not (np.all(np.isfinite(g)) and np.all(np.isfinite(T))):
@@ -207,8 +216,8 @@ def _curvature_term_scale(head, z64, y64) -> float:
     return float(np.einsum("...i,...ijk->...jk", np.abs(g), np.abs(T)).max(initial=0.0))
 
 
-def _grad_size(head, z64, y64) -> float:
-    g = _safe_call(head.grad, z64, y64)
+def _grad_size(head, z64, y64, g=None) -> float:
+    g = _safe_call(head.grad, z64, y64) if g is None else g
     return float(np.abs(g).max(initial=0.0)) if g is not None and np.all(np.isfinite(g)) else 1.0
 
 
@@ -263,12 +272,13 @@ def _fisher_rows(rows: _Rows, head: Head, z, y, mc_samples: int, seed) -> None:
     rows.finite("F", "exact", exact)
 
 
-def _empirical_row(rows: _Rows, head: Head, z, y, z64, y64, c) -> None:
+def _empirical_row(rows: _Rows, head: Head, z, y, z64, y64, c, row=None) -> None:
     """``c ∇ℓ_n ∇ℓ_nᵀ`` against outer products of the rows' own gradients, with the factor
     read off the losses: ``c = E / Σ_n ℓ_n`` (:func:`reduction_factor`; 1 for ``'sum'`` and
-    ``'none'``, 0 when the rows' losses add up to 0)."""
+    ``'none'``, 0 when the rows' losses add up to 0). ``row``: the rows' own gradients at
+    ``z64`` when already computed."""
     F = _run(head.fisher, z, y, "empirical")
-    row = _safe_call(_row_loss_head(head).grad, z64, y64)
+    row = _safe_call(_row_loss_head(head).grad, z64, y64) if row is None else row
     if c is None:  # the losses add up to 0, or could not be computed
         losses = _safe_call(_row_loss_head(head).loss, z64, y64)
         c = 0.0 if losses is not None and float(np.sum(losses)) == 0 else None
