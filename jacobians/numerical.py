@@ -158,33 +158,28 @@ def _stacked_call(f, X):
     return out
 
 
-def _stacked_central(f, z, eps):
-    """Every column of the central differences from one call of ``f`` on ``2K`` copies."""
-    K = z.shape[-1]
+def _central_copies(z, eps):
+    """``(X, h)``: the 2K copies of :func:`_perturbed` (K moved up, then K down) and the steps
+    actually taken, exactly, shape (K, ..., 1)."""
     Xp, xp = _perturbed(z, eps, 1.0)
     Xm, xm = _perturbed(z, eps, -1.0)
-    out = _stacked_call(f, np.concatenate([Xp, Xm]))
-    h = (xp - xm)[..., None]  # (K, ..., 1): the step actually taken, exactly
-    cols = (out[:K] - out[K:]) / h  # (K, ..., M): column j of every row
-    return np.moveaxis(cols, 0, -1)
+    return np.concatenate([Xp, Xm]), (xp - xm)[..., None]
 
 
 def _stacked_jacobian(f, z, eps, method):
-    if method == "central":
-        return _stacked_central(f, z, eps)
-    if method == "richardson":
-        K = z.shape[-1]
-        X = np.concatenate([_perturbed(z, e, s)[0] for e in (eps, eps / 2) for s in (1.0, -1.0)])
-        out = _stacked_call(f, X)
-        steps = [(_steps(z, e)[0] - _steps(z, e)[1]) for e in (eps, eps / 2)]
-        coarse = (out[:K] - out[K:2 * K]) / np.moveaxis(steps[0], -1, 0)[..., None]
-        fine = (out[2 * K:3 * K] - out[3 * K:]) / np.moveaxis(steps[1], -1, 0)[..., None]
-        return np.moveaxis(fine + (fine - coarse) / 3, 0, -1)
-    f0 = _call(f, z, z)
-    Xp, xp = _perturbed(z, eps, 1.0)
-    out = _stacked_call(f, Xp)
-    h = (xp - np.moveaxis(z, -1, 0))[..., None]
-    return np.moveaxis((out - f0) / h, 0, -1)
+    """Every column at once: ``(K, ..., M)`` differences from one call of ``f``, then moved
+    to the last axis."""
+    K = z.shape[-1]
+    if method == "forward":
+        f0 = _call(f, z, z)
+        Xp, xp = _perturbed(z, eps, 1.0)
+        h = (xp - np.moveaxis(z, -1, 0))[..., None]
+        return np.moveaxis((_stacked_call(f, Xp) - f0) / h, 0, -1)
+    parts = [_central_copies(z, e) for e in ((eps,) if method == "central" else (eps, eps / 2))]
+    out = _stacked_call(f, np.concatenate([X for X, _ in parts]))
+    cols = [(out[2 * K * i: 2 * K * i + K] - out[2 * K * i + K: 2 * K * (i + 1)]) / h for i, (_, h) in enumerate(parts)]
+    J = cols[0] if method == "central" else cols[1] + (cols[1] - cols[0]) / 3  # Richardson: h and h/2
+    return np.moveaxis(J, 0, -1)
 
 
 def _central_column(f, z, j, eps):

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _kernels
 from ._kernels.numpy_impl import _slabs
-from ._math import complement_sums, diag_minus_rank_one, project_columns, project_rows
+from ._math import complement_sums, diag_minus_rank_one, project_columns, project_rows, simplex_vjp
 from ._parallel import run_in_row_blocks
 from ._validation import as_float_array, check_same_shape
 from .contract import contract
@@ -353,33 +353,32 @@ class DiagonalPlusRankOne(JacobianOperator):
                                    projector=self.projector, diagonal=diagonal)
 
 
-def center_on_largest(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``x − x_c`` per row, ``c`` the entry of the largest weight: a new array.
+def simplex_product(w: np.ndarray, v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``w ⊙ (x' − v·x')``, ``x'`` centred on the entry of the largest ``w``: the product of a
+    simplex map's Jacobian ``diag(w) − w vᵀ`` (``v = w/Σw``, symmetric) with ``x``, without
+    cancellation on a confident row. One kernel pass (:func:`jacobians._kernels.simplex_vjp`)
+    when the three share a dtype; numpy's, promoting, otherwise.
 
-    A Jacobian that maps constants to zero (``J 1 = 0``, ``Jᵀ 1 = 0``) gives the same product
-    with ``x`` or ``x − x_c``; taken of ``x − x_c``, its round-off scales with x's spread
-    over the rows' heavy entries instead of x's size (``diag(g) − g gᵀ/Σg`` with one
-    dominant ``g_c`` and x constant over the support is exactly 0 then, not eps·|x|).
-    """
-    top = weights.argmax(axis=-1)[..., None]
-    return x - np.take_along_axis(x, top, axis=-1)
+    A Jacobian that maps constants to zero (``J 1 = 0``) gives the same product with ``x`` or
+    ``x − x_c``; taken of ``x − x_c``, its round-off scales with x's spread over the row's
+    heavy entries instead of x's size."""
+    if w.dtype == v.dtype == x.dtype:
+        return _kernels.simplex_vjp(w, v, x)
+    return simplex_vjp(w, v, x)
 
 
 class SimplexJacobian(DiagonalPlusRankOne):
     """``J = diag(g) − g gᵀ/Σg`` per sample (the entmax family, softmax to sparsemax):
     :class:`DiagonalPlusRankOne` with ``d = u = g`` and ``v = g/Σg`` in projector form (exact
     diagonal ``g ⊙ (1 − v)`` from complement sums), symmetric, with ``J 1 = 0``; its
-    products are taken of centred vectors (:func:`center_on_largest`), in one kernel pass
-    (:func:`jacobians._kernels.simplex_vjp`)."""
+    products are taken of centred vectors (:func:`simplex_product`)."""
 
     def __init__(self, d, u, v, *, diagonal=None):
         super().__init__(d, u, v, projector=True, diagonal=diagonal)
 
     def _product(self, x):
-        # symmetric: J x = Jᵀ x = d ⊙ (x' − v·x'), x' centred on the largest d (one kernel pass)
-        if x.dtype == self.dtype:
-            return _kernels.simplex_vjp(self.d, self.v, x)
-        return diag_minus_rank_one(self.d, self.v, self.u, center_on_largest(x, self.d))
+        # symmetric: J x = Jᵀ x = d ⊙ (x' − v·x'), x' centred on the largest d
+        return simplex_product(self.d, self.v, x)
 
     def jvp(self, x):
         return self._product(self._check_vector(x, "v"))

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import _kernels, _math
 from .._validation import alpha_rows, as_float_array, check_alpha, check_positive_scalar
-from ..operators import DiagonalJacobian, DiagonalPlusLowRank, DiagonalPlusRankOne, SimplexJacobian
+from ..operators import DiagonalJacobian, DiagonalPlusLowRank, DiagonalPlusRankOne, SimplexJacobian, simplex_product
 from .base import Activation, _check_pair, register_activation
 
 __all__ = ["SimplexMapping", "Softmax", "LogSoftmax", "Sparsemax", "Entmax15", "Entmax"]
@@ -29,15 +29,6 @@ TEMPERATURES = (0.5, 3.0)
 def _rowdot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``Σ_k x_k y_k`` along the last axis, kept as a trailing axis of length 1."""
     return np.einsum("...k,...k->...", x, y)[..., None]
-
-
-def _simplex_product(w, v, x):
-    """``w ⊙ (x' − v·x')``, ``x'`` centred on the entry of the largest ``w``: the product of a
-    simplex map's Jacobian ``diag(w) − w vᵀ`` (``v = w/Σw``) with x, without cancellation on
-    a confident row (:func:`jacobians._kernels.simplex_vjp`; numpy's for mixed dtypes)."""
-    if w.dtype == v.dtype == x.dtype:
-        return _kernels.simplex_vjp(w, v, x)
-    return _math.simplex_vjp(w, v, x)
 
 
 def _support_curvature(g, h, v, temperature):
@@ -110,7 +101,7 @@ class SimplexMapping(Activation):
     def _vjp_from_output(self, z, a, v):
         d, _, w = self._factors(a)
         # symmetric Jacobian: g ⊙ (v − w·v) with w = g/Σg, of v centred on the largest g
-        return _simplex_product(d, w, v)
+        return simplex_product(d, w, v)
 
     def jacobian_operator(self, z) -> DiagonalPlusRankOne:
         z = as_float_array(z, "z")
@@ -190,7 +181,7 @@ class Softmax(SimplexMapping):
 
     def _vjp_from_output(self, z, s, v):
         # s ⊙ (v' − s·v') / T, v centred on the largest s (see _kernels.softmax_vjp)
-        out = _simplex_product(s, s, v)
+        out = simplex_product(s, s, v)
         if self.temperature != 1.0:
             out /= out.dtype.type(self.temperature)
         return out
@@ -210,7 +201,7 @@ class Softmax(SimplexMapping):
 
         From ``∂²s_i/∂z_j∂z_k = s_i[(δ_ij − s_j)(δ_ik − s_k) − s_j(δ_jk − s_k)]/T²``.
         """
-        w = _simplex_product(s, s, g)  # s ⊙ (g − g·s), centred: no cancellation on a confident row
+        w = simplex_product(s, s, g)  # s ⊙ (g − g·s), centred: no cancellation on a confident row
         t2 = s.dtype.type(self.temperature) ** 2
         U = np.stack([w, s], axis=-1)
         V = np.stack([s, w], axis=-1)
