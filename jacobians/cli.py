@@ -452,18 +452,22 @@ def _time_entry(entry: _Entry, n: int, k: int, dtype: str, seed: int) -> None:
 def _load_kernels() -> None:
     """Load the compiled kernels (numba's, from its cache) in this process before the workers
     fork: each worker would otherwise import numba and load them again on first use. A few
-    calls of the softmax, cross-entropy and sigmoid families in both dtypes, on writable and
-    read-only inputs (each a signature of its own); nothing is kept but the loaded code."""
+    calls of every fused pair in both dtypes, on writable and read-only inputs (each a
+    signature of its own); nothing is kept but the loaded code."""
     from . import _kernels
-    from .activations import LogSoftmax, Sigmoid, Softmax
-    from .losses import BinaryCrossEntropy, CrossEntropy, KLDivergence, NLLLoss
 
     if _kernels.kernels() != "numba":
         return
     rng = np.random.default_rng(0)
-    heads = [Head(Softmax(), CrossEntropy()), Head(Softmax(), CrossEntropy(label_smoothing=0.1)),
-             Head(LogSoftmax(), NLLLoss()), Head(Softmax(), KLDivergence()),
-             Head(Sigmoid(), BinaryCrossEntropy()), Head(Sigmoid(), BinaryCrossEntropy(pos_weight=np.full(4, 2.0)))]
+    # every pair with a fused rule (the kernels' callers), its loss with each of its variants
+    heads = []
+    for p in pairs():
+        lcls = LOSSES[p.loss]
+        for kw in [{}] + lcls.variants(4) if p.fused else []:
+            try:
+                heads.append(Head(ACTIVATIONS[p.activation](), lcls(**kw)))
+            except ValueError:  # a variant that does not pair with the default activation
+                continue
     for dt in (np.float64, np.float32):
         z = rng.normal(size=(3, 4)).astype(dt)
         frozen = z.copy()
