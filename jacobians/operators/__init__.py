@@ -3,8 +3,9 @@
 Every built-in activation's Jacobian is one of two shapes:
 
 * :class:`DiagonalJacobian` — ``J = diag(d)`` (elementwise activations);
-* :class:`DiagonalPlusRankOne` — ``J = diag(d) − u vᵀ`` (softmax, sparsemax, 1.5-entmax
-  with ``u = g``, ``v = g / Σg``; log-softmax with ``d = 1``, ``u = 1``, ``v = softmax``).
+* :class:`DiagonalPlusRankOne` — ``J = diag(d) − u vᵀ`` (softmax, sparsemax,
+  1.5-entmax with ``u = g``, ``v = g / Σg``; log-softmax with ``d = 1``, ``u = 1``,
+  ``v = softmax``).
 
 A user's activation that only writes ``jacobian(z)`` gets a :class:`DenseJacobian`.
 All three support ``op @ v`` (JVP), ``g @ op`` (VJP), ``op.dense(out=None)``,
@@ -20,7 +21,7 @@ Examples
 (1, 3, 3)
 >>> np.allclose(op.dense(), jac.Softmax().jacobian(z))
 True
->>> np.allclose(np.ones((1, 3)) @ op, 0.0)     # columns of the softmax Jacobian sum to 0
+>>> np.allclose(np.ones((1, 3)) @ op, 0.0)  # the softmax Jacobian's columns sum to 0
 True
 """
 

@@ -1,7 +1,8 @@
 """The algebra of operators: the structured operators compose into ``diag(d) − U Vᵀ``.
 
-Each function calls the operators' own methods (see :mod:`jacobians.operators.base`): a
-class with a closed form gives it there, and everything else falls back to the dense form.
+Each function calls the operators' own methods (see :mod:`jacobians.operators.base`):
+a class with a closed form gives it there, and everything else falls back to the dense
+form.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
 
 
 def as_low_rank(op: JacobianOperator) -> DiagonalPlusLowRank | DenseJacobian:
-    """``op`` as :class:`DiagonalPlusLowRank` (a diagonal has rank 0), or a dense one as it is.
+    """``op`` as :class:`DiagonalPlusLowRank` (a diagonal has rank 0), or a dense one as
+    it is.
 
     A :class:`DenseJacobian` is returned as it is; an operator with no low-rank form
     becomes a :class:`DenseJacobian` of its dense blocks.

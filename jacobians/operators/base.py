@@ -35,22 +35,23 @@ def _check_compatible(a: JacobianOperator, b: JacobianOperator) -> None:
 
 
 def _eigen_sqrt(M: np.ndarray) -> np.ndarray:
-    """``V diag(√λ)`` per block of symmetric ``M`` (..., K, K); ValueError when indefinite."""
+    """``V diag(√λ)`` per block of symmetric ``M`` (..., K, K); ValueError when
+    indefinite."""
     lam, vecs = np.linalg.eigh(M)
     scale = np.abs(lam).max(axis=-1, keepdims=True)
     floor = -1e3 * np.finfo(M.dtype).eps * scale
     if np.any(lam < floor):
         worst = float((lam / np.where(scale > 0, scale, 1)).min())
         raise ValueError(
-            f"a block is indefinite (smallest eigenvalue {worst:.3g} × the largest in size): "
-            "it has no real square root; a GGN of a loss that is convex in its input is "
-            "positive semi-definite"
+            f"a block is indefinite (smallest eigenvalue {worst:.3g} × the largest in "
+            "size): it has no real square root; a GGN of a loss that is convex in its "
+            "input is positive semi-definite"
         )
     return vecs * np.sqrt(np.maximum(lam, 0))[..., None, :]
 
 
 class JacobianOperator:
-    """A batch of K×K Jacobians, ``J[..., i, j] = ∂a_i/∂z_j``, stored in structured form.
+    """A batch of K×K Jacobians, ``J[..., i, j] = ∂a_i/∂z_j``, in structured form.
 
     Subclasses implement ``_dense_rows``, ``jvp``, ``vjp``, ``diagonal`` and ``_take``;
     the algebra (``T``, ``scaled``, ``@`` and ``+`` of two operators) falls back to the
@@ -84,7 +85,9 @@ class JacobianOperator:
         raise NotImplementedError
 
     # -- dense -------------------------------------------------------------------------
-    def dense(self, out: np.ndarray | None = None, *, workers: int | None = None) -> np.ndarray:
+    def dense(
+        self, out: np.ndarray | None = None, *, workers: int | None = None
+    ) -> np.ndarray:
         """The dense Jacobian, shape ``(..., K, K)``.
 
         Parameters
@@ -93,11 +96,11 @@ class JacobianOperator:
             C-contiguous buffer of the operator's dtype to write into (no allocation).
         workers : int, optional
             Threads building row blocks; default every available core. Outputs under
-            :data:`~jacobians._parallel.PARALLEL_MIN_BYTES` are built on the calling thread.
-            With numpy's kernels the build is compute-bound in numpy's einsum loop at every K,
-            so a second core helps at K = 10 as at K = 1000 (1.3-1.9x on the 2-core
-            development machine); the compiled kernels (``fast`` extra) write each entry once
-            and run near the speed of ``buf.fill``.
+            :data:`~jacobians._parallel.PARALLEL_MIN_BYTES` are built on the calling
+            thread. With numpy's kernels the build is compute-bound in numpy's einsum
+            loop at every K, so a second core helps at K = 10 as at K = 1000 (1.3-1.9x
+            on the 2-core development machine); the compiled kernels (``fast`` extra)
+            write each entry once and run near the speed of ``buf.fill``.
         """
         shape = self.shape
         if out is None:
@@ -108,24 +111,29 @@ class JacobianOperator:
             if out.shape != shape:
                 raise ValueError(f"out must have shape {shape}; got shape {out.shape}")
             if out.dtype != self.dtype:
-                raise TypeError(f"out must have dtype {self.dtype}; got dtype {out.dtype}")
+                raise TypeError(
+                    f"out must have dtype {self.dtype}; got dtype {out.dtype}"
+                )
             if not out.flags.c_contiguous or not out.flags.writeable:
                 raise ValueError("out must be a writeable, C-contiguous array")
         flat = out.reshape(self.n_rows, self.size, self.size)
-        run_in_row_blocks(
-            lambda rows: self._dense_rows(rows, flat[rows]), self.n_rows, out.nbytes, workers
-        )
+        def build(rows):
+            self._dense_rows(rows, flat[rows])
+
+        run_in_row_blocks(build, self.n_rows, out.nbytes, workers)
         return out
 
-    def _dense_rows(self, rows: slice, out: np.ndarray) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _dense_rows(self, rows: slice, out: np.ndarray) -> None:  # pragma: no cover
+        raise NotImplementedError  # abstract
 
     # -- products ----------------------------------------------------------------------
     def _check_vector(self, x, name: str) -> np.ndarray:
         x = as_float_array(x, name)
         expected = (*self.batch_shape, self.size)
         if x.shape != expected:
-            raise ValueError(f"{name} must have shape {expected} (..., K); got shape {x.shape}")
+            raise ValueError(
+                f"{name} must have shape {expected} (..., K); got shape {x.shape}"
+            )
         return x
 
     def jvp(self, v) -> np.ndarray:  # pragma: no cover - abstract
@@ -156,12 +164,14 @@ class JacobianOperator:
         return self._total((self, other))
 
     def matmat(self, X) -> np.ndarray:
-        """``M @ X`` per sample for ``X`` of shape ``(..., K, C)``: shape ``(..., K, C)``."""
+        """``M @ X`` per sample for ``X`` of shape ``(..., K, C)``: shape
+        ``(..., K, C)``."""
         X = as_float_array(X, "X", min_ndim=2)
         expected = (*self.batch_shape, self.size)
         if X.shape[:-1] != expected:
             raise ValueError(
-                f"X must have shape {expected + ('C',)} (..., K, C); got shape {X.shape}"
+                f"X must have shape {expected + ('C',)} (..., K, C); "
+                f"got shape {X.shape}"
             )
         cols = np.moveaxis(X, -1, 0)
         if not cols.shape[0]:
@@ -169,20 +179,21 @@ class JacobianOperator:
         return np.moveaxis(np.stack([self.jvp(c) for c in cols]), 0, -1)
 
     def sqrt(self) -> np.ndarray:
-        """A factor ``S`` of shape ``(..., K, C)`` with ``S @ Sᵀ`` equal to these (symmetric,
-        positive semi-definite) blocks.
+        """A factor ``S`` of shape ``(..., K, C)`` with ``S @ Sᵀ`` equal to these
+        (symmetric, positive semi-definite) blocks.
 
         The structured blocks have closed forms (a diagonal: ``diag(√d)``; a
         :class:`SimplexBlock`: its own); any other is factored from its dense form by a
         symmetric eigendecomposition, ``V diag(√λ)``, which raises ``ValueError`` when a
-        block has an eigenvalue below −1e3·eps·max|λ| (it is indefinite: no real factor).
+        block has an eigenvalue below −1e3·eps·max|λ| (it is indefinite: no real
+        factor).
         """
         return _eigen_sqrt(self.dense())
 
     # numpy must defer to __rmatmul__ for ``ndarray @ op``
     __array_ufunc__ = None
 
-    # -- algebra: closed forms in the subclasses, dense here ----------------------------
+    # -- algebra: closed forms in the subclasses, dense here --------------------------
     @property
     def T(self) -> JacobianOperator:
         """The transposed blocks, ``M[..., j, i]``, in the same structure."""
@@ -216,7 +227,8 @@ class JacobianOperator:
 
     def _total(self, ops: tuple[JacobianOperator, ...]) -> JacobianOperator:
         """``Σ ops`` block by block (``ops[0]`` is this operator; shapes checked): the
-        low-rank forms stacked (``DiagonalPlusLowRank._stack``), dense when one is dense."""
+        low-rank forms stacked (``DiagonalPlusLowRank._stack``), dense when one is
+        dense."""
         lows = [op._low_rank() for op in ops]
         if any(isinstance(op, DenseJacobian) for op in lows):
             return DenseJacobian(sum(op.dense() for op in ops))
@@ -224,9 +236,12 @@ class JacobianOperator:
 
     # -- row blocks --------------------------------------------------------------------
     def __getitem__(self, rows: slice) -> JacobianOperator:
-        """The operator restricted to rows ``rows`` of the flattened batch (shape (n, K, K))."""
+        """The operator restricted to rows ``rows`` of the flattened batch (shape
+        (n, K, K))."""
         if not isinstance(rows, slice):
-            raise TypeError("operators are indexed by a slice of the flattened batch rows")
+            raise TypeError(
+                "operators are indexed by a slice of the flattened batch rows"
+            )
         return self._take(rows)
 
     def _take(self, rows: slice) -> JacobianOperator:  # pragma: no cover - abstract

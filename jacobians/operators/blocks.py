@@ -1,5 +1,5 @@
-"""Curvature blocks: the simplex maps' curvature and Gauss–Newton term in forms that keep
-their small entries on confident rows, and a sum that keeps each part's form."""
+"""Curvature blocks: the simplex maps' curvature and Gauss–Newton term in forms that
+keep their small entries on confident rows, and a sum that keeps each part's form."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from .structured import DiagonalJacobian, DiagonalPlusLowRank, DiagonalPlusRankO
 
 
 class SimplexBlock(DiagonalPlusRankOne):
-    """``c · (diag(d) − d dᵀ/Σd)`` per sample, ``d >= 0``: the curvature of the entmax family.
+    """``c · (diag(d) − d dᵀ/Σd)`` per sample, ``d >= 0``: the curvature of the entmax
+    family.
 
     softmax + cross-entropy is ``d = p`` (with ``c`` the summed target weights over T²),
     sparsemax ``d`` = the support indicator, 1.5-entmax ``d = √p``. Stored as
-    ``diag(c d) − w wᵀ`` with ``w = d √(c/Σd)``, so its dense form is symmetric to the bit,
-    and with an exact square root (:meth:`sqrt`)::
+    ``diag(c d) − w wᵀ`` with ``w = d √(c/Σd)``, so its dense form is symmetric to the
+    bit, and with an exact square root (:meth:`sqrt`)::
 
         S = √c · (diag(√d) − d √dᵀ / Σd),      S Sᵀ = c (diag(d) − d dᵀ/Σd)
 
@@ -50,9 +51,11 @@ class SimplexBlock(DiagonalPlusRankOne):
         self.c, self.weights, self.total = np.broadcast_to(c, total_d.shape), d, total_d
         self.batch_shape, self.size, self.dtype = d.shape[:-1], d.shape[-1], d.dtype
         self.projector, self._diagonal = False, None
-        self._root_d = None if root_d is None else as_float_array(root_d, "root_d", like=d)
-        # c d and w (each the size of d) are made when first asked for: building the block
-        # costs one pass over d (its sum), not three full-size arrays
+        self._root_d = (
+            None if root_d is None else as_float_array(root_d, "root_d", like=d)
+        )
+        # c d and w (each the size of d) are made when first asked for: building the
+        # block costs one pass over d (its sum), not three full-size arrays
         self._cd = self._w = None
 
     @property
@@ -64,7 +67,8 @@ class SimplexBlock(DiagonalPlusRankOne):
 
     @property
     def u(self) -> np.ndarray:
-        """``w = d √(c/Σd)`` (computed when first asked for); ``v`` is the same array."""
+        """``w = d √(c/Σd)`` (computed when first asked for); ``v`` is the same
+        array."""
         if self._w is None:
             self._w = self.weights * self._w_factor
         return self._w
@@ -73,12 +77,14 @@ class SimplexBlock(DiagonalPlusRankOne):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the arrays held: d (and ``c d``, ``w`` once a product has made them)."""
-        held = [self.weights, self.total, self._w_factor, self._cd, self._w, self._root_d]
+        """Bytes of the arrays held: d (and ``c d``, ``w`` once a product has made
+        them)."""
+        held = [self.weights, self.total, self._w_factor]
+        held += [self._cd, self._w, self._root_d]
         return sum(x.nbytes for x in held if x is not None)
 
     def _dense_rows(self, rows, out):
-        # w and c d of these rows only (the same products as the full arrays', row by row)
+        # w and c d of these rows only (the full arrays' products, row by row)
         d = _rows2d(self.weights)[rows]
         w = d * self._w_factor.reshape(-1, 1)[rows]
         c = self.c.reshape(-1, 1)[rows] if self.c.ndim > 1 else self.c
@@ -90,7 +96,8 @@ class SimplexBlock(DiagonalPlusRankOne):
         return SimplexBlock(_rows2d(self.weights)[rows], c, root)
 
     def _exact_diagonal(self, rows=slice(None)):
-        """``c d_k Σ_{i≠k} d_i / Σd``: no cancellation (a one-hot d gives exact zeros)."""
+        """``c d_k Σ_{i≠k} d_i / Σd``: no cancellation (a one-hot d gives exact
+        zeros)."""
         d = _rows2d(self.weights)[rows]
         c = self.c.reshape(-1, 1)[rows] if self.c.ndim > 1 else self.c
         D = _rows2d(self.total)[rows]
@@ -110,16 +117,16 @@ class SimplexBlock(DiagonalPlusRankOne):
         return self._root_d
 
     def sqrt(self) -> np.ndarray:
-        """The exact square-root factor ``S``, shape ``(..., K, K)``, with ``S Sᵀ`` these
-        blocks::
+        """The exact square-root factor ``S``, shape ``(..., K, K)``, with ``S Sᵀ``
+        these blocks::
 
             S = √c · (diag(√d) − d √dᵀ / Σd)
 
-        built as a :class:`DiagonalPlusRankOne` whose diagonal ``√c √d_k (1 − d_k/Σd)`` takes
-        the complement ``Σ_{i≠k} d_i`` summed directly (no cancellation on a confident row);
-        ``√d`` is :attr:`root_d`, and a row with ``Σd = 0`` gives zeros. For softmax +
-        cross-entropy (``d = p``, ``root_d = exp(½ log p)``) this is the exact factor of
-        the Hessian, normal where ``p`` underflows.
+        built as a :class:`DiagonalPlusRankOne` whose diagonal ``√c √d_k (1 − d_k/Σd)``
+        takes the complement ``Σ_{i≠k} d_i`` summed directly (no cancellation on a
+        confident row); ``√d`` is :attr:`root_d`, and a row with ``Σd = 0`` gives zeros.
+        For softmax + cross-entropy (``d = p``, ``root_d = exp(½ log p)``) this is the
+        exact factor of the Hessian, normal where ``p`` underflows.
         """
         d, D = self.weights, self.total
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -143,7 +150,8 @@ class SimplexBlock(DiagonalPlusRankOne):
 
 
 class ProjectedDiagonal(JacobianOperator):
-    """``Pᵀ diag(m) P`` per sample with ``P = I − 1 vᵀ`` (``m >= 0``, ``v >= 0``, ``Σv = 1``).
+    """``Pᵀ diag(m) P`` per sample with ``P = I − 1 vᵀ`` (``m >= 0``, ``v >= 0``,
+    ``Σv = 1``).
 
     The Gauss–Newton term ``Jᵀ diag(h) J`` of every simplex map, whose Jacobian is
     ``J = diag(g) − g vᵀ = diag(g) P``, with ``m = g² h``. Its entries::
@@ -191,9 +199,10 @@ class ProjectedDiagonal(JacobianOperator):
         low._dense_rows(slice(None), out)
         comp, rest = complement_sums(v), complement_sums(m)
         _diagonal_view(out)[...] = m * comp * comp + v * v * rest
-        # the row and column of v's largest entry t: M_tk = v_k (v_t R_t − m_t c_t) − m_k v_t
-        # with R_t = Σ_{i≠t} m_i and c_t = 1 − v_t summed directly (the plain form subtracts
-        # v_t Σm v_k and m_t v_k, both near m_t v_k when v_t is near 1)
+        # the row and column of v's largest entry t:
+        #   M_tk = v_k (v_t R_t − m_t c_t) − m_k v_t
+        # with R_t = Σ_{i≠t} m_i and c_t = 1 − v_t summed directly (the plain form
+        # subtracts v_t Σm v_k and m_t v_k, both near m_t v_k when v_t is near 1)
         n = np.arange(m.shape[0])
         t = v.argmax(axis=-1)
         lead = v[n, t] * rest[n, t] - m[n, t] * comp[n, t]
@@ -214,15 +223,16 @@ class ProjectedDiagonal(JacobianOperator):
         X = as_float_array(X, "X", min_ndim=2)
         if X.shape[:-1] != self.m.shape:
             raise ValueError(
-                f"X must have shape {self.m.shape + ('C',)} (..., K, C); got shape {X.shape}"
+                f"X must have shape {self.m.shape + ('C',)} (..., K, C); "
+                f"got shape {X.shape}"
             )
         PX = project_rows(np.moveaxis(X, -1, -2), self.v[..., None, :])
         Y = self.m[..., None] * np.moveaxis(PX, -1, -2)
         return project_columns(Y, self.v)
 
     def sqrt(self):
-        """``Pᵀ diag(√m)``: ``(Pᵀ diag(√m))(diag(√m) P) = Pᵀ diag(m) P``, its rows projected
-        with the complement summed directly where ``v`` is largest."""
+        """``Pᵀ diag(√m)``: ``(Pᵀ diag(√m))(diag(√m) P) = Pᵀ diag(m) P``, its rows
+        projected with the complement summed directly where ``v`` is largest."""
         if np.any(self.m < 0):
             raise ValueError("a ProjectedDiagonal needs m >= 0 for a real square root")
         return project_columns(DiagonalJacobian(np.sqrt(self.m)).dense(), self.v)
@@ -249,8 +259,8 @@ class ProjectedDiagonal(JacobianOperator):
 
 
 class SumOperator(JacobianOperator):
-    """``Σ ops`` block by block, each part kept in its own (accurate) structure: products,
-    the diagonal and the dense form are sums of the parts' own."""
+    """``Σ ops`` block by block, each part kept in its own (accurate) structure:
+    products, the diagonal and the dense form are sums of the parts' own."""
 
     def __init__(self, *ops: JacobianOperator):
         if not ops:

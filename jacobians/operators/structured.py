@@ -42,7 +42,8 @@ class DiagonalJacobian(JacobianOperator):
         X = as_float_array(X, "X", min_ndim=2)
         if X.shape[:-1] != self.d.shape:
             raise ValueError(
-                f"X must have shape {self.d.shape + ('C',)} (..., K, C); got shape {X.shape}"
+                f"X must have shape {self.d.shape + ('C',)} (..., K, C); "
+                f"got shape {X.shape}"
             )
         return self.d[..., None] * X
 
@@ -50,12 +51,14 @@ class DiagonalJacobian(JacobianOperator):
         return DiagonalJacobian(_rows2d(self.d)[rows])
 
     def sqrt(self) -> np.ndarray:
-        """``diag(√d)``, shape ``(..., K, K)``; ValueError where ``d`` has a negative entry."""
+        """``diag(√d)``, shape ``(..., K, K)``; ValueError where ``d`` has a negative
+        entry."""
         d = self.d
         if np.any(d < 0):
             raise ValueError(
-                f"the blocks have negative diagonal entries (down to {float(d.min()):.3g}): "
-                "they are not positive semi-definite, so they have no real square root"
+                "the blocks have negative diagonal entries (down to "
+                f"{float(d.min()):.3g}): they are not positive semi-definite, so they "
+                "have no real square root"
             )
         return DiagonalJacobian(np.sqrt(d)).dense()
 
@@ -85,20 +88,21 @@ class DiagonalJacobian(JacobianOperator):
 class DiagonalPlusRankOne(JacobianOperator):
     """``J = diag(d) − u vᵀ`` per sample; ``d``, ``u``, ``v`` have shape ``(..., K)``.
 
-    The dense form is built the vectorized way: ``einsum('ij,ik->ijk', u, -v)`` writes the
-    rank-one part, then ``d`` is added onto the writable diagonal view
-    ``einsum('ijj->ij', J)`` (numpy's kernels); the compiled kernels write ``−u_j v_k`` and
-    ``d_j − u_j v_j`` in one pass, with the same roundings (bitwise equal).
+    The dense form is built the vectorized way: ``einsum('ij,ik->ijk', u, -v)`` writes
+    the rank-one part, then ``d`` is added onto the writable diagonal view
+    ``einsum('ijj->ij', J)`` (numpy's kernels); the compiled kernels write ``−u_j v_k``
+    and ``d_j − u_j v_j`` in one pass, with the same roundings (bitwise equal).
 
-    ``projector=True`` declares ``u = d`` and ``v`` a distribution (``v >= 0``, ``Σv = 1``):
-    ``J = diag(d)(I − 1 vᵀ)``, the form of every simplex map's Jacobian. Its diagonal
-    ``d_k (1 − v_k)`` is then computed as ``d_k Σ_{i≠k} v_i``
+    ``projector=True`` declares ``u = d`` and ``v`` a distribution (``v >= 0``,
+    ``Σv = 1``): ``J = diag(d)(I − 1 vᵀ)``, the form of every simplex map's Jacobian.
+    Its diagonal ``d_k (1 − v_k)`` is then computed as ``d_k Σ_{i≠k} v_i``
     (:func:`~jacobians._math.complement_sums`): where a prediction is confident
     (``v_k`` near 1) ``d_k − d_k v_k`` would keep only the rounding of the difference.
     ``diagonal`` passes that accurate diagonal ``d − u ⊙ v`` directly instead. The dense
     form then holds that exact diagonal (both kernel sets write it over the diagonal
-    entries, after the off-diagonal ones; the compiled kernels take a projector's complement
-    sums row by row in the pass that writes the row, bitwise equal to numpy's).
+    entries, after the off-diagonal ones; the compiled kernels take a projector's
+    complement sums row by row in the pass that writes the row, bitwise equal to
+    numpy's).
     """
 
     def __init__(self, d, u, v, *, projector: bool = False, diagonal=None):
@@ -111,9 +115,9 @@ class DiagonalPlusRankOne(JacobianOperator):
         self.size = self.d.shape[-1]
         self.dtype = self.d.dtype
         self.projector = bool(projector)
-        self._diagonal = (
-            None if diagonal is None else as_float_array(diagonal, "diagonal", like=self.d)
-        )
+        self._diagonal = None
+        if diagonal is not None:
+            self._diagonal = as_float_array(diagonal, "diagonal", like=self.d)
 
     def _exact_diagonal(self, rows=slice(None)) -> np.ndarray | None:
         """The diagonal without cancellation (rows of the flattened batch), or None."""
@@ -125,17 +129,21 @@ class DiagonalPlusRankOne(JacobianOperator):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the distinct arrays held (softmax's ``d`` and ``u`` are one array)."""
+        """Bytes of the distinct arrays held (softmax's ``d`` and ``u`` are one
+        array)."""
         unique = {id(x): x for x in (self.d, self.u, self.v)}
         return sum(x.nbytes for x in unique.values())
 
     def _dense_rows(self, rows, out):
-        # numpy: einsum slab by slab; numba: one pass (see _kernels.dense_diag_minus_rank_one);
-        # a given exact diagonal, or a projector's d ⊙ complement_sums(v) (the kernels take it
-        # row by row, in the pass that writes the row), replaces d_j − u_j v_j
+        # numpy: einsum slab by slab; numba: one pass (see
+        # _kernels.dense_diag_minus_rank_one); a given exact diagonal, or a projector's
+        # d ⊙ complement_sums(v) (the kernels take it row by row, in the pass that
+        # writes the row), replaces d_j − u_j v_j
         u, v, d = _rows2d(self.u)[rows], _rows2d(self.v)[rows], _rows2d(self.d)[rows]
         exact = None if self._diagonal is None else _rows2d(self._diagonal)[rows]
-        _kernels.dense_diag_minus_rank_one(d, u, v, out, exact, projector=self.projector)
+        _kernels.dense_diag_minus_rank_one(
+            d, u, v, out, exact, projector=self.projector
+        )
 
     def jvp(self, x):
         # d ⊙ x − u (v·x), one allocation
@@ -147,13 +155,16 @@ class DiagonalPlusRankOne(JacobianOperator):
 
     def diagonal(self):
         exact = self._exact_diagonal()
-        return self.d - self.u * self.v if exact is None else exact.reshape(self.d.shape)
+        if exact is None:
+            return self.d - self.u * self.v
+        return exact.reshape(self.d.shape)
 
     def matmat(self, X):
         X = as_float_array(X, "X", min_ndim=2)
         if X.shape[:-1] != self.d.shape:
             raise ValueError(
-                f"X must have shape {self.d.shape + ('C',)} (..., K, C); got shape {X.shape}"
+                f"X must have shape {self.d.shape + ('C',)} (..., K, C); "
+                f"got shape {X.shape}"
             )
         vX = np.einsum("...k,...kc->...c", self.v, X)
         return self.d[..., None] * X - self.u[..., None] * vX[..., None, :]
@@ -175,14 +186,15 @@ class DiagonalPlusRankOne(JacobianOperator):
 
 
 def simplex_product(w: np.ndarray, v: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``w ⊙ (x' − v·x')``, ``x'`` centred on the entry of the largest ``w``: the product of a
-    simplex map's Jacobian ``diag(w) − w vᵀ`` (``v = w/Σw``, symmetric) with ``x``, without
-    cancellation on a confident row. One kernel pass (:func:`jacobians._kernels.simplex_vjp`)
-    when the three share a dtype; numpy's, promoting, otherwise.
+    """``w ⊙ (x' − v·x')``, ``x'`` centred on the entry of the largest ``w``: the
+    product of a simplex map's Jacobian ``diag(w) − w vᵀ`` (``v = w/Σw``, symmetric)
+    with ``x``, without cancellation on a confident row. One kernel pass
+    (:func:`jacobians._kernels.simplex_vjp`) when the three share a dtype; numpy's,
+    promoting, otherwise.
 
-    A Jacobian that maps constants to zero (``J 1 = 0``) gives the same product with ``x`` or
-    ``x − x_c``; taken of ``x − x_c``, its round-off scales with x's spread over the row's
-    heavy entries instead of x's size."""
+    A Jacobian that maps constants to zero (``J 1 = 0``) gives the same product with
+    ``x`` or ``x − x_c``; taken of ``x − x_c``, its round-off scales with x's spread
+    over the row's heavy entries instead of x's size."""
     if w.dtype == v.dtype == x.dtype:
         return _kernels.simplex_vjp(w, v, x)
     return simplex_vjp(w, v, x)
@@ -190,9 +202,9 @@ def simplex_product(w: np.ndarray, v: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 class SimplexJacobian(DiagonalPlusRankOne):
     """``J = diag(g) − g gᵀ/Σg`` per sample (the entmax family, softmax to sparsemax):
-    :class:`DiagonalPlusRankOne` with ``d = u = g`` and ``v = g/Σg`` in projector form (exact
-    diagonal ``g ⊙ (1 − v)`` from complement sums), symmetric, with ``J 1 = 0``; its
-    products are taken of centred vectors (:func:`simplex_product`)."""
+    :class:`DiagonalPlusRankOne` with ``d = u = g`` and ``v = g/Σg`` in projector form
+    (exact diagonal ``g ⊙ (1 − v)`` from complement sums), symmetric, with ``J 1 = 0``;
+    its products are taken of centred vectors (:func:`simplex_product`)."""
 
     def __init__(self, d, u, v, *, diagonal=None):
         super().__init__(d, u, v, projector=True, diagonal=diagonal)
@@ -224,9 +236,10 @@ class DiagonalPlusLowRank(JacobianOperator):
     the ranks adding up (:func:`product`, :func:`total`), so a head's Hessian or GGN
     blocks keep O(N·K·r) memory and O(K·r) products per sample.
 
-    ``symmetric=True`` declares ``U Vᵀ`` symmetric: the dense blocks are then averaged with
-    their transposes, so they are symmetric to the bit (einsum's fused multiply-adds would
-    otherwise leave round-off differences between ``M_jk`` and ``M_kj``).
+    ``symmetric=True`` declares ``U Vᵀ`` symmetric: the dense blocks are then averaged
+    with their transposes, so they are symmetric to the bit (einsum's fused
+    multiply-adds would otherwise leave round-off differences between ``M_jk`` and
+    ``M_kj``).
     """
 
     def __init__(self, d, U, V, *, symmetric: bool = False):
@@ -262,7 +275,7 @@ class DiagonalPlusLowRank(JacobianOperator):
         for samples, js in slabs(out):
             np.einsum("ijr,ikr->ijk", U[samples, js], nV[samples], out=out[samples, js])
             _diagonal_view(out[samples, js, js])[...] += d[samples, js]
-        if self.symmetric:  # (M + Mᵀ)/2: symmetric to the bit whatever order einsum sums in
+        if self.symmetric:  # (M + Mᵀ)/2: symmetric to the bit, whatever einsum's order
             np.add(out, np.swapaxes(out, -1, -2), out=out)
             out *= out.dtype.type(0.5)
 
@@ -295,7 +308,7 @@ class DiagonalPlusLowRank(JacobianOperator):
             self.V.reshape(-1, K, r)[rows], symmetric=self.symmetric,
         )
 
-    # -- algebra: the structured operators compose into diag(d) − U Vᵀ ------------------
+    # -- algebra: the structured operators compose into diag(d) − U Vᵀ ----------------
     @property
     def T(self):
         return DiagonalPlusLowRank(self.d, self.V, self.U)
