@@ -268,10 +268,10 @@ class DiagonalPlusLowRank(JacobianOperator):
         return sum(x.nbytes for x in unique.values())
 
     def _dense_rows(self, rows, out):
-        K, r = self.size, self.rank
+        n, K, r = self.n_rows, self.size, self.rank  # n, not -1: r may be 0
         d = _rows2d(self.d)[rows]
-        U = self.U.reshape(-1, K, r)[rows]
-        nV = np.negative(self.V.reshape(-1, K, r)[rows])
+        U = self.U.reshape(n, K, r)[rows]
+        nV = np.negative(self.V.reshape(n, K, r)[rows])
         for samples, js in slabs(out):
             np.einsum("ijr,ikr->ijk", U[samples, js], nV[samples], out=out[samples, js])
             _diagonal_view(out[samples, js, js])[...] += d[samples, js]
@@ -302,10 +302,10 @@ class DiagonalPlusLowRank(JacobianOperator):
         return self.d - np.einsum("...kr,...kr->...k", self.U, self.V)
 
     def _take(self, rows):
-        K, r = self.size, self.rank
+        n, K, r = self.n_rows, self.size, self.rank
         return DiagonalPlusLowRank(
-            _rows2d(self.d)[rows], self.U.reshape(-1, K, r)[rows],
-            self.V.reshape(-1, K, r)[rows], symmetric=self.symmetric,
+            _rows2d(self.d)[rows], self.U.reshape(n, K, r)[rows],
+            self.V.reshape(n, K, r)[rows], symmetric=self.symmetric,
         )
 
     # -- algebra: the structured operators compose into diag(d) − U Vᵀ ----------------
