@@ -184,7 +184,8 @@ class CheckReport:
         return json.dumps(self.to_dict(), **kwargs)
 
     def __str__(self) -> str:
-        return "\n".join([format_rows(self.rows)] + [f"missing: {m}" for m in self.missing])
+        missing = [""] + [f"missing: {m}" for m in self.missing] if self.missing else []
+        return "\n".join([format_rows(self.rows)] + missing)
 
     def __repr__(self) -> str:
         return f"<CheckReport: {len(self.rows)} rows, {len(self.failures)} failed>"
