@@ -35,7 +35,9 @@ def _scaled_tanh_sample(act, z):
     J = np.zeros((K, K))
     for i in range(K):
         for j in range(K):
-            J[i, j] = (1 - math.tanh(z[i]) ** 2) * z[0] * (i == j) + math.tanh(z[i]) * (j == 0)
+            J[i, j] = (1 - math.tanh(z[i]) ** 2) * z[0] * (i == j) + math.tanh(z[i]) * (
+                j == 0
+            )
     return a, J
 
 
@@ -61,14 +63,20 @@ class Brier(jac.Loss):
         return 2 * (a - y)
 
     def per_sample_hessian(self, a, y):
-        return np.broadcast_to(2 * np.eye(a.shape[-1], dtype=a.dtype), a.shape + a.shape[-1:]).copy()
+        return np.broadcast_to(
+            2 * np.eye(a.shape[-1], dtype=a.dtype), a.shape + a.shape[-1:]
+        ).copy()
 
 
 def _brier_rows(loss, a, y):
     K = a.shape[-1]
     rows, targets = a.reshape(-1, K), np.asarray(y, dtype=np.float64).reshape(-1, K)
-    values = np.array([sum((r[k] - t[k]) ** 2 for k in range(K)) for r, t in zip(rows, targets)])
-    grads = np.array([[2 * (r[k] - t[k]) for k in range(K)] for r, t in zip(rows, targets)])
+    values = np.array(
+        [sum((r[k] - t[k]) ** 2 for k in range(K)) for r, t in zip(rows, targets)]
+    )
+    grads = np.array(
+        [[2 * (r[k] - t[k]) for k in range(K)] for r, t in zip(rows, targets)]
+    )
     return values, grads, float(len(values))
 
 
@@ -103,16 +111,25 @@ def test_a_user_loss_without_a_reference_is_listed_by_every_head_check():
         assert report.passed
         assert len(report.missing) == 1, report.missing
         assert "the loss Brier has no loop_reference" in report.missing[0]
-        assert "loop_reference(self, a, y) -> (values, grads, denominator)" in report.missing[0]
+        assert (
+            "loop_reference(self, a, y) -> (values, grads, denominator)"
+            in report.missing[0]
+        )
     both = jac.check_head(head) + jac.check_second_order(head)
     assert len(both.missing) == 1  # listed once
-    with pytest.raises(TypeError, match="no loop reference for the loss Brier.*give Brier a loop_reference"):
+    with pytest.raises(
+        TypeError,
+        match="no loop reference for the loss Brier.*give Brier a loop_reference",
+    ):
         testing.loop_loss(Brier(), np.full((1, 2), 0.5), np.zeros((1, 2)))
 
 
 def test_a_head_of_two_classes_without_references_lists_both():
     report = jac.check_head(jac.Head(ScaledTanh(), Brier()))
-    assert [m.split(" has ")[0] for m in report.missing] == ["the activation ScaledTanh", "the loss Brier"]
+    assert [m.split(" has ")[0] for m in report.missing] == [
+        "the activation ScaledTanh",
+        "the loss Brier",
+    ]
 
 
 def test_the_built_ins_carry_their_references():
@@ -134,7 +151,10 @@ def test_a_user_reference_is_compared_with_and_a_wrong_one_fails():
     head = jac.Head(jac.Sigmoid(), BrierWithReference())
     good = jac.check_head(head)
     assert good.passed and not good.missing
-    assert {r.compared for r in _loop_rows(good)} >= {"dE/dz: vjp vs loop", "value: vjp vs loop"}
+    assert {r.compared for r in _loop_rows(good)} >= {
+        "dE/dz: vjp vs loop",
+        "value: vjp vs loop",
+    }
     bad = jac.check_head(jac.Head(jac.Sigmoid(), BrierWrongReference()))
     assert not bad.passed
     assert {r.reference for r in bad.failures} == {"loop"}
@@ -142,7 +162,9 @@ def test_a_user_reference_is_compared_with_and_a_wrong_one_fails():
 
 def test_the_loop_drivers_run_a_users_reference(rng):
     z = rng.normal(size=(3, 4))
-    testing.assert_jacobian_close(ScaledTanh().jacobian(z), testing.loop_jacobian(ScaledTanhWithReference(), z))
+    testing.assert_jacobian_close(
+        ScaledTanh().jacobian(z), testing.loop_jacobian(ScaledTanhWithReference(), z)
+    )
     a, y = rng.uniform(size=(3, 4)), rng.uniform(size=(3, 4))
     value, grad = testing.loop_loss(BrierWithReference(reduction="sum"), a, y)
     np.testing.assert_allclose(value, ((a - y) ** 2).sum(), rtol=1e-14)
@@ -162,7 +184,10 @@ def test_a_reference_is_not_inherited_and_a_subclass_can_keep_its_parents():
     assert MySoftmax.loop_reference is None  # it may change the math
     assert KeepsIt.loop_reference is jac.Softmax.loop_reference
     assert MyReLU.kinks is jac.ReLU.kinks  # kinks are inherited
-    assert "the activation MySoftmax has no loop_reference" in jac.check_activation(MySoftmax()).missing[0]
+    assert (
+        "the activation MySoftmax has no loop_reference"
+        in jac.check_activation(MySoftmax()).missing[0]
+    )
     report = jac.check_activation(KeepsIt())
     assert report.passed and not report.missing and _loop_rows(report)
 
@@ -189,11 +214,19 @@ def test_a_user_class_with_kinks_gets_inputs_clear_of_them():
 def test_the_tables_are_read_only_views_of_the_registries(restore_registries):
     assert testing.ACTIVATION_REFERENCES[jac.Softmax] is jac.Softmax.loop_reference
     assert testing.LOSS_REFERENCES[jac.Huber] is jac.Huber.loop_reference
-    assert checks.KINKS[jac.ReLU] is jac.ReLU.kinks and checks.KINKS[jac.Huber] is jac.Huber.kinks
-    assert jac.Softmax not in checks.KINKS and ScaledTanh not in testing.ACTIVATION_REFERENCES
+    assert (
+        checks.KINKS[jac.ReLU] is jac.ReLU.kinks
+        and checks.KINKS[jac.Huber] is jac.Huber.kinks
+    )
+    assert (
+        jac.Softmax not in checks.KINKS
+        and ScaledTanh not in testing.ACTIVATION_REFERENCES
+    )
     jac.register_activation(ScaledTanhWithReference, name="scaled_tanh")
     jac.register_loss(Brier, name="brier")
     assert testing.ACTIVATION_REFERENCES[ScaledTanhWithReference] is _scaled_tanh_sample
     assert Brier not in testing.LOSS_REFERENCES  # registered, but no reference
-    with pytest.raises(TypeError, match="KINKS is read-only.*set kinks on the class ScaledTanh"):
+    with pytest.raises(
+        TypeError, match="KINKS is read-only.*set kinks on the class ScaledTanh"
+    ):
         checks.KINKS[ScaledTanh] = lambda act, z, a=None: np.abs(z)

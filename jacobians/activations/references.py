@@ -1,4 +1,4 @@
-"""The built-in activations' plain references and kinks (the checks' side of each class).
+"""The built-in activations' plain references and kinks (what the checks compare with).
 
 Each built-in activation points at two functions of this module (see
 :class:`~jacobians.Activation`):
@@ -8,9 +8,9 @@ Each built-in activation points at two functions of this module (see
   sparse mappings' thresholds are found by bisection and then solved exactly on the
   support. This shares no code with the fast kernels (``_math``, ``_kernels``): it is an
   independent referee, used by :mod:`jacobians.testing` and the checks;
-* ``kinks(act, z, a=None) -> distance (..., K)``: each entry's distance, in ``z``, to the
-  nearest point where the activation is not differentiable (``a``: ``act(z)`` when the
-  caller has it, so that it is not computed again).
+* ``kinks(act, z, a=None) -> distance (..., K)``: each entry's distance, in ``z``, to
+  the nearest point where the activation is not differentiable (``a``: ``act(z)`` when
+  the caller has it, so that it is not computed again).
 
 The functions are public for the losses' own references and kinks
 (:mod:`jacobians.losses.references`); they are not part of the API.
@@ -79,7 +79,9 @@ leaky_relu_sample = elementwise_sample(
     lambda act, z: np.where(z > 0, z, float(act.slope) * z),
     lambda act, z: np.where(z > 0, 1.0, float(act.slope)),
 )
-identity_sample = elementwise_sample(lambda act, z: z.copy(), lambda act, z: np.ones_like(z))
+identity_sample = elementwise_sample(
+    lambda act, z: z.copy(), lambda act, z: np.ones_like(z)
+)
 softplus_sample = elementwise_sample(
     lambda act, z: np.logaddexp(0.0, z), lambda act, z: np.exp(log_sigmoid(z))
 )
@@ -89,8 +91,9 @@ softplus_sample = elementwise_sample(
 _GRID = np.arange(1, 64) / 64.0
 
 
-def bisect_threshold(x: np.ndarray, mass: Callable[[np.ndarray], np.ndarray],
-                     support_only: bool = False) -> float:
+def bisect_threshold(
+    x: np.ndarray, mass: Callable[[np.ndarray], np.ndarray], support_only: bool = False
+) -> float:
     """τ in [max(x) − 1, max(x)] with ``mass(τ) = 1``, for a decreasing ``mass``.
 
     Bisection on τ, 63 points a step: ``mass(t)`` takes the points ``t`` (G,) and returns
@@ -119,8 +122,9 @@ def bisect_threshold(x: np.ndarray, mass: Callable[[np.ndarray], np.ndarray],
 def sparsemax_probs(z):
     """Sparsemax of one row, by bisection on its threshold, then exact on the support."""
     x = z - z.max()
-    tau = bisect_threshold(x, lambda t: np.maximum(x - t[:, None], 0.0).sum(axis=1),
-                           support_only=True)
+    tau = bisect_threshold(
+        x, lambda t: np.maximum(x - t[:, None], 0.0).sum(axis=1), support_only=True
+    )
     support = x > tau
     if not support.any():
         support = x == x.max()
@@ -144,8 +148,11 @@ def simplex_sample(probs: Callable, weights: Callable):
 def entmax15_probs(z):
     """1.5-entmax of one row, by bisection on its threshold, then exact on the support."""
     x = (z - z.max()) / 2.0
-    tau = bisect_threshold(x, lambda t: (np.maximum(x - t[:, None], 0.0) ** 2).sum(axis=1),
-                           support_only=True)
+    tau = bisect_threshold(
+        x,
+        lambda t: (np.maximum(x - t[:, None], 0.0) ** 2).sum(axis=1),
+        support_only=True,
+    )
     support = x > tau
     if not support.any():
         support = x == x.max()
@@ -161,12 +168,16 @@ def entmax_probs(z, alpha: float):
     """α-entmax of one row: bisection on τ, then Newton on the support, all in float64."""
     x = (alpha - 1.0) * (z - z.max())
     beta = 1.0 / (alpha - 1.0)
-    tau = bisect_threshold(x, lambda t: (np.maximum(x - t[:, None], 0.0) ** beta).sum(axis=1))
+    tau = bisect_threshold(
+        x, lambda t: (np.maximum(x - t[:, None], 0.0) ** beta).sum(axis=1)
+    )
     support = x > tau
     if not support.any():
         support = x == x.max()
     xs = x[support]
-    for _ in range(8):  # exact on the support: Newton on Σ_S (x_j − τ)^β = 1, kept below min x_S
+    for _ in range(
+        8
+    ):  # exact on the support: Newton on Σ_S (x_j − τ)^β = 1, kept below min x_S
         u = xs - tau
         step = ((u**beta).sum() - 1.0) / (beta * (u ** (beta - 1.0)).sum())
         if not (tau + step < xs.min()) or step == 0:
@@ -178,16 +189,20 @@ def entmax_probs(z, alpha: float):
 sparsemax_sample = simplex_sample(
     lambda act, x: sparsemax_probs(x), lambda act, p: (p > 0).astype(np.float64)
 )
-entmax15_sample = simplex_sample(lambda act, x: entmax15_probs(x), lambda act, p: np.sqrt(p))
+entmax15_sample = simplex_sample(
+    lambda act, x: entmax15_probs(x), lambda act, p: np.sqrt(p)
+)
 entmax_sample = simplex_sample(
     lambda act, x: entmax_probs(x, float(act.alpha)),
-    lambda act, p: np.where(p > 0, np.where(p > 0, p, 1.0) ** (2.0 - float(act.alpha)), 0.0),
+    lambda act, p: np.where(
+        p > 0, np.where(p > 0, p, 1.0) ** (2.0 - float(act.alpha)), 0.0
+    ),
 )
 
 
 def row_objects(obj, z: np.ndarray) -> list:
-    """``obj`` for each row of ``z``: copies with a scalar ``alpha`` when it has one per row
-    (what a reference of one sample reads)."""
+    """``obj`` for each row of ``z``: copies with a scalar ``alpha`` when it has one per
+    row (what a reference of one sample reads)."""
     n = int(np.prod(z.shape[:-1], dtype=np.int64))
     if not isinstance(getattr(obj, "alpha", None), np.ndarray):
         return [obj] * n
@@ -221,7 +236,9 @@ def entmax15_distance(x, p=None):
     """Distance of each entry of ``x`` to 1.5-entmax's support edge (``p``: entmax15(x)
     when known)."""
     # on the support √p = x/2 − τ, elsewhere x/2 <= τ; the kink is at x = 2τ
-    tau = (x / 2 - np.sqrt(_math.entmax15(x) if p is None else p)).max(axis=-1, keepdims=True)
+    tau = (x / 2 - np.sqrt(_math.entmax15(x) if p is None else p)).max(
+        axis=-1, keepdims=True
+    )
     return np.abs(x - 2 * tau)
 
 
@@ -262,4 +279,6 @@ def entmax15_kinks(act, z, a=None):
 def entmax_kinks(act, z, a=None):
     # the same for any α (p = u^{1/(α−1)}); beyond α = 2 p's slope is unbounded at the edge,
     # and central differences need the 10× margin too (their error grows as (step/distance)²)
-    return tempered(act, z, lambda x: entmax_distance(x, alpha_rows(act.alpha, x), a)) / 10
+    return (
+        tempered(act, z, lambda x: entmax_distance(x, alpha_rows(act.alpha, x), a)) / 10
+    )

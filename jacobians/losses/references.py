@@ -1,9 +1,11 @@
-"""The built-in losses' plain references and kinks (the checks' side of each class).
+"""The built-in losses' plain references and kinks (what the checks compare with).
 
-Each built-in loss points at two functions of this module (see :class:`~jacobians.Loss`):
+Each built-in loss points at two functions of this module (see
+:class:`~jacobians.Loss`):
 
 * ``loop_reference(loss, a, y) -> (values, grads, denominator)``: torch's definition of
-  the loss, one sample at a time in float64 (``a`` float64 ``(..., K)``, ``y`` as given):
+  the loss, one sample at a time in float64 (``a`` float64 ``(..., K)``, ``y`` as
+  given):
   ``values`` per sample ``(N,)`` (per entry ``(N, K)`` for an elementwise loss), each
   row's gradient ``(N, K)``, and what ``'mean'`` divides by. It shares no code with the
   losses' own methods: an independent referee, used by :mod:`jacobians.testing` and the
@@ -37,8 +39,8 @@ from ..activations.references import (
 
 
 def class_rows(a: np.ndarray, y, ignore_index=None):
-    """``(is_index, per sample (index or None, target row or None, ignored))`` from index
-    or probability targets."""
+    """``(is_index, per sample (index or None, target row or None, ignored))`` from
+    index or probability targets."""
     y = np.asarray(y)
     K = a.shape[-1]
     if y.shape == a.shape[:-1] and y.dtype.kind in "iu":
@@ -55,7 +57,9 @@ def class_rows(a: np.ndarray, y, ignore_index=None):
             out.append((t, row, False))
         return True, out
     if y.shape == a.shape:
-        return False, [(None, row, False) for row in y.astype(np.float64).reshape(-1, K)]
+        return False, [
+            (None, row, False) for row in y.astype(np.float64).reshape(-1, K)
+        ]
     raise ValueError(
         f"y must be int indices of shape {a.shape[:-1]} or rows of shape {a.shape}; "
         f"got {y.shape} {y.dtype}"
@@ -143,7 +147,10 @@ def elementwise_rows(per_sample: Callable):
         if y.shape != a.shape:
             raise ValueError(f"y must have the shape of a, {a.shape}; got {y.shape}")
         K = a.shape[-1]
-        pairs = [per_sample(loss, a_n, y_n) for a_n, y_n in zip(a.reshape(-1, K), y.reshape(-1, K))]
+        pairs = [
+            per_sample(loss, a_n, y_n)
+            for a_n, y_n in zip(a.reshape(-1, K), y.reshape(-1, K))
+        ]
         values = np.array([v for v, _ in pairs]).reshape(-1, K)
         grads = np.array([g for _, g in pairs]).reshape(-1, K)
         return values, grads, float(values.size)
@@ -157,8 +164,11 @@ def _bce_sample(loss, a, y):
     ``y(1 − ε) + ε/2``."""
     eps = float(loss.label_smoothing)
     y = y * (1 - eps) + eps / 2
-    pw = (np.ones_like(a) if loss.pos_weight is None
-          else np.broadcast_to(np.asarray(loss.pos_weight, np.float64), a.shape))
+    pw = (
+        np.ones_like(a)
+        if loss.pos_weight is None
+        else np.broadcast_to(np.asarray(loss.pos_weight, np.float64), a.shape)
+    )
     with np.errstate(divide="ignore"):
         log_a = np.maximum(np.log(a), -100.0)
         log_1ma = np.maximum(np.log1p(-a), -100.0)
@@ -195,7 +205,9 @@ def fenchel_young_rows(probs: Callable):
         K = z.shape[-1]
         _, targets = class_rows(z, y, loss.ignore_index)
         values, grads = [], []
-        for loss_n, z_n, (_, row, ignored) in zip(row_objects(loss, z), z.reshape(-1, K), targets):
+        for loss_n, z_n, (_, row, ignored) in zip(
+            row_objects(loss, z), z.reshape(-1, K), targets
+        ):
             if ignored:
                 values.append(0.0)
                 grads.append(np.zeros(K))
@@ -204,10 +216,18 @@ def fenchel_young_rows(probs: Callable):
             p = probs(z_n, alpha)
             # ⟨z, p − y⟩ with Σp = 1, written around m = max z so that huge logits stay exact
             m = z_n.max()
-            values.append((z_n - m) @ (p - row) + m * (1.0 - row.sum())
-                          + _tsallis(p, alpha) - _tsallis(row, alpha))
+            values.append(
+                (z_n - m) @ (p - row)
+                + m * (1.0 - row.sum())
+                + _tsallis(p, alpha)
+                - _tsallis(row, alpha)
+            )
             grads.append(p - row)
-        return np.array(values), np.array(grads), float(sum(not ignored for *_, ignored in targets))
+        return (
+            np.array(values),
+            np.array(grads),
+            float(sum(not ignored for *_, ignored in targets)),
+        )
 
     return rows
 
@@ -248,4 +268,6 @@ def entmax15_loss_kinks(loss, a, y=None):
 
 def entmax_loss_kinks(loss, a, y=None):
     alpha = alpha_rows(loss.alpha, a)
-    return np.where(_on_simplex(a) & (np.asarray(alpha) == 2), np.inf, entmax_distance(a, alpha))
+    return np.where(
+        _on_simplex(a) & (np.asarray(alpha) == 2), np.inf, entmax_distance(a, alpha)
+    )

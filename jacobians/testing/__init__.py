@@ -14,8 +14,8 @@ Two kinds of tools, usable from any pytest suite:
 
 Each class carries its own reference, ``loop_reference`` (see
 :class:`~jacobians.Activation` and :class:`~jacobians.Loss`), which a subclass does not
-inherit (it may change the math); a class without one raises ``TypeError``. Give your own
-classes one, or check them against :func:`jacobians.numerical_jacobian` /
+inherit (it may change the math); a class without one raises ``TypeError``. Give your
+own classes one, or check them against :func:`jacobians.numerical_jacobian` /
 :func:`jacobians.numerical_grad`.
 
 Examples

@@ -48,11 +48,16 @@ def _as_array(x, name: str) -> np.ndarray:
     return arr
 
 
-def _assert_close(actual, expected, rtol, atol, what: str, names: tuple[str, str]) -> None:
+def _assert_close(
+    actual, expected, rtol, atol, what: str, names: tuple[str, str]
+) -> None:
     a = _as_array(actual, names[0])
     e = _as_array(expected, names[1])
     if a.shape != e.shape:
-        raise AssertionError(f"{what}: shapes differ: {names[0]} has shape {a.shape}, {names[1]} has shape {e.shape}")
+        raise AssertionError(
+            f"{what}: shapes differ: {names[0]} has shape {a.shape}, "
+            f"{names[1]} has shape {e.shape}"
+        )
     d_rtol, d_atol = default_tolerances(a, e)
     rtol = d_rtol if rtol is None else float(rtol)
     atol = d_atol if atol is None else float(atol)
@@ -83,18 +88,21 @@ def _assert_close(actual, expected, rtol, atol, what: str, names: tuple[str, str
         return tuple(int(k) for k in i)
 
     lines = [
-        f"{what} not close (rtol={rtol:g}, atol={atol:g}; dtypes {a.dtype} and {e.dtype}): "
-        f"{int(bad.sum())} of {a.size} entries differ",
+        f"{what} not close (rtol={rtol:g}, atol={atol:g}; "
+        f"dtypes {a.dtype} and {e.dtype}): {int(bad.sum())} of {a.size} entries differ",
         f"  max abs error {diff[i_abs]:.6g} at index {idx(i_abs)}",
         f"  max rel error {rel[i_rel]:.6g} at index {idx(i_rel)}",
-        f"  worst entry at index {idx(worst)}: {names[0]} = {float(a64[worst])!r}, {names[1]} = {float(e64[worst])!r}",
+        f"  worst entry at index {idx(worst)}: {names[0]} = {float(a64[worst])!r}, "
+        f"{names[1]} = {float(e64[worst])!r}",
     ]
     if nan.any():
         lines.append(f"  NaN at {int(nan.sum())} entries")
     raise AssertionError("\n".join(lines))
 
 
-def assert_jacobian_close(J1, J2, *, rtol: float | None = None, atol: float | None = None) -> None:
+def assert_jacobian_close(
+    J1, J2, *, rtol: float | None = None, atol: float | None = None
+) -> None:
     """Assert that two batched Jacobians agree: ``|J1 − J2| <= atol + rtol·|J2|`` everywhere.
 
     Parameters
@@ -130,7 +138,9 @@ def assert_jacobian_close(J1, J2, *, rtol: float | None = None, atol: float | No
     _assert_close(J1, J2, rtol, atol, "Jacobians", ("actual", "expected"))
 
 
-def assert_grad_close(g1, g2, *, rtol: float | None = None, atol: float | None = None) -> None:
+def assert_grad_close(
+    g1, g2, *, rtol: float | None = None, atol: float | None = None
+) -> None:
     """Assert that two gradients (or any arrays) agree: ``|g1 − g2| <= atol + rtol·|g2|``.
 
     Parameters

@@ -1,4 +1,4 @@
-"""Plain loop references: what the toolkit computes, the obvious way, one sample at a time.
+"""Plain loop references: what the toolkit computes, the plain way, a sample at a time.
 
 The drivers — :func:`loop_forward`, :func:`loop_jacobian`, :func:`loop_vjp`,
 :func:`loop_jvp`, :func:`loop_loss` and :func:`loop_head` — run the ``loop_reference`` a
@@ -33,8 +33,9 @@ __all__ = [
 
 
 class ClassView(Mapping):
-    """A read-only ``{class: class.<attr>}`` over the registered classes whose ``attr`` is
-    not None, read from the registries at each access (a class registered later shows).
+    """A read-only ``{class: class.<attr>}`` over the registered classes whose ``attr``
+    is not None, read from the registries at each access (a class registered later
+    shows).
 
     Examples
     --------
@@ -68,8 +69,8 @@ class ClassView(Mapping):
     def __setitem__(self, cls, value):
         who = getattr(cls, "__name__", repr(cls))
         raise TypeError(
-            f"{self._name} is read-only: it lists the registered classes' {self._attr!r}; "
-            f"set {self._attr} on the class {who} instead"
+            f"{self._name} is read-only: it lists the registered classes' "
+            f"{self._attr!r}; set {self._attr} on the class {who} instead"
         )
 
     def __repr__(self) -> str:
@@ -79,10 +80,13 @@ class ClassView(Mapping):
 
 #: registered activation class -> its ``loop_reference(activation, z_1d) -> (a, J)``
 #: (float64), a read-only view of the classes (see :class:`~jacobians.Activation`)
-ACTIVATION_REFERENCES: Mapping = ClassView("loop_reference", ACTIVATIONS, name="ACTIVATION_REFERENCES")
+ACTIVATION_REFERENCES: Mapping = ClassView(
+    "loop_reference", ACTIVATIONS, name="ACTIVATION_REFERENCES"
+)
 
 #: registered loss class -> its ``loop_reference(loss, a, y) -> (values, per-row grads,
-#: denominator of 'mean')``, a read-only view of the classes (see :class:`~jacobians.Loss`)
+#: denominator of 'mean')``, a read-only view of the classes (see
+#: :class:`~jacobians.Loss`)
 LOSS_REFERENCES: Mapping = ClassView("loop_reference", LOSSES, name="LOSS_REFERENCES")
 
 
@@ -95,8 +99,9 @@ def _reference(obj, kind: str) -> Callable:
         name = type(obj).__name__
         raise TypeError(
             f"no loop reference for the {kind} {name}; references exist for: {known}. "
-            f"Check your own classes against jacobians.numerical_jacobian / numerical_grad, "
-            f"or give {name} a loop_reference (see jacobians.{kind.capitalize()})."
+            "Check your own classes against jacobians.numerical_jacobian / "
+            f"numerical_grad, or give {name} a loop_reference "
+            f"(see jacobians.{kind.capitalize()})."
         )
     return ref
 
@@ -179,7 +184,9 @@ def loop_jacobian(activation, z) -> np.ndarray:
 def _check_like(x, name: str, z: np.ndarray) -> np.ndarray:
     x = _as_rows(x, name)
     if x.shape != z.shape:
-        raise ValueError(f"{name} must have the shape of z, {z.shape}; got shape {x.shape}")
+        raise ValueError(
+            f"{name} must have the shape of z, {z.shape}; got shape {x.shape}"
+        )
     return x
 
 
@@ -240,7 +247,7 @@ def loop_jvp(activation, z, v) -> np.ndarray:
 
 
 def loop_loss(loss, a, y):
-    """``(value, dE/da)`` of a loss from its ``loop_reference``, one sample at a time, in float64.
+    """``(value, dE/da)`` of a loss from its ``loop_reference``, a sample at a time.
 
     Implements torch's definitions: ``cross_entropy`` (label smoothing, class weights,
     ``ignore_index``; with index targets ``'mean'`` divides by the summed weights of the
@@ -293,8 +300,12 @@ def loop_loss(loss, a, y):
     if reduction == "sum":
         return total, grads
     if reduction != "mean":
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
-    if denom == 0:  # 'mean' over nothing: torch's value is nan and its autograd's gradient 0
+        raise ValueError(
+            f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}"
+        )
+    if (
+        denom == 0
+    ):  # 'mean' over nothing: torch's value is nan and its autograd's gradient 0
         return math.nan, np.zeros(a.shape)
     return float(total / denom), grads / denom
 
@@ -332,7 +343,9 @@ def loop_head(head, z, y):
     >>> grad                        # s − y
     array([[-0.5,  0.5]])
     """
-    if getattr(head, "logits_loss", False):  # the loss of the logits its own map sees, z/T
+    if getattr(
+        head, "logits_loss", False
+    ):  # the loss of the logits its own map sees, z/T
         T = float(getattr(head.activation, "temperature", 1.0))
         value, grad = loop_loss(head.loss_fn, _as_rows(z, "z") / T, y)
         return value, grad / T
