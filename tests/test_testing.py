@@ -12,6 +12,7 @@ from conftest import readonly
 
 import jacobians as jac
 from jacobians import testing
+from jacobians.activations.references import bisect_threshold  # the loop references' solver
 
 # -- assertions --------------------------------------------------------------------------------
 
@@ -156,12 +157,12 @@ def test_stepped_bisection_equals_a_plain_scalar_bisection(rng):
     for x in _reference_rows(rng):
         x = x - x.max()
         for power in (1.0, 2.0, 1 / 0.3, 1 / 1.7):
-            stepped = testing._bisect_threshold(x, lambda t, p=power, x=x: (np.maximum(x - t[:, None], 0.0) ** p).sum(axis=1))
+            stepped = bisect_threshold(x, lambda t, p=power, x=x: (np.maximum(x - t[:, None], 0.0) ** p).sum(axis=1))
             plain = _scalar_bisection(x, lambda t, p=power, x=x: (np.maximum(x - t, 0.0) ** p).sum())
             assert abs(stepped - plain) <= 2 * np.spacing(abs(plain) + 1.0), (x, power, stepped, plain)
             # stopped once no entry lies in the bracket: the same support, but for entries at the
             # root itself (within round-off of the plain τ), whose share is 0 either way
-            early = testing._bisect_threshold(x, lambda t, p=power, x=x: (np.maximum(x - t[:, None], 0.0) ** p).sum(axis=1),
+            early = bisect_threshold(x, lambda t, p=power, x=x: (np.maximum(x - t[:, None], 0.0) ** p).sum(axis=1),
                                               support_only=True)
             at_root = np.abs(x - plain) <= 4 * np.spacing(abs(plain) + 1.0)
             np.testing.assert_array_equal((x > early)[~at_root], (x > plain)[~at_root], err_msg=f"{x!r} {power}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
@@ -98,6 +98,20 @@ class Activation:
     output_domain : str
         What the activation outputs, e.g. ``'open_simplex'``; see :mod:`jacobians.domains`.
         Default ``'real'``.
+    loop_reference : callable or None
+        ``loop_reference(self, z) -> (a, J)``: the plain reference of one sample ``z``
+        (K,) in float64, its output ``a`` (K,) and dense Jacobian ``J`` (K, K) written the
+        obvious way (loops, ``np.diag``, ``np.outer``, bisection), sharing no code with the
+        fast methods. :mod:`jacobians.testing` and the checks compare with it; a class
+        without one (None, the default) is listed in the checks' ``report.missing``.
+        Not inherited: a subclass may change the math, so it starts with None (write
+        ``loop_reference = Parent.loop_reference`` in its body to keep its parent's).
+    kinks : callable or None
+        ``kinks(self, z, a=None) -> (..., K)``: each entry's distance, in ``z``, to the
+        nearest point where the activation is not differentiable (``a``: ``self(z)`` when
+        the caller has it). The checks' generated inputs keep
+        :data:`~jacobians.checks.KINK_MARGIN` away from them. None (the default): smooth
+        everywhere. Inherited.
 
     Examples
     --------
@@ -120,11 +134,15 @@ class Activation:
 
     name: ClassVar[str | None] = None
     output_domain: ClassVar[str | Domain] = "real"
+    loop_reference: ClassVar[Callable | None] = None
+    kinks: ClassVar[Callable | None] = None
 
     def __init_subclass__(cls, **kwargs):
         # every subclass's row-wise methods take Dask arrays too (jacobians._dask)
         super().__init_subclass__(**kwargs)
         _make_dask_aware(cls)
+        if "loop_reference" not in vars(cls):  # a subclass may change the math
+            cls.loop_reference = None
 
     @classmethod
     def variants(cls, K: int) -> list[dict]:

@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import _math
 from .._validation import as_float_array, check_nonnegative_scalar
+from . import references
 from .base import ElementwiseActivation, register_activation
 
 __all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Identity", "Softplus"]
@@ -29,6 +30,7 @@ class Sigmoid(ElementwiseActivation):
     """
 
     name = "sigmoid"
+    loop_reference = references.sigmoid_sample
     output_domain = "open_unit_interval"
 
     def forward(self, z):
@@ -56,6 +58,7 @@ class Tanh(ElementwiseActivation):
     """
 
     name = "tanh"
+    loop_reference = references.tanh_sample
     output_domain = "signed_unit_interval"
 
     def forward(self, z):
@@ -83,6 +86,8 @@ class ReLU(ElementwiseActivation):
     """
 
     name = "relu"
+    loop_reference = references.relu_sample
+    kinks = references.abs_distance
     output_domain = "nonnegative"
 
     def forward(self, z):
@@ -114,6 +119,8 @@ class LeakyReLU(ElementwiseActivation):
     """
 
     name = "leaky_relu"
+    loop_reference = references.leaky_relu_sample
+    kinks = references.abs_distance
 
     def __init__(self, slope: float = 0.01):
         self.slope = check_nonnegative_scalar(slope, "slope")
@@ -148,6 +155,7 @@ class Identity(ElementwiseActivation):
     """
 
     name = "identity"
+    loop_reference = references.identity_sample
 
     def forward(self, z):
         return np.array(as_float_array(z, "z"), copy=True)
@@ -177,6 +185,7 @@ class Softplus(ElementwiseActivation):
     """
 
     name = "softplus"
+    loop_reference = references.softplus_sample
     output_domain = "nonnegative"
 
     def forward(self, z):

@@ -18,6 +18,7 @@ import numpy as np
 from .. import _kernels, _math
 from .._validation import alpha_rows, as_float_array, check_alpha, check_positive_scalar
 from ..operators import DiagonalJacobian, DiagonalPlusLowRank, DiagonalPlusRankOne, SimplexJacobian, simplex_product
+from . import references
 from .base import Activation, _check_pair, register_activation
 
 __all__ = ["SimplexMapping", "Softmax", "LogSoftmax", "Sparsemax", "Entmax15", "Entmax"]
@@ -157,6 +158,7 @@ class Softmax(SimplexMapping):
     """
 
     name = "softmax"
+    loop_reference = references.softmax_sample
     output_domain = "open_simplex"
 
     def __init__(self, temperature: float = 1.0):
@@ -229,6 +231,7 @@ class LogSoftmax(Activation):
     """
 
     name = "log_softmax"
+    loop_reference = references.log_softmax_sample
     output_domain = "log_simplex"
 
     def forward(self, z):
@@ -300,6 +303,8 @@ class Sparsemax(_TemperedSparseMapping):
     """
 
     name = "sparsemax"
+    loop_reference = references.sparsemax_sample
+    kinks = references.sparsemax_kinks
 
     def forward(self, z):
         return _math.sparsemax(self._scaled(as_float_array(z, "z")))
@@ -333,6 +338,8 @@ class Entmax15(_TemperedSparseMapping):
     """
 
     name = "entmax15"
+    loop_reference = references.entmax15_sample
+    kinks = references.entmax15_kinks
 
     def forward(self, z):
         return _math.entmax15(self._scaled(as_float_array(z, "z")))
@@ -396,6 +403,8 @@ class Entmax(_TemperedSparseMapping):
     """
 
     name = "entmax"
+    loop_reference = references.entmax_sample
+    kinks = references.entmax_kinks
 
     def __init__(self, alpha=1.5, temperature: float = 1.0):
         self.alpha = check_alpha(alpha)

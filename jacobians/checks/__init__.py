@@ -41,9 +41,10 @@ kink's own coordinate (``z`` for an activation, the loss's input for a loss; 1.5
 and α-entmax ask for 10× that, since ``p = u^{1/(α−1)}`` makes log-losses steep near the
 support boundary, and beyond α = 2 its slope is unbounded there). Logits are clipped to ``|z| <= 6``, so the largest step
 is 6e-6·6 < 4e-5 in ``z``, and at most twice that in ``a`` (every built-in activation is
-2-Lipschitz): the margin is over 100 times the step. The kinks are looked up in
-:data:`KINKS` by class (subclasses included); add an entry for your own class with a
-kink, or pass inputs yourself. Given inputs are used as they are; a failing row then
+2-Lipschitz): the margin is over 100 times the step. The kinks are the class's own
+``kinks`` method (inherited by subclasses; :data:`KINKS` lists the registered classes'):
+give your own class with a kink one (see :class:`~jacobians.Activation`), or pass inputs
+yourself. Given inputs are used as they are; a failing row then
 notes when they lie within the margin of a kink.
 
 Examples

@@ -7,7 +7,7 @@ import numpy as np
 from .._validation import as_float_array
 from ..activations import Activation
 from ..testing import loop_jacobian
-from .head import has_loop_reference, stack_or_loop
+from .head import has_loop_reference, missing_references, stack_or_loop
 from .inputs import DEFAULT_SHAPE, _check_dtype, _kink_note, _row_distance, example_inputs
 from .report import (
     CheckReport,
@@ -95,7 +95,7 @@ def check_activation(act: Activation, z=None, *, shape=DEFAULT_SHAPE, dtype=None
     Jn = _run(stack_or_loop, act, z64)
     if isinstance(Jn, _Failed):
         rows.compare("J", "numerical", "float64 forward", Jn, None, "numerical")
-        return CheckReport(rows.rows)
+        return CheckReport(rows.rows, missing_references(act))
     # finite differences of f carry round-off ~ eps·|f|/h: atol is relative to max |f|
     a64 = _safe_call(act, z64)
     if a64 is not None and np.size(a64):
@@ -138,4 +138,4 @@ def check_activation(act: Activation, z=None, *, shape=DEFAULT_SHAPE, dtype=None
     rows.compare("jvp", "jvp", "numerical", jvp, Jnv, "numerical")
     rows.compare("jvp", "operator", "numerical", jvp_op, Jnv, "numerical")
     rows.compare("jvp", "jvp", "jacobian", jvp, jvp_J, "methods")
-    return CheckReport(rows.rows)
+    return CheckReport(rows.rows, missing_references(act))

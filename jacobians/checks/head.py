@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..activations import Activation
 from ..head import Head
 from ..losses import FenchelYoungLoss, Loss
 from ..numerical import numerical_grad, numerical_jacobian
-from ..testing import ACTIVATION_REFERENCES, LOSS_REFERENCES, loop_head
+from ..testing import loop_head
 from .inputs import DEFAULT_SHAPE, _head_inputs
 from .report import CheckReport, _batched_vjp, _Failed, _readonly, _require, _Rows, _run, _safe_call, _subject
 
@@ -168,7 +169,7 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
             rows.compare("dE/dz", method, "loop", grad, loop_grad, "methods")
             rows.compare("value", method, "loop", val, loop_value, "methods", dtype_of=None,
                          floor=value_floor)
-    return CheckReport(rows.rows)
+    return CheckReport(rows.rows, missing_references(head))
 
 
 def row_loss_head(head: Head) -> Head:
@@ -250,11 +251,36 @@ def stack_or_loop(f, z64):
 
 
 def has_loop_reference(obj) -> bool:
-    """True when :mod:`jacobians.testing` has a loop reference for ``obj`` (an activation,
-    a loss, or both parts of a head): the built-in classes, matched exactly."""
+    """True when ``obj`` (an activation, a loss, or both parts of a head) carries a plain
+    loop reference, ``loop_reference``, on its class (not inherited: see
+    :class:`~jacobians.Activation`)."""
     if isinstance(obj, Head):
         return has_loop_reference(obj.activation) and has_loop_reference(obj.loss_fn)
-    return type(obj) in ACTIVATION_REFERENCES or type(obj) in LOSS_REFERENCES
+    return getattr(type(obj), "loop_reference", None) is not None
+
+
+#: the signature each kind of class writes its ``loop_reference`` with
+_REFERENCE_SIGNATURES = {
+    "activation": "loop_reference(self, z) -> (a, J), one sample z (K,) in float64",
+    "loss": "loop_reference(self, a, y) -> (values, grads, denominator)",
+}
+
+
+def missing_references(obj) -> list[str]:
+    """One line for each class of ``obj`` (an activation, a loss, or both of a head) that
+    has no ``loop_reference``: which class, and how to give it one."""
+    out = []
+    for part in (obj.activation, obj.loss_fn) if isinstance(obj, Head) else (obj,):
+        if has_loop_reference(part):
+            continue
+        kind = "activation" if isinstance(part, Activation) else "loss"
+        name = type(part).__name__
+        out.append(
+            f"the {kind} {name} has no loop_reference, so nothing compares it with a plain "
+            f"loop (jacobians.testing); give the class one: {_REFERENCE_SIGNATURES[kind]} "
+            f"(see jacobians.{'Activation' if kind == 'activation' else 'Loss'})"
+        )
+    return out
 
 
 def method_results(head: Head, z, y, at_output=None) -> dict:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Mapping
 
 import numpy as np
 
-from .. import _math
-from .._validation import alpha_rows
-from ..activations import Activation, Entmax, Entmax15, LeakyReLU, ReLU, Sparsemax
+from ..activations import ACTIVATIONS, Activation
 from ..head import Head
-from ..losses import Entmax15Loss, EntmaxLoss, Huber, MeanAbsoluteError, SparsemaxLoss
+from ..losses import LOSSES
+from ..testing.loops import ClassView
 from .report import _readonly, _safe_call
 
 #: generated inputs keep every entry this far from a known kink (see the module docstring)
@@ -35,101 +34,32 @@ _Z_CLIP = 6.0
 _MAX_RESAMPLE = 200
 
 
-
-def _abs_distance(obj, z, y=None):
-    return np.abs(z)
-
-
-def _sparsemax_distance(x, p=None):
-    # on the support p = x − τ, elsewhere x <= τ: τ = max(x − p)  (p: sparsemax(x) when known)
-    tau = (x - (_math.sparsemax(x) if p is None else p)).max(axis=-1, keepdims=True)
-    return np.abs(x - tau)
-
-
-def _entmax15_distance(x, p=None):
-    # on the support √p = x/2 − τ, elsewhere x/2 <= τ; the kink is at x = 2τ
-    tau = (x / 2 - np.sqrt(_math.entmax15(x) if p is None else p)).max(axis=-1, keepdims=True)
-    return np.abs(x - 2 * tau)
-
-
-def _entmax_distance(x, alpha, p=None):
-    """Distance of each entry of ``x`` to α-entmax's support edge, in ``x``'s units.
-
-    On the support ``p^{α−1} = (α − 1) x − τ``, elsewhere ``(α − 1) x <= τ``: τ is the row's
-    largest ``(α − 1) x − p^{α−1}``, and the edge is at ``x = τ/(α − 1)``. ``p``:
-    ``entmax(x, alpha)`` when already known."""
-    am1 = alpha - 1.0
-    p = _math.entmax(x, alpha) if p is None else p
-    xs = (x - x.max(axis=-1, keepdims=True)) * am1
-    tau = (xs - np.power(p, am1)).max(axis=-1, keepdims=True)
-    return np.abs(xs - tau) / am1
-
-
-def _tempered(act, z, distance):
-    """``distance`` of a map of ``z / T``, measured in z: T times the distance in z/T."""
-    T = float(getattr(act, "temperature", 1.0))
-    if T == 1.0:
-        return distance(z)
-    return distance((z - z.max(axis=-1, keepdims=True)) / T) * T
-
-
-def _on_simplex(a):
-    """Rows on the simplex, ``(..., 1)``: sparsemax (α-entmax at α = 2) is the identity there,
-    and an activation with simplex outputs keeps a on it (zeros of sparsemax/entmax stay
-    exactly 0), so those rows cross no kink of it."""
-    return ((a.min(axis=-1) >= 0) & (np.abs(a.sum(axis=-1) - 1) <= 1e-5))[..., None]
-
-
-def _sparsemax_loss_distance(loss, a, y=None):
-    return np.where(_on_simplex(a), np.inf, _sparsemax_distance(a))
-
-
-def _entmax_loss_distance(loss, a, y=None):
-    alpha = alpha_rows(loss.alpha, a)
-    return np.where(_on_simplex(a) & (np.asarray(alpha) == 2), np.inf, _entmax_distance(a, alpha))
-
-
-#: class -> ``distance(obj, x, y)`` of every entry of ``x`` to its nearest kink, ``(..., K)``
-#: (``x`` is ``z`` for an activation, the loss's input for a loss; ``y`` the targets or None)
-KINKS: dict[type, Callable] = {
-    ReLU: _abs_distance,
-    LeakyReLU: _abs_distance,
-    Sparsemax: lambda act, z, y=None, a=None: _tempered(act, z, lambda x: _sparsemax_distance(x, a)),
-    # p = (z/2 − τ)² near its support boundary makes log-losses (BCE) steep there: 10× the margin
-    Entmax15: lambda act, z, y=None, a=None: _tempered(act, z, lambda x: _entmax15_distance(x, a)) / 10,
-    # the same for any α (p = u^{1/(α−1)}); beyond α = 2 p's slope is unbounded at the edge, and
-    # central differences need the 10× margin too (their error grows as (step/distance)²)
-    Entmax: lambda act, z, y=None, a=None: _tempered(
-        act, z, lambda x: _entmax_distance(x, alpha_rows(act.alpha, x), a)) / 10,
-    MeanAbsoluteError: lambda loss, a, y: np.abs(a - y),
-    Huber: lambda loss, a, y: np.abs(np.abs(a - y) - loss.delta),
-    SparsemaxLoss: _sparsemax_loss_distance,
-    Entmax15Loss: lambda loss, a, y=None: _entmax15_distance(a),
-    EntmaxLoss: _entmax_loss_distance,
-}
-
-
-#: the built-in distances that take the activation's output ``a = act(z)`` (keyword ``a``):
-#: it is the map they evaluate — ``act(z)`` computes ``map((z − max z)/T)``, or ``map(z)`` at
-#: T = 1, as :func:`_tempered` does — so they skip computing it again
-_TAKES_OUTPUT = {KINKS[Sparsemax], KINKS[Entmax15], KINKS[Entmax]}
+#: registered class -> its ``kinks``: each entry's distance ``(..., K)`` to its nearest kink,
+#: ``kinks(act, z, a=None)`` for an activation (in ``z``; ``a = act(z)`` when known) and
+#: ``kinks(loss, a, y)`` for a loss (in its input): a read-only view of the classes (see
+#: :class:`~jacobians.Activation` and :class:`~jacobians.Loss`), which the checks read
+KINKS: Mapping = ClassView("kinks", ACTIVATIONS, LOSSES, name="KINKS")
 
 
 def _kink_fn(obj):
-    for cls in type(obj).__mro__:
-        if cls in KINKS:
-            return KINKS[cls], cls.__name__
-    return None, None
+    """``(type(obj).kinks, name of the class that defines it)``, or (None, None)."""
+    fn = getattr(type(obj), "kinks", None)
+    if fn is None:
+        return None, None
+    return fn, next(cls.__name__ for cls in type(obj).__mro__ if "kinks" in vars(cls))
 
 
 def _row_distance(obj, x, y=None, a=None) -> tuple[np.ndarray | None, str | None]:
     """Per-row minimum distance ``(...,)`` of ``x`` to ``obj``'s kinks, or (None, None).
-    ``a``: an activation's output at ``x`` when known (used by :data:`_TAKES_OUTPUT`)."""
+    ``y``: a loss's targets; ``a``: an activation's output at ``x`` when known."""
     fn, where = _kink_fn(obj)
     if fn is None:
         return None, None
     with np.errstate(all="ignore"):
-        d = fn(obj, x, y, a=a) if a is not None and fn in _TAKES_OUTPUT else fn(obj, x, y)
+        if isinstance(obj, Activation):
+            d = fn(obj, x) if a is None else fn(obj, x, a)
+        else:
+            d = fn(obj, x, y)
         d = np.broadcast_to(np.asarray(d, dtype=np.float64), x.shape)
     return np.nan_to_num(d, nan=0.0).min(axis=-1), where
 
@@ -151,8 +81,8 @@ def _head_distance_and_input(head: Head, z64, y):
     dist = np.full(z64.shape[:-1], np.inf)
     names = []
     x = _loss_input(head, z64)
-    own = not head.logits_loss and type(head.activation) in (Sparsemax, Entmax15, Entmax)  # not a subclass's
-    d, name = _row_distance(head.activation, z64, a=x if own else None)
+    # the activation's output, when x is it (not the logits a Fenchel–Young loss sees)
+    d, name = _row_distance(head.activation, z64, a=None if head.logits_loss else x)
     if d is not None:
         dist, names = np.minimum(dist, d), [name]
     if x is not None:

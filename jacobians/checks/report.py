@@ -114,6 +114,11 @@ class CheckReport:
     ``report.raise_if_failed()`` raises ``AssertionError`` with that table;
     ``report.to_dict()`` is JSON-serialisable. Reports add up: ``r1 + r2``.
 
+    ``report.missing`` lists, one line each, the classes checked that carry no plain
+    reference (``loop_reference``, see :class:`~jacobians.Activation` and
+    :class:`~jacobians.Loss`), so that no row compares them with a plain loop; the table
+    prints them below it. They do not make the report fail.
+
     Examples
     --------
     >>> import jacobians as jac
@@ -124,6 +129,7 @@ class CheckReport:
     """
 
     rows: list[CheckRow] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -151,7 +157,8 @@ class CheckReport:
     def __add__(self, other: CheckReport) -> CheckReport:
         if not isinstance(other, CheckReport):
             return NotImplemented
-        return CheckReport(self.rows + other.rows)
+        return CheckReport(self.rows + other.rows,
+                           self.missing + [m for m in other.missing if m not in self.missing])
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -169,15 +176,16 @@ class CheckReport:
             raise AssertionError(f"{n} of {len(self.rows)} gradient checks failed:\n{self}")
 
     def to_dict(self) -> dict:
-        """``{'passed': bool, 'rows': [row dicts]}``, JSON-serialisable."""
-        return {"passed": self.passed, "rows": [r.to_dict() for r in self.rows]}
+        """``{'passed': bool, 'rows': [row dicts], 'missing': [str]}``, JSON-serialisable."""
+        return {"passed": self.passed, "rows": [r.to_dict() for r in self.rows], "missing": list(self.missing)}
 
     def to_json(self, **kwargs) -> str:
         """``json.dumps(self.to_dict())``."""
         return json.dumps(self.to_dict(), **kwargs)
 
     def __str__(self) -> str:
-        return format_rows(self.rows)
+        missing = [""] + [f"missing: {m}" for m in self.missing] if self.missing else []
+        return "\n".join([format_rows(self.rows)] + missing)
 
     def __repr__(self) -> str:
         return f"<CheckReport: {len(self.rows)} rows, {len(self.failures)} failed>"

@@ -24,7 +24,7 @@ from ..losses import (
 )
 from ..numerical import numerical_jacobian
 from ..operators import DenseJacobian, DiagonalPlusLowRank, as_low_rank
-from .head import reduction_factor, row_loss_head, stack_or_loop, stacked
+from .head import missing_references, reduction_factor, row_loss_head, stack_or_loop, stacked
 from .inputs import DEFAULT_SHAPE, _check_dtype, _head_inputs, example_inputs, extreme_inputs, prepare_targets
 from .report import CheckReport, _Failed, _readonly, _require, _Rows, _run, _safe_call, _subject
 
@@ -174,7 +174,7 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
     if getattr(head.loss_fn, "predictive", None) is not None and not head.logits_loss:
         _fisher_rows(rows, head, z, y, mc_samples, int(rng.integers(2**63)))
     _empirical_row(rows, head, z, y, z64, y64, c, None if rows64 is None else rows64[1])
-    return CheckReport(rows.rows)
+    return CheckReport(rows.rows, missing_references(head))
 
 
 def _absolute(op) -> np.ndarray | None:

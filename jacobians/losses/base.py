@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
@@ -62,6 +62,22 @@ class Loss:
         ``'real'`` (targets like ``a``), ``'probability'`` (like ``a``, in [0, 1]) or
         ``'class'`` (indices ``(...,)`` or probabilities ``(..., K)``); used to make
         example targets in checks.
+    loop_reference : callable or None
+        ``loop_reference(self, a, y) -> (values, grads, denominator)``: the plain
+        reference, one sample at a time in float64, sharing no code with the loss's own
+        methods. ``a`` is float64 ``(..., K)``, ``y`` the targets as given; ``values`` the
+        loss of each sample ``(N,)`` (of each entry ``(N, K)`` for an elementwise loss),
+        ``grads`` each row's gradient ``(N, K)``, ``denominator`` what ``'mean'`` divides
+        by. :func:`jacobians.testing.loop_loss` applies the reduction;
+        :func:`~jacobians.check_head` compares with it; a class without one (None, the
+        default) is listed in the checks' ``report.missing``. Not inherited: a subclass
+        may change the math, so it starts with None (write
+        ``loop_reference = Parent.loop_reference`` in its body to keep its parent's).
+    kinks : callable or None
+        ``kinks(self, a, y) -> (..., K)``: each entry's distance, in ``a``, to the nearest
+        point where the loss is not differentiable. The checks' generated inputs keep
+        :data:`~jacobians.checks.KINK_MARGIN` away from them. None (the default): smooth
+        everywhere. Inherited.
 
     Examples
     --------
@@ -100,6 +116,8 @@ class Loss:
     #: ``jacobians.curvature.PREDICTIVES``: ``'categorical'``, ``'categorical_log'``,
     #: ``'bernoulli'``, ``'gaussian'``); None: the loss is no negative log-likelihood
     predictive: ClassVar[str | None] = None
+    loop_reference: ClassVar[Callable | None] = None
+    kinks: ClassVar[Callable | None] = None
 
     def __init__(self, reduction: str = "mean"):
         self.reduction = check_reduction(reduction)
@@ -108,6 +126,8 @@ class Loss:
         # every subclass's value/grad/curvature take Dask arrays too (jacobians._dask)
         super().__init_subclass__(**kwargs)
         _make_dask_aware(cls)
+        if "loop_reference" not in vars(cls):  # a subclass may change the math
+            cls.loop_reference = None
 
     @classmethod
     def variants(cls, K: int) -> list[dict]:

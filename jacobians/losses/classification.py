@@ -12,6 +12,7 @@ import numpy as np
 
 from .._validation import as_float_array, check_nonnegative_scalar
 from ..operators import DiagonalJacobian, DiagonalPlusLowRank
+from . import references
 from ._targets import (
     IGNORE_INDEX,
     ClassTargets,
@@ -121,6 +122,7 @@ class CrossEntropy(_ClassLoss):
     """
 
     name = "cross_entropy"
+    loop_reference = references.cross_entropy_rows
     input_domain = "open_simplex"
     predictive = "categorical"
 
@@ -191,6 +193,7 @@ class NLLLoss(_ClassLoss):
     """
 
     name = "nll"
+    loop_reference = references.nll_rows
     input_domain = "log_simplex"
     predictive = "categorical_log"
 
@@ -244,6 +247,7 @@ class KLDivergence(_ClassLoss):
     """
 
     name = "kl_divergence"
+    loop_reference = references.kl_rows
     input_domain = "open_simplex"
     predictive = "categorical"
 
@@ -310,6 +314,7 @@ class BinaryCrossEntropy(ElementwiseLoss):
     """
 
     name = "binary_cross_entropy"
+    loop_reference = references.bce_rows
     input_domain = "unit_interval"
     target_kind = "probability"
     predictive = "bernoulli"

@@ -27,6 +27,7 @@ from .. import _math
 from .._validation import alpha_rows, check_alpha
 from ..activations.simplex import Entmax, Entmax15, Sparsemax
 from ..operators import SimplexBlock
+from . import references
 from ._targets import IGNORE_INDEX, check_class_targets, check_ignore_index
 from .base import Loss, register_loss
 
@@ -181,6 +182,8 @@ class SparsemaxLoss(FenchelYoungLoss):
     """
 
     name = "sparsemax_loss"
+    loop_reference = references.sparsemax_loss_rows
+    kinks = references.sparsemax_loss_kinks
     alpha = 2.0
     logits_of = Sparsemax
 
@@ -210,6 +213,8 @@ class Entmax15Loss(FenchelYoungLoss):
     """
 
     name = "entmax15_loss"
+    loop_reference = references.entmax15_loss_rows
+    kinks = references.entmax15_loss_kinks
     alpha = 1.5
     logits_of = Entmax15
 
@@ -252,6 +257,8 @@ class EntmaxLoss(FenchelYoungLoss):
     """
 
     name = "entmax_loss"
+    loop_reference = references.entmax_loss_rows
+    kinks = references.entmax_loss_kinks
     logits_of = Entmax
 
     def __init__(self, alpha=1.5, ignore_index: int | None = None, reduction: str = "mean"):

@@ -6,6 +6,7 @@ import numpy as np
 
 from .._validation import check_positive_scalar
 from ..operators import DiagonalJacobian
+from . import references
 from .base import ElementwiseLoss, register_loss
 
 __all__ = ["MeanSquaredError", "MeanAbsoluteError", "Huber"]
@@ -25,6 +26,7 @@ class MeanSquaredError(ElementwiseLoss):
     """
 
     name = "mse"
+    loop_reference = references.mse_rows
     predictive = "gaussian"
 
     def per_element(self, a, y):
@@ -55,6 +57,8 @@ class MeanAbsoluteError(ElementwiseLoss):
     """
 
     name = "mae"
+    loop_reference = references.mae_rows
+    kinks = references.mae_kinks
 
     def per_element(self, a, y):
         return np.abs(a - y)
@@ -90,6 +94,8 @@ class Huber(ElementwiseLoss):
     """
 
     name = "huber"
+    loop_reference = references.huber_rows
+    kinks = references.huber_kinks
 
     def __init__(self, delta: float = 1.0, reduction: str = "mean"):
         super().__init__(reduction)
