@@ -9,9 +9,9 @@ import numpy as np
 
 from .. import _math
 from .._empty import mean_scale, mean_value
-from .._lazy import dask_aware
 from .._validation import as_array, as_float_array, check_reduction
 from ..activations.base import _register
+from ..backend import backend_aware
 from ..domains import Domain, domain
 from ..operators import DenseJacobian, DiagonalJacobian, DiagonalPlusLowRank, JacobianOperator
 
@@ -321,7 +321,7 @@ DASK_METHODS = ("value", "grad", "value_and_grad", "hessian", "hvp")
 def _make_dask_aware(cls) -> None:
     for name in DASK_METHODS:
         if name in cls.__dict__:
-            setattr(cls, name, dask_aware("loss." + name)(cls.__dict__[name]))
+            setattr(cls, name, backend_aware("loss." + name)(cls.__dict__[name]))
 
 
 _make_dask_aware(Loss)
