@@ -479,7 +479,8 @@ def sqrt_ggn(head, z, y) -> np.ndarray:
 # -- Fisher ------------------------------------------------------------------------------------
 
 
-def _predictive(loss) -> str:
+def predictive_kind(loss) -> str:
+    """The loss's predictive distribution (one of ``PREDICTIVES``); a ValueError without one."""
     kind = getattr(loss, "predictive", None)
     if kind is None:
         raise ValueError(
@@ -507,7 +508,7 @@ def fisher_operator(head, z, y=None, kind: str = "exact", *, mc_samples: int = 1
     if kind == "mc":
         S = sqrt_ggn_sampled(head, z, mc_samples=mc_samples, seed=seed, y=y)
         return DenseJacobian(S @ np.swapaxes(S, -1, -2))
-    _predictive(loss)
+    predictive_kind(loss)
     c, valid = _row_factor(loss, _loss_input(head, z), y)
     rule = head.hessian_rule
     if rule is not None and rule.fisher is not None:
@@ -541,7 +542,8 @@ def _row_gradients(head, z, y, *, sampled: bool = False) -> np.ndarray:
 # -- Monte-Carlo columns -----------------------------------------------------------------------
 
 
-def _seed_key(seed) -> int:
+def seed_key(seed) -> int:
+    """The sampling key of ``seed``: a non-negative int, a Generator's draw, or a fresh one."""
     if seed is None:
         return int(np.random.default_rng().integers(2**63))
     if isinstance(seed, np.random.Generator):
@@ -581,7 +583,7 @@ def uniforms_for_rows(key: int, row_ids, per_row: int) -> np.ndarray:
 def sample_targets(loss, a: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Targets drawn from ``loss``'s predictive distribution at ``a`` from uniforms ``u``
     (``(N, U)`` for the N rows of ``a``); class indices or arrays of a's shape."""
-    kind = _predictive(loss)
+    kind = predictive_kind(loss)
     K = a.shape[-1]
     a2 = a.reshape(-1, K)
     if kind in ("categorical", "categorical_log"):
@@ -602,7 +604,8 @@ def _uniforms_per_row(kind: str, K: int) -> int:
     return {"categorical": 1, "categorical_log": 1, "bernoulli": K, "gaussian": 2 * K}[kind]
 
 
-def _check_mc_samples(mc_samples) -> int:
+def check_mc_samples(mc_samples) -> int:
+    """``mc_samples`` as an int >= 1 (a ValueError otherwise)."""
     if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 1:
         raise ValueError(f"mc_samples must be an int >= 1; got {mc_samples!r}")
     return int(mc_samples)
@@ -615,11 +618,11 @@ def sqrt_ggn_sampled(head, z, mc_samples: int = 1, seed=None, *, y=None, row_sta
 
     The draws of row n are a function of (seed, its global index, m): ``row_ids`` (the
     global flat indices of z's rows) or ``row_start + arange(N)``."""
-    _check_mc_samples(mc_samples)
+    check_mc_samples(mc_samples)
     z = as_float_array(z, "z")
     loss = head.loss_fn
-    kind = _predictive(loss)
-    key = _seed_key(seed)
+    kind = predictive_kind(loss)
+    key = seed_key(seed)
     a = head.activation(z)
     c, valid = _row_factor(loss, z if head.logits_loss else a, y)
     K = z.shape[-1]
@@ -677,7 +680,7 @@ def _check_kind_applies(head, kind: str) -> None:
     if kind not in BLOCK_KINDS:
         raise ValueError(f"kind must be one of {BLOCK_KINDS}; got {kind!r}")
     if kind in ("fisher", "fisher_mc"):
-        _predictive(head.loss_fn)
+        predictive_kind(head.loss_fn)
 
 
 def blocks_for_rows(head, kind: str, z, y, *, key: int = 0, mc_samples: int = 1, row_start: int = 0, row_ids=None):

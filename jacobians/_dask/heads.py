@@ -116,9 +116,9 @@ def head_sqrt_ggn_sampled(head, z, mc_samples, seed, y=None):
     """Monte-Carlo columns on dask logits: each row's draws from (seed, its global index)."""
     z = prepare_z(z)
     y = align(y, z, "y")
-    M = curvature._check_mc_samples(mc_samples)
-    curvature._predictive(head.loss_fn)
-    key = curvature._seed_key(seed)
+    M = curvature.check_mc_samples(mc_samples)
+    curvature.predictive_kind(head.loss_fn)
+    key = curvature.seed_key(seed)
     dt = float_dtype(z.dtype)
     batch = z.shape[:-1]
     d = _head_denominator(head, z, y)
@@ -152,7 +152,7 @@ def head_fisher(head, z, y, kind, mc_samples, seed):
     if kind == "empirical" and y is None:
         raise ValueError("kind='empirical' needs the true targets y: it is built from the gradients at them")
     if kind == "exact":
-        curvature._predictive(head.loss_fn)
+        curvature.predictive_kind(head.loss_fn)
     z = prepare_z(z)
     return head_blocks(head, "fisher", z, y, kind, sizes=(z.shape[-1],))
 
@@ -195,7 +195,7 @@ def linear_gradient(features, head, z, y, bias=True):
 
 
 def linear_curvature(features, head, z, y, *, kind, structure, bias, max_bytes, mc_samples, seed):
-    budget, key = last_layer._check_options(head, y, kind, structure, max_bytes, mc_samples, seed)
+    budget, key = last_layer.check_options(head, y, kind, structure, max_bytes, mc_samples, seed)
     z = prepare_z(z)
     X = _features(features, z)
     y = align(y, z, "y")
