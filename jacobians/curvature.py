@@ -42,13 +42,11 @@ from typing import Callable
 import numpy as np
 
 from . import _kernels, _math
-from ._empty import mean_scale
 from ._validation import as_float_array
 from .activations import Entmax, Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
 from .losses import (
     BinaryCrossEntropy,
     CrossEntropy,
-    ElementwiseLoss,
     Entmax15Loss,
     EntmaxLoss,
     KLDivergence,
@@ -176,23 +174,14 @@ def get_hessian_rule(activation, loss) -> HessianRule | None:
 # -- reduction factors ---------------------------------------------------------------------
 
 
-def _scale(loss: Loss, denom, dtype) -> np.generic:
-    return loss._reduction_scale(denom, np.dtype(dtype))
-
-
 def _row_factor(loss: Loss, x: np.ndarray, y):
-    """``(c, valid)``: the factor ``c_n`` of ``E = Σ c_n ℓ_n`` (one scalar for every row) and
-    the rows that count (a bool mask, or None for all). Without targets ``'mean'`` divides
-    by the number of rows (of entries, for an elementwise loss)."""
-    valid = None
-    if y is None:
-        denom = x.size if isinstance(loss, ElementwiseLoss) else int(np.prod(x.shape[:-1]))
-    else:
-        t = loss.check_targets(x, y)
-        denom = loss._mean_denominator(x, t)
-        if isinstance(t, ClassTargets):
-            valid = t.valid
-    return _scale(loss, denom, x.dtype), valid
+    """``(c, valid)``: the factor ``c_n`` of ``E = Σ c_n ℓ_n`` (one scalar for every row,
+    :meth:`~jacobians.Loss.reduction_scale`) and the rows that count (a bool mask, or None
+    for all). Without targets ``'mean'`` divides by the number of rows (of entries, for an
+    elementwise loss)."""
+    t = None if y is None else loss.check_targets(x, y)
+    valid = t.valid if isinstance(t, ClassTargets) else None
+    return loss.reduction_scale(x, t), valid
 
 
 def _masked(op: JacobianOperator, c, valid) -> JacobianOperator:
@@ -214,11 +203,9 @@ def _softmax_family(act, loss, z, y):
     if plain:
         # smoothing keeps Σc = 1: the row sums are 1, or 0 for ignored rows
         csum = np.ones(t.indices.shape, z.dtype) if t.valid is None else t.valid.astype(z.dtype)
-        denom = t.indices.size if t.valid is None else int(np.count_nonzero(t.valid))
     else:
-        c, denom = loss.coefficients(t, z.dtype)
-        csum = c.sum(axis=-1)
-    scale = _scale(loss, denom, z.dtype) / z.dtype.type(T) ** 2
+        csum = loss.coefficients(t, z.dtype)[0].sum(axis=-1)
+    scale = loss.reduction_scale(z, t) / z.dtype.type(T) ** 2
     return x, t, csum, scale
 
 
@@ -308,7 +295,7 @@ def _sigmoid_bce_hessian(act, loss, z, y):
     y = loss.check_targets(z, y)
     e, sig, sig_neg, ys, pw = _bce_parts(loss, z, y)
     h = sig * sig_neg * (1 - ys + pw * ys)
-    return DiagonalJacobian(h * _scale(loss, z.size, z.dtype))
+    return DiagonalJacobian(h * loss.reduction_scale(z, y))
 
 
 def _sigmoid_bce_sqrt(act, loss, z, y):
@@ -317,7 +304,7 @@ def _sigmoid_bce_sqrt(act, loss, z, y):
     z = as_float_array(z, "z")
     y = loss.check_targets(z, y)
     e, _, _, ys, pw = _bce_parts(loss, z, y)
-    root = np.exp(-np.abs(z) / 2) / (1 + e) * np.sqrt((1 - ys + pw * ys) * _scale(loss, z.size, z.dtype))
+    root = np.exp(-np.abs(z) / 2) / (1 + e) * np.sqrt((1 - ys + pw * ys) * loss.reduction_scale(z, y))
     return DiagonalJacobian(root).dense()
 
 
@@ -344,7 +331,7 @@ _builtin(Sigmoid, BinaryCrossEntropy, sqrt=_sigmoid_bce_sqrt, fisher=_sigmoid_bc
 def _identity_mse_hessian(act, loss, z, y):
     z = as_float_array(z, "z")
     loss.check_targets(z, y)
-    return DiagonalJacobian(np.full_like(z, 2 * _scale(loss, z.size, z.dtype)))
+    return DiagonalJacobian(np.full_like(z, 2 * loss.reduction_scale(z, y)))
 
 
 def _identity_mse_fisher(act, loss, z, y):
@@ -663,17 +650,8 @@ def reduction_factor(head, z, y) -> float:
     made by :meth:`~jacobians.Loss.with_denominator` keeps its own denominator."""
     loss = head.loss_fn
     z = as_float_array(z, "z")
-    if loss.reduction != "mean":
-        return 1.0
-    if loss.denominator is not None:  # with_denominator: the caller's, whatever the batch
-        denom = loss.denominator
-    else:
-        x = z if head.logits_loss else head.activation(z)
-        if y is None:
-            denom = x.size if isinstance(loss, ElementwiseLoss) else int(np.prod(x.shape[:-1]))
-        else:
-            denom = loss._mean_denominator(x, loss.check_targets(x, y))
-    return float(mean_scale(denom, np.float64))  # 0 for a denominator of 0 (see jacobians._empty)
+    # the denominator reads the shape of the loss's input (z's) and the targets
+    return float(loss.reduction_scale(z, y, dtype=np.float64))  # 0 for a denominator of 0
 
 
 def _check_kind_applies(head, kind: str) -> None:
