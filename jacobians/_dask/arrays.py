@@ -25,6 +25,7 @@ __all__ = [
     "check_known",
     "prepare_z",
     "align",
+    "align_targets",
     "indices",
     "rowwise",
     "with_axes",
@@ -99,6 +100,14 @@ def align(x, z, name: str, *, rechunk_last: bool = False):
     if not is_dask(x):
         return da.from_array(x, chunks=chunks)
     return x if x.chunks == chunks else x.rechunk(chunks)
+
+
+def align_targets(y, z):
+    """``(y aligned with z's row chunks, the targets the denominator reads)``: the latter is
+    the numpy targets as given (the denominator is then computed at once, no graph) or
+    the aligned dask ones."""
+    yd = align(y, z, "y")
+    return yd, (yd if y is None or is_dask(y) else np.asarray(y))
 
 
 # -- running a function chunk by chunk ----------------------------------------------------------

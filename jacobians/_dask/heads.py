@@ -12,6 +12,7 @@ from ..head import Head
 from ..losses import ElementwiseLoss
 from .arrays import (
     align,
+    align_targets,
     check_known,
     da,
     float_dtype,
@@ -56,7 +57,7 @@ def head_value_and_grad(head, z, y, method="auto", *, max_bytes=None, workers=No
     """``(value, dE/dz)`` on dask logits (see :func:`jacobians._dask.rows._loss_terms` for
     how each is reduced)."""
     z = prepare_z(z)
-    y = align(y, z, "y")
+    y, yt = align_targets(y, z)
     dt = float_dtype(z.dtype)
     loss = head.loss_fn
     value = grad = None
@@ -72,9 +73,9 @@ def head_value_and_grad(head, z, y, method="auto", *, max_bytes=None, workers=No
         out = "same" if isinstance(loss, ElementwiseLoss) else "rows"
         value = rowwise(value_of, z, y, dtype=dt, out=out)
         if loss.reduction != "none":  # the per-row values added up as numpy adds them
-            value = times(reduced_total(value, dt), reduction_factor(head, z, y, dt))
+            value = times(reduced_total(value, dt), reduction_factor(head, z, yt, dt))
     if need in ("grad", "both"):
-        d = _head_denominator(head, z, y)
+        d = _head_denominator(head, z, yt)
 
         def grad_of(zc, yc, dc=None):
             return _head_piece(head, dc).value_and_grad(zc, yc, method, max_bytes=max_bytes, workers=workers)[1]
@@ -91,9 +92,9 @@ def head_blocks(head, name, z, y, *args, sizes=None):
     """A head's per-row second-order method on dask logits (each chunk with the whole
     batch's denominator); ``sizes``: the new trailing axes (None: shape of z)."""
     z = prepare_z(z)
-    y = align(y, z, "y")
+    y, yt = align_targets(y, z)
     dt = float_dtype(z.dtype)
-    d = _head_denominator(head, z, y)
+    d = _head_denominator(head, z, yt)
     extras = [a for a in args if is_dask(a)]
     plain = [a for a in args if not is_dask(a)]
 
@@ -115,13 +116,13 @@ def head_hvp(head, z, y, v, method):
 def head_sqrt_ggn_sampled(head, z, mc_samples, seed, y=None):
     """Monte-Carlo columns on dask logits: each row's draws from (seed, its global index)."""
     z = prepare_z(z)
-    y = align(y, z, "y")
+    y, yt = align_targets(y, z)
     M = curvature.check_mc_samples(mc_samples)
     curvature.predictive_kind(head.loss_fn)
     key = curvature.seed_key(seed)
     dt = float_dtype(z.dtype)
     batch = z.shape[:-1]
-    d = _head_denominator(head, z, y)
+    d = _head_denominator(head, z, yt)
     d_value = None if d is None else (d if not is_dask(d) else None)
     target = None if y is None else (y[..., None] if y.ndim == z.ndim - 1 else y)
 
@@ -198,7 +199,7 @@ def linear_curvature(features, head, z, y, *, kind, structure, bias, max_bytes, 
     budget, key = last_layer.check_options(head, y, kind, structure, max_bytes, mc_samples, seed)
     z = prepare_z(z)
     X = _features(features, z)
-    y = align(y, z, "y")
+    y, yt = align_targets(y, z)
     dt = float_dtype(z.dtype)
     batch = z.shape[:-1]
     K, D = z.shape[-1], X.shape[-1]
@@ -222,7 +223,7 @@ def linear_curvature(features, head, z, y, *, kind, structure, bias, max_bytes, 
     parts = da.map_blocks(partial, *arrays, dtype=dt, drop_axis=[z.ndim - 1], new_axis=list(range(len(batch), len(batch) + len(shape))),
                           chunks=tuple((1,) * len(c) for c in z.chunks[:-1]) + tuple((s,) for s in shape))
     total = parts.sum(axis=tuple(range(len(batch))))
-    scale = reduction_factor(head, z, y, dt, value=False)
+    scale = reduction_factor(head, z, yt, dt, value=False)
     n_rows = int(np.prod(batch))
     if structure == "kron":
         X2 = X.reshape(-1, D)

@@ -4,7 +4,7 @@ numpy method; a loss's ``'mean'`` divides by the whole batch's denominator."""
 from __future__ import annotations
 
 from ..losses import ElementwiseLoss
-from .arrays import align, float_dtype, prepare_z, reduced_total, rowwise, times, with_axes
+from .arrays import align, align_targets, float_dtype, prepare_z, reduced_total, rowwise, times, with_axes
 from .reduction import batch_denominator, piece, scale_of
 
 __all__ = ["METHODS"]
@@ -58,7 +58,7 @@ def _loss_terms(loss, a, y, need: str):
     exactly over the chunks, then divided once as numpy does (``total · (1/denominator)``).
     """
     a = prepare_z(a, "a")
-    y = align(y, a, "y")
+    y, yt = align_targets(y, a)
     dt = float_dtype(a.dtype)
     value = grad = None
     if need in ("value", "both"):
@@ -66,9 +66,9 @@ def _loss_terms(loss, a, y, need: str):
         out = "same" if isinstance(loss, ElementwiseLoss) else "rows"
         value = rowwise(lambda ac, yc: per_row.value(ac, yc), a, y, dtype=dt, out=out)
         if loss.reduction != "none":  # the per-row values added up as numpy adds them
-            value = times(reduced_total(value, dt), scale_of(loss, a, y, dt))
+            value = times(reduced_total(value, dt), scale_of(loss, a, yt, dt))
     if need in ("grad", "both"):
-        d = batch_denominator(loss, a, y)
+        d = batch_denominator(loss, a, yt)
         grad = rowwise(lambda ac, yc, dc=None: piece(loss, dc).grad(ac, yc), a, y, d, dtype=dt)
     return value, grad
 
@@ -87,16 +87,16 @@ def _loss_value_and_grad(loss, fn, a, y):
 
 def _loss_hessian(loss, fn, a, y):
     a = prepare_z(a, "a")
-    y = align(y, a, "y")
-    d = batch_denominator(loss, a, y)
+    y, yt = align_targets(y, a)
+    d = batch_denominator(loss, a, yt)
     return with_axes(lambda ac, yc, dc=None: piece(loss, dc).hessian(ac, yc), a, y, d,
                      dtype=float_dtype(a.dtype), sizes=(a.shape[-1],))
 
 
 def _loss_hvp(loss, fn, a, y, v):
     a = prepare_z(a, "a")
-    y, v = align(y, a, "y"), align(v, a, "v", rechunk_last=True)
-    d = batch_denominator(loss, a, y)
+    (y, yt), v = align_targets(y, a), align(v, a, "v", rechunk_last=True)
+    d = batch_denominator(loss, a, yt)
     return rowwise(lambda ac, yc, vc, dc=None: piece(loss, dc).hvp(ac, yc, vc), a, y, v, d, dtype=float_dtype(a.dtype))
 
 

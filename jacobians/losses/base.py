@@ -96,6 +96,11 @@ class Loss:
     #: what ``'mean'`` divides by instead of the batch's own denominator (None: the batch's);
     #: see :meth:`with_denominator`
     denominator: float | None = None
+    #: True: :meth:`mean_denominator` reads only the targets and the shape and dtype of
+    #: ``a``, never its values (the built-ins); a batch split into pieces (Dask chunks) then
+    #: gets it from the targets without computing ``a``. A subclass whose denominator reads
+    #: the values of ``a`` sets it False.
+    denominator_from_targets: ClassVar[bool] = True
     #: the model's own distribution of targets given ``a``, for the Fisher (one of
     #: ``jacobians.curvature.PREDICTIVES``: ``'categorical'``, ``'categorical_log'``,
     #: ``'bernoulli'``, ``'gaussian'``); None: the loss is no negative log-likelihood
@@ -190,10 +195,6 @@ class Loss:
         :meth:`with_denominator`; :meth:`reduction_scale` honours it.
         """
         return int(np.prod(np.shape(a)[:-1]))
-
-    def _mean_denominator(self, a, y):
-        # the name used before mean_denominator was public (jacobians._dask still calls it)
-        return self.mean_denominator(a, y)
 
     def reduction_scale(self, a, y=None, *, dtype=None):
         """``c`` with the reduced loss ``E = c · Σ_n ℓ_n`` (ℓ_n the per-sample losses).
