@@ -25,7 +25,7 @@ from .arrays import (
     times,
     with_axes,
 )
-from .reduction import denominator, loss_input, reduction_factor
+from .reduction import denominator, loss_input, reduction_factor, value_scale
 
 __all__ = [
     "contract",
@@ -60,6 +60,7 @@ def head_value_and_grad(head, z, y, method="auto", *, max_bytes=None, workers=No
     y, yt = align_targets(y, z)
     dt = float_dtype(z.dtype)
     loss = head.loss_fn
+    d = _head_denominator(head, z, yt)
     value = grad = None
     if need in ("value", "both"):
         # head.loss (need='value') is the fused rule's value; value_and_grad's is the method's own
@@ -73,10 +74,8 @@ def head_value_and_grad(head, z, y, method="auto", *, max_bytes=None, workers=No
         out = "same" if isinstance(loss, ElementwiseLoss) else "rows"
         value = rowwise(value_of, z, y, dtype=dt, out=out)
         if loss.reduction != "none":  # the per-row values added up as numpy adds them
-            value = times(reduced_total(value, dt), reduction_factor(head, z, yt, dt))
+            value = times(reduced_total(value, dt), value_scale(d, dt))
     if need in ("grad", "both"):
-        d = _head_denominator(head, z, yt)
-
         def grad_of(zc, yc, dc=None):
             return _head_piece(head, dc).value_and_grad(zc, yc, method, max_bytes=max_bytes, workers=workers)[1]
 
@@ -223,7 +222,7 @@ def linear_curvature(features, head, z, y, *, kind, structure, bias, max_bytes, 
     parts = da.map_blocks(partial, *arrays, dtype=dt, drop_axis=[z.ndim - 1], new_axis=list(range(len(batch), len(batch) + len(shape))),
                           chunks=tuple((1,) * len(c) for c in z.chunks[:-1]) + tuple((s,) for s in shape))
     total = parts.sum(axis=tuple(range(len(batch))))
-    scale = reduction_factor(head, z, yt, dt, value=False)
+    scale = reduction_factor(head, z, yt, dt)
     n_rows = int(np.prod(batch))
     if structure == "kron":
         X2 = X.reshape(-1, D)

@@ -9,7 +9,7 @@ import numpy as np
 from .._empty import mean_value
 from .arrays import align, chunk_sum, da, exact_total, float_dtype, indices, is_dask
 
-__all__ = ["denominator", "scale_of", "reduction_factor", "loss_input", "batch_denominator", "piece"]
+__all__ = ["denominator", "value_scale", "reduction_factor", "loss_input", "batch_denominator", "piece"]
 
 
 def _stand_in(shape, dtype) -> np.ndarray:
@@ -47,30 +47,27 @@ def denominator(loss, x, y):
     return exact_total(parts, np.float64)
 
 
-def scale_of(loss, x, y, dtype):
-    """The factor ``'mean'`` puts on every term of the value (1 for the others), as numpy
-    computes it: ``dtype(1) / dtype(denominator)``, NaN with numpy's
-    :class:`~jacobians.EmptyMeanWarning` for a denominator of 0 (jacobians._empty; when the
-    denominator is a dask array, at compute time)."""
-    if loss.reduction != "mean":
+def value_scale(d, dtype):
+    """The factor on the value's total for the whole batch's denominator ``d`` (None: not
+    ``'mean'``, 1), as numpy computes it: ``dtype(1) / dtype(d)``, NaN with numpy's
+    :class:`~jacobians.EmptyMeanWarning` for ``d = 0`` (jacobians._empty; when ``d`` is a
+    dask array, at compute time)."""
+    if d is None:
         return 1
-    d = denominator(loss, x, y)
     one = np.dtype(dtype).type(1)
     if is_dask(d):
         return d.map_blocks(lambda dd: np.asarray(mean_value(one, dd, dtype), dtype=dtype), dtype=dtype)
     return mean_value(one, d, dtype)
 
 
-def reduction_factor(head, z, y, dtype, *, value: bool = True):
-    """The whole batch's factor on a head's ``'sum'`` value (``value=True``) or blocks (see
-    :func:`curvature.reduction_factor`): for derivatives, 0 where the denominator is 0
+def reduction_factor(head, z, y, dtype):
+    """The whole batch's factor on a head's ``'sum'`` blocks (see
+    :func:`curvature.reduction_factor`): 0 where the denominator is 0
     (:meth:`~jacobians.Loss.reduction_scale`)."""
     loss = head.loss_fn
     if loss.reduction != "mean":
         return 1
     x = loss_input(head, z, y)
-    if value:
-        return scale_of(loss, x, y, dtype)
     d = denominator(loss, x, y)
     if not is_dask(d):
         return piece(loss, d).reduction_scale(x, dtype=dtype)

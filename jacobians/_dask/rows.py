@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..losses import ElementwiseLoss
 from .arrays import align, align_targets, float_dtype, prepare_z, reduced_total, rowwise, times, with_axes
-from .reduction import batch_denominator, piece, scale_of
+from .reduction import batch_denominator, piece, value_scale
 
 __all__ = ["METHODS"]
 
@@ -60,15 +60,15 @@ def _loss_terms(loss, a, y, need: str):
     a = prepare_z(a, "a")
     y, yt = align_targets(y, a)
     dt = float_dtype(a.dtype)
+    d = batch_denominator(loss, a, yt)
     value = grad = None
     if need in ("value", "both"):
         per_row = loss.with_reduction("none")
         out = "same" if isinstance(loss, ElementwiseLoss) else "rows"
         value = rowwise(lambda ac, yc: per_row.value(ac, yc), a, y, dtype=dt, out=out)
         if loss.reduction != "none":  # the per-row values added up as numpy adds them
-            value = times(reduced_total(value, dt), scale_of(loss, a, yt, dt))
+            value = times(reduced_total(value, dt), value_scale(d, dt))
     if need in ("grad", "both"):
-        d = batch_denominator(loss, a, yt)
         grad = rowwise(lambda ac, yc, dc=None: piece(loss, dc).grad(ac, yc), a, y, d, dtype=dt)
     return value, grad
 
