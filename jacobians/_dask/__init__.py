@@ -17,7 +17,7 @@ that exists; only the reductions cross chunks:
 * Monte-Carlo draws are a function of (seed, global row index, sample), so they do not
   depend on the chunking.
 
-Modules: :mod:`.arrays` (preparing and aligning arrays, running a function chunk by
+Modules: :mod:`.detect` (the detector: no import of dask), :mod:`.arrays` (preparing and aligning arrays, running a function chunk by
 chunk, exact totals), :mod:`.reduction` (the whole batch's ``'mean'`` denominator and
 factor), :mod:`.rows` (activations' and losses' row-wise methods), :mod:`.heads` (a
 head's entry points, ``contract`` and the last layer).
@@ -28,13 +28,9 @@ from __future__ import annotations
 import types
 
 from ..backend import ENTRY_POINTS, register_backend
+from .detect import is_dask_type
 
 __all__ = ["is_dask_type", "load"]
-
-
-def is_dask_type(cls: type) -> bool:
-    """True for ``dask.array.Array`` (and any type of dask's), by its module's name."""
-    return cls.__module__.split(".")[0] == "dask"
 
 
 def load():

@@ -16,7 +16,7 @@ except ImportError as exc:  # pragma: no cover - only reached with a dask array 
     ) from exc
 
 from .. import _math
-from . import is_dask_type
+from .detect import is_dask_type
 
 __all__ = [
     "da",
