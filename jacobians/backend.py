@@ -44,7 +44,8 @@ __all__ = [
     "backend_aware",
 ]
 
-#: the functions an implementation provides besides ``METHODS`` (see :class:`Implementation`)
+#: the functions an implementation provides besides ``METHODS`` (see
+#: :class:`Implementation`)
 ENTRY_POINTS = (
     "contract",
     "head_loss",
@@ -59,14 +60,15 @@ ENTRY_POINTS = (
 
 
 class Implementation(Protocol):
-    """What a backend's loader returns; each function mirrors the numpy entry point of the
-    same name and returns arrays of the backend's own type.
+    """What a backend's loader returns; each function mirrors the numpy entry point of
+    the same name and returns arrays of the backend's own type.
 
     ``METHODS`` maps the name of an activation's or a loss's row-wise method
-    (``'__call__'``, ``'jacobian'``, ``'vjp'``, ``'jvp'``, ``'hessian'``, ``'hessian_vjp'``;
-    ``'loss.value'``, ``'loss.grad'``, ``'loss.value_and_grad'``, ``'loss.hessian'``,
-    ``'loss.hvp'``) to ``f(obj, plain_method, *args, **kwargs)``, where ``plain_method``
-    is the numpy method (unbound), to run on pieces of the arrays.
+    (``'__call__'``, ``'jacobian'``, ``'vjp'``, ``'jvp'``, ``'hessian'``,
+    ``'hessian_vjp'``; ``'loss.value'``, ``'loss.grad'``, ``'loss.value_and_grad'``,
+    ``'loss.hessian'``, ``'loss.hvp'``) to ``f(obj, plain_method, *args, **kwargs)``,
+    where ``plain_method`` is the numpy method (unbound), to run on pieces of the
+    arrays.
     """
 
     METHODS: dict[str, Callable[..., Any]]
@@ -79,7 +81,20 @@ class Implementation(Protocol):
     def head_sqrt_ggn_sampled(self, head, z, mc_samples, seed, y=None): ...
     def head_fisher(self, head, z, y, kind, mc_samples, seed): ...
     def linear_gradient(self, features, head, z, y, bias): ...
-    def linear_curvature(self, features, head, z, y, *, kind, structure, bias, max_bytes, mc_samples, seed): ...
+    def linear_curvature(
+        self,
+        features,
+        head,
+        z,
+        y,
+        *,
+        kind,
+        structure,
+        bias,
+        max_bytes,
+        mc_samples,
+        seed,
+    ): ...
 
 
 class Backend:
@@ -90,7 +105,9 @@ class Backend:
 
     __slots__ = ("name", "detect", "load", "_implementation")
 
-    def __init__(self, name: str, detect: Callable[[type], bool], load: Callable[[], Any]):
+    def __init__(
+        self, name: str, detect: Callable[[type], bool], load: Callable[[], Any]
+    ):
         self.name, self.detect, self.load = name, detect, load
         self._implementation = None
 
@@ -106,21 +123,33 @@ class Backend:
 
 
 _REGISTRY: dict[str, Backend] = {}
-#: name -> :class:`Backend`, in registration order (read-only: use :func:`register_backend`)
+#: name -> :class:`Backend`, in registration order (read-only: use
+#: :func:`register_backend`)
 BACKENDS = types.MappingProxyType(_REGISTRY)
-#: type -> its backend (or None): the detectors' answers, cleared when the registry changes
+#: type -> its backend (or None): the detectors' answers, cleared when the registry
+#: changes
 _BY_TYPE: dict[type, Backend | None] = {}
 
 
-def register_backend(name: str, detect: Callable[[type], bool], load: Callable[[], Any], *,
-                     replace: bool = False) -> Backend:
+def register_backend(
+    name: str,
+    detect: Callable[[type], bool],
+    load: Callable[[], Any],
+    *,
+    replace: bool = False,
+) -> Backend:
     """Register a backend; ``replace=True`` to register a name again. Returns it."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"a backend's name must be a non-empty str; got {name!r}")
     if not (callable(detect) and callable(load)):
-        raise TypeError("detect and load must be callables: detect(cls) -> bool, load() -> implementation")
+        raise TypeError(
+            "detect and load must be callables: detect(cls) -> bool, "
+            "load() -> implementation"
+        )
     if name in _REGISTRY and not replace:
-        raise ValueError(f"backend {name!r} is already registered; pass replace=True to replace it")
+        raise ValueError(
+            f"backend {name!r} is already registered; pass replace=True to replace it"
+        )
     backend = Backend(name, detect, load)
     _REGISTRY[name] = backend
     _BY_TYPE.clear()
@@ -130,7 +159,9 @@ def register_backend(name: str, detect: Callable[[type], bool], load: Callable[[
 def unregister_backend(name: str) -> None:
     """Remove a registered backend."""
     if name not in _REGISTRY:
-        raise KeyError(f"backend {name!r} is not registered; registered: {sorted(_REGISTRY)}")
+        raise KeyError(
+            f"backend {name!r} is not registered; registered: {sorted(_REGISTRY)}"
+        )
     del _REGISTRY[name]
     _BY_TYPE.clear()
 
@@ -155,7 +186,8 @@ def backend_of(*arrays) -> Implementation | None:
         if b is not None and b is not found:
             if found is not None:
                 raise TypeError(
-                    f"arrays of two backends in one call: {found.name} and {b.name} (a {cls.__module__}."
+                    f"arrays of two backends in one call: {found.name} and {b.name} "
+                    f"(a {cls.__module__}."
                     f"{cls.__qualname__}); convert them to one array library first"
                 )
             found = b
@@ -164,7 +196,8 @@ def backend_of(*arrays) -> Implementation | None:
 
 def backend_aware(name: str):
     """Decorator for an activation's or a loss's row-wise method: with an array of a
-    backend among the arguments, the call goes to its implementation's ``METHODS[name]``."""
+    backend among the arguments, the call goes to its implementation's
+    ``METHODS[name]``."""
 
     def wrap(fn):
         if getattr(fn, "__backend_aware__", False):

@@ -1,6 +1,7 @@
 """The array-type dispatch (jacobians.backend): a registered backend's arrays go to its
-implementation, numpy ones to the package's own code; the loader runs once, on first use;
-two backends in one call are a TypeError naming both; nothing is imported to detect."""
+implementation, numpy ones to the package's own code; the loader runs once, on first
+use; two backends in one call are a TypeError naming both; nothing is imported to
+detect."""
 
 from __future__ import annotations
 
@@ -30,23 +31,43 @@ def _implementation(calls):
     def method(name):
         def run(obj, plain, *args, **kwargs):
             calls.append(name)
-            return FakeArray(plain(obj, *(a.x if isinstance(a, FakeArray) else a for a in args), **kwargs))
+            return FakeArray(
+                plain(
+                    obj,
+                    *(a.x if isinstance(a, FakeArray) else a for a in args),
+                    **kwargs,
+                )
+            )
 
         return run
 
-    names = ["__call__", "jacobian", "vjp", "jvp", "hessian", "hessian_vjp", "loss.value", "loss.grad",
-             "loss.value_and_grad", "loss.hessian", "loss.hvp"]
+    names = [
+        "__call__",
+        "jacobian",
+        "vjp",
+        "jvp",
+        "hessian",
+        "hessian_vjp",
+        "loss.value",
+        "loss.grad",
+        "loss.value_and_grad",
+        "loss.hessian",
+        "loss.hvp",
+    ]
 
     def head_value_and_grad(head, z, y, method, *, max_bytes, workers, need):
         calls.append("head_value_and_grad")
         return head.value_and_grad(z.x, y, method)
 
-    return types.SimpleNamespace(METHODS={n: method(n) for n in names}, head_value_and_grad=head_value_and_grad)
+    return types.SimpleNamespace(
+        METHODS={n: method(n) for n in names}, head_value_and_grad=head_value_and_grad
+    )
 
 
 @pytest.fixture
 def fake():
-    """The 'fake' backend registered for the test (and removed after): its calls and loads."""
+    """The 'fake' backend registered for the test (and removed after): its calls and
+    loads."""
     calls, loads = [], []
 
     def load():
@@ -54,7 +75,9 @@ def fake():
         return _implementation(calls)
 
     backend.register_backend("fake", lambda cls: cls is FakeArray, load)
-    backend.register_backend("other", lambda cls: cls is OtherArray, lambda: _implementation(calls))
+    backend.register_backend(
+        "other", lambda cls: cls is OtherArray, lambda: _implementation(calls)
+    )
     yield calls, loads
     backend.unregister_backend("fake")
     backend.unregister_backend("other")
@@ -100,13 +123,48 @@ def test_registering_is_checked(fake):
         backend.unregister_backend("never")
     assert list(backend.BACKENDS)[:1] == ["dask"]
     with pytest.raises(TypeError):
-        backend.BACKENDS["x"] = None  # read-only: register_backend keeps the type cache right
+        backend.BACKENDS["x"] = (
+            None  # read-only: register_backend keeps the type cache right
+        )
 
 
 def test_dask_is_registered_without_importing_dask():
-    code = ("import sys, jacobians, numpy as np\n"
-            "from jacobians.backend import BACKENDS, backend_of\n"
-            "assert backend_of(np.zeros(2)) is None\n"
-            "print('dask' in BACKENDS, 'dask' in sys.modules, any(m.endswith(('_dask.heads', '_dask.rows')) for m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    code = (
+        "import sys, jacobians, numpy as np\n"
+        "from jacobians.backend import BACKENDS, backend_of\n"
+        "assert backend_of(np.zeros(2)) is None\n"
+        "print('dask' in BACKENDS, 'dask' in sys.modules, "
+        "any(m.endswith(('_dask.heads', '_dask.rows')) for m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == ["True", "False", "False"]
+
+
+def test_nothing_below_the_top_imports_a_backend():
+    """Only the package's face (jacobians/__init__.py) imports jacobians._dask, and _dask
+    reaches the rest of the package from above: every import statement is read, inside
+    functions too."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(jac.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if rel.parts[0] == "_dask" or rel == pathlib.Path("__init__.py"):
+            continue
+        package = ["jacobians", *rel.parts[:-1]]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                names = [f"{module}.{a.name}" for a in node.names] + [module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            if any(n == "jacobians._dask" or n.startswith("jacobians._dask.") for n in names):
+                offenders.append(str(rel))
+    assert offenders == []

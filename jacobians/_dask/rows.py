@@ -4,13 +4,22 @@ numpy method; a loss's ``'mean'`` divides by the whole batch's denominator."""
 from __future__ import annotations
 
 from ..losses import ElementwiseLoss
-from .arrays import align, align_targets, float_dtype, prepare_z, reduced_total, rowwise, times, with_axes
+from .arrays import (
+    align,
+    align_targets,
+    float_dtype,
+    prepare_z,
+    reduced_total,
+    rowwise,
+    times,
+    with_axes,
+)
 from .reduction import batch_denominator, piece, value_scale
 
 __all__ = ["METHODS"]
 
 
-# -- activations ----------------------------------------------------------------------------------
+# -- activations -----------------------------------------------------------------------
 
 
 def _activation_rows(act, fn, z, *others, out="same"):
@@ -26,36 +35,52 @@ def _call(act, fn, z):
 
 def _jacobian(act, fn, z, *, out=None, workers=None):
     if out is not None:
-        raise TypeError("out= is a numpy buffer: a dask z gives a dask Jacobian (leave out=None)")
+        raise TypeError(
+            "out= is a numpy buffer: a dask z gives a dask Jacobian (leave out=None)"
+        )
     z = prepare_z(z)
-    return with_axes(lambda zc: fn(act, zc, workers=workers), z, dtype=float_dtype(z.dtype), sizes=(z.shape[-1],))
+    return with_axes(
+        lambda zc: fn(act, zc, workers=workers),
+        z,
+        dtype=float_dtype(z.dtype),
+        sizes=(z.shape[-1],),
+    )
 
 
 def _hessian(act, fn, z):
     z = prepare_z(z)
     K = z.shape[-1]
-    return with_axes(lambda zc: fn(act, zc), z, dtype=float_dtype(z.dtype), sizes=(K, K))
+    return with_axes(
+        lambda zc: fn(act, zc), z, dtype=float_dtype(z.dtype), sizes=(K, K)
+    )
 
 
 def _hessian_vjp(act, fn, z, g):
     z = prepare_z(z)
     g = align(g, z, "g", rechunk_last=True)
-    return with_axes(lambda zc, gc: fn(act, zc, gc), z, g, dtype=float_dtype(z.dtype), sizes=(z.shape[-1],))
+    return with_axes(
+        lambda zc, gc: fn(act, zc, gc),
+        z,
+        g,
+        dtype=float_dtype(z.dtype),
+        sizes=(z.shape[-1],),
+    )
 
 
 def _vector(act, fn, z, v):
     return _activation_rows(act, fn, z, v)
 
 
-# -- losses ---------------------------------------------------------------------------------------
+# -- losses ----------------------------------------------------------------------------
 
 
 def _loss_terms(loss, a, y, need: str):
     """``(value, grad)`` of a loss on dask ``a`` (either None when not needed).
 
     The gradient: each chunk with the whole batch's ``'mean'`` denominator (the numbers
-    numpy gives for the whole batch, to the bit). The value: each chunk's ``'sum'``, added
-    exactly over the chunks, then divided once as numpy does (``total · (1/denominator)``).
+    numpy gives for the whole batch, to the bit). The value: each chunk's ``'sum'``,
+    added exactly over the chunks, then divided once as numpy does (``total ·
+    (1/denominator)``).
     """
     a = prepare_z(a, "a")
     y, yt = align_targets(y, a)
@@ -69,7 +94,9 @@ def _loss_terms(loss, a, y, need: str):
         if loss.reduction != "none":  # the per-row values added up as numpy adds them
             value = times(reduced_total(value, dt), value_scale(d, dt))
     if need in ("grad", "both"):
-        grad = rowwise(lambda ac, yc, dc=None: piece(loss, dc).grad(ac, yc), a, y, d, dtype=dt)
+        grad = rowwise(
+            lambda ac, yc, dc=None: piece(loss, dc).grad(ac, yc), a, y, d, dtype=dt
+        )
     return value, grad
 
 
@@ -89,18 +116,32 @@ def _loss_hessian(loss, fn, a, y):
     a = prepare_z(a, "a")
     y, yt = align_targets(y, a)
     d = batch_denominator(loss, a, yt)
-    return with_axes(lambda ac, yc, dc=None: piece(loss, dc).hessian(ac, yc), a, y, d,
-                     dtype=float_dtype(a.dtype), sizes=(a.shape[-1],))
+    return with_axes(
+        lambda ac, yc, dc=None: piece(loss, dc).hessian(ac, yc),
+        a,
+        y,
+        d,
+        dtype=float_dtype(a.dtype),
+        sizes=(a.shape[-1],),
+    )
 
 
 def _loss_hvp(loss, fn, a, y, v):
     a = prepare_z(a, "a")
     (y, yt), v = align_targets(y, a), align(v, a, "v", rechunk_last=True)
     d = batch_denominator(loss, a, yt)
-    return rowwise(lambda ac, yc, vc, dc=None: piece(loss, dc).hvp(ac, yc, vc), a, y, v, d, dtype=float_dtype(a.dtype))
+    return rowwise(
+        lambda ac, yc, vc, dc=None: piece(loss, dc).hvp(ac, yc, vc),
+        a,
+        y,
+        v,
+        d,
+        dtype=float_dtype(a.dtype),
+    )
 
 
-#: name -> implementation, for the methods wrapped by :func:`jacobians.backend.backend_aware`
+#: name -> implementation, for the methods wrapped by
+#: :func:`jacobians.backend.backend_aware`
 METHODS = {
     "__call__": _call,
     "jacobian": _jacobian,
