@@ -17,6 +17,7 @@ True
 
 __version__ = "0.1.0"
 
+from . import _dask as _dask  # registers the Dask backend; dask is imported on first use
 from . import curvature, domains, fused, operators
 from ._empty import EmptyMeanWarning
 from ._kernels import kernels

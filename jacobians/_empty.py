@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["mean_scale", "mean_value", "EmptyMeanWarning"]
+__all__ = ["mean_scale", "mean_value", "mean_value_of_scale", "EmptyMeanWarning"]
 
 
 class EmptyMeanWarning(RuntimeWarning):
@@ -44,6 +44,16 @@ def mean_value(total, denom, dtype):
         return np.dtype(dtype).type(np.nan)
     with np.errstate(invalid="ignore"):
         return total * mean_scale(denom, dtype)
+
+
+def mean_value_of_scale(total, scale, dtype):
+    """The ``'mean'`` value ``total · scale`` from the factor ``scale = mean_scale(denom)``
+    (as :func:`mean_value`): NaN with an :class:`EmptyMeanWarning` when ``scale`` is 0."""
+    if scale == 0:
+        _warn()
+        return np.dtype(dtype).type(np.nan)
+    with np.errstate(invalid="ignore"):
+        return total * scale
 
 
 def _warn() -> None:

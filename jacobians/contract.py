@@ -18,8 +18,8 @@ import functools
 import numpy as np
 import opt_einsum
 
-from ._lazy import any_dask, dask_support
 from ._validation import as_float_array
+from .backend import backend_of
 
 __all__ = ["contract", "contract_kernel", "diagonal", "contraction_expression"]
 
@@ -91,8 +91,8 @@ def contract(g, J) -> np.ndarray:
     >>> contract(np.array([[1.0, 0.0]]), J)          # row 0 of J
     array([[1., 2.]])
     """
-    if any_dask(g, J):
-        return dask_support().contract(g, J)
+    if (backend := backend_of(g, J)) is not None:
+        return backend.contract(g, J)
     if not isinstance(J, np.ndarray) and callable(getattr(J, "vjp", None)):
         return J.vjp(g)  # a JacobianOperator (this module stays below operators.py)
     J = as_float_array(J, "J", min_ndim=2)

@@ -42,13 +42,11 @@ from typing import Callable
 import numpy as np
 
 from . import _kernels, _math
-from ._empty import mean_scale
 from ._validation import as_float_array
 from .activations import Entmax, Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
 from .losses import (
     BinaryCrossEntropy,
     CrossEntropy,
-    ElementwiseLoss,
     Entmax15Loss,
     EntmaxLoss,
     KLDivergence,
@@ -176,23 +174,14 @@ def get_hessian_rule(activation, loss) -> HessianRule | None:
 # -- reduction factors ---------------------------------------------------------------------
 
 
-def _scale(loss: Loss, denom, dtype) -> np.generic:
-    return loss._reduction_scale(denom, np.dtype(dtype))
-
-
 def _row_factor(loss: Loss, x: np.ndarray, y):
-    """``(c, valid)``: the factor ``c_n`` of ``E = Σ c_n ℓ_n`` (one scalar for every row) and
-    the rows that count (a bool mask, or None for all). Without targets ``'mean'`` divides
-    by the number of rows (of entries, for an elementwise loss)."""
-    valid = None
-    if y is None:
-        denom = x.size if isinstance(loss, ElementwiseLoss) else int(np.prod(x.shape[:-1]))
-    else:
-        t = loss.check_targets(x, y)
-        denom = loss._mean_denominator(x, t)
-        if isinstance(t, ClassTargets):
-            valid = t.valid
-    return _scale(loss, denom, x.dtype), valid
+    """``(c, valid)``: the factor ``c_n`` of ``E = Σ c_n ℓ_n`` (one scalar for every row,
+    :meth:`~jacobians.Loss.reduction_scale`) and the rows that count (a bool mask, or None
+    for all). Without targets ``'mean'`` divides by the number of rows (of entries, for an
+    elementwise loss)."""
+    t = None if y is None else loss.check_targets(x, y)
+    valid = t.valid if isinstance(t, ClassTargets) else None
+    return loss.reduction_scale(x, t), valid
 
 
 def _masked(op: JacobianOperator, c, valid) -> JacobianOperator:
@@ -214,11 +203,9 @@ def _softmax_family(act, loss, z, y):
     if plain:
         # smoothing keeps Σc = 1: the row sums are 1, or 0 for ignored rows
         csum = np.ones(t.indices.shape, z.dtype) if t.valid is None else t.valid.astype(z.dtype)
-        denom = t.indices.size if t.valid is None else int(np.count_nonzero(t.valid))
     else:
-        c, denom = loss.coefficients(t, z.dtype)
-        csum = c.sum(axis=-1)
-    scale = _scale(loss, denom, z.dtype) / z.dtype.type(T) ** 2
+        csum = loss.coefficients(t, z.dtype)[0].sum(axis=-1)
+    scale = loss.reduction_scale(z, t) / z.dtype.type(T) ** 2
     return x, t, csum, scale
 
 
@@ -308,7 +295,7 @@ def _sigmoid_bce_hessian(act, loss, z, y):
     y = loss.check_targets(z, y)
     e, sig, sig_neg, ys, pw = _bce_parts(loss, z, y)
     h = sig * sig_neg * (1 - ys + pw * ys)
-    return DiagonalJacobian(h * _scale(loss, z.size, z.dtype))
+    return DiagonalJacobian(h * loss.reduction_scale(z, y))
 
 
 def _sigmoid_bce_sqrt(act, loss, z, y):
@@ -317,7 +304,7 @@ def _sigmoid_bce_sqrt(act, loss, z, y):
     z = as_float_array(z, "z")
     y = loss.check_targets(z, y)
     e, _, _, ys, pw = _bce_parts(loss, z, y)
-    root = np.exp(-np.abs(z) / 2) / (1 + e) * np.sqrt((1 - ys + pw * ys) * _scale(loss, z.size, z.dtype))
+    root = np.exp(-np.abs(z) / 2) / (1 + e) * np.sqrt((1 - ys + pw * ys) * loss.reduction_scale(z, y))
     return DiagonalJacobian(root).dense()
 
 
@@ -344,7 +331,7 @@ _builtin(Sigmoid, BinaryCrossEntropy, sqrt=_sigmoid_bce_sqrt, fisher=_sigmoid_bc
 def _identity_mse_hessian(act, loss, z, y):
     z = as_float_array(z, "z")
     loss.check_targets(z, y)
-    return DiagonalJacobian(np.full_like(z, 2 * _scale(loss, z.size, z.dtype)))
+    return DiagonalJacobian(np.full_like(z, 2 * loss.reduction_scale(z, y)))
 
 
 def _identity_mse_fisher(act, loss, z, y):
@@ -479,7 +466,8 @@ def sqrt_ggn(head, z, y) -> np.ndarray:
 # -- Fisher ------------------------------------------------------------------------------------
 
 
-def _predictive(loss) -> str:
+def predictive_kind(loss) -> str:
+    """The loss's predictive distribution (one of ``PREDICTIVES``); a ValueError without one."""
     kind = getattr(loss, "predictive", None)
     if kind is None:
         raise ValueError(
@@ -507,7 +495,7 @@ def fisher_operator(head, z, y=None, kind: str = "exact", *, mc_samples: int = 1
     if kind == "mc":
         S = sqrt_ggn_sampled(head, z, mc_samples=mc_samples, seed=seed, y=y)
         return DenseJacobian(S @ np.swapaxes(S, -1, -2))
-    _predictive(loss)
+    predictive_kind(loss)
     c, valid = _row_factor(loss, _loss_input(head, z), y)
     rule = head.hessian_rule
     if rule is not None and rule.fisher is not None:
@@ -541,7 +529,8 @@ def _row_gradients(head, z, y, *, sampled: bool = False) -> np.ndarray:
 # -- Monte-Carlo columns -----------------------------------------------------------------------
 
 
-def _seed_key(seed) -> int:
+def seed_key(seed) -> int:
+    """The sampling key of ``seed``: a non-negative int, a Generator's draw, or a fresh one."""
     if seed is None:
         return int(np.random.default_rng().integers(2**63))
     if isinstance(seed, np.random.Generator):
@@ -581,7 +570,7 @@ def uniforms_for_rows(key: int, row_ids, per_row: int) -> np.ndarray:
 def sample_targets(loss, a: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Targets drawn from ``loss``'s predictive distribution at ``a`` from uniforms ``u``
     (``(N, U)`` for the N rows of ``a``); class indices or arrays of a's shape."""
-    kind = _predictive(loss)
+    kind = predictive_kind(loss)
     K = a.shape[-1]
     a2 = a.reshape(-1, K)
     if kind in ("categorical", "categorical_log"):
@@ -602,7 +591,8 @@ def _uniforms_per_row(kind: str, K: int) -> int:
     return {"categorical": 1, "categorical_log": 1, "bernoulli": K, "gaussian": 2 * K}[kind]
 
 
-def _check_mc_samples(mc_samples) -> int:
+def check_mc_samples(mc_samples) -> int:
+    """``mc_samples`` as an int >= 1 (a ValueError otherwise)."""
     if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 1:
         raise ValueError(f"mc_samples must be an int >= 1; got {mc_samples!r}")
     return int(mc_samples)
@@ -615,11 +605,11 @@ def sqrt_ggn_sampled(head, z, mc_samples: int = 1, seed=None, *, y=None, row_sta
 
     The draws of row n are a function of (seed, its global index, m): ``row_ids`` (the
     global flat indices of z's rows) or ``row_start + arange(N)``."""
-    _check_mc_samples(mc_samples)
+    check_mc_samples(mc_samples)
     z = as_float_array(z, "z")
     loss = head.loss_fn
-    kind = _predictive(loss)
-    key = _seed_key(seed)
+    kind = predictive_kind(loss)
+    key = seed_key(seed)
     a = head.activation(z)
     c, valid = _row_factor(loss, z if head.logits_loss else a, y)
     K = z.shape[-1]
@@ -660,24 +650,15 @@ def reduction_factor(head, z, y) -> float:
     made by :meth:`~jacobians.Loss.with_denominator` keeps its own denominator."""
     loss = head.loss_fn
     z = as_float_array(z, "z")
-    if loss.reduction != "mean":
-        return 1.0
-    if loss.denominator is not None:  # with_denominator: the caller's, whatever the batch
-        denom = loss.denominator
-    else:
-        x = z if head.logits_loss else head.activation(z)
-        if y is None:
-            denom = x.size if isinstance(loss, ElementwiseLoss) else int(np.prod(x.shape[:-1]))
-        else:
-            denom = loss._mean_denominator(x, loss.check_targets(x, y))
-    return float(mean_scale(denom, np.float64))  # 0 for a denominator of 0 (see jacobians._empty)
+    # the denominator reads the shape of the loss's input (z's) and the targets
+    return float(loss.reduction_scale(z, y, dtype=np.float64))  # 0 for a denominator of 0
 
 
 def _check_kind_applies(head, kind: str) -> None:
     if kind not in BLOCK_KINDS:
         raise ValueError(f"kind must be one of {BLOCK_KINDS}; got {kind!r}")
     if kind in ("fisher", "fisher_mc"):
-        _predictive(head.loss_fn)
+        predictive_kind(head.loss_fn)
 
 
 def blocks_for_rows(head, kind: str, z, y, *, key: int = 0, mc_samples: int = 1, row_start: int = 0, row_ids=None):

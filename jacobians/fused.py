@@ -41,7 +41,7 @@ from typing import Callable
 import numpy as np
 
 from . import _kernels, _math
-from ._empty import mean_scale, mean_value
+from ._empty import mean_value_of_scale
 from ._validation import as_float_array
 from .activations import Entmax, Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
 from .losses import (
@@ -131,7 +131,7 @@ def log_softmax_rule(activation, loss, z, y):
         and not getattr(loss, "label_smoothing", 0.0)
     )
     if plain and type(loss)._reduce is Loss._reduce:
-        return _plain_index_rule(x, t, loss.reduction, T, loss.denominator)
+        return _plain_index_rule(x, t, loss, T)
     c, denom = loss.coefficients(t, z.dtype)
     values, grad = _kernels.ce_coefficients(x, c)
     if isinstance(loss, KLDivergence):
@@ -141,31 +141,30 @@ def log_softmax_rule(activation, loss, z, y):
     return loss._reduce(values, grad, denom)
 
 
-def _plain_index_rule(x, t, reduction, T, denominator=None):
+def _plain_index_rule(x, t, loss, T):
     """Index targets, no weights or smoothing: value ``lse(x) − x_y``, gradient
-    ``(s − e_y)/T`` (over the number of samples not ignored for ``'mean'``), written in
-    one buffer: ``log1p(o / e_y)`` and ``−o / (o + e_y)`` with ``o = Σ_{k≠y} e^{x_k}``
-    summed without the target (see :func:`jacobians._kernels.numpy_impl.ce_index`)."""
+    ``(s − e_y)/T`` (times :meth:`~jacobians.Loss.reduction_scale`), written in one
+    buffer: ``log1p(o / e_y)`` and ``−o / (o + e_y)`` with ``o = Σ_{k≠y} e^{x_k}`` summed
+    without the target (see :func:`jacobians._kernels.numpy_impl.ce_index`)."""
     K = x.shape[-1]
     x2 = x.reshape(-1, K)
-    n = x2.shape[0]
     idx = t.safe_indices().reshape(-1)
-    dtype = x.dtype.type
     valid = None if t.valid is None else t.valid.reshape(-1)
-    count = n if valid is None else int(np.count_nonzero(valid))
-    if denominator is not None:  # the whole batch's, for a piece of it (Loss.with_denominator)
-        count = denominator
-    scale = mean_scale(count, x.dtype) if reduction == "mean" else dtype(1.0)  # (see jacobians._empty)
-    if T != 1.0:
-        scale = scale / dtype(T)
+    c = loss.reduction_scale(x, t)  # (0 for a denominator of 0: see jacobians._empty)
+    scale = c if T == 1.0 else c / x.dtype.type(T)
     values, g = _kernels.ce_index(x2, idx, valid, scale)
     g = g.reshape(x.shape)
+    return _reduced(loss.reduction, values.reshape(x.shape[:-1]), _math.total(values), c, g)
+
+
+def _reduced(reduction, values, total, c, grad):
+    """``(value, grad)`` of a rule that applied the factor ``c`` itself: ``values`` for
+    ``'none'``, the ``total`` for ``'sum'``, ``total · c`` for ``'mean'``."""
     if reduction == "none":
-        return values.reshape(x.shape[:-1]), g
-    value = _math.total(values)
+        return values, grad
     if reduction == "sum":
-        return value, g
-    return mean_value(value, count, x.dtype), g
+        return total, grad
+    return mean_value_of_scale(total, c, grad.dtype), grad
 
 
 @register_fused(Sigmoid, BinaryCrossEntropy)
@@ -179,13 +178,13 @@ def sigmoid_bce_rule(activation, loss, z, y):
     y = loss.smoothed(loss.check_targets(z, y))
     pw = loss._pos_weight(z.dtype)
     if pw is None and type(loss)._reduce is Loss._reduce:
-        return _sigmoid_bce_plain(z, y, loss.reduction, loss.denominator)
+        return _sigmoid_bce_plain(z, y, loss)
     py = y if pw is None else pw * y
     values, grad = _kernels.sigmoid_bce_weighted(z, y, py)
     return loss._reduce(values, grad, values.size)
 
 
-def _sigmoid_bce_plain(z, y, reduction, denominator=None):
+def _sigmoid_bce_plain(z, y, loss):
     """Sigmoid + BCE without ``pos_weight``: ``softplus(z) − y z`` and ``σ(z) − y``, as
     ``z (h − y) + log1p(e)`` and ``(h − y) + (1 − 2h) q`` with ``h = step(z)``,
     ``e = exp(−|z|)``, ``q = e/(1 + e)`` (see :func:`jacobians._kernels.numpy_impl.sigmoid_bce_plain`):
@@ -193,16 +192,10 @@ def _sigmoid_bce_plain(z, y, reduction, denominator=None):
     is :func:`~jacobians._math.total`'s (float64 pieces of CHUNK_ENTRIES, rounded once).
     """
     zf, yf = z.reshape(-1), np.broadcast_to(y, z.shape).reshape(-1)
-    dtype = z.dtype.type
-    count = zf.size if denominator is None else denominator  # the whole batch's (Loss.with_denominator)
-    scale = mean_scale(count, z.dtype) if reduction == "mean" else dtype(1.0)  # (see jacobians._empty)
-    values, total, grad = _kernels.sigmoid_bce_plain(zf, yf, scale, reduction == "none")
+    c = loss.reduction_scale(z, y)  # (0 for a denominator of 0: see jacobians._empty)
+    values, total, grad = _kernels.sigmoid_bce_plain(zf, yf, c, loss.reduction == "none")
     grad = grad.reshape(z.shape)
-    if values is not None:
-        return values.reshape(z.shape), grad
-    if reduction == "sum":
-        return total, grad
-    return mean_value(total, count, z.dtype), grad
+    return _reduced(loss.reduction, None if values is None else values.reshape(z.shape), total, c, grad)
 
 
 @register_fused(Identity, MeanSquaredError)

@@ -8,10 +8,10 @@ from typing import NamedTuple
 import numpy as np
 
 from . import curvature
-from ._lazy import any_dask, dask_support
 from ._parallel import PARALLEL_MIN_BYTES, resolve_workers, run_in_row_blocks
 from ._validation import as_float_array
 from .activations import ACTIVATIONS, Activation
+from .backend import backend_of
 from .contract import contract
 from .fused import get_fused
 from .losses import LOSSES, Loss
@@ -151,8 +151,8 @@ class Head:
 
     def loss(self, z, y):
         """The loss value from logits ``z`` (..., K): the fused rule's when there is one."""
-        if any_dask(z, y):
-            return dask_support().head_loss(self, z, y)
+        if (backend := backend_of(z, y)) is not None:
+            return backend.head_loss(self, z, y)
         z = as_float_array(z, "z")
         rule = self.fused_rule
         if rule is not None:
@@ -186,9 +186,9 @@ class Head:
         method = self._resolve(method)
         if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1):
             raise ValueError(f"max_bytes must be a positive int; got {max_bytes!r}")
-        if any_dask(z, y):
-            return dask_support().head_value_and_grad(self, z, y, method, max_bytes=max_bytes, workers=workers,
-                                                      need=need)
+        if (backend := backend_of(z, y)) is not None:
+            return backend.head_value_and_grad(self, z, y, method, max_bytes=max_bytes, workers=workers,
+                                               need=need)
         z = as_float_array(z, "z")
         if method == "fused":
             return self.fused_rule(self.activation, self.loss_fn, z, y)
@@ -254,7 +254,7 @@ class Head:
     def hessian_operator(self, z, y, method: str = "auto"):
         """The Hessian blocks as a :class:`~jacobians.JacobianOperator` (diagonal, or diagonal
         minus low rank for every built-in pair: O(N·K) memory); see :meth:`hessian`."""
-        if any_dask(z, y):
+        if backend_of(z, y) is not None:
             raise TypeError("hessian_operator holds numpy arrays: for dask logits use hessian, hvp, ggn or sqrt_ggn")
         return curvature.hessian_operator(self, z, y, method)
 
@@ -290,23 +290,21 @@ class Head:
         >>> np.allclose(head.hessian(z, y, method="chain"), head.hessian(z, y))
         True
         """
-        if any_dask(z, y):
+        if (backend := backend_of(z, y)) is not None:
             curvature._resolve(self, method)
-            return dask_support().head_blocks(self, "hessian", z, y, method, sizes="K")
+            return backend.head_blocks(self, "hessian", z, y, method, sizes="K")
         return self.hessian_operator(z, y, method).dense()
 
     def hvp(self, z, y, v, method: str = "auto") -> np.ndarray:
         """``H_n v_n`` per row, shape ``(..., K)``: O(N·K) for the structured pairs."""
-        if any_dask(z, y, v):
+        if (backend := backend_of(z, y, v)) is not None:
             curvature._resolve(self, method)
-            ds = dask_support()
-            zd = ds.prepare_z(z)
-            return ds.head_blocks(self, "hvp", zd, y, ds.align(v, zd, "v", rechunk_last=True), method)
+            return backend.head_hvp(self, z, y, v, method)
         return curvature.hvp(self, z, y, v, method)
 
     def ggn_operator(self, z, y):
         """The GGN blocks as a :class:`~jacobians.JacobianOperator`; see :meth:`ggn`."""
-        if any_dask(z, y):
+        if backend_of(z, y) is not None:
             raise TypeError("ggn_operator holds numpy arrays: for dask logits use ggn, hvp or sqrt_ggn")
         return curvature.ggn_operator(self, z, y)
 
@@ -331,8 +329,8 @@ class Head:
         >>> bool(np.linalg.eigvalsh(head.hessian(z, y)).min() < 0)        # the Hessian is not
         True
         """
-        if any_dask(z, y):
-            return dask_support().head_blocks(self, "ggn", z, y, sizes="K")
+        if (backend := backend_of(z, y)) is not None:
+            return backend.head_blocks(self, "ggn", z, y, sizes="K")
         return self.ggn_operator(z, y).dense()
 
     def sqrt_ggn(self, z, y) -> np.ndarray:
@@ -344,8 +342,8 @@ class Head:
         ``exp(½ log p)``); sigmoid + BCE ``diag(√c e^{−|z|/2}/(1 + e^{−|z|}))``; other pairs
         ``Jᵀ S_E`` with ``S_E`` the loss Hessian's own factor.
         """
-        if any_dask(z, y):
-            return dask_support().head_blocks(self, "sqrt_ggn", z, y, sizes="K")
+        if (backend := backend_of(z, y)) is not None:
+            return backend.head_blocks(self, "sqrt_ggn", z, y, sizes="K")
         return curvature.sqrt_ggn(self, z, y)
 
     def sqrt_ggn_sampled(self, z, mc_samples: int = 1, seed=None, *, y=None) -> np.ndarray:
@@ -368,8 +366,8 @@ class Head:
             same columns for the same rows however the batch is split.
         y : array_like, optional
         """
-        if any_dask(z, y):
-            return dask_support().head_sqrt_ggn_sampled(self, z, mc_samples, seed, y=y)
+        if (backend := backend_of(z, y)) is not None:
+            return backend.head_sqrt_ggn_sampled(self, z, mc_samples, seed, y=y)
         return curvature.sqrt_ggn_sampled(self, z, mc_samples, seed, y=y)
 
     def fisher(self, z, y=None, kind: str = "exact", *, mc_samples: int = 1, seed=None) -> np.ndarray:
@@ -392,8 +390,8 @@ class Head:
         log-likelihood (MAE, Huber, the Fenchel–Young losses) has no ``'exact'`` or
         ``'mc'`` Fisher: a ValueError says so.
         """
-        if any_dask(z, y):
-            return dask_support().head_fisher(self, z, y, kind, mc_samples, seed)
+        if (backend := backend_of(z, y)) is not None:
+            return backend.head_fisher(self, z, y, kind, mc_samples, seed)
         return curvature.fisher_operator(self, z, y, kind, mc_samples=mc_samples, seed=seed).dense()
 
     def __repr__(self) -> str:

@@ -24,8 +24,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import curvature
-from ._lazy import any_dask, dask_support
 from ._validation import as_float_array
+from .backend import backend_of
 from .head import DEFAULT_MAX_BYTES, Head
 from .operators import (
     DenseJacobian,
@@ -135,8 +135,8 @@ def linear_gradient(features, head: Head, z, y, bias: bool = True) -> np.ndarray
     >>> bool(np.allclose(G.ravel(), jac.numerical_grad(loss, theta), atol=1e-8))
     True
     """
-    if any_dask(features, z, y):
-        return dask_support().linear_gradient(features, head, z, y, bias)
+    if (backend := backend_of(features, z, y)) is not None:
+        return backend.linear_gradient(features, head, z, y, bias)
     X, z2, y2 = _rows(features, head, z, y)
     g = head.grad(z2, y2)
     return g.T @ _with_bias(X, bias)
@@ -209,10 +209,10 @@ def linear_curvature(features, head: Head, z, y, *, kind: str = "ggn", structure
     >>> A.shape, B.shape
     ((3, 3), (3, 3))
     """
-    if any_dask(features, z, y):
-        return dask_support().linear_curvature(features, head, z, y, kind=kind, structure=structure, bias=bias,
-                                               max_bytes=max_bytes, mc_samples=mc_samples, seed=seed)
-    budget, key = _check_options(head, y, kind, structure, max_bytes, mc_samples, seed)
+    if (backend := backend_of(features, z, y)) is not None:
+        return backend.linear_curvature(features, head, z, y, kind=kind, structure=structure, bias=bias,
+                                        max_bytes=max_bytes, mc_samples=mc_samples, seed=seed)
+    budget, key = check_options(head, y, kind, structure, max_bytes, mc_samples, seed)
     X, z2, y2 = _rows(features, head, z, y)
     scale = curvature.reduction_factor(head, z2, y2)
     part = partial_curvature(X, head, z2, y2, kind=kind, structure=structure, bias=bias, budget=budget,
@@ -220,7 +220,7 @@ def linear_curvature(features, head: Head, z, y, *, kind: str = "ggn", structure
     return finish_curvature(structure, part, scale, z2.shape[0])
 
 
-def _check_options(head, y, kind, structure, max_bytes, mc_samples, seed) -> tuple[int, int]:
+def check_options(head, y, kind, structure, max_bytes, mc_samples, seed) -> tuple[int, int]:
     """Validate the options; ``(budget, key)`` with key the sampling seed's integer key."""
     if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
@@ -234,8 +234,8 @@ def _check_options(head, y, kind, structure, max_bytes, mc_samples, seed) -> tup
     curvature._check_kind_applies(head, kind)
     key = 0
     if kind == "fisher_mc":
-        curvature._check_mc_samples(mc_samples)
-        key = curvature._seed_key(seed)
+        curvature.check_mc_samples(mc_samples)
+        key = curvature.seed_key(seed)
     return budget, key
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -335,3 +336,24 @@ def test_last_layer_casts_the_features_like_z(structure, rng):
     assert jac.linear_gradient(X, head, z, y).dtype == np.float32
     assert G.dtype == np.float32 and _lazy(G).dtype == np.float32
     np.testing.assert_allclose(_lazy(G), jac.linear_gradient(X, head, z, y), rtol=2e-5, atol=1e-7)
+
+
+def test_a_denominator_read_from_the_values_is_summed_over_the_chunks(synchronous, rng):
+    """``denominator_from_targets = False``: ``mean_denominator`` is given each chunk's own
+    ``a`` (the activation's output, not a stand-in) and the chunks' counts are added."""
+
+    class Counted(jac.MeanSquaredError):
+        denominator_from_targets = False
+        seen: ClassVar[list] = []  # on the class: dask copies what a closure holds
+
+        def mean_denominator(self, a, y=None):
+            type(self).seen.append(np.shape(a)[:-1] if np.all(np.asarray(a) > 0) else "zeros")
+            return int(np.count_nonzero(np.asarray(a) > 0))  # N·K, read from the values
+
+    head = jac.Head(jac.Softmax(), Counted())
+    z, y = rng.normal(size=(12, 5)), rng.normal(size=(12, 5))
+    zd = da.from_array(z, chunks=((1, 7, 4), 5))
+    ref = jac.Head(jac.Softmax(), jac.MeanSquaredError())
+    assert _ulps(_lazy(head.grad(zd, y)), ref.grad(z, y)) == 0
+    assert {(1,), (7,), (4,)} <= set(Counted.seen) and "zeros" not in Counted.seen  # each chunk's own a
+    assert _ulps(_lazy(head.loss(zd, y)), np.asarray(ref.loss(z, y))) <= 2

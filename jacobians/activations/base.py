@@ -7,8 +7,8 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from .._lazy import dask_aware
 from .._validation import as_float_array
+from ..backend import backend_aware
 from ..domains import Domain, domain
 from ..operators import DenseJacobian, DiagonalJacobian, JacobianOperator
 
@@ -270,7 +270,7 @@ DASK_METHODS = ("__call__", "jacobian", "vjp", "jvp", "hessian", "hessian_vjp")
 def _make_dask_aware(cls) -> None:
     for name in DASK_METHODS:
         if name in cls.__dict__:
-            setattr(cls, name, dask_aware(name)(cls.__dict__[name]))
+            setattr(cls, name, backend_aware(name)(cls.__dict__[name]))
 
 
 _make_dask_aware(Activation)

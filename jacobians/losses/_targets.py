@@ -19,6 +19,7 @@ __all__ = [
     "ClassTargets",
     "check_class_targets",
     "class_coefficients",
+    "class_denominator",
     "check_weight",
     "check_ignore_index",
     "IGNORE_INDEX",
@@ -138,8 +139,7 @@ def class_coefficients(
     """
     K = t.n_classes
     dtype = np.dtype(dtype)
-    if weight is not None and weight.shape != (K,):
-        raise ValueError(f"weight must have shape (K,) = ({K},) to match a; got shape {weight.shape}")
+    denom = class_denominator(t, dtype, weight=weight)
     w = None if weight is None else weight.astype(dtype, copy=False)
     if t.is_index:
         c = t.dense(dtype)
@@ -148,16 +148,26 @@ def class_coefficients(
             c += dtype.type(smoothing / K) * (1 if t.valid is None else t.valid[..., None])
         if w is not None:
             c *= w
-            target_w = w[t.safe_indices()]
-            if t.valid is not None:
-                target_w = target_w * t.valid
-            denom = float(target_w.sum())
-        else:
-            denom = float(t.indices.size if t.valid is None else t.valid.sum())
         return c, denom
     c = t.probs
     if smoothing:
         c = c * dtype.type(1 - smoothing) + dtype.type(smoothing / K)
     if w is not None:
         c = c * w
-    return c, float(int(np.prod(c.shape[:-1])))
+    return c, denom
+
+
+def class_denominator(t: ClassTargets, dtype, *, weight: np.ndarray | None = None) -> float:
+    """What ``'mean'`` divides by (torch's): with index targets the summed weights of the
+    targets not ignored (their number without weights), with probability targets N."""
+    K = t.n_classes
+    if weight is not None and weight.shape != (K,):
+        raise ValueError(f"weight must have shape (K,) = ({K},) to match a; got shape {weight.shape}")
+    if not t.is_index:
+        return float(int(np.prod(t.probs.shape[:-1])))
+    if weight is None:
+        return float(t.indices.size if t.valid is None else t.valid.sum())
+    target_w = weight.astype(dtype, copy=False)[t.safe_indices()]  # summed in dtype, as the loss is
+    if t.valid is not None:
+        target_w = target_w * t.valid
+    return float(target_w.sum())

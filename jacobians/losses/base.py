@@ -9,9 +9,9 @@ import numpy as np
 
 from .. import _math
 from .._empty import mean_scale, mean_value
-from .._lazy import dask_aware
 from .._validation import as_array, as_float_array, check_reduction
 from ..activations.base import _register
+from ..backend import backend_aware
 from ..domains import Domain, domain
 from ..operators import DenseJacobian, DiagonalJacobian, DiagonalPlusLowRank, JacobianOperator
 
@@ -112,6 +112,11 @@ class Loss:
     #: what ``'mean'`` divides by instead of the batch's own denominator (None: the batch's);
     #: see :meth:`with_denominator`
     denominator: float | None = None
+    #: True: :meth:`mean_denominator` reads only the targets and the shape and dtype of
+    #: ``a``, never its values (the built-ins); a batch split into pieces (Dask chunks) then
+    #: gets it from the targets without computing ``a``. A subclass whose denominator reads
+    #: the values of ``a`` sets it False.
+    denominator_from_targets: ClassVar[bool] = True
     #: the model's own distribution of targets given ``a``, for the Fisher (one of
     #: ``jacobians.curvature.PREDICTIVES``: ``'categorical'``, ``'categorical_log'``,
     #: ``'bernoulli'``, ``'gaussian'``); None: the loss is no negative log-likelihood
@@ -192,13 +197,67 @@ class Loss:
         return DenseJacobian(H.astype(a.dtype, copy=False)), int(np.prod(a.shape[:-1]))
 
     def _reduction_scale(self, denom, dtype):
-        """The factor the reduction puts on every per-sample term: 1/denominator for
-        ``'mean'``, 1 otherwise."""
+        """The factor the reduction puts on every per-sample term, from the batch's own
+        ``'mean'`` denominator ``denom``: see :meth:`reduction_scale`."""
         if self.reduction != "mean":
-            return dtype.type(1.0)
+            return np.dtype(dtype).type(1.0)
         if self.denominator is not None:
             denom = self.denominator
         return mean_scale(denom, dtype)  # 0 for a denominator of 0 (see jacobians._empty)
+
+    def mean_denominator(self, a, y=None):
+        """What ``'mean'`` divides by for this batch: the number of rows N by default.
+
+        ``a`` (..., K) is the loss's input (only its shape is read by the built-ins) and
+        ``y`` its targets (raw or validated; None: no targets, N rows). A subclass whose
+        ``'mean'`` divides by something else overrides this (the class losses: the summed
+        weights of the targets not ignored; an :class:`ElementwiseLoss`: N·K). It ignores
+        :meth:`with_denominator`; :meth:`reduction_scale` honours it.
+        """
+        return int(np.prod(np.shape(a)[:-1]))
+
+    def reduction_scale(self, a, y=None, *, dtype=None):
+        """``c`` with the reduced loss ``E = c · Σ_n ℓ_n`` (ℓ_n the per-sample losses).
+
+        ``1/N`` for a class loss's ``'mean'`` (N the rows not ignored), ``1/(N·K)`` for an
+        elementwise loss's, ``1/Σ w_{y_n}`` where class weights apply, and 1 for ``'sum'``
+        and ``'none'``; a loss made by :meth:`with_denominator` divides by its own
+        denominator. A denominator of 0 (an empty batch, every target ignored) gives
+        ``c = 0`` with an :class:`~jacobians.EmptyMeanWarning` (see ``jacobians._empty``).
+
+        Parameters
+        ----------
+        a : array_like (..., K)
+            The loss's input (only its shape and dtype are read).
+        y : array_like or None
+            The targets (None: no targets, ``'mean'`` divides by the rows, or entries).
+        dtype : numpy dtype, optional
+            The dtype of ``c``; default ``a``'s float dtype.
+
+        Returns
+        -------
+        numpy scalar of ``dtype``
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import jacobians as jac
+        >>> a = np.full((4, 3), 1 / 3)
+        >>> float(jac.CrossEntropy(ignore_index=-100).reduction_scale(a, [0, 1, -100, 2]))
+        0.3333333333333333
+        >>> float(jac.MeanSquaredError().reduction_scale(a, np.zeros((4, 3))))  # 1/(N·K)
+        0.08333333333333333
+        >>> float(jac.CrossEntropy(reduction="sum").reduction_scale(a, [0, 1, 1, 2]))
+        1.0
+        """
+        if not hasattr(a, "shape"):
+            a = as_float_array(a, "a")
+        if dtype is None:  # a's float dtype (float16 computes in float32, the rest in float64)
+            dtype = a.dtype if a.dtype in (np.float32, np.float64) else np.float32 if a.dtype == np.float16 else np.float64
+        dtype = np.dtype(dtype)
+        if self.reduction != "mean" or self.denominator is not None:
+            return self._reduction_scale(None, dtype)
+        return self._reduction_scale(self.mean_denominator(a, y), dtype)
 
     def hessian_operator(self, a, y):
         """The Hessian blocks of the reduced loss, ``∂²E/∂a_n∂a_n``, as a structured
@@ -252,10 +311,6 @@ class Loss:
             f"{type(self).__name__} has no closed-form Fisher for its predictive {kind!r}: write "
             "fisher_blocks(a), or use the Monte-Carlo Fisher (kind='mc')"
         )
-
-    def _mean_denominator(self, a: np.ndarray, y) -> float:
-        """What ``'mean'`` divides by for these targets (``y`` validated)."""
-        return self._terms(a, y, need_grad=False)[2]
 
     def _prepare(self, a, y):
         a = as_float_array(a, "a")
@@ -341,7 +396,7 @@ DASK_METHODS = ("value", "grad", "value_and_grad", "hessian", "hvp")
 def _make_dask_aware(cls) -> None:
     for name in DASK_METHODS:
         if name in cls.__dict__:
-            setattr(cls, name, dask_aware("loss." + name)(cls.__dict__[name]))
+            setattr(cls, name, backend_aware("loss." + name)(cls.__dict__[name]))
 
 
 _make_dask_aware(Loss)
@@ -387,8 +442,9 @@ class ElementwiseLoss(Loss):
             )
         return DiagonalJacobian(h.astype(a.dtype, copy=False)), a.size
 
-    def _mean_denominator(self, a, y):
-        return a.size
+    def mean_denominator(self, a, y=None):
+        """N·K: every entry counts."""
+        return int(np.prod(np.shape(a)))
 
     def check_targets(self, a, y):
         y = as_float_array(y, "y", min_ndim=0, like=a)

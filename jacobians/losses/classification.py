@@ -20,6 +20,7 @@ from ._targets import (
     check_ignore_index,
     check_weight,
     class_coefficients,
+    class_denominator,
 )
 from .base import ElementwiseLoss, Loss, register_loss
 
@@ -79,9 +80,13 @@ class _ClassLoss(Loss):
         """``(c, denominator)``: per-sample loss ``−Σ c_k log p_k (+ const)``."""
         return class_coefficients(t, dtype, weight=getattr(self, "weight", None), smoothing=getattr(self, "label_smoothing", 0.0))
 
-    def _mean_denominator(self, a, y):
+    def mean_denominator(self, a, y=None):
+        """N for probability targets; for index targets the number not ignored, or the
+        summed weights of the targets not ignored (torch's)."""
+        if y is None:
+            return super().mean_denominator(a)
         t = y if isinstance(y, ClassTargets) else self.check_targets(a, y)
-        return self.coefficients(t, a.dtype)[1]
+        return class_denominator(t, a.dtype, weight=getattr(self, "weight", None))
 
 
 @register_loss

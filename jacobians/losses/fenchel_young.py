@@ -28,7 +28,7 @@ from .._validation import alpha_rows, check_alpha
 from ..activations.simplex import Entmax, Entmax15, Sparsemax
 from ..operators import SimplexBlock
 from . import references
-from ._targets import IGNORE_INDEX, check_class_targets, check_ignore_index
+from ._targets import IGNORE_INDEX, ClassTargets, check_class_targets, check_ignore_index
 from .base import Loss, register_loss
 
 __all__ = ["FenchelYoungLoss", "SparsemaxLoss", "Entmax15Loss", "EntmaxLoss"]
@@ -112,6 +112,13 @@ class FenchelYoungLoss(Loss):
 
     def per_sample_hessian(self, z, y):
         return self._hessian_terms(z, self.check_targets(z, y))[0].dense()
+
+    def mean_denominator(self, z, y=None):
+        """N, the rows not ignored."""
+        t = None if y is None else y if isinstance(y, ClassTargets) else self.check_targets(z, y)
+        if t is None or t.valid is None:
+            return int(np.prod(np.shape(z)[:-1]))
+        return int(np.count_nonzero(t.valid))
 
     def curvature_weights(self, p: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         """``d`` of the mapping's Jacobian ``diag(d) − d dᵀ/Σd`` from its output ``p``."""
