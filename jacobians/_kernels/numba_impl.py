@@ -399,6 +399,31 @@ def _vjp_rows(ec, gc, s, gt, dot, f, frows, out):
             orow[k] = (er[k] * c) * ((gr[k] - t) - d)
 
 
+@jit(**_SUMS)
+def _sums_at_top(ec, gc, s, gt):
+    """``s[i] = Σ_k ec[i, k]`` and ``gt[i]``: ``gc[i]`` at the first largest entry of
+    ``ec[i] >= 0`` (NaN: larger than any number; no entry equals it, and ``gc[i, 0]`` is
+    taken). The sum and the maximum of the bits (ordered as the values, see
+    :func:`_max_bits`) in one pass, then the first index holding it: integer reductions,
+    which vectorize."""
+    for i in range(ec.shape[0]):
+        er = ec[i]
+        K = er.size
+        t = 0.0
+        mb = 0
+        for k in range(K):
+            v = er[k]
+            t += v
+            b = _as_i64(v)
+            mb = b if b > mb else mb
+        s[i] = t
+        m = _as_f64(mb)
+        top = K
+        for k in range(K):
+            top = min(top, k if er[k] == m else K)
+        gt[i] = gc[i, top] if top < K else gc[i, 0]
+
+
 @jit(**_EXACT)
 def _softmax_vjp(x, shift, bound, g, f, frows, R, like, out):
     e = np.empty((R, x.shape[1]))
@@ -412,7 +437,10 @@ def _softmax_vjp(x, shift, bound, g, f, frows, R, like, out):
             return False
         r = ec.shape[0]
         gc = g[a : a + r]
-        _sums_and_centres(ec, gc, s, q, gt)
+        if x.shape[1] < SHORT_ROWS:
+            _sums_and_centres(ec, gc, s, q, gt)
+        else:
+            _sums_at_top(ec, gc, s, gt)
         _centred_dots(ec, gc, gt, dot)
         _vjp_rows(ec, gc, s, gt, dot, f, frows[a : a + r] if frows.size else frows, out[a : a + r])
     return True
