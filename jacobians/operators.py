@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _kernels
-from ._kernels.numpy_impl import _slabs
+from ._kernels.numpy_impl import slabs as _slabs
 from ._math import complement_sums, diag_minus_rank_one, project_columns, project_rows, simplex_vjp
 from ._parallel import run_in_row_blocks
 from ._validation import as_float_array, check_same_shape
