@@ -13,7 +13,6 @@ from .numba_rows import (
     EXACT,
     NO_SKIP,
     NO_WEIGHTS,
-    SHORT_ROWS,
     SUMS,
     _argmax,
     _exp_chunk,
@@ -62,58 +61,38 @@ def _log_softmax(x, like, out):
 
 
 @jit(**SUMS)
-def _at_max(er, gr, m):
-    """``gr[k]`` at the first k where ``er[k] == m`` (the row's maximum), else ``gr[0]``: a
-    masked sum (one term when the maximum is unique, exact) and a search only on a tie."""
-    t = 0.0
-    c = 0
-    for k in range(er.size):
-        eq = er[k] == m
-        t += gr[k] if eq else 0.0
-        c += eq
-    if c == 1:
-        return t
-    for k in range(er.size):
-        if er[k] == m:
-            return gr[k]
-    return gr[0]
-
-
-@jit(**SUMS)
 def _max_bits(er):
     """The int64 bits of ``max(er)`` for entries >= 0 (NaN included: larger than any number),
     whose bits are ordered as their values: an integer maximum, which vectorizes."""
     mb = 0
     for k in range(er.size):
-        mb = max(mb, _as_i64(np.float64(er[k])))
+        b = _as_i64(np.float64(er[k]))
+        mb = b if b > mb else mb
     return mb
 
 
 @jit(**SUMS)
-def _sums_and_centres(ec, gc, s, m, gt):
-    """``s[i] = Σ_k ec[i, k]`` (as :func:`_row_sums`) and ``gt[i]``: ``gc[i]`` at the first
-    largest entry of ``ec[i] >= 0`` (what :func:`jacobians._math.softmax_vjp` centres on);
-    ``m`` a work buffer. Short rows run across the rows of a chunk (the sums, and ``gc`` at
-    the running maximum by selects, in one pass); long rows take the sum and the maximum in
-    one pass (the maximum of the bits: see :func:`_max_bits`), then the first index holding
-    it: integer reductions, which vectorize (a NaN row: no entry equals its maximum, and
-    ``gc[i, 0]`` is taken)."""
-    r, K = ec.shape
-    if K < SHORT_ROWS:
-        for i in range(r):
-            s[i] = 0.0
-            m[i] = -np.inf
-            gt[i] = gc[i, 0]
-        for k in range(K):
-            for i in range(r):
-                v = ec[i, k]
-                s[i] += v
-                top = v > m[i]
-                m[i] = v if top else m[i]
-                gt[i] = gc[i, k] if top else gt[i]
-        return
-    for i in range(r):
+def _first_at(er, m):
+    """The first k with ``er[k] == m``, or ``er.size`` when there is none (an integer
+    minimum, which vectorizes)."""
+    K = er.size
+    top = K
+    for k in range(K):
+        top = min(top, k if er[k] == m else K)
+    return top
+
+
+@jit(**SUMS)
+def _sums_and_centres(ec, gc, s, gt):
+    """``s[i] = Σ_k ec[i, k]`` and ``gt[i]``: ``gc[i]`` at the first largest entry of
+    ``ec[i] >= 0`` (what :func:`jacobians._math.softmax_vjp` centres on; ``gc[i, 0]`` on a
+    row of NaN, where no entry equals the maximum). The sum and the maximum of the bits (see
+    :func:`_max_bits`) in one pass, then :func:`_first_at`: integer reductions, which
+    vectorize. Row by row for every K (across the rows of a chunk, as :func:`_row_sums` does
+    for short rows, measured 2-6x slower here)."""
+    for i in range(ec.shape[0]):
         er = ec[i]
+        K = er.size
         t = 0.0
         mb = 0
         for k in range(K):
@@ -122,38 +101,30 @@ def _sums_and_centres(ec, gc, s, m, gt):
             b = _as_i64(v)
             mb = b if b > mb else mb
         s[i] = t
-        m_i = _as_f64(mb)
-        top = K
-        for k in range(K):
-            top = min(top, k if er[k] == m_i else K)
+        top = _first_at(er, _as_f64(mb))
         gt[i] = gc[i, top] if top < K else gc[i, 0]
 
 
 @jit(**SUMS)
 def _centres(v, x, xt):
-    """``xt[i]``: ``x[i]`` at the first largest entry of ``v[i] >= 0``."""
+    """``xt[i]``: ``x[i]`` at the first largest entry of ``v[i] >= 0`` (``x[i, 0]`` on a row
+    of NaN): :func:`_max_bits`, then :func:`_first_at`."""
     for i in range(v.shape[0]):
-        xt[i] = _at_max(v[i], x[i], _as_f64(_max_bits(v[i])))
+        vr = v[i]
+        top = _first_at(vr, _as_f64(_max_bits(vr)))
+        xt[i] = x[i, top] if top < vr.size else x[i, 0]
 
 
 @jit(**SUMS)
 def _centred_dots(ec, gc, gt, dot):
-    """``dot[i] = Σ_k ec[i, k] (gc[i, k] − gt[i])`` (short rows across the rows of a chunk, as
-    :func:`_row_sums`)."""
-    r, K = ec.shape
-    if K < SHORT_ROWS:
-        for i in range(r):
-            dot[i] = 0.0
-        for k in range(K):
-            for i in range(r):
-                dot[i] += ec[i, k] * (gc[i, k] - gt[i])
-    else:
-        for i in range(r):
-            er, gr, c = ec[i], gc[i], gt[i]
-            t = 0.0
-            for k in range(K):
-                t += er[k] * (gr[k] - c)
-            dot[i] = t
+    """``dot[i] = Σ_k ec[i, k] (gc[i, k] − gt[i])``, row by row for every K (see
+    :func:`_sums_and_centres`)."""
+    for i in range(ec.shape[0]):
+        er, gr, c = ec[i], gc[i], gt[i]
+        t = 0.0
+        for k in range(er.size):
+            t += er[k] * (gr[k] - c)
+        dot[i] = t
 
 
 @jit(**EXACT)
@@ -179,14 +150,13 @@ def _softmax_vjp(x, shift, bound, g, f, frows, R, like, out):
     s = np.empty(R)
     dot = np.empty(R)
     gt = np.empty(R)
-    q = np.empty(R)
     for a in range(0, x.shape[0], R):
         ec, bad = _exp_chunk(x, a, shift, bound, like, e)
         if bad:
             return False
         r = ec.shape[0]
         gc = g[a : a + r]
-        _sums_and_centres(ec, gc, s, q, gt)
+        _sums_and_centres(ec, gc, s, gt)
         _centred_dots(ec, gc, gt, dot)
         _vjp_rows(ec, gc, s, gt, dot, f, frows[a : a + r] if frows.size else frows, out[a : a + r])
     return True
