@@ -305,19 +305,21 @@ def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0, factor=N
         f = f.reshape(-1, 1) if f.ndim else f
     for rows in row_chunks(x2.shape[0], K):
         o, xc, gc = out[rows], x2[rows], g2[rows]
-        # the largest s: the first largest logit, as flat positions (a flat take is faster
-        # than take_along_axis)
-        top = xc.argmax(axis=-1) + np.arange(0, o.size, K)
+        top = xc.argmax(axis=-1)  # the largest s: the first largest logit
+        at = np.arange(len(xc)), top
         if safe:
             np.exp(xc, out=o)
         else:
-            _exp_shifted(xc, np.ascontiguousarray(xc).reshape(-1)[top][:, None], o)
-        o /= rowsum(o)
+            _exp_shifted(xc, xc[at][:, None], o)
         w = scratch(o.size, x.dtype).reshape(o.shape)
-        np.subtract(gc, np.ascontiguousarray(gc).reshape(-1)[top][:, None], out=w)
-        w -= rowdot(o, w)[:, None]
+        np.subtract(gc, gc[at][:, None], out=w)
+        total = rowsum(o)
+        dot = rowdot(o, w)[:, None]
+        dot /= total  # s·g' = (e·g')/Σe
+        w -= dot
         if f is not None:  # in cache: cheaper than a pass over the result
             w *= f[rows] if f.ndim else f
+        o /= total
         o *= w
     return out.reshape(x.shape)
 
@@ -333,7 +335,7 @@ def simplex_vjp(w: np.ndarray, v: np.ndarray, x: np.ndarray) -> np.ndarray:
     out = np.empty(x2.shape, dtype=np.result_type(w2, x2))
     for rows in row_chunks(x2.shape[0], K):
         o, xc, wc = out[rows], x2[rows], w2[rows]
-        np.subtract(xc, np.take_along_axis(xc, wc.argmax(axis=-1)[:, None], axis=-1), out=o)
+        np.subtract(xc, xc[np.arange(len(xc)), wc.argmax(axis=-1)][:, None], out=o)
         o -= rowdot(v2[rows], o)[:, None]
         o *= wc
     return out.reshape(x.shape)

@@ -21,20 +21,7 @@ import os
 import threading
 import warnings
 
-#: the functions each kernel set (numpy_impl, numba_impl) defines, with one signature and meaning
-INTERFACE = (
-    "describe",
-    "softmax",
-    "log_softmax",
-    "softmax_vjp",
-    "simplex_vjp",
-    "ce_index",
-    "ce_coefficients",
-    "sigmoid_bce_plain",
-    "sigmoid_bce_weighted",
-    "dense_diag_minus_rank_one",
-    "dense_diagonal",
-)
+from .interface import INTERFACE
 
 __all__ = ["kernels", "ENV", "INTERFACE", *INTERFACE]
 

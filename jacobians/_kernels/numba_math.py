@@ -29,9 +29,9 @@ only from functions compiled with ``contract`` alone (sums that need ``reassoc``
 vectorize go in a function of their own).
 
 numba's on-disk cache keys each compiled function on its own source file: an edit here
-is not seen by the cached kernels of :mod:`.numba_impl`, which inline these functions.
-After editing this file, delete ``jacobians/_kernels/__pycache__/*.nb[ic]`` (or touch
-``numba_impl.py``); an installed release replaces both files together.
+is not seen by the cached kernels of the ``numba_*.py`` modules, which inline these
+functions. After editing this file, delete ``jacobians/_kernels/__pycache__/*.nb[ic]`` (or
+touch every ``numba_*.py`` kernel module); an installed release replaces all files together.
 """
 
 from __future__ import annotations

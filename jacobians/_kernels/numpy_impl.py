@@ -12,8 +12,7 @@ import numpy as np
 
 from .. import _math
 from .._math import exp_is_safe, row_chunks, rowsum, scratch
-from ..contract import diagonal as _diagonal_view
-from . import INTERFACE
+from .interface import INTERFACE
 
 __all__ = [*INTERFACE]
 
@@ -197,7 +196,12 @@ def sigmoid_bce_weighted(z: np.ndarray, y: np.ndarray, py: np.ndarray):
 DENSE_BLOCK_BYTES = 2 << 20
 
 
-def _slabs(out: np.ndarray):
+def _diagonal(J: np.ndarray) -> np.ndarray:
+    """The writable view ``einsum('...jj->...j', J)`` of the diagonals of ``J`` (..., K, K)."""
+    return np.einsum("...jj->...j", J)
+
+
+def slabs(out: np.ndarray):
     """Cover ``out`` (shape (n, K, K)) with ``(samples, js)`` slices of ~DENSE_BLOCK_BYTES.
 
     A slab is ``out[samples, js]``: whole Jacobians when one is smaller than the block,
@@ -233,16 +237,16 @@ def dense_diag_minus_rank_one(d: np.ndarray, u: np.ndarray, v: np.ndarray, out: 
         exact = _math.complement_sums(v)
         exact *= d
     nv = np.negative(v)
-    for samples, js in _slabs(out):
+    for samples, js in slabs(out):
         np.einsum("ij,ik->ijk", u[samples, js], nv[samples], out=out[samples, js])
         if exact is None:
-            _diagonal_view(out[samples, js, js])[...] += d[samples, js]
+            _diagonal(out[samples, js, js])[...] += d[samples, js]
         else:
-            _diagonal_view(out[samples, js, js])[...] = exact[samples, js]
+            _diagonal(out[samples, js, js])[...] = exact[samples, js]
 
 
 def dense_diagonal(d: np.ndarray, out: np.ndarray) -> None:
     """Write ``diag(d_n)`` into ``out[n]`` (shape (n, K, K)) for rows ``d`` (n, K), slab by slab."""
-    for samples, js in _slabs(out):
+    for samples, js in slabs(out):
         out[samples, js].fill(0)
-        _diagonal_view(out[samples, js, js])[...] = d[samples, js]
+        _diagonal(out[samples, js, js])[...] = d[samples, js]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _kernels
-from .._kernels.numpy_impl import _slabs as slabs  # the one import of it in the package
+from .._kernels.numpy_impl import slabs
 from .._math import complement_sums, diag_minus_rank_one, simplex_vjp
 from .._validation import as_float_array, check_same_shape
 from ..contract import diagonal as _diagonal_view

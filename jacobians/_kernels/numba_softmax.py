@@ -1,0 +1,177 @@
+"""The numba kernels of softmax, log-softmax, the softmax VJP and the simplex maps' product.
+
+Compiled loops behind the wrappers of :mod:`.numba_impl` (the math is in
+:mod:`.numpy_impl`'s twins); row helpers from :mod:`.numba_rows`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .numba_math import _as_f64, _as_i64, jit, log1p64
+from .numba_rows import (
+    EXACT,
+    NO_SKIP,
+    NO_WEIGHTS,
+    SUMS,
+    _argmax,
+    _exp_chunk,
+    _exp_row,
+    _row_sums,
+    _sum_except,
+)
+
+
+@jit(**EXACT)
+def _divide_rows(ec, s, out):
+    """``out[i, k] = ec[i, k] / s[i]``: a division, as numpy's softmax (a product with
+    ``1/s[i]`` measured no faster, and is up to an ulp less accurate)."""
+    for i in range(ec.shape[0]):
+        t = s[i]
+        er, orow = ec[i], out[i]
+        for k in range(er.size):
+            orow[k] = er[k] / t
+
+
+@jit(**EXACT)
+def _softmax(x, shift, bound, R, like, out):
+    e = np.empty((R, x.shape[1]))
+    s = np.empty(R)
+    for a in range(0, x.shape[0], R):
+        ec, bad = _exp_chunk(x, a, shift, bound, like, e)
+        if bad:
+            return False
+        _row_sums(ec, NO_SKIP, NO_WEIGHTS, s)
+        _divide_rows(ec, s, out[a : a + ec.shape[0]])
+    return True
+
+
+@jit(**EXACT)
+def _log_softmax(x, like, out):
+    n, K = x.shape
+    e = np.empty(K)
+    for i in range(n):
+        xr, orow = x[i], out[i]
+        top = _argmax(xr)
+        m = np.float64(xr[top])
+        _exp_row(xr, m, like, e)
+        lr = log1p64(_sum_except(e, top))
+        for k in range(K):
+            orow[k] = (xr[k] - m) - lr
+
+
+@jit(**SUMS)
+def _max_bits(er):
+    """The int64 bits of ``max(er)`` for entries >= 0 (NaN included: larger than any number),
+    whose bits are ordered as their values: an integer maximum, which vectorizes."""
+    mb = 0
+    for k in range(er.size):
+        b = _as_i64(np.float64(er[k]))
+        mb = b if b > mb else mb
+    return mb
+
+
+@jit(**SUMS)
+def _first_at(er, m):
+    """The first k with ``er[k] == m``, or ``er.size`` when there is none (an integer
+    minimum, which vectorizes)."""
+    K = er.size
+    top = K
+    for k in range(K):
+        top = min(top, k if er[k] == m else K)
+    return top
+
+
+@jit(**SUMS)
+def _sums_and_centres(ec, gc, s, gt):
+    """``s[i] = Σ_k ec[i, k]`` and ``gt[i]``: ``gc[i]`` at the first largest entry of
+    ``ec[i] >= 0`` (what :func:`jacobians._math.softmax_vjp` centres on; ``gc[i, 0]`` on a
+    row of NaN, where no entry equals the maximum). The sum and the maximum of the bits (see
+    :func:`_max_bits`) in one pass, then :func:`_first_at`: integer reductions, which
+    vectorize. Row by row for every K (across the rows of a chunk, as :func:`_row_sums` does
+    for short rows, measured 2-6x slower here)."""
+    for i in range(ec.shape[0]):
+        er = ec[i]
+        K = er.size
+        t = 0.0
+        mb = 0
+        for k in range(K):
+            v = er[k]
+            t += v
+            b = _as_i64(v)
+            mb = b if b > mb else mb
+        s[i] = t
+        top = _first_at(er, _as_f64(mb))
+        gt[i] = gc[i, top] if top < K else gc[i, 0]
+
+
+@jit(**SUMS)
+def _centres(v, x, xt):
+    """``xt[i]``: ``x[i]`` at the first largest entry of ``v[i] >= 0`` (``x[i, 0]`` on a row
+    of NaN): :func:`_max_bits`, then :func:`_first_at`."""
+    for i in range(v.shape[0]):
+        vr = v[i]
+        top = _first_at(vr, _as_f64(_max_bits(vr)))
+        xt[i] = x[i, top] if top < vr.size else x[i, 0]
+
+
+@jit(**SUMS)
+def _centred_dots(ec, gc, gt, dot):
+    """``dot[i] = Σ_k ec[i, k] (gc[i, k] − gt[i])``, row by row for every K (see
+    :func:`_sums_and_centres`)."""
+    for i in range(ec.shape[0]):
+        er, gr, c = ec[i], gc[i], gt[i]
+        t = 0.0
+        for k in range(er.size):
+            t += er[k] * (gr[k] - c)
+        dot[i] = t
+
+
+@jit(**EXACT)
+def _vjp_rows(ec, gc, s, gt, dot, f, frows, out):
+    """``out[i] = f_i · s_i ⊙ (g' − s_i·g')`` with ``g' = gc[i] − gt[i]`` (``gt[i]`` the entry of
+    the largest s: see :func:`jacobians._math.softmax_vjp`) and ``s_i = ec[i] / s[i]``: one
+    division a row (``s·g' = (e·g')/Σe``), the softmax entries as ``e_k · (1/Σe)``;
+    ``f_i = frows[i]``, or ``f`` when ``frows`` is empty (the factor over T, as numpy's kernel
+    rounds it)."""
+    for i in range(ec.shape[0]):
+        inv = 1.0 / s[i]
+        d = dot[i] / s[i]
+        c = inv * (frows[i] if frows.size else f)
+        t = gt[i]
+        er, gr, orow = ec[i], gc[i], out[i]
+        for k in range(er.size):
+            orow[k] = (er[k] * c) * ((gr[k] - t) - d)
+
+
+@jit(**EXACT)
+def _softmax_vjp(x, shift, bound, g, f, frows, R, like, out):
+    e = np.empty((R, x.shape[1]))
+    s = np.empty(R)
+    dot = np.empty(R)
+    gt = np.empty(R)
+    for a in range(0, x.shape[0], R):
+        ec, bad = _exp_chunk(x, a, shift, bound, like, e)
+        if bad:
+            return False
+        r = ec.shape[0]
+        gc = g[a : a + r]
+        _sums_and_centres(ec, gc, s, gt)
+        _centred_dots(ec, gc, gt, dot)
+        _vjp_rows(ec, gc, s, gt, dot, f, frows[a : a + r] if frows.size else frows, out[a : a + r])
+    return True
+
+
+@jit(**EXACT)
+def _simplex_vjp(w, v, x, R, xt, dot, out):
+    n, K = w.shape
+    for a in range(0, n, R):
+        r = min(n - a, R)
+        vc, xc, oc = v[a : a + r], x[a : a + r], out[a : a + r]
+        _centres(vc, xc, xt)
+        _centred_dots(vc, xc, xt, dot)
+        for i in range(r):
+            t, d = xt[i], dot[i]
+            wr, xr, orow = w[a + i], xc[i], oc[i]
+            for k in range(K):
+                orow[k] = wr[k] * ((xr[k] - t) - d)
