@@ -14,6 +14,7 @@ from .._validation import as_array, as_float_array, check_reduction
 from ..activations.base import _register
 from ..domains import Domain, domain
 from ..operators import DenseJacobian, DiagonalJacobian, DiagonalPlusLowRank, JacobianOperator
+from ..sampling import Predictive, predictive_of
 
 __all__ = ["Loss", "ElementwiseLoss", "LOSSES", "register_loss", "get_loss"]
 
@@ -96,10 +97,11 @@ class Loss:
     #: what ``'mean'`` divides by instead of the batch's own denominator (None: the batch's);
     #: see :meth:`with_denominator`
     denominator: float | None = None
-    #: the model's own distribution of targets given ``a``, for the Fisher (one of
-    #: ``jacobians.curvature.PREDICTIVES``: ``'categorical'``, ``'categorical_log'``,
-    #: ``'bernoulli'``, ``'gaussian'``); None: the loss is no negative log-likelihood
-    predictive: ClassVar[str | None] = None
+    #: the model's own distribution of targets given ``a``, for the Fisher: a name of
+    #: ``jacobians.sampling.PREDICTIVES`` (``'categorical'``, ``'categorical_log'``,
+    #: ``'bernoulli'``, ``'gaussian'``) or a :class:`jacobians.sampling.Predictive` of the
+    #: loss's own; None: the loss is no negative log-likelihood
+    predictive: ClassVar[str | Predictive | None] = None
 
     def __init__(self, reduction: str = "mean"):
         self.reduction = check_reduction(reduction)
@@ -290,6 +292,18 @@ class Loss:
             f"{type(self).__name__} has no closed-form Fisher for its predictive {kind!r}: write "
             "fisher_blocks(a), or use the Monte-Carlo Fisher (kind='mc')"
         )
+
+    def predictive_uniforms(self, K: int) -> int:
+        """How many uniforms :meth:`sample_targets` takes for a row of ``K`` entries."""
+        return predictive_of(self).per_row(K)
+
+    def sample_targets(self, a: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Targets drawn from :attr:`predictive` at ``a`` (..., K) from uniforms ``u`` in
+        [0, 1), shape ``(N, predictive_uniforms(K))`` for the N rows of ``a``: class
+        indices ``(...,)`` or an array of a's shape."""
+        entry = predictive_of(self)
+        out = entry.draw(a.reshape(-1, a.shape[-1]), u)
+        return out.reshape(a.shape[:-1] if entry.indices else a.shape)
 
     def _prepare(self, a, y):
         a = as_float_array(a, "a")
