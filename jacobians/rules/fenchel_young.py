@@ -32,7 +32,8 @@ def _one_hot(activation, loss, z) -> bool:
 class FenchelYoungFamily(PairRule):
     """Sparsemax(T) + SparsemaxLoss, Entmax15(T) + Entmax15Loss, Entmax(α, T) + EntmaxLoss(α)."""
 
-    pairs = ((Sparsemax, SparsemaxLoss), (Entmax15, Entmax15Loss), (Entmax, EntmaxLoss))
+    # (the order of earlier versions' registry)
+    pairs = ((Entmax, EntmaxLoss), (Entmax15, Entmax15Loss), (Sparsemax, SparsemaxLoss))
     canonical = True
 
     def value_and_grad(self, activation, loss, z, y):

@@ -68,7 +68,8 @@ def class_fisher(p: np.ndarray, loss, dtype) -> JacobianOperator:
 class SoftmaxFamily(PairRule):
     """Softmax(T) + CrossEntropy / KLDivergence, LogSoftmax + NLLLoss."""
 
-    pairs = ((Softmax, CrossEntropy), (Softmax, KLDivergence), (LogSoftmax, NLLLoss))
+    # (the order of earlier versions' registry, where NLL came first)
+    pairs = ((LogSoftmax, NLLLoss), (Softmax, KLDivergence), (Softmax, CrossEntropy))
     canonical = True
 
     def value_and_grad(self, activation, loss, z, y):
