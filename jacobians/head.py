@@ -291,6 +291,8 @@ class Head:
             sigmoid + BCE: ``diag(σσ̄(1 − y + p y))``; identity + MSE: ``2I``; a
             Fenchel–Young loss: its map's Jacobian); ``'chain'``: any pair,
             ``Jᵀ H_E J + Σ_i (∂E/∂a_i) ∇²a_i``; ``'auto'``: fused where the pair has a rule.
+            A pair rule (:class:`~jacobians.PairRule`) without a closed-form Hessian falls
+            back to ``'chain'``.
 
         Examples
         --------
@@ -404,7 +406,9 @@ class Head:
         smoothing or ``pos_weight``); with them it differs (e.g. CE with smoothing ε:
         ``(1 − ε)²(diag p − p pᵀ) + ε²(p − 1/K)(p − 1/K)ᵀ``). A loss that is no negative
         log-likelihood (MAE, Huber, the Fenchel–Young losses) has no ``'exact'`` or
-        ``'mc'`` Fisher: a ValueError says so.
+        ``'mc'`` Fisher: a ValueError says so. ``kind`` also takes the names of
+        :func:`~jacobians.linear_curvature` (``'fisher'``, ``'fisher_mc'``,
+        ``'empirical_fisher'``): one vocabulary, ``jacobians.rules.vocabulary.KINDS``.
         """
         if any_dask(z, y):
             return dask_support().head_fisher(self, z, y, kind, mc_samples, seed)
