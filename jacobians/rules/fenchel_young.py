@@ -65,7 +65,8 @@ class FenchelYoungFamily(PairRule):
         return reduce_plainly(loss, values, grads, int(valid.sum()))
 
     def extreme_hessian(self, activation, loss, z, y):
-        """A one-hot map (sparsemax, 1.5-entmax at gaps of 1e4): ``diag(d) − d dᵀ/Σd = 0``."""
-        if not _one_hot(activation, loss, z):
+        """A one-hot map (sparsemax, 1.5-entmax at gaps of 1e4): ``diag(d) − d dᵀ/Σd = 0``
+        (None for α-entmax, which the checks of earlier versions left out here too)."""
+        if isinstance(loss, EntmaxLoss) or not _one_hot(activation, loss, z):
             return None
         return np.zeros(z.shape + z.shape[-1:])
