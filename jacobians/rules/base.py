@@ -47,12 +47,13 @@ class PairRule:
     replace : bool
         :func:`register_rule` may replace the rules already registered for these pairs.
 
-    Methods (``self`` aside, ``(activation, loss, z, y)``; every one applies the reduction)
-    ------------------------------------------------------------------------------------
-    value_and_grad
-        Required: ``(value, dE/dz)``.
-    hessian, hvp, sqrt_hessian, fisher, extreme_value_and_grad, extreme_hessian
-        Optional (see :data:`PARTS`); None where the rule leaves one out.
+    Notes
+    -----
+    The methods take ``(activation, loss, z, y)`` (``hvp`` also ``v``) and apply the loss's
+    reduction. ``value_and_grad`` → ``(value, dE/dz)`` is required; ``hessian``, ``hvp``,
+    ``sqrt_hessian``, ``fisher``, ``extreme_value_and_grad`` and ``extreme_hessian`` are
+    optional (see :data:`PARTS`): None, the base class's value, where the rule leaves one
+    out.
 
     Examples
     --------
