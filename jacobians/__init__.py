@@ -73,6 +73,7 @@ from .operators import (
     JacobianOperator,
     SimplexBlock,
 )
+from .rules import RULES, PairRule, get_rule, register_rule
 
 
 def _canonical_order(registry: dict, names: tuple[str, ...]) -> None:
@@ -144,6 +145,10 @@ __all__ = [
     "pairs",
     "register_fused",
     "register_hessian",
+    "PairRule",
+    "register_rule",
+    "get_rule",
+    "RULES",
     # the last layer
     "linear_curvature",
     "linear_gradient",

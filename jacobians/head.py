@@ -7,19 +7,21 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import curvature
+from . import fisher, second_order
 from ._parallel import PARALLEL_MIN_BYTES, resolve_workers, run_in_row_blocks
 from ._validation import as_float_array
 from .activations import ACTIVATIONS, Activation
 from .backend import backend_of
 from .contract import contract
-from .fused import get_fused
 from .losses import LOSSES, Loss
 from .operators import DenseJacobian
+from .rules import HESSIAN_RULES, get_rule
+from .rules.vocabulary import FIRST_ORDER_METHODS, check_method
 
 __all__ = ["Head", "METHODS", "DEFAULT_MAX_BYTES", "pairs", "check_pair", "Pair"]
 
-METHODS = ("auto", "fused", "vjp", "jacobian")
+#: the documented methods of the gradient (what each means: jacobians.rules.vocabulary.METHODS)
+METHODS = FIRST_ORDER_METHODS
 
 #: default memory budget of the dense Jacobian in ``method='jacobian'`` (256 MiB)
 DEFAULT_MAX_BYTES = 256 << 20
@@ -84,8 +86,11 @@ class Head:
     * ``'jacobian'`` — build the N×K×K Jacobian (in row blocks within ``max_bytes``) and
       contract it with dE/da;
     * ``'vjp'`` — the activation's closed-form vector–Jacobian product;
-    * ``'fused'`` — the pair's closed-form rule (see :mod:`jacobians.fused`);
-    * ``'auto'`` — ``'fused'`` when the pair has a rule, else ``'vjp'``.
+    * ``'fused'`` — the pair's closed-form rule (its :class:`~jacobians.PairRule`);
+    * ``'auto'`` — ``'fused'`` when the pair has a rule, else ``'vjp'``;
+    * ``'chain'`` — the generic rule, ``'vjp'`` here (and the chain rule for the second
+      order: the same names for :meth:`grad`, :meth:`hessian` and :meth:`hvp`, see
+      ``jacobians.rules.vocabulary.METHODS``).
 
     :meth:`loss` uses the fused rule when there is one, so it is exact for extreme
     logits; ``value_and_grad(..., method='vjp'/'jacobian')`` returns the separate path's
@@ -114,9 +119,15 @@ class Head:
         self.loss_fn = loss
 
     @property
+    def rule(self):
+        """The pair's :class:`~jacobians.PairRule` (:func:`jacobians.get_rule`), or None."""
+        return get_rule(self.activation, self.loss_fn)
+
+    @property
     def fused_rule(self):
-        """The registered fused rule of this pair, or None."""
-        return get_fused(self.activation, self.loss_fn)
+        """The registered fused rule of this pair (its rule's ``value_and_grad``), or None."""
+        rule = get_rule(self.activation, self.loss_fn)
+        return None if rule is None else rule.fused_function()
 
     @property
     def logits_loss(self) -> bool:
@@ -130,8 +141,9 @@ class Head:
         return "fused" if self.fused_rule is not None else "vjp"
 
     def _resolve(self, method) -> str:
-        if not isinstance(method, str) or method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+        method = check_method(method, 1)
+        if method == "chain":  # the generic rule of the first order
+            method = "vjp"
         if method == "auto":
             return self.method
         if method == "fused" and self.fused_rule is None:
@@ -171,7 +183,8 @@ class Head:
         z : array_like, shape (..., K)
         y : array_like
             Targets in the loss's form.
-        method : {'auto', 'fused', 'vjp', 'jacobian'}
+        method : {'auto', 'fused', 'vjp', 'jacobian', 'chain'}
+            See the class's notes (``'chain'`` is ``'vjp'`` here).
         max_bytes : int, optional
             ``'jacobian'`` only: memory budget of the dense Jacobian, built and contracted
             in row blocks so that peak memory stays near ``max_bytes`` plus O(N·K).
@@ -240,15 +253,16 @@ class Head:
     # -- second order ------------------------------------------------------------------
     @property
     def hessian_rule(self):
-        """The pair's registered closed-form second order (:mod:`jacobians.curvature`), or None."""
-        return curvature.get_hessian_rule(self.activation, self.loss_fn)
+        """The pair's closed-form second order, as a :class:`~jacobians.curvature.HessianRule`
+        read from its :class:`~jacobians.PairRule`, or None."""
+        return HESSIAN_RULES.get((type(self.activation), type(self.loss_fn)))
 
     @property
     def ggn_is_hessian(self) -> bool:
         """True for a canonical pair (softmax + CE, log-softmax + NLL, softmax + KL, sigmoid +
         BCE, identity + MSE, a Fenchel–Young loss with its own map, a user's pair registered
         with ``canonical=True``): convex in z, its GGN is its Hessian."""
-        rule = self.hessian_rule
+        rule = get_rule(self.activation, self.loss_fn)
         return rule is not None and rule.canonical
 
     def hessian_operator(self, z, y, method: str = "auto"):
@@ -256,7 +270,7 @@ class Head:
         minus low rank for every built-in pair: O(N·K) memory); see :meth:`hessian`."""
         if backend_of(z, y) is not None:
             raise TypeError("hessian_operator holds numpy arrays: for dask logits use hessian, hvp, ggn or sqrt_ggn")
-        return curvature.hessian_operator(self, z, y, method)
+        return second_order.hessian_operator(self, z, y, method)
 
     def hessian(self, z, y, method: str = "auto") -> np.ndarray:
         """Blocks ``∂²E/∂z_n∂z_n`` of the reduced loss ``E = head.loss(z, y)``, shape ``(..., K, K)``.
@@ -277,6 +291,8 @@ class Head:
             sigmoid + BCE: ``diag(σσ̄(1 − y + p y))``; identity + MSE: ``2I``; a
             Fenchel–Young loss: its map's Jacobian); ``'chain'``: any pair,
             ``Jᵀ H_E J + Σ_i (∂E/∂a_i) ∇²a_i``; ``'auto'``: fused where the pair has a rule.
+            A pair rule (:class:`~jacobians.PairRule`) without a closed-form Hessian falls
+            back to ``'chain'``.
 
         Examples
         --------
@@ -291,22 +307,22 @@ class Head:
         True
         """
         if (backend := backend_of(z, y)) is not None:
-            curvature._resolve(self, method)
+            second_order.resolve(self, method)
             return backend.head_blocks(self, "hessian", z, y, method, sizes="K")
         return self.hessian_operator(z, y, method).dense()
 
     def hvp(self, z, y, v, method: str = "auto") -> np.ndarray:
         """``H_n v_n`` per row, shape ``(..., K)``: O(N·K) for the structured pairs."""
         if (backend := backend_of(z, y, v)) is not None:
-            curvature._resolve(self, method)
+            second_order.resolve(self, method)
             return backend.head_hvp(self, z, y, v, method)
-        return curvature.hvp(self, z, y, v, method)
+        return second_order.hvp(self, z, y, v, method)
 
     def ggn_operator(self, z, y):
         """The GGN blocks as a :class:`~jacobians.JacobianOperator`; see :meth:`ggn`."""
         if backend_of(z, y) is not None:
             raise TypeError("ggn_operator holds numpy arrays: for dask logits use ggn, hvp or sqrt_ggn")
-        return curvature.ggn_operator(self, z, y)
+        return second_order.ggn_operator(self, z, y)
 
     def ggn(self, z, y) -> np.ndarray:
         """Generalized Gauss–Newton blocks, shape ``(..., K, K)``.
@@ -344,7 +360,7 @@ class Head:
         """
         if (backend := backend_of(z, y)) is not None:
             return backend.head_blocks(self, "sqrt_ggn", z, y, sizes="K")
-        return curvature.sqrt_ggn(self, z, y)
+        return second_order.sqrt_ggn(self, z, y)
 
     def sqrt_ggn_sampled(self, z, mc_samples: int = 1, seed=None, *, y=None) -> np.ndarray:
         """Monte-Carlo factor ``(..., K, M)`` with ``E[S Sᵀ]`` the exact Fisher.
@@ -368,7 +384,7 @@ class Head:
         """
         if (backend := backend_of(z, y)) is not None:
             return backend.head_sqrt_ggn_sampled(self, z, mc_samples, seed, y=y)
-        return curvature.sqrt_ggn_sampled(self, z, mc_samples, seed, y=y)
+        return fisher.sqrt_ggn_sampled(self, z, mc_samples, seed, y=y)
 
     def fisher(self, z, y=None, kind: str = "exact", *, mc_samples: int = 1, seed=None) -> np.ndarray:
         """Fisher blocks, shape ``(..., K, K)``, on the scale of the Hessian.
@@ -388,11 +404,13 @@ class Head:
         smoothing or ``pos_weight``); with them it differs (e.g. CE with smoothing ε:
         ``(1 − ε)²(diag p − p pᵀ) + ε²(p − 1/K)(p − 1/K)ᵀ``). A loss that is no negative
         log-likelihood (MAE, Huber, the Fenchel–Young losses) has no ``'exact'`` or
-        ``'mc'`` Fisher: a ValueError says so.
+        ``'mc'`` Fisher: a ValueError says so. ``kind`` also takes the names of
+        :func:`~jacobians.linear_curvature` (``'fisher'``, ``'fisher_mc'``,
+        ``'empirical_fisher'``): one vocabulary, ``jacobians.rules.vocabulary.KINDS``.
         """
         if (backend := backend_of(z, y)) is not None:
             return backend.head_fisher(self, z, y, kind, mc_samples, seed)
-        return curvature.fisher_operator(self, z, y, kind, mc_samples=mc_samples, seed=seed).dense()
+        return fisher.fisher_operator(self, z, y, kind, mc_samples=mc_samples, seed=seed).dense()
 
     def __repr__(self) -> str:
         return f"Head({self.activation!r}, {self.loss_fn!r})"
@@ -434,5 +452,6 @@ def pairs() -> list[Pair]:
                 check_pair(act, loss)
             except ValueError:
                 continue
-            out.append(Pair(aname, lname, get_fused(act, loss) is not None))
+            rule = get_rule(act, loss)
+            out.append(Pair(aname, lname, rule is not None and rule.value_and_grad is not None))
     return out

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import curvature
+from . import fisher
 from ._validation import as_float_array
 from .backend import backend_of
 from .head import DEFAULT_MAX_BYTES, Head
@@ -35,10 +35,13 @@ from .operators import (
     JacobianOperator,
     as_low_rank,
 )
+from .rules.vocabulary import BLOCK_KINDS, check_kind
+from .sampling import check_mc_samples, seed_key
 
 __all__ = ["linear_curvature", "linear_gradient", "Kron", "KINDS", "STRUCTURES"]
 
-KINDS = ("hessian", "ggn", "fisher", "fisher_mc", "empirical_fisher")
+#: the documented kinds (every name and its synonyms: jacobians.rules.vocabulary.KINDS)
+KINDS = BLOCK_KINDS
 STRUCTURES = ("full", "kron", "diag")
 
 
@@ -164,6 +167,8 @@ def linear_curvature(features, head: Head, z, y, *, kind: str = "ggn", structure
     y : array_like
         Targets in the loss's form (may be None for ``'fisher'`` and ``'fisher_mc'``).
     kind : {'hessian', 'ggn', 'fisher', 'fisher_mc', 'empirical_fisher'}
+        (or the names :meth:`Head.fisher <jacobians.Head.fisher>` takes: ``'exact'``, ``'mc'``,
+        ``'empirical'``; one vocabulary, ``jacobians.rules.vocabulary.KINDS``)
         The blocks pushed through the layer: :meth:`~jacobians.Head.hessian`,
         :meth:`~jacobians.Head.ggn`, the exact Fisher, its Monte-Carlo estimate from
         ``mc_samples`` draws (``seed``), or the empirical Fisher at y.
@@ -214,7 +219,7 @@ def linear_curvature(features, head: Head, z, y, *, kind: str = "ggn", structure
                                         max_bytes=max_bytes, mc_samples=mc_samples, seed=seed)
     budget, key = check_options(head, y, kind, structure, max_bytes, mc_samples, seed)
     X, z2, y2 = _rows(features, head, z, y)
-    scale = curvature.reduction_factor(head, z2, y2)
+    scale = fisher.reduction_factor(head, z2, y2)
     part = partial_curvature(X, head, z2, y2, kind=kind, structure=structure, bias=bias, budget=budget,
                              key=key, mc_samples=mc_samples, row_ids=np.arange(z2.shape[0]))
     return finish_curvature(structure, part, scale, z2.shape[0])
@@ -222,20 +227,19 @@ def linear_curvature(features, head: Head, z, y, *, kind: str = "ggn", structure
 
 def check_options(head, y, kind, structure, max_bytes, mc_samples, seed) -> tuple[int, int]:
     """Validate the options; ``(budget, key)`` with key the sampling seed's integer key."""
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
+    meaning = check_kind(kind, KINDS)
     if not isinstance(structure, str) or structure not in STRUCTURES:
         raise ValueError(f"structure must be one of {STRUCTURES}; got {structure!r}")
     if not isinstance(head, Head):
         raise TypeError(f"head must be a jacobians.Head; got {type(head).__name__}")
     budget = _check_max_bytes(max_bytes)
-    if y is None and kind not in ("fisher", "fisher_mc"):
+    if y is None and meaning not in ("fisher", "fisher_mc"):
         raise ValueError(f"kind={kind!r} needs the targets y")
-    curvature._check_kind_applies(head, kind)
+    fisher.check_kind_applies(head, kind)
     key = 0
-    if kind == "fisher_mc":
-        curvature.check_mc_samples(mc_samples)
-        key = curvature.seed_key(seed)
+    if meaning == "fisher_mc":
+        check_mc_samples(mc_samples)
+        key = seed_key(seed)
     return budget, key
 
 
@@ -250,12 +254,12 @@ def partial_curvature(X, head, z2, y2, *, kind, structure, bias, budget, key, mc
     itemsize = z2.dtype.itemsize
     # rows whose structured blocks (a few arrays of K entries each, or an M-column factor)
     # fit the budget; the product below splits them again by its own intermediates
-    width = K * (max(int(mc_samples), 8) if kind == "fisher_mc" else 8)
+    width = K * (max(int(mc_samples), 8) if check_kind(kind, KINDS) == "fisher_mc" else 8)
     step = max(1, budget // (itemsize * width))
     acc = _ACCUMULATORS[structure](K, D1, z2.dtype)
     for start in range(0, n, step):
         rows = slice(start, min(n, start + step))
-        blocks = curvature.blocks_for_rows(per_row, kind, z2[rows], None if y2 is None else y2[rows],
+        blocks = fisher.blocks_for_rows(per_row, kind, z2[rows], None if y2 is None else y2[rows],
                                            key=key, mc_samples=mc_samples, row_ids=row_ids[rows])
         acc.add(blocks, _with_bias(X[rows], bias), budget)
     return acc.partial()

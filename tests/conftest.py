@@ -30,8 +30,8 @@ def rng(request) -> np.random.Generator:
 
 @pytest.fixture
 def restore_registries():
-    """Snapshot ``ACTIVATIONS``, ``LOSSES`` and ``FUSED`` and restore them after the test."""
-    saved = [(reg, dict(reg)) for reg in (jac.ACTIVATIONS, jac.LOSSES, jac.fused.FUSED)]
+    """Snapshot ``ACTIVATIONS``, ``LOSSES``, ``FUSED`` and ``RULES`` and restore them after the test."""
+    saved = [(reg, dict(reg)) for reg in (jac.ACTIVATIONS, jac.LOSSES, jac.fused.FUSED, jac.RULES)]
     try:
         yield
     finally:

@@ -561,12 +561,12 @@ def test_check_second_order_catches_a_transposed_second_derivative():
 
 
 def test_check_second_order_catches_a_monte_carlo_sampler_off_its_distribution(monkeypatch):
-    real = curvature.sample_targets
+    real = jac.CrossEntropy.sample_targets  # the loss draws its own targets (Loss.sample_targets)
 
     def biased(loss, a, u):
         return real(loss, a, np.sqrt(u))  # draws pushed towards the last classes
 
-    monkeypatch.setattr(curvature, "sample_targets", biased)
+    monkeypatch.setattr(jac.CrossEntropy, "sample_targets", biased)
     report = checks.check_second_order(jac.Head(jac.Softmax(), jac.CrossEntropy()), shape=(20, 4))
     assert "F: mc vs exact" in {r.compared for r in report.failures}
 

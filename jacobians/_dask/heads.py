@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import curvature, last_layer
+from .. import fisher, last_layer
 from ..contract import contract as contract_numpy
 from ..head import Head
 from ..losses import ElementwiseLoss
+from ..rules.vocabulary import FISHER_KINDS, check_kind
+from ..sampling import check_mc_samples, predictive_of, seed_key
 from .arrays import (
     align,
     align_targets,
@@ -142,9 +144,9 @@ def head_sqrt_ggn_sampled(head, z, mc_samples, seed, y=None):
     index)."""
     z = prepare_z(z)
     y, yt = align_targets(y, z)
-    M = curvature.check_mc_samples(mc_samples)
-    curvature.predictive_kind(head.loss_fn)
-    key = curvature.seed_key(seed)
+    M = check_mc_samples(mc_samples)
+    predictive_of(head.loss_fn)
+    key = seed_key(seed)
     dt = float_dtype(z.dtype)
     batch = z.shape[:-1]
     d = _head_denominator(head, z, yt)
@@ -155,7 +157,7 @@ def head_sqrt_ggn_sampled(head, z, mc_samples, seed, y=None):
         ids = row_ids(block_info, batch)
         yv = None if yc is None else (yc[..., 0] if y.ndim == z.ndim - 1 else yc)
         dd = d_value if dc is None else dc
-        return curvature.sqrt_ggn_sampled(
+        return fisher.sqrt_ggn_sampled(
             _head_piece(head, dd), zc, M, key, y=yv, row_ids=ids
         )
 
@@ -174,9 +176,8 @@ def head_sqrt_ggn_sampled(head, z, mc_samples, seed, y=None):
 
 
 def head_fisher(head, z, y, kind, mc_samples, seed):
-    if kind not in curvature.FISHER_KINDS:
-        raise ValueError(f"kind must be one of {curvature.FISHER_KINDS}; got {kind!r}")
-    if kind == "mc":
+    meaning = check_kind(kind, FISHER_KINDS)
+    if meaning == "fisher_mc":
         S = head_sqrt_ggn_sampled(head, z, mc_samples, seed, y=y)
         K = S.shape[-2]
         # each chunk's S Sᵀ as numpy computes it (the same product per row)
@@ -185,13 +186,13 @@ def head_fisher(head, z, y, kind, mc_samples, seed):
             chunks=S.chunks[:-1] + ((K,),),
             dtype=S.dtype,
         )
-    if kind == "empirical" and y is None:
+    if meaning == "empirical_fisher" and y is None:
         raise ValueError(
-            "kind='empirical' needs the true targets y: it is built from the gradients "
+            f"kind={kind!r} needs the true targets y: it is built from the gradients "
             "at them"
         )
-    if kind == "exact":
-        curvature.predictive_kind(head.loss_fn)
+    if meaning == "fisher":
+        predictive_of(head.loss_fn)
     z = prepare_z(z)
     return head_blocks(head, "fisher", z, y, kind, sizes=(z.shape[-1],))
 

@@ -77,7 +77,7 @@ def value_scale(d, dtype):
 
 def reduction_factor(head, z, y, dtype):
     """The whole batch's factor on a head's ``'sum'`` blocks (see
-    :func:`curvature.reduction_factor`): 0 where the denominator is 0
+    :func:`jacobians.fisher.reduction_factor`): 0 where the denominator is 0
     (:meth:`~jacobians.Loss.reduction_scale`)."""
     loss = head.loss_fn
     if loss.reduction != "mean":

@@ -62,8 +62,9 @@ True
 
 from __future__ import annotations
 
+from ..rules import EXTREME_CLOSED_FORMS
 from .activation import check_activation
-from .extreme import EXTREME_CLOSED_FORMS, check_extreme
+from .extreme import check_extreme
 from .head import check_head
 from .inputs import DEFAULT_SHAPE, EXTREME, KINK_MARGIN, KINKS, TARGET_KINDS, example_inputs, extreme_inputs
 from .report import TOLERANCES, CheckReport, CheckRow, format_rows, format_table, label

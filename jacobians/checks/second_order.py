@@ -11,19 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import as_float_array
-from ..activations import Entmax15, Identity, LogSoftmax, Sigmoid, Softmax, Sparsemax
 from ..head import Head
-from ..losses import (
-    BinaryCrossEntropy,
-    CrossEntropy,
-    Entmax15Loss,
-    KLDivergence,
-    MeanSquaredError,
-    NLLLoss,
-    SparsemaxLoss,
-)
 from ..numerical import numerical_jacobian
 from ..operators import DenseJacobian, DiagonalPlusLowRank, as_low_rank
+from ..rules import EXTREME_HESSIANS
 from .head import missing_references, reduction_factor, row_loss_head, stack_or_loop, stacked
 from .inputs import DEFAULT_SHAPE, _check_dtype, _head_inputs, example_inputs, extreme_inputs, prepare_targets
 from .report import CheckReport, _Failed, _readonly, _require, _Rows, _run, _safe_call, _subject
@@ -347,43 +338,10 @@ def check_second_order_extreme(head: Head, *, shape=(2, 3, 5), dtype=np.float64,
         rows.finite("H", method, _run(head.hessian, z, y, method))
     rows.finite("GGN", "ggn", _run(head.ggn, z, y))
     rows.finite("S", "sqrt_ggn", _run(head.sqrt_ggn, z, y))
-    closed = EXTREME_HESSIANS.get((type(head.activation), type(head.loss_fn)))
-    if closed is not None:
-        yc = y.astype(np.float64) if y.dtype.kind == "f" else y
-        expected = _run(closed, head, z.astype(np.float64), yc)
+    rule = head.rule
+    closed = None if rule is None else rule.extreme_hessian
+    yc = y.astype(np.float64) if y.dtype.kind == "f" else y
+    expected = None if closed is None else _run(closed, head.activation, head.loss_fn, z.astype(np.float64), yc)
+    if expected is not None:  # (None: the rule has no limit for these logits or options)
         rows.compare("H", "fused", "closed form", _run(head.hessian, z, y, "fused"), expected, "closed_form")
     return CheckReport(rows.rows)
-
-
-def _entry_factor(loss, z):
-    return {"mean": 1.0 / z.size, "sum": 1.0, "none": 1.0}[loss.reduction]
-
-
-def _zero_blocks(head, z, y):
-    """One-hot maps (softmax at gaps of 1e4, sparsemax, 1.5-entmax): ``diag(p) − p pᵀ = 0``."""
-    return np.zeros(z.shape + z.shape[-1:])
-
-
-def _sigmoid_bce_extreme(head, z, y):
-    """``σσ̄ (1 − y + p y)``: ¼ of it where z = 0, zero where |z| = 1e4."""
-    loss = head.loss_fn
-    ys = loss.smoothed(np.asarray(y, np.float64))
-    pw = 1.0 if loss.pos_weight is None else loss.pos_weight.astype(np.float64)
-    d = np.where(z == 0, 0.25, 0.0) * (1 - ys + pw * ys) * _entry_factor(loss, z)
-    return d[..., None] * np.eye(z.shape[-1])
-
-
-def _identity_mse_extreme(head, z, y):
-    return 2 * _entry_factor(head.loss_fn, z) * np.broadcast_to(np.eye(z.shape[-1]), z.shape + z.shape[-1:])
-
-
-#: (activation class, loss class) -> the Hessian blocks at :func:`extreme_inputs`
-EXTREME_HESSIANS = {
-    (Softmax, CrossEntropy): _zero_blocks,
-    (Softmax, KLDivergence): _zero_blocks,
-    (LogSoftmax, NLLLoss): _zero_blocks,
-    (Sparsemax, SparsemaxLoss): _zero_blocks,
-    (Entmax15, Entmax15Loss): _zero_blocks,
-    (Sigmoid, BinaryCrossEntropy): _sigmoid_bce_extreme,
-    (Identity, MeanSquaredError): _identity_mse_extreme,
-}

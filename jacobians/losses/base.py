@@ -14,6 +14,7 @@ from ..activations.base import _register
 from ..backend import backend_aware
 from ..domains import Domain, domain
 from ..operators import DenseJacobian, DiagonalJacobian, DiagonalPlusLowRank, JacobianOperator
+from ..sampling import Predictive, predictive_of
 
 __all__ = ["Loss", "ElementwiseLoss", "LOSSES", "register_loss", "get_loss"]
 
@@ -117,10 +118,11 @@ class Loss:
     #: gets it from the targets without computing ``a``. A subclass whose denominator reads
     #: the values of ``a`` sets it False.
     denominator_from_targets: ClassVar[bool] = True
-    #: the model's own distribution of targets given ``a``, for the Fisher (one of
-    #: ``jacobians.curvature.PREDICTIVES``: ``'categorical'``, ``'categorical_log'``,
-    #: ``'bernoulli'``, ``'gaussian'``); None: the loss is no negative log-likelihood
-    predictive: ClassVar[str | None] = None
+    #: the model's own distribution of targets given ``a``, for the Fisher: a name of
+    #: ``jacobians.sampling.PREDICTIVES`` (``'categorical'``, ``'categorical_log'``,
+    #: ``'bernoulli'``, ``'gaussian'``) or a :class:`jacobians.sampling.Predictive` of the
+    #: loss's own; None: the loss is no negative log-likelihood
+    predictive: ClassVar[str | Predictive | None] = None
     loop_reference: ClassVar[Callable | None] = None
     kinks: ClassVar[Callable | None] = None
 
@@ -311,6 +313,18 @@ class Loss:
             f"{type(self).__name__} has no closed-form Fisher for its predictive {kind!r}: write "
             "fisher_blocks(a), or use the Monte-Carlo Fisher (kind='mc')"
         )
+
+    def predictive_uniforms(self, K: int) -> int:
+        """How many uniforms :meth:`sample_targets` takes for a row of ``K`` entries."""
+        return predictive_of(self).per_row(K)
+
+    def sample_targets(self, a: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Targets drawn from :attr:`predictive` at ``a`` (..., K) from uniforms ``u`` in
+        [0, 1), shape ``(N, predictive_uniforms(K))`` for the N rows of ``a``: class
+        indices ``(...,)`` or an array of a's shape."""
+        entry = predictive_of(self)
+        out = entry.draw(a.reshape(-1, a.shape[-1]), u)
+        return out.reshape(a.shape[:-1] if entry.indices else a.shape)
 
     def _prepare(self, a, y):
         a = as_float_array(a, "a")

@@ -357,21 +357,24 @@ class BinaryCrossEntropy(ElementwiseLoss):
         eps = self.label_smoothing
         return y if not eps else y * y.dtype.type(1 - eps) + y.dtype.type(eps / 2)
 
-    def _pos_weight(self, dtype):
+    def positive_weight(self, dtype):
+        """``pos_weight`` in ``dtype`` (None without one)."""
         return None if self.pos_weight is None else self.pos_weight.astype(dtype, copy=False)
+
+    _pos_weight = positive_weight  # the name before it was public
 
     def per_element(self, a, y):
         y = self.smoothed(y)
         with np.errstate(divide="ignore"):
             log_a = np.maximum(np.log(a), _BCE_LOG_FLOOR)
             log_1ma = np.maximum(np.log1p(-a), _BCE_LOG_FLOOR)
-        pw = self._pos_weight(a.dtype)
+        pw = self.positive_weight(a.dtype)
         pos = y * log_a if pw is None else pw * y * log_a
         return -(pos + (1 - y) * log_1ma)
 
     def per_element_grad(self, a, y):
         y = self.smoothed(y)
-        pw = self._pos_weight(a.dtype)
+        pw = self.positive_weight(a.dtype)
         numer = a - y if pw is None else a * (pw * y + 1 - y) - pw * y
         return numer / np.maximum(a * (1 - a), a.dtype.type(_BCE_GRAD_EPS))
 
@@ -382,7 +385,7 @@ class BinaryCrossEntropy(ElementwiseLoss):
         (torch's double backward regularizes the first expression with
         ``(a + 1e-12)²(1 − a + 1e-12)²`` instead.)"""
         y = self.smoothed(y)
-        pw = self._pos_weight(a.dtype)
+        pw = self.positive_weight(a.dtype)
         pos = y if pw is None else pw * y
         eps = a.dtype.type(_BCE_GRAD_EPS)
         clamped = a * (1 - a) < eps

@@ -1,0 +1,109 @@
+"""The generic rule: the chain rule through the activation, for any pair.
+
+First order ``dE/dz = Jᵀ dE/da`` (the activation's VJP); second order::
+
+    H_z = Jᵀ H_a J + Σ_i (∂E/∂a_i) ∇²a_i          (GGN: the first term alone)
+
+with ``H_a`` the loss's Hessian blocks in its input ``a`` (the reduction's factor inside);
+the exact Fisher in z is ``Jᵀ F_a J`` with ``F_a`` the loss's (unreduced) Fisher blocks. A
+rule that leaves a closed form out falls back to these (:data:`GENERIC`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _math
+from ..operators import (
+    DiagonalJacobian,
+    DiagonalPlusLowRank,
+    DiagonalPlusRankOne,
+    JacobianOperator,
+    ProjectedDiagonal,
+    SimplexBlock,
+    SumOperator,
+)
+from .base import PairRule
+
+__all__ = ["ChainRule", "GENERIC", "gram", "projection_form"]
+
+
+def projection_form(J):
+    """``(g, v)`` when ``J = diag(g) − g vᵀ = diag(g) (I − 1 vᵀ)`` with ``v >= 0``, ``Σv = 1``
+    (every simplex map and log-softmax), else None."""
+    if not isinstance(J, DiagonalPlusRankOne) or not J.projector:
+        return None
+    return J.d, J.v
+
+
+def gram(J: JacobianOperator, H: JacobianOperator) -> JacobianOperator:
+    """``Jᵀ H J``. For a simplex map (``J = diag(g) P``, ``P = I − 1 vᵀ``) and a diagonal or
+    entmax-family H it is ``Pᵀ diag(g² h) P`` (minus ``x xᵀ`` with ``x = Pᵀ(g ⊙ w)`` for
+    ``H = diag(c q) − w wᵀ``), whose diagonal is computed without cancellation
+    (:class:`~jacobians.operators.ProjectedDiagonal`): where a prediction is confident the
+    generic product subtracts numbers far larger than the result."""
+    if isinstance(J, DiagonalJacobian) and isinstance(H, SimplexBlock):
+        # diag(g) (diag(c q) − w wᵀ) diag(g), its diagonal g² times H's exact one
+        gw = J.d * H.u
+        return DiagonalPlusRankOne(J.d * J.d * H.d, gw, gw, diagonal=J.d * J.d * H.diagonal())
+    form = projection_form(J)
+    if form is not None:
+        g, v = form
+        if isinstance(H, DiagonalJacobian):
+            return ProjectedDiagonal(g * g * H.d, v)
+        if isinstance(H, SimplexBlock):
+            x = _math.project_columns((g * H.u)[..., None], v)[..., 0]
+            outer = DiagonalPlusLowRank(np.zeros_like(x), x[..., None], x[..., None])
+            return SumOperator(ProjectedDiagonal(g * g * H.d, v), outer)
+    return J.T @ H @ J
+
+
+class ChainRule(PairRule):
+    """The chain rule for any (activation, loss) pair whose loss is a function of the
+    activation's output; every method as :class:`~jacobians.PairRule`'s, plus
+    :meth:`ggn` and :meth:`sqrt_ggn`. Not registered: it is what a pair without a rule,
+    or a rule without a closed form, uses."""
+
+    @staticmethod
+    def forward(activation, loss, z, y):
+        """``(a, dE/da, J)`` at ``z``: the output, the reduced loss gradient and the Jacobian."""
+        a = activation(z)
+        g = loss.grad(a, y)
+        return a, g, activation._operator_from_output(z, a)
+
+    def value_and_grad(self, activation, loss, z, y):
+        a = activation(z)
+        value, g = loss.value_and_grad(a, y)
+        return value, activation._vjp_from_output(z, a, g)
+
+    def ggn(self, activation, loss, z, y) -> JacobianOperator:
+        """``Jᵀ H_a J``."""
+        a = activation(z)
+        return gram(activation._operator_from_output(z, a), loss.hessian_operator(a, y))
+
+    def hessian(self, activation, loss, z, y) -> JacobianOperator:
+        a, g, J = self.forward(activation, loss, z, y)
+        return SumOperator(gram(J, loss.hessian_operator(a, y)), activation.hessian_vjp_operator(z, g))
+
+    def hvp(self, activation, loss, z, y, v) -> np.ndarray:
+        return self.hessian(activation, loss, z, y) @ v
+
+    def sqrt_ggn(self, activation, loss, z, y) -> np.ndarray:
+        """``Jᵀ S_a`` with ``S_a`` the loss Hessian's own factor: ``S Sᵀ`` is the GGN."""
+        a = activation(z)
+        J = activation._operator_from_output(z, a)
+        S = loss.hessian_operator(a, y).sqrt()
+        form = projection_form(J)
+        if form is not None:  # Jᵀ S = Pᵀ (g ⊙ S), rows projected without cancellation
+            g, v = form
+            return _math.project_columns(g[..., None] * S, v)
+        return J.T.matmat(S)
+
+    def fisher(self, activation, loss, z, y=None) -> JacobianOperator:
+        """``Jᵀ F_a J`` with ``F_a = loss.fisher_blocks(a)`` (unreduced)."""
+        a = activation(z)
+        return gram(activation._operator_from_output(z, a), loss.fisher_blocks(a))
+
+
+#: the generic rule's one instance
+GENERIC = ChainRule()

@@ -1,0 +1,42 @@
+"""Identity + mean squared error: the identity's Jacobian is I, so everything is the loss's
+own in ``a = z``: gradient ``2(z − y)``, Hessian and exact Fisher ``2I`` (times the
+reduction's factor, ``1/(N·K)`` for ``'mean'``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import as_float_array
+from ..activations import Identity
+from ..losses import MeanSquaredError
+from ..operators import DiagonalJacobian
+from .base import PairRule, register_rule
+from .common import entry_factor, reduce_plainly
+
+__all__ = ["IdentityMSE"]
+
+
+@register_rule
+class IdentityMSE(PairRule):
+    """Identity + MeanSquaredError."""
+
+    pairs = ((Identity, MeanSquaredError),)
+    canonical = True
+
+    def value_and_grad(self, activation, loss, z, y):
+        return loss.value_and_grad(z, y)
+
+    def hessian(self, activation, loss, z, y):
+        z = as_float_array(z, "z")
+        loss.check_targets(z, y)
+        return DiagonalJacobian(np.full_like(z, 2 * loss.reduction_scale(z, y)))
+
+    def fisher(self, activation, loss, z, y=None):
+        return DiagonalJacobian(np.full_like(as_float_array(z, "z"), 2))
+
+    def extreme_value_and_grad(self, activation, loss, z, y):
+        d = z - np.asarray(y, dtype=np.float64)
+        return reduce_plainly(loss, d * d, 2 * d, d.size)
+
+    def extreme_hessian(self, activation, loss, z, y):
+        return 2 * entry_factor(loss, z) * np.broadcast_to(np.eye(z.shape[-1]), z.shape + z.shape[-1:])
