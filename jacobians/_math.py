@@ -9,6 +9,8 @@ import threading
 
 import numpy as np
 
+from ._memo import memoized
+
 __all__ = [
     "exp_is_safe",
     "rowsum",
@@ -410,6 +412,7 @@ def tanh_derivative(z: np.ndarray) -> np.ndarray:
     return 4.0 * e / (1.0 + e) ** 2
 
 
+@memoized
 def sparsemax(z: np.ndarray) -> np.ndarray:
     """Euclidean projection of each row onto the simplex (Martins & Astudillo, 2016).
 
@@ -426,6 +429,7 @@ def sparsemax(z: np.ndarray) -> np.ndarray:
     return np.maximum(shifted - tau, 0)
 
 
+@memoized
 def entmax15(z: np.ndarray) -> np.ndarray:
     """1.5-entmax (Peters, Niculae & Martins, 2019), exact sort-based algorithm.
 
@@ -826,6 +830,7 @@ def _entmax_chunks(z, alpha, g=None, temperature=1.0):
     return out.reshape(z.shape)
 
 
+@memoized
 def entmax(z: np.ndarray, alpha) -> np.ndarray:
     """α-entmax of each row (Peters, Niculae & Martins, 2019), exact.
 
