@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import os
 import statistics
@@ -473,21 +474,28 @@ def _load_kernels() -> None:
                 heads.append(Head(ACTIVATIONS[p.activation](), lcls(**kw)))
             except ValueError:  # a variant that does not pair with the default activation
                 continue
+    acts = [a for a in (_default(cls) for cls in ACTIVATIONS.values()) if a is not None]
     for dt in (np.float64, np.float32):
         z = rng.normal(size=(3, 4)).astype(dt)
         frozen = z.copy()
         frozen.flags.writeable = False
-        for x in (z, frozen):
+        for x, y_writeable in itertools.product((z, frozen), (True, False)):  # each a signature
             for head in heads:
                 y = make_targets(head.loss_fn, x.shape, rng)
                 y = y.astype(dt) if y.dtype.kind == "f" else y
+                y.flags.writeable = y_writeable
                 try:
                     for method in ("fused", "jacobian"):
                         head.value_and_grad(x, y, method)
                     head.hessian(x, y)
-                    head.activation.vjp(x, x)
                 except Exception:  # loading is an optimization: a failure here shows in the checks
                     pass
+            for act in acts:
+                for g in (z, frozen):
+                    try:
+                        act.vjp(x, g)
+                    except Exception:
+                        pass
 
 
 def _cpu_seconds() -> float:
