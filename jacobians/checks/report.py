@@ -270,6 +270,7 @@ class _Rows:
 
     def __init__(self, subject: str, dtype: np.dtype, shape: tuple, kink_note: str = ""):
         self.subject, self.dtype, self.shape = subject, np.dtype(dtype), tuple(shape)
+        self._dtype_name = self.dtype.name  # read for every row (numpy computes it each time)
         self.kink_note = kink_note
         self.rows: list[CheckRow] = []
         # what atol is relative to, per kind of comparison (see _floors)
@@ -279,13 +280,13 @@ class _Rows:
         if not passed and self.kink_note and not note.startswith("raised"):
             note = f"{note}; {self.kink_note}" if note else self.kink_note
         self.rows.append(
-            CheckRow(self.subject, self.dtype.name, self.shape, quantity, method, reference,
+            CheckRow(self.subject, self._dtype_name, self.shape, quantity, method, reference,
                      max_abs, max_rel, allowed, tol[0], tol[1], bool(passed), note)
         )
 
     def tol(self, kind: str, floor: float | None = None) -> tuple[float, float]:
         """``(rtol, atol)`` for ``kind``, with atol scaled by the comparison's noise floor."""
-        rtol, atol = TOLERANCES[self.dtype.name][kind]
+        rtol, atol = TOLERANCES[self._dtype_name][kind]
         return rtol, atol * (self.floors[kind] if floor is None else floor)
 
     def compare(self, quantity, method, reference, x, ref, kind, *, dtype_of=_SAME, scale=None, floor=None):
