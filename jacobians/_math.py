@@ -487,7 +487,8 @@ NEAR_ONE, FLAT, STEEP = 0, 1, 2
 
 def _entmax_form(alpha):
     """:data:`NEAR_ONE`, :data:`FLAT` or :data:`STEEP` for each α (see the section's comment)."""
-    alpha = np.asarray(alpha)
+    if not isinstance(alpha, np.ndarray):
+        return NEAR_ONE if alpha < 1.25 else FLAT if alpha <= 2 else STEEP
     return np.where(alpha < 1.25, NEAR_ONE, np.where(alpha <= 2, FLAT, STEEP))
 
 
@@ -680,7 +681,7 @@ def _entmax_solve(a, alpha, beta, form):
     width = np.minimum(1 << np.ceil(np.log2(np.maximum(k, 16))).astype(np.intp), K)
     per_row = isinstance(alpha, np.ndarray)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for w in np.unique(width):
+        for w in [width[0]] if (width == width[0]).all() else np.unique(width):
             idx = np.flatnonzero(width == w)
             if idx.size == n:
                 solve(np.ascontiguousarray(a[:, :w]), ref, q, lo, hi, alpha, beta, form)
