@@ -1,4 +1,5 @@
-"""The scoped memo of the simplex maps (jacobians._memo): same bits, own arrays, no state."""
+"""The scoped memo of the simplex maps (jacobians._memo): same bits, own arrays, no
+state."""
 
 import numpy as np
 import pytest
@@ -43,7 +44,9 @@ def test_memo_holds_nothing_outside_a_block():
     with _memo.memo():
         with _memo.memo():
             _math.sparsemax(z)
-        assert len(_memo._STATE.table) == 1  # the inner block shares the outer one's memo
+        assert (
+            len(_memo._STATE.table) == 1
+        )  # the inner block shares the outer one's memo
     assert _memo._STATE.table is None
     _math.sparsemax(z)
     assert _memo._STATE.table is None
