@@ -96,13 +96,13 @@ class CheckRow:
         d = asdict(self)
         d["shape"] = list(self.shape)
         for key in ("max_abs", "max_rel", "allowed", "rtol", "atol"):
-            d[key] = _json_float(d[key])
-        d["err_over_tol"] = _json_float(self.err_over_tol)
+            d[key] = json_float(d[key])
+        d["err_over_tol"] = json_float(self.err_over_tol)
         d["compared"] = self.compared
         return d
 
 
-def _json_float(x):
+def json_float(x):
     return None if x is None or not math.isfinite(x) else float(x)
 
 
@@ -202,7 +202,7 @@ def fmt_ratio(x) -> str:
     return f"{x:.2f}" if x < 100 else f"{x:.1e}"
 
 
-def _fmt_shape(shape) -> str:
+def fmt_shape(shape) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
@@ -222,7 +222,7 @@ def format_rows(rows: list[CheckRow]) -> str:
         return "(no checks)"
     header = ["subject", "dtype", "shape", "compared", "max abs err", "allowed", "max rel err", "err/tol", "result"]
     body = [
-        [r.subject, r.dtype, _fmt_shape(r.shape), r.compared, _fmt_err(r.max_abs), _fmt_err(r.allowed),
+        [r.subject, r.dtype, fmt_shape(r.shape), r.compared, _fmt_err(r.max_abs), _fmt_err(r.allowed),
          _fmt_err(r.max_rel), fmt_ratio(r.err_over_tol), "ok" if r.passed else "FAIL"]
         for r in rows
     ]
@@ -230,7 +230,7 @@ def format_rows(rows: list[CheckRow]) -> str:
     groups: dict[tuple, list[str]] = {}
     for r in rows:
         if r.note and not r.passed:
-            groups.setdefault((r.subject, r.dtype, _fmt_shape(r.shape), r.note), []).append(r.compared)
+            groups.setdefault((r.subject, r.dtype, fmt_shape(r.shape), r.note), []).append(r.compared)
     if groups:
         out.append("")
         out += [f"FAIL {subj} {dt} {shape} [{', '.join(what)}]: {note}" for (subj, dt, shape, note), what in groups.items()]
