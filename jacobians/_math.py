@@ -9,6 +9,8 @@ import threading
 
 import numpy as np
 
+from ._memo import memoized
+
 __all__ = [
     "exp_is_safe",
     "rowsum",
@@ -412,6 +414,7 @@ def tanh_derivative(z: np.ndarray) -> np.ndarray:
     return 4.0 * e / (1.0 + e) ** 2
 
 
+@memoized
 def sparsemax(z: np.ndarray) -> np.ndarray:
     """Euclidean projection of each row onto the simplex (Martins & Astudillo, 2016).
 
@@ -428,6 +431,7 @@ def sparsemax(z: np.ndarray) -> np.ndarray:
     return np.maximum(shifted - tau, 0)
 
 
+@memoized
 def entmax15(z: np.ndarray) -> np.ndarray:
     """1.5-entmax (Peters, Niculae & Martins, 2019), exact sort-based algorithm.
 
@@ -485,7 +489,8 @@ NEAR_ONE, FLAT, STEEP = 0, 1, 2
 
 def _entmax_form(alpha):
     """:data:`NEAR_ONE`, :data:`FLAT` or :data:`STEEP` for each α (see the section's comment)."""
-    alpha = np.asarray(alpha)
+    if not isinstance(alpha, np.ndarray):
+        return NEAR_ONE if alpha < 1.25 else FLAT if alpha <= 2 else STEEP
     return np.where(alpha < 1.25, NEAR_ONE, np.where(alpha <= 2, FLAT, STEEP))
 
 
@@ -678,7 +683,7 @@ def _entmax_solve(a, alpha, beta, form):
     width = np.minimum(1 << np.ceil(np.log2(np.maximum(k, 16))).astype(np.intp), K)
     per_row = isinstance(alpha, np.ndarray)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for w in np.unique(width):
+        for w in [width[0]] if (width == width[0]).all() else np.unique(width):
             idx = np.flatnonzero(width == w)
             if idx.size == n:
                 solve(np.ascontiguousarray(a[:, :w]), ref, q, lo, hi, alpha, beta, form)
@@ -828,6 +833,7 @@ def _entmax_chunks(z, alpha, g=None, temperature=1.0):
     return out.reshape(z.shape)
 
 
+@memoized
 def entmax(z: np.ndarray, alpha) -> np.ndarray:
     """α-entmax of each row (Peters, Niculae & Martins, 2019), exact.
 

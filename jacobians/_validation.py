@@ -62,6 +62,9 @@ def as_array(x, name: str) -> np.ndarray:
         ) from None
 
 
+_FLOAT64, _FLOAT32 = np.dtype(np.float64), np.dtype(np.float32)
+
+
 def as_float_array(x, name: str, *, min_ndim: int = 1, like: np.ndarray | None = None) -> np.ndarray:
     """Return ``x`` as a float32 or float64 array without copying when possible.
 
@@ -74,6 +77,9 @@ def as_float_array(x, name: str, *, min_ndim: int = 1, like: np.ndarray | None =
 
     The array returned may be the caller's own: callers never write into it.
     """
+    if (type(x) is np.ndarray and (x.dtype is _FLOAT64 or x.dtype is _FLOAT32) and x.ndim >= max(min_ndim, 1)
+            and x.shape[-1] and (like is None or like.dtype == x.dtype)):
+        return x  # what the checks below return for it, without them (a hot path)
     arr = as_array(x, name)
     kind = arr.dtype.kind
     if kind == "f":

@@ -27,40 +27,34 @@ import argparse
 import importlib
 import json
 import os
-import statistics
 import sys
 import time
-import zlib
-from dataclasses import dataclass, field
 from typing import Callable
-
-import numpy as np
 
 from . import _parallel, checks
 from .activations import ACTIVATIONS
-from .checks.inputs import _make_targets as make_targets
-from .checks.report import _fmt_shape as fmt_shape
-from .checks.report import _json_float as json_float
-from .checks.report import fmt_ratio
-from .head import Head, pairs
+from .checks.plan import (
+    EXTREME_SHAPE,
+    MC_SAMPLES,
+    REPEATS,
+    SHAPES,
+    cpu_seconds,
+    load_kernels,
+    plan_entries,
+    run_sections,
+    time_entries,
+    variant_labels,
+)
+from .checks.report import fmt_ratio, fmt_shape, json_float
+from .head import pairs
 from .losses import LOSSES
 
 __all__ = ["main", "SHAPES", "EXTREME_SHAPE", "DEFAULT_N", "DEFAULT_K", "REPEATS"]
 
 PROG = "python -m jacobians"
 
-#: shapes of the generated inputs of ``check`` (the last one is a single sample)
-SHAPES = ((6, 5), (2, 3, 4), (4, 10), (7,))
-#: shape of the ±1e4 logits
-EXTREME_SHAPE = (2, 3, 5)
 #: size of the timing run (the fused path's speed-up over the Jacobian path)
 DEFAULT_N, DEFAULT_K = 1024, 100
-#: timed calls per method (median reported), after one warm-up call each
-REPEATS = 5
-#: number of classes the rows' labels and method lists are read from
-LABEL_K = 5
-#: draws of the Monte-Carlo Fisher in the second-order checks
-MC_SAMPLES = 500
 #: columns of the table without --wide
 WIDTH = 100
 
@@ -197,13 +191,6 @@ def _bench(argv: list[str]) -> int:
 # -- list -------------------------------------------------------------------------------------
 
 
-def _default(cls):
-    try:
-        return cls()
-    except TypeError:
-        return None
-
-
 def _list() -> int:
     from . import _kernels
     from .domains import domain
@@ -232,71 +219,6 @@ def _list() -> int:
 
 # -- check ------------------------------------------------------------------------------------
 
-
-@dataclass
-class _Entry:
-    """One row of the table: an activation alone, or a pair, with its parameters.
-
-    ``build(K)`` makes the object for inputs of K classes (class weights are shaped by K);
-    ``activation`` and ``loss`` are the registry names (what ``--only`` selects).
-    """
-
-    activation: str
-    loss: str | None
-    build: Callable[[int], object]
-    label: str = ""
-    report: checks.CheckReport = field(default_factory=checks.CheckReport)
-    t_fused: float | None = None
-    t_jacobian: float | None = None
-    timing_note: str = ""
-
-    def __post_init__(self):
-        self.obj = self.build(LABEL_K)
-        self.label = self.label or checks.label(self.obj)
-
-    orders: tuple = (1, 2)
-
-    @property
-    def methods(self) -> list[str]:
-        out = []
-        if 1 in self.orders:
-            out += self._first_order()
-        if 2 in self.orders:
-            out += ["H: " + ", ".join(self._second_order())]
-        return out
-
-    def _first_order(self) -> list[str]:
-        if self.loss is None:
-            return ["jacobian", "operator", "vjp", "jvp"]
-        head = self.obj
-        if head.logits_loss:
-            return ["fused"]
-        return ["jacobian", "vjp", "operator", "jvp"] + (["fused"] if head.fused_rule is not None else [])
-
-    def _second_order(self) -> list[str]:
-        if self.loss is None:
-            return ["hessian", "hessian_vjp"]
-        head = self.obj
-        methods = [] if head.hessian_rule is None else ["fused"]
-        if not head.logits_loss:
-            methods.append("chain")
-        extra = ["hvp", "ggn", "sqrt"]
-        if getattr(head.loss_fn, "predictive", None) is not None and not head.logits_loss:
-            extra.append("fisher")
-        return methods + extra
-
-    @property
-    def timed(self) -> bool:
-        default = "(" not in self.label  # the fused speed-up is timed once per pair
-        return default and self.loss is not None and self.obj.fused_rule is not None and not self.obj.logits_loss
-
-    @property
-    def speedup(self) -> float | None:
-        if self.t_fused and self.t_jacobian:
-            return self.t_jacobian / self.t_fused
-        return None
-
-
 def _parse_only(text: str | None) -> tuple[set[str], set[str]] | None:
     if text is None:
         return None
@@ -312,201 +234,10 @@ def _parse_only(text: str | None) -> tuple[set[str], set[str]] | None:
     return {n for n in names if n in ACTIVATIONS}, {n for n in names if n in LOSSES}
 
 
-def _options(cls) -> list[Callable[[int], dict]]:
-    """The keyword sets of a class's checks, as functions of K: the defaults, then each of
-    ``cls.variants(K)``."""
-    n = len(cls.variants(LABEL_K))
-    return [lambda K: {}] + [lambda K, i=i: cls.variants(K)[i] for i in range(n)]
-
-
-def variant_labels() -> list[str]:
-    """Labels of the non-default instances that ``check`` runs (listed by ``list``)."""
-    return [checks.label(cls(**opt(LABEL_K))) for reg in (ACTIVATIONS, LOSSES) for cls in reg.values()
-            for opt in _options(cls)[1:]]
-
-
-def _entries(only) -> tuple[list[_Entry], list[str]]:
-    """The rows to check (filtered by --only) and the classes skipped (need arguments).
-
-    Every activation alone, with its defaults and with each of its variants; every valid
-    pair with both defaults, then with each variant of the activation (default loss) and
-    each variant of the loss (default activation).
-    """
-    acts, losses = only if only is not None else (None, None)
-    entries, skipped = [], []
-    for name, cls in ACTIVATIONS.items():
-        if _default(cls) is None:
-            skipped.append(name)
-            continue
-        if acts is None or name in acts:
-            entries += [_Entry(name, None, lambda K, c=cls, o=opt: c(**o(K))) for opt in _options(cls)]
-    skipped += [name for name, cls in LOSSES.items() if _default(cls) is None]
-    for p in pairs():
-        if only is not None and not ((not acts or p.activation in acts) and (not losses or p.loss in losses)):
-            continue
-        acls, lcls = ACTIVATIONS[p.activation], LOSSES[p.loss]
-        for aopt, lopt in _combos(acls, lcls):
-            def build(K, aopt=aopt, lopt=lopt, acls=acls, lcls=lcls):
-                return Head(acls(**aopt(K)), lcls(**lopt(K)))
-
-            entries.append(_Entry(p.activation, p.loss, build))
-    return entries, skipped
-
-
-def _combos(acls, lcls) -> list[tuple]:
-    """The (activation options, loss options) of a pair's rows: each activation variant with
-    the default loss and each loss variant with the default activation. A variant that its
-    default partner refuses (``Entmax(alpha=3.0)`` and the default ``EntmaxLoss()``: their α
-    differ) is paired instead with each variant of the partner that accepts it; a variant
-    that leaves the pair's domain has no row."""
-    A, L = _options(acls), _options(lcls)
-
-    def valid(a, lo) -> bool:
-        try:
-            Head(acls(**a(LABEL_K)), lcls(**lo(LABEL_K)))
-        except ValueError:
-            return False
-        return True
-
-    out = []
-    for a in A:
-        out += [(a, L[0])] if valid(a, L[0]) else [(a, lo) for lo in L[1:] if valid(a, lo)]
-    for lo in L[1:]:
-        partners = [A[0]] if valid(A[0], lo) else [a for a in A[1:] if valid(a, lo)]
-        out += [(a, lo) for a in partners if (a, lo) not in out]
-    return out
-
-
-def _seed(seed: int, label: str, *more: int) -> np.random.SeedSequence:
-    """Inputs depend on the row's name, not on its position: --only reproduces them."""
-    return np.random.SeedSequence([seed, zlib.crc32(label.encode()), *more])
-
-
-def _guarded(entry: _Entry, dtype: str, shape, fn) -> checks.CheckReport:
-    try:
-        return fn()
-    except Exception as exc:  # e.g. inputs could not be generated: a failed row, not a crash
-        row = checks.CheckRow(entry.label, dtype, tuple(shape), "setup", "check", "inputs", None, None, None,
-                              0.0, 0.0, False, f"raised {type(exc).__name__}: {' '.join(str(exc).split())}")
-        return checks.CheckReport([row])
-
-
-def _checks(entry: _Entry, orders) -> list[tuple[Callable, Callable | None]]:
-    """``(check on generated inputs, check at ±1e4 or None)`` for each order asked for."""
-    out = []
-    if 1 in orders:
-        out.append((checks.check_activation if entry.loss is None else checks.check_head, checks.check_extreme))
-    if 2 in orders:
-        if entry.loss is None:
-            out.append((checks.check_activation_second_order, None))
-        else:
-            def second(obj, **kw):
-                return checks.check_second_order(obj, mc_samples=MC_SAMPLES, **kw)
-
-            out.append((second, checks.check_second_order_extreme))
-    return out
-
-
-def _run_entry(entry: _Entry, dtypes, seed: int, order: int) -> checks.CheckReport:
-    """The checks of one order of one row, every dtype and shape (and ±1e4 logits)."""
-    (run, extreme), = _checks(entry, (order,))
-    report = checks.CheckReport()
-    for di, dt in enumerate(dtypes):
-        for si, shape in enumerate(SHAPES):
-            s = _seed(seed, entry.label, di, si, *([order] if order != 1 else []))
-            report += _guarded(entry, dt, shape,
-                               lambda: run(entry.build(shape[-1]), shape=shape, dtype=dt, seed=s))  # noqa: B023
-        if extreme is not None:
-            s = _seed(seed, entry.label, di, len(SHAPES), *([order] if order != 1 else []))
-            obj = entry.build(EXTREME_SHAPE[-1])
-            report += _guarded(entry, dt, EXTREME_SHAPE,
-                               lambda: extreme(obj, shape=EXTREME_SHAPE, dtype=dt, seed=s))  # noqa: B023
-    return report
-
-
-def _time_entry(entry: _Entry, n: int, k: int, dtype: str, seed: int) -> None:
-    """Median time of head.grad with method='fused' and 'jacobian', called alternately."""
-    head = entry.build(k)
-    rng = np.random.default_rng(_seed(seed, entry.label, 99))
-    z = rng.normal(scale=1.5, size=(n, k)).astype(dtype)
-    y = make_targets(head.loss_fn, (n, k), rng)
-    if y.dtype.kind == "f":
-        y = y.astype(dtype)
-    try:
-        head.grad(z, y, "fused")
-        head.grad(z, y, "jacobian")
-        tf, tj = [], []
-        for _ in range(REPEATS):
-            t0 = time.perf_counter()
-            head.grad(z, y, "fused")
-            t1 = time.perf_counter()
-            head.grad(z, y, "jacobian")
-            t2 = time.perf_counter()
-            tf.append(t1 - t0)
-            tj.append(t2 - t1)
-        entry.t_fused, entry.t_jacobian = statistics.median(tf), statistics.median(tj)
-    except Exception as exc:  # timing is informational; the checks above decide pass/fail
-        entry.timing_note = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-
-
-def _load_kernels() -> None:
-    """Load the compiled kernels (numba's, from its cache) in this process before the workers
-    fork: each worker would otherwise import numba and load them again on first use. A few
-    calls of every fused pair in both dtypes, on writable and read-only inputs (each a
-    signature of its own); nothing is kept but the loaded code."""
-    from . import _kernels
-
-    if _kernels.kernels() != "numba":
-        return
-    rng = np.random.default_rng(0)
-    # every pair with a fused rule (the kernels' callers), its loss with each of its variants
-    heads = []
-    for p in pairs():
-        lcls = LOSSES[p.loss]
-        for kw in [{}] + lcls.variants(4) if p.fused else []:
-            try:
-                heads.append(Head(ACTIVATIONS[p.activation](), lcls(**kw)))
-            except ValueError:  # a variant that does not pair with the default activation
-                continue
-    for dt in (np.float64, np.float32):
-        z = rng.normal(size=(3, 4)).astype(dt)
-        frozen = z.copy()
-        frozen.flags.writeable = False
-        for x in (z, frozen):
-            for head in heads:
-                y = make_targets(head.loss_fn, x.shape, rng)
-                y = y.astype(dt) if y.dtype.kind == "f" else y
-                try:
-                    for method in ("fused", "jacobian"):
-                        head.value_and_grad(x, y, method)
-                    head.hessian(x, y)
-                    head.activation.vjp(x, x)
-                except Exception:  # loading is an optimization: a failure here shows in the checks
-                    pass
-
-
-def _cpu_seconds() -> float:
-    """CPU time (user + system) of this process and of its finished workers."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on a POSIX system
-        return time.process_time()
-    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
-                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
-
 
 def _say(text: str) -> None:
     """A progress line on stderr (stdout holds only the table and the summary)."""
     print(text, file=sys.stderr, flush=True)
-
-
-def _sections(entries, orders):
-    names = {1: "first order", 2: "second order"}
-    for order in orders:
-        for kind, keep in (("activations", lambda e: e.loss is None), ("pairs", lambda e: e.loss is not None)):
-            part = [e for e in entries if keep(e)]
-            if part:
-                yield f"{names[order]}, {kind}", order, part
 
 
 def _fmt_err(x) -> str:
@@ -523,38 +254,22 @@ def _check(args, parser) -> int:
             raise _UsageError(f"--json: {args.json!r} is a directory; give a file name")
     dtypes = ["float64", "float32"] if args.dtype == "both" else [args.dtype]
     timing_dtype = "float32" if dtypes == ["float32"] else "float64"
-    entries, skipped = _entries(only)
+    entries, skipped = plan_entries(only)
     orders = (1, 2) if args.order == "all" else (int(args.order),)
     for entry in entries:
         entry.orders = orders
     if not entries:
         raise _UsageError(f"nothing to check for --only {args.only}")
 
-    start, cpu0 = time.perf_counter(), _cpu_seconds()
+    start, cpu0 = time.perf_counter(), cpu_seconds()
     jobs = _parallel.resolve_workers(args.jobs)
     if jobs > 1:
-        _load_kernels()
+        load_kernels()  # in this process, before the workers fork: each would load them again
     _say(f"jacobians check: {len(entries)} rows, {', '.join(dtypes)}, {jobs} process{'es' if jobs > 1 else ''}")
-    sections = list(_sections(entries, orders))
-    tasks = [lambda e=e, o=order: _run_entry(e, dtypes, args.seed, o) for _, order, part in sections for e in part]
-    with _parallel.ForkedTasks(tasks, jobs) as pool:
-        first = 0
-        for name, _, part in sections:
-            t0 = time.perf_counter()
-            reports = pool.run(range(first, first + len(part)))
-            first += len(part)
-            for entry, report in zip(part, reports):
-                entry.report += report
-            n, failed = sum(len(r) for r in reports), sum(len(r.failures) for r in reports)
-            _say(f"  {name}: {len(part)} rows, {n} comparisons, {failed} failed, {time.perf_counter() - t0:.1f} s")
-    timed = [e for e in entries if e.timed]
-    if timed:
-        t0 = time.perf_counter()
-        for entry in timed:
-            _time_entry(entry, args.n, args.k, timing_dtype, args.seed)
-        _say(f"  fused speed-up: {len(timed)} pairs timed, N={args.n} K={args.k}, {time.perf_counter() - t0:.1f} s")
+    run_sections(entries, dtypes, orders, args.seed, jobs, _say)
+    time_entries(entries, args.n, args.k, timing_dtype, args.seed, _say)
     elapsed = time.perf_counter() - start
-    args.cpu_seconds, args.jobs_used = _cpu_seconds() - cpu0, jobs
+    args.cpu_seconds, args.jobs_used = cpu_seconds() - cpu0, jobs
 
     print(_render(entries, dtypes, args, timing_dtype, skipped, elapsed))
     passed = all(e.report.passed for e in entries)

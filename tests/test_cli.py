@@ -402,9 +402,12 @@ def test_check_catches_a_wrong_hessian_rule(capsys, monkeypatch):
 
 
 def test_kernels_are_loaded_before_the_workers_fork():
-    """With numba's kernels, cli._load_kernels loads the softmax / cross-entropy / sigmoid
-    kernels in this process (the forked workers inherit them); with numpy's it does nothing."""
-    cli._load_kernels()
+    """With numba's kernels, checks.plan.load_kernels loads the softmax / cross-entropy /
+    sigmoid kernels in this process (the forked workers inherit them); with numpy's it does
+    nothing."""
+    from jacobians.checks import plan
+
+    plan.load_kernels()
     if jac.kernels() != "numba":
         return
     from jacobians._kernels import numba_impl

@@ -103,7 +103,7 @@ def _target_kind(loss) -> str:
     return kind
 
 
-def _make_targets(loss, shape: tuple, rng: np.random.Generator) -> np.ndarray:
+def make_targets(loss, shape: tuple, rng: np.random.Generator) -> np.ndarray:
     """Targets for ``loss`` and logits of ``shape``, from ``loss.target_kind`` (float64 or int)."""
     kind = _target_kind(loss)
     if kind == "class":
@@ -189,7 +189,7 @@ def _generate(obj, shape, dtype, seed, y):
     z = _draw_logits(shape, rng)
     keep_y = y is not None
     if is_head:
-        y = np.array(y, copy=True) if keep_y else _make_targets(obj.loss_fn, shape, rng)
+        y = np.array(y, copy=True) if keep_y else make_targets(obj.loss_fn, shape, rng)
     elif keep_y:
         raise TypeError("y is for a Head; an activation takes no targets")
     for _ in range(_MAX_RESAMPLE):
@@ -205,7 +205,7 @@ def _generate(obj, shape, dtype, seed, y):
         n_bad = int(bad.sum())
         z[bad] = _draw_logits((n_bad, shape[-1]), rng)
         if y is not None and not keep_y:
-            y[bad] = _make_targets(obj.loss_fn, (n_bad, shape[-1]), rng)
+            y[bad] = make_targets(obj.loss_fn, (n_bad, shape[-1]), rng)
     else:
         raise RuntimeError(
             f"could not draw inputs of shape {shape} at least {KINK_MARGIN} from the kinks of {obj!r}; "
@@ -249,7 +249,7 @@ def extreme_inputs(obj, shape=(2, 3, 5), dtype=np.float64, seed=0):
     z = z.reshape(shape).astype(dt)
     if not isinstance(obj, Head):
         return z
-    y = _make_targets(obj.loss_fn, shape, rng)
+    y = make_targets(obj.loss_fn, shape, rng)
     return z, (y.astype(dt) if y.dtype.kind == "f" else y)
 
 
@@ -298,7 +298,7 @@ def _head_inputs(head, z, y, *, shape, dtype, rng) -> tuple:
         if dtype is not None:
             z = z.astype(_check_dtype(dtype))
         if y is None:
-            y = _make_targets(head.loss_fn, z.shape, rng)
+            y = make_targets(head.loss_fn, z.shape, rng)
         dist, names, x = _head_distance_and_input(head, z.astype(np.float64), np.asarray(y))
         kink = _kink_note(names, dist)
     z = _readonly(z)

@@ -96,13 +96,13 @@ class CheckRow:
         d = asdict(self)
         d["shape"] = list(self.shape)
         for key in ("max_abs", "max_rel", "allowed", "rtol", "atol"):
-            d[key] = _json_float(d[key])
-        d["err_over_tol"] = _json_float(self.err_over_tol)
+            d[key] = json_float(d[key])
+        d["err_over_tol"] = json_float(self.err_over_tol)
         d["compared"] = self.compared
         return d
 
 
-def _json_float(x):
+def json_float(x):
     return None if x is None or not math.isfinite(x) else float(x)
 
 
@@ -210,7 +210,7 @@ def fmt_ratio(x) -> str:
     return f"{x:.2f}" if x < 100 else f"{x:.1e}"
 
 
-def _fmt_shape(shape) -> str:
+def fmt_shape(shape) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
@@ -230,7 +230,7 @@ def format_rows(rows: list[CheckRow]) -> str:
         return "(no checks)"
     header = ["subject", "dtype", "shape", "compared", "max abs err", "allowed", "max rel err", "err/tol", "result"]
     body = [
-        [r.subject, r.dtype, _fmt_shape(r.shape), r.compared, _fmt_err(r.max_abs), _fmt_err(r.allowed),
+        [r.subject, r.dtype, fmt_shape(r.shape), r.compared, _fmt_err(r.max_abs), _fmt_err(r.allowed),
          _fmt_err(r.max_rel), fmt_ratio(r.err_over_tol), "ok" if r.passed else "FAIL"]
         for r in rows
     ]
@@ -238,7 +238,7 @@ def format_rows(rows: list[CheckRow]) -> str:
     groups: dict[tuple, list[str]] = {}
     for r in rows:
         if r.note and not r.passed:
-            groups.setdefault((r.subject, r.dtype, _fmt_shape(r.shape), r.note), []).append(r.compared)
+            groups.setdefault((r.subject, r.dtype, fmt_shape(r.shape), r.note), []).append(r.compared)
     if groups:
         out.append("")
         out += [f"FAIL {subj} {dt} {shape} [{', '.join(what)}]: {note}" for (subj, dt, shape, note), what in groups.items()]
@@ -278,6 +278,7 @@ class _Rows:
 
     def __init__(self, subject: str, dtype: np.dtype, shape: tuple, kink_note: str = ""):
         self.subject, self.dtype, self.shape = subject, np.dtype(dtype), tuple(shape)
+        self._dtype_name = self.dtype.name  # read for every row (numpy computes it each time)
         self.kink_note = kink_note
         self.rows: list[CheckRow] = []
         # what atol is relative to, per kind of comparison (see _floors)
@@ -287,13 +288,13 @@ class _Rows:
         if not passed and self.kink_note and not note.startswith("raised"):
             note = f"{note}; {self.kink_note}" if note else self.kink_note
         self.rows.append(
-            CheckRow(self.subject, self.dtype.name, self.shape, quantity, method, reference,
+            CheckRow(self.subject, self._dtype_name, self.shape, quantity, method, reference,
                      max_abs, max_rel, allowed, tol[0], tol[1], bool(passed), note)
         )
 
     def tol(self, kind: str, floor: float | None = None) -> tuple[float, float]:
         """``(rtol, atol)`` for ``kind``, with atol scaled by the comparison's noise floor."""
-        rtol, atol = TOLERANCES[self.dtype.name][kind]
+        rtol, atol = TOLERANCES[self._dtype_name][kind]
         return rtol, atol * (self.floors[kind] if floor is None else floor)
 
     def compare(self, quantity, method, reference, x, ref, kind, *, dtype_of=_SAME, scale=None, floor=None):

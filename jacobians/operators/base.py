@@ -17,6 +17,8 @@ The public functions of :mod:`jacobians.operators.algebra` call these methods.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._parallel import run_in_row_blocks
@@ -72,7 +74,7 @@ class JacobianOperator:
     @property
     def n_rows(self) -> int:
         """N, the product of the batch axes."""
-        return int(np.prod(self.batch_shape, dtype=np.int64))
+        return math.prod(self.batch_shape)
 
     @property
     def dense_nbytes(self) -> int:
