@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Callable, ClassVar
 
 import numpy as np
@@ -11,6 +10,7 @@ from .._validation import as_float_array
 from ..backend import backend_aware
 from ..domains import Domain, domain
 from ..operators import DenseJacobian, DiagonalJacobian, JacobianOperator
+from ..registry import register_class, registry_name
 
 __all__ = [
     "Activation",
@@ -23,39 +23,6 @@ __all__ = [
 
 #: name -> activation class, in registration order
 ACTIVATIONS: dict[str, type] = {}
-
-
-def registry_name(cls: type) -> str:
-    """The registry name of a class: its ``name`` attribute, else its name in snake_case.
-
-    An acronym stays one word: ``GCE`` → ``gce``, ``MSELoss`` → ``mse_loss``,
-    ``KLDivergence`` → ``kl_divergence``, ``Entmax15Loss`` → ``entmax15_loss``.
-    """
-    name = getattr(cls, "name", None)
-    if isinstance(name, str) and name:
-        return name
-    # split an acronym from the capitalised word after it (MSE|Loss), then a lower-case
-    # letter or digit from the capital after it (Cross|Entropy, 15|Loss)
-    snake = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", cls.__name__)
-    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", snake).lower()
-
-
-def _register(registry: dict, kind: str, base: type, cls: type | None, name: str | None, replace: bool):
-    def add(cls):
-        if not (isinstance(cls, type) and issubclass(cls, base)):
-            raise TypeError(f"only {base.__name__} subclasses can be registered as {kind}s; got {cls!r}")
-        key = name or registry_name(cls)
-        if key in registry and registry[key] is not cls and not replace:
-            raise ValueError(
-                f"{kind} name {key!r} is already taken by {registry[key].__name__}; "
-                f"pass another name= or replace=True"
-            )
-        registry[key] = cls
-        if name is not None:
-            cls.name = name
-        return cls
-
-    return add if cls is None else add(cls)
 
 
 def register_activation(cls=None, *, name: str | None = None, replace: bool = False):
@@ -73,7 +40,7 @@ def register_activation(cls=None, *, name: str | None = None, replace: bool = Fa
     replace : bool
         Allow replacing a different class registered under the same name.
     """
-    return _register(ACTIVATIONS, "activation", Activation, cls, name, replace)
+    return register_class(ACTIVATIONS, "activation", Activation, cls, name, replace)
 
 
 def get_activation(name: str) -> type:

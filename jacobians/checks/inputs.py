@@ -34,11 +34,25 @@ _Z_CLIP = 6.0
 _MAX_RESAMPLE = 200
 
 
+def _old_kinks(cls, fn):
+    """An old ``KINKS`` entry as the class's ``kinks``: a loss's ``fn(loss, a, y)`` is
+    the method as it is; an activation's ``fn(act, z, y)`` (called with y=None) is
+    wrapped into ``kinks(self, z, a=None)``."""
+    if not issubclass(cls, Activation):
+        return fn
+
+    def kinks(self, z, a=None):
+        return fn(self, z, None)
+
+    return kinks
+
+
 #: registered class -> its ``kinks``: each entry's distance ``(..., K)`` to its nearest kink,
 #: ``kinks(act, z, a=None)`` for an activation (in ``z``; ``a = act(z)`` when known) and
-#: ``kinks(loss, a, y)`` for a loss (in its input): a read-only view of the classes (see
-#: :class:`~jacobians.Activation` and :class:`~jacobians.Loss`), which the checks read
-KINKS: Mapping = ClassView("kinks", ACTIVATIONS, LOSSES, name="KINKS")
+#: ``kinks(loss, a, y)`` for a loss (in its input): a view of the classes (see
+#: :class:`~jacobians.Activation` and :class:`~jacobians.Loss`), which the checks read;
+#: ``KINKS[cls] = fn`` (the old entry, ``fn(act, z, y)`` or ``fn(loss, a, y)``) sets it
+KINKS: Mapping = ClassView("kinks", ACTIVATIONS, LOSSES, name="KINKS", adapt=_old_kinks)
 
 
 def _kink_fn(obj):

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..activations.base import registry_name
 from ..head import Head
+from ..registry import registry_name
 
 #: (rtol, atol) by dtype of the inputs and kind of comparison (see :mod:`jacobians.checks`)
 TOLERANCES: dict[str, dict[str, tuple[float, float]]] = {

@@ -10,10 +10,10 @@ import numpy as np
 from .. import _math
 from .._empty import mean_scale, mean_value
 from .._validation import as_array, as_float_array, check_reduction
-from ..activations.base import _register
 from ..backend import backend_aware
 from ..domains import Domain, domain
 from ..operators import DenseJacobian, DiagonalJacobian, DiagonalPlusLowRank, JacobianOperator
+from ..registry import register_class
 from ..sampling import Predictive, predictive_of
 
 __all__ = ["Loss", "ElementwiseLoss", "LOSSES", "register_loss", "get_loss"]
@@ -28,7 +28,7 @@ def register_loss(cls=None, *, name: str | None = None, replace: bool = False):
     Registered losses are covered by :func:`jacobians.pairs`, the ``check`` command and
     every test that walks the registry. See :func:`jacobians.register_activation`.
     """
-    return _register(LOSSES, "loss", Loss, cls, name, replace)
+    return register_class(LOSSES, "loss", Loss, cls, name, replace)
 
 
 def get_loss(name: str) -> type:

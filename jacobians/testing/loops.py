@@ -10,7 +10,7 @@ on each sample in float64, and apply the batch shape and the loss's reduction.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Callable
 
 import numpy as np
@@ -32,10 +32,15 @@ __all__ = [
 ]
 
 
-class ClassView(Mapping):
-    """A read-only ``{class: class.<attr>}`` over the registered classes whose ``attr``
-    is not None, read from the registries at each access (a class registered later
-    shows).
+class ClassView(MutableMapping):
+    """A ``{class: class.<attr>}`` over the registered classes whose ``attr`` is not
+    None, read from the registries at each access (a class registered later shows).
+
+    It keeps the old tables' writes working: ``view[cls] = fn`` sets ``cls.<attr>``
+    (through ``adapt(cls, fn)``, which turns an old table entry into the method), and
+    ``del view[cls]`` / ``view.pop(cls)`` remove what ``cls`` itself defines (with
+    ``inherit``, ``cls`` then falls back to its parent's, as the old lookups along the
+    class's bases did; without, it has none).
 
     Examples
     --------
@@ -45,8 +50,16 @@ class ClassView(Mapping):
     (True, False)
     """
 
-    def __init__(self, attr: str, *registries: dict, name: str = ""):
+    def __init__(
+        self,
+        attr: str,
+        *registries: dict,
+        name: str = "",
+        adapt: Callable | None = None,
+        inherit: bool = True,
+    ):
         self._attr, self._registries, self._name = attr, registries, name or attr
+        self._adapt, self._inherit = adapt, inherit
 
     def _table(self) -> dict:
         out = {}
@@ -57,8 +70,16 @@ class ClassView(Mapping):
                     out[cls] = fn
         return out
 
+    def _own(self, cls):
+        return vars(cls).get(self._attr) if isinstance(cls, type) else None
+
     def __getitem__(self, cls):
-        return self._table()[cls]
+        table = self._table()
+        if cls in table:
+            return table[cls]
+        if self._own(cls) is None:  # an unregistered class answers for what it defines
+            raise KeyError(cls)
+        return self._own(cls)
 
     def __iter__(self):
         return iter(self._table())
@@ -67,11 +88,20 @@ class ClassView(Mapping):
         return len(self._table())
 
     def __setitem__(self, cls, value):
-        who = getattr(cls, "__name__", repr(cls))
-        raise TypeError(
-            f"{self._name} is read-only: it lists the registered classes' "
-            f"{self._attr!r}; set {self._attr} on the class {who} instead"
-        )
+        if not isinstance(cls, type):
+            raise TypeError(f"{self._name} is keyed by class; got {cls!r}")
+        if value is not None and not callable(value):
+            raise TypeError(f"{self._name}[{cls.__name__}] must be callable; got {value!r}")
+        if value is not None and self._adapt is not None:
+            value = self._adapt(cls, value)
+        setattr(cls, self._attr, value)
+
+    def __delitem__(self, cls):
+        if self._own(cls) is None:
+            raise KeyError(cls)
+        delattr(cls, self._attr)
+        if not self._inherit:
+            setattr(cls, self._attr, None)
 
     def __repr__(self) -> str:
         names = ", ".join(cls.__name__ for cls in self._table())
@@ -79,15 +109,18 @@ class ClassView(Mapping):
 
 
 #: registered activation class -> its ``loop_reference(activation, z_1d) -> (a, J)``
-#: (float64), a read-only view of the classes (see :class:`~jacobians.Activation`)
+#: (float64), a view of the classes (see :class:`~jacobians.Activation`;
+#: ``ACTIVATION_REFERENCES[cls] = sample`` sets ``cls.loop_reference``)
 ACTIVATION_REFERENCES: Mapping = ClassView(
-    "loop_reference", ACTIVATIONS, name="ACTIVATION_REFERENCES"
+    "loop_reference", ACTIVATIONS, name="ACTIVATION_REFERENCES", inherit=False
 )
 
 #: registered loss class -> its ``loop_reference(loss, a, y) -> (values, per-row grads,
-#: denominator of 'mean')``, a read-only view of the classes (see
-#: :class:`~jacobians.Loss`)
-LOSS_REFERENCES: Mapping = ClassView("loop_reference", LOSSES, name="LOSS_REFERENCES")
+#: denominator of 'mean')``, a view of the classes (see :class:`~jacobians.Loss`;
+#: ``LOSS_REFERENCES[cls] = rows`` sets ``cls.loop_reference``)
+LOSS_REFERENCES: Mapping = ClassView(
+    "loop_reference", LOSSES, name="LOSS_REFERENCES", inherit=False
+)
 
 
 def _reference(obj, kind: str) -> Callable:
