@@ -19,7 +19,6 @@ __version__ = "0.1.0"
 
 from . import _dask as _dask  # registers the Dask backend; dask is imported on first use
 from . import curvature, domains, fused, operators
-from ._empty import EmptyMeanWarning
 from ._kernels import kernels
 from .activations import (
     ACTIVATIONS,
@@ -65,6 +64,7 @@ from .losses import (
     register_loss,
 )
 from .numerical import numerical_grad, numerical_jacobian
+from .numerics.empty import EmptyMeanWarning
 from .operators import (
     DenseJacobian,
     DiagonalJacobian,

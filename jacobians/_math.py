@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 
-from ._memo import memoized
+from .numerics.memo import memoized
 
 __all__ = [
     "exp_is_safe",

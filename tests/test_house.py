@@ -30,10 +30,7 @@ LAYERS = {
     # numerics and kernels, and the dispatch on the array type that backends register with
     "numerics": 0,
     "_math": 0,
-    "_empty": 0,
-    "_validation": 0,
-    "_parallel": 0,
-    "sampling": 0,
+    "sampling": 0,  # the public path of numerics.sampling
     "_kernels": 0,
     "backend": 0,
     "domains": 0,

@@ -1,10 +1,11 @@
-"""The scoped memo of the simplex maps (jacobians._memo): same bits, own arrays, no
+"""The scoped memo of the simplex maps (jacobians.numerics.memo): same bits, own arrays, no
 state."""
 
 import numpy as np
 import pytest
 
-from jacobians import _math, _memo
+from jacobians import _math
+from jacobians.numerics import memo
 
 MAPS = [("sparsemax", ()), ("entmax15", ()), ("entmax", (1.75,)), ("entmax", (3.0,))]
 
@@ -15,7 +16,7 @@ def test_memo_gives_the_same_bits_and_arrays_of_their_own(name, params, dtype):
     z = np.random.default_rng(3).normal(scale=2.0, size=(6, 7)).astype(dtype)
     fn = getattr(_math, name)
     plain = fn(z, *params)
-    with _memo.memo():
+    with memo.memo():
         first = fn(z, *params)
         first[...] = np.nan  # a caller scribbling on its result changes no later result
         again = fn(z, *params)
@@ -27,7 +28,7 @@ def test_memo_gives_the_same_bits_and_arrays_of_their_own(name, params, dtype):
 
 def test_memo_keys_on_the_parameters_and_dtype():
     z = np.random.default_rng(4).normal(size=(3, 5))
-    with _memo.memo():
+    with memo.memo():
         a = _math.entmax(z, 1.5)
         b = _math.entmax(z, 2.5)
         c = _math.entmax(z.astype(np.float32), 1.5)
@@ -41,12 +42,12 @@ def test_memo_keys_on_the_parameters_and_dtype():
 
 def test_memo_holds_nothing_outside_a_block():
     z = np.zeros((2, 4))
-    with _memo.memo():
-        with _memo.memo():
+    with memo.memo():
+        with memo.memo():
             _math.sparsemax(z)
         assert (
-            len(_memo._STATE.table) == 1
+            len(memo._STATE.table) == 1
         )  # the inner block shares the outer one's memo
-    assert _memo._STATE.table is None
+    assert memo._STATE.table is None
     _math.sparsemax(z)
-    assert _memo._STATE.table is None
+    assert memo._STATE.table is None

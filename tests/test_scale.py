@@ -22,9 +22,10 @@ import pytest
 from conftest import activation_cases, head_methods, head_targets, peak_rss
 
 import jacobians as jac
-from jacobians import _math, _parallel
+from jacobians import _math
 from jacobians import head as head_module
 from jacobians._kernels import numpy_impl
+from jacobians.numerics import parallel
 
 ACTIVATIONS = activation_cases()
 # pairs with a Jacobian path (a Fenchel–Young loss of its own mapping's logits has none)
@@ -50,7 +51,7 @@ def blocks(request, monkeypatch):
             from jacobians._kernels import numba_impl
 
             monkeypatch.setattr(numba_impl, "CHUNK", 300)
-        monkeypatch.setattr(_parallel, "PARALLEL_MIN_BYTES", 64 << 10)
+        monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 64 << 10)
         monkeypatch.setattr(head_module, "PARALLEL_MIN_BYTES", 64 << 10)
         monkeypatch.setattr(head_module, "JACOBIAN_BLOCK_BYTES", 256 << 10)
     return request.param
@@ -58,7 +59,7 @@ def blocks(request, monkeypatch):
 
 def test_sizes_cross_the_thresholds():
     dense = N_BIG * K_BIG * K_BIG * 8
-    assert dense > _parallel.PARALLEL_MIN_BYTES
+    assert dense > parallel.PARALLEL_MIN_BYTES
     assert dense > 2 * numpy_impl.DENSE_BLOCK_BYTES
     assert dense > head_module.JACOBIAN_BLOCK_BYTES
     assert N_BIG * K_BIG > 2 * 1000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _math
-from .._validation import as_float_array, check_nonnegative_scalar
+from ..numerics.validation import as_float_array, check_nonnegative_scalar
 from . import references
 from .base import ElementwiseActivation, register_activation
 

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from .. import _math
-from .._validation import alpha_rows
+from ..numerics.validation import alpha_rows
 
 # ----------------------------------------------------------------------------------------
 # plain-loop references, one sample at a time: (a, J) of a 1-d float64 sample

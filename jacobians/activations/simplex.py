@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _kernels, _math
-from .._validation import alpha_rows, as_float_array, check_alpha, check_positive_scalar
+from ..numerics.validation import alpha_rows, as_float_array, check_alpha, check_positive_scalar
 from ..operators import DiagonalJacobian, DiagonalPlusLowRank, DiagonalPlusRankOne, SimplexJacobian, simplex_product
 from . import references
 from .base import Activation, _check_pair, register_activation

@@ -24,8 +24,8 @@ from typing import ClassVar
 import numpy as np
 
 from .. import _math
-from .._validation import alpha_rows, check_alpha
 from ..activations.simplex import Entmax, Entmax15, Sparsemax
+from ..numerics.validation import alpha_rows, check_alpha
 from ..operators import SimplexBlock
 from . import references
 from ._targets import IGNORE_INDEX, ClassTargets, check_class_targets, check_ignore_index

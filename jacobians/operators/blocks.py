@@ -7,8 +7,8 @@ import numpy as np
 
 from .. import _kernels
 from .._math import complement_sums, project_columns, project_rows
-from .._validation import as_float_array, check_same_shape
 from ..contract import diagonal as _diagonal_view
+from ..numerics.validation import as_float_array, check_same_shape
 from .algebra import total
 from .base import JacobianOperator, _check_compatible, _rows2d
 from .structured import DiagonalJacobian, DiagonalPlusLowRank, DiagonalPlusRankOne

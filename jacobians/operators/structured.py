@@ -8,8 +8,8 @@ import numpy as np
 from .. import _kernels
 from .._kernels.numpy_impl import slabs
 from .._math import complement_sums, diag_minus_rank_one, simplex_vjp
-from .._validation import as_float_array, check_same_shape
 from ..contract import diagonal as _diagonal_view
+from ..numerics.validation import as_float_array, check_same_shape
 from .base import JacobianOperator, _rows2d
 
 

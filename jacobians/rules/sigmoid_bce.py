@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _kernels, _math
-from .._validation import as_float_array
 from ..activations import Sigmoid
 from ..losses import BinaryCrossEntropy
+from ..numerics.validation import as_float_array
 from ..operators import DiagonalJacobian, DiagonalPlusLowRank
 from .base import PairRule, register_rule
 from .common import entry_factor, reduce_plainly, reduced
@@ -29,7 +29,7 @@ def _plain(z, y, loss):
     is :func:`~jacobians._math.total`'s (float64 pieces of CHUNK_ENTRIES, rounded once).
     """
     zf, yf = z.reshape(-1), np.broadcast_to(y, z.shape).reshape(-1)
-    c = loss.reduction_scale(z, y)  # (0 for a denominator of 0: see jacobians._empty)
+    c = loss.reduction_scale(z, y)  # (0 for a denominator of 0: see jacobians.numerics.empty)
     values, total, grad = _kernels.sigmoid_bce_plain(zf, yf, c, loss.reduction == "none")
     grad = grad.reshape(z.shape)
     return reduced(loss.reduction, None if values is None else values.reshape(z.shape), total, c, grad)

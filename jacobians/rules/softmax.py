@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _kernels, _math
-from .._validation import as_float_array
 from ..activations import LogSoftmax, Softmax
 from ..losses import CrossEntropy, KLDivergence, NLLLoss
+from ..numerics.validation import as_float_array
 from ..operators import DiagonalPlusLowRank, JacobianOperator, SimplexBlock
 from .base import PairRule, register_rule
 from .common import onehot, reduce_plainly, reduced
@@ -30,7 +30,7 @@ def _plain_index(x, t, loss, T):
     x2 = x.reshape(-1, K)
     idx = t.safe_indices().reshape(-1)
     valid = None if t.valid is None else t.valid.reshape(-1)
-    c = loss.reduction_scale(x, t)  # (0 for a denominator of 0: see jacobians._empty)
+    c = loss.reduction_scale(x, t)  # (0 for a denominator of 0: see jacobians.numerics.empty)
     scale = c if T == 1.0 else c / x.dtype.type(T)
     values, g = _kernels.ce_index(x2, idx, valid, scale)
     g = g.reshape(x.shape)
