@@ -29,7 +29,6 @@ RUN = 10
 LAYERS = {
     # numerics and kernels, and the dispatch on the array type that backends register with
     "numerics": 0,
-    "_math": 0,
     "sampling": 0,  # the public path of numerics.sampling
     "_kernels": 0,
     "backend": 0,

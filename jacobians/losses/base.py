@@ -7,10 +7,10 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from .. import _math
 from ..activations.base import _register
 from ..backend import backend_aware
 from ..domains import Domain, domain
+from ..numerics import buffers
 from ..numerics.empty import mean_scale, mean_value
 from ..numerics.sampling import Predictive, predictive_of
 from ..numerics.validation import as_array, as_float_array, check_reduction
@@ -336,7 +336,7 @@ class Loss:
         red = self.reduction
         if red == "none":
             return values, grads
-        total = _math.total(values)
+        total = buffers.total(values)
         if red == "sum":
             return total, grads
         scale = self._reduction_scale(denom, values.dtype)
