@@ -44,6 +44,7 @@ nitpick_ignore_regex = [
     ("py:class", r"(ndarray|array_like|array-like|optional|callable|dtype|.*\bor\b.*)"),
     # internals that docstrings name but the public reference leaves out on purpose
     ("py:.*", r"jacobians\._.*"),
+    ("py:.*", r"jacobians\.numerics\..*"),  # the bottom layer's modules: internals too
     ("py:.*", r"(DEFAULT_MAX_BYTES|EINSUM_MAX_K|contraction_expression|default_step|example_inputs|product|total)"),
 ]
 

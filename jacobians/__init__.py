@@ -18,53 +18,18 @@ True
 __version__ = "0.1.0"
 
 from . import _dask as _dask  # registers the Dask backend; dask is imported on first use
-from . import curvature, domains, fused, operators
-from ._empty import EmptyMeanWarning
+from . import activations, curvature, domains, fused, losses, operators
 from ._kernels import kernels
-from .activations import (
-    ACTIVATIONS,
-    Activation,
-    ElementwiseActivation,
-    Entmax,
-    Entmax15,
-    Identity,
-    LeakyReLU,
-    LogSoftmax,
-    ReLU,
-    Sigmoid,
-    SimplexMapping,
-    Softmax,
-    Softplus,
-    Sparsemax,
-    Tanh,
-    get_activation,
-    register_activation,
-)
+from .activations import *  # noqa: F403 (its __all__, exported below)
 from .checks import CheckReport, check_activation, check_head, check_second_order
 from .contract import contract, diagonal
 from .curvature import register_hessian
 from .fused import register_fused
 from .head import Head, Pair, pairs
 from .last_layer import Kron, linear_curvature, linear_gradient
-from .losses import (
-    LOSSES,
-    BinaryCrossEntropy,
-    CrossEntropy,
-    ElementwiseLoss,
-    Entmax15Loss,
-    EntmaxLoss,
-    FenchelYoungLoss,
-    Huber,
-    KLDivergence,
-    Loss,
-    MeanAbsoluteError,
-    MeanSquaredError,
-    NLLLoss,
-    SparsemaxLoss,
-    get_loss,
-    register_loss,
-)
+from .losses import *  # noqa: F403 (its __all__, exported below)
 from .numerical import numerical_grad, numerical_jacobian
+from .numerics.empty import EmptyMeanWarning
 from .operators import (
     DenseJacobian,
     DiagonalJacobian,
@@ -83,52 +48,20 @@ def _canonical_order(registry: dict, names: tuple[str, ...]) -> None:
 
 
 _canonical_order(
-    ACTIVATIONS,
+    activations.ACTIVATIONS,
     ("softmax", "log_softmax", "sigmoid", "tanh", "relu", "leaky_relu", "identity", "softplus", "sparsemax", "entmax15", "entmax"),
 )
 _canonical_order(
-    LOSSES,
+    losses.LOSSES,
     ("cross_entropy", "nll", "binary_cross_entropy", "mse", "mae", "huber", "kl_divergence", "sparsemax_loss", "entmax15_loss", "entmax_loss"),
 )
 del _canonical_order
 
 __all__ = [
     "__version__",
-    # activations
-    "Activation",
-    "ElementwiseActivation",
-    "SimplexMapping",
-    "Softmax",
-    "LogSoftmax",
-    "Sigmoid",
-    "Tanh",
-    "ReLU",
-    "LeakyReLU",
-    "Identity",
-    "Softplus",
-    "Sparsemax",
-    "Entmax15",
-    "Entmax",
-    "ACTIVATIONS",
-    "register_activation",
-    "get_activation",
-    # losses
-    "Loss",
-    "ElementwiseLoss",
-    "FenchelYoungLoss",
-    "CrossEntropy",
-    "NLLLoss",
-    "BinaryCrossEntropy",
-    "MeanSquaredError",
-    "MeanAbsoluteError",
-    "Huber",
-    "KLDivergence",
-    "SparsemaxLoss",
-    "Entmax15Loss",
-    "EntmaxLoss",
-    "LOSSES",
-    "register_loss",
-    "get_loss",
+    # activations and losses: what their packages export
+    *activations.__all__,
+    *losses.__all__,
     "EmptyMeanWarning",
     # contraction and operators
     "contract",

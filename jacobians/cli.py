@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Callable
 
-from . import _parallel, checks
+from . import checks
 from .activations import ACTIVATIONS
 from .checks.plan import (
     EXTREME_SHAPE,
@@ -48,6 +48,7 @@ from .checks.plan import (
 from .checks.report import fmt_ratio, fmt_shape, json_float
 from .head import pairs
 from .losses import LOSSES
+from .numerics import parallel
 
 __all__ = ["main", "SHAPES", "EXTREME_SHAPE", "DEFAULT_N", "DEFAULT_K", "REPEATS"]
 
@@ -262,7 +263,7 @@ def _check(args, parser) -> int:
         raise _UsageError(f"nothing to check for --only {args.only}")
 
     start, cpu0 = time.perf_counter(), cpu_seconds()
-    jobs = _parallel.resolve_workers(args.jobs)
+    jobs = parallel.resolve_workers(args.jobs)
     if jobs > 1:
         load_kernels()  # in this process, before the workers fork: each would load them again
     _say(f"jacobians check: {len(entries)} rows, {', '.join(dtypes)}, {jobs} process{'es' if jobs > 1 else ''}")

@@ -18,8 +18,8 @@ import functools
 import numpy as np
 import opt_einsum
 
-from ._validation import as_float_array
 from .backend import backend_of
+from .numerics.validation import as_float_array
 
 __all__ = ["contract", "contract_kernel", "diagonal", "contraction_expression"]
 

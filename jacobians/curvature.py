@@ -50,11 +50,11 @@ from .fisher import (  # noqa: F401
     sample_targets,
     sqrt_ggn_sampled,
 )
+from .numerics.sampling import MC_BLOCK_ENTRIES, row_uniforms, uniforms_for_rows  # noqa: F401
+from .numerics.sampling import PREDICTIVES as _DISTRIBUTIONS
 from .rules import HESSIAN_RULES, RULES, HessianRule, register_hessian  # noqa: F401
 from .rules.chain import gram, projection_form  # noqa: F401
 from .rules.vocabulary import FISHER_KINDS, SECOND_ORDER_METHODS
-from .sampling import MC_BLOCK_ENTRIES, row_uniforms, uniforms_for_rows  # noqa: F401
-from .sampling import PREDICTIVES as _DISTRIBUTIONS
 from .second_order import ggn_operator, hessian_operator, hvp, sqrt_ggn  # noqa: F401
 
 __all__ = [

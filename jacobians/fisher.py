@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import as_float_array
+from .numerics.sampling import MC_BLOCK_ENTRIES, check_mc_samples, predictive_of, seed_key, uniforms_for_rows
+from .numerics.validation import as_float_array
 from .operators import DenseJacobian, JacobianOperator
 from .rules import GENERIC, get_rule
 from .rules.vocabulary import BLOCK_KINDS, FISHER_KINDS, check_kind
-from .sampling import MC_BLOCK_ENTRIES, check_mc_samples, predictive_of, seed_key, uniforms_for_rows
 from .second_order import ggn_operator, hessian_operator
 
 __all__ = [

@@ -8,12 +8,12 @@ from typing import NamedTuple
 import numpy as np
 
 from . import fisher, second_order
-from ._parallel import PARALLEL_MIN_BYTES, resolve_workers, run_in_row_blocks
-from ._validation import as_float_array
 from .activations import ACTIVATIONS, Activation
 from .backend import backend_of
 from .contract import contract
 from .losses import LOSSES, Loss
+from .numerics.parallel import PARALLEL_MIN_BYTES, resolve_workers, run_in_row_blocks
+from .numerics.validation import as_float_array
 from .operators import DenseJacobian
 from .rules import HESSIAN_RULES, get_rule
 from .rules.vocabulary import FIRST_ORDER_METHODS, check_method

@@ -24,9 +24,10 @@ from typing import NamedTuple
 import numpy as np
 
 from . import fisher
-from ._validation import as_float_array
 from .backend import backend_of
 from .head import DEFAULT_MAX_BYTES, Head
+from .numerics.sampling import check_mc_samples, seed_key
+from .numerics.validation import as_float_array
 from .operators import (
     DenseJacobian,
     DiagonalJacobian,
@@ -36,7 +37,6 @@ from .operators import (
     as_low_rank,
 )
 from .rules.vocabulary import BLOCK_KINDS, check_kind
-from .sampling import check_mc_samples, seed_key
 
 __all__ = ["linear_curvature", "linear_gradient", "Kron", "KINDS", "STRUCTURES"]
 
@@ -270,7 +270,7 @@ def finish_curvature(structure: str, part, scale, n_rows: int):
     all rows: times the reduction's factor (and the mean features' outer product for 'kron')."""
     if structure == "kron":
         A, XtX = part
-        return Kron(A * scale, XtX / max(n_rows, 1))  # no rows: B = 0, as A (jacobians._empty)
+        return Kron(A * scale, XtX / max(n_rows, 1))  # no rows: B = 0, as A (jacobians.numerics.empty)
     return part * scale
 
 

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from ._validation import as_float_array
+from .numerics.validation import as_float_array
 
 __all__ = ["numerical_jacobian", "numerical_grad", "default_step", "FD_METHODS"]
 

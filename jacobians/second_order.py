@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import as_float_array
+from .numerics.validation import as_float_array
 from .operators import DenseJacobian, JacobianOperator
 from .rules import GENERIC, get_rule
 from .rules.vocabulary import check_method

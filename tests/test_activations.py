@@ -9,7 +9,7 @@ from conftest import activation_cases, make_logits, readonly
 
 import jacobians as jac
 from jacobians import testing
-from jacobians._parallel import PARALLEL_MIN_BYTES
+from jacobians.numerics.parallel import PARALLEL_MIN_BYTES
 
 CASES = activation_cases()
 SHAPE = (6, 4)

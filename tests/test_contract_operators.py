@@ -10,8 +10,8 @@ from conftest import readonly
 import jacobians as jac
 from jacobians import testing
 from jacobians._kernels import numpy_impl
-from jacobians._parallel import PARALLEL_MIN_BYTES
 from jacobians.contract import contraction_expression
+from jacobians.numerics.parallel import PARALLEL_MIN_BYTES
 
 TIGHT = {"rtol": 1e-12, "atol": 1e-14}
 

@@ -1,7 +1,7 @@
 """Edges of the size- and range-dispatched paths, against long-double references.
 
 * every fused rule at the edges of the unshifted-exp fast path (rows spreading up to
-  twice :data:`~jacobians._math.EXP_SAFE_BOUND`, the target at the bottom, the maximum at
+  twice :data:`~jacobians.numerics.softmax.EXP_SAFE_BOUND`, the target at the bottom, the maximum at
   the bound or just past it), value and gradient against long-double references, with
   floating-point warnings raised as errors;
 * the cross-entropy value to a few ulp on those rows (the value once overflowed to inf);
@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jacobians as jac
-from jacobians import _math
+from jacobians.numerics import buffers
+from jacobians.numerics import softmax as nsoftmax
 
 contract_module = importlib.import_module("jacobians.contract")  # the module, not the function
 
@@ -228,7 +229,7 @@ def _reduce(values, scale, grads, gscale, denom, reduction):
 def edge_rows(draw, dtype):
     """Rows whose maximum sits at the fast path's bound B (or just past it, or at −B + the
     spread) and whose minimum — where the targets go — lies up to 2B below it."""
-    B = _math.EXP_SAFE_BOUND[np.dtype(dtype)]
+    B = nsoftmax.EXP_SAFE_BOUND[np.dtype(dtype)]
     n = draw(st.integers(1, 4))
     K = draw(st.integers(1, 6))
     top = draw(st.sampled_from([B, float(np.nextafter(dtype(B), dtype(np.inf))), 1.5 * B, 0.0]))
@@ -319,14 +320,14 @@ def test_cross_entropy_value_is_exact_to_a_few_ulp(head, past, where, K, dtype, 
 
     On the shifted path ``z − max`` is rounded: a tiny value e^{z_k − z_y} then carries the
     relative error of its exponent, up to ``eps·|z_k − max|``, on top of the ulps."""
-    B = _math.EXP_SAFE_BOUND[np.dtype(dtype)] * (1.2 if past else 1.0)
+    B = nsoftmax.EXP_SAFE_BOUND[np.dtype(dtype)] * (1.2 if past else 1.0)
     N = 2000
     spread = rng.uniform(0, 2 * B, size=(N, 1)) * rng.choice([1.0, 1e-3, 1e-6], size=(N, 1))
     # the maximum at B, or (target anywhere) half the rows with their minimum at −B
     top = np.where(rng.random((N, 1)) < (1.0 if where == "bottom" else 0.5), B, spread - B)
     z = (top - rng.random((N, K)) * spread).astype(dtype)
     z[:, 0] = top[:, 0]
-    assert _math.exp_is_safe(z) != past
+    assert nsoftmax.exp_is_safe(z) != past
     y = z.argmin(axis=-1) if where == "bottom" else rng.integers(0, K, size=N)
     with np.errstate(**RAISE):
         value, grad = head.value_and_grad(z, y)
@@ -385,18 +386,18 @@ def test_a_custom_activation_vjp_takes_the_einsum_kernel_when_j_is_large(dtype, 
 @pytest.mark.parametrize("K", [63, 64, 65])
 def test_row_dots_on_both_sides_of_the_matmul_threshold(K, rng):
     x, y = rng.normal(size=(7, K)), rng.normal(size=(7, K))
-    np.testing.assert_allclose(_math.rowdot(x, y), [a @ b for a, b in zip(x, y)], rtol=1e-13)
+    np.testing.assert_allclose(buffers.rowdot(x, y), [a @ b for a, b in zip(x, y)], rtol=1e-13)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_the_far_target_branch_is_taken_and_exact(dtype):
     """Where ``o/e_y`` exceeds 2**RATIO_MAX_EXP the row is redone on shifted logits."""
-    B = _math.EXP_SAFE_BOUND[np.dtype(dtype)]
+    B = nsoftmax.EXP_SAFE_BOUND[np.dtype(dtype)]
     z = np.array([[B, -B, 0.0], [1.0, -1.0, 0.0]], dtype=dtype)
     y = np.array([1, 1])
     e = np.exp(z)
     other, e_y = e[:, [0, 2]].sum(axis=-1), e[:, 1]
-    _, far = _math.log1p_ratio(other, e_y)
+    _, far = nsoftmax.log1p_ratio(other, e_y)
     assert far.tolist() == [True, False]
     with np.errstate(**RAISE):
         value = jac.Head(jac.Softmax(), jac.CrossEntropy(reduction="none")).loss(z, y)

@@ -17,8 +17,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from jacobians import _math
 from jacobians._kernels import numpy_impl
+from jacobians.numerics import algebra, buffers
+from jacobians.numerics import softmax as nsoftmax
 
 numba = pytest.importorskip("numba", reason="the fast extra (numba) is not installed")
 from jacobians._kernels import numba_impl, numba_math  # noqa: E402
@@ -207,7 +208,7 @@ DTYPES = (np.float64, np.float32)
 def _edge_logits(rng, dtype, n=200, K=7):
     """Rows across the kernels' branches: normal logits, the unshifted-exp bound B and just
     past it, ±1e4 (shifted), zeros, tiny and subnormal entries, rows spreading up to 2B."""
-    B = _math.EXP_SAFE_BOUND[np.dtype(dtype)]
+    B = nsoftmax.EXP_SAFE_BOUND[np.dtype(dtype)]
     tiny = np.finfo(dtype).smallest_subnormal
     rows = [
         rng.normal(size=(n, K)),
@@ -408,10 +409,10 @@ def test_an_entry_out_of_bounds_in_the_last_chunk_shifts_every_row(dtype, rng):
     """The numba kernels run unshifted and start again shifted at the first chunk holding
     an entry outside ±B: rows of earlier chunks must be redone too (numpy's global
     decision), not left with their unshifted values."""
-    B = _math.EXP_SAFE_BOUND[np.dtype(dtype)]
+    B = nsoftmax.EXP_SAFE_BOUND[np.dtype(dtype)]
     x = rng.normal(size=(3000, 7)).astype(dtype)
     x[-1, 3] = dtype(1.5 * B)
-    assert numba_impl._chunk_rows(7) < 3000 and not _math.exp_is_safe(x)
+    assert numba_impl._chunk_rows(7) < 3000 and not nsoftmax.exp_is_safe(x)
     g = rng.normal(size=x.shape).astype(dtype)
     idx = rng.integers(0, 7, size=3000)
     shifted = x - x.max(axis=-1, keepdims=True)  # the same rows, every one safe: computed unshifted
@@ -469,7 +470,7 @@ def test_dense_builds_of_a_projector_take_the_complement_sums_per_row(dtype, K, 
     v[4] = 0
     v[5, 0] = np.nan
     d = (rng.random((8, K)) + 0.5).astype(dtype)
-    exact = d * _math.complement_sums(v)
+    exact = d * algebra.complement_sums(v)
     a, b = np.full((8, K, K), 7, dtype), np.full((8, K, K), 7, dtype)
     with np.errstate(invalid="ignore"):
         numba_impl.dense_diag_minus_rank_one(d, d, v, a, projector=True)
@@ -506,7 +507,7 @@ def test_softmax_vjp_with_a_factor_matches_numpy_and_long_double(dtype, T, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_rows_results_do_not_depend_on_the_rows_with_it(dtype, rng):
     """Chunks of a batch (Dask) get the whole batch's rows to the bit: row sums in a fixed
-    order per row, and BCE totals added as :func:`jacobians._math.total` adds the values."""
+    order per row, and BCE totals added as :func:`jacobians.numerics.buffers.total` adds the values."""
     for K in (7, 100):
         x = rng.normal(size=(3001, K)).astype(dtype)
         g = rng.normal(size=x.shape).astype(dtype)
@@ -524,7 +525,7 @@ def test_a_rows_results_do_not_depend_on_the_rows_with_it(dtype, rng):
     for impl in (numba_impl, numpy_impl):
         values, _, _ = impl.sigmoid_bce_plain(z, y, dtype(1.0), True)
         _, total, _ = impl.sigmoid_bce_plain(z, y, dtype(1.0), False)
-        assert total.dtype == dtype and total == _math.total(values), impl.__name__
+        assert total.dtype == dtype and total == buffers.total(values), impl.__name__
 
 
 def test_cross_entropy_index_kernels_on_fortran_ordered_logits(rng):

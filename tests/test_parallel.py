@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from jacobians import _parallel
-from jacobians._parallel import PARALLEL_MIN_BYTES, run_in_row_blocks
+from jacobians.numerics import parallel
+from jacobians.numerics.parallel import PARALLEL_MIN_BYTES, run_in_row_blocks
 
 
 def _record(n_rows, delay=0.0, slow_thread=None):
@@ -68,7 +68,7 @@ def test_default_chunks_are_about_chunk_bytes_and_at_least_four_per_thread(monke
     run_in_row_blocks(work, 16, PARALLEL_MIN_BYTES, 2)  # a row is 256 KiB: 4 chunks a thread
     assert len(seen) == 8
     row_bytes = PARALLEL_MIN_BYTES // 4096
-    monkeypatch.setattr(_parallel, "CHUNK_BYTES", 10 * row_bytes)
+    monkeypatch.setattr(parallel, "CHUNK_BYTES", 10 * row_bytes)
     work, seen = _record(4096)
     run_in_row_blocks(work, 4096, PARALLEL_MIN_BYTES, 2)
     assert {b - a for a, b, _ in seen} == {10, 4096 % 10} and len(seen) == 410

@@ -22,9 +22,10 @@ import pytest
 from conftest import activation_cases, head_methods, head_targets, peak_rss
 
 import jacobians as jac
-from jacobians import _math, _parallel
 from jacobians import head as head_module
 from jacobians._kernels import numpy_impl
+from jacobians.numerics import buffers, parallel
+from jacobians.numerics import softmax as nsoftmax
 
 ACTIVATIONS = activation_cases()
 # pairs with a Jacobian path (a Fenchel–Young loss of its own mapping's logits has none)
@@ -44,13 +45,13 @@ def blocks(request, monkeypatch):
     build (DENSE_BLOCK_BYTES), the chunked VJPs (CHUNK_ENTRIES; the numba kernels' CHUNK)
     and the per-thread blocks of method='jacobian' (JACOBIAN_BLOCK_BYTES)."""
     if request.param == "small":
-        monkeypatch.setattr(_math, "CHUNK_ENTRIES", 1000)
+        monkeypatch.setattr(buffers, "CHUNK_ENTRIES", 1000)
         monkeypatch.setattr(numpy_impl, "DENSE_BLOCK_BYTES", 64 << 10)
         if jac.kernels() == "numba":
             from jacobians._kernels import numba_impl
 
             monkeypatch.setattr(numba_impl, "CHUNK", 300)
-        monkeypatch.setattr(_parallel, "PARALLEL_MIN_BYTES", 64 << 10)
+        monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 64 << 10)
         monkeypatch.setattr(head_module, "PARALLEL_MIN_BYTES", 64 << 10)
         monkeypatch.setattr(head_module, "JACOBIAN_BLOCK_BYTES", 256 << 10)
     return request.param
@@ -58,7 +59,7 @@ def blocks(request, monkeypatch):
 
 def test_sizes_cross_the_thresholds():
     dense = N_BIG * K_BIG * K_BIG * 8
-    assert dense > _parallel.PARALLEL_MIN_BYTES
+    assert dense > parallel.PARALLEL_MIN_BYTES
     assert dense > 2 * numpy_impl.DENSE_BLOCK_BYTES
     assert dense > head_module.JACOBIAN_BLOCK_BYTES
     assert N_BIG * K_BIG > 2 * 1000
@@ -195,11 +196,11 @@ def test_max_bytes_is_checked():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_unshifted_exp_is_used_only_when_exact(dtype):
-    bound = _math.EXP_SAFE_BOUND[np.dtype(dtype)]
-    assert _math.exp_is_safe(np.array([[-bound, bound]], dtype=dtype))
+    bound = nsoftmax.EXP_SAFE_BOUND[np.dtype(dtype)]
+    assert nsoftmax.exp_is_safe(np.array([[-bound, bound]], dtype=dtype))
     for bad in (bound * 1.01, -bound * 1.01, np.inf, -np.inf, np.nan):
-        assert not _math.exp_is_safe(np.array([[0.0, bad]], dtype=dtype))
-    assert not _math.exp_is_safe(np.zeros((0, 3), dtype=dtype))
+        assert not nsoftmax.exp_is_safe(np.array([[0.0, bad]], dtype=dtype))
+    assert not nsoftmax.exp_is_safe(np.zeros((0, 3), dtype=dtype))
     # at the bound, exp and a sum over many entries stay finite and normal
     with np.errstate(all="raise"):
         e = np.exp(np.array([bound, -bound], dtype=dtype))
@@ -228,7 +229,7 @@ def test_softmax_and_fused_ce_agree_with_long_double_references(dtype, scale, rn
     head = jac.Head(jac.Softmax(), jac.CrossEntropy(reduction="none"))
     for shift in (0.0, 1e4):
         zs = z + dtype(shift)
-        assert _math.exp_is_safe(zs) == (shift == 0.0)
+        assert nsoftmax.exp_is_safe(zs) == (shift == 0.0)
         s_ref, ce_ref, grad_ref = (x.astype(np.float64) for x in _long_double_references(zs, y))
         s = jac.Softmax()(zs)
         assert s.dtype == dtype

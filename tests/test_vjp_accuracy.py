@@ -3,7 +3,7 @@
 On a confident row (one probability near 1) the plain softmax VJP ``s ⊙ (g − s·g)`` keeps
 only the round-off of ``g − s·g``: eps·|g| against a result of size (1 − s_max)·|g|. The
 kernels centre g on the entry of the largest probability first (see
-:func:`jacobians._math.softmax_vjp`). Each product is compared with a long-double reference
+:func:`jacobians.numerics.softmax.softmax_vjp`). Each product is compared with a long-double reference
 written without cancellation, ``(w_k/Σw) Σ_j w_j (v_k − v_j) / T``, normwise per row: the
 largest error of a row over the largest exact entry of that row, in units of the dtype's eps.
 

@@ -16,7 +16,7 @@ except ImportError as exc:  # pragma: no cover - only reached with a dask array 
         "(dask[array] and distributed)"
     ) from exc
 
-from .. import _math
+from ..numerics import buffers
 from .detect import is_dask_type
 
 __all__ = [
@@ -197,7 +197,7 @@ def chunk_sum(fn, z, *others, dtype):
 
 
 #: up to this many values a reduced loss gathers them and adds them up as numpy does
-#: (:func:`jacobians._math.total`: the same number to the bit); beyond, the chunks' sums
+#: (:func:`jacobians.numerics.buffers.total`: the same number to the bit); beyond, the chunks' sums
 #: are added exactly (an exactly rounded total, within numpy's round-off of it)
 GATHER_VALUES = 1 << 24
 
@@ -208,7 +208,7 @@ def reduced_total(values, dtype):
     if values.size <= GATHER_VALUES:
         flat = values.reshape(-1).rechunk(-1)
         return flat.map_blocks(
-            lambda v: np.asarray(_math.total(v), dtype=dtype), drop_axis=0, dtype=dtype
+            lambda v: np.asarray(buffers.total(v), dtype=dtype), drop_axis=0, dtype=dtype
         )
     b = indices(values.ndim)
     parts = da.blockwise(

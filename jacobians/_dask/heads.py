@@ -10,8 +10,8 @@ from .. import fisher, last_layer
 from ..contract import contract as contract_numpy
 from ..head import Head
 from ..losses import ElementwiseLoss
+from ..numerics.sampling import check_mc_samples, predictive_of, seed_key
 from ..rules.vocabulary import FISHER_KINDS, check_kind
-from ..sampling import check_mc_samples, predictive_of, seed_key
 from .arrays import (
     align,
     align_targets,

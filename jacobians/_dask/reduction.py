@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._empty import mean_value
+from ..numerics.empty import mean_value
 from .arrays import align, chunk_sum, da, exact_total, float_dtype, indices, is_dask
 
 __all__ = [
@@ -63,7 +63,7 @@ def denominator(loss, x, y):
 def value_scale(d, dtype):
     """The factor on the value's total for the whole batch's denominator ``d`` (None:
     not ``'mean'``, 1), as numpy computes it: ``dtype(1) / dtype(d)``, NaN with numpy's
-    :class:`~jacobians.EmptyMeanWarning` for ``d = 0`` (jacobians._empty; when ``d`` is
+    :class:`~jacobians.EmptyMeanWarning` for ``d = 0`` (jacobians.numerics.empty; when ``d`` is
     a dask array, at compute time)."""
     if d is None:
         return 1

@@ -79,7 +79,7 @@ def _numpy_sum(x, skip, zero, tasks, values):
 
 @jit()
 def _complement_row(vr, half, tasks, values):
-    """``(total, top, others)`` of a row v >= 0 as :func:`~jacobians._math.complement_sums`
+    """``(total, top, others)`` of a row v >= 0 as :func:`~jacobians.numerics.algebra.complement_sums`
     takes them: ``Σ_{i≠k} v_i`` is ``total − v_k``, except at ``top`` (the first largest
     entry) when ``v_top > total/2``, where it is ``others``, the sum without ``v_top``
     (``top = −1`` when no entry needs it)."""
@@ -97,7 +97,7 @@ def _dense_dmr(d, u, v, exact, projector, half, out):
     """``out[n, j, k] = δ_jk d_nj − u_nj v_nk`` in one pass (no fastmath: the same roundings
     as numpy's ``u_j·(−v_k)`` and ``+ d_j`` on the diagonal); with ``exact`` (not empty) the
     diagonal entries are ``exact[n, j]``; with ``projector`` they are ``d_j Σ_{i≠j} v_i``,
-    the complement sums taken per row as numpy's :func:`~jacobians._math.complement_sums`
+    the complement sums taken per row as numpy's :func:`~jacobians.numerics.algebra.complement_sums`
     (bitwise equal to numpy's ``d * complement_sums(v)``); either written after the row's
     off-diagonal entries."""
     n, K = d.shape

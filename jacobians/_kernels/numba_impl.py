@@ -12,7 +12,7 @@ the meaning of its twin in :mod:`.numpy_impl`; read the math there. What differs
   an ulp of the exact ones), float64 sums and quotients included;
 * the dense ``diag(d) − u vᵀ`` is written in one pass, without einsum's zeroing pass.
 
-The shift by the row max is decided as numpy decides it (:func:`~jacobians._math.exp_is_safe`
+The shift by the row max is decided as numpy decides it (:func:`~jacobians.numerics.softmax.exp_is_safe`
 over the whole input), so both kernel sets compute the same formula on the same rows; the
 check costs no pass of its own (see :func:`_shifted_if_needed`).
 
@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._math import EXP_SAFE_BOUND, RATIO_MAX_EXP, row_chunks, scratch
+from ..numerics.buffers import row_chunks, scratch
+from ..numerics.softmax import EXP_SAFE_BOUND, RATIO_MAX_EXP
 from .interface import INTERFACE
 from .numba_dense import _dense_diag, _dense_dmr
 from .numba_losses import _bce_plain, _bce_weighted, _ce_coefficients, _ce_index
@@ -87,7 +88,7 @@ def _rows(x):
 
 def _shifted_if_needed(kernel, x, *args) -> None:
     """``kernel(x, shift, bound, *args)`` as numpy decides the shift
-    (:func:`~jacobians._math.exp_is_safe`: unshifted only when every entry is in ``[−B, B]``),
+    (:func:`~jacobians.numerics.softmax.exp_is_safe`: unshifted only when every entry is in ``[−B, B]``),
     without a pass of its own: the kernel runs unshifted, counting the entries out of
     bounds as it takes their exps, and returns False at the first chunk holding one;
     it then runs again, shifted, over every row."""
@@ -181,7 +182,7 @@ def sigmoid_bce_plain(z, y, scale, need_values):
         _bce_plain(zf, yf, float(scale), like, values, grad)
         return values, None, grad
     # the values of each piece of CHUNK_ENTRIES into a reused buffer, added as numpy's kernel
-    # (and _math.total, and a Dask graph gathering the values) adds them: the same total to the bit
+    # (and numerics.buffers.total, and a Dask graph gathering the values) adds them: the same total to the bit
     total = 0.0
     for c in row_chunks(zf.size, 1):
         v = scratch(c.stop - c.start, z.dtype, 3)

@@ -16,7 +16,7 @@ from .numba_rows import ENTRY, EXACT, NO_WEIGHTS, SUMS, _argmax, _exp_chunk, _ex
 
 @jit(**ENTRY)
 def _ratio_log1p(o, e_y, limit):
-    """``(log1p(o / e_y), far)`` as :func:`~jacobians._math.log1p_ratio`: ``far`` when
+    """``(log1p(o / e_y), far)`` as :func:`~jacobians.numerics.softmax.log1p_ratio`: ``far`` when
     ``e_y < o·limit`` (the quotient is then not formed; the value is a placeholder)."""
     floor = o * limit
     far = e_y < floor

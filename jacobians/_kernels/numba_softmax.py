@@ -85,7 +85,7 @@ def _first_at(er, m):
 @jit(**SUMS)
 def _sums_and_centres(ec, gc, s, gt):
     """``s[i] = Σ_k ec[i, k]`` and ``gt[i]``: ``gc[i]`` at the first largest entry of
-    ``ec[i] >= 0`` (what :func:`jacobians._math.softmax_vjp` centres on; ``gc[i, 0]`` on a
+    ``ec[i] >= 0`` (what :func:`jacobians.numerics.softmax.softmax_vjp` centres on; ``gc[i, 0]`` on a
     row of NaN, where no entry equals the maximum). The sum and the maximum of the bits (see
     :func:`_max_bits`) in one pass, then :func:`_first_at`: integer reductions, which
     vectorize. Row by row for every K (across the rows of a chunk, as :func:`_row_sums` does
@@ -130,7 +130,7 @@ def _centred_dots(ec, gc, gt, dot):
 @jit(**EXACT)
 def _vjp_rows(ec, gc, s, gt, dot, f, frows, out):
     """``out[i] = f_i · s_i ⊙ (g' − s_i·g')`` with ``g' = gc[i] − gt[i]`` (``gt[i]`` the entry of
-    the largest s: see :func:`jacobians._math.softmax_vjp`) and ``s_i = ec[i] / s[i]``: one
+    the largest s: see :func:`jacobians.numerics.softmax.softmax_vjp`) and ``s_i = ec[i] / s[i]``: one
     division a row (``s·g' = (e·g')/Σe``), the softmax entries as ``e_k · (1/Σe)``;
     ``f_i = frows[i]``, or ``f`` when ``frows`` is empty (the factor over T, as numpy's kernel
     rounds it)."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _math
-from .._math import exp_is_safe, row_chunks, rowsum, scratch
+from ..numerics import algebra
+from ..numerics import softmax as nsoftmax
+from ..numerics.buffers import row_chunks, rowsum, scratch
+from ..numerics.softmax import exp_is_safe
 from .interface import INTERFACE
 
 __all__ = [*INTERFACE]
@@ -23,29 +25,29 @@ def describe() -> str:
 
 
 def softmax(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``exp(x − m) / Σ exp(x − m)`` per row: :func:`jacobians._math.softmax` (the shift
-    skipped when :func:`~jacobians._math.exp_is_safe`, row sums by einsum)."""
-    return _math.softmax(x, out)
+    """``exp(x − m) / Σ exp(x − m)`` per row: :func:`jacobians.numerics.softmax.softmax` (the shift
+    skipped when :func:`~jacobians.numerics.softmax.exp_is_safe`, row sums by einsum)."""
+    return nsoftmax.softmax(x, out)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
-    """``(x − m) − log1p(Σ_{k ≠ argmax} exp(x_k − m))`` per row: :func:`jacobians._math.log_softmax`."""
-    return _math.log_softmax(x)
+    """``(x − m) − log1p(Σ_{k ≠ argmax} exp(x_k − m))`` per row: :func:`jacobians.numerics.softmax.log_softmax`."""
+    return nsoftmax.log_softmax(x)
 
 
 def softmax_vjp(x: np.ndarray, g: np.ndarray, temperature: float = 1.0, factor=None) -> np.ndarray:
     """``f · s ⊙ (g − s·g) / T`` with ``s = softmax(x)`` (``x`` the scaled logits) and an
-    optional ``factor`` f (a scalar or one per row): :func:`jacobians._math.softmax_vjp`
+    optional ``factor`` f (a scalar or one per row): :func:`jacobians.numerics.softmax.softmax_vjp`
     (one output buffer, chunk by chunk, a call allocates only its result)."""
-    return _math.softmax_vjp(x, g, temperature, factor)
+    return nsoftmax.softmax_vjp(x, g, temperature, factor)
 
 
 def simplex_vjp(w: np.ndarray, v: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``w ⊙ (x' − v·x')`` per row, ``x' = x − x_c`` centred on the entry ``c`` of the largest
     ``w`` (first of equals): ``(diag(w) − w vᵀ) x`` for ``Σv = 1``, the product of every
-    simplex map's Jacobian (:func:`jacobians._math.simplex_vjp`). ``w``, ``v``, ``x`` (n, K)
+    simplex map's Jacobian (:func:`jacobians.numerics.algebra.simplex_vjp`). ``w``, ``v``, ``x`` (n, K)
     of one dtype."""
-    return _math.simplex_vjp(w, v, x)
+    return algebra.simplex_vjp(w, v, x)
 
 
 def ce_index(x: np.ndarray, idx: np.ndarray, valid: np.ndarray | None, scale) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +56,7 @@ def ce_index(x: np.ndarray, idx: np.ndarray, valid: np.ndarray | None, scale) ->
     ``values[i] = lse(x_i) − x_{i,y}`` (0 where ``valid`` is False) and
     ``g[i] = scale · (softmax(x_i) − e_y)`` (0 where not valid), shape (n, K).
 
-    With ``e = exp(x)`` (unshifted when :func:`~jacobians._math.exp_is_safe`, else
+    With ``e = exp(x)`` (unshifted when :func:`~jacobians.numerics.softmax.exp_is_safe`, else
     ``exp(x − max)``) and ``o = Σ_{k≠y} e_k`` summed without the target, the value is
     ``log1p(o / e_y)`` (no cancellation: exact to a few ulp, tiny losses included) and
     the target's gradient entry ``−o / (o + e_y)``. Where ``o / e_y`` would overflow (the
@@ -78,7 +80,7 @@ def ce_index(x: np.ndarray, idx: np.ndarray, valid: np.ndarray | None, scale) ->
     # float32: the target's exp again in float64 (one per row), so that the value carries
     # the rounding of float32 exp (up to 2.4 ulp in numpy) once, through o, not twice
     exact_e_y = np.exp(x_y.astype(np.float64)) if g.dtype == np.float32 else e_y
-    values, far = _math.log1p_ratio(other, exact_e_y)
+    values, far = nsoftmax.log1p_ratio(other, exact_e_y)
     if far.any():
         rows = np.flatnonzero(far)
         values[rows] = _far_target_values(x[rows], idx[rows])
@@ -107,11 +109,11 @@ def ce_coefficients(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarra
     ``g = softmax(x) Σc − c`` shape (..., K).
 
     ``Σ c (lse − x) = Σc · log1p(rest) + Σ c (m − x)``: both terms >= 0 (see
-    :func:`~jacobians._math.shifted_exp`). At the row's maximum
+    :func:`~jacobians.numerics.softmax.shifted_exp`). At the row's maximum
     ``s·Σc − c = s (Σc − c) − c (1 − s)`` with ``1 − s = rest/total``: a confident
     prediction (s near 1) keeps the small gradient that ``s − 1`` would round away.
     """
-    shifted, s, rest, top = _math.shifted_exp(x)
+    shifted, s, rest, top = nsoftmax.shifted_exp(x)
     csum = c.sum(axis=-1, keepdims=True)
     values = (np.log1p(rest) * csum)[..., 0] - np.einsum("...k,...k->...", c, shifted)
     total = 1 + rest
@@ -128,7 +130,7 @@ def sigmoid_bce_plain(z: np.ndarray, y: np.ndarray, scale, need_values: bool):
     """Sigmoid + BCE without ``pos_weight`` on flat ``z``, ``y`` (n,): ``(values, total, grad)``.
 
     ``values`` (n,) only when ``need_values`` (else None); ``total`` their sum (when not
-    ``need_values``) as :func:`~jacobians._math.total` adds them (pieces of
+    ``need_values``) as :func:`~jacobians.numerics.buffers.total` adds them (pieces of
     CHUNK_ENTRIES in float64, rounded once); ``grad = scale·(σ(z) − y)``. With ``h = step(z)`` (1 for z > 0, else
     0) and ``q = σ(−|z|) = e/(1 + e)``, ``e = exp(−|z|)``::
 
@@ -224,7 +226,7 @@ def dense_diag_minus_rank_one(d: np.ndarray, u: np.ndarray, v: np.ndarray, out: 
                               projector: bool = False) -> None:
     """Write ``diag(d_n) − u_n v_nᵀ`` into ``out[n]`` (shape (n, K, K)) for rows ``d, u, v`` (n, K);
     with ``exact`` (rows (n, K)) the diagonal entries are ``exact`` instead of ``d_j − u_j v_j``;
-    with ``projector`` (and no ``exact``) they are ``d ⊙`` :func:`~jacobians._math.complement_sums`
+    with ``projector`` (and no ``exact``) they are ``d ⊙`` :func:`~jacobians.numerics.algebra.complement_sums`
     of ``v`` (a projector's diagonal without cancellation, see :class:`~jacobians.DiagonalPlusRankOne`).
 
     ``einsum('ij,ik->ijk', u, -v)`` writes the rank-one part, then ``d`` is added onto the
@@ -234,7 +236,7 @@ def dense_diag_minus_rank_one(d: np.ndarray, u: np.ndarray, v: np.ndarray, out: 
     of each entry.
     """
     if exact is None and projector:
-        exact = _math.complement_sums(v)
+        exact = algebra.complement_sums(v)
         exact *= d
     nv = np.negative(v)
     for samples, js in slabs(out):

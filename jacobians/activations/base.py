@@ -6,9 +6,9 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from .._validation import as_float_array
 from ..backend import backend_aware
 from ..domains import Domain, domain
+from ..numerics.validation import as_float_array
 from ..operators import DenseJacobian, DiagonalJacobian, JacobianOperator
 from ..registry import register_class, registry_name
 

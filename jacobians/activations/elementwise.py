@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _math
-from .._validation import as_float_array, check_nonnegative_scalar
+from ..numerics.elementwise import sigmoid, sigmoid_derivative, softplus, tanh_derivative
+from ..numerics.validation import as_float_array, check_nonnegative_scalar
 from . import references
 from .base import ElementwiseActivation, register_activation
 
@@ -34,15 +34,15 @@ class Sigmoid(ElementwiseActivation):
     output_domain = "open_unit_interval"
 
     def forward(self, z):
-        return _math.sigmoid(as_float_array(z, "z"))
+        return sigmoid(as_float_array(z, "z"))
 
     def derivative(self, z):
-        return _math.sigmoid_derivative(as_float_array(z, "z"))
+        return sigmoid_derivative(as_float_array(z, "z"))
 
     def second_derivative(self, z):
         # σ(1 − σ)(1 − 2σ) with 1 − 2σ(z) = −tanh(z/2): no cancellation near σ = 1/2 or 1
         z = as_float_array(z, "z")
-        return -_math.sigmoid_derivative(z) * np.tanh(z / 2)
+        return -sigmoid_derivative(z) * np.tanh(z / 2)
 
 
 @register_activation
@@ -65,12 +65,12 @@ class Tanh(ElementwiseActivation):
         return np.tanh(as_float_array(z, "z"))
 
     def derivative(self, z):
-        return _math.tanh_derivative(as_float_array(z, "z"))
+        return tanh_derivative(as_float_array(z, "z"))
 
     def second_derivative(self, z):
         # −2 tanh(z) (1 − tanh²(z))
         z = as_float_array(z, "z")
-        return -2 * np.tanh(z) * _math.tanh_derivative(z)
+        return -2 * np.tanh(z) * tanh_derivative(z)
 
 
 @register_activation
@@ -189,10 +189,10 @@ class Softplus(ElementwiseActivation):
     output_domain = "nonnegative"
 
     def forward(self, z):
-        return _math.softplus(as_float_array(z, "z"))
+        return softplus(as_float_array(z, "z"))
 
     def derivative(self, z):
-        return _math.sigmoid(as_float_array(z, "z"))
+        return sigmoid(as_float_array(z, "z"))
 
     def second_derivative(self, z):
-        return _math.sigmoid_derivative(as_float_array(z, "z"))
+        return sigmoid_derivative(as_float_array(z, "z"))

@@ -6,7 +6,7 @@ Each built-in activation points at two functions of this module (see
 * ``loop_reference(act, z) -> (a, J)``: one sample ``z`` (K,) in float64, its output and
   dense Jacobian from the textbook definition, with ``np.diag`` and ``np.outer``; the
   sparse mappings' thresholds are found by bisection and then solved exactly on the
-  support. This shares no code with the fast kernels (``_math``, ``_kernels``): it is an
+  support. This shares no code with the fast kernels (``numerics``, ``_kernels``): it is an
   independent referee, used by :mod:`jacobians.testing` and the checks;
 * ``kinks(act, z, a=None) -> distance (..., K)``: each entry's distance, in ``z``, to
   the nearest point where the activation is not differentiable (``a``: ``act(z)`` when
@@ -24,8 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from .. import _math
-from .._validation import alpha_rows
+from ..numerics import entmax, sparse
+from ..numerics.validation import alpha_rows
 
 # ----------------------------------------------------------------------------------------
 # plain-loop references, one sample at a time: (a, J) of a 1-d float64 sample
@@ -228,7 +228,7 @@ def sparsemax_distance(x, p=None):
     """Distance of each entry of ``x`` to sparsemax's support edge (``p``: sparsemax(x)
     when known)."""
     # on the support p = x − τ, elsewhere x <= τ: τ = max(x − p)
-    tau = (x - (_math.sparsemax(x) if p is None else p)).max(axis=-1, keepdims=True)
+    tau = (x - (sparse.sparsemax(x) if p is None else p)).max(axis=-1, keepdims=True)
     return np.abs(x - tau)
 
 
@@ -236,7 +236,7 @@ def entmax15_distance(x, p=None):
     """Distance of each entry of ``x`` to 1.5-entmax's support edge (``p``: entmax15(x)
     when known)."""
     # on the support √p = x/2 − τ, elsewhere x/2 <= τ; the kink is at x = 2τ
-    tau = (x / 2 - np.sqrt(_math.entmax15(x) if p is None else p)).max(
+    tau = (x / 2 - np.sqrt(sparse.entmax15(x) if p is None else p)).max(
         axis=-1, keepdims=True
     )
     return np.abs(x - 2 * tau)
@@ -249,7 +249,7 @@ def entmax_distance(x, alpha, p=None):
     largest ``(α − 1) x − p^{α−1}``, and the edge is at ``x = τ/(α − 1)``. ``p``:
     ``entmax(x, alpha)`` when already known."""
     am1 = alpha - 1.0
-    p = _math.entmax(x, alpha) if p is None else p
+    p = entmax.entmax(x, alpha) if p is None else p
     xs = (x - x.max(axis=-1, keepdims=True)) * am1
     tau = (xs - np.power(p, am1)).max(axis=-1, keepdims=True)
     return np.abs(xs - tau) / am1

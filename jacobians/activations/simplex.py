@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _kernels, _math
-from .._validation import alpha_rows, as_float_array, check_alpha, check_positive_scalar
+from .. import _kernels
+from ..numerics import entmax, sparse
+from ..numerics.validation import alpha_rows, as_float_array, check_alpha, check_positive_scalar
 from ..operators import DiagonalJacobian, DiagonalPlusLowRank, DiagonalPlusRankOne, SimplexJacobian, simplex_product
 from . import references
 from .base import Activation, _check_pair, register_activation
@@ -307,7 +308,7 @@ class Sparsemax(_TemperedSparseMapping):
     kinks = references.sparsemax_kinks
 
     def forward(self, z):
-        return _math.sparsemax(self._scaled(as_float_array(z, "z")))
+        return sparse.sparsemax(self._scaled(as_float_array(z, "z")))
 
     def gradient_weights(self, p):
         return self._per_temperature((p > 0).astype(p.dtype))
@@ -342,7 +343,7 @@ class Entmax15(_TemperedSparseMapping):
     kinks = references.entmax15_kinks
 
     def forward(self, z):
-        return _math.entmax15(self._scaled(as_float_array(z, "z")))
+        return sparse.entmax15(self._scaled(as_float_array(z, "z")))
 
     def gradient_weights(self, p):
         return self._per_temperature(np.sqrt(p))
@@ -412,7 +413,7 @@ class Entmax(_TemperedSparseMapping):
 
     @classmethod
     def variants(cls, K):
-        # one α of each form of the kernel (_math: NEAR_ONE, FLAT, STEEP); 1.5 is the default.
+        # one α of each form of the kernel (numerics.entmax: NEAR_ONE, FLAT, STEEP); 1.5 is the default.
         # Not 3: 3-entmax is linear on a support of two entries, so its curvature there is 0
         # and the second-order checks would compare round-off of cancelling terms with 0
         return [{"alpha": 1.2}, {"alpha": 1.75}, {"alpha": 2.5, "temperature": TEMPERATURES[1]}]
@@ -422,15 +423,15 @@ class Entmax(_TemperedSparseMapping):
 
     def forward(self, z):
         z = as_float_array(z, "z")
-        return _math.entmax(self._scaled(z), self._alpha(z))
+        return entmax.entmax(self._scaled(z), self._alpha(z))
 
     def gradient_weights(self, p):
-        return self._per_temperature(_math.entmax_weights(p, self._alpha(p)))
+        return self._per_temperature(entmax.entmax_weights(p, self._alpha(p)))
 
     def vjp(self, z, g) -> np.ndarray:
-        # forward and VJP in one pass over each chunk of rows (see _math.entmax_vjp)
+        # forward and VJP in one pass over each chunk of rows (see numerics.entmax.entmax_vjp)
         z, g = _check_pair(z, g, "g")
-        return _math.entmax_vjp(self._scaled(z), self._alpha(z), g, self.temperature)
+        return entmax.entmax_vjp(self._scaled(z), self._alpha(z), g, self.temperature)
 
     def _curvature(self, z, p, v):
         # g = p^{2−α}, h = ∂g/∂p · g = (2 − α) p^{3−2α} on the support (see _support_curvature)
@@ -439,7 +440,7 @@ class Entmax(_TemperedSparseMapping):
         on = p > 0
         with np.errstate(divide="ignore", over="ignore"):
             h = np.where(on, (2 - a) * np.exp((3 - 2 * a) * np.log(np.where(on, p, 1))), 0).astype(p.dtype, copy=False)
-        return _support_curvature(_math.entmax_weights(p, alpha), h, v * on, self.temperature)
+        return _support_curvature(entmax.entmax_weights(p, alpha), h, v * on, self.temperature)
 
     def alpha_vjp(self, z, g) -> np.ndarray:
         r"""``Σ_i g_i ∂p_i/∂α`` per row, shape ``z.shape[:-1]``: the gradient of α.
@@ -477,7 +478,7 @@ class Entmax(_TemperedSparseMapping):
         z, g = _check_pair(z, g, "g")
         p = self.forward(z)
         alpha = self._alpha(z)
-        w = _math.entmax_weights(p, alpha)
+        w = entmax.entmax_weights(p, alpha)
         beta = 1.0 / (np.asarray(alpha, dtype=np.float64) - 1.0)
         beta = beta.astype(p.dtype) if isinstance(alpha, np.ndarray) else float(beta)
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import as_float_array
 from ..activations import Activation
+from ..numerics.validation import as_float_array
 from ..testing import loop_jacobian
 from .head import has_loop_reference, missing_references, stack_or_loop
 from .inputs import DEFAULT_SHAPE, _check_dtype, _kink_note, _row_distance, example_inputs

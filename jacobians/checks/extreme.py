@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import as_float_array
 from ..activations import Activation
 from ..head import Head
+from ..numerics.validation import as_float_array
 from .head import method_results
 from .inputs import extreme_inputs, prepare_targets
 from .report import CheckReport, _batched_jvp, _batched_vjp, _Failed, _readonly, _require, _Rows, _run, _subject

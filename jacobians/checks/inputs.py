@@ -298,7 +298,7 @@ def head_inputs(head, z, y, *, shape, dtype, rng) -> tuple[np.ndarray, np.ndarra
 def _head_inputs(head, z, y, *, shape, dtype, rng) -> tuple:
     """:func:`head_inputs` and, fourth, what the loss sees at ``z`` promoted to float64
     (:func:`_loss_input`, read-only; None when the activation raised), computed on the way."""
-    from .._validation import as_float_array
+    from ..numerics.validation import as_float_array
 
     if z is None:
         dt = np.dtype(np.float64) if dtype is None else _check_dtype(dtype)

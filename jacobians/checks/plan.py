@@ -8,7 +8,7 @@ order asked for, the checks of :func:`jacobians.check_activation` /
 :func:`~jacobians.check_head` (first order) or the second-order checks, on every
 shape of :data:`SHAPES` and dtype, plus logits of ±1e4 (:data:`EXTREME_SHAPE`)
 (:func:`run_entry`). :func:`run_sections` runs the rows of each section on forked
-workers (:class:`jacobians._parallel.ForkedTasks`); :func:`time_entry` times the fused
+workers (:class:`jacobians.numerics.parallel.ForkedTasks`); :func:`time_entry` times the fused
 path against the Jacobian path.
 """
 
@@ -23,10 +23,11 @@ from typing import Callable
 
 import numpy as np
 
-from .. import _memo, _parallel, checks
+from .. import checks
 from ..activations import ACTIVATIONS
 from ..head import Head, pairs
 from ..losses import LOSSES
+from ..numerics import memo, parallel
 from .inputs import make_targets
 from .report import CheckReport, CheckRow, label
 
@@ -276,7 +277,7 @@ def _checks(entry: Entry, orders) -> list[tuple[Callable, Callable | None]]:
 def run_entry(entry: Entry, dtypes, seed: int, order: int) -> CheckReport:
     """The checks of one order of one row, every dtype and shape (and ±1e4 logits)."""
     ((run, extreme),) = _checks(entry, (order,))
-    with _memo.memo():  # the methods' forward passes over one input are solved once
+    with memo.memo():  # the methods' forward passes over one input are solved once
         return _run_checks(entry, dtypes, seed, order, run, extreme)
 
 
@@ -428,7 +429,7 @@ def run_sections(
         for _, order, part in parts
         for e in part
     ]
-    with _parallel.ForkedTasks(tasks, jobs) as pool:
+    with parallel.ForkedTasks(tasks, jobs) as pool:
         first = 0
         for name, _, part in parts:
             t0 = time.perf_counter()

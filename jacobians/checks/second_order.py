@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import as_float_array
 from ..head import Head
 from ..numerical import numerical_jacobian
+from ..numerics.validation import as_float_array
 from ..operators import DenseJacobian, DiagonalPlusLowRank, as_low_rank
 from ..rules import EXTREME_HESSIANS
 from .head import missing_references, reduction_factor, row_loss_head, stack_or_loop, stacked

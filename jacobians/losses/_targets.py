@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import as_array, as_float_array
+from ..numerics.validation import as_array, as_float_array
 
 __all__ = [
     "ClassTargets",

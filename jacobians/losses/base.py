@@ -7,14 +7,14 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from .. import _math
-from .._empty import mean_scale, mean_value
-from .._validation import as_array, as_float_array, check_reduction
 from ..backend import backend_aware
 from ..domains import Domain, domain
+from ..numerics import buffers
+from ..numerics.empty import mean_scale, mean_value
+from ..numerics.sampling import Predictive, predictive_of
+from ..numerics.validation import as_array, as_float_array, check_reduction
 from ..operators import DenseJacobian, DiagonalJacobian, DiagonalPlusLowRank, JacobianOperator
 from ..registry import register_class
-from ..sampling import Predictive, predictive_of
 
 __all__ = ["Loss", "ElementwiseLoss", "LOSSES", "register_loss", "get_loss"]
 
@@ -205,7 +205,7 @@ class Loss:
             return np.dtype(dtype).type(1.0)
         if self.denominator is not None:
             denom = self.denominator
-        return mean_scale(denom, dtype)  # 0 for a denominator of 0 (see jacobians._empty)
+        return mean_scale(denom, dtype)  # 0 for a denominator of 0 (see jacobians.numerics.empty)
 
     def mean_denominator(self, a, y=None):
         """What ``'mean'`` divides by for this batch: the number of rows N by default.
@@ -225,7 +225,7 @@ class Loss:
         elementwise loss's, ``1/Σ w_{y_n}`` where class weights apply, and 1 for ``'sum'``
         and ``'none'``; a loss made by :meth:`with_denominator` divides by its own
         denominator. A denominator of 0 (an empty batch, every target ignored) gives
-        ``c = 0`` with an :class:`~jacobians.EmptyMeanWarning` (see ``jacobians._empty``).
+        ``c = 0`` with an :class:`~jacobians.EmptyMeanWarning` (see ``jacobians.numerics.empty``).
 
         Parameters
         ----------
@@ -336,7 +336,7 @@ class Loss:
         red = self.reduction
         if red == "none":
             return values, grads
-        total = _math.total(values)
+        total = buffers.total(values)
         if red == "sum":
             return total, grads
         scale = self._reduction_scale(denom, values.dtype)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import as_float_array, check_nonnegative_scalar
+from ..numerics.validation import as_float_array, check_nonnegative_scalar
 from ..operators import DiagonalJacobian, DiagonalPlusLowRank
 from . import references
 from ._targets import (

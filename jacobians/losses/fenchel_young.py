@@ -23,9 +23,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from .. import _math
-from .._validation import alpha_rows, check_alpha
 from ..activations.simplex import Entmax, Entmax15, Sparsemax
+from ..numerics import entmax, sparse
+from ..numerics.validation import alpha_rows, check_alpha
 from ..operators import SimplexBlock
 from . import references
 from ._targets import IGNORE_INDEX, ClassTargets, check_class_targets, check_ignore_index
@@ -195,7 +195,7 @@ class SparsemaxLoss(FenchelYoungLoss):
     logits_of = Sparsemax
 
     def mapping(self, z):
-        return _math.sparsemax(z)
+        return sparse.sparsemax(z)
 
     @staticmethod
     def curvature_weights(p):
@@ -226,7 +226,7 @@ class Entmax15Loss(FenchelYoungLoss):
     logits_of = Entmax15
 
     def mapping(self, z):
-        return _math.entmax15(z)
+        return sparse.entmax15(z)
 
     @staticmethod
     def curvature_weights(p):
@@ -282,10 +282,10 @@ class EntmaxLoss(FenchelYoungLoss):
         return alpha_rows(self.alpha, p)
 
     def mapping(self, z):
-        return _math.entmax(z, self._alpha(z))
+        return entmax.entmax(z, self._alpha(z))
 
     def curvature_weights(self, p):
-        return _math.entmax_weights(p, self._alpha(p))
+        return entmax.entmax_weights(p, self._alpha(p))
 
     def own_mapping_mismatch(self, activation) -> str | None:
         mine, theirs = self.alpha, activation.alpha

@@ -22,7 +22,6 @@ from typing import Callable
 
 import numpy as np
 
-from .._validation import alpha_rows
 from ..activations.references import (
     entmax15_distance,
     entmax15_probs,
@@ -32,6 +31,7 @@ from ..activations.references import (
     sparsemax_distance,
     sparsemax_probs,
 )
+from ..numerics.validation import alpha_rows
 
 # ----------------------------------------------------------------------------------------
 # plain-loop references, one sample at a time, torch's definitions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_positive_scalar
+from ..numerics.validation import check_positive_scalar
 from ..operators import DiagonalJacobian
 from . import references
 from .base import ElementwiseLoss, register_loss

@@ -21,10 +21,10 @@ import math
 
 import numpy as np
 
-from .._parallel import run_in_row_blocks
-from .._validation import as_float_array
 from ..contract import contract
 from ..contract import diagonal as _diagonal_view
+from ..numerics.parallel import run_in_row_blocks
+from ..numerics.validation import as_float_array
 
 
 def _rows2d(x: np.ndarray) -> np.ndarray:
@@ -98,7 +98,7 @@ class JacobianOperator:
             C-contiguous buffer of the operator's dtype to write into (no allocation).
         workers : int, optional
             Threads building row blocks; default every available core. Outputs under
-            :data:`~jacobians._parallel.PARALLEL_MIN_BYTES` are built on the calling
+            :data:`~jacobians.numerics.parallel.PARALLEL_MIN_BYTES` are built on the calling
             thread. With numpy's kernels the build is compute-bound in numpy's einsum
             loop at every K, so a second core helps at K = 10 as at K = 1000 (1.3-1.9x
             on the 2-core development machine); the compiled kernels (``fast`` extra)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _kernels
-from .._math import complement_sums, project_columns, project_rows
-from .._validation import as_float_array, check_same_shape
 from ..contract import diagonal as _diagonal_view
+from ..numerics.algebra import complement_sums, project_columns, project_rows
+from ..numerics.validation import as_float_array, check_same_shape
 from .algebra import total
 from .base import JacobianOperator, _check_compatible, _rows2d
 from .structured import DiagonalJacobian, DiagonalPlusLowRank, DiagonalPlusRankOne
@@ -160,7 +160,7 @@ class ProjectedDiagonal(JacobianOperator):
         M_jj = m_j (1 − v_j)² + v_j² Σ_{i≠j} m_i
 
     are computed that way: the diagonal as a sum of non-negative terms with both
-    complements summed directly (:func:`~jacobians._math.complement_sums`), so a
+    complements summed directly (:func:`~jacobians.numerics.algebra.complement_sums`), so a
     confident prediction (``v`` near one-hot, where ``diag(m) − m vᵀ − v mᵀ + Σm v vᵀ``
     subtracts numbers far larger than the result) keeps its small curvature, and a
     one-hot ``v`` gives exact zeros.

@@ -7,9 +7,9 @@ import numpy as np
 
 from .. import _kernels
 from .._kernels.numpy_impl import slabs
-from .._math import complement_sums, diag_minus_rank_one, simplex_vjp
-from .._validation import as_float_array, check_same_shape
 from ..contract import diagonal as _diagonal_view
+from ..numerics.algebra import complement_sums, diag_minus_rank_one, simplex_vjp
+from ..numerics.validation import as_float_array, check_same_shape
 from .base import JacobianOperator, _rows2d
 
 
@@ -96,7 +96,7 @@ class DiagonalPlusRankOne(JacobianOperator):
     ``projector=True`` declares ``u = d`` and ``v`` a distribution (``v >= 0``,
     ``Σv = 1``): ``J = diag(d)(I − 1 vᵀ)``, the form of every simplex map's Jacobian.
     Its diagonal ``d_k (1 − v_k)`` is then computed as ``d_k Σ_{i≠k} v_i``
-    (:func:`~jacobians._math.complement_sums`): where a prediction is confident
+    (:func:`~jacobians.numerics.algebra.complement_sums`): where a prediction is confident
     (``v_k`` near 1) ``d_k − d_k v_k`` would keep only the rounding of the difference.
     ``diagonal`` passes that accurate diagonal ``d − u ⊙ v`` directly instead. The dense
     form then holds that exact diagonal (both kernel sets write it over the diagonal

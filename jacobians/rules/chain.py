@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _math
+from ..numerics.algebra import project_columns
 from ..operators import (
     DiagonalJacobian,
     DiagonalPlusLowRank,
@@ -52,7 +52,7 @@ def gram(J: JacobianOperator, H: JacobianOperator) -> JacobianOperator:
         if isinstance(H, DiagonalJacobian):
             return ProjectedDiagonal(g * g * H.d, v)
         if isinstance(H, SimplexBlock):
-            x = _math.project_columns((g * H.u)[..., None], v)[..., 0]
+            x = project_columns((g * H.u)[..., None], v)[..., 0]
             outer = DiagonalPlusLowRank(np.zeros_like(x), x[..., None], x[..., None])
             return SumOperator(ProjectedDiagonal(g * g * H.d, v), outer)
     return J.T @ H @ J
@@ -96,7 +96,7 @@ class ChainRule(PairRule):
         form = projection_form(J)
         if form is not None:  # Jᵀ S = Pᵀ (g ⊙ S), rows projected without cancellation
             g, v = form
-            return _math.project_columns(g[..., None] * S, v)
+            return project_columns(g[..., None] * S, v)
         return J.T.matmat(S)
 
     def fisher(self, activation, loss, z, y=None) -> JacobianOperator:

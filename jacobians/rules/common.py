@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._empty import mean_value_of_scale
+from ..numerics.empty import mean_value_of_scale
 
 __all__ = ["reduced", "onehot", "reduce_plainly", "entry_factor"]
 
@@ -15,7 +15,7 @@ def reduced(reduction, values, total, c, grad):
     """``(value, grad)`` of a rule that applied the factor ``c``
     (:meth:`~jacobians.Loss.reduction_scale`) to ``grad`` itself: ``values`` for
     ``'none'``, the ``total`` for ``'sum'``, ``total · c`` for ``'mean'`` (NaN, with the
-    warning of ``jacobians._empty``, for a denominator of 0)."""
+    warning of ``jacobians.numerics.empty``, for a denominator of 0)."""
     if reduction == "none":
         return values, grad
     if reduction == "sum":

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import alpha_rows, as_float_array
 from ..activations import Entmax, Entmax15, Sparsemax
 from ..losses import Entmax15Loss, EntmaxLoss, SparsemaxLoss
+from ..numerics.validation import alpha_rows, as_float_array
 from .base import PairRule, register_rule
 from .common import onehot, reduce_plainly
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import as_float_array
 from ..activations import Identity
 from ..losses import MeanSquaredError
+from ..numerics.validation import as_float_array
 from ..operators import DiagonalJacobian
 from .base import PairRule, register_rule
 from .common import entry_factor, reduce_plainly

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _kernels, _math
-from .._validation import as_float_array
+from .. import _kernels
 from ..activations import Sigmoid
 from ..losses import BinaryCrossEntropy
+from ..numerics.elementwise import sigmoid
+from ..numerics.validation import as_float_array
 from ..operators import DiagonalJacobian, DiagonalPlusLowRank
 from .base import PairRule, register_rule
 from .common import entry_factor, reduce_plainly, reduced
@@ -26,10 +27,10 @@ def _plain(z, y, loss):
     ``z (h − y) + log1p(e)`` and ``(h − y) + (1 − 2h) q`` with ``h = step(z)``,
     ``e = exp(−|z|)``, ``q = e/(1 + e)`` (see :func:`jacobians._kernels.numpy_impl.sigmoid_bce_plain`):
     nothing rounded against 1, a call allocates only its results. The total of the values
-    is :func:`~jacobians._math.total`'s (float64 pieces of CHUNK_ENTRIES, rounded once).
+    is :func:`~jacobians.numerics.buffers.total`'s (float64 pieces of CHUNK_ENTRIES, rounded once).
     """
     zf, yf = z.reshape(-1), np.broadcast_to(y, z.shape).reshape(-1)
-    c = loss.reduction_scale(z, y)  # (0 for a denominator of 0: see jacobians._empty)
+    c = loss.reduction_scale(z, y)  # (0 for a denominator of 0: see jacobians.numerics.empty)
     values, total, grad = _kernels.sigmoid_bce_plain(zf, yf, c, loss.reduction == "none")
     grad = grad.reshape(z.shape)
     return reduced(loss.reduction, None if values is None else values.reshape(z.shape), total, c, grad)
@@ -64,7 +65,7 @@ class SigmoidBCE(PairRule):
         """``diag(σ(z) σ(−z) (1 − y + p y))``: the derivative of ``σ(z)(1 − y + p y) − p y``."""
         z = as_float_array(z, "z")
         y = loss.check_targets(z, y)
-        h = _math.sigmoid(z) * _math.sigmoid(-z) * _curvature_weight(loss, z, y)
+        h = sigmoid(z) * sigmoid(-z) * _curvature_weight(loss, z, y)
         return DiagonalJacobian(h * loss.reduction_scale(z, y))
 
     def sqrt_hessian(self, activation, loss, z, y):
@@ -82,7 +83,7 @@ class SigmoidBCE(PairRule):
         ``(1 − ε)ŷ + ε/2``): zero without ``pos_weight`` and smoothing, where the Fisher is
         the Hessian ``diag(σσ̄)``."""
         z = as_float_array(z, "z")
-        sig, sig_neg = _math.sigmoid(z), _math.sigmoid(-z)
+        sig, sig_neg = sigmoid(z), sigmoid(-z)
         pw = loss.positive_weight(z.dtype)
         pw = 1 if pw is None else pw
         eps = z.dtype.type(loss.label_smoothing)

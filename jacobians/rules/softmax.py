@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _kernels, _math
-from .._validation import as_float_array
+from .. import _kernels
 from ..activations import LogSoftmax, Softmax
 from ..losses import CrossEntropy, KLDivergence, NLLLoss
+from ..numerics import buffers
+from ..numerics.validation import as_float_array
 from ..operators import DiagonalPlusLowRank, JacobianOperator, SimplexBlock
 from .base import PairRule, register_rule
 from .common import onehot, reduce_plainly, reduced
@@ -30,11 +31,11 @@ def _plain_index(x, t, loss, T):
     x2 = x.reshape(-1, K)
     idx = t.safe_indices().reshape(-1)
     valid = None if t.valid is None else t.valid.reshape(-1)
-    c = loss.reduction_scale(x, t)  # (0 for a denominator of 0: see jacobians._empty)
+    c = loss.reduction_scale(x, t)  # (0 for a denominator of 0: see jacobians.numerics.empty)
     scale = c if T == 1.0 else c / x.dtype.type(T)
     values, g = _kernels.ce_index(x2, idx, valid, scale)
     g = g.reshape(x.shape)
-    return reduced(loss.reduction, values.reshape(x.shape[:-1]), _math.total(values), c, g)
+    return reduced(loss.reduction, values.reshape(x.shape[:-1]), buffers.total(values), c, g)
 
 
 def class_fisher(p: np.ndarray, loss, dtype) -> JacobianOperator:
@@ -75,7 +76,7 @@ class SoftmaxFamily(PairRule):
     def value_and_grad(self, activation, loss, z, y):
         """Grad ``(s Σc − c)/T``. ``log p = (z/T − m) − log1p(Σ_{k≠argmax} e^{z_k/T − m})`` is
         never formed from ``log s``, so nothing underflows, and every term of the value is
-        non-negative, so nothing cancels (see :func:`~jacobians._math.shifted_exp`)."""
+        non-negative, so nothing cancels (see :func:`~jacobians.numerics.softmax.shifted_exp`)."""
         z = as_float_array(z, "z")
         t = loss.check_targets(z, y)
         T = getattr(activation, "temperature", 1.0)

@@ -65,7 +65,8 @@ def _warn() -> None:
     )
 
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: the folder of the package (this module sits in its numerics/ subfolder)
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def _caller_level() -> int:
