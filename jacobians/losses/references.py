@@ -242,12 +242,12 @@ entmax_loss_rows = fenchel_young_rows(entmax_probs)
 
 
 def mae_kinks(loss, a, y):
-    """|a − y| is not differentiable at a = y."""
+    """``|a − y|`` is not differentiable at a = y."""
     return np.abs(a - y)
 
 
 def huber_kinks(loss, a, y):
-    """Huber's second derivative jumps at |a − y| = δ."""
+    """Huber's second derivative jumps at ``|a − y| = δ``."""
     return np.abs(np.abs(a - y) - loss.delta)
 
 
