@@ -1,11 +1,18 @@
 """Doctest collection of the package: modules that import an optional extra are left out
-where it is not installed (the numba kernels: ``fast``; the Dask path: ``dask``), so the
-suite runs with the ``test`` extra alone."""
+where it is not installed (the numba kernels: ``fast``; the Dask backend's modules: ``dask``),
+so the suite runs with the ``test`` extra alone."""
 
 import importlib.util
+import pathlib
 
+HERE = pathlib.Path(__file__).parent
 collect_ignore = []
 if not importlib.util.find_spec("numba"):
-    collect_ignore += ["jacobians/_kernels/numba_impl.py", "jacobians/_kernels/numba_math.py"]
+    collect_ignore += [str(p.relative_to(HERE)) for p in HERE.glob("jacobians/_kernels/numba_*.py")]
 if not (importlib.util.find_spec("dask") and importlib.util.find_spec("distributed")):
-    collect_ignore += ["jacobians/_dask.py"]
+    # its __init__ (the registration) and detect.py import no dask
+    collect_ignore += [
+        str(p.relative_to(HERE))
+        for p in HERE.glob("jacobians/_dask/*.py")
+        if p.name not in ("__init__.py", "detect.py")
+    ]
