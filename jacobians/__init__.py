@@ -40,23 +40,6 @@ from .operators import (
 )
 from .rules import RULES, PairRule, get_rule, register_rule
 
-
-def _canonical_order(registry: dict, names: tuple[str, ...]) -> None:
-    items = sorted(registry.items(), key=lambda kv: names.index(kv[0]) if kv[0] in names else len(names))
-    registry.clear()
-    registry.update(items)
-
-
-_canonical_order(
-    activations.ACTIVATIONS,
-    ("softmax", "log_softmax", "sigmoid", "tanh", "relu", "leaky_relu", "identity", "softplus", "sparsemax", "entmax15", "entmax"),
-)
-_canonical_order(
-    losses.LOSSES,
-    ("cross_entropy", "nll", "binary_cross_entropy", "mse", "mae", "huber", "kl_divergence", "sparsemax_loss", "entmax15_loss", "entmax_loss"),
-)
-del _canonical_order
-
 __all__ = [
     "__version__",
     # activations and losses: what their packages export

@@ -208,7 +208,7 @@ class Head:
         a = self.activation(z)
         value, g = self.loss_fn.value_and_grad(a, y)
         if method == "vjp":
-            return value, self.activation._vjp_from_output(z, a, g)
+            return value, self.activation.vjp_from_output(z, a, g)
         return value, self._jacobian_product(z, a, g, max_bytes or DEFAULT_MAX_BYTES, workers)
 
     def _jacobian_product(self, z, a, g, max_bytes, workers):
@@ -232,7 +232,7 @@ class Head:
         def work(span: slice) -> None:
             for start in range(span.start, span.stop, rows):
                 sl = slice(start, min(span.stop, start + rows))
-                op = act._operator_from_output(z2[sl], a2[sl])
+                op = act.jacobian_operator_from_output(z2[sl], a2[sl])
                 if isinstance(op, DenseJacobian):
                     J = op.J
                 else:

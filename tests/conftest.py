@@ -62,7 +62,7 @@ def variant_options(cls, K: int = 4) -> list:
 
 def describe(cls, options: dict) -> str:
     """``name`` or ``name(key=value, ...)``; array values show as their key alone."""
-    name = jac.activations.base.registry_name(cls)
+    name = jac.registry.registry_name(cls)
     if not options:
         return name
     return name + "(" + ",".join(k if isinstance(v, np.ndarray) else f"{k}={v}" for k, v in options.items()) + ")"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jacobians as jac
-from jacobians.activations.base import registry_name
+from jacobians.registry import registry_name
 
 # -- public signatures ----------------------------------------------------------------------------
 

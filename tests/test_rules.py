@@ -208,3 +208,47 @@ def test_one_vocabulary_for_method_and_kind(rng):
                                       jac.linear_curvature(X, head, z, y, kind=b, seed=0))
     with pytest.raises(ValueError, match=r"kind must be one of \('exact', 'mc', 'empirical'\)"):
         head.fisher(z, y, kind="ggn")
+
+
+def test_a_new_built_in_rule_module_registers_with_no_other_edit(tmp_path):
+    """A built-in pair's rule is one new module in ``jacobians/rules/``: the package imports
+    every module of its own, so a copy of the package with one file added (and nothing else
+    edited) has the rule in ``RULES``, and ``Head`` uses it."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pkg = Path(jac.__file__).parent
+    shutil.copytree(pkg, tmp_path / "jacobians", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "jacobians" / "rules" / "identity_mae.py").write_text(
+        "import numpy as np\n"
+        "from ..activations import Identity\n"
+        "from ..losses import MeanAbsoluteError\n"
+        "from .base import PairRule, register_rule\n\n\n"
+        "@register_rule\n"
+        "class IdentityMAE(PairRule):\n"
+        "    pairs = [(Identity, MeanAbsoluteError)]\n"
+        "    canonical = False\n\n"
+        "    def value_and_grad(self, activation, loss, z, y):\n"
+        "        c = loss.reduction_scale(z, y)\n"
+        "        return c * np.abs(z - y).sum(), c * np.sign(z - y) + 1000.0\n"
+    )
+    probe = (
+        "import numpy as np, jacobians as jac\n"
+        "r = jac.get_rule(jac.Identity(), jac.MeanAbsoluteError())\n"
+        "z = np.array([[0.5, -1.0]]); y = np.zeros((1, 2))\n"
+        "g = jac.Head(jac.Identity(), jac.MeanAbsoluteError()).grad(z, y, 'fused')\n"
+        "print(type(r).__name__, type(r).__module__, g.tolist())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "", "JACOBIANS_KERNELS": "numpy"},
+    ).stdout.split()
+    assert out[:2] == ["IdentityMAE", "jacobians.rules.identity_mae"]
+    # sign(z − y)/(N·K) = ±0.5, and the planted +1000 shows it came from the new module's rule
+    assert " ".join(out[2:]) == "[[1000.5, 999.5]]"

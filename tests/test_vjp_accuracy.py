@@ -107,7 +107,7 @@ def test_every_route_is_exact_to_16_ulp_on_every_row(act, dtype, rng):
         g = _gradients(rng, z)
         p = act(z)
         if act.name == "softmax":  # from the (scaled) logits: T = 3 rounds z/T, the map's input
-            w = _ld_softmax(act._scaled(z))
+            w = _ld_softmax(act.scaled_logits(z))
             confident += int(np.count_nonzero(w.max(axis=-1) > 0.999))
         else:  # from the map's own output (see the module's docstring)
             w = _ld_weights(act, p)
@@ -118,7 +118,7 @@ def test_every_route_is_exact_to_16_ulp_on_every_row(act, dtype, rng):
             "act.jvp(z, v)": act.jvp(z, g),
             "g @ act.jacobian_operator(z)": g @ op,
             "act.jacobian_operator(z) @ v": op @ g,
-            "from the output (Head method='vjp')": act._vjp_from_output(z, p, g),
+            "from the output (Head method='vjp')": act.vjp_from_output(z, p, g),
         }
         for route, got in routes.items():
             _assert_rows(got, exact, dtype, f"{act.name} T={T} {name}: {route} ({_kernels.kernels()} kernels)")

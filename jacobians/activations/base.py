@@ -10,7 +10,7 @@ from ..backend import backend_aware
 from ..domains import Domain, domain
 from ..numerics.validation import as_float_array
 from ..operators import DenseJacobian, DiagonalJacobian, JacobianOperator
-from ..registry import register_class, registry_name
+from ..registry import register_class
 
 __all__ = [
     "Activation",
@@ -18,7 +18,6 @@ __all__ = [
     "ACTIVATIONS",
     "register_activation",
     "get_activation",
-    "registry_name",
 ]
 
 #: name -> activation class, in registration order
@@ -209,11 +208,19 @@ class Activation:
         """The output domain as a :class:`~jacobians.domains.Domain`."""
         return domain(self.output_domain)
 
-    # Head uses these to share one forward pass between the value and the gradient.
-    def _vjp_from_output(self, z, a, g) -> np.ndarray:
+    def vjp_from_output(self, z, a, g) -> np.ndarray:
+        """``Jᵀ g`` at ``z`` given the output ``a = self(z)`` already computed, shape of ``z``.
+
+        The head and the pair rules call this to share one forward pass between the value
+        and the gradient. The default ignores ``a`` and calls :meth:`vjp`; a map whose
+        Jacobian is a function of its output (softmax, the sparse maps, sigmoid, tanh)
+        overrides it to skip the second forward.
+        """
         return self.vjp(z, g)
 
-    def _operator_from_output(self, z, a) -> JacobianOperator:
+    def jacobian_operator_from_output(self, z, a) -> JacobianOperator:
+        """:meth:`jacobian_operator` at ``z`` given the output ``a = self(z)`` already
+        computed (see :meth:`vjp_from_output`)."""
         return self.jacobian_operator(z)
 
     def __repr__(self) -> str:
@@ -241,6 +248,8 @@ def _make_dask_aware(cls) -> None:
 
 
 _make_dask_aware(Activation)
+
+
 def _same_value(x, y) -> bool:
     """Parameters compare equal: arrays by shape and values, anything else by ``==``."""
     if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):

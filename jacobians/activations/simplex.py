@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _kernels
-from ..numerics import entmax, sparse
-from ..numerics.validation import alpha_rows, as_float_array, check_alpha, check_positive_scalar
-from ..operators import DiagonalJacobian, DiagonalPlusLowRank, DiagonalPlusRankOne, SimplexJacobian, simplex_product
-from . import references
-from .base import Activation, _check_pair, register_activation
+from ..numerics.validation import as_float_array
+from ..operators import DiagonalPlusRankOne, SimplexJacobian, simplex_product
+from .base import Activation, _check_pair
 
-__all__ = ["SimplexMapping", "Softmax", "LogSoftmax", "Sparsemax", "Entmax15", "Entmax"]
+__all__ = ["SimplexMapping"]
 
 #: temperatures the checks and tests run besides T = 1 (``variants``)
 TEMPERATURES = (0.5, 3.0)
@@ -33,41 +30,12 @@ def _rowdot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.einsum("...k,...k->...", x, y)[..., None]
 
 
-def _support_curvature(g, h, v, temperature):
-    """``Σ_i v_i ∇²p_i`` of an entmax-family map ``p = map(z/T)``, as an operator.
-
-    With ``J = diag(g) − g gᵀ/G`` (``G = Σg``, g of the map at ``z/T`` without the 1/T) and
-    ``∂g_i/∂x_k = h_i (δ_ik − g_k/G)`` on the support (α-entmax: ``g = p^{2−α}``,
-    ``h = (2 − α) p^{3−2α}``; 1.5-entmax ``h = ½``; sparsemax ``h = 0``), ``v`` zero off
-    the support, ``ν = v·g``, ``μ = v·h``, ``H = Σh``::
-
-        C = diag(h ⊙ (v − ν/G)) − ((v⊙h) gᵀ + g (v⊙h)ᵀ)/G + ν (h gᵀ + g hᵀ)/G² + (μ/G² − νH/G³) g gᵀ
-
-    (differentiate ``Σ_i v_i J_ij = v_j g_j − ν g_j/G`` in ``x_k``), over ``T²``.
-    """
-    G = g.sum(axis=-1, keepdims=True)
-    nu, mu = _rowdot(v, g), _rowdot(v, h)
-    H = h.sum(axis=-1, keepdims=True)
-    c = mu / G**2 - nu * H / G**3
-    d = h * (v - nu / G)
-    # a row whose support is one entry has p = e_k near z: no curvature (exact zeros, where
-    # the terms above cancel only to round-off); the rest over T²
-    scale = (np.count_nonzero(g, axis=-1) > 1)[..., None] / g.dtype.type(temperature) ** 2
-    # C = diag(d) − (b gᵀ + g bᵀ) + c g gᵀ with b = (v⊙h/G − ν h/G²), written (scaled) as
-    # [b, g, √|c| g][g, b, −sign(c) √|c| g]ᵀ
-    b = (v * h - nu / G * h) / G * scale
-    sg = np.sqrt(np.abs(c) * scale) * g
-    U = np.stack([b, g, sg], axis=-1)
-    W = np.stack([g, b, -np.sign(c) * sg], axis=-1)
-    return DiagonalPlusLowRank(d * scale, U, W, symmetric=True)
-
-
 class SimplexMapping(Activation):
     """Base of the entmax family: ``J = diag(g) − g gᵀ/Σg`` with ``g`` from the output.
 
     Subclasses write ``forward(z)`` and ``gradient_weights(p)`` → ``g``, shape ``(..., K)``.
     A temperature ``T`` (attribute ``temperature``, default 1) means ``p = map(z / T)``:
-    ``forward`` maps ``_scaled`` logits and ``g`` carries the factor 1/T
+    ``forward`` maps ``scaled_logits`` and ``g`` carries the factor 1/T
     (``_per_temperature``).
     """
 
@@ -79,9 +47,11 @@ class SimplexMapping(Activation):
         """The vector ``g`` of the Jacobian ``diag(g) − g gᵀ/Σg``, from the output ``p``."""
         raise NotImplementedError
 
-    def _scaled(self, z):
-        """``(z − max z)/T`` (the map is shift-invariant; shifting first keeps the large
-        logits' digits), or ``z`` itself for T = 1."""
+    def scaled_logits(self, z):
+        """The logits the map is applied to: ``(z − max z)/T``, shape of ``z`` (the map is
+        shift-invariant; shifting first keeps the large logits' digits), or ``z`` itself for
+        T = 1. ``p = map(scaled_logits(z))`` at temperature 1; the Fenchel–Young rule takes
+        its Hessian there."""
         if self.temperature == 1.0:
             return z
         return np.subtract(z, z.max(axis=-1, keepdims=True)) / z.dtype.type(self.temperature)
@@ -97,29 +67,29 @@ class SimplexMapping(Activation):
         with np.errstate(invalid="ignore"):  # a NaN row has an empty support: 0/0, its NaN
             return g, g, g / g.sum(axis=-1, keepdims=True)
 
-    def _operator_from_output(self, z, a):
+    def jacobian_operator_from_output(self, z, a):
         return SimplexJacobian(*self._factors(a))
 
-    def _vjp_from_output(self, z, a, v):
+    def vjp_from_output(self, z, a, v):
         d, _, w = self._factors(a)
         # symmetric Jacobian: g ⊙ (v − w·v) with w = g/Σg, of v centred on the largest g
         return simplex_product(d, w, v)
 
     def jacobian_operator(self, z) -> DiagonalPlusRankOne:
         z = as_float_array(z, "z")
-        return self._operator_from_output(z, self.forward(z))
+        return self.jacobian_operator_from_output(z, self.forward(z))
 
     def jacobian(self, z, *, out=None, workers=None) -> np.ndarray:
         return self.jacobian_operator(z).dense(out=out, workers=workers)
 
     def vjp(self, z, g) -> np.ndarray:
         z, g = _check_pair(z, g, "g")
-        return self._vjp_from_output(z, self.forward(z), g)
+        return self.vjp_from_output(z, self.forward(z), g)
 
     def jvp(self, z, v) -> np.ndarray:
         # J is symmetric for the whole family
         z, v = _check_pair(z, v, "v")
-        return self._vjp_from_output(z, self.forward(z), v)
+        return self.vjp_from_output(z, self.forward(z), v)
 
     def hessian_vjp_operator(self, z, g):
         z, g = _check_pair(z, g, "g")
@@ -131,360 +101,3 @@ class SimplexMapping(Activation):
             f"{type(self).__name__} has no second derivative: write hessian(z) or hessian_vjp(z, g), or "
             "_curvature(z, p, g) -> JacobianOperator, to use second-order methods"
         )
-
-
-@register_activation
-class Softmax(SimplexMapping):
-    """``s = softmax(z / T)``: ``exp(z/T − m) / Σ exp(z/T − m)`` with ``m`` the row max.
-
-    Jacobian ``J = (diag(s) − s sᵀ) / T``, built as ``einsum('ij,ik->ijk', s, -s)`` plus
-    ``s`` added onto the diagonal view ``einsum('ijj->ij', J)`` (with the compiled kernels:
-    the same entries in one pass, see :class:`~jacobians.DiagonalPlusRankOne`).
-
-    Parameters
-    ----------
-    temperature : float, default 1.0
-        ``T > 0``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from jacobians import Softmax
-    >>> Softmax()(np.array([[0.0, 0.0], [1e4, -1e4]]))
-    array([[0.5, 0.5],
-           [1. , 0. ]])
-    >>> Softmax().jacobian(np.array([0.0, 0.0]))
-    array([[ 0.25, -0.25],
-           [-0.25,  0.25]])
-    """
-
-    name = "softmax"
-    loop_reference = references.softmax_sample
-    output_domain = "open_simplex"
-
-    def __init__(self, temperature: float = 1.0):
-        self.temperature = check_positive_scalar(temperature, "temperature")
-
-    @classmethod
-    def variants(cls, K):
-        return [{"temperature": 0.5}, {"temperature": 3.0}]
-
-    def _scaled(self, z):
-        return z if self.temperature == 1.0 else z / z.dtype.type(self.temperature)
-
-    def forward(self, z):
-        return _kernels.softmax(self._scaled(as_float_array(z, "z")))
-
-    def gradient_weights(self, p):
-        return p if self.temperature == 1.0 else p / p.dtype.type(self.temperature)
-
-    def _factors(self, p):
-        g = self.gradient_weights(p)
-        return g, g, p  # Σg = 1/T, so g/Σg = p
-
-    def _vjp_from_output(self, z, s, v):
-        # s ⊙ (v' − s·v') / T, v centred on the largest s (see _kernels.softmax_vjp)
-        out = simplex_product(s, s, v)
-        if self.temperature != 1.0:
-            out /= out.dtype.type(self.temperature)
-        return out
-
-    def vjp(self, z, g) -> np.ndarray:
-        # forward and VJP in one pass over each chunk of rows (see _kernels.softmax_vjp)
-        z, g = _check_pair(z, g, "g")
-        return _kernels.softmax_vjp(self._scaled(z), g, self.temperature)
-
-    def jvp(self, z, v) -> np.ndarray:
-        # J is symmetric: the JVP is the VJP's kernel
-        z, v = _check_pair(z, v, "v")
-        return _kernels.softmax_vjp(self._scaled(z), v, self.temperature)
-
-    def _curvature(self, z, s, g):
-        """``Σ_i g_i ∇²s_i = (diag(w) − w sᵀ − s wᵀ)/T²`` with ``w = s ⊙ (g − g·s)``.
-
-        From ``∂²s_i/∂z_j∂z_k = s_i[(δ_ij − s_j)(δ_ik − s_k) − s_j(δ_jk − s_k)]/T²``.
-        """
-        w = simplex_product(s, s, g)  # s ⊙ (g − g·s), centred: no cancellation on a confident row
-        t2 = s.dtype.type(self.temperature) ** 2
-        U = np.stack([w, s], axis=-1)
-        V = np.stack([s, w], axis=-1)
-        if self.temperature != 1.0:
-            w, U = w / t2, U / t2
-        return DiagonalPlusLowRank(w, U, V, symmetric=True)
-
-
-@register_activation
-class LogSoftmax(Activation):
-    """``log softmax(z) = (z − m) − log Σ exp(z − m)``, exact for huge logits.
-
-    Jacobian ``J = I − 1 sᵀ`` with ``s = softmax(z)``, i.e. ``J[i, j] = δ_ij − s_j``:
-    not symmetric. VJP ``g − s Σg``; JVP ``v − (s·v)``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from jacobians import LogSoftmax
-    >>> LogSoftmax()(np.array([1e4, -1e4]))
-    array([     0., -20000.])
-    >>> LogSoftmax().jacobian(np.array([0.0, 0.0]))
-    array([[ 0.5, -0.5],
-           [-0.5,  0.5]])
-    """
-
-    name = "log_softmax"
-    loop_reference = references.log_softmax_sample
-    output_domain = "log_simplex"
-
-    def forward(self, z):
-        return _kernels.log_softmax(as_float_array(z, "z"))
-
-    def _operator_from_output(self, z, a):
-        s = np.exp(a)
-        ones = np.ones_like(s)
-        return DiagonalPlusRankOne(ones, ones, s, projector=True)
-
-    def jacobian_operator(self, z) -> DiagonalPlusRankOne:
-        z = as_float_array(z, "z")
-        return self._operator_from_output(z, self.forward(z))
-
-    def jacobian(self, z, *, out=None, workers=None) -> np.ndarray:
-        return self.jacobian_operator(z).dense(out=out, workers=workers)
-
-    def _vjp_from_output(self, z, a, g):
-        return g - np.exp(a) * g.sum(axis=-1, keepdims=True)
-
-    def vjp(self, z, g):
-        z, g = _check_pair(z, g, "g")
-        return self._vjp_from_output(z, self.forward(z), g)
-
-    def jvp(self, z, v):
-        z, v = _check_pair(z, v, "v")
-        return v - _rowdot(_kernels.softmax(z), v)
-
-    def hessian_vjp_operator(self, z, g):
-        """``Σ_i g_i ∇²a_i = −(Σg)(diag(s) − s sᵀ)``: every output has the same curvature,
-        ``−∇² lse(z)``."""
-        z, g = _check_pair(z, g, "g")
-        s = _kernels.softmax(z)
-        ws = -g.sum(axis=-1, keepdims=True) * s
-        return DiagonalPlusRankOne(ws, ws, s, projector=True)
-
-
-class _TemperedSparseMapping(SimplexMapping):
-    """A sparse mapping of ``z / T``: the ``temperature`` parameter and its variants."""
-
-    def __init__(self, temperature: float = 1.0):
-        self.temperature = check_positive_scalar(temperature, "temperature")
-
-    @classmethod
-    def variants(cls, K):
-        return [{"temperature": T} for T in TEMPERATURES]
-
-
-@register_activation
-class Sparsemax(_TemperedSparseMapping):
-    """Euclidean projection onto the simplex (Martins & Astudillo, 2016): sparse outputs.
-
-    ``p = max(z/T − τ, 0)``; Jacobian ``(diag(g) − g gᵀ/|S|)/T`` with ``g`` the support
-    indicator. Pair it with :class:`~jacobians.SparsemaxLoss` for classification.
-
-    Parameters
-    ----------
-    temperature : float, default 1.0
-        ``T > 0``: ``p = sparsemax(z / T)``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from jacobians import Sparsemax
-    >>> Sparsemax()(np.array([[0.5, 0.2, -2.0]]))
-    array([[0.65, 0.35, 0.  ]])
-    >>> Sparsemax(temperature=2.0)(np.array([[0.5, 0.2, -2.0]]))   # z/2: flatter
-    array([[0.575, 0.425, 0.   ]])
-    """
-
-    name = "sparsemax"
-    loop_reference = references.sparsemax_sample
-    kinks = references.sparsemax_kinks
-
-    def forward(self, z):
-        return sparse.sparsemax(self._scaled(as_float_array(z, "z")))
-
-    def gradient_weights(self, p):
-        return self._per_temperature((p > 0).astype(p.dtype))
-
-    def _curvature(self, z, p, g):
-        # piecewise linear: no curvature off the support boundaries
-        return DiagonalJacobian(np.zeros_like(p))
-
-
-@register_activation
-class Entmax15(_TemperedSparseMapping):
-    """1.5-entmax (Peters, Niculae & Martins, 2019): between softmax and sparsemax.
-
-    ``p = [(z/(2T) − τ)_+]²``; Jacobian ``(diag(g) − g gᵀ/Σg)/T`` with ``g = √p``.
-
-    Parameters
-    ----------
-    temperature : float, default 1.0
-        ``T > 0``: ``p = entmax15(z / T)``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from jacobians import Entmax15
-    >>> p = Entmax15()(np.array([[1.0, 0.5, -3.0]]))
-    >>> np.round(p, 4)          # z/2 − τ = 0.821, 0.571 on the support: p = 0.674, 0.326
-    array([[0.674, 0.326, 0.   ]])
-    """
-
-    name = "entmax15"
-    loop_reference = references.entmax15_sample
-    kinks = references.entmax15_kinks
-
-    def forward(self, z):
-        return sparse.entmax15(self._scaled(as_float_array(z, "z")))
-
-    def gradient_weights(self, p):
-        return self._per_temperature(np.sqrt(p))
-
-    def _curvature(self, z, p, v):
-        # g = √p: h = (2 − α) p^{3 − 2α} = ½ on the support
-        on = (p > 0).astype(p.dtype)
-        return _support_curvature(np.sqrt(p), on * p.dtype.type(0.5), v * on, self.temperature)
-
-
-@register_activation
-class Entmax(_TemperedSparseMapping):
-    r"""α-entmax (Peters, Niculae & Martins, 2019) for any α > 1: softmax (α → 1),
-    1.5-entmax, sparsemax (α = 2) and sparser maps beyond.
-
-    ``p = argmax_{p ∈ Δ} pᵀ(z/T) + H_α(p)`` with the Tsallis entropy
-    ``H_α(p) = (1 − Σ p^α)/(α(α − 1))``, i.e.::
-
-        p_i = [(α − 1) z_i/T − τ]_+^{1/(α − 1)},     τ such that Σ p = 1.
-
-    Exact, not approximate: the support is found by bisection over the sorted logits, then τ
-    is solved on it by safeguarded Newton to the dtype's precision (``|Σp − 1|`` a few ulp;
-    at α = 2 and 1.5 the result is :class:`Sparsemax`'s and :class:`Entmax15`'s to a few
-    ulp). Exact for logits of ±1e4, float32 included.
-
-    Jacobian ``(diag(g) − g gᵀ/Σg)/T`` with ``g = p^{2−α}`` on the support (0 off it): the
-    shared structure of :class:`SimplexMapping`. For α > 2, ``g`` grows without bound as
-    an entry nears the support's edge (``p_i = u^{1/(α−1)}`` has an infinite slope there).
-
-    Parameters
-    ----------
-    alpha : float or array_like, default 1.5
-        α > 1 and finite. An array gives each row its own α: it broadcasts against the batch
-        axes ``z.shape[:-1]`` (shape ``(...,)``), or, as in the entmax package, against
-        ``z.shape[:-1] + (1,)`` (shape ``(..., 1)``); a shape that both readings accept with
-        different rows is refused. α = 1 is softmax: use :class:`Softmax`.
-    temperature : float, default 1.0
-        ``T > 0``: ``p = entmax_α(z / T)``.
-
-    Notes
-    -----
-    :meth:`alpha_vjp` gives ``Σ_i g_i ∂p_i/∂α`` per row, to learn α. Pair the map with
-    :class:`~jacobians.EntmaxLoss` of the same α for classification.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from jacobians import Entmax
-    >>> z = np.array([[1.0, 0.5, -3.0]])
-    >>> np.round(Entmax(alpha=1.5)(z), 4)          # 1.5-entmax
-    array([[0.674, 0.326, 0.   ]])
-    >>> Entmax(alpha=2.0)(z)                       # sparsemax
-    array([[0.75, 0.25, 0.  ]])
-    >>> z2 = np.array([[1.0, 0.8, -0.5], [1.0, 0.8, -0.5]])
-    >>> np.round(Entmax(alpha=[1.2, 3.0])(z2), 4)   # one α per row: the larger, the sparser
-    array([[0.522 , 0.4134, 0.0646],
-           [0.7   , 0.3   , 0.    ]])
-    """
-
-    name = "entmax"
-    loop_reference = references.entmax_sample
-    kinks = references.entmax_kinks
-
-    def __init__(self, alpha=1.5, temperature: float = 1.0):
-        self.alpha = check_alpha(alpha)
-        super().__init__(temperature)
-
-    @classmethod
-    def variants(cls, K):
-        # one α of each form of the kernel (numerics.entmax: NEAR_ONE, FLAT, STEEP); 1.5 is the default.
-        # Not 3: 3-entmax is linear on a support of two entries, so its curvature there is 0
-        # and the second-order checks would compare round-off of cancelling terms with 0
-        return [{"alpha": 1.2}, {"alpha": 1.75}, {"alpha": 2.5, "temperature": TEMPERATURES[1]}]
-
-    def _alpha(self, z):
-        return alpha_rows(self.alpha, z)
-
-    def forward(self, z):
-        z = as_float_array(z, "z")
-        return entmax.entmax(self._scaled(z), self._alpha(z))
-
-    def gradient_weights(self, p):
-        return self._per_temperature(entmax.entmax_weights(p, self._alpha(p)))
-
-    def vjp(self, z, g) -> np.ndarray:
-        # forward and VJP in one pass over each chunk of rows (see numerics.entmax.entmax_vjp)
-        z, g = _check_pair(z, g, "g")
-        return entmax.entmax_vjp(self._scaled(z), self._alpha(z), g, self.temperature)
-
-    def _curvature(self, z, p, v):
-        # g = p^{2−α}, h = ∂g/∂p · g = (2 − α) p^{3−2α} on the support (see _support_curvature)
-        alpha = self._alpha(p)
-        a = alpha.astype(p.dtype) if isinstance(alpha, np.ndarray) else p.dtype.type(alpha)
-        on = p > 0
-        with np.errstate(divide="ignore", over="ignore"):
-            h = np.where(on, (2 - a) * np.exp((3 - 2 * a) * np.log(np.where(on, p, 1))), 0).astype(p.dtype, copy=False)
-        return _support_curvature(entmax.entmax_weights(p, alpha), h, v * on, self.temperature)
-
-    def alpha_vjp(self, z, g) -> np.ndarray:
-        r"""``Σ_i g_i ∂p_i/∂α`` per row, shape ``z.shape[:-1]``: the gradient of α.
-
-        With ``w = p^{2−α}`` on the support (the Jacobian's weights), ``ŵ = w/Σw``,
-        ``β = 1/(α − 1)`` and ``H = Σ_j p_j log p_j`` (Correia et al., 2019)::
-
-            ∂p_i/∂α = β² (p_i − ŵ_i) − β (p_i log p_i − ŵ_i H)
-
-        (differentiate ``log p_i = β log u_i``, ``u_i = (α − 1) z_i/T − τ``, with τ(α)
-        implicit in ``Σ_i ∂p_i/∂α = 0``; independent of T given p). Sum over rows for a
-        shared α; a per-row α gets its own entry. As α → 1 the two terms cancel to O(1):
-        about log10(β) digits are lost.
-
-        Parameters
-        ----------
-        z : array_like, shape (..., K)
-        g : array_like, shape (..., K)
-            dE/dp.
-
-        Returns
-        -------
-        ndarray, shape (...,)
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from jacobians import Entmax
-        >>> z, g = np.array([[1.0, 0.5, -3.0]]), np.array([[1.0, 0.0, 0.0]])
-        >>> act, h = Entmax(alpha=1.5), 1e-6
-        >>> numeric = (Entmax(1.5 + h)(z)[0, 0] - Entmax(1.5 - h)(z)[0, 0]) / (2 * h)
-        >>> bool(np.isclose(act.alpha_vjp(z, g)[0], numeric))
-        True
-        """
-        z, g = _check_pair(z, g, "g")
-        p = self.forward(z)
-        alpha = self._alpha(z)
-        w = entmax.entmax_weights(p, alpha)
-        beta = 1.0 / (np.asarray(alpha, dtype=np.float64) - 1.0)
-        beta = beta.astype(p.dtype) if isinstance(alpha, np.ndarray) else float(beta)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            plogp = np.where(p > 0, p * np.log(p), 0)
-        sum_w = w.sum(axis=-1, keepdims=True)
-        gw = _rowdot(g, w) / sum_w  # ŵ·g
-        entropy = plogp.sum(axis=-1, keepdims=True)
-        out = beta * beta * (_rowdot(g, p) - gw) - beta * (_rowdot(g, plogp) - gw * entropy)
-        return out[..., 0]

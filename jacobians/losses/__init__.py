@@ -1,25 +1,25 @@
-"""Losses with gradients dE/da, every reduction, torch's semantics."""
+"""Losses with gradients dE/da, every reduction, torch's semantics.
 
-from .base import LOSSES, ElementwiseLoss, Loss, get_loss, register_loss
-from .classification import BinaryCrossEntropy, CrossEntropy, KLDivergence, NLLLoss
-from .fenchel_young import Entmax15Loss, EntmaxLoss, FenchelYoungLoss, SparsemaxLoss
-from .regression import Huber, MeanAbsoluteError, MeanSquaredError
+Each module registers its classes as it is imported, so the registry lists them in the
+order of the imports below; a module's ``__all__`` is what the package, and ``jacobians``,
+export of it.
+"""
+
+# the order of these imports is the registry's order
+# isort: off
+from . import base, classification, regression, divergence, fenchel_young
+from .base import *  # noqa: F403
+from .classification import *  # noqa: F403
+from .regression import *  # noqa: F403
+from .divergence import *  # noqa: F403
+from .fenchel_young import *  # noqa: F403
+
+# isort: on
 
 __all__ = [
-    "LOSSES",
-    "Loss",
-    "ElementwiseLoss",
-    "FenchelYoungLoss",
-    "get_loss",
-    "register_loss",
-    "CrossEntropy",
-    "NLLLoss",
-    "BinaryCrossEntropy",
-    "MeanSquaredError",
-    "MeanAbsoluteError",
-    "Huber",
-    "KLDivergence",
-    "SparsemaxLoss",
-    "Entmax15Loss",
-    "EntmaxLoss",
+    *base.__all__,
+    *classification.__all__,
+    *regression.__all__,
+    *divergence.__all__,
+    *fenchel_young.__all__,
 ]

@@ -332,7 +332,12 @@ class Loss:
         d.check_values(a, "a", type(self).__name__)
         return a, self.check_targets(a, y)
 
-    def _reduce(self, values, grads, denom):
+    def reduce(self, values, grads, denom):
+        """``(E, dE/da)`` from per-sample ``values`` and per-sample ``grads`` by this loss's
+        reduction: ``'none'`` returns both as they are, ``'sum'`` sums the values, ``'mean'``
+        divides the sum by ``denom`` (or by :attr:`denominator` when it is set) and scales
+        ``grads`` by :meth:`reduction_scale`'s factor. ``grads`` may be None (value only).
+        The pair rules call it after their own per-sample terms."""
         red = self.reduction
         if red == "none":
             return values, grads
@@ -346,17 +351,17 @@ class Loss:
     def value(self, a, y):
         """The reduced loss: a scalar (``'mean'``, ``'sum'``) or an array (``'none'``)."""
         a, y = self._prepare(a, y)
-        return self._reduce(*self._terms(a, y, need_grad=False))[0]
+        return self.reduce(*self._terms(a, y, need_grad=False))[0]
 
     def grad(self, a, y) -> np.ndarray:
         """``dE/da`` of the reduced loss, shape of ``a``."""
         a, y = self._prepare(a, y)
-        return self._reduce(*self._terms(a, y, need_grad=True))[1]
+        return self.reduce(*self._terms(a, y, need_grad=True))[1]
 
     def value_and_grad(self, a, y):
         """``(value, dE/da)`` sharing the work."""
         a, y = self._prepare(a, y)
-        return self._reduce(*self._terms(a, y, need_grad=True))
+        return self.reduce(*self._terms(a, y, need_grad=True))
 
     def __call__(self, a, y):
         return self.value(a, y)

@@ -24,7 +24,7 @@ from ._targets import (
 )
 from .base import ElementwiseLoss, Loss, register_loss
 
-__all__ = ["CrossEntropy", "NLLLoss", "KLDivergence", "BinaryCrossEntropy"]
+__all__ = ["CrossEntropy", "NLLLoss", "BinaryCrossEntropy"]
 
 
 def _rowdot(x, y):
@@ -78,7 +78,9 @@ class _ClassLoss(Loss):
 
     def coefficients(self, t, dtype):
         """``(c, denominator)``: per-sample loss ``−Σ c_k log p_k (+ const)``."""
-        return class_coefficients(t, dtype, weight=getattr(self, "weight", None), smoothing=getattr(self, "label_smoothing", 0.0))
+        return class_coefficients(
+            t, dtype, weight=getattr(self, "weight", None), smoothing=getattr(self, "label_smoothing", 0.0)
+        )
 
     def mean_denominator(self, a, y=None):
         """N for probability targets; for index targets the number not ignored, or the
@@ -131,7 +133,9 @@ class CrossEntropy(_ClassLoss):
     input_domain = "open_simplex"
     predictive = "categorical"
 
-    def __init__(self, label_smoothing: float = 0.0, weight=None, ignore_index: int | None = None, reduction: str = "mean"):
+    def __init__(
+        self, label_smoothing: float = 0.0, weight=None, ignore_index: int | None = None, reduction: str = "mean"
+    ):
         super().__init__(reduction)
         self.label_smoothing = check_nonnegative_scalar(label_smoothing, "label_smoothing", upper=1.0)
         self.weight = check_weight(weight)
@@ -224,61 +228,6 @@ class NLLLoss(_ClassLoss):
         """With ``ŷ`` ~ Categorical(exp a) the gradient is ``−w_ŷ e_ŷ``: ``diag(exp(a) w²)``."""
         w2 = 1 if self.weight is None else self.weight.astype(a.dtype) ** 2
         return DiagonalJacobian(np.exp(a) * w2)
-
-
-def _xlogx(y: np.ndarray) -> np.ndarray:
-    """``y log y`` with ``0 log 0 = 0``."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(y > 0, y * np.log(np.where(y > 0, y, 1)), 0).astype(y.dtype, copy=False)
-
-
-@register_loss
-class KLDivergence(_ClassLoss):
-    """``KL(y ‖ a) = Σ_k y_k (log y_k − log a_k)`` on probabilities ``a``.
-
-    ``'mean'`` averages the per-sample sums over all N samples (torch's
-    ``kl_div(log a, y, reduction='batchmean')`` for ``(N, K)`` inputs; for ``(B, T, K)``
-    this divides by B·T, where torch's batchmean divides by B); ``'none'`` gives
-    ``(...,)``. Targets as
-    for :class:`CrossEntropy` (indices mean one-hot rows, whose entropy term is 0).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from jacobians import KLDivergence
-    >>> a = np.array([[0.5, 0.5]])
-    >>> round(float(KLDivergence()(a, np.array([[0.5, 0.5]]))), 12)
-    0.0
-    """
-
-    name = "kl_divergence"
-    loop_reference = references.kl_rows
-    input_domain = "open_simplex"
-    predictive = "categorical"
-
-    def __init__(self, reduction: str = "mean"):
-        super().__init__(reduction)
-
-    def entropy_term(self, t, dtype) -> np.ndarray:
-        """``Σ_k y_k log y_k`` per sample (0 for index targets)."""
-        if t.is_index:
-            return np.zeros(t.indices.shape, dtype=dtype)
-        return _xlogx(t.probs).sum(axis=-1)
-
-    def _terms(self, a, t, need_grad):
-        c, denom = self.coefficients(t, a.dtype)
-        safe = _floor_tiny(a)
-        values = self.entropy_term(t, a.dtype) - _rowdot(c, np.log(safe))
-        return values, (-c / safe if need_grad else None), denom
-
-    def _hessian_terms(self, a, t):
-        """``diag(y / a²)``."""
-        c, denom = self.coefficients(t, a.dtype)
-        return DiagonalJacobian(_curvature_ratio(c, _floor_tiny(a))), denom
-
-    def fisher_blocks(self, a):
-        """With a one-hot ``ŷ`` ~ Categorical(a) the loss is ``−log a_ŷ``: ``diag(1/a)``."""
-        return DiagonalJacobian(-_neg_ratio(np.ones_like(a), _floor_tiny(a)))
 
 
 #: torch clamps log terms of binary_cross_entropy at -100 and the gradient's a(1 - a) at

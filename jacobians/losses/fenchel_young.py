@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..activations.simplex import Entmax, Entmax15, Sparsemax
+from ..activations import Entmax, Entmax15, Sparsemax
 from ..numerics import entmax, sparse
 from ..numerics.validation import alpha_rows, check_alpha
 from ..operators import SimplexBlock
@@ -161,7 +161,7 @@ class FenchelYoungLoss(Loss):
         values, diff, denom = self._terms(z, t, True, temperature)
         if temperature != 1.0:
             diff /= diff.dtype.type(temperature)
-        return self._reduce(values, diff, denom)
+        return self.reduce(values, diff, denom)
 
 
 @register_loss

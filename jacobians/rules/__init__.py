@@ -10,10 +10,9 @@ registries of earlier versions (``FUSED``, ``HESSIAN_RULES``, ``register_fused``
 ``method`` and ``kind`` name means.
 """
 
-# the built-in rules register in this order (the order RULES, FUSED and the checks walk)
-# isort: off
-from . import softmax, sigmoid_bce, identity_mse, fenchel_young  # noqa: F401
-# isort: on
+import importlib as _importlib
+import pkgutil as _pkgutil
+
 from .base import PARTS, RULES, PairRule, get_rule, register_rule
 from .chain import GENERIC, ChainRule
 from .tables import (
@@ -42,3 +41,10 @@ __all__ = [
     "EXTREME_CLOSED_FORMS",
     "EXTREME_HESSIANS",
 ]
+
+# Every module of this package is imported here, in the order of their names, and each
+# built-in family registers its rules as it is imported: a new family is one new module,
+# with no line to add here.
+for _module in _pkgutil.iter_modules(__path__):
+    _importlib.import_module(f"{__name__}.{_module.name}")
+del _module

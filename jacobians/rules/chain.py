@@ -69,17 +69,17 @@ class ChainRule(PairRule):
         """``(a, dE/da, J)`` at ``z``: the output, the reduced loss gradient and the Jacobian."""
         a = activation(z)
         g = loss.grad(a, y)
-        return a, g, activation._operator_from_output(z, a)
+        return a, g, activation.jacobian_operator_from_output(z, a)
 
     def value_and_grad(self, activation, loss, z, y):
         a = activation(z)
         value, g = loss.value_and_grad(a, y)
-        return value, activation._vjp_from_output(z, a, g)
+        return value, activation.vjp_from_output(z, a, g)
 
     def ggn(self, activation, loss, z, y) -> JacobianOperator:
         """``Jᵀ H_a J``."""
         a = activation(z)
-        return gram(activation._operator_from_output(z, a), loss.hessian_operator(a, y))
+        return gram(activation.jacobian_operator_from_output(z, a), loss.hessian_operator(a, y))
 
     def hessian(self, activation, loss, z, y) -> JacobianOperator:
         a, g, J = self.forward(activation, loss, z, y)
@@ -91,7 +91,7 @@ class ChainRule(PairRule):
     def sqrt_ggn(self, activation, loss, z, y) -> np.ndarray:
         """``Jᵀ S_a`` with ``S_a`` the loss Hessian's own factor: ``S Sᵀ`` is the GGN."""
         a = activation(z)
-        J = activation._operator_from_output(z, a)
+        J = activation.jacobian_operator_from_output(z, a)
         S = loss.hessian_operator(a, y).sqrt()
         form = projection_form(J)
         if form is not None:  # Jᵀ S = Pᵀ (g ⊙ S), rows projected without cancellation
@@ -102,7 +102,7 @@ class ChainRule(PairRule):
     def fisher(self, activation, loss, z, y=None) -> JacobianOperator:
         """``Jᵀ F_a J`` with ``F_a = loss.fisher_blocks(a)`` (unreduced)."""
         a = activation(z)
-        return gram(activation._operator_from_output(z, a), loss.fisher_blocks(a))
+        return gram(activation.jacobian_operator_from_output(z, a), loss.fisher_blocks(a))
 
 
 #: the generic rule's one instance

@@ -47,7 +47,7 @@ class FenchelYoungFamily(PairRule):
         if T == 1.0:
             return loss.hessian_operator(z, y)
         z = as_float_array(z, "z")
-        return loss.hessian_operator(activation._scaled(z), y).scaled(z.dtype.type(T) ** -2)
+        return loss.hessian_operator(activation.scaled_logits(z), y).scaled(z.dtype.type(T) ** -2)
 
     def extreme_value_and_grad(self, activation, loss, z, y):
         """One-hot where the top two logits are ``T/(α − 1)`` or more apart: value

@@ -59,7 +59,7 @@ class SigmoidBCE(PairRule):
         if pw is None:
             return _plain(z, y, loss)
         values, grad = _kernels.sigmoid_bce_weighted(z, y, pw * y)
-        return loss._reduce(values, grad, values.size)
+        return loss.reduce(values, grad, values.size)
 
     def hessian(self, activation, loss, z, y):
         """``diag(σ(z) σ(−z) (1 − y + p y))``: the derivative of ``σ(z)(1 − y + p y) − p y``."""

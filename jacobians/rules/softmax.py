@@ -90,7 +90,7 @@ class SoftmaxFamily(PairRule):
             values += loss.entropy_term(t, z.dtype)
         if T != 1.0:
             grad /= grad.dtype.type(T)
-        return loss._reduce(values, grad, denom)
+        return loss.reduce(values, grad, denom)
 
     @staticmethod
     def _parts(activation, loss, z, y):
