@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import fd_hessian_blocks
 
 import jacobians as jac
 from jacobians.rules.vocabulary import KINDS, METHODS
@@ -23,18 +24,6 @@ class Brier(jac.Loss):
 
     def per_sample_hessian(self, a, y):
         return 2 * np.broadcast_to(np.eye(a.shape[-1]), a.shape + a.shape[-1:])
-
-
-def _fd_hessian(head, z, y, h=1e-5):
-    """Blocks from central differences of the 'vjp' gradient (rows do not interact)."""
-    N, K = z.shape
-    H = np.empty((N, K, K))
-    for j in range(K):
-        zp, zm = z.copy(), z.copy()
-        zp[:, j] += h
-        zm[:, j] -= h
-        H[:, :, j] = (head.grad(zp, y, method="vjp") - head.grad(zm, y, method="vjp")) / (2 * h)
-    return H
 
 
 def test_built_in_pairs_are_rules_one_instance_per_family():
@@ -114,7 +103,7 @@ def test_a_rule_without_second_order_falls_back_to_the_chain_rule(restore_regist
     y = rng.dirichlet(np.ones(3), size=4)
     v = rng.normal(size=z.shape)
     assert head.method == "fused" and head.hessian_rule is None and not head.ggn_is_hessian
-    reference = _fd_hessian(head, z, y)
+    reference = fd_hessian_blocks(head, z, y)
     chain = head.hessian(z, y, method="chain")
     np.testing.assert_allclose(chain, reference, rtol=1e-6, atol=1e-9)
     for method in ("auto", "fused"):
@@ -141,7 +130,7 @@ def test_a_rule_with_a_hessian_is_used_and_its_missing_hvp_comes_from_it(restore
     head = jac.Head(jac.Softmax(), Brier())
     z, y = rng.normal(size=(3, 4)), rng.dirichlet(np.ones(4), size=3)
     v = rng.normal(size=z.shape)
-    np.testing.assert_allclose(head.hvp(z, y, v), np.einsum("nij,nj->ni", _fd_hessian(head, z, y), v),
+    np.testing.assert_allclose(head.hvp(z, y, v), np.einsum("nij,nj->ni", fd_hessian_blocks(head, z, y), v),
                                rtol=1e-6, atol=1e-9)
     assert calls == ["hessian"]
     assert head.hessian_rule is not None and head.hessian_rule.rule is jac.get_rule(head.activation, head.loss_fn)
