@@ -259,7 +259,8 @@ def readonly(x):
     return y
 
 
-# -- a non-symmetric custom activation, and its layout bug (shared by test_checks and test_cli) --
+# -- a non-symmetric custom activation, and its layout bug (shared by test_checks, test_cli,
+# -- test_edges, test_references and test_second_order) --
 
 
 class ScaledTanh(jac.Activation):
@@ -281,7 +282,8 @@ class TransposedJacobian(ScaledTanh):
         return np.swapaxes(super().jacobian(z), -1, -2)
 
 
-# -- a user's loss in two methods (shared by test_custom and test_second_order) ----------------------
+# -- a user's loss in two methods, and in three (shared by test_checks, test_custom, test_references,
+# -- test_rules and test_second_order) --
 
 
 class Brier(jac.Loss):
@@ -295,6 +297,13 @@ class Brier(jac.Loss):
 
     def per_sample_grad(self, a, y):
         return 2 * (a - y)
+
+
+class BrierWithHessian(Brier):
+    """:class:`Brier` with its second derivative written out: ``2 I`` per sample."""
+
+    def per_sample_hessian(self, a, y):
+        return 2 * np.broadcast_to(np.eye(a.shape[-1]), a.shape + a.shape[-1:])
 
 
 # -- peak memory of a fresh process ----------------------------------------------------------------
