@@ -7,6 +7,7 @@ declares: its input domain, its target kind, and whether it is a loss of the log
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -28,16 +29,24 @@ def rng(request) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
-@pytest.fixture
-def restore_registries():
-    """Snapshot ``ACTIVATIONS``, ``LOSSES``, ``FUSED`` and ``RULES`` and restore them after the test."""
-    saved = [(reg, dict(reg)) for reg in (jac.ACTIVATIONS, jac.LOSSES, jac.fused.FUSED, jac.RULES)]
+@contextlib.contextmanager
+def registries_kept(*registries):
+    """Snapshot each registry (a dict, or a view such as ``FUSED``) and restore them, in that
+    order, on the way out."""
+    saved = [(reg, dict(reg)) for reg in registries]
     try:
         yield
     finally:
         for reg, snapshot in saved:
             reg.clear()
             reg.update(snapshot)
+
+
+@pytest.fixture
+def restore_registries():
+    """Snapshot ``ACTIVATIONS``, ``LOSSES``, ``FUSED`` and ``RULES`` and restore them after the test."""
+    with registries_kept(jac.ACTIVATIONS, jac.LOSSES, jac.fused.FUSED, jac.RULES):
+        yield
 
 
 # -- instances and variants ------------------------------------------------------------------
@@ -142,6 +151,19 @@ def entmax_longdouble(x, alpha) -> np.ndarray:
     return np.maximum(xs - tau, 0) ** beta
 
 
+def fd_hessian_blocks(head, z, y, h=1e-5) -> np.ndarray:
+    """A head's Hessian blocks (N, K, K) at rows ``z`` (N, K), from central differences of its
+    'vjp' gradient (rows do not interact)."""
+    N, K = z.shape
+    H = np.empty((N, K, K))
+    for j in range(K):
+        zp, zm = z.copy(), z.copy()
+        zp[:, j] += h
+        zm[:, j] -= h
+        H[:, :, j] = (head.grad(zp, y, method="vjp") - head.grad(zm, y, method="vjp")) / (2 * h)
+    return H
+
+
 # -- inputs ------------------------------------------------------------------------------------
 
 
@@ -237,7 +259,8 @@ def readonly(x):
     return y
 
 
-# -- a non-symmetric custom activation, and its layout bug (shared by test_checks and test_cli) --
+# -- a non-symmetric custom activation, and its layout bug (shared by test_checks, test_cli,
+# -- test_edges, test_references and test_second_order) --
 
 
 class ScaledTanh(jac.Activation):
@@ -259,7 +282,8 @@ class TransposedJacobian(ScaledTanh):
         return np.swapaxes(super().jacobian(z), -1, -2)
 
 
-# -- a user's loss in two methods (shared by test_custom and test_second_order) ----------------------
+# -- a user's loss in two methods, and in three (shared by test_checks, test_custom, test_references,
+# -- test_rules and test_second_order) --
 
 
 class Brier(jac.Loss):
@@ -273,6 +297,13 @@ class Brier(jac.Loss):
 
     def per_sample_grad(self, a, y):
         return 2 * (a - y)
+
+
+class BrierWithHessian(Brier):
+    """:class:`Brier` with its second derivative written out: ``2 I`` per sample."""
+
+    def per_sample_hessian(self, a, y):
+        return 2 * np.broadcast_to(np.eye(a.shape[-1]), a.shape + a.shape[-1:])
 
 
 # -- peak memory of a fresh process ----------------------------------------------------------------

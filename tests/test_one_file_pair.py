@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import fd_hessian_blocks, registries_kept
 
 import jacobians as jac
 from jacobians import cli
@@ -128,15 +129,10 @@ class IdentityGaussian(jac.PairRule):
 @pytest.fixture(scope="module", autouse=True)
 def registered():
     """Register the loss and its rule for this module's tests, and only for them."""
-    saved = [(reg, dict(reg)) for reg in (jac.LOSSES, jac.RULES)]
-    jac.register_loss(GaussianNLL)
-    jac.register_rule(IdentityGaussian)
-    try:
+    with registries_kept(jac.LOSSES, jac.RULES):
+        jac.register_loss(GaussianNLL)
+        jac.register_rule(IdentityGaussian)
         yield
-    finally:
-        for reg, snapshot in saved:
-            reg.clear()
-            reg.update(snapshot)
 
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -164,17 +160,6 @@ def _fd_grad(head, z, y, h=1e-6):
     return out
 
 
-def _fd_hessian(head, z, y, h=1e-5):
-    """Blocks (N, K, K) from central differences of head.grad (rows do not interact)."""
-    H = np.empty((N, K, K))
-    for j in range(K):
-        zp, zm = z.copy(), z.copy()
-        zp[:, j] += h
-        zm[:, j] -= h
-        H[:, :, j] = (head.grad(zp, y, method="vjp") - head.grad(zm, y, method="vjp")) / (2 * h)
-    return H
-
-
 def test_registering_makes_it_a_rule():
     head = jac.Head(jac.Identity(), GaussianNLL())
     assert isinstance(jac.get_rule(head.activation, head.loss_fn), IdentityGaussian)
@@ -196,7 +181,7 @@ def test_second_order_matches_finite_differences_and_the_chain_rule(reduction):
     z, y = _data(1)
     v = np.random.default_rng(2).normal(size=z.shape)
     head = jac.Head(jac.Identity(), GaussianNLL(reduction=reduction))
-    reference = _fd_hessian(head, z, y)
+    reference = fd_hessian_blocks(head, z, y)
     closed = np.broadcast_to(np.eye(K) * _factor(reduction) / SIGMA**2, (N, K, K))
     np.testing.assert_allclose(reference, closed, rtol=1e-6, atol=1e-12)  # the reference is right
     for method in ("auto", "fused", "chain"):

@@ -9,23 +9,10 @@ import math
 
 import numpy as np
 import pytest
+from conftest import BrierWithHessian, ScaledTanh  # no references: a_i = tanh(z_i) · z_0, Σ_k (a_k − y_k)²
 
 import jacobians as jac
 from jacobians import checks, testing
-
-
-class ScaledTanh(jac.Activation):
-    """a_i = tanh(z_i) · z_0: a non-symmetric Jacobian, no reference."""
-
-    def forward(self, z):
-        return np.tanh(z) * z[..., :1]
-
-    def jacobian(self, z):
-        t = np.tanh(z)
-        J = np.zeros(z.shape + z.shape[-1:])
-        jac.diagonal(J)[...] = (1 - t**2) * z[..., :1]
-        J[..., :, 0] += t
-        return J
 
 
 def _scaled_tanh_sample(act, z):
@@ -51,21 +38,10 @@ class ScaledTanhWrongReference(ScaledTanh):
         return a, J.T  # the planted bug: the layout transposed
 
 
-class Brier(jac.Loss):
-    """Σ_k (a_k − y_k)² per sample, no reference."""
+class Brier(BrierWithHessian):
+    """Σ_k (a_k − y_k)² per sample on any real input (a sigmoid's output too), no reference."""
 
-    target_kind = "probability"
-
-    def per_sample(self, a, y):
-        return ((a - y) ** 2).sum(axis=-1)
-
-    def per_sample_grad(self, a, y):
-        return 2 * (a - y)
-
-    def per_sample_hessian(self, a, y):
-        return np.broadcast_to(
-            2 * np.eye(a.shape[-1], dtype=a.dtype), a.shape + a.shape[-1:]
-        ).copy()
+    input_domain = "real"
 
 
 def _brier_rows(loss, a, y):

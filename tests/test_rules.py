@@ -6,35 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import BrierWithHessian, fd_hessian_blocks
 
 import jacobians as jac
 from jacobians.rules.vocabulary import KINDS, METHODS
-
-
-class Brier(jac.Loss):
-    input_domain = "simplex"
-    target_kind = "probability"
-
-    def per_sample(self, a, y):
-        return ((a - y) ** 2).sum(axis=-1)
-
-    def per_sample_grad(self, a, y):
-        return 2 * (a - y)
-
-    def per_sample_hessian(self, a, y):
-        return 2 * np.broadcast_to(np.eye(a.shape[-1]), a.shape + a.shape[-1:])
-
-
-def _fd_hessian(head, z, y, h=1e-5):
-    """Blocks from central differences of the 'vjp' gradient (rows do not interact)."""
-    N, K = z.shape
-    H = np.empty((N, K, K))
-    for j in range(K):
-        zp, zm = z.copy(), z.copy()
-        zp[:, j] += h
-        zm[:, j] -= h
-        H[:, :, j] = (head.grad(zp, y, method="vjp") - head.grad(zm, y, method="vjp")) / (2 * h)
-    return H
 
 
 def test_built_in_pairs_are_rules_one_instance_per_family():
@@ -66,7 +41,7 @@ def test_register_rule_refuses_bad_classes_and_duplicates(restore_registries):
         jac.register_rule(NoPairs)
 
     class NotClasses(NoPairs):
-        pairs = ((jac.Softmax(), Brier),)
+        pairs = ((jac.Softmax(), BrierWithHessian),)
 
     with pytest.raises(TypeError, match="activation_cls must be an Activation subclass"):
         jac.register_rule(NotClasses)
@@ -78,7 +53,7 @@ def test_register_rule_refuses_bad_classes_and_duplicates(restore_registries):
         jac.register_rule(NotALoss)
 
     class NoGrad(jac.PairRule):
-        pairs = ((jac.Softmax, Brier),)
+        pairs = ((jac.Softmax, BrierWithHessian),)
 
     with pytest.raises(TypeError, match="must define value_and_grad"):
         jac.register_rule(NoGrad)
@@ -102,19 +77,19 @@ def test_register_rule_refuses_bad_classes_and_duplicates(restore_registries):
 def test_a_rule_without_second_order_falls_back_to_the_chain_rule(restore_registries, rng):
     @jac.register_rule
     class SoftmaxBrier(jac.PairRule):
-        pairs = ((jac.Softmax, Brier),)
+        pairs = ((jac.Softmax, BrierWithHessian),)
 
         def value_and_grad(self, activation, loss, z, y):
             a = activation(z)
             value, g = loss.value_and_grad(a, y)
             return value, activation.vjp(z, g)
 
-    head = jac.Head(jac.Softmax(), Brier())
+    head = jac.Head(jac.Softmax(), BrierWithHessian())
     z = rng.normal(size=(4, 3))
     y = rng.dirichlet(np.ones(3), size=4)
     v = rng.normal(size=z.shape)
     assert head.method == "fused" and head.hessian_rule is None and not head.ggn_is_hessian
-    reference = _fd_hessian(head, z, y)
+    reference = fd_hessian_blocks(head, z, y)
     chain = head.hessian(z, y, method="chain")
     np.testing.assert_allclose(chain, reference, rtol=1e-6, atol=1e-9)
     for method in ("auto", "fused"):
@@ -129,7 +104,7 @@ def test_a_rule_with_a_hessian_is_used_and_its_missing_hvp_comes_from_it(restore
 
     @jac.register_rule
     class SoftmaxBrier(jac.PairRule):
-        pairs = ((jac.Softmax, Brier),)
+        pairs = ((jac.Softmax, BrierWithHessian),)
 
         def value_and_grad(self, activation, loss, z, y):
             return jac.Head(activation, loss).value_and_grad(z, y, method="vjp")
@@ -138,10 +113,10 @@ def test_a_rule_with_a_hessian_is_used_and_its_missing_hvp_comes_from_it(restore
             calls.append("hessian")
             return jac.Head(activation, loss).hessian_operator(z, y, method="chain")
 
-    head = jac.Head(jac.Softmax(), Brier())
+    head = jac.Head(jac.Softmax(), BrierWithHessian())
     z, y = rng.normal(size=(3, 4)), rng.dirichlet(np.ones(4), size=3)
     v = rng.normal(size=z.shape)
-    np.testing.assert_allclose(head.hvp(z, y, v), np.einsum("nij,nj->ni", _fd_hessian(head, z, y), v),
+    np.testing.assert_allclose(head.hvp(z, y, v), np.einsum("nij,nj->ni", fd_hessian_blocks(head, z, y), v),
                                rtol=1e-6, atol=1e-9)
     assert calls == ["hessian"]
     assert head.hessian_rule is not None and head.hessian_rule.rule is jac.get_rule(head.activation, head.loss_fn)
@@ -154,24 +129,24 @@ def test_register_fused_and_register_hessian_build_one_rule(restore_registries):
     def hessian(act, loss, z, y):
         return jac.Head(act, loss).hessian_operator(z, y, method="chain")
 
-    assert jac.register_fused(jac.Softmax, Brier)(fused) is fused
-    assert jac.register_hessian(jac.Softmax, Brier, canonical=False)(hessian) is hessian
-    rule = jac.RULES[(jac.Softmax, Brier)]
+    assert jac.register_fused(jac.Softmax, BrierWithHessian)(fused) is fused
+    assert jac.register_hessian(jac.Softmax, BrierWithHessian, canonical=False)(hessian) is hessian
+    rule = jac.RULES[(jac.Softmax, BrierWithHessian)]
     assert rule.value_and_grad is fused and rule.hessian is hessian
-    assert jac.fused.FUSED[(jac.Softmax, Brier)] is fused is jac.Head(jac.Softmax(), Brier()).fused_rule
-    assert jac.curvature.HESSIAN_RULES[(jac.Softmax, Brier)].hessian is hessian
+    assert jac.fused.FUSED[(jac.Softmax, BrierWithHessian)] is fused is jac.Head(jac.Softmax(), BrierWithHessian()).fused_rule
+    assert jac.curvature.HESSIAN_RULES[(jac.Softmax, BrierWithHessian)].hessian is hessian
     with pytest.raises(ValueError, match="already registered"):
-        jac.register_fused(jac.Softmax, Brier)(lambda *a: None)
+        jac.register_fused(jac.Softmax, BrierWithHessian)(lambda *a: None)
     with pytest.raises(ValueError, match="already registered"):
-        jac.register_hessian(jac.Softmax, Brier)(lambda *a: None)
+        jac.register_hessian(jac.Softmax, BrierWithHessian)(lambda *a: None)
     with pytest.raises(TypeError, match="Loss subclass"):
         jac.register_hessian(jac.Softmax, dict)
     # pop one part, the other stays; pop both, the rule goes
-    assert jac.curvature.HESSIAN_RULES.pop((jac.Softmax, Brier)).hessian is hessian
-    assert jac.RULES[(jac.Softmax, Brier)].value_and_grad is fused
-    assert jac.RULES[(jac.Softmax, Brier)].hessian is None
-    assert jac.fused.FUSED.pop((jac.Softmax, Brier)) is fused
-    assert (jac.Softmax, Brier) not in jac.RULES
+    assert jac.curvature.HESSIAN_RULES.pop((jac.Softmax, BrierWithHessian)).hessian is hessian
+    assert jac.RULES[(jac.Softmax, BrierWithHessian)].value_and_grad is fused
+    assert jac.RULES[(jac.Softmax, BrierWithHessian)].hessian is None
+    assert jac.fused.FUSED.pop((jac.Softmax, BrierWithHessian)) is fused
+    assert (jac.Softmax, BrierWithHessian) not in jac.RULES
 
 
 def test_views_restore_the_rule_they_were_read_from(monkeypatch):

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from conftest import (
     REDUCTIONS,
-    Brier,
+    BrierWithHessian,
+    ScaledTanh,
     describe,
     head_targets,
     make_loss,
@@ -453,18 +454,8 @@ def test_custom_classes_without_second_derivatives_say_what_to_write(rng):
 # -- custom classes get every method ----------------------------------------------------------------
 
 
-class ScaledTanhWithHessian(jac.Activation):
+class ScaledTanhWithHessian(ScaledTanh):
     """a_i = tanh(z_i) z_0 (non-symmetric Jacobian), with its second derivatives written out."""
-
-    def forward(self, z):
-        return np.tanh(z) * z[..., :1]
-
-    def jacobian(self, z):
-        t = np.tanh(z)
-        J = np.zeros(z.shape + z.shape[-1:])
-        jac.diagonal(J)[...] = (1 - t**2) * z[..., :1]
-        J[..., :, 0] += t
-        return J
 
     def hessian(self, z):
         t, K = np.tanh(z), z.shape[-1]
@@ -475,11 +466,6 @@ class ScaledTanhWithHessian(jac.Activation):
         T[..., i, i, 0] += s
         T[..., i, 0, i] += s
         return T
-
-
-class BrierWithHessian(Brier):
-    def per_sample_hessian(self, a, y):
-        return 2 * np.broadcast_to(np.eye(a.shape[-1]), a.shape + a.shape[-1:])
 
 
 def test_a_custom_activation_and_loss_get_every_second_order_method(rng):

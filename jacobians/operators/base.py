@@ -138,6 +138,17 @@ class JacobianOperator:
             )
         return x
 
+    def _check_matrix(self, X) -> np.ndarray:
+        """``X`` as a float array of shape ``(..., K, C)``: the operand of ``matmat``."""
+        X = as_float_array(X, "X", min_ndim=2)
+        expected = (*self.batch_shape, self.size)
+        if X.shape[:-1] != expected:
+            raise ValueError(
+                f"X must have shape {expected + ('C',)} (..., K, C); "
+                f"got shape {X.shape}"
+            )
+        return X
+
     def jvp(self, v) -> np.ndarray:  # pragma: no cover - abstract
         """``J @ v`` per sample: ``(..., K) -> (..., K)``."""
         raise NotImplementedError
@@ -168,13 +179,7 @@ class JacobianOperator:
     def matmat(self, X) -> np.ndarray:
         """``M @ X`` per sample for ``X`` of shape ``(..., K, C)``: shape
         ``(..., K, C)``."""
-        X = as_float_array(X, "X", min_ndim=2)
-        expected = (*self.batch_shape, self.size)
-        if X.shape[:-1] != expected:
-            raise ValueError(
-                f"X must have shape {expected + ('C',)} (..., K, C); "
-                f"got shape {X.shape}"
-            )
+        X = self._check_matrix(X)
         cols = np.moveaxis(X, -1, 0)
         if not cols.shape[0]:
             return np.zeros(X.shape, self.dtype)
@@ -286,12 +291,7 @@ class DenseJacobian(JacobianOperator):
         return _diagonal_view(self.J).copy()
 
     def matmat(self, X):
-        X = as_float_array(X, "X", min_ndim=2)
-        if X.shape[:-1] != self.batch_shape + (self.size,):
-            raise ValueError(
-                f"X must have shape {self.batch_shape + (self.size, 'C')} (..., K, C); "
-                f"got shape {X.shape}"
-            )
+        X = self._check_matrix(X)
         return np.matmul(self.J, X)
 
     def _take(self, rows):

@@ -220,12 +220,7 @@ class ProjectedDiagonal(JacobianOperator):
         return self.jvp(g)  # symmetric
 
     def matmat(self, X):
-        X = as_float_array(X, "X", min_ndim=2)
-        if X.shape[:-1] != self.m.shape:
-            raise ValueError(
-                f"X must have shape {self.m.shape + ('C',)} (..., K, C); "
-                f"got shape {X.shape}"
-            )
+        X = self._check_matrix(X)
         PX = project_rows(np.moveaxis(X, -1, -2), self.v[..., None, :])
         Y = self.m[..., None] * np.moveaxis(PX, -1, -2)
         return project_columns(Y, self.v)

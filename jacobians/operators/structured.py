@@ -39,12 +39,7 @@ class DiagonalJacobian(JacobianOperator):
         return self.d.copy()
 
     def matmat(self, X):
-        X = as_float_array(X, "X", min_ndim=2)
-        if X.shape[:-1] != self.d.shape:
-            raise ValueError(
-                f"X must have shape {self.d.shape + ('C',)} (..., K, C); "
-                f"got shape {X.shape}"
-            )
+        X = self._check_matrix(X)
         return self.d[..., None] * X
 
     def _take(self, rows):
@@ -160,12 +155,7 @@ class DiagonalPlusRankOne(JacobianOperator):
         return exact.reshape(self.d.shape)
 
     def matmat(self, X):
-        X = as_float_array(X, "X", min_ndim=2)
-        if X.shape[:-1] != self.d.shape:
-            raise ValueError(
-                f"X must have shape {self.d.shape + ('C',)} (..., K, C); "
-                f"got shape {X.shape}"
-            )
+        X = self._check_matrix(X)
         vX = np.einsum("...k,...kc->...c", self.v, X)
         return self.d[..., None] * X - self.u[..., None] * vX[..., None, :]
 
@@ -290,12 +280,7 @@ class DiagonalPlusLowRank(JacobianOperator):
         return g * self.d - np.einsum("...kr,...r->...k", self.V, Ug)
 
     def matmat(self, X):
-        X = as_float_array(X, "X", min_ndim=2)
-        if X.shape[:-1] != (*self.batch_shape, self.size):
-            raise ValueError(
-                f"X must have shape {(*self.batch_shape, self.size, 'C')} (..., K, C); "
-                f"got shape {X.shape}"
-            )
+        X = self._check_matrix(X)
         return self.d[..., None] * X - self.U @ (np.swapaxes(self.V, -1, -2) @ X)
 
     def diagonal(self):
