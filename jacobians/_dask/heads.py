@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fisher, last_layer
+from ..backend import ENTRY_POINTS
 from ..contract import contract as contract_numpy
 from ..head import Head
 from ..losses import ElementwiseLoss
@@ -29,17 +30,8 @@ from .arrays import (
 )
 from .reduction import denominator, loss_input, reduction_factor, value_scale
 
-__all__ = [
-    "contract",
-    "head_loss",
-    "head_value_and_grad",
-    "head_blocks",
-    "head_hvp",
-    "head_sqrt_ggn_sampled",
-    "head_fisher",
-    "linear_gradient",
-    "linear_curvature",
-]
+#: the backend's entry points (:data:`jacobians.backend.ENTRY_POINTS`), all defined here
+__all__ = list(ENTRY_POINTS)
 
 
 def _head_piece(head, d):
