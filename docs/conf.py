@@ -45,11 +45,6 @@ nitpick_ignore_regex = [
     # internals that docstrings name but the public reference leaves out on purpose
     ("py:.*", r"jacobians\._.*"),
     ("py:.*", r"jacobians\.numerics\..*"),  # the bottom layer's modules: internals too
-    # the layers' modules that the reference does not page yet (rules, sampling, the head
-    # layer's second_order and fisher, testing and the checks' constants)
-    ("py:.*", r"jacobians\.(rules|sampling|second_order|fisher|testing|checks)(\..*)?"),
-    ("py:.*", r"(PARTS|FUSED|HESSIAN_RULES|DiagonalJacobian|DiagonalPlusRankOne|DiagonalPlusLowRank|DenseJacobian)"),
-    ("py:.*", r"(DEFAULT_MAX_BYTES|EINSUM_MAX_K|contraction_expression|default_step|example_inputs|product|total)"),
 ]
 
 # -- the docstrings ------------------------------------------------------------------------
