@@ -45,11 +45,6 @@ nitpick_ignore_regex = [
     # internals that docstrings name but the public reference leaves out on purpose
     ("py:.*", r"jacobians\._.*"),
     ("py:.*", r"jacobians\.numerics\..*"),  # the bottom layer's modules: internals too
-    # the layers' modules that the reference does not page yet (rules, sampling, the head
-    # layer's second_order and fisher, testing and the checks' constants)
-    ("py:.*", r"jacobians\.(rules|sampling|second_order|fisher|testing|checks)(\..*)?"),
-    ("py:.*", r"(PARTS|FUSED|HESSIAN_RULES|DiagonalJacobian|DiagonalPlusRankOne|DiagonalPlusLowRank|DenseJacobian)"),
-    ("py:.*", r"(DEFAULT_MAX_BYTES|EINSUM_MAX_K|contraction_expression|default_step|example_inputs|product|total)"),
 ]
 
 # -- the docstrings ------------------------------------------------------------------------
@@ -120,7 +115,39 @@ def _module_sections_as_rubrics(app, what, name, obj, options, lines) -> None:
             lines[i], lines[i + 1] = f".. rubric:: {title}", ""
 
 
+def _comment_of(modname: str, attr: str) -> list[str] | None:
+    from sphinx.pycode import ModuleAnalyzer, PycodeError
+
+    try:
+        analyzer = ModuleAnalyzer.for_module(modname)
+        analyzer.analyze()
+    except PycodeError:  # pragma: no cover - a module without source
+        return None
+    comment = analyzer.attr_docs.get(("", attr))
+    return list(comment) if comment else None
+
+
+def _comment_of_reexported_data(app, what, name, obj, options, lines) -> None:
+    """autodoc reads a constant's ``#:`` comment in the module it is documented from only: a
+    re-export (``jacobians.rules.PARTS`` is ``jacobians.rules.base.PARTS``) would show no text,
+    or its type's docstring. Take the comment of the ``jacobians`` module that defines the very
+    object, so each constant is described once, where it is assigned."""
+    if what != "data" or not name.startswith("jacobians."):
+        return
+    modname, _, attr = name.rpartition(".")
+    if _comment_of(modname, attr):
+        return  # documented where it is defined: autodoc has its comment already
+    for other in sorted(sys.modules):
+        module = sys.modules[other]
+        if other.startswith("jacobians.") and other != modname and getattr(module, attr, None) is obj:
+            comment = _comment_of(other, attr)
+            if comment:
+                lines[:] = comment
+                return
+
+
 def setup(app):
     _mathjax_source()  # fail early, with the install command, when the extra is missing
     app.connect("build-finished", _copy_mathjax)
     app.connect("autodoc-process-docstring", _module_sections_as_rubrics)
+    app.connect("autodoc-process-docstring", _comment_of_reexported_data)

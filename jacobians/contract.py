@@ -78,9 +78,9 @@ def contract(g, J) -> np.ndarray:
     -----
     For float32/float64 arrays of one dtype the product is a batched vector–matrix
     product: ``np.einsum`` (one streaming pass over J) for a large J with K below
-    :data:`EINSUM_MAX_K`, ``np.matmul`` (BLAS) otherwise; other inputs go through
+    :data:`~jacobians.contract.EINSUM_MAX_K`, ``np.matmul`` (BLAS) otherwise; other inputs go through
     the opt_einsum expression built once per pair of shapes
-    (:func:`contraction_expression`). A structured operator is applied without building
+    (:func:`~jacobians.contract.contraction_expression`). A structured operator is applied without building
     a dense array.
 
     Examples

@@ -188,7 +188,7 @@ class Head:
         max_bytes : int, optional
             ``'jacobian'`` only: memory budget of the dense Jacobian, built and contracted
             in row blocks so that peak memory stays near ``max_bytes`` plus O(N·K).
-            Default :data:`DEFAULT_MAX_BYTES` (256 MiB).
+            Default :data:`~jacobians.head.DEFAULT_MAX_BYTES` (256 MiB).
         workers : int, optional
             ``'jacobian'`` only: threads building each block (default: all cores).
         """

@@ -90,7 +90,7 @@ def numerical_jacobian(
     z : array_like, shape (..., K)
     eps : float, optional
         Relative step: each entry moves by ``eps · max(1, |z|)``. Default:
-        :func:`default_step` for ``z``'s dtype and ``method``.
+        :func:`~jacobians.numerical.default_step` for ``z``'s dtype and ``method``.
     method : {'central', 'forward', 'richardson'}
         ``'richardson'`` combines central differences at h and h/2, error O(h⁴).
     stack : bool

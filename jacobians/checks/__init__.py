@@ -1,11 +1,11 @@
 """Gradient checks: every method against the others and against a float64 reference.
 
-:func:`check_activation` and :func:`check_head` run every way the toolkit computes a
-derivative — ``jacobian``, ``operator`` (the structured Jacobian), ``vjp``, ``jvp`` and,
-for a head, ``fused`` — on given or generated inputs, compare them with each other and
-with a finite-difference reference computed in float64, and return a
-:class:`CheckReport`: one row per comparison, with the largest absolute and relative
-error, the tolerance and pass/fail. :func:`check_extreme` checks logits of ±1e4, where
+:func:`~jacobians.check_activation` and :func:`~jacobians.check_head` run every way the
+toolkit computes a derivative — ``jacobian``, ``operator`` (the structured Jacobian),
+``vjp``, ``jvp`` and, for a head, ``fused`` — on given or generated inputs, compare them
+with each other and with a finite-difference reference computed in float64, and return a
+:class:`~jacobians.CheckReport`: one row per comparison, with the largest absolute and
+relative error, the tolerance and pass/fail. :func:`check_extreme` checks logits of ±1e4, where
 finite differences say nothing: every method must stay finite and the fused rules must
 match their closed forms.
 
@@ -17,7 +17,7 @@ error of the worst entry against the size of the largest reference entry). ``rto
 
 * ``'numerical'`` — a method against the finite-difference reference. The reference is
   always computed in float64 (float32 inputs are promoted exactly), with central
-  differences, step ``eps64^(1/3) · max(1, |z|)`` ≈ 6e-6·max(1, |z|), relative error
+  differences, step ``eps64^(1/3) · max(1, |z|)`` ≈ ``6e-6 · max(1, |z|)``, relative error
   ≈ 1e-10; the tolerance covers that and, for float32 inputs, float32 round-off.
   ``atol`` is relative to the size of the function differenced (``max |act(z)|``, or
   the largest per-sample loss), which the reference's round-off scales with.

@@ -42,7 +42,7 @@ def check_activation(act: Activation, z=None, *, shape=DEFAULT_SHAPE, dtype=None
     ----------
     act : Activation
     z : array_like, shape (..., K), optional
-        Logits; default: :func:`example_inputs` (clear of kinks).
+        Logits; default: :func:`~jacobians.checks.example_inputs` (clear of kinks).
     shape : tuple of int
         Shape of generated logits.
     dtype : {None, float64, float32}

@@ -18,7 +18,7 @@ def check_extreme(obj, z=None, y=None, *, shape=(2, 3, 5), dtype=np.float64, see
     Finite differences say nothing there, so: every method's output must be finite
     (and keep the dtype), an activation's VJP/JVP must agree with its Jacobian, and a
     fused rule must match the pair's closed form (its rule's ``extreme_value_and_grad``;
-    :data:`EXTREME_CLOSED_FORMS` is a read-only view of them) in value
+    :data:`~jacobians.rules.EXTREME_CLOSED_FORMS` is a read-only view of them) in value
     and gradient. The separate path (``vjp``/``jacobian``) of a loss of probabilities
     reads an underflowed ``a = 0`` as ``max(a, tiny)``: it is checked for finiteness
     only — the fused rule is the exact one.

@@ -49,7 +49,7 @@ def check_head(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, s
     ----------
     head : Head
     z : array_like, shape (..., K), optional
-        Logits; default: generated (:func:`example_inputs`).
+        Logits; default: generated (:func:`~jacobians.checks.example_inputs`).
     y : array_like, optional
         Targets in the loss's form; default: generated from ``loss.target_kind``.
     shape, dtype, seed

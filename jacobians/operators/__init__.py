@@ -2,12 +2,12 @@
 
 Every built-in activation's Jacobian is one of two shapes:
 
-* :class:`DiagonalJacobian` — ``J = diag(d)`` (elementwise activations);
-* :class:`DiagonalPlusRankOne` — ``J = diag(d) − u vᵀ`` (softmax, sparsemax,
+* :class:`~jacobians.DiagonalJacobian` — ``J = diag(d)`` (elementwise activations);
+* :class:`~jacobians.DiagonalPlusRankOne` — ``J = diag(d) − u vᵀ`` (softmax, sparsemax,
   1.5-entmax with ``u = g``, ``v = g / Σg``; log-softmax with ``d = 1``, ``u = 1``,
   ``v = softmax``).
 
-A user's activation that only writes ``jacobian(z)`` gets a :class:`DenseJacobian`.
+A user's activation that only writes ``jacobian(z)`` gets a :class:`~jacobians.DenseJacobian`.
 All three support ``op @ v`` (JVP), ``g @ op`` (VJP), ``op.dense(out=None)``,
 ``op.diagonal()`` and ``op.nbytes``; ``op[rows]`` selects rows of the flattened batch.
 

@@ -17,11 +17,11 @@ if TYPE_CHECKING:
 
 
 def as_low_rank(op: JacobianOperator) -> DiagonalPlusLowRank | DenseJacobian:
-    """``op`` as :class:`DiagonalPlusLowRank` (a diagonal has rank 0), or a dense one as
-    it is.
+    """``op`` as :class:`~jacobians.DiagonalPlusLowRank` (a diagonal has rank 0), or a dense
+    one as it is.
 
-    A :class:`DenseJacobian` is returned as it is; an operator with no low-rank form
-    becomes a :class:`DenseJacobian` of its dense blocks.
+    A :class:`~jacobians.DenseJacobian` is returned as it is; an operator with no low-rank
+    form becomes a :class:`~jacobians.DenseJacobian` of its dense blocks.
     """
     return op._low_rank()
 

@@ -223,8 +223,9 @@ class DiagonalPlusLowRank(JacobianOperator):
 
     The form every product and sum of the structured operators takes: a diagonal and
     rank-one Jacobian, a diagonal loss Hessian and a curvature term compose into it with
-    the ranks adding up (:func:`product`, :func:`total`), so a head's Hessian or GGN
-    blocks keep O(N·K·r) memory and O(K·r) products per sample.
+    the ranks adding up (:func:`~jacobians.operators.product`,
+    :func:`~jacobians.operators.total`), so a head's Hessian or GGN blocks keep O(N·K·r)
+    memory and O(K·r) products per sample.
 
     ``symmetric=True`` declares ``U Vᵀ`` symmetric: the dense blocks are then averaged
     with their transposes, so they are symmetric to the bit (einsum's fused

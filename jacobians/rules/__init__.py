@@ -1,10 +1,10 @@
 """Pair rules (``jacobians.rules``; ``jacobians.pairs`` is the function listing the valid
 pairs): everything known in closed form about an (activation, loss) pair.
 
-:class:`PairRule` (:mod:`.base`) is the pair object, :data:`RULES` its registry; the
-built-in rules live one module per family — :mod:`.softmax` (softmax + CE/KL, log-softmax
-+ NLL), :mod:`.sigmoid_bce`, :mod:`.identity_mse`, :mod:`.fenchel_young` — and
-:mod:`.chain` is the generic rule every pair falls back to. :mod:`.tables` keeps the
+:class:`~jacobians.PairRule` (``base``) is the pair object, :data:`RULES` its registry;
+the built-in rules live one module per family — ``softmax`` (softmax + CE/KL, log-softmax
++ NLL), ``sigmoid_bce``, ``identity_mse``, ``fenchel_young`` — and :mod:`.chain` is the
+generic rule every pair falls back to. :mod:`.tables` keeps the
 registries of earlier versions (``FUSED``, ``HESSIAN_RULES``, ``register_fused``,
 ``register_hessian``) as views of :data:`RULES`; :mod:`.vocabulary` says what each
 ``method`` and ``kind`` name means.

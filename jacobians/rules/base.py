@@ -52,7 +52,7 @@ class PairRule:
     The methods take ``(activation, loss, z, y)`` (``hvp`` also ``v``) and apply the loss's
     reduction. ``value_and_grad`` → ``(value, dE/dz)`` is required; ``hessian``, ``hvp``,
     ``sqrt_hessian``, ``fisher``, ``extreme_value_and_grad`` and ``extreme_hessian`` are
-    optional (see :data:`PARTS`): None, the base class's value, where the rule leaves one
+    optional (see :data:`~jacobians.rules.PARTS`): None, the base class's value, where the rule leaves one
     out.
 
     Examples

@@ -6,7 +6,7 @@ First order ``dE/dz = Jᵀ dE/da`` (the activation's VJP); second order::
 
 with ``H_a`` the loss's Hessian blocks in its input ``a`` (the reduction's factor inside);
 the exact Fisher in z is ``Jᵀ F_a J`` with ``F_a`` the loss's (unreduced) Fisher blocks. A
-rule that leaves a closed form out falls back to these (:data:`GENERIC`).
+rule that leaves a closed form out falls back to these (:data:`~jacobians.rules.GENERIC`).
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def gram(J: JacobianOperator, H: JacobianOperator) -> JacobianOperator:
 class ChainRule(PairRule):
     """The chain rule for any (activation, loss) pair whose loss is a function of the
     activation's output; every method as :class:`~jacobians.PairRule`'s, plus
-    :meth:`ggn` and :meth:`sqrt_ggn`. Not registered: it is what a pair without a rule,
-    or a rule without a closed form, uses."""
+    :meth:`~jacobians.rules.ChainRule.ggn` and :meth:`~jacobians.rules.ChainRule.sqrt_ggn`.
+    Not registered: it is what a pair without a rule, or a rule without a closed form,
+    uses."""
 
     @staticmethod
     def forward(activation, loss, z, y):

@@ -1,7 +1,7 @@
 """The registries of earlier versions, as views of :data:`~jacobians.rules.RULES`.
 
 ``register_fused`` and ``register_hessian`` build or extend the rule of one pair from
-functions (:class:`FunctionRule`); ``FUSED`` and ``HESSIAN_RULES`` read and write the
+functions (``FunctionRule``); ``FUSED`` and ``HESSIAN_RULES`` read and write the
 rules' parts as the dictionaries they were (``FUSED[pair]`` is the fused function,
 ``HESSIAN_RULES[pair]`` a :class:`HessianRule`); ``EXTREME_CLOSED_FORMS`` and
 ``EXTREME_HESSIANS`` are read-only views of the rules' extreme-logit limits.
