@@ -18,6 +18,8 @@ the batch is (3, 4, K) in two chunks of rows (4 and 8).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -222,3 +224,33 @@ def test_float32_stays_float32(cls, reduction, rng):
             assert np.asarray(want[key]).dtype == np.float32, (key, "numpy")
             assert x.dtype == np.float32, f"{head!r} {label}: {key} computes to {x.dtype}"
             _assert_close(x, want[key], f"{head!r} {label}: {key}", 1e-5)
+
+
+# -- an empty batch of several batch axes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(("shape", "rows"), [pytest.param((2, 0, K), ((1, 1), (0,)), id="2x0"),
+                                             pytest.param((0, 3, K), ((0,), (1, 2)), id="0x3")])
+def test_an_empty_batch_of_several_axes(shape, rows, reduction, rng):
+    """No rows in a batch of two axes, the other one in two chunks: every call gives numpy's
+    result (a reduced value 0 for 'sum', NaN for 'mean'; zero or empty derivatives). Dask's
+    reshape of an array with a zero-length axis to (-1, …) raised (a TypeError or a
+    NotImplementedError from dask.array.reshape) for the reduced value, linear_gradient and
+    the Kron B; numpy takes the same arrays."""
+    head = jac.Head(jac.Softmax(), jac.CrossEntropy(reduction=reduction))
+    z, y, X = np.zeros(shape), np.zeros(shape[:-1], dtype=int), rng.normal(size=shape[:-1] + (D,))
+    lazy = {"z": _lazy_rows(z, rows), "y": _lazy_rows(y, rows), "X": _lazy_rows(X, rows)}
+    a = jac.Softmax()(z)
+
+    def calls(z, y, X, a):
+        out = _calls(head, z, y, X)
+        out["loss.value_and_grad value"], out["loss.value_and_grad grad"] = head.loss_fn.value_and_grad(a, y)
+        return out
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jac.EmptyMeanWarning)  # 'mean' over nothing: its count is pinned above
+        want = calls(z, y, X, a)
+        got = _compute(calls(lazy["z"], lazy["y"], lazy["X"], _lazy_rows(a, rows)))
+    for key in want:
+        _assert_close(got[key], want[key], key, 0.0)

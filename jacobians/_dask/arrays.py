@@ -36,6 +36,7 @@ __all__ = [
     "exact_total",
     "row_ids",
     "times",
+    "flat_rows",
 ]
 
 
@@ -206,7 +207,7 @@ def reduced_total(values, dtype):
     """``Σ values`` of a dask array of per-row (or per-entry) loss values: a 0-d dask
     array."""
     if values.size <= GATHER_VALUES:
-        flat = values.reshape(-1).rechunk(-1)
+        flat = flat_rows(values).rechunk(-1)
         return flat.map_blocks(
             lambda v: np.asarray(buffers.total(v), dtype=dtype), drop_axis=0, dtype=dtype
         )
@@ -250,3 +251,14 @@ def row_ids(block_info, batch_shape: tuple[int, ...]) -> np.ndarray:
 def times(x, c):
     """``x · c``, left as it is for a factor known to be 1."""
     return x if (not is_dask(c) and c == 1) else x * c
+
+
+def flat_rows(x, trailing: int = 0):
+    """``x`` of shape ``(batch…, *rest)`` (``rest`` its last ``trailing`` axes) as
+    ``(rows, *rest)``, the rows in C order. A batch with no rows gives an empty array of
+    that shape: dask's reshape does not take an axis of length 0 among others (it raised
+    for a batch of shape (2, 0) or (0, 3))."""
+    batch, rest = x.shape[: x.ndim - trailing], x.shape[x.ndim - trailing :]
+    if math.prod(batch) == 0:
+        return da.zeros((0, *rest), dtype=x.dtype, chunks=((0,), *((s,) for s in rest)))
+    return x.reshape((-1, *rest))

@@ -17,6 +17,7 @@ from .arrays import (
     align_targets,
     check_known,
     da,
+    flat_rows,
     float_dtype,
     indices,
     is_dask,
@@ -241,8 +242,7 @@ def linear_gradient(features, head, z, y, bias=True):
     z = prepare_z(z)
     X = _features(features, z)
     g = head_value_and_grad(head, z, y)[1]
-    K, D = z.shape[-1], X.shape[-1]
-    g2, X2 = g.reshape(-1, K), X.reshape(-1, D)
+    g2, X2 = flat_rows(g, 1), flat_rows(X, 1)
     return g2.T @ (_with_ones(X2) if bias else X2)
 
 
@@ -297,7 +297,7 @@ def linear_curvature(
     scale = reduction_factor(head, z, yt, dt)
     n_rows = int(np.prod(batch))
     if structure == "kron":
-        X2 = X.reshape(-1, D)
+        X2 = flat_rows(X, 1)
         Xb = _with_ones(X2) if bias else X2
         return last_layer.Kron(
             times(total, scale), (Xb.T @ Xb) / max(n_rows, 1)
