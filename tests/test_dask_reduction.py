@@ -7,7 +7,12 @@
    ``with_denominator(d)``: the value, the gradient, the Hessian and GGN blocks and the last
    layer equal numpy's to 1e-12 (float64), and the ``'sum'`` loss's divided by a
    denominator counted here by hand.
-2. float32 logits stay float32 on Dask for every reduction: the lazy arrays' dtype and the
+2. ``'mean'`` over nothing (every target ignored; an empty batch split into two chunks;
+   ``with_denominator(0)``), known at graph build or summed lazily: NaN value and zero
+   derivatives, as numpy, with exactly one :class:`jacobians.EmptyMeanWarning` per call
+   (numpy's call shows exactly one), for the head's, the loss's and the last layer's calls.
+   Also an empty batch of two axes (e.g. (2, 0, K)) gives numpy's results.
+3. float32 logits stay float32 on Dask for every reduction: the lazy arrays' dtype and the
    computed results'.
 
 The registry is walked by loss: every registered loss with every variant (class weights,
@@ -194,7 +199,110 @@ def test_mean_divides_by_the_whole_batchs_denominator(cls, options, own, rng):
                     _assert_close(got[key], np.asarray(ref, dtype=np.float64), f"{where}: {key} = sum / {d}", 1e-12)
 
 
-# -- 2. float32 stays float32 -------------------------------------------------------------------------
+# -- 2. 'mean' over nothing: NaN, zeros and one EmptyMeanWarning ---------------------------------------
+
+
+def _recorded(action: str, fn, *args):
+    """``(fn(*args), our warnings, any other warnings' messages)`` under the warning action."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter(action)
+        out = fn(*args)
+    ours = [w for w in caught if issubclass(w.category, jac.EmptyMeanWarning)]
+    return out, ours, [str(w.message) for w in caught if not issubclass(w.category, jac.EmptyMeanWarning)]
+
+
+def _built_and_computed(call, *args):
+    return dask.compute(*call(*args))
+
+
+def _call_list(head, X):
+    """name -> (a function of (z, y) giving a tuple of results, what each one is: 'value'
+    (NaN), 'zero' (a derivative: zeros) or 'B' (the Kron B, the features' mean outer product,
+    which no reduction scales))."""
+
+    def a(z):  # the loss's input
+        return z if head.logits_loss else head.activation(z)
+
+    return {
+        "value_and_grad": (lambda z, y: tuple(head.value_and_grad(z, y)), ("value", "zero")),
+        "loss.value_and_grad": (lambda z, y: tuple(head.loss_fn.value_and_grad(a(z), y)), ("value", "zero")),
+        "loss.hessian": (lambda z, y: (head.loss_fn.hessian(a(z), y),), ("zero",)),
+        "head.grad": (lambda z, y: (head.grad(z, y),), ("zero",)),
+        "hessian": (lambda z, y: (head.hessian(z, y),), ("zero",)),
+        "linear_gradient": (lambda z, y: (jac.linear_gradient(X(z), head, z, y),), ("zero",)),
+        "linear_curvature full": (lambda z, y: (jac.linear_curvature(X(z), head, z, y),), ("zero",)),
+        "linear_curvature kron": (lambda z, y: tuple(jac.linear_curvature(X(z), head, z, y, structure="kron")),
+                                  ("zero", "B")),
+    }
+
+
+def _ignored_cases():
+    out = []
+    for cls, specs in SPECS.items():
+        with_ignore = [(i, o) for i, o in specs if "ignore_index" in i]
+        if with_ignore:
+            spec_id, options = with_ignore[0]
+            out += [pytest.param(cls, options, "ignored", lazy, id=f"{spec_id}-every-target-ignored-{which}")
+                    for lazy, which in ((False, "numpy-y"), (True, "dask-y"))]
+    return out
+
+
+def _empty_cases():
+    return [pytest.param(cls, specs[0][1], "empty", lazy, id=f"{specs[0][0]}-empty-batch-{which}")
+            for cls, specs in SPECS.items() for lazy, which in ((False, "numpy-y"), (True, "dask-y"))]
+
+
+def _own_zero_cases():
+    return [pytest.param(cls, specs[0][1], "own-zero", False, id=f"{specs[0][0]}.with_denominator(0)")
+            for cls, specs in SPECS.items()]
+
+
+@pytest.mark.parametrize(("cls", "options", "nothing", "lazy"), _ignored_cases() + _empty_cases() + _own_zero_cases())
+def test_mean_over_nothing_warns_once(cls, options, nothing, lazy, rng):
+    """Every target ignored (a batch of two chunks) or an empty batch (two chunks of no rows),
+    with numpy targets (the denominator 0 is known at graph build) or dask ones (it is summed
+    lazily), or a loss made by ``with_denominator(0)`` (rows that count: each chunk's
+    derivatives times the factor 0). Each call, built and computed, gives numpy's NaN value
+    and zero derivatives and exactly one EmptyMeanWarning, recorded with the action 'always'
+    (not one per chunk, nor one at build and another at compute, nor none); a known
+    denominator's points at the caller's line. numpy's call shows exactly one (the action
+    'default': its warnings all point at the caller's line)."""
+    loss = make_loss(cls, options, K)
+    head = _heads(loss)[0]
+    if nothing == "ignored":
+        shape, rows = SHAPE, ROWS
+        y = np.full(SHAPE[:-1], loss.ignore_index)
+    elif nothing == "own-zero":  # a batch whose loss divides by its own denominator, 0
+        shape, rows = SHAPE, ROWS
+        head = jac.Head(head.activation, loss.with_denominator(0))
+        y = make_targets(loss, rng, shape, target_forms(loss)[0])
+    else:
+        shape, rows = (2, 0, K), ((1, 1), (0,))
+        y = make_targets(loss, rng, shape, target_forms(loss)[0])
+    z = rng.normal(size=shape)
+    features = rng.normal(size=shape[:-1] + (D,))
+    zd, yd = _lazy_rows(z, rows), (_lazy_rows(y, rows) if lazy else y)
+
+    def X(zz):
+        return _lazy_rows(features, rows) if _is_lazy(zz) else features
+
+    for name, (call, kinds) in _call_list(head, X).items():
+        want, ours, others = _recorded("default", call, z, y)
+        assert len(ours) == 1 and not others, (name, "numpy", len(ours), others)
+        got, ours, others = _recorded("always", _built_and_computed, call, zd, yd)
+        assert not others, (name, others)
+        assert len(ours) == 1, f"{name}: {len(ours)} EmptyMeanWarnings, at {[(w.filename, w.lineno) for w in ours]}"
+        if not lazy:  # said when the graph is built, pointing at the caller's line (as numpy's)
+            assert ours[0].filename == __file__, (name, ours[0].filename)
+        for g, w, kind in zip(got, want, kinds):
+            _assert_close(g, w, name, 1e-12 if kind == "B" else 0.0)
+            if kind == "value":
+                assert np.isnan(g), name
+            elif kind == "zero":
+                assert not np.asarray(g).any(), name
+
+
+# -- 3. float32 stays float32 -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

@@ -9,6 +9,7 @@ import string
 import numpy as np
 
 try:
+    import dask
     import dask.array as da
 except ImportError as exc:  # pragma: no cover - only reached with a dask array in hand
     raise ImportError(
@@ -37,6 +38,7 @@ __all__ = [
     "row_ids",
     "times",
     "flat_rows",
+    "once",
 ]
 
 
@@ -256,9 +258,28 @@ def times(x, c):
 def flat_rows(x, trailing: int = 0):
     """``x`` of shape ``(batch…, *rest)`` (``rest`` its last ``trailing`` axes) as
     ``(rows, *rest)``, the rows in C order. A batch with no rows gives an empty array of
-    that shape: dask's reshape does not take an axis of length 0 among others (it raised
-    for a batch of shape (2, 0) or (0, 3))."""
+    that shape that still depends on x's chunks (dask's reshape does not take an axis of
+    length 0 among others: it raised for a batch of shape (2, 0) or (0, 3); and what x's
+    tasks say, the one EmptyMeanWarning of 'mean' over nothing, must not be dropped)."""
     batch, rest = x.shape[: x.ndim - trailing], x.shape[x.ndim - trailing :]
-    if math.prod(batch) == 0:
-        return da.zeros((0, *rest), dtype=x.dtype, chunks=((0,), *((s,) for s in rest)))
-    return x.reshape((-1, *rest))
+    if math.prod(batch) > 0:
+        return x.reshape((-1, *rest))
+    empty = da.zeros((0, *rest), dtype=x.dtype, chunks=((0,), *((s,) for s in rest)))
+    tail = string.ascii_uppercase[:trailing]
+    return da.blockwise(
+        lambda e, _: e,
+        "r" + tail,
+        empty,
+        "r" + tail,
+        x,
+        indices(len(batch)) + tail,
+        dtype=x.dtype,
+        concatenate=True,
+    )
+
+
+def once(fn, x, dtype):
+    """``fn(x)`` of a 0-d dask array ``x``, as a 0-d dask array computed by one task: a
+    layer of its own, which dask's blockwise optimisation does not fuse into the chunks'
+    tasks that use it (a ``map_blocks`` is, and then runs once per chunk)."""
+    return da.from_delayed(dask.delayed(fn, pure=True)(x), shape=(), dtype=dtype)
