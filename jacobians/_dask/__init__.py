@@ -13,7 +13,8 @@ code that exists; only the reductions cross chunks:
   ignored): a number computed at once from numpy targets (no graph), else a 0-d dask
   array summed over the chunks of the targets (of ``a`` too for a loss with
   ``denominator_from_targets = False``); every chunk computes with it
-  (``loss.with_denominator``);
+  (``loss.with_denominator``); a denominator of 0 (``'mean'`` over nothing) warns once
+  for the call, at graph build or from the one task that sums it, not per chunk;
 * a reduced loss value is a 0-d dask array; ``linear_curvature`` sums its per-chunk
   partials in a tree;
 * Monte-Carlo draws are a function of (seed, global row index, sample), so they do not

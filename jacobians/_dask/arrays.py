@@ -9,6 +9,7 @@ import string
 import numpy as np
 
 try:
+    import dask
     import dask.array as da
 except ImportError as exc:  # pragma: no cover - only reached with a dask array in hand
     raise ImportError(
@@ -36,6 +37,8 @@ __all__ = [
     "exact_total",
     "row_ids",
     "times",
+    "flat_rows",
+    "once",
 ]
 
 
@@ -206,7 +209,7 @@ def reduced_total(values, dtype):
     """``Σ values`` of a dask array of per-row (or per-entry) loss values: a 0-d dask
     array."""
     if values.size <= GATHER_VALUES:
-        flat = values.reshape(-1).rechunk(-1)
+        flat = flat_rows(values).rechunk(-1)
         return flat.map_blocks(
             lambda v: np.asarray(buffers.total(v), dtype=dtype), drop_axis=0, dtype=dtype
         )
@@ -250,3 +253,33 @@ def row_ids(block_info, batch_shape: tuple[int, ...]) -> np.ndarray:
 def times(x, c):
     """``x · c``, left as it is for a factor known to be 1."""
     return x if (not is_dask(c) and c == 1) else x * c
+
+
+def flat_rows(x, trailing: int = 0):
+    """``x`` of shape ``(batch…, *rest)`` (``rest`` its last ``trailing`` axes) as
+    ``(rows, *rest)``, the rows in C order. A batch with no rows gives an empty array of
+    that shape that still depends on x's chunks (dask's reshape does not take an axis of
+    length 0 among others: it raised for a batch of shape (2, 0) or (0, 3); and what x's
+    tasks say, the one EmptyMeanWarning of 'mean' over nothing, must not be dropped)."""
+    batch, rest = x.shape[: x.ndim - trailing], x.shape[x.ndim - trailing :]
+    if math.prod(batch) > 0:
+        return x.reshape((-1, *rest))
+    empty = da.zeros((0, *rest), dtype=x.dtype, chunks=((0,), *((s,) for s in rest)))
+    tail = string.ascii_uppercase[:trailing]
+    return da.blockwise(
+        lambda e, _: e,
+        "r" + tail,
+        empty,
+        "r" + tail,
+        x,
+        indices(len(batch)) + tail,
+        dtype=x.dtype,
+        concatenate=True,
+    )
+
+
+def once(fn, x, dtype):
+    """``fn(x)`` of a 0-d dask array ``x``, as a 0-d dask array computed by one task: a
+    layer of its own, which dask's blockwise optimisation does not fuse into the chunks'
+    tasks that use it (a ``map_blocks`` is, and then runs once per chunk)."""
+    return da.from_delayed(dask.delayed(fn, pure=True)(x), shape=(), dtype=dtype)

@@ -18,6 +18,7 @@ from .arrays import (
     align_targets,
     check_known,
     da,
+    flat_rows,
     float_dtype,
     indices,
     is_dask,
@@ -28,29 +29,34 @@ from .arrays import (
     times,
     with_axes,
 )
-from .reduction import denominator, loss_input, reduction_factor, value_scale
+from .reduction import (
+    checked,
+    denominator,
+    loss_input,
+    on_piece,
+    reduction_factor,
+    value_scale,
+)
 
 #: the backend's entry points (:data:`jacobians.backend.ENTRY_POINTS`), all defined here
 __all__ = list(ENTRY_POINTS)
 
 
-def _head_piece(head, d):
-    """The head for one chunk (the whole batch's ``'mean'`` denominator), or as it
-    is."""
-    return (
-        head
-        if d is None
-        else Head(head.activation, head.loss_fn.with_denominator(float(d)))
+def _on_head_piece(head, d, dtype, fn):
+    """``fn(head)`` for one chunk: the head's loss with the whole batch's ``'mean'``
+    denominator (see :func:`~.reduction.on_piece`), or as it is."""
+    return on_piece(
+        head.loss_fn, d, dtype, lambda loss: fn(Head(head.activation, loss))
     )
 
 
 def _head_denominator(head, z, y):
     """The whole batch's ``'mean'`` denominator of a head's loss (None for the
-    others)."""
+    others), warned about once if it is 0 (:func:`~.reduction.checked`)."""
     loss = head.loss_fn
     if loss.reduction != "mean":
         return None
-    return denominator(loss, loss_input(head, z, y), y)
+    return checked(denominator(loss, loss_input(head, z, y), y), float_dtype(z.dtype))
 
 
 def head_value_and_grad(
@@ -83,9 +89,14 @@ def head_value_and_grad(
     if need in ("grad", "both"):
 
         def grad_of(zc, yc, dc=None):
-            return _head_piece(head, dc).value_and_grad(
-                zc, yc, method, max_bytes=max_bytes, workers=workers
-            )[1]
+            return _on_head_piece(
+                head,
+                dc,
+                dt,
+                lambda h: h.value_and_grad(
+                    zc, yc, method, max_bytes=max_bytes, workers=workers
+                )[1],
+            )
 
         grad = rowwise(grad_of, z, y, d, dtype=dt)
     return value, grad
@@ -110,7 +121,9 @@ def head_blocks(head, name, z, y, *args, sizes=None):
             rest[: len(extras)],
             (rest[len(extras)] if len(rest) > len(extras) else None),
         )
-        return getattr(_head_piece(head, dc), name)(zc, yc, *arrays, *plain)
+        return _on_head_piece(
+            head, dc, dt, lambda h: getattr(h, name)(zc, yc, *arrays, *plain)
+        )
 
     if sizes is None:
         return rowwise(call, z, y, *extras, d, dtype=dt)
@@ -149,8 +162,11 @@ def head_sqrt_ggn_sampled(head, z, mc_samples, seed, y=None):
         ids = row_ids(block_info, batch)
         yv = None if yc is None else (yc[..., 0] if y.ndim == z.ndim - 1 else yc)
         dd = d_value if dc is None else dc
-        return fisher.sqrt_ggn_sampled(
-            _head_piece(head, dd), zc, M, key, y=yv, row_ids=ids
+        return _on_head_piece(
+            head,
+            dd,
+            dt,
+            lambda h: fisher.sqrt_ggn_sampled(h, zc, M, key, y=yv, row_ids=ids),
         )
 
     arrays = [z] + ([] if target is None else [target])
@@ -232,9 +248,8 @@ def _with_ones(X2):
 def linear_gradient(features, head, z, y, bias=True):
     z = prepare_z(z)
     X = _features(features, z)
-    g = head_value_and_grad(head, z, y)[1]
-    K, D = z.shape[-1], X.shape[-1]
-    g2, X2 = g.reshape(-1, K), X.reshape(-1, D)
+    g = head_value_and_grad(head, z, y, need="grad")[1]
+    g2, X2 = flat_rows(g, 1), flat_rows(X, 1)
     return g2.T @ (_with_ones(X2) if bias else X2)
 
 
@@ -289,7 +304,7 @@ def linear_curvature(
     scale = reduction_factor(head, z, yt, dt)
     n_rows = int(np.prod(batch))
     if structure == "kron":
-        X2 = X.reshape(-1, D)
+        X2 = flat_rows(X, 1)
         Xb = _with_ones(X2) if bias else X2
         return last_layer.Kron(
             times(total, scale), (Xb.T @ Xb) / max(n_rows, 1)

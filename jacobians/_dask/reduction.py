@@ -6,16 +6,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..numerics.empty import mean_value
-from .arrays import align, chunk_sum, da, exact_total, float_dtype, indices, is_dask
+from ..numerics.empty import mean_scale, mean_value
+from .arrays import (
+    align,
+    chunk_sum,
+    da,
+    exact_total,
+    float_dtype,
+    indices,
+    is_dask,
+    once,
+)
 
 __all__ = [
     "denominator",
+    "checked",
     "value_scale",
     "reduction_factor",
     "loss_input",
     "batch_denominator",
-    "piece",
+    "on_piece",
 ]
 
 
@@ -60,34 +70,76 @@ def denominator(loss, x, y):
     return exact_total(parts, np.float64)
 
 
+def _over_nothing(d, dtype) -> bool:
+    """Whether ``'mean'`` with the denominator ``d`` is over nothing, as numpy decides
+    it: ``d`` is 0 in the dtype the loss computes in (jacobians.numerics.empty)."""
+    return np.dtype(dtype).type(d) == 0
+
+
+def checked(d, dtype):
+    """The whole batch's ``'mean'`` denominator ``d`` (None: another reduction), having
+    said once for the call that ``'mean'`` is over nothing where ``d`` is 0: numpy's
+    :class:`~jacobians.EmptyMeanWarning`, at once for a number (pointing at the caller's
+    line), else from the one task that computes the 0-d dask array, which the value's
+    factor and every chunk's task then depend on. Nothing downstream warns again: the
+    chunks compute with :func:`on_piece` and the value with :func:`value_scale`."""
+    if d is None:
+        return None
+    if not is_dask(d):
+        if _over_nothing(d, dtype):
+            mean_scale(d, dtype)  # for its EmptyMeanWarning
+        return d
+
+    def check(dd):
+        if _over_nothing(dd, dtype):
+            mean_scale(dd, dtype)  # for its EmptyMeanWarning
+        return dd
+
+    return once(check, d, d.dtype)
+
+
+def _value_factor(d, dtype):
+    """``dtype(1) / dtype(d)``, as numpy's ``'mean'`` value divides; NaN for ``'mean'``
+    over nothing, silently (:func:`checked` has warned)."""
+    if _over_nothing(d, dtype):
+        return np.dtype(dtype).type(np.nan)
+    return mean_value(np.dtype(dtype).type(1), d, dtype)
+
+
 def value_scale(d, dtype):
-    """The factor on the value's total for the whole batch's denominator ``d`` (None:
-    not ``'mean'``, 1), as numpy computes it: ``dtype(1) / dtype(d)``, NaN with numpy's
-    :class:`~jacobians.EmptyMeanWarning` for ``d = 0`` (jacobians.numerics.empty; when ``d`` is
-    a dask array, at compute time)."""
+    """The factor on the value's total for the whole batch's denominator ``d`` (from
+    :func:`checked`; None: not ``'mean'``, 1), as numpy computes it: ``dtype(1) /
+    dtype(d)``, NaN for ``d = 0`` (jacobians.numerics.empty; when ``d`` is a dask array,
+    at compute time)."""
     if d is None:
         return 1
-    one = np.dtype(dtype).type(1)
     if is_dask(d):
         return d.map_blocks(
-            lambda dd: np.asarray(mean_value(one, dd, dtype), dtype=dtype), dtype=dtype
+            lambda dd: np.asarray(_value_factor(dd, dtype), dtype=dtype), dtype=dtype
         )
-    return mean_value(one, d, dtype)
+    return _value_factor(d, dtype)
 
 
 def reduction_factor(head, z, y, dtype):
     """The whole batch's factor on a head's ``'sum'`` blocks (see
-    :func:`jacobians.fisher.reduction_factor`): 0 where the denominator is 0
-    (:meth:`~jacobians.Loss.reduction_scale`)."""
+    :func:`jacobians.fisher.reduction_factor`), read through
+    :meth:`~jacobians.Loss.reduction_scale`: 0 where the denominator is 0 (warned once,
+    :func:`checked`)."""
     loss = head.loss_fn
     if loss.reduction != "mean":
         return 1
     x = loss_input(head, z, y)
-    d = denominator(loss, x, y)
+    d = checked(denominator(loss, x, y), dtype)
+    row = _stand_in((1, x.shape[-1]), dtype)  # its shape and dtype are read
+
+    def factor(dd):
+        if _over_nothing(dd, dtype):
+            return np.dtype(dtype).type(0)
+        return loss.with_denominator(float(dd)).reduction_scale(row, dtype=dtype)
+
     if not is_dask(d):
-        return piece(loss, d).reduction_scale(x, dtype=dtype)
-    one = np.dtype(dtype).type(1)
-    return da.where(d == 0, 0, one / da.where(d == 0, 1, d).astype(dtype)).astype(dtype)
+        return factor(d)
+    return d.map_blocks(lambda dd: np.asarray(factor(dd), dtype=dtype), dtype=dtype)
 
 
 def loss_input(head, z, y):
@@ -102,10 +154,20 @@ def loss_input(head, z, y):
 
 def batch_denominator(loss, x, y):
     """The whole batch's denominator for ``'mean'`` (a number, or a 0-d dask array
-    summed over the chunks), or None for the other reductions."""
-    return denominator(loss, x, y) if loss.reduction == "mean" else None
+    summed over the chunks; :func:`checked`), or None for the other reductions."""
+    if loss.reduction != "mean":
+        return None
+    return checked(denominator(loss, x, y), float_dtype(x.dtype))
 
 
-def piece(loss, d):
-    """The loss for one chunk: the whole batch's ``'mean'`` denominator, or as it is."""
-    return loss if d is None else loss.with_denominator(float(d))
+def on_piece(loss, d, dtype, fn):
+    """``fn(loss)`` for one chunk with the whole batch's ``'mean'`` denominator ``d``
+    (``loss.with_denominator(d)``), or of ``loss`` as it is (``d`` None). For ``'mean'``
+    over nothing (``d`` 0), ``fn`` of the ``'sum'`` loss times 0: numpy's derivatives
+    with the factor 0, without each chunk warning again (:func:`checked` has, once for
+    the call); ``fn`` gives an array of derivatives."""
+    if d is None:
+        return fn(loss)
+    if _over_nothing(d, dtype):
+        return fn(loss.with_reduction("sum")) * np.dtype(dtype).type(0)
+    return fn(loss.with_denominator(float(d)))

@@ -14,7 +14,7 @@ from .arrays import (
     times,
     with_axes,
 )
-from .reduction import batch_denominator, piece, value_scale
+from .reduction import batch_denominator, on_piece, value_scale
 
 __all__ = ["METHODS"]
 
@@ -95,7 +95,11 @@ def _loss_terms(loss, a, y, need: str):
             value = times(reduced_total(value, dt), value_scale(d, dt))
     if need in ("grad", "both"):
         grad = rowwise(
-            lambda ac, yc, dc=None: piece(loss, dc).grad(ac, yc), a, y, d, dtype=dt
+            lambda ac, yc, dc=None: on_piece(loss, dc, dt, lambda lc: lc.grad(ac, yc)),
+            a,
+            y,
+            d,
+            dtype=dt,
         )
     return value, grad
 
@@ -116,12 +120,13 @@ def _loss_hessian(loss, fn, a, y):
     a = prepare_z(a, "a")
     y, yt = align_targets(y, a)
     d = batch_denominator(loss, a, yt)
+    dt = float_dtype(a.dtype)
     return with_axes(
-        lambda ac, yc, dc=None: piece(loss, dc).hessian(ac, yc),
+        lambda ac, yc, dc=None: on_piece(loss, dc, dt, lambda lc: lc.hessian(ac, yc)),
         a,
         y,
         d,
-        dtype=float_dtype(a.dtype),
+        dtype=dt,
         sizes=(a.shape[-1],),
     )
 
@@ -130,13 +135,16 @@ def _loss_hvp(loss, fn, a, y, v):
     a = prepare_z(a, "a")
     (y, yt), v = align_targets(y, a), align(v, a, "v", rechunk_last=True)
     d = batch_denominator(loss, a, yt)
+    dt = float_dtype(a.dtype)
     return rowwise(
-        lambda ac, yc, vc, dc=None: piece(loss, dc).hvp(ac, yc, vc),
+        lambda ac, yc, vc, dc=None: on_piece(
+            loss, dc, dt, lambda lc: lc.hvp(ac, yc, vc)
+        ),
         a,
         y,
         v,
         d,
-        dtype=float_dtype(a.dtype),
+        dtype=dt,
     )
 
 
