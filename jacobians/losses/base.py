@@ -10,7 +10,7 @@ import numpy as np
 from ..backend import backend_aware
 from ..domains import Domain, domain
 from ..numerics import buffers
-from ..numerics.empty import mean_scale, mean_value
+from ..numerics.empty import mean_scale, mean_value, mean_value_of_scale
 from ..numerics.sampling import Predictive, predictive_of
 from ..numerics.validation import as_array, as_float_array, check_reduction
 from ..operators import DenseJacobian, DiagonalJacobian, DiagonalPlusLowRank, JacobianOperator
@@ -344,9 +344,11 @@ class Loss:
         total = buffers.total(values)
         if red == "sum":
             return total, grads
-        scale = self._reduction_scale(denom, values.dtype)
-        value = mean_value(total, denom if self.denominator is None else self.denominator, values.dtype)
-        return value, (None if grads is None else grads * scale)
+        d = denom if self.denominator is None else self.denominator
+        if grads is None:
+            return mean_value(total, d, values.dtype), None
+        scale = mean_scale(d, values.dtype)  # 0, with the one EmptyMeanWarning, when d is 0
+        return mean_value_of_scale(total, scale, values.dtype, warn=False), grads * scale
 
     def value(self, a, y):
         """The reduced loss: a scalar (``'mean'``, ``'sum'``) or an array (``'none'``)."""

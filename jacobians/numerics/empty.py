@@ -46,11 +46,13 @@ def mean_value(total, denom, dtype):
         return total * mean_scale(denom, dtype)
 
 
-def mean_value_of_scale(total, scale, dtype):
+def mean_value_of_scale(total, scale, dtype, *, warn=True):
     """The ``'mean'`` value ``total · scale`` from the factor ``scale = mean_scale(denom)``
-    (as :func:`mean_value`): NaN with an :class:`EmptyMeanWarning` when ``scale`` is 0."""
+    (as :func:`mean_value`): NaN with an :class:`EmptyMeanWarning` when ``scale`` is 0
+    (``warn=False``: the caller's :func:`mean_scale` has warned already, once a call)."""
     if scale == 0:
-        _warn()
+        if warn:
+            _warn()
         return np.dtype(dtype).type(np.nan)
     with np.errstate(invalid="ignore"):
         return total * scale

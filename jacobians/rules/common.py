@@ -14,13 +14,13 @@ __all__ = ["reduced", "onehot", "reduce_plainly", "entry_factor"]
 def reduced(reduction, values, total, c, grad):
     """``(value, grad)`` of a rule that applied the factor ``c``
     (:meth:`~jacobians.Loss.reduction_scale`) to ``grad`` itself: ``values`` for
-    ``'none'``, the ``total`` for ``'sum'``, ``total · c`` for ``'mean'`` (NaN, with the
-    warning of ``jacobians.numerics.empty``, for a denominator of 0)."""
+    ``'none'``, the ``total`` for ``'sum'``, ``total · c`` for ``'mean'`` (NaN for a
+    denominator of 0, without a second warning: ``reduction_scale`` gave the call's one)."""
     if reduction == "none":
         return values, grad
     if reduction == "sum":
         return total, grad
-    return mean_value_of_scale(total, c, grad.dtype), grad
+    return mean_value_of_scale(total, c, grad.dtype, warn=False), grad
 
 
 def onehot(idx, K: int) -> np.ndarray:
