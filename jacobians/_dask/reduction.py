@@ -85,17 +85,13 @@ def checked(d, dtype):
     chunks compute with :func:`on_piece` and the value with :func:`value_scale`."""
     if d is None:
         return None
-    if not is_dask(d):
-        if _over_nothing(d, dtype):
-            mean_scale(d, dtype)  # for its EmptyMeanWarning
-        return d
 
     def check(dd):
         if _over_nothing(dd, dtype):
             mean_scale(dd, dtype)  # for its EmptyMeanWarning
         return dd
 
-    return once(check, d, d.dtype)
+    return once(check, d, d.dtype) if is_dask(d) else check(d)
 
 
 def _value_factor(d, dtype):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numba_math import _as_f64, _as_i64, jit, log1p64
+from .numba_math import _as_i64, jit, log1p64
 from .numba_rows import (
+    ENTRY,
     EXACT,
     NO_SKIP,
     NO_WEIGHTS,
@@ -61,34 +62,21 @@ def _log_softmax(x, like, out):
 
 
 @jit(**SUMS)
-def _max_bits(er):
-    """The int64 bits of ``max(er)`` for entries >= 0 (NaN included: larger than any number),
-    whose bits are ordered as their values: an integer maximum, which vectorizes."""
-    mb = 0
-    for k in range(er.size):
-        b = _as_i64(np.float64(er[k]))
-        mb = b if b > mb else mb
-    return mb
-
-
-@jit(**SUMS)
-def _first_at(er, m):
-    """The first k with ``er[k] == m``, or ``er.size`` when there is none (an integer
-    minimum, which vectorizes)."""
-    K = er.size
-    top = K
-    for k in range(K):
-        top = min(top, k if er[k] == m else K)
-    return top
-
-
-@jit(**SUMS)
 def _index_bits(K):
     """How many low bits hold an index below ``K`` (at least 1)."""
     nb = 1
     while (1 << nb) < K:
         nb += 1
     return nb
+
+
+@jit(**ENTRY)
+def _keyed(v, k, low):
+    """The int64 bits of ``v >= 0`` (ordered as the values; NaN above every number) with
+    their low bits replaced by ``low − k``: the integer maximum of a row's keys (which
+    vectorizes) is a largest entry, ``low − (max & low)`` its index, the first among
+    entries equal up to those bits."""
+    return (_as_i64(v) & ~low) | (low - k)
 
 
 @jit(**SUMS)
@@ -111,7 +99,7 @@ def _sums_and_centres(ec, gc, s, gt):
         for k in range(K):
             v = er[k]
             t += v
-            b = (_as_i64(v) & ~low) | (low - k)
+            b = _keyed(v, k, low)
             mb = b if b > mb else mb
         s[i] = t
         gt[i] = gc[i, low - (mb & low)]
@@ -119,12 +107,16 @@ def _sums_and_centres(ec, gc, s, gt):
 
 @jit(**SUMS)
 def _centres(v, x, xt):
-    """``xt[i]``: ``x[i]`` at the first largest entry of ``v[i] >= 0`` (``x[i, 0]`` on a row
-    of NaN): :func:`_max_bits`, then :func:`_first_at`."""
+    """``xt[i]``: ``x[i]`` at a largest entry of ``v[i] >= 0``, found as
+    :func:`_sums_and_centres` finds it (one integer maximum of :func:`_keyed`)."""
+    low = (1 << _index_bits(v.shape[1])) - 1
     for i in range(v.shape[0]):
         vr = v[i]
-        top = _first_at(vr, _as_f64(_max_bits(vr)))
-        xt[i] = x[i, top] if top < vr.size else x[i, 0]
+        mb = 0
+        for k in range(vr.size):
+            b = _keyed(np.float64(vr[k]), k, low)
+            mb = b if b > mb else mb
+        xt[i] = x[i, low - (mb & low)]
 
 
 @jit(**SUMS)
