@@ -350,6 +350,44 @@ def test_check_is_deterministic_for_a_seed():
     assert a == b
 
 
+def test_reused_inputs_give_the_same_checks_and_generator_state():
+    """Within reuse_inputs() a second draw for the same object, shape, dtype and generator
+    state returns the first draw (copies) and leaves the generator where the draw left it:
+    every check sees what it would have drawn alone (the check command runs a row's first
+    and second order so)."""
+    from jacobians.checks.inputs import _generate, reuse_inputs
+
+    head = jac.Head(jac.Entmax(alpha=1.7), jac.BinaryCrossEntropy())
+    alone = [jac.check_head(head, seed=3).to_dict(), jac.check_second_order(head, seed=3).to_dict()]
+    with reuse_inputs():
+        reused = [jac.check_head(head, seed=3).to_dict(), jac.check_second_order(head, seed=3).to_dict()]
+        r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
+        a, b = _generate(head, (4, 6), np.float32, r1, None), _generate(head, (4, 6), np.float32, r2, None)
+        assert a[0] is not b[0] and r1.bit_generator.state == r2.bit_generator.state
+        assert all(np.array_equal(p, q) for p, q in zip(a, b))
+        a[0][...] = 0  # a caller's copy: the next draw is unchanged
+        assert np.array_equal(_generate(head, (4, 6), np.float32, np.random.default_rng(5), None)[0], b[0])
+    assert reused == alone
+    fresh = np.random.default_rng(5)
+    c = _generate(head, (4, 6), np.float32, fresh, None)  # outside the block: drawn again, the same
+    assert np.array_equal(c[0], b[0]) and fresh.bit_generator.state == r1.bit_generator.state
+
+
+def test_the_command_checks_a_rows_orders_on_the_same_inputs():
+    """run_entry: each order's report is the one its check gives alone with the row's seeds."""
+    from jacobians.checks import plan
+
+    entry = next(e for e in plan.plan_entries(["sigmoid", "mse"])[0] if e.loss is not None)
+    got = plan.run_entry(entry, ["float32"], 0, (1, 2))
+    for order, check in ((1, jac.check_head), (2, lambda h, **kw: jac.check_second_order(h, mc_samples=plan.MC_SAMPLES, **kw))):
+        want = sum((check(entry.build(s[-1]), shape=s, dtype="float32", seed=plan._seed(0, entry.label, 0, i))
+                    for i, s in enumerate(plan.SHAPES)), jac.checks.CheckReport())
+        rows = got[order][0].rows[: len(want)]
+        assert [r.to_dict() if hasattr(r, "to_dict") else vars(r) for r in rows] == [
+            r.to_dict() if hasattr(r, "to_dict") else vars(r) for r in want.rows]
+        assert got[order][1] > 0  # its CPU seconds
+
+
 # -- the report ---------------------------------------------------------------------------------
 
 

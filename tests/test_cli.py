@@ -190,9 +190,10 @@ def test_progress_on_stderr_table_alone_on_stdout(capsys):
     assert status == 0
     lines = err.splitlines()
     assert lines[0].startswith("jacobians check: ") and "rows" in lines[0]
+    # a row's orders run in one task (on the same inputs): activations, then pairs
     assert [ln.split(":")[0].strip() for ln in lines[1:]] == [
-        "first order, activations", "first order, pairs", "second order, activations", "second order, pairs"]
-    assert all(ln.rstrip().endswith(" s") for ln in lines[1:])  # each section says how long it took
+        "first order, activations", "second order, activations", "first order, pairs", "second order, pairs"]
+    assert all(ln.rstrip().endswith(" s") for ln in lines[1:])  # each section says its CPU time
     assert " comparisons, 0 failed" in err
     # stdout: the heading, the table, the legend and the summary, nothing of the progress
     assert out.startswith("jacobians check (first and second order)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Mapping
 
 import numpy as np
@@ -192,11 +194,50 @@ def example_inputs(obj, shape=DEFAULT_SHAPE, dtype=np.float64, seed=0, *, y=None
     return z if y is None else (z, y)
 
 
+_REUSE = threading.local()
+
+
+@contextlib.contextmanager
+def reuse_inputs():
+    """Within the block, on this thread, inputs generated again for the same object, shape,
+    dtype, targets and generator state are the earlier draw's (copies), and the generator
+    is left in the state the draw left it in: every call sees what it would have drawn.
+    The check command checks one row's first and second order on the same inputs."""
+    outer = getattr(_REUSE, "table", None)
+    if outer is None:
+        _REUSE.table = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _REUSE.table = None
+
+
+def _copies(drawn):
+    return tuple(None if x is None else x.copy() for x in drawn)
+
+
 def _generate(obj, shape, dtype, seed, y):
     """:func:`example_inputs` as ``(z, y, x)``: y None for an activation, ``x`` what a
     head's loss sees at ``z`` promoted to float64 (:func:`_loss_input`; None for an activation)."""
     shape, dt = _check_shape(shape), _check_dtype(dtype)
     rng = np.random.default_rng(seed)
+    table = getattr(_REUSE, "table", None)
+    if table is None or y is not None:
+        return _draw(obj, shape, dt, rng, y)
+    # the object itself is kept in the entry: its id cannot be reused within the block
+    key = (id(obj), shape, dt.str, repr(rng.bit_generator.state))
+    hit = table.get(key)
+    if hit is None:
+        drawn = _draw(obj, shape, dt, rng, y)
+        table[key] = hit = (obj, _copies(drawn), rng.bit_generator.state)
+        return drawn
+    rng.bit_generator.state = hit[2]
+    return _copies(hit[1])
+
+
+def _draw(obj, shape, dt, rng, y):
+    """:func:`_generate`'s draw from ``rng`` (``shape`` and ``dt`` checked)."""
     is_head = isinstance(obj, Head)
     if not (is_head or isinstance(obj, Activation)):
         raise TypeError(f"obj must be a jacobians.Activation or jacobians.Head instance; got {type(obj).__name__}")

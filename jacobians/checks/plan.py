@@ -28,7 +28,7 @@ from ..activations import ACTIVATIONS
 from ..head import Head, pairs
 from ..losses import LOSSES
 from ..numerics import memo, parallel
-from .inputs import make_targets
+from .inputs import make_targets, reuse_inputs
 from .report import CheckReport, CheckRow, label
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "variant_labels",
     "plan_entries",
     "run_entry",
-    "sections",
     "run_sections",
     "time_entry",
     "time_entries",
@@ -274,32 +273,46 @@ def _checks(entry: Entry, orders) -> list[tuple[Callable, Callable | None]]:
     return out
 
 
-def run_entry(entry: Entry, dtypes, seed: int, order: int) -> CheckReport:
-    """The checks of one order of one row, every dtype and shape (and ±1e4 logits)."""
-    ((run, extreme),) = _checks(entry, (order,))
-    with memo.memo():  # the methods' forward passes over one input are solved once
-        return _run_checks(entry, dtypes, seed, order, run, extreme)
+def run_entry(entry: Entry, dtypes, seed: int, orders=(1, 2)) -> dict:
+    """The checks of each order of one row, every dtype and shape (and ±1e4 logits):
+    ``{order: (CheckReport, CPU seconds)}``. Every order checks the same objects on the
+    same inputs, drawn once, and the methods' forward passes over one input are solved
+    once (:func:`~jacobians.numerics.memo.memo`)."""
+    plan = _checks(entry, orders)
+    out = {}
+    with memo.memo(), reuse_inputs():
+        built = {}
+        for order, (run, extreme) in zip(orders, plan):
+            t0 = time.process_time()
+            report = _run_checks(entry, dtypes, seed, run, extreme, built)
+            out[order] = (report, time.process_time() - t0)
+    return out
 
 
-def _run_checks(entry: Entry, dtypes, seed: int, order: int, run, extreme):
-    """:func:`run_entry`'s work, a :class:`CheckReport` (inside its memo block)."""
+def _run_checks(entry: Entry, dtypes, seed: int, run, extreme, built: dict) -> CheckReport:
+    """One order's checks of a row (:func:`run_entry`); ``built``: K -> the row's object,
+    built once for every order (the inputs drawn for it are reused)."""
+
+    def build(K):
+        if K not in built:
+            built[K] = entry.build(K)
+        return built[K]
+
     report = CheckReport()
-    more = [order] if order != 1 else []
     for di, dt in enumerate(dtypes):
         for si, shape in enumerate(SHAPES):
-            s = _seed(seed, entry.label, di, si, *more)
+            s = _seed(seed, entry.label, di, si)
             report += _guarded(
                 entry, dt, shape,
                 lambda shape=shape, dt=dt, s=s: run(
-                    entry.build(shape[-1]), shape=shape, dtype=dt, seed=s),
+                    build(shape[-1]), shape=shape, dtype=dt, seed=s),
             )
         if extreme is not None:
-            s = _seed(seed, entry.label, di, len(SHAPES), *more)
-            obj = entry.build(EXTREME_SHAPE[-1])
+            s = _seed(seed, entry.label, di, len(SHAPES))
             report += _guarded(
                 entry, dt, EXTREME_SHAPE,
-                lambda obj=obj, dt=dt, s=s: extreme(
-                    obj, shape=EXTREME_SHAPE, dtype=dt, seed=s),
+                lambda dt=dt, s=s: extreme(
+                    build(EXTREME_SHAPE[-1]), shape=EXTREME_SHAPE, dtype=dt, seed=s),
             )
     return report
 
@@ -400,18 +413,6 @@ def cpu_seconds() -> float:
     )
 
 
-def sections(entries, orders):
-    names = {1: "first order", 2: "second order"}
-    for order in orders:
-        for kind, keep in (
-            ("activations", lambda e: e.loss is None),
-            ("pairs", lambda e: e.loss is not None),
-        ):
-            part = [e for e in entries if keep(e)]
-            if part:
-                yield f"{names[order]}, {kind}", order, part
-
-
 def run_sections(
     entries: list[Entry],
     dtypes,
@@ -420,32 +421,39 @@ def run_sections(
     jobs: int,
     say: Callable[[str], None],
 ) -> None:
-    """Run every row's checks of each order, section by section (:func:`sections`), on
-    ``jobs`` forked processes, adding each row's report to ``entry.report``; ``say``
-    gets a progress line per section."""
-    parts = list(sections(entries, orders))
+    """Run every row's checks of each order (:func:`run_entry`: one task a row, its orders
+    on the same inputs), the activations then the pairs, on ``jobs`` forked processes,
+    adding each row's reports to ``entry.report``; ``say`` gets a progress line per
+    section (order and kind) with the CPU seconds its checks took over every process."""
+    names = {1: "first order", 2: "second order"}
+    kinds = [
+        (kind, [e for e in entries if keep(e)])
+        for kind, keep in (
+            ("activations", lambda e: e.loss is None),
+            ("pairs", lambda e: e.loss is not None),
+        )
+    ]
+    kinds = [(kind, part) for kind, part in kinds if part]
     tasks = [
-        lambda e=e, o=order: run_entry(e, dtypes, seed, o)
-        for _, order, part in parts
-        for e in part
+        lambda e=e: run_entry(e, dtypes, seed, orders) for _, part in kinds for e in part
     ]
     with parallel.ForkedTasks(tasks, jobs) as pool:
         first = 0
-        for name, _, part in parts:
-            t0 = time.perf_counter()
-            reports = pool.run(range(first, first + len(part)))
+        for kind, part in kinds:
+            results = pool.run(range(first, first + len(part)))
             first += len(part)
-            for entry, report in zip(part, reports):
-                entry.report += report
-            n, failed = (
-                sum(len(r) for r in reports),
-                sum(len(r.failures) for r in reports),
-            )
-            took = time.perf_counter() - t0
-            say(
-                f"  {name}: {len(part)} rows, {n} comparisons, {failed} failed, "
-                f"{took:.1f} s"
-            )
+            for entry, result in zip(part, results):
+                for order in orders:
+                    entry.report += result[order][0]
+            for order in orders:
+                reports = [r[order][0] for r in results]
+                n = sum(len(r) for r in reports)
+                failed = sum(len(r.failures) for r in reports)
+                cpu = sum(r[order][1] for r in results)
+                say(
+                    f"  {names[order]}, {kind}: {len(part)} rows, {n} comparisons, "
+                    f"{failed} failed, CPU {cpu:.1f} s"
+                )
 
 
 def time_entries(
