@@ -598,3 +598,31 @@ def test_no_writable_cache_folder_compiles_in_memory():
     """, NUMBA_CACHE_DIR="/dev/null/cache", JACOBIANS_KERNELS="numba")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == "numba" and "[0.5 0.5]" in out.stdout
+
+
+def test_kernels_read_their_inputs_read_only_one_signature_a_dtype():
+    """Writable and read-only inputs reach the compiled loops as one (read-only) type: numba
+    then compiles and loads one signature of each kernel a dtype, not one for each
+    combination of writable and read-only arguments. Checked in a fresh process (this one's
+    dispatchers hold the signatures of every test so far)."""
+    r = _run("""
+        import numpy as np
+        from jacobians._kernels import numba_impl as k
+        from jacobians._kernels import numba_softmax, numba_losses
+        rng = np.random.default_rng(0)
+        for dt in (np.float64, np.float32):
+            for frozen_x in (False, True):
+                for frozen_g in (False, True):
+                    x, g = rng.normal(size=(3, 4)).astype(dt), rng.normal(size=(3, 4)).astype(dt)
+                    y = rng.integers(0, 4, size=3)
+                    x.flags.writeable, g.flags.writeable, y.flags.writeable = not frozen_x, not frozen_g, not frozen_g
+                    want = x.copy()
+                    k.softmax(x), k.log_softmax(x), k.softmax_vjp(x, g), k.ce_index(x, y, None, 1.0)
+                    k.softmax_vjp(x, g, factor=np.full(3, 0.5))
+                    assert np.array_equal(x, want) and x.flags.writeable is not frozen_x
+        for f in (numba_softmax._softmax, numba_softmax._log_softmax, numba_softmax._softmax_vjp,
+                  numba_losses._ce_index):
+            assert len(f.signatures) == 2, (f, f.signatures)
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr

@@ -79,11 +79,24 @@ def _chunk_rows(K):
     return max(1, CHUNK // max(K, 1))
 
 
+def _frozen(x):
+    """A read-only view of ``x`` (``x`` itself when read-only already). The kernels read
+    every input through one: numba compiles (and loads from its cache) a signature for
+    each combination of writable and read-only arguments, which would be four of every
+    kernel of two inputs; with them, one a dtype."""
+    if not x.flags.writeable:
+        return x
+    v = x.view()
+    v.flags.writeable = False
+    return v
+
+
 def _rows(x):
-    """``x`` as C-contiguous rows ``(n, K)`` (no copy when it is C-contiguous already)."""
+    """``x`` as read-only C-contiguous rows ``(n, K)`` (no copy when it is C-contiguous
+    already; :func:`_frozen`): what the kernels read."""
     K = x.shape[-1]
     n = x.size // K if K else 0
-    return np.ascontiguousarray(x).reshape(n, K)
+    return _frozen(np.ascontiguousarray(x).reshape(n, K))
 
 
 def _shifted_if_needed(kernel, x, *args) -> None:
@@ -97,7 +110,7 @@ def _shifted_if_needed(kernel, x, *args) -> None:
         kernel(x, True, bound, *args)
 
 
-_NO_FACTORS = np.empty(0)
+_NO_FACTORS = _frozen(np.empty(0))
 
 
 # -- softmax, log-softmax, the softmax VJP, the simplex maps' product --------------------
@@ -129,7 +142,7 @@ def softmax_vjp(x, g, temperature=1.0, factor=None):
     # the factor over T in x's dtype, as numpy's kernel forms it (then used in float64)
     f = np.asarray(1.0 if factor is None else factor, dtype=x.dtype) / x.dtype.type(temperature)
     if f.ndim:
-        frows = np.ascontiguousarray(np.broadcast_to(f, x.shape[:-1]), dtype=np.float64).reshape(-1)
+        frows = _frozen(np.ascontiguousarray(np.broadcast_to(f, x.shape[:-1]), dtype=np.float64).reshape(-1))
         fs = 1.0
     else:
         frows, fs = _NO_FACTORS, float(f)
@@ -156,10 +169,10 @@ def ce_index(x, idx, valid, scale):
     x2 = _rows(x)
     g = np.empty((n, K), dtype=x.dtype)
     values = np.empty(n, dtype=x.dtype)
-    v = np.empty(0, dtype=np.bool_) if valid is None else np.ascontiguousarray(valid, dtype=np.bool_)
+    v = _frozen(np.empty(0, dtype=np.bool_) if valid is None else np.ascontiguousarray(valid, dtype=np.bool_))
     if n:
         limit = 2.0 ** -RATIO_MAX_EXP[x.dtype]
-        _shifted_if_needed(_ce_index, x2, np.ascontiguousarray(idx, dtype=np.int64), v, float(scale), limit,
+        _shifted_if_needed(_ce_index, x2, _frozen(np.ascontiguousarray(idx, dtype=np.int64)), v, float(scale), limit,
                            _chunk_rows(K), x.dtype.type(0), g, values)
     return values, g
 
@@ -204,7 +217,7 @@ def sigmoid_bce_weighted(z, y, py):
 
 def dense_diag_minus_rank_one(d, u, v, out, exact=None, projector=False):
     if out.size:
-        ex = np.empty((0, 0), dtype=d.dtype) if exact is None else _rows(exact)
+        ex = _frozen(np.empty((0, 0), dtype=d.dtype)) if exact is None else _rows(exact)
         _dense_dmr(_rows(d), _rows(u), _rows(v), ex, bool(projector and exact is None), d.dtype.type(0.5), out)
 
 
