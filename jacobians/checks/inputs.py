@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Mapping
 
@@ -11,6 +10,7 @@ import numpy as np
 from ..activations import ACTIVATIONS, Activation
 from ..head import Head
 from ..losses import LOSSES
+from ..numerics.memo import scoped_table
 from ..testing.loops import ClassView
 from .report import _readonly, _safe_call
 
@@ -197,20 +197,12 @@ def example_inputs(obj, shape=DEFAULT_SHAPE, dtype=np.float64, seed=0, *, y=None
 _REUSE = threading.local()
 
 
-@contextlib.contextmanager
 def reuse_inputs():
     """Within the block, on this thread, inputs generated again for the same object, shape,
     dtype, targets and generator state are the earlier draw's (copies), and the generator
     is left in the state the draw left it in: every call sees what it would have drawn.
     The check command checks one row's first and second order on the same inputs."""
-    outer = getattr(_REUSE, "table", None)
-    if outer is None:
-        _REUSE.table = {}
-    try:
-        yield
-    finally:
-        if outer is None:
-            _REUSE.table = None
+    return scoped_table(_REUSE)
 
 
 def _copies(drawn):

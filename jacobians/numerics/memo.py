@@ -18,7 +18,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["memo", "memoized", "MEMO_MAX_BYTES", "MEMO_MAX_ENTRIES"]
+__all__ = ["memo", "memoized", "scoped_table", "MEMO_MAX_BYTES", "MEMO_MAX_ENTRIES"]
 
 #: inputs larger than this are never stored (the memo serves small, repeated inputs)
 MEMO_MAX_BYTES = 1 << 16
@@ -29,18 +29,25 @@ _STATE = threading.local()
 
 
 @contextlib.contextmanager
+def scoped_table(state: threading.local):
+    """A dict at ``state.table`` for the duration of the block, on this thread (nested
+    blocks share the outermost block's dict; it is dropped when that block exits).
+    Outside every block ``state.table`` is None."""
+    outer = getattr(state, "table", None)
+    if outer is None:
+        state.table = {}
+    try:
+        yield state.table
+    finally:
+        if outer is None:
+            state.table = None
+
+
 def memo():
     """Memoize the decorated kernels on this thread within the block (nested blocks
     share the outermost block's memo); the memo is dropped when the outermost block
     exits."""
-    outer = getattr(_STATE, "table", None)
-    if outer is None:
-        _STATE.table = {}
-    try:
-        yield
-    finally:
-        if outer is None:
-            _STATE.table = None
+    return scoped_table(_STATE)
 
 
 def _param_key(value):
