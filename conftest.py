@@ -1,6 +1,7 @@
 """Doctest collection of the package: modules that import an optional extra are left out
-where it is not installed (the numba kernels: ``fast``; the Dask backend's modules: ``dask``),
-so the suite runs with the ``test`` extra alone."""
+where it is not installed (the numba kernels: ``fast``; the Dask backend's modules: ``dask``;
+the generic path's ``jacobians/xp``: ``arrays``), so the suite runs with the ``test`` extra
+alone."""
 
 import importlib.util
 import pathlib
@@ -16,3 +17,6 @@ if not (importlib.util.find_spec("dask") and importlib.util.find_spec("distribut
         for p in HERE.glob("jacobians/_dask/*.py")
         if p.name not in ("__init__.py", "detect.py")
     ]
+if not importlib.util.find_spec("array_api_compat"):
+    # the generic path (jacobians.xp) needs the arrays extra
+    collect_ignore += [str(p.relative_to(HERE)) for p in HERE.glob("jacobians/xp/*.py") if p.name != "__init__.py"]

@@ -32,6 +32,7 @@ LAYERS = {
     "sampling": 0,  # the public path of numerics.sampling
     "_kernels": 0,
     "backend": 0,
+    "xp": 0,  # the generic (array API) path's namespaces, shims and counter-based uniforms
     "domains": 0,
     "registry": 0,
     # structured operators and the contraction
