@@ -52,6 +52,7 @@ LAYERS = {
     "last_layer": 5,
     # backends' implementations: the top floor of the library
     "_dask": 6,
+    "_arrays": 6,
     # verification
     "numerical": 7,
     "testing": 7,
