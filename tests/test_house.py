@@ -53,6 +53,9 @@ LAYERS = {
     # backends' implementations: the top floor of the library
     "_dask": 6,
     "_arrays": 6,
+    # adapters to a framework's autograd (import the framework)
+    "torch": 6,
+    "jax": 6,
     # verification
     "numerical": 7,
     "testing": 7,
