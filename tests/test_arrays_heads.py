@@ -20,14 +20,10 @@ import numpy as np
 import pytest
 
 import jacobians as jac
+from jacobians.checks import example_inputs, plan
 
 EXTRA = "the arrays extra (array-api-compat, array-api-extra) is not installed"
 array_api_compat = pytest.importorskip("array_api_compat", reason=EXTRA)
-
-from jacobians.checks import (
-    example_inputs,  # noqa: E402
-    plan,  # noqa: E402
-)
 
 NAMESPACES = ("array_api_strict", "torch", "jax")
 #: normwise error (per row: max |x − ref| / max |ref|) allowed against numpy's float64
