@@ -1,0 +1,191 @@
+"""The losses' generic (array API) path against numpy's, on every installed namespace.
+
+The ``xp`` fixture runs each test on array-api-strict, torch (CPU) and jax.numpy, float32
+and float64 (JAX's float32 with ``jax_enable_x64`` off, its float64 with it on). The walk
+takes every registered loss, its default instance and ``cls.variants(K)``, every reduction
+and ``with_denominator``, with inputs from the numpy checks' own generator
+(:func:`jacobians.checks.example_inputs` on a head whose activation puts ``a`` in the
+loss's domain), and compares ``value``, ``grad``, ``value_and_grad``, ``hessian`` and
+``hvp`` through the public API (targets given as numpy and as the namespace's own array)
+with the numpy path on the same values in float64. Errors are normwise, in units of the
+dtype's epsilon: ``max|got − ref| / (max|ref| · eps)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+
+EXTRA = "the arrays extra (array-api-compat, array-api-extra) is not installed"
+array_api_compat = pytest.importorskip("array_api_compat", reason=EXTRA)
+
+import jacobians as jac  # noqa: E402
+from jacobians.checks import example_inputs  # noqa: E402
+
+NAMESPACES = ("array_api_strict", "torch", "jax")
+K = 4
+SHAPE = (2, 3, K)
+#: normwise bounds in eps of the dtype (measured worst: see WORST, printed with -s)
+BOUND = {"float64": 4.0, "float32": 8.0}
+#: the activation that puts a loss's input in its domain
+ACTIVATION = {
+    "real": jac.Identity,
+    "open_simplex": jac.Softmax,
+    "simplex": jac.Softmax,
+    "log_simplex": jac.LogSoftmax,
+    "unit_interval": jac.Sigmoid,
+}
+WORST: dict = {}
+
+
+def _namespace(name: str):
+    if name == "array_api_strict":
+        return pytest.importorskip(
+            "array_api_strict", reason="array-api-strict (the arrays tests' reference namespace) is not installed"
+        )
+    if name == "torch":
+        pytest.importorskip("torch", reason="the arrays extra's torch (CPU build) is not installed")
+        import array_api_compat.torch as xp
+
+        return xp
+    jax = pytest.importorskip("jax", reason="the arrays extra's jax is not installed")
+    return jax.numpy
+
+
+@pytest.fixture(params=NAMESPACES)
+def xp_name(request):
+    return request.param
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype_name(request):
+    return request.param
+
+
+@pytest.fixture
+def xp(xp_name, dtype_name):
+    """The namespace; JAX runs float32 with x64 off and float64 with x64 on."""
+    ns = _namespace(xp_name)
+    ctx = contextlib.nullcontext()
+    if xp_name == "jax":
+        import jax
+
+        ctx = jax.enable_x64(dtype_name == "float64")
+    with ctx:
+        yield ns
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_worst():
+    yield
+    for key in sorted(WORST):
+        print(f"worst normwise error {key}: {WORST[key]:.2f} eps")
+
+
+def to_numpy(x) -> np.ndarray:
+    return np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
+
+
+def cases():
+    out = []
+    for name, cls in jac.LOSSES.items():
+        for i, kw in enumerate([{}] + cls.variants(K)):
+            out.append(pytest.param(name, kw, id=f"{name}-{i}"))
+    return out
+
+
+def generic(cls) -> bool:
+    return cls.xp_available
+
+
+def inputs(loss, seed=0):
+    """``(a, y)`` in float64 numpy: ``a`` in the loss's domain, clear of its kinks."""
+    act = ACTIVATION[loss.domain.name]()
+    z, y = example_inputs(jac.Head(act, loss), shape=SHAPE, seed=seed)
+    return np.asarray(act(z), dtype=np.float64), y
+
+
+def normwise(got, ref, dtype_name) -> float:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == ref.shape
+    nan = np.isnan(ref)
+    assert (np.isnan(got) == nan).all()
+    scale = np.abs(ref[~nan]).max(initial=0.0)
+    err = np.abs(got[~nan] - ref[~nan]).max(initial=0.0)
+    if scale == 0:
+        return 0.0 if err == 0 else np.inf
+    return err / (scale * np.finfo(dtype_name).eps)
+
+
+def check_result(xp, got, like, ref, dtype_name, what):
+    assert array_api_compat.array_namespace(got) is array_api_compat.array_namespace(like)
+    assert got.dtype == like.dtype, what
+    assert array_api_compat.device(got) == array_api_compat.device(like)
+    e = normwise(to_numpy(got), ref, dtype_name)
+    key = (dtype_name, what.split()[-1])
+    WORST[key] = max(WORST.get(key, 0.0), e)
+    assert e <= BOUND[dtype_name], f"{what}: {e:.2f} eps"
+
+
+@pytest.mark.parametrize("y_form", ["numpy", "namespace"])
+@pytest.mark.parametrize("name, kw", cases())
+def test_walk(xp, dtype_name, name, kw, y_form):
+    cls = jac.LOSSES[name]
+    base = cls(**kw)
+    a64, y = inputs(base)
+    np_dtype = np.dtype(dtype_name)
+    a_np = a64.astype(np_dtype).astype(np.float64)  # the same values on both paths
+    if y.dtype.kind == "f":
+        y = y.astype(np_dtype).astype(np.float64)
+    a = xp.asarray(a_np.astype(np_dtype))
+    yt = y if y_form == "numpy" else xp.asarray(y.astype(np_dtype) if y.dtype.kind == "f" else y)
+    v = np.random.default_rng(1).normal(size=SHAPE)
+    v_np = v.astype(np_dtype).astype(np.float64)
+    vt = xp.asarray(v_np.astype(np_dtype))
+    if not generic(cls):
+        with pytest.raises(NotImplementedError, match="has no array-API path"):
+            base.value(a, yt)
+        return
+    for reduction in ("mean", "sum", "none"):
+        for denominator in (None, 10.0):
+            loss = cls(**kw, reduction=reduction).with_denominator(denominator)
+            what = f"{name} {reduction}"
+            check_result(xp, loss.value(a, yt), a, loss.value(a_np, y), dtype_name, what + " value")
+            check_result(xp, loss.grad(a, yt), a, loss.grad(a_np, y), dtype_name, what + " grad")
+            val, g = loss.value_and_grad(a, yt)
+            rv, rg = loss.value_and_grad(a_np, y)
+            check_result(xp, val, a, rv, dtype_name, what + " value")
+            check_result(xp, g, a, rg, dtype_name, what + " grad")
+            check_result(xp, loss.hessian(a, yt), a, loss.hessian(a_np, y), dtype_name, what + " hessian")
+            check_result(xp, loss.hvp(a, yt, vt), a, loss.hvp(a_np, y, v_np), dtype_name, what + " hvp")
+            scale = loss.xp_reduction_scale(xp, a, loss.xp_check_targets(xp, a, xp.asarray(y)))
+            assert float(scale) == pytest.approx(float(loss.reduction_scale(a_np.astype(np_dtype), y)), rel=1e-6)
+
+
+@pytest.mark.parametrize("name, kw", cases())
+def test_jit(name, kw):
+    jax = pytest.importorskip("jax", reason="the arrays extra's jax is not installed")
+    cls = jac.LOSSES[name]
+    if not generic(cls):
+        pytest.skip(f"{name} has no generic path")
+    with jax.enable_x64(True):
+        loss = cls(**kw)
+        a_np, y = inputs(loss)
+        f = jax.jit(lambda a: loss.value_and_grad(a, y))
+        val, g = f(jax.numpy.asarray(a_np))
+        rv, rg = loss.value_and_grad(a_np, y)
+        assert normwise(np.asarray(val), rv, "float64") <= BOUND["float64"]
+        assert normwise(np.asarray(g), rg, "float64") <= BOUND["float64"]
+        h = jax.jit(lambda a: loss.hessian(a, y))(jax.numpy.asarray(a_np))
+        assert normwise(np.asarray(h), loss.hessian(a_np, y), "float64") <= BOUND["float64"]
+
+
+def test_empty_mean_warns_nan_value_zero_grad():
+    torch = pytest.importorskip("torch", reason="the arrays extra's torch (CPU build) is not installed")
+    a = torch.full((0, 3), 0.5, dtype=torch.float64)
+    loss = jac.MeanSquaredError()
+    with pytest.warns(jac.EmptyMeanWarning):
+        val, g = loss.value_and_grad(a, np.zeros((0, 3)))
+    assert torch.isnan(val) and g.shape == (0, 3)
