@@ -54,7 +54,10 @@ def device_of(x):
 
 
 def const(xp, value, like):
-    """``value`` as a 0-d array of ``like``'s dtype and device (no Python-float promotion)."""
+    """``value`` (a Python number, or a numpy array such as class weights) as an array of
+    ``like``'s dtype and device (no Python-float promotion)."""
+    if isinstance(value, np.ndarray) and not value.flags.writeable:
+        value = np.array(value)  # torch warns on read-only numpy arrays
     return xp.asarray(value, dtype=like.dtype, device=device_of(like))
 
 
@@ -278,3 +281,21 @@ class GenericElementwise:
     def xp_hessian_terms(self, xp, a, y):
         self._xp_require()
         return self.xp_per_element_hessian(xp, a, y), math.prod(a.shape), True
+
+
+# -- the numpy path's guards, in xp (see jacobians.losses.classification) -------------------
+def xp_floor_tiny(xp, a):
+    """``max(a, tiny)`` (``tiny`` the dtype's smallest normal): ``log a`` and ``1/a`` finite."""
+    return xp.maximum(a, const(xp, xp.finfo(a.dtype).smallest_normal, a))
+
+
+def xp_neg_ratio(xp, c, safe):
+    """``−c / safe`` saturated at the dtype's largest finite value."""
+    big = const(xp, xp.finfo(safe.dtype).max, safe)
+    return xp.minimum(xp.maximum(-c / safe, -big), big)
+
+
+def xp_curvature_ratio(xp, c, safe):
+    """``c / safe²`` for ``c >= 0``, divided twice and saturated at the largest finite value."""
+    big = const(xp, xp.finfo(safe.dtype).max, safe)
+    return xp.minimum(xp.minimum(c / safe, big) / safe, big)
