@@ -189,3 +189,105 @@ def test_empty_mean_warns_nan_value_zero_grad():
     with pytest.warns(jac.EmptyMeanWarning):
         val, g = loss.value_and_grad(a, np.zeros((0, 3)))
     assert torch.isnan(val) and g.shape == (0, 3)
+
+
+def test_empty_weighted_mean_under_jit():
+    """Every target ignored: the summed-weight denominator is 0 in the graph (no warning can
+    be given under jit), the value NaN and the gradient zero, as numpy's."""
+    jax = pytest.importorskip("jax", reason="the arrays extra's jax is not installed")
+    with jax.enable_x64(True):
+        loss = jac.CrossEntropy(weight=np.linspace(0.5, 2.0, 3), ignore_index=-100)
+        a = np.full((2, 3), 1 / 3)
+        y = np.array([-100, -100])
+        val, g = jax.jit(lambda a: loss.value_and_grad(a, y))(jax.numpy.asarray(a))
+        assert np.isnan(float(val)) and not np.asarray(g).any()
+        with pytest.warns(jac.EmptyMeanWarning):
+            val, g = loss.value_and_grad(jax.numpy.asarray(a), y)
+        assert np.isnan(float(val)) and not np.asarray(g).any()
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "kl_divergence", "binary_cross_entropy", "nll"])
+def test_extreme_inputs(xp, dtype_name, name):
+    """Probabilities that underflowed to 0 (or reached 1): the floors and clamps of numpy's path
+    (compared with numpy in the same dtype, where ``tiny`` and the largest float are)."""
+    loss = jac.LOSSES[name](reduction="none")
+    np_dtype = np.dtype(dtype_name)
+    a = np.array([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0], [1e-30, 0.25, 0.75]])
+    if name == "nll":
+        with np.errstate(divide="ignore"):
+            a = np.log(np.maximum(a, 1e-30))
+    a = a.astype(np_dtype)
+    y = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.2, 0.3, 0.5]]) if name != "nll" else np.array([0, 1, 2])
+    y = y.astype(np_dtype) if y.dtype.kind == "f" else y
+    at = xp.asarray(a)
+    for method in ("value", "grad", "hessian"):
+        got = to_numpy(getattr(loss, method)(at, y))
+        ref = getattr(loss, method)(a, y)  # numpy's own dtype: its floors and saturations are the dtype's
+        assert np.isfinite(got).all()
+        ok = np.isclose(got, ref, rtol=8 * np.finfo(np_dtype).eps, atol=0)
+        assert ok.all(), (method, got, ref)
+
+
+def test_target_errors(xp):
+    a = xp.asarray(np.full((2, 3), 1 / 3))
+    with pytest.raises(ValueError, match=r"y: class indices must be in \[0, 3\).*got values in \[0, 3\]"):
+        jac.CrossEntropy().value(a, np.array([0, 3]))
+    with pytest.raises(ValueError, match=r"or equal ignore_index=-100\); got values in \[-1, -1\]"):
+        jac.CrossEntropy(ignore_index=-100).value(a, xp.asarray(np.array([-1, -100])))
+    with pytest.raises(TypeError, match="y: class indices of shape \\(2,\\) must have an integer dtype"):
+        jac.NLLLoss().value(a, np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"y must be class indices of shape \(2,\) or probabilities of shape \(2, 3\)"):
+        jac.KLDivergence().value(a, np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"y: target probabilities must be in \[0, 1\]"):
+        jac.CrossEntropy().value(a, np.full((2, 3), 1.5))
+    with pytest.raises(ValueError, match=r"y: binary targets must be in \[0, 1\]"):
+        jac.BinaryCrossEntropy().value(a, np.full((2, 3), -0.5))
+    with pytest.raises(ValueError, match=r"pos_weight of shape \(4,\) does not broadcast against a of shape \(2, 3\)"):
+        jac.BinaryCrossEntropy(pos_weight=np.ones(4)).value(a, np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"y must have the shape of a, \(2, 3\); got shape \(2,\)"):
+        jac.MeanSquaredError().value(a, np.zeros(2))
+    with pytest.raises(ValueError, match=r"weight must have shape \(K,\) = \(3,\)"):
+        jac.CrossEntropy(weight=np.ones(4)).value(a, np.array([0, 1]))
+
+
+def test_value_checks_skipped_under_jit():
+    """Out-of-range indices are found on concrete arrays; under jit only shapes are checked."""
+    jax = pytest.importorskip("jax", reason="the arrays extra's jax is not installed")
+    loss = jac.CrossEntropy()
+    a = jax.numpy.full((2, 3), 1 / 3)
+    with pytest.raises(ValueError, match="class indices must be in"):
+        loss.value(a, jax.numpy.asarray([0, 5]))
+    jax.jit(lambda a, y: loss.value(a, y))(a, jax.numpy.asarray([0, 5]))  # traced: not checked
+    with pytest.raises(ValueError, match="y must be class indices of shape"):
+        jax.jit(lambda a, y: loss.value(a, y))(a, jax.numpy.zeros((3,), dtype=jax.numpy.int32))
+
+
+class Brier(jac.Loss):
+    """A user's loss with numpy math only."""
+
+    input_domain = "simplex"
+    target_kind = "probability"
+
+    def per_sample(self, a, y):
+        return ((a - y) ** 2).sum(axis=-1)
+
+    def per_sample_grad(self, a, y):
+        return 2 * (a - y)
+
+
+class MyCrossEntropy(jac.CrossEntropy):
+    """A subclass that changes the numpy math: the parent's generic formula is not its own."""
+
+    def _terms(self, a, t, need_grad):
+        values, grads, denom = super()._terms(a, t, need_grad)
+        return 2 * values, (None if grads is None else 2 * grads), denom
+
+
+@pytest.mark.parametrize("loss", [Brier(), MyCrossEntropy(), jac.SparsemaxLoss(), jac.Entmax15Loss()], ids=repr)
+def test_no_generic_path(xp, loss):
+    a = xp.asarray(np.full((2, 3), 1 / 3))
+    y = np.zeros((2, 3)) if isinstance(loss, Brier) else np.array([0, 1])
+    name = type(loss).__name__
+    for method in ("value", "grad", "value_and_grad", "hessian"):
+        with pytest.raises(NotImplementedError, match=f"{name} has no array-API path: write xp_per_sample"):
+            getattr(loss, method)(a, y)

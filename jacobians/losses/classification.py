@@ -434,9 +434,10 @@ class BinaryCrossEntropy(ElementwiseLoss):
     def xp_per_element(self, xp, a, y):
         """``−(p y log a + (1 − y) log(1 − a))``, each log clamped at −100, ``(..., K)``."""
         y = self.xp_smoothed(xp, y)
-        floor = const(xp, _BCE_LOG_FLOOR, a)
-        log_a = xp.maximum(xp.log(a), floor)
-        log_1ma = xp.maximum(xp.log1p(-a), floor)
+        floor, one = const(xp, _BCE_LOG_FLOOR, a), const(xp, 1.0, a)
+        pos_a, pos_1ma = a > 0, a < one  # log(0) = -inf is never taken (numpy-backed namespaces warn)
+        log_a = xp.where(pos_a, xp.maximum(xp.log(xp.where(pos_a, a, one)), floor), floor)
+        log_1ma = xp.where(pos_1ma, xp.maximum(xp.log1p(-xp.where(pos_1ma, a, -one)), floor), floor)
         pw = self.xp_positive_weight(xp, a)
         pos = y * log_a if pw is None else pw * y * log_a
         return -(pos + (const(xp, 1.0, a) - y) * log_1ma)

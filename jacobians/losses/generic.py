@@ -289,13 +289,23 @@ def xp_floor_tiny(xp, a):
     return xp.maximum(a, const(xp, xp.finfo(a.dtype).smallest_normal, a))
 
 
+def _saturated_ratio(xp, c, d, big):
+    """``c / d`` for ``d > 0``, ``±big`` where it would overflow: the quotient is taken only
+    where ``|c| / big <= d`` (no overflow, so no warning on a numpy-backed namespace), as
+    numpy's path clips the overflowed quotient."""
+    over = d < xp.abs(c) / big
+    one = const(xp, 1.0, d)
+    return xp.where(over, xp.where(c < 0, -big, big), c / xp.where(over, one, d))
+
+
 def xp_neg_ratio(xp, c, safe):
     """``−c / safe`` saturated at the dtype's largest finite value."""
     big = const(xp, xp.finfo(safe.dtype).max, safe)
-    return xp.minimum(xp.maximum(-c / safe, -big), big)
+    return xp.minimum(xp.maximum(_saturated_ratio(xp, -c, safe, big), -big), big)
 
 
 def xp_curvature_ratio(xp, c, safe):
     """``c / safe²`` for ``c >= 0``, divided twice and saturated at the largest finite value."""
     big = const(xp, xp.finfo(safe.dtype).max, safe)
-    return xp.minimum(xp.minimum(c / safe, big) / safe, big)
+    h = xp.minimum(_saturated_ratio(xp, c, safe, big), big)
+    return xp.minimum(_saturated_ratio(xp, h, safe, big), big)
