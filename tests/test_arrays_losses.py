@@ -129,12 +129,18 @@ def check_result(xp, got, like, ref, dtype_name, what):
     assert e <= BOUND[dtype_name], f"{what}: {e:.2f} eps"
 
 
-@pytest.mark.parametrize("y_form", ["numpy", "namespace"])
+@pytest.mark.parametrize("y_form", ["numpy", "namespace", "probabilities"])
 @pytest.mark.parametrize("name, kw", cases())
 def test_walk(xp, dtype_name, name, kw, y_form):
+    """``y_form``: the generated targets as numpy or as the namespace's array; for a class
+    loss also soft probability rows (Dirichlet draws, given as the namespace's array)."""
     cls = jac.LOSSES[name]
     base = cls(**kw)
     a64, y = inputs(base)
+    if y_form == "probabilities":
+        if base.target_kind != "class":
+            pytest.skip("probability rows are class losses' second target form")
+        y = np.random.default_rng(2).dirichlet(np.ones(K), size=SHAPE[:-1])
     np_dtype = np.dtype(dtype_name)
     a_np = a64.astype(np_dtype).astype(np.float64)  # the same values on both paths
     if y.dtype.kind == "f":
@@ -291,3 +297,20 @@ def test_no_generic_path(xp, loss):
     for method in ("value", "grad", "value_and_grad", "hessian"):
         with pytest.raises(NotImplementedError, match=f"{name} has no array-API path: write xp_per_sample"):
             getattr(loss, method)(a, y)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "nll", "kl_divergence", "binary_cross_entropy", "mse", "huber"])
+def test_per_sample_methods(name):
+    """The per-sample twins (what a pair rule or a user's subclass builds on) against numpy's."""
+    xp = _namespace("array_api_strict")
+    loss = jac.LOSSES[name]()
+    a_np, y = inputs(loss)
+    a = xp.asarray(a_np)
+    t = loss.xp_check_targets(xp, a, xp.asarray(y))
+    for method in ("per_sample", "per_sample_grad", "per_sample_hessian"):
+        got = to_numpy(getattr(loss, "xp_" + method)(xp, a, t))
+        assert normwise(got, getattr(loss, method)(a_np, y), "float64") <= BOUND["float64"], method
+    if hasattr(loss, "coefficients"):
+        c, denom = loss.xp_coefficients(xp, a, t)
+        rc, rdenom = loss.coefficients(loss.check_targets(a_np, y), a_np.dtype)
+        assert np.array_equal(to_numpy(c), rc) and float(denom) == rdenom

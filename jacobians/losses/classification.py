@@ -28,7 +28,7 @@ from ._targets import (
     xp_class_denominator,
 )
 from .base import ElementwiseLoss, Loss, register_loss
-from .generic import concrete, const, xp_curvature_ratio, xp_floor_tiny, xp_neg_ratio
+from .generic import concrete, const, diagonal_blocks, xp_curvature_ratio, xp_floor_tiny, xp_neg_ratio
 
 __all__ = ["CrossEntropy", "NLLLoss", "BinaryCrossEntropy"]
 
@@ -130,7 +130,7 @@ class _ClassLoss(Loss):
 
     def xp_per_sample_hessian(self, xp, a, y):
         h, _, diagonal = self.xp_hessian_terms(xp, a, self._xp_targets(xp, a, y))
-        return self.with_reduction("none").xp_hessian(xp, a, y) if diagonal else h
+        return diagonal_blocks(xp, h) if diagonal else h
 
 
 @register_loss

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..numerics.empty import mean_scale
 
-__all__ = ["GenericLoss", "GenericElementwise", "const", "concrete", "device_of", "mark_generic"]
+__all__ = ["GenericLoss", "GenericElementwise", "const", "concrete", "device_of", "diagonal_blocks", "mark_generic"]
 
 #: a class defining one of these (numpy math) ...
 NUMPY_MATH = ("per_sample", "per_sample_grad", "per_element", "per_element_grad", "_terms")
@@ -99,6 +99,13 @@ def mean_factor(xp, denom, like):
         _warn_empty()
     one = const(xp, 1.0, like)
     return xp.where(empty, const(xp, 0.0, like), one / xp.where(empty, one, denom)), empty
+
+
+def diagonal_blocks(xp, h):
+    """Blocks ``(..., K, K)`` with diagonals ``h`` (..., K) and zeros elsewhere (by ``where``:
+    a saturated diagonal never meets ``0 · big``)."""
+    eye = xp.eye(h.shape[-1], dtype=xp.bool, device=device_of(h))
+    return xp.where(eye, h[..., None], const(xp, 0.0, h))
 
 
 class GenericLoss:
@@ -221,11 +228,7 @@ class GenericLoss:
     def xp_hessian(self, xp, a, y):
         """The reduced loss's Hessian blocks ``∂²E/∂a_n∂a_n``, ``(..., K, K)``."""
         h, diagonal = self._xp_scaled_hessian(xp, a, y)
-        if not diagonal:
-            return h
-        K = a.shape[-1]
-        eye = xp.eye(K, dtype=xp.bool, device=device_of(a))
-        return xp.where(eye, h[..., None], const(xp, 0.0, a))
+        return diagonal_blocks(xp, h) if diagonal else h
 
     def xp_hvp(self, xp, a, y, v):
         """``(∂²E/∂a_n∂a_n) v_n``, ``(..., K)``."""
@@ -258,6 +261,9 @@ class GenericElementwise:
 
     def xp_per_sample(self, xp, a, y):
         return xp.sum(self.xp_per_element(xp, a, y), axis=-1)
+
+    def xp_per_sample_hessian(self, xp, a, y):
+        return diagonal_blocks(xp, self.xp_per_element_hessian(xp, a, y))
 
     def xp_per_sample_grad(self, xp, a, y):
         return self.xp_per_element_grad(xp, a, y)
