@@ -64,6 +64,16 @@ def _curvature_ratio(c: np.ndarray, safe: np.ndarray) -> np.ndarray:
     return np.minimum(h, big, out=h)
 
 
+def _xp_log1m(xp, a):
+    """``log(1 − a)`` for ``a < 1``: ``log1p(−a)`` below 1/4, ``log(1 − a)`` above (where
+    ``1 − a`` is rounded by at most 2⁻⁵⁴: ≤ 2 ulp in all). XLA's float64 ``log1p`` on CPU is
+    off by up to 128 ulp for arguments in [−0.413, −0.352] (JAX 0.10, see
+    :func:`jacobians.xp.shims.log1mexp`)."""
+    one = const(xp, 1.0, a)
+    small = a < const(xp, 0.25, a)
+    return xp.where(small, xp.log1p(-xp.where(small, a, xp.zeros_like(a))), xp.log(one - xp.where(small, -one, a)))
+
+
 class _ClassLoss(Loss):
     """Shared target handling of the class losses (indices or probabilities)."""
 
@@ -437,7 +447,7 @@ class BinaryCrossEntropy(ElementwiseLoss):
         floor, one = const(xp, _BCE_LOG_FLOOR, a), const(xp, 1.0, a)
         pos_a, pos_1ma = a > 0, a < one  # log(0) = -inf is never taken (numpy-backed namespaces warn)
         log_a = xp.where(pos_a, xp.maximum(xp.log(xp.where(pos_a, a, one)), floor), floor)
-        log_1ma = xp.where(pos_1ma, xp.maximum(xp.log1p(-xp.where(pos_1ma, a, -one)), floor), floor)
+        log_1ma = xp.where(pos_1ma, xp.maximum(_xp_log1m(xp, xp.where(pos_1ma, a, -one)), floor), floor)
         pw = self.xp_positive_weight(xp, a)
         pos = y * log_a if pw is None else pw * y * log_a
         return -(pos + (const(xp, 1.0, a) - y) * log_1ma)
