@@ -111,6 +111,19 @@ def diagonal_blocks(xp, h):
 class GenericLoss:
     """The generic methods of :class:`~jacobians.Loss` (see the module's doc).
 
+    Every method takes the same first arguments:
+
+    Parameters
+    ----------
+    xp : namespace
+        The arrays' array API namespace (:func:`jacobians.xp.namespace.namespace_of`).
+    a : array of ``xp``, shape ``(..., K)``, float32 or float64
+        The loss's input; every result has its dtype and device.
+    y : array of ``xp`` or :class:`~jacobians.losses._targets.ClassTargets`
+        The targets as :meth:`xp_check_targets` returns them (raw targets on a's
+        namespace and device for ``xp_check_targets`` itself; the class losses accept
+        either).
+
     Attributes
     ----------
     xp_available : bool
@@ -209,15 +222,34 @@ class GenericLoss:
         return value, (None if grads is None else grads * scale)
 
     def xp_value(self, xp, a, y):
-        """The reduced loss: 0-d (``'mean'``, ``'sum'``) or ``(...,)`` / ``(..., K)``."""
+        """The reduced loss.
+
+        Returns
+        -------
+        array of ``xp``
+            0-d for ``'mean'`` and ``'sum'`` (NaN for ``'mean'`` over nothing); ``(...,)``
+            per sample, or ``(..., K)`` per entry for an elementwise loss, for ``'none'``.
+        """
         return self.xp_reduce(xp, *self.xp_terms(xp, a, y, need_grad=False))[0]
 
     def xp_grad(self, xp, a, y):
-        """``dE/da``, a's shape."""
+        """``dE/da`` of the reduced loss.
+
+        Returns
+        -------
+        array of ``xp``, shape ``(..., K)``
+            With the reduction's factor (zero for ignored rows and for ``'mean'`` over
+            nothing); row n the gradient of sample n's own loss for ``'none'``.
+        """
         return self.xp_reduce(xp, *self.xp_terms(xp, a, y, need_grad=True))[1]
 
     def xp_value_and_grad(self, xp, a, y):
-        """``(value, dE/da)``."""
+        """``(value, dE/da)`` sharing the work: see :meth:`xp_value` and :meth:`xp_grad`.
+
+        Returns
+        -------
+        tuple of arrays of ``xp``: 0-d (or ``(...,)`` / ``(..., K)``) and ``(..., K)``
+        """
         return self.xp_reduce(xp, *self.xp_terms(xp, a, y, need_grad=True))
 
     def _xp_scaled_hessian(self, xp, a, y):
@@ -226,12 +258,28 @@ class GenericLoss:
         return (h if scale is None else h * scale), diagonal
 
     def xp_hessian(self, xp, a, y):
-        """The reduced loss's Hessian blocks ``∂²E/∂a_n∂a_n``, ``(..., K, K)``."""
+        """The reduced loss's Hessian blocks ``∂²E/∂a_n∂a_n``.
+
+        Returns
+        -------
+        array of ``xp``, shape ``(..., K, K)``
+            With the reduction's factor inside (1/N, 1/(N·K) for an elementwise loss, the
+            summed class weights; zero for ignored rows).
+        """
         h, diagonal = self._xp_scaled_hessian(xp, a, y)
         return diagonal_blocks(xp, h) if diagonal else h
 
     def xp_hvp(self, xp, a, y, v):
-        """``(∂²E/∂a_n∂a_n) v_n``, ``(..., K)``."""
+        """``(∂²E/∂a_n∂a_n) v_n`` per sample, without the dense blocks where they are diagonal.
+
+        Parameters
+        ----------
+        v : array of ``xp``, shape ``(..., K)``, a's dtype
+
+        Returns
+        -------
+        array of ``xp``, shape ``(..., K)``
+        """
         h, diagonal = self._xp_scaled_hessian(xp, a, y)
         if diagonal:
             return h * v
