@@ -25,11 +25,14 @@ from jacobians.activations.base import Activation  # noqa: E402
 
 NAMESPACES = ("array_api_strict", "torch", "jax")
 #: registry names without a generic path yet: every method raises a clear NotImplementedError
-NO_GENERIC = {"softmax", "log_softmax", "sparsemax", "entmax15", "entmax"}
-#: worst normwise error allowed, in ulps of the result's dtype. float64: the closed forms'
-#: round-off (measured worst: see the branch report). float32: the float32 result against
-#: float64 numpy on the same inputs, so it includes float32's own rounding of every step.
-ULPS = {"float64": 4, "float32": 16}
+NO_GENERIC = {"sparsemax", "entmax15", "entmax"}
+#: worst normwise error allowed against numpy, in ulps of the result's dtype, per order
+#: (first: forward, jacobian, vjp, jvp; second: hessian, hessian_vjp). float64: measured
+#: worst 2.1 ulp (first), 8.3 (second: the curvature formulas' cancellations, e.g.
+#: w(1 − 2s) near s = 1/2, amplify the namespaces' exp, ≤ 2 ulp apart, on both sides; torch
+#: is 3.9 ulp from a long-double reference where numpy is 0.3). float32: the float32 result
+#: against float64 numpy on the same inputs, so float32's own rounding of every step is in.
+ULPS = {("float64", 1): 4, ("float64", 2): 12, ("float32", 1): 16, ("float32", 2): 32}
 ONE = ("__call__", "jacobian", "hessian")
 TWO = ("vjp", "jvp", "hessian_vjp")
 K = 6
@@ -100,15 +103,26 @@ def _inputs(dtype_name: str):
     return z, g, v
 
 
-def _ulps(result, ref, dtype_name: str, axes: int) -> float:
-    """The worst per-sample ``max|err| / max|ref|`` (over the last ``axes`` axes) in ulps."""
+def _ulps(result, ref, dtype_name: str, axes: int) -> np.ndarray:
+    """Per sample, ``max|err| / max|ref|`` over the last ``axes`` axes, in ulps."""
     err = np.abs(np.asarray(result, dtype=np.float64) - ref)
     lead = ref.shape[: ref.ndim - axes]
     err = err.reshape(lead + (-1,)).max(axis=-1)
     scale = np.abs(ref).reshape(lead + (-1,)).max(axis=-1)
     tiny = np.finfo(dtype_name).tiny
-    ratio = np.where(err == 0, 0.0, err / np.maximum(scale, tiny))
-    return float(ratio.max() / np.finfo(dtype_name).eps)
+    return np.where(err == 0, 0.0, err / np.maximum(scale, tiny)) / np.finfo(dtype_name).eps
+
+
+def _allowed(xp, act, z, dtype_name: str, order: int) -> np.ndarray:
+    """The tolerance per sample. JAX (XLA on CPU) divides by the temperature as
+    ``z · (1/T)``: ``z/T`` is an ulp off numpy's in a quarter of the entries, and a map of
+    ``z/T`` turns that into ``max|z/T|`` ulp (the map's condition number: 3e3 at logits of
+    ±1e4 and T = 3), in numpy's result as much as JAX's; so JAX gets that much more."""
+    base = ULPS[dtype_name, order]
+    T = getattr(act, "temperature", 1.0)
+    if "jax" in xp.__name__ and T != 1.0:
+        return base + 2 * np.abs(z).max(axis=-1) / T
+    return np.full(z.shape[:-1], float(base))
 
 
 def _check_array(xp, result, like):
@@ -139,9 +153,10 @@ def test_walk_matches_numpy(xp, dtype_name, name, act, method):
     assert tuple(result.shape) == ref.shape
     axes = {"__call__": 1, "vjp": 1, "jvp": 1, "jacobian": 2, "hessian_vjp": 2, "hessian": 3}[method]
     ulps = _ulps(result, ref, dtype_name, axes)
-    key = (dtype_name, method)
-    WORST[key] = max(WORST.get(key, 0.0), ulps)
-    assert ulps <= ULPS[dtype_name], f"{name} {method}: {ulps:.1f} ulp"
+    allowed = _allowed(xp, act, z, dtype_name, 2 if method.startswith("hessian") else 1)
+    key = (dtype_name, method, "T!=1 jax" if allowed.max() > ULPS[dtype_name, 1 + method.startswith("hessian")] else "")
+    WORST[key] = max(WORST.get(key, 0.0), float(ulps.max()))
+    assert np.all(ulps <= allowed), f"{name} {method}: {ulps.max():.1f} ulp"
 
 
 def test_report_worst():
@@ -222,12 +237,13 @@ def test_jax_jit(name, act):
     z, g, _ = _inputs("float64")
     with jax.enable_x64(True):
         zt, gt = jax.numpy.asarray(z), jax.numpy.asarray(g)
+        first, second = (_allowed(jax.numpy, act, z, "float64", order) for order in (1, 2))
         out = jax.jit(lambda z: act(z))(zt)
-        assert _ulps(out, act(z), "float64", 1) <= ULPS["float64"]
+        assert np.all(_ulps(out, act(z), "float64", 1) <= first)
         out = jax.jit(lambda z, g: act.vjp(z, g))(zt, gt)
-        assert _ulps(out, act.vjp(z, g), "float64", 1) <= ULPS["float64"]
+        assert np.all(_ulps(out, act.vjp(z, g), "float64", 1) <= first)
         out = jax.jit(lambda z, g: act.hessian_vjp(z, g))(zt, gt)
-        assert _ulps(out, act.hessian_vjp(z, g), "float64", 2) <= ULPS["float64"]
+        assert np.all(_ulps(out, act.hessian_vjp(z, g), "float64", 2) <= second)
 
 
 @pytest.mark.parametrize("name, act", [p for p in INSTANCES if p.values[0] not in NO_GENERIC])
@@ -237,6 +253,6 @@ def test_torch_requires_grad(name, act):
     zt = torch.tensor(z, requires_grad=True)
     out = act.vjp(zt, torch.tensor(g))
     assert isinstance(out, torch.Tensor)
-    assert _ulps(out.detach(), act.vjp(z, g), "float64", 1) <= ULPS["float64"]
+    assert np.all(_ulps(out.detach(), act.vjp(z, g), "float64", 1) <= ULPS["float64", 1])
     with torch.no_grad():
-        assert _ulps(act(zt), act(z), "float64", 1) <= ULPS["float64"]
+        assert np.all(_ulps(act(zt), act(z), "float64", 1) <= ULPS["float64", 1])

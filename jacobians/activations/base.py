@@ -352,10 +352,10 @@ def _no_xp_path(obj, what: str = "", use: str = "torch/JAX arrays"):
 
 def _xp_eye(xp, z):
     """The identity ``(K, K)`` of z's dtype and device."""
-    return xp.eye(z.shape[-1], dtype=z.dtype, device=array_api_compat_device(z))
+    return xp.eye(z.shape[-1], dtype=z.dtype, device=_xp_device(z))
 
 
-def array_api_compat_device(x):
+def _xp_device(x):
     """``array_api_compat.device(x)`` (imported here: only generic arrays come here)."""
     import array_api_compat
 
