@@ -25,7 +25,7 @@ from jacobians.activations.base import Activation  # noqa: E402
 
 NAMESPACES = ("array_api_strict", "torch", "jax")
 #: registry names without a generic path yet: every method raises a clear NotImplementedError
-NO_GENERIC = {"sparsemax", "entmax15", "entmax"}
+NO_GENERIC = {"entmax"}
 #: worst normwise error allowed against numpy, in ulps of the result's dtype, per order
 #: (first: forward, jacobian, vjp, jvp; second: hessian, hessian_vjp). float64: measured
 #: worst 2.1 ulp (first), 8.3 (second: the curvature formulas' cancellations, e.g.

@@ -10,8 +10,8 @@ from ..numerics import entmax, sparse
 from ..numerics.validation import alpha_rows, as_float_array, check_alpha, check_positive_scalar
 from ..operators import DiagonalJacobian, DiagonalPlusLowRank
 from . import references
-from .base import _check_pair, register_activation
-from .simplex import TEMPERATURES, SimplexMapping, _rowdot
+from .base import _check_pair, _xp_device, _xp_diag, register_activation
+from .simplex import TEMPERATURES, SimplexMapping, _rowdot, _xp_rowdot
 
 __all__ = ["Sparsemax", "Entmax15", "Entmax"]
 
@@ -43,6 +43,34 @@ def _support_curvature(g, h, v, temperature):
     U = np.stack([b, g, sg], axis=-1)
     W = np.stack([g, b, -np.sign(c) * sg], axis=-1)
     return DiagonalPlusLowRank(d * scale, U, W, symmetric=True)
+
+
+def _xp_support_curvature(xp, g, h, v, temperature):
+    """:func:`_support_curvature` on the generic path, dense ``(..., K, K)``:
+    ``C = diag(d) − (b gᵀ + g bᵀ) + c g gᵀ``, each term times the row's scale (0 for a
+    support of one entry, else 1/T²)."""
+    G = xp.sum(g, axis=-1, keepdims=True)
+    nu, mu = _xp_rowdot(xp, v, g), _xp_rowdot(xp, v, h)
+    H = xp.sum(h, axis=-1, keepdims=True)
+    c = mu / G**2 - nu * H / G**3
+    d = h * (v - nu / G)
+    support = xp.sum(xp.astype(g != 0, g.dtype), axis=-1, keepdims=True)
+    scale = xp.astype(support > 1, g.dtype) / temperature**2
+    b = (v * h - nu / G * h) / G * scale
+    low = b[..., :, None] * g[..., None, :] + g[..., :, None] * b[..., None, :]
+    return _xp_diag(xp, d * scale) - low + (c * scale)[..., None] * (g[..., :, None] * g[..., None, :])
+
+
+def _xp_sorted_down(xp, x):
+    """``x`` sorted along the last axis, largest first, and ``1, 2, …, K`` in x's dtype."""
+    ks = xp.arange(1, x.shape[-1] + 1, dtype=x.dtype, device=_xp_device(x))
+    return xp.sort(x, axis=-1, descending=True), ks
+
+
+def _xp_at(xp, x, ks, k):
+    """``x[..., k − 1]`` per row (``k`` ``(..., 1)`` a float count, ``ks`` = 1..K): a
+    one-hot sum, exact, jit-safe, without integer indices."""
+    return xp.sum(xp.where(ks == k, x, xp.zeros_like(x)), axis=-1, keepdims=True)
 
 
 class _TemperedSparseMapping(SimplexMapping):
@@ -92,6 +120,23 @@ class Sparsemax(_TemperedSparseMapping):
         # piecewise linear: no curvature off the support boundaries
         return DiagonalJacobian(np.zeros_like(p))
 
+    def xp_forward(self, xp, z):
+        """numerics.sparse.sparsemax's sort-based threshold on the generic path: τ from the
+        cumulative sums at the support's size, ``(..., K)``."""
+        x = self.xp_scaled_logits(xp, z)
+        shifted = x - xp.max(x, axis=-1, keepdims=True)
+        srt, ks = _xp_sorted_down(xp, shifted)
+        cumsum = xp.cumulative_sum(srt, axis=-1)
+        k = xp.sum(xp.astype(1 + ks * srt > cumsum, x.dtype), axis=-1, keepdims=True)  # >= 1
+        tau = (_xp_at(xp, cumsum, ks, k) - 1) / k
+        return xp.maximum(shifted - tau, xp.zeros_like(shifted))
+
+    def xp_gradient_weights(self, xp, p):
+        return self._xp_per_temperature(xp.astype(p > 0, p.dtype))
+
+    def xp_curvature(self, xp, z, p, g):
+        return xp.zeros(tuple(p.shape) + (p.shape[-1],), dtype=p.dtype, device=_xp_device(p))
+
 
 @register_activation
 class Entmax15(_TemperedSparseMapping):
@@ -127,6 +172,30 @@ class Entmax15(_TemperedSparseMapping):
         # g = √p: h = (2 − α) p^{3 − 2α} = ½ on the support
         on = (p > 0).astype(p.dtype)
         return _support_curvature(np.sqrt(p), on * p.dtype.type(0.5), v * on, self.temperature)
+
+    def xp_forward(self, xp, z):
+        """numerics.sparse.entmax15 on the generic path: τ from the sorted row's running
+        moments at the support's size, then one Newton step, ``(..., K)``."""
+        x = self.xp_scaled_logits(xp, z)
+        x = (x - xp.max(x, axis=-1, keepdims=True)) / 2
+        srt, rho = _xp_sorted_down(xp, x)
+        mean = xp.cumulative_sum(srt, axis=-1) / rho
+        mean_sq = xp.cumulative_sum(srt * srt, axis=-1) / rho
+        ss = rho * (mean_sq - mean * mean)
+        tau = mean - xp.sqrt(xp.maximum((1 - ss) / rho, xp.zeros_like(ss)))
+        support = xp.sum(xp.astype(tau <= srt, x.dtype), axis=-1, keepdims=True)
+        tau_star = _xp_at(xp, tau, rho, support)
+        u = xp.maximum(x - tau_star, xp.zeros_like(x))
+        tau_star = tau_star + (xp.sum(u * u, axis=-1, keepdims=True) - 1) / (2 * xp.sum(u, axis=-1, keepdims=True))
+        p = xp.maximum(x - tau_star, xp.zeros_like(x))
+        return p * p
+
+    def xp_gradient_weights(self, xp, p):
+        return self._xp_per_temperature(xp.sqrt(p))
+
+    def xp_curvature(self, xp, z, p, v):
+        on = xp.astype(p > 0, p.dtype)
+        return _xp_support_curvature(xp, xp.sqrt(p), on * 0.5, v * on, self.temperature)
 
 
 @register_activation
