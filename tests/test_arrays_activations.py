@@ -25,7 +25,7 @@ from jacobians.activations.base import Activation  # noqa: E402
 
 NAMESPACES = ("array_api_strict", "torch", "jax")
 #: registry names without a generic path yet: every method raises a clear NotImplementedError
-NO_GENERIC = {"entmax"}
+NO_GENERIC: set = set()
 #: worst normwise error allowed against numpy, in ulps of the result's dtype, per order
 #: (first: forward, jacobian, vjp, jvp; second: hessian, hessian_vjp). float64: measured
 #: worst 2.1 ulp (first), 8.3 (second: the curvature formulas' cancellations, e.g.
@@ -33,6 +33,12 @@ NO_GENERIC = {"entmax"}
 #: is 3.9 ulp from a long-double reference where numpy is 0.3). float32: the float32 result
 #: against float64 numpy on the same inputs, so float32's own rounding of every step is in.
 ULPS = {("float64", 1): 4, ("float64", 2): 12, ("float32", 1): 16, ("float32", 2): 32}
+#: α-entmax's curvature (α ≠ 1.5, 2): ``h = (2 − α) p^{3−2α}`` (``p^{−2}`` at α = 2.5) and
+#: ``g = p^{2−α}`` amplify p's round-off near the support's edge, where p is small and its
+#: relative error large, on numpy's side as much as the generic one's (numpy's own tests
+#: check this curvature against central differences only, to 1e-7). Measured worst: see
+#: the branch report.
+ENTMAX_CURVATURE_ULPS = {"float64": 256, "float32": 256}
 ONE = ("__call__", "jacobian", "hessian")
 TWO = ("vjp", "jvp", "hessian_vjp")
 K = 6
@@ -119,6 +125,8 @@ def _allowed(xp, act, z, dtype_name: str, order: int) -> np.ndarray:
     ``z/T`` turns that into ``max|z/T|`` ulp (the map's condition number: 3e3 at logits of
     ±1e4 and T = 3), in numpy's result as much as JAX's; so JAX gets that much more."""
     base = ULPS[dtype_name, order]
+    if order == 2 and isinstance(act, jac.Entmax) and act.alpha not in (1.5, 2.0):
+        base = ENTMAX_CURVATURE_ULPS[dtype_name]
     T = getattr(act, "temperature", 1.0)
     if "jax" in xp.__name__ and T != 1.0:
         return base + 2 * np.abs(z).max(axis=-1) / T
@@ -154,7 +162,7 @@ def test_walk_matches_numpy(xp, dtype_name, name, act, method):
     axes = {"__call__": 1, "vjp": 1, "jvp": 1, "jacobian": 2, "hessian_vjp": 2, "hessian": 3}[method]
     ulps = _ulps(result, ref, dtype_name, axes)
     allowed = _allowed(xp, act, z, dtype_name, 2 if method.startswith("hessian") else 1)
-    key = (dtype_name, method, "T!=1 jax" if allowed.max() > ULPS[dtype_name, 1 + method.startswith("hessian")] else "")
+    key = (dtype_name, method, name if name == "entmax" else "", "T!=1 jax" if "jax" in xp.__name__ and getattr(act, "temperature", 1.0) != 1.0 else "")
     WORST[key] = max(WORST.get(key, 0.0), float(ulps.max()))
     assert np.all(ulps <= allowed), f"{name} {method}: {ulps.max():.1f} ulp"
 
@@ -256,3 +264,15 @@ def test_torch_requires_grad(name, act):
     assert np.all(_ulps(out.detach(), act.vjp(z, g), "float64", 1) <= ULPS["float64", 1])
     with torch.no_grad():
         assert np.all(_ulps(act(zt), act(z), "float64", 1) <= ULPS["float64", 1])
+
+
+def test_entmax_with_one_alpha_per_row(xp, dtype_name):
+    z, g, _ = _inputs(dtype_name)
+    alpha = np.linspace(1.2, 2.5, 5)  # one per row of the (2, 5) batch
+    act = jac.Entmax(alpha=alpha)
+    dtype = getattr(xp, dtype_name)
+    zt, gt = xp.asarray(z, dtype=dtype), xp.asarray(g, dtype=dtype)
+    z64, g64 = z.astype(np.float64), g.astype(np.float64)
+    for result, ref in ((act(zt), act(z64)), (act.vjp(zt, gt), act.vjp(z64, g64))):
+        _check_array(xp, result, zt)
+        assert np.all(_ulps(result, ref, dtype_name, 1) <= ULPS[dtype_name, 1])

@@ -61,6 +61,23 @@ def _xp_support_curvature(xp, g, h, v, temperature):
     return _xp_diag(xp, d * scale) - low + (c * scale)[..., None] * (g[..., :, None] * g[..., None, :])
 
 
+def _xp_power_on_support(xp, p, e):
+    """``p^e = exp(e log p)`` where ``p > 0``, else 0 (numerics.entmax's power), ``(..., K)``."""
+    on = p > 0
+    return xp.where(on, xp.exp(e * xp.log(xp.where(on, p, xp.ones_like(p)))), xp.zeros_like(p))
+
+
+def _xp_entmax_weights(xp, p, alpha):
+    """``p^{2−α}`` on the support, else 0 (numerics.entmax.entmax_weights, its special
+    cases α = 2 and 1.5 included), ``(..., K)``."""
+    if not hasattr(alpha, "shape"):
+        if alpha == 2.0:
+            return xp.astype(p > 0, p.dtype)
+        if alpha == 1.5:
+            return xp.sqrt(p)
+    return _xp_power_on_support(xp, p, 2 - alpha)
+
+
 def _xp_sorted_down(xp, x):
     """``x`` sorted along the last axis, largest first, and ``1, 2, …, K`` in x's dtype."""
     ks = xp.arange(1, x.shape[-1] + 1, dtype=x.dtype, device=_xp_device(x))
@@ -285,6 +302,50 @@ class Entmax(_TemperedSparseMapping):
         with np.errstate(divide="ignore", over="ignore"):
             h = np.where(on, (2 - a) * np.exp((3 - 2 * a) * np.log(np.where(on, p, 1))), 0).astype(p.dtype, copy=False)
         return _support_curvature(entmax.entmax_weights(p, alpha), h, v * on, self.temperature)
+
+    # -- generic path: τ by bisection of a fixed number of steps (jit-safe), then Newton ----
+    def _xp_alpha(self, xp, z):
+        """α as a float, or one per row ``(..., 1)`` in z's dtype and device."""
+        alpha = alpha_rows(self.alpha, np.broadcast_to(np.empty((), dtype=np.float64), tuple(z.shape)))
+        if not isinstance(alpha, np.ndarray):
+            return alpha
+        alpha = np.array(alpha, dtype=np.float64).reshape(tuple(z.shape[:-1]) + (1,))  # a writable copy for torch
+        return xp.asarray(alpha, dtype=z.dtype, device=_xp_device(z))
+
+    def xp_forward(self, xp, z):
+        """``p = [(α − 1)x − τ]_+^{1/(α−1)}`` (``x`` the scaled logits shifted to max 0):
+        τ in ``[−1, −K^{1−α}]`` by bisection, one step a mantissa bit (60 in float64, 30 in
+        float32), then one Newton step on the support, as numerics.entmax; ``(..., K)``."""
+        x = self.xp_scaled_logits(xp, z)
+        alpha = self._xp_alpha(xp, z)
+        X = (alpha - 1) * (x - xp.max(x, axis=-1, keepdims=True))
+        beta = 1 / (alpha - 1)
+        zero = xp.zeros_like(X)
+        lo = xp.full(tuple(X.shape[:-1]) + (1,), -1.0, dtype=X.dtype, device=_xp_device(X))
+        hi = lo * 0 - (1 / X.shape[-1]) ** (alpha - 1)
+        for _ in range(60 if X.dtype == xp.float64 else 30):
+            mid = (lo + hi) / 2
+            over = xp.sum(xp.maximum(X - mid, zero) ** beta, axis=-1, keepdims=True) >= 1
+            lo, hi = xp.where(over, mid, lo), xp.where(over, hi, mid)
+        tau = (lo + hi) / 2
+        u = xp.maximum(X - tau, zero)
+        on = u > 0
+        f = xp.sum(u**beta, axis=-1, keepdims=True) - 1
+        slope = beta * xp.sum(xp.where(on, xp.where(on, u, xp.ones_like(u)) ** (beta - 1), zero), axis=-1, keepdims=True)
+        tau = tau + f / slope
+        return xp.maximum(X - tau, zero) ** beta
+
+    def xp_gradient_weights(self, xp, p):
+        return self._xp_per_temperature(_xp_entmax_weights(xp, p, self._xp_alpha(xp, p)))
+
+    def xp_vjp(self, xp, z, g):
+        return self.xp_vjp_from_output(xp, z, self.xp_forward(xp, z), g)
+
+    def xp_curvature(self, xp, z, p, v):
+        alpha = self._xp_alpha(xp, p)
+        on = xp.astype(p > 0, p.dtype)
+        h = (2 - alpha) * _xp_power_on_support(xp, p, 3 - 2 * alpha)
+        return _xp_support_curvature(xp, _xp_entmax_weights(xp, p, alpha), h, v * on, self.temperature)
 
     def alpha_vjp(self, z, g) -> np.ndarray:
         r"""``Σ_i g_i ∂p_i/∂α`` per row, shape ``z.shape[:-1]``: the gradient of α.
