@@ -23,6 +23,7 @@ import jacobians as jac
 from jacobians.checks import example_inputs, plan
 
 EXTRA = "the arrays extra (array-api-compat, array-api-extra) is not installed"
+pytestmark = pytest.mark.arrays
 array_api_compat = pytest.importorskip("array_api_compat", reason=EXTRA)
 
 NAMESPACES = ("array_api_strict", "torch", "jax")

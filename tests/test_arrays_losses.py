@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 EXTRA = "the arrays extra (array-api-compat, array-api-extra) is not installed"
+pytestmark = pytest.mark.arrays
 array_api_compat = pytest.importorskip("array_api_compat", reason=EXTRA)
 
 import jacobians as jac  # noqa: E402
