@@ -260,14 +260,14 @@ class Activation:
 
     def xp_vjp(self, xp, z, g):
         """``g @ J`` per sample on the generic path: ``(..., K)`` from ``z`` and ``g``
-        ``(..., K)``. Default: contracts :meth:`xp_jacobian`."""
+        ``(..., K)``. Default: contracts ``xp_jacobian``."""
         if not _xp_overrides(self, "xp_jacobian"):
             raise _no_xp_path(self, "xp_jacobian(xp, z) or xp_vjp(xp, z, g)")
         return xp.matmul(g[..., None, :], self.xp_jacobian(xp, z))[..., 0, :]
 
     def xp_jvp(self, xp, z, v):
         """``J @ v`` per sample on the generic path, shape ``(..., K)``. Default: contracts
-        :meth:`xp_jacobian`."""
+        ``xp_jacobian``."""
         if not _xp_overrides(self, "xp_jacobian"):
             raise _no_xp_path(self, "xp_jacobian(xp, z) or xp_jvp(xp, z, v)")
         return xp.matmul(self.xp_jacobian(xp, z), v[..., None])[..., 0]
@@ -278,7 +278,7 @@ class Activation:
         return self.xp_vjp(xp, z, g)
 
     def xp_jacobian_from_output(self, xp, z, a):
-        """:meth:`xp_jacobian` given ``a = xp_forward(xp, z)``, shape ``(..., K, K)``.
+        """``xp_jacobian`` given ``a = xp_forward(xp, z)``, shape ``(..., K, K)``.
         Default: ignores ``a``."""
         return self.xp_jacobian(xp, z)
 

@@ -180,5 +180,5 @@ class SimplexMapping(Activation):
 
     def xp_curvature(self, xp, z, p, g):
         """``Σ_i g_i ∇²p_i`` from the output ``p``, dense ``(..., K, K)`` (each mapping its
-        own: :meth:`_curvature`'s twin)."""
+        own: ``_curvature``'s twin)."""
         raise _no_xp_path(self, "xp_curvature(xp, z, p, g) or xp_hessian_vjp(xp, z, g)", "second-order methods")

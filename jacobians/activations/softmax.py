@@ -129,7 +129,7 @@ class Softmax(SimplexMapping):
         return self.xp_vjp_from_output(xp, z, self.xp_forward(xp, z), v)
 
     def xp_curvature(self, xp, z, s, g):
-        """``(diag(w) − w sᵀ − s wᵀ)/T²``, ``w = s ⊙ (g − g·s)`` (see :meth:`_curvature`),
+        """``(diag(w) − w sᵀ − s wᵀ)/T²``, ``w = s ⊙ (g − g·s)`` (see ``_curvature``),
         dense ``(..., K, K)``."""
         w = _xp_simplex_product(xp, s, s, g)
         H = _xp_diag(xp, w) - (w[..., :, None] * s[..., None, :] + s[..., :, None] * w[..., None, :])

@@ -55,7 +55,7 @@ class Loss(GenericLoss):
     returned is always the gradient of the reduced value.
 
     torch, JAX, CuPy and array-api-strict arrays take the generic path
-    (:mod:`jacobians.losses.generic`): the twins ``xp_per_sample(xp, a, y)`` and
+    (``jacobians.losses.generic``): the twins ``xp_per_sample(xp, a, y)`` and
     ``xp_per_sample_grad(xp, a, y)`` (``xp_per_element...`` for an :class:`ElementwiseLoss`,
     ``..._hessian`` for second order), written with the array API standard only, give the
     same reductions there; a class with numpy math but no twins raises a clear
