@@ -12,8 +12,6 @@ generic path's dtype.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 
@@ -45,18 +43,6 @@ TWO = ("vjp", "jvp", "hessian_vjp")
 K = 6
 
 
-def _namespace(name: str):
-    if name == "array_api_strict":
-        return pytest.importorskip(
-            "array_api_strict", reason="array-api-strict (the arrays tests' reference namespace) is not installed"
-        )
-    if name == "torch":
-        pytest.importorskip("torch", reason="the arrays extra's torch (CPU build) is not installed")
-        import array_api_compat.torch as xp
-
-        return xp
-    jax = pytest.importorskip("jax", reason="the arrays extra's jax is not installed")
-    return jax.numpy
 
 
 @pytest.fixture(params=NAMESPACES)
@@ -64,22 +50,8 @@ def xp_name(request):
     return request.param
 
 
-@pytest.fixture(params=["float32", "float64"])
-def dtype_name(request):
-    return request.param
 
 
-@pytest.fixture
-def xp(xp_name, dtype_name):
-    """The namespace; JAX runs float32 with x64 off and float64 with x64 on."""
-    ns = _namespace(xp_name)
-    ctx = contextlib.nullcontext()
-    if xp_name == "jax":
-        import jax
-
-        ctx = jax.enable_x64(dtype_name == "float64")
-    with ctx:
-        yield ns
 
 
 def _instances():

@@ -13,11 +13,11 @@ against plain autograd of the same loss (torch's ``cross_entropy``, ``jax.nn``),
 
 from __future__ import annotations
 
-import contextlib
 import zlib
 
 import numpy as np
 import pytest
+from conftest import array_namespace_named, jax_x64
 
 import jacobians as jac
 from jacobians.checks import example_inputs, plan
@@ -33,27 +33,8 @@ ULPS = {"float64": 64, "float32": 64}
 SHAPE = (6, 5)
 
 
-def _namespace(name: str):
-    if name == "array_api_strict":
-        return pytest.importorskip("array_api_strict", reason="array-api-strict (the test extra) is not installed")
-    if name == "torch":
-        pytest.importorskip("torch", reason="torch (the test extra's CPU build) is not installed")
-        import array_api_compat.torch as xp
-
-        return xp
-    jax = pytest.importorskip("jax", reason="jax (the test extra) is not installed")
-    return jax.numpy
 
 
-@contextlib.contextmanager
-def _x64(name, dtype_name):
-    if name != "jax":
-        yield
-        return
-    import jax
-
-    with jax.enable_x64(dtype_name == "float64"):
-        yield
 
 
 def _pair_entries():
@@ -112,13 +93,13 @@ def _methods(head):
 
 @pytest.mark.parametrize("entry, name, dtype_name", list(_cases()))
 def test_every_method_matches_numpy(entry, name, dtype_name):
-    xp = _namespace(name)
+    xp = array_namespace_named(name)
     head = entry.build(SHAPE[-1])
     z, y = _inputs(head, dtype_name, entry.label)
     eps = float(np.finfo(dtype_name).eps)
     z64, y64 = z.astype(np.float64), (y.astype(np.float64) if y.dtype.kind == "f" else y)
     v = np.random.default_rng(3).normal(size=z.shape).astype(dtype_name)
-    with _x64(name, dtype_name):
+    with jax_x64(name, dtype_name):
         zt, vt = xp.asarray(z), xp.asarray(v)
         yt = xp.asarray(y) if y.dtype.kind == "f" else y  # class indices as numpy: moved to z's device
         try:

@@ -13,10 +13,9 @@ dtype's epsilon: ``max|got − ref| / (max|ref| · eps)``.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
+from conftest import array_namespace_named
 
 EXTRA = "the arrays extra (array-api-compat, array-api-extra) is not installed"
 pytestmark = pytest.mark.arrays
@@ -41,18 +40,6 @@ ACTIVATION = {
 WORST: dict = {}
 
 
-def _namespace(name: str):
-    if name == "array_api_strict":
-        return pytest.importorskip(
-            "array_api_strict", reason="array-api-strict (the arrays tests' reference namespace) is not installed"
-        )
-    if name == "torch":
-        pytest.importorskip("torch", reason="the arrays extra's torch (CPU build) is not installed")
-        import array_api_compat.torch as xp
-
-        return xp
-    jax = pytest.importorskip("jax", reason="the arrays extra's jax is not installed")
-    return jax.numpy
 
 
 @pytest.fixture(params=NAMESPACES)
@@ -60,22 +47,8 @@ def xp_name(request):
     return request.param
 
 
-@pytest.fixture(params=["float32", "float64"])
-def dtype_name(request):
-    return request.param
 
 
-@pytest.fixture
-def xp(xp_name, dtype_name):
-    """The namespace; JAX runs float32 with x64 off and float64 with x64 on."""
-    ns = _namespace(xp_name)
-    ctx = contextlib.nullcontext()
-    if xp_name == "jax":
-        import jax
-
-        ctx = jax.enable_x64(dtype_name == "float64")
-    with ctx:
-        yield ns
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -303,7 +276,7 @@ def test_no_generic_path(xp, loss):
 @pytest.mark.parametrize("name", ["cross_entropy", "nll", "kl_divergence", "binary_cross_entropy", "mse", "huber"])
 def test_per_sample_methods(name):
     """The per-sample twins (what a pair rule or a user's subclass builds on) against numpy's."""
-    xp = _namespace("array_api_strict")
+    xp = array_namespace_named("array_api_strict")
     loss = jac.LOSSES[name]()
     a_np, y = inputs(loss)
     a = xp.asarray(a_np)

@@ -23,20 +23,11 @@ import math
 
 import array_api_compat
 
+from ..backend import ENTRY_POINTS
 from ..second_order import resolve
 from .inputs import float_input, namespace_of, same_shape, targets_like, unsupported
 
-__all__ = [
-    "contract",
-    "head_loss",
-    "head_value_and_grad",
-    "head_blocks",
-    "head_hvp",
-    "head_sqrt_ggn_sampled",
-    "head_fisher",
-    "linear_gradient",
-    "linear_curvature",
-]
+__all__ = list(ENTRY_POINTS)  # the backend.Implementation functions, every one
 
 #: row blocks of the generic 'jacobian' method hold about this many bytes of J by default
 DEFAULT_MAX_BYTES = 256 << 20
