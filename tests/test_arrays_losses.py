@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import array_namespace_named
+from conftest import Brier, array_namespace_named
 
 EXTRA = "the arrays extra (array-api-compat, array-api-extra) is not installed"
 pytestmark = pytest.mark.arrays
@@ -242,17 +242,6 @@ def test_value_checks_skipped_under_jit():
         jax.jit(lambda a, y: loss.value(a, y))(a, jax.numpy.zeros((3,), dtype=jax.numpy.int32))
 
 
-class Brier(jac.Loss):
-    """A user's loss with numpy math only."""
-
-    input_domain = "simplex"
-    target_kind = "probability"
-
-    def per_sample(self, a, y):
-        return ((a - y) ** 2).sum(axis=-1)
-
-    def per_sample_grad(self, a, y):
-        return 2 * (a - y)
 
 
 class MyCrossEntropy(jac.CrossEntropy):
