@@ -20,3 +20,8 @@ if not (importlib.util.find_spec("dask") and importlib.util.find_spec("distribut
 if not importlib.util.find_spec("array_api_compat"):
     # the generic path (jacobians.xp) needs the arrays extra
     collect_ignore += [str(p.relative_to(HERE)) for p in HERE.glob("jacobians/xp/*.py") if p.name != "__init__.py"]
+    collect_ignore += [str(p.relative_to(HERE)) for p in HERE.glob("jacobians/_arrays/*.py") if p.name != "__init__.py"]
+for module, name in (("torch", "torch.py"), ("jax", "jax.py")):
+    # the adapters import their framework (the test extra installs both)
+    if not (importlib.util.find_spec(module) and importlib.util.find_spec("array_api_compat")):
+        collect_ignore.append(str(pathlib.Path("jacobians") / name))

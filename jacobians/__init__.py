@@ -17,6 +17,7 @@ True
 
 __version__ = "0.1.0"
 
+from . import _arrays as _arrays  # registers the generic backend (torch, JAX, CuPy, array-api-strict)
 from . import _dask as _dask  # registers the Dask backend; dask is imported on first use
 from . import activations, curvature, domains, fused, losses, operators
 from ._kernels import kernels

@@ -329,3 +329,51 @@ def peak_rss(script: str, *args) -> dict:
     code = _VMHWM + textwrap.dedent(script)
     proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- the generic (array API) path's namespaces: test_xp_foundation and test_arrays_* -----------
+
+
+def array_namespace_named(name: str):
+    """The namespace a generic-path test runs on (``'numpy'`` is array_api_compat's wrapper),
+    skipped, naming what is missing, where it is not installed."""
+    if name == "numpy":
+        import array_api_compat.numpy as xp
+
+        return xp
+    if name == "array_api_strict":
+        return pytest.importorskip(
+            "array_api_strict", reason="array-api-strict (the arrays tests' reference namespace) is not installed"
+        )
+    if name == "torch":
+        pytest.importorskip("torch", reason="the test extra's torch (CPU build) is not installed")
+        import array_api_compat.torch as xp
+
+        return xp
+    jax = pytest.importorskip("jax", reason="the test extra's jax is not installed")
+    return jax.numpy
+
+
+@contextlib.contextmanager
+def jax_x64(name: str, dtype_name: str):
+    """JAX runs float32 with x64 off and float64 with it on; other namespaces as they are."""
+    if name != "jax":
+        yield
+        return
+    import jax
+
+    with jax.enable_x64(dtype_name == "float64"):
+        yield
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype_name(request):
+    return request.param
+
+
+@pytest.fixture
+def xp(xp_name, dtype_name):
+    """The namespace named by the test module's ``xp_name`` fixture, in ``dtype_name``'s x64 mode."""
+    ns = array_namespace_named(xp_name)
+    with jax_x64(xp_name, dtype_name):
+        yield ns

@@ -24,8 +24,8 @@ def _blocks(path):
 
 
 #: what an example may import from an optional extra (dask: `dask`; fast: numba; notebooks:
-#: matplotlib); its block is skipped, saying so, where the extra is not installed
-OPTIONAL = {"dask", "distributed", "numba", "matplotlib"}
+#: matplotlib; the array libraries of docs/backends.md); its block is skipped, saying so, where the extra is not installed
+OPTIONAL = {"dask", "distributed", "numba", "matplotlib", "torch", "jax", "array_api_strict"}
 IMPORTED = re.compile(r"^\s*(?:import|from)\s+(\w+)", flags=re.M)
 
 BLOCKS = [(path.relative_to(ROOT).as_posix(), i, source) for path in PAGES for i, source in enumerate(_blocks(path))]

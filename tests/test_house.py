@@ -52,6 +52,10 @@ LAYERS = {
     "last_layer": 5,
     # backends' implementations: the top floor of the library
     "_dask": 6,
+    "_arrays": 6,
+    # adapters to a framework's autograd (import the framework)
+    "torch": 6,
+    "jax": 6,
     # verification
     "numerical": 7,
     "testing": 7,

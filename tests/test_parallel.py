@@ -94,3 +94,29 @@ def test_an_error_stops_the_others_and_is_raised():
 def test_workers_must_be_a_positive_int(bad):
     with pytest.raises(ValueError, match="workers must be a positive int or None"):
         run_in_row_blocks(lambda rows: None, 10, PARALLEL_MIN_BYTES, bad)
+
+
+def test_forked_tasks_fork_only_while_jax_is_not_imported():
+    """JAX's runtime threads make os.fork unsafe (it warns of deadlocks): once jax is imported
+    the tasks run in this process, with the same results. Checked in fresh processes."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "{pre}"
+        "from jacobians.numerics.parallel import ForkedTasks\n"
+        "tasks = [lambda i=i: (i * i, os.getpid()) for i in range(6)]\n"
+        "with ForkedTasks(tasks, 2) as pool:\n"
+        "    out = pool.run(range(6))\n"
+        "assert [v for v, _ in out] == [i * i for i in range(6)]\n"
+        "print(all(pid == os.getpid() for _, pid in out))\n"
+    )
+    forked = subprocess.run([sys.executable, "-c", code.format(pre="")], capture_output=True, text=True, timeout=120)
+    assert forked.returncode == 0 and forked.stdout.strip() == "False", forked.stderr
+    pytest.importorskip("jax", reason="jax (the test extra) is not installed")
+    here = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-c", code.format(pre="import jax\n")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert here.returncode == 0 and here.stdout.strip() == "True", here.stderr

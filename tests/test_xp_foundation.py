@@ -9,7 +9,6 @@ shift, no branch), in ulps of the result's dtype; the uniforms with
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import subprocess
@@ -17,8 +16,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import array_namespace_named
 
 EXTRA = "the arrays extra (array-api-compat, array-api-extra) is not installed"
+pytestmark = pytest.mark.arrays
 array_api_compat = pytest.importorskip("array_api_compat", reason=EXTRA)
 
 from jacobians.numerics import sampling  # noqa: E402
@@ -32,22 +33,6 @@ NAMESPACES = ("numpy", "array_api_strict", "torch", "jax")
 ULPS = {"logsumexp": 2, "expit": 3, "softplus": 3, "log_sigmoid": 3, "log1mexp": 4}
 
 
-def _namespace(name: str):
-    if name == "numpy":
-        import array_api_compat.numpy as xp
-
-        return xp
-    if name == "array_api_strict":
-        return pytest.importorskip(
-            "array_api_strict", reason="array-api-strict (the arrays tests' reference namespace) is not installed"
-        )
-    if name == "torch":
-        pytest.importorskip("torch", reason="the arrays extra's torch (CPU build) is not installed")
-        import array_api_compat.torch as xp
-
-        return xp
-    jax = pytest.importorskip("jax", reason="the arrays extra's jax is not installed")
-    return jax.numpy
 
 
 @pytest.fixture(params=NAMESPACES)
@@ -55,22 +40,8 @@ def xp_name(request):
     return request.param
 
 
-@pytest.fixture(params=["float32", "float64"])
-def dtype_name(request):
-    return request.param
 
 
-@pytest.fixture
-def xp(xp_name, dtype_name):
-    """The namespace; JAX runs float32 with x64 off and float64 with x64 on."""
-    ns = _namespace(xp_name)
-    ctx = contextlib.nullcontext()
-    if xp_name == "jax":
-        import jax
-
-        ctx = jax.enable_x64(dtype_name == "float64")
-    with ctx:
-        yield ns
 
 
 @pytest.fixture
@@ -298,7 +269,7 @@ def test_namespace_of_two_generic_namespaces_names_both():
     available = []
     for name in NAMESPACES[1:]:
         try:
-            available.append((name, _namespace(name)))
+            available.append((name, array_namespace_named(name)))
         except pytest.skip.Exception:
             pass
     if len(available) < 2:
@@ -340,10 +311,13 @@ def test_is_generic_type(xp, dtype, xp_name):
 
 
 def test_import_jacobians_imports_no_array_library():
+    """The generic backend registers its detector (jacobians.xp.detect) on import; nothing
+    else of jacobians.xp, and no array library, is imported before such an array comes."""
     code = (
         "import sys, jacobians; "
         "bad = [m for m in ('torch', 'jax', 'cupy', 'array_api_compat', 'array_api_strict', 'array_api_extra', "
-        "'jacobians.xp') if m in sys.modules]; print(bad)"
+        "'jacobians.xp.namespace', 'jacobians.xp.shims', 'jacobians.xp.random', 'jacobians._arrays.rows', "
+        "'jacobians._arrays.heads') if m in sys.modules]; print(bad)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -107,6 +107,7 @@ class Activation:
         # every subclass's row-wise methods take Dask arrays too (jacobians._dask)
         super().__init_subclass__(**kwargs)
         _make_dask_aware(cls)
+        _guard_xp_path(cls)
         if "loop_reference" not in vars(cls):  # a subclass may change the math
             cls.loop_reference = None
 
@@ -223,6 +224,80 @@ class Activation:
         computed (see :meth:`vjp_from_output`)."""
         return self.jacobian_operator(z)
 
+    # -- the generic (array API) path: torch, JAX, CuPy, array-api-strict arrays ------------
+    # jacobians._arrays.rows validates the inputs and finds the namespace xp, then calls
+    # these. They use only the standard and jacobians.xp.shims, write nothing in place and
+    # have no data-dependent Python control flow (they trace under jax.jit).
+    def xp_forward(self, xp, z):
+        """The activation on the generic path, ``a = f(z)``.
+
+        Parameters
+        ----------
+        xp : namespace
+            z's array API namespace.
+        z : array, shape ``(..., K)``, float32 or float64
+
+        Returns
+        -------
+        array, shape ``(..., K)``, z's namespace, dtype and device
+        """
+        raise _no_xp_path(self)
+
+    def xp_jacobian(self, xp, z):
+        """Dense ``J[..., i, j] = ∂a_i/∂z_j`` on the generic path, shape ``(..., K, K)``.
+
+        Default: from :meth:`xp_vjp` (``J[i, :] = e_iᵀ J``) or :meth:`xp_jvp` when the
+        class writes one of them.
+        """
+        K = z.shape[-1]
+        rows = xp.broadcast_to(z[..., None, :], tuple(z.shape[:-1]) + (K, K))
+        basis = xp.broadcast_to(_xp_eye(xp, z), rows.shape)
+        if _xp_overrides(self, "xp_vjp"):
+            return self.xp_vjp(xp, rows, basis)
+        if _xp_overrides(self, "xp_jvp"):
+            return xp.matrix_transpose(self.xp_jvp(xp, rows, basis))
+        raise _no_xp_path(self, "xp_jacobian(xp, z) (or xp_vjp / xp_jvp)")
+
+    def xp_vjp(self, xp, z, g):
+        """``g @ J`` per sample on the generic path: ``(..., K)`` from ``z`` and ``g``
+        ``(..., K)``. Default: contracts ``xp_jacobian``."""
+        if not _xp_overrides(self, "xp_jacobian"):
+            raise _no_xp_path(self, "xp_jacobian(xp, z) or xp_vjp(xp, z, g)")
+        return xp.matmul(g[..., None, :], self.xp_jacobian(xp, z))[..., 0, :]
+
+    def xp_jvp(self, xp, z, v):
+        """``J @ v`` per sample on the generic path, shape ``(..., K)``. Default: contracts
+        ``xp_jacobian``."""
+        if not _xp_overrides(self, "xp_jacobian"):
+            raise _no_xp_path(self, "xp_jacobian(xp, z) or xp_jvp(xp, z, v)")
+        return xp.matmul(self.xp_jacobian(xp, z), v[..., None])[..., 0]
+
+    def xp_vjp_from_output(self, xp, z, a, g):
+        """:meth:`xp_vjp` given ``a = xp_forward(xp, z)`` already computed (the head shares
+        one forward pass), shape ``(..., K)``. Default: ignores ``a``."""
+        return self.xp_vjp(xp, z, g)
+
+    def xp_jacobian_from_output(self, xp, z, a):
+        """``xp_jacobian`` given ``a = xp_forward(xp, z)``, shape ``(..., K, K)``.
+        Default: ignores ``a``."""
+        return self.xp_jacobian(xp, z)
+
+    def xp_hessian(self, xp, z):
+        """``T[..., i, j, k] = ∂²a_i/∂z_j∂z_k`` on the generic path, shape ``(..., K, K, K)``.
+        Default: ``T[..., i, :, :] = xp_hessian_vjp(z, e_i)`` for all i in one call."""
+        if not _xp_overrides(self, "xp_hessian_vjp"):
+            raise _no_xp_path(self, "xp_hessian(xp, z) or xp_hessian_vjp(xp, z, g)", "second-order methods")
+        K = z.shape[-1]
+        rows = xp.broadcast_to(z[..., None, :], tuple(z.shape[:-1]) + (K, K))
+        return self.xp_hessian_vjp(xp, rows, xp.broadcast_to(_xp_eye(xp, z), rows.shape))
+
+    def xp_hessian_vjp(self, xp, z, g):
+        """``Σ_i g_i ∇²a_i`` on the generic path, shape ``(..., K, K)``, from ``z`` and
+        ``g`` ``(..., K)``. Default: contracts :meth:`xp_hessian`."""
+        if not _xp_overrides(self, "xp_hessian"):
+            raise _no_xp_path(self, "xp_hessian(xp, z) or xp_hessian_vjp(xp, z, g)", "second-order methods")
+        return xp.sum(g[..., :, None, None] * self.xp_hessian(xp, z), axis=-3)
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
@@ -259,6 +334,76 @@ def _same_value(x, y) -> bool:
 
 def _overrides(obj, method: str) -> bool:
     return getattr(type(obj), method) is not getattr(Activation, method)
+
+
+_xp_overrides = _overrides
+
+
+def _no_xp_path(obj, what: str = "", use: str = "torch/JAX arrays"):
+    """The error of a class without (this part of) a generic path: a class without
+    ``xp_forward`` is told to write it first."""
+    if not what or not _overrides(obj, "xp_forward"):
+        what, use = "xp_forward(xp, z) (and xp_jacobian or xp_vjp)", "torch/JAX arrays"
+    return NotImplementedError(
+        f"{type(obj).__name__} has no array-API path: write {what} to use {use} "
+        "(or pass numpy arrays)"
+    )
+
+
+def _xp_eye(xp, z):
+    """The identity ``(K, K)`` of z's dtype and device."""
+    return xp.eye(z.shape[-1], dtype=z.dtype, device=_xp_device(z))
+
+
+def _xp_device(x):
+    """``array_api_compat.device(x)`` (imported here: only generic arrays come here)."""
+    import array_api_compat
+
+    return array_api_compat.device(x)
+
+
+def _xp_diag(xp, d):
+    """``diag(d)`` per sample, ``(..., K, K)``, without in-place writes (zeros off the
+    diagonal even where ``d`` is infinite)."""
+    eye = _xp_eye(xp, d)
+    return xp.where(eye != 0, d[..., :, None], xp.zeros_like(eye))
+
+
+#: numpy method -> the generic method computing the same math (see _guard_xp_path)
+XP_TWINS = {
+    "forward": "xp_forward",
+    "jacobian": "xp_jacobian",
+    "vjp": "xp_vjp",
+    "jvp": "xp_jvp",
+    "derivative": "xp_derivative",
+    "second_derivative": "xp_second_derivative",
+    "gradient_weights": "xp_gradient_weights",
+    "vjp_from_output": "xp_vjp_from_output",
+    "jacobian_operator_from_output": "xp_jacobian_from_output",
+    "hessian_vjp_operator": "xp_hessian_vjp",
+    "_curvature": "xp_curvature",
+}
+
+
+def _guard_xp_path(cls) -> None:
+    """A subclass that changes a numpy method but not its generic twin, inherited from a
+    class that wrote both, would compute its parent's math on torch/JAX arrays: its twin
+    raises instead. (The base class's derived defaults are not twins: they follow.)"""
+    for numpy_name, xp_name in XP_TWINS.items():
+        if numpy_name not in vars(cls) or xp_name in vars(cls):
+            continue
+        owner = next((k for k in cls.__mro__[1:] if xp_name in vars(k)), None)
+        if owner is None or owner is Activation or numpy_name not in vars(owner):
+            continue
+
+        def stale(self, xp, *args, _n=numpy_name, _x=xp_name):
+            raise NotImplementedError(
+                f"{type(self).__name__} has no array-API path: it overrides {_n} but not {_x}, "
+                f"so the inherited {_x} would compute its parent's math; write {_x}(xp, ...) "
+                "to use torch/JAX arrays (or pass numpy arrays)"
+            )
+
+        setattr(cls, xp_name, stale)
 
 
 def _check_pair(z, x, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -303,3 +448,34 @@ class ElementwiseActivation(Activation):
     def jvp(self, z, v) -> np.ndarray:
         z, v = _check_pair(z, v, "v")
         return self.derivative(z) * v
+
+    # -- generic path: everything from xp_derivative / xp_second_derivative ---------------
+    def xp_derivative(self, xp, z):
+        """``f'(z)`` on the generic path, shape ``(..., K)``, z's dtype and device."""
+        raise _no_xp_path(self, "xp_forward(xp, z) and xp_derivative(xp, z)")
+
+    def xp_second_derivative(self, xp, z):
+        """``f''(z)`` on the generic path, shape ``(..., K)``."""
+        raise _no_xp_path(self, "xp_second_derivative(xp, z)", "second-order methods")
+
+    def xp_jacobian(self, xp, z):
+        """``diag(f'(z))``, shape ``(..., K, K)``."""
+        return _xp_diag(xp, self.xp_derivative(xp, z))
+
+    def xp_vjp(self, xp, z, g):
+        """``g ⊙ f'(z)``, shape ``(..., K)``."""
+        return g * self.xp_derivative(xp, z)
+
+    def xp_jvp(self, xp, z, v):
+        """``f'(z) ⊙ v``, shape ``(..., K)``."""
+        return self.xp_derivative(xp, z) * v
+
+    def xp_hessian_vjp(self, xp, z, g):
+        """``diag(g ⊙ f''(z))``, shape ``(..., K, K)``."""
+        return _xp_diag(xp, g * self.xp_second_derivative(xp, z))
+
+    def xp_hessian(self, xp, z):
+        """``T[..., i, j, k] = δ_ij δ_ik f''(z_i)``, shape ``(..., K, K, K)``."""
+        eye = _xp_eye(xp, z)
+        cube = eye[:, :, None] * eye[:, None, :]
+        return xp.where(cube != 0, self.xp_second_derivative(xp, z)[..., :, None, None], xp.zeros_like(cube))

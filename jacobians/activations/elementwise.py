@@ -9,6 +9,28 @@ from ..numerics.validation import as_float_array, check_nonnegative_scalar
 from . import references
 from .base import ElementwiseActivation, register_activation
 
+# The generic (array API) methods take the namespace ``xp`` and an array ``z`` (..., K) of
+# float32/float64 and return arrays of z's shape, dtype and device (see ElementwiseActivation).
+
+
+def _shims():
+    """:mod:`jacobians.xp.shims` (it imports array_api_compat: only generic arrays come here)."""
+    from ..xp import shims
+
+    return shims
+
+
+def _xp_sigmoid_derivative(xp, z):
+    """``σ(z)σ(−z) = e/(1 + e)²`` with ``e = exp(−|z|)`` (numerics.elementwise's formula)."""
+    e = xp.exp(-xp.abs(z))
+    return e / (1 + e) ** 2
+
+
+def _xp_tanh_derivative(xp, z):
+    """``1 − tanh²(z) = 4e/(1 + e)²`` with ``e = exp(−2|z|)``."""
+    e = xp.exp(-2 * xp.abs(z))
+    return 4 * e / (1 + e) ** 2
+
 __all__ = ["Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Identity", "Softplus"]
 
 
@@ -44,6 +66,15 @@ class Sigmoid(ElementwiseActivation):
         z = as_float_array(z, "z")
         return -sigmoid_derivative(z) * np.tanh(z / 2)
 
+    def xp_forward(self, xp, z):
+        return _shims().expit(xp, z)
+
+    def xp_derivative(self, xp, z):
+        return _xp_sigmoid_derivative(xp, z)
+
+    def xp_second_derivative(self, xp, z):
+        return -_xp_sigmoid_derivative(xp, z) * xp.tanh(z / 2)
+
 
 @register_activation
 class Tanh(ElementwiseActivation):
@@ -72,6 +103,15 @@ class Tanh(ElementwiseActivation):
         z = as_float_array(z, "z")
         return -2 * np.tanh(z) * tanh_derivative(z)
 
+    def xp_forward(self, xp, z):
+        return xp.tanh(z)
+
+    def xp_derivative(self, xp, z):
+        return _xp_tanh_derivative(xp, z)
+
+    def xp_second_derivative(self, xp, z):
+        return -2 * xp.tanh(z) * _xp_tanh_derivative(xp, z)
+
 
 @register_activation
 class ReLU(ElementwiseActivation):
@@ -99,6 +139,15 @@ class ReLU(ElementwiseActivation):
 
     def second_derivative(self, z):
         return np.zeros_like(as_float_array(z, "z"))
+
+    def xp_forward(self, xp, z):
+        return xp.maximum(z, xp.zeros_like(z))
+
+    def xp_derivative(self, xp, z):
+        return xp.astype(z > 0, z.dtype)
+
+    def xp_second_derivative(self, xp, z):
+        return xp.zeros_like(z)
 
 
 @register_activation
@@ -140,6 +189,15 @@ class LeakyReLU(ElementwiseActivation):
     def second_derivative(self, z):
         return np.zeros_like(as_float_array(z, "z"))
 
+    def xp_forward(self, xp, z):
+        return xp.where(z > 0, z, z * self.slope)
+
+    def xp_derivative(self, xp, z):
+        return xp.where(z > 0, xp.ones_like(z), xp.full_like(z, self.slope))
+
+    def xp_second_derivative(self, xp, z):
+        return xp.zeros_like(z)
+
 
 @register_activation
 class Identity(ElementwiseActivation):
@@ -171,6 +229,20 @@ class Identity(ElementwiseActivation):
 
         return np.array(_check_pair(z, g, "g")[1], copy=True)
 
+    def xp_forward(self, xp, z):
+        # a new array, bit for bit z (−0.0 and NaN kept); torch.asarray(copy=True) would warn
+        # about requires_grad
+        return z * 1
+
+    def xp_derivative(self, xp, z):
+        return xp.ones_like(z)
+
+    def xp_second_derivative(self, xp, z):
+        return xp.zeros_like(z)
+
+    def xp_vjp(self, xp, z, g):
+        return g * 1
+
 
 @register_activation
 class Softplus(ElementwiseActivation):
@@ -196,3 +268,12 @@ class Softplus(ElementwiseActivation):
 
     def second_derivative(self, z):
         return sigmoid_derivative(as_float_array(z, "z"))
+
+    def xp_forward(self, xp, z):
+        return _shims().softplus(xp, z)
+
+    def xp_derivative(self, xp, z):
+        return _shims().expit(xp, z)
+
+    def xp_second_derivative(self, xp, z):
+        return _xp_sigmoid_derivative(xp, z)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..numerics.validation import as_float_array
 from ..operators import DiagonalPlusRankOne, SimplexJacobian, simplex_product
-from .base import Activation, _check_pair
+from .base import Activation, _check_pair, _no_xp_path, _xp_device, _xp_eye
 
 __all__ = ["SimplexMapping"]
 
@@ -28,6 +28,44 @@ TEMPERATURES = (0.5, 3.0)
 def _rowdot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``Σ_k x_k y_k`` along the last axis, kept as a trailing axis of length 1."""
     return np.einsum("...k,...k->...", x, y)[..., None]
+
+
+# -- generic (array API) helpers: xp the namespace, arrays (..., K) of one float dtype ------
+
+
+def _xp_rowdot(xp, x, y):
+    """``Σ_k x_k y_k`` along the last axis, kept as a trailing axis of length 1."""
+    return xp.sum(x * y, axis=-1, keepdims=True)
+
+
+def _xp_at_max(xp, w):
+    """A boolean one-hot ``(..., K)`` of each row's (first) largest entry."""
+    idx = xp.argmax(w, axis=-1, keepdims=True)
+    return xp.arange(w.shape[-1], dtype=idx.dtype, device=_xp_device(w)) == idx
+
+
+def _xp_simplex_product(xp, w, v, x):
+    """``w ⊙ (x' − v·x')`` with ``x' = x − x_c``, ``c`` the entry of the largest ``w``
+    (numpy's ``simplex_product``): the product of ``diag(w) − w vᵀ`` (``v = w/Σw``) with
+    ``x``, without cancellation on a confident row. Shape ``(..., K)``."""
+    xc = x - xp.sum(xp.where(_xp_at_max(xp, w), x, xp.zeros_like(x)), axis=-1, keepdims=True)
+    return w * (xc - _xp_rowdot(xp, v, xc))
+
+
+def _xp_complement_sums(xp, x):
+    """``Σ_{i≠j} x_i`` for every j, ``x ≥ 0`` (numpy's ``complement_sums``): ``total − x_j``
+    except at the row's largest entry, where the others are summed directly."""
+    top = _xp_at_max(xp, x)
+    others = xp.sum(xp.where(top, xp.zeros_like(x), x), axis=-1, keepdims=True)
+    return xp.where(top, others, xp.sum(x, axis=-1, keepdims=True) - x)
+
+
+def _xp_projector_dense(xp, d, u, v):
+    """Dense ``diag(d) − u vᵀ`` for ``v`` a distribution (``Σv = 1``, numpy's projector
+    form): the diagonal is ``d_i − u_i v_i = d_i Σ_{j≠i} v_j`` (with ``u = d``), taken from
+    complement sums. Shape ``(..., K, K)``."""
+    off = -(u[..., :, None] * v[..., None, :])
+    return xp.where(_xp_eye(xp, d) != 0, (d * _xp_complement_sums(xp, v))[..., :, None], off)
 
 
 class SimplexMapping(Activation):
@@ -101,3 +139,46 @@ class SimplexMapping(Activation):
             f"{type(self).__name__} has no second derivative: write hessian(z) or hessian_vjp(z, g), or "
             "_curvature(z, p, g) -> JacobianOperator, to use second-order methods"
         )
+
+    # -- generic path: everything from xp_forward and xp_gradient_weights ----------------
+    def xp_scaled_logits(self, xp, z):
+        """:meth:`scaled_logits` on the generic path: ``(z − max z)/T``, or ``z`` for T = 1."""
+        if self.temperature == 1.0:
+            return z
+        return (z - xp.max(z, axis=-1, keepdims=True)) / self.temperature
+
+    def xp_gradient_weights(self, xp, p):
+        """The weights ``g`` (``(..., K)``, with the factor 1/T) of ``J = diag(g) − g gᵀ/Σg``
+        from the output ``p`` ``(..., K)``, on the generic path."""
+        raise _no_xp_path(self, "xp_gradient_weights(xp, p)")
+
+    def _xp_per_temperature(self, g):
+        return g if self.temperature == 1.0 else g / self.temperature
+
+    def xp_jacobian_from_output(self, xp, z, a):
+        """``diag(g) − g wᵀ`` with ``w = g/Σg``, shape ``(..., K, K)``; symmetric."""
+        g = self.xp_gradient_weights(xp, a)
+        return _xp_projector_dense(xp, g, g, g / xp.sum(g, axis=-1, keepdims=True))
+
+    def xp_vjp_from_output(self, xp, z, a, v):
+        """``g ⊙ (v' − w·v')``, ``v`` centred on the largest ``g``, shape ``(..., K)``."""
+        g = self.xp_gradient_weights(xp, a)
+        return _xp_simplex_product(xp, g, g / xp.sum(g, axis=-1, keepdims=True), v)
+
+    def xp_jacobian(self, xp, z):
+        return self.xp_jacobian_from_output(xp, z, self.xp_forward(xp, z))
+
+    def xp_vjp(self, xp, z, g):
+        return self.xp_vjp_from_output(xp, z, self.xp_forward(xp, z), g)
+
+    def xp_jvp(self, xp, z, v):
+        # J is symmetric for the whole family
+        return self.xp_vjp_from_output(xp, z, self.xp_forward(xp, z), v)
+
+    def xp_hessian_vjp(self, xp, z, g):
+        return self.xp_curvature(xp, z, self.xp_forward(xp, z), g)
+
+    def xp_curvature(self, xp, z, p, g):
+        """``Σ_i g_i ∇²p_i`` from the output ``p``, dense ``(..., K, K)`` (each mapping its
+        own: ``_curvature``'s twin)."""
+        raise _no_xp_path(self, "xp_curvature(xp, z, p, g) or xp_hessian_vjp(xp, z, g)", "second-order methods")

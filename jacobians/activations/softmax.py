@@ -10,8 +10,14 @@ from .. import _kernels
 from ..numerics.validation import as_float_array, check_positive_scalar
 from ..operators import DiagonalPlusLowRank, DiagonalPlusRankOne, simplex_product
 from . import references
-from .base import Activation, _check_pair, register_activation
-from .simplex import SimplexMapping, _rowdot
+from .base import Activation, _check_pair, _xp_diag, register_activation
+from .simplex import SimplexMapping, _rowdot, _xp_projector_dense, _xp_rowdot, _xp_simplex_product
+
+
+def _xp_softmax(xp, x):
+    """``exp(x − m) / Σ exp(x − m)`` per row, ``m`` the row max (generic path), ``(..., K)``."""
+    e = xp.exp(x - xp.max(x, axis=-1, keepdims=True))
+    return e / xp.sum(e, axis=-1, keepdims=True)
 
 __all__ = ["Softmax", "LogSoftmax"]
 
@@ -97,6 +103,38 @@ class Softmax(SimplexMapping):
             w, U = w / t2, U / t2
         return DiagonalPlusLowRank(w, U, V, symmetric=True)
 
+    # -- generic path (see SimplexMapping): g = s/T, w = g/Σg = s -------------------------
+    def xp_scaled_logits(self, xp, z):
+        return z if self.temperature == 1.0 else z / self.temperature
+
+    def xp_forward(self, xp, z):
+        return _xp_softmax(xp, self.xp_scaled_logits(xp, z))
+
+    def xp_gradient_weights(self, xp, p):
+        return self._xp_per_temperature(p)
+
+    def xp_jacobian_from_output(self, xp, z, s):
+        g = self.xp_gradient_weights(xp, s)
+        return _xp_projector_dense(xp, g, g, s)
+
+    def xp_vjp_from_output(self, xp, z, s, v):
+        # s ⊙ (v' − s·v') / T, v centred on the largest s (as _kernels.softmax_vjp)
+        return self._xp_per_temperature(_xp_simplex_product(xp, s, s, v))
+
+    def xp_vjp(self, xp, z, g):
+        return self.xp_vjp_from_output(xp, z, self.xp_forward(xp, z), g)
+
+    def xp_jvp(self, xp, z, v):
+        # J is symmetric
+        return self.xp_vjp_from_output(xp, z, self.xp_forward(xp, z), v)
+
+    def xp_curvature(self, xp, z, s, g):
+        """``(diag(w) − w sᵀ − s wᵀ)/T²``, ``w = s ⊙ (g − g·s)`` (see ``_curvature``),
+        dense ``(..., K, K)``."""
+        w = _xp_simplex_product(xp, s, s, g)
+        H = _xp_diag(xp, w) - (w[..., :, None] * s[..., None, :] + s[..., :, None] * w[..., None, :])
+        return H if self.temperature == 1.0 else H / self.temperature**2
+
 
 @register_activation
 class LogSoftmax(Activation):
@@ -153,3 +191,38 @@ class LogSoftmax(Activation):
         s = _kernels.softmax(z)
         ws = -g.sum(axis=-1, keepdims=True) * s
         return DiagonalPlusRankOne(ws, ws, s, projector=True)
+
+    # -- generic path: shapes as the numpy methods', z's dtype and device ------------------
+    def xp_forward(self, xp, z):
+        """``(z − m) − log1p(Σ_{k≠argmax} exp(z_k − m))`` (the shim's logsumexp of the
+        shifted logits), ``(..., K)``."""
+        from ..xp import shims
+
+        x = z - xp.max(z, axis=-1, keepdims=True)
+        return x - shims.logsumexp(xp, x, axis=-1, keepdims=True)
+
+    def xp_jacobian_from_output(self, xp, z, a):
+        """``I − 1 sᵀ``, ``s = exp(a)``, diagonal from complement sums, ``(..., K, K)``."""
+        s = xp.exp(a)
+        ones = xp.ones_like(s)
+        return _xp_projector_dense(xp, ones, ones, s)
+
+    def xp_jacobian(self, xp, z):
+        return self.xp_jacobian_from_output(xp, z, self.xp_forward(xp, z))
+
+    def xp_vjp_from_output(self, xp, z, a, g):
+        """``g − s Σg``, ``(..., K)``."""
+        return g - xp.exp(a) * xp.sum(g, axis=-1, keepdims=True)
+
+    def xp_vjp(self, xp, z, g):
+        return self.xp_vjp_from_output(xp, z, self.xp_forward(xp, z), g)
+
+    def xp_jvp(self, xp, z, v):
+        """``v − s·v``, ``(..., K)``."""
+        return v - _xp_rowdot(xp, _xp_softmax(xp, z), v)
+
+    def xp_hessian_vjp(self, xp, z, g):
+        """``−(Σg)(diag(s) − s sᵀ)``, ``(..., K, K)``."""
+        s = _xp_softmax(xp, z)
+        ws = -xp.sum(g, axis=-1, keepdims=True) * s
+        return _xp_projector_dense(xp, ws, ws, s)

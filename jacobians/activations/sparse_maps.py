@@ -10,8 +10,8 @@ from ..numerics import entmax, sparse
 from ..numerics.validation import alpha_rows, as_float_array, check_alpha, check_positive_scalar
 from ..operators import DiagonalJacobian, DiagonalPlusLowRank
 from . import references
-from .base import _check_pair, register_activation
-from .simplex import TEMPERATURES, SimplexMapping, _rowdot
+from .base import _check_pair, _xp_device, _xp_diag, register_activation
+from .simplex import TEMPERATURES, SimplexMapping, _rowdot, _xp_rowdot
 
 __all__ = ["Sparsemax", "Entmax15", "Entmax"]
 
@@ -43,6 +43,51 @@ def _support_curvature(g, h, v, temperature):
     U = np.stack([b, g, sg], axis=-1)
     W = np.stack([g, b, -np.sign(c) * sg], axis=-1)
     return DiagonalPlusLowRank(d * scale, U, W, symmetric=True)
+
+
+def _xp_support_curvature(xp, g, h, v, temperature):
+    """:func:`_support_curvature` on the generic path, dense ``(..., K, K)``:
+    ``C = diag(d) − (b gᵀ + g bᵀ) + c g gᵀ``, each term times the row's scale (0 for a
+    support of one entry, else 1/T²)."""
+    G = xp.sum(g, axis=-1, keepdims=True)
+    nu, mu = _xp_rowdot(xp, v, g), _xp_rowdot(xp, v, h)
+    H = xp.sum(h, axis=-1, keepdims=True)
+    c = mu / G**2 - nu * H / G**3
+    d = h * (v - nu / G)
+    support = xp.sum(xp.astype(g != 0, g.dtype), axis=-1, keepdims=True)
+    scale = xp.astype(support > 1, g.dtype) / temperature**2
+    b = (v * h - nu / G * h) / G * scale
+    low = b[..., :, None] * g[..., None, :] + g[..., :, None] * b[..., None, :]
+    return _xp_diag(xp, d * scale) - low + (c * scale)[..., None] * (g[..., :, None] * g[..., None, :])
+
+
+def _xp_power_on_support(xp, p, e):
+    """``p^e = exp(e log p)`` where ``p > 0``, else 0 (numerics.entmax's power), ``(..., K)``."""
+    on = p > 0
+    return xp.where(on, xp.exp(e * xp.log(xp.where(on, p, xp.ones_like(p)))), xp.zeros_like(p))
+
+
+def _xp_entmax_weights(xp, p, alpha):
+    """``p^{2−α}`` on the support, else 0 (numerics.entmax.entmax_weights, its special
+    cases α = 2 and 1.5 included), ``(..., K)``."""
+    if not hasattr(alpha, "shape"):
+        if alpha == 2.0:
+            return xp.astype(p > 0, p.dtype)
+        if alpha == 1.5:
+            return xp.sqrt(p)
+    return _xp_power_on_support(xp, p, 2 - alpha)
+
+
+def _xp_sorted_down(xp, x):
+    """``x`` sorted along the last axis, largest first, and ``1, 2, …, K`` in x's dtype."""
+    ks = xp.arange(1, x.shape[-1] + 1, dtype=x.dtype, device=_xp_device(x))
+    return xp.sort(x, axis=-1, descending=True), ks
+
+
+def _xp_at(xp, x, ks, k):
+    """``x[..., k − 1]`` per row (``k`` ``(..., 1)`` a float count, ``ks`` = 1..K): a
+    one-hot sum, exact, jit-safe, without integer indices."""
+    return xp.sum(xp.where(ks == k, x, xp.zeros_like(x)), axis=-1, keepdims=True)
 
 
 class _TemperedSparseMapping(SimplexMapping):
@@ -92,6 +137,23 @@ class Sparsemax(_TemperedSparseMapping):
         # piecewise linear: no curvature off the support boundaries
         return DiagonalJacobian(np.zeros_like(p))
 
+    def xp_forward(self, xp, z):
+        """numerics.sparse.sparsemax's sort-based threshold on the generic path: τ from the
+        cumulative sums at the support's size, ``(..., K)``."""
+        x = self.xp_scaled_logits(xp, z)
+        shifted = x - xp.max(x, axis=-1, keepdims=True)
+        srt, ks = _xp_sorted_down(xp, shifted)
+        cumsum = xp.cumulative_sum(srt, axis=-1)
+        k = xp.sum(xp.astype(1 + ks * srt > cumsum, x.dtype), axis=-1, keepdims=True)  # >= 1
+        tau = (_xp_at(xp, cumsum, ks, k) - 1) / k
+        return xp.maximum(shifted - tau, xp.zeros_like(shifted))
+
+    def xp_gradient_weights(self, xp, p):
+        return self._xp_per_temperature(xp.astype(p > 0, p.dtype))
+
+    def xp_curvature(self, xp, z, p, g):
+        return xp.zeros(tuple(p.shape) + (p.shape[-1],), dtype=p.dtype, device=_xp_device(p))
+
 
 @register_activation
 class Entmax15(_TemperedSparseMapping):
@@ -127,6 +189,30 @@ class Entmax15(_TemperedSparseMapping):
         # g = √p: h = (2 − α) p^{3 − 2α} = ½ on the support
         on = (p > 0).astype(p.dtype)
         return _support_curvature(np.sqrt(p), on * p.dtype.type(0.5), v * on, self.temperature)
+
+    def xp_forward(self, xp, z):
+        """numerics.sparse.entmax15 on the generic path: τ from the sorted row's running
+        moments at the support's size, then one Newton step, ``(..., K)``."""
+        x = self.xp_scaled_logits(xp, z)
+        x = (x - xp.max(x, axis=-1, keepdims=True)) / 2
+        srt, rho = _xp_sorted_down(xp, x)
+        mean = xp.cumulative_sum(srt, axis=-1) / rho
+        mean_sq = xp.cumulative_sum(srt * srt, axis=-1) / rho
+        ss = rho * (mean_sq - mean * mean)
+        tau = mean - xp.sqrt(xp.maximum((1 - ss) / rho, xp.zeros_like(ss)))
+        support = xp.sum(xp.astype(tau <= srt, x.dtype), axis=-1, keepdims=True)
+        tau_star = _xp_at(xp, tau, rho, support)
+        u = xp.maximum(x - tau_star, xp.zeros_like(x))
+        tau_star = tau_star + (xp.sum(u * u, axis=-1, keepdims=True) - 1) / (2 * xp.sum(u, axis=-1, keepdims=True))
+        p = xp.maximum(x - tau_star, xp.zeros_like(x))
+        return p * p
+
+    def xp_gradient_weights(self, xp, p):
+        return self._xp_per_temperature(xp.sqrt(p))
+
+    def xp_curvature(self, xp, z, p, v):
+        on = xp.astype(p > 0, p.dtype)
+        return _xp_support_curvature(xp, xp.sqrt(p), on * 0.5, v * on, self.temperature)
 
 
 @register_activation
@@ -216,6 +302,50 @@ class Entmax(_TemperedSparseMapping):
         with np.errstate(divide="ignore", over="ignore"):
             h = np.where(on, (2 - a) * np.exp((3 - 2 * a) * np.log(np.where(on, p, 1))), 0).astype(p.dtype, copy=False)
         return _support_curvature(entmax.entmax_weights(p, alpha), h, v * on, self.temperature)
+
+    # -- generic path: τ by bisection of a fixed number of steps (jit-safe), then Newton ----
+    def _xp_alpha(self, xp, z):
+        """α as a float, or one per row ``(..., 1)`` in z's dtype and device."""
+        alpha = alpha_rows(self.alpha, np.broadcast_to(np.empty((), dtype=np.float64), tuple(z.shape)))
+        if not isinstance(alpha, np.ndarray):
+            return alpha
+        alpha = np.array(alpha, dtype=np.float64).reshape(tuple(z.shape[:-1]) + (1,))  # a writable copy for torch
+        return xp.asarray(alpha, dtype=z.dtype, device=_xp_device(z))
+
+    def xp_forward(self, xp, z):
+        """``p = [(α − 1)x − τ]_+^{1/(α−1)}`` (``x`` the scaled logits shifted to max 0):
+        τ in ``[−1, −K^{1−α}]`` by bisection, one step a mantissa bit (60 in float64, 30 in
+        float32), then one Newton step on the support, as numerics.entmax; ``(..., K)``."""
+        x = self.xp_scaled_logits(xp, z)
+        alpha = self._xp_alpha(xp, z)
+        X = (alpha - 1) * (x - xp.max(x, axis=-1, keepdims=True))
+        beta = 1 / (alpha - 1)
+        zero = xp.zeros_like(X)
+        lo = xp.full(tuple(X.shape[:-1]) + (1,), -1.0, dtype=X.dtype, device=_xp_device(X))
+        hi = lo * 0 - (1 / X.shape[-1]) ** (alpha - 1)
+        for _ in range(60 if X.dtype == xp.float64 else 30):
+            mid = (lo + hi) / 2
+            over = xp.sum(xp.maximum(X - mid, zero) ** beta, axis=-1, keepdims=True) >= 1
+            lo, hi = xp.where(over, mid, lo), xp.where(over, hi, mid)
+        tau = (lo + hi) / 2
+        u = xp.maximum(X - tau, zero)
+        on = u > 0
+        f = xp.sum(u**beta, axis=-1, keepdims=True) - 1
+        slope = beta * xp.sum(xp.where(on, xp.where(on, u, xp.ones_like(u)) ** (beta - 1), zero), axis=-1, keepdims=True)
+        tau = tau + f / slope
+        return xp.maximum(X - tau, zero) ** beta
+
+    def xp_gradient_weights(self, xp, p):
+        return self._xp_per_temperature(_xp_entmax_weights(xp, p, self._xp_alpha(xp, p)))
+
+    def xp_vjp(self, xp, z, g):
+        return self.xp_vjp_from_output(xp, z, self.xp_forward(xp, z), g)
+
+    def xp_curvature(self, xp, z, p, v):
+        alpha = self._xp_alpha(xp, p)
+        on = xp.astype(p > 0, p.dtype)
+        h = (2 - alpha) * _xp_power_on_support(xp, p, 3 - 2 * alpha)
+        return _xp_support_curvature(xp, _xp_entmax_weights(xp, p, alpha), h, v * on, self.temperature)
 
     def alpha_vjp(self, z, g) -> np.ndarray:
         r"""``Σ_i g_i ∂p_i/∂α`` per row, shape ``z.shape[:-1]``: the gradient of α.

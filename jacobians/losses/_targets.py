@@ -9,6 +9,7 @@ smoothing, class weights and ignored targets folded in, and the denominator that
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,3 +172,99 @@ def class_denominator(t: ClassTargets, dtype, *, weight: np.ndarray | None = Non
     if t.valid is not None:
         target_w = target_w * t.valid
     return float(target_w.sum())
+
+
+# -- the generic (array API) twins: the same targets, in a's namespace ------------------------
+def xp_check_class_targets(xp, a, y, *, ignore_index: int | None = None, name: str = "y") -> ClassTargets:
+    """:func:`check_class_targets` on ``a``'s namespace (``y`` already there, on a's device).
+
+    Returns a :class:`ClassTargets` of ``xp`` arrays (``valid`` set whenever ``ignore_index``
+    is). Indices in range and probabilities in [0, 1] are checked only on concrete arrays
+    (:func:`jacobians.losses.generic.concrete`: not under ``jax.jit``, where values are
+    unknown); shapes and dtypes always.
+    """
+    from .generic import concrete
+
+    shape, K = tuple(a.shape), a.shape[-1]
+    ys = tuple(y.shape)
+    if ys == shape[:-1]:
+        if not xp.isdtype(y.dtype, "integral"):
+            raise TypeError(
+                f"{name}: class indices of shape {shape[:-1]} must have an integer dtype; got dtype "
+                f"{y.dtype} (pass probabilities/one-hot rows with the shape of a, {shape}, instead)"
+            )
+        valid = None if ignore_index is None else y != ignore_index
+        if concrete(y) and math.prod(ys):
+            ok = (y >= 0) & (y < K)
+            bad = ~ok if valid is None else ~ok & valid
+            if bool(xp.any(bad)):
+                # the range of the entries not ignored (ignored ones replaced by y's extremes)
+                lo = xp.min(y if valid is None else xp.where(valid, y, xp.max(y)))
+                hi = xp.max(y if valid is None else xp.where(valid, y, xp.min(y)))
+                raise ValueError(
+                    f"{name}: class indices must be in [0, {K}) for K = {K} classes"
+                    + (f" (or equal ignore_index={ignore_index})" if ignore_index is not None else "")
+                    + f"; got values in [{int(lo)}, {int(hi)}]"
+                )
+        return ClassTargets(indices=y, probs=None, valid=valid, n_classes=K)
+    if ys == shape:
+        probs = y if y.dtype == a.dtype else xp.astype(y, a.dtype)
+        if concrete(probs) and math.prod(ys):
+            mn, mx = xp.min(probs), xp.max(probs)
+            if not (bool(mn >= 0) and bool(mx <= 1)):
+                raise ValueError(f"{name}: target probabilities must be in [0, 1]; got values in [{float(mn)}, {float(mx)}]")
+        return ClassTargets(indices=None, probs=probs, valid=None, n_classes=K)
+    raise ValueError(
+        f"{name} must be class indices of shape {shape[:-1]} or probabilities of shape {shape} "
+        f"(a has shape {shape}); got shape {ys}"
+    )
+
+
+def xp_class_coefficients(xp, t: ClassTargets, like, *, weight=None, smoothing: float = 0.0):
+    """:func:`class_coefficients` in ``like``'s namespace, dtype and device: ``(c, denominator)``,
+    ``c`` (..., K) with per-sample loss ``−Σ_k c_k log p_k`` (zero rows where ignored); the
+    denominator a Python int (N, or N without weights and ignored targets) or a 0-d array
+    (the summed weights of the targets not ignored, or their number)."""
+    from .generic import const, device_of
+
+    K = t.n_classes
+    w = None if weight is None else const(xp, weight, like)
+    denom = xp_class_denominator(xp, t, like, w)
+    if t.is_index:
+        safe = t.indices if t.valid is None else xp.where(t.valid, t.indices, xp.zeros_like(t.indices))
+        hot = safe[..., None] == xp.arange(K, dtype=safe.dtype, device=device_of(like))
+        if t.valid is not None:
+            hot = hot & t.valid[..., None]
+        c = xp.astype(hot, like.dtype)
+        if smoothing:
+            share = const(xp, smoothing / K, like)
+            if t.valid is not None:
+                share = share * xp.astype(t.valid[..., None], like.dtype)
+            c = c * const(xp, 1 - smoothing, like) + share
+        return (c if w is None else c * w), denom
+    c = t.probs
+    if smoothing:
+        c = c * const(xp, 1 - smoothing, like) + const(xp, smoothing / K, like)
+    return (c if w is None else c * w), denom
+
+
+def xp_class_denominator(xp, t: ClassTargets, like, w=None):
+    """What ``'mean'`` divides by (see :func:`class_denominator`), ``w`` the weights as an
+    array of like's dtype and device (or None)."""
+    K = t.n_classes
+    if w is not None and tuple(w.shape) != (K,):
+        raise ValueError(f"weight must have shape (K,) = ({K},) to match a; got shape {tuple(w.shape)}")
+    if not t.is_index:
+        return math.prod(t.probs.shape[:-1])
+    if w is None:
+        if t.valid is None:
+            return math.prod(t.indices.shape)
+        return xp.sum(xp.astype(t.valid, like.dtype))
+    flat = xp.reshape(t.indices, (-1,))
+    if t.valid is not None:
+        valid = xp.reshape(t.valid, (-1,))
+        flat = xp.where(valid, flat, xp.zeros_like(flat))
+    target_w = xp.take(w, flat)
+    if t.valid is not None:
+        target_w = target_w * xp.astype(valid, like.dtype)
+    return xp.sum(target_w)

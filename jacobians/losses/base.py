@@ -15,6 +15,7 @@ from ..numerics.sampling import Predictive, predictive_of
 from ..numerics.validation import as_array, as_float_array, check_reduction
 from ..operators import DenseJacobian, DiagonalJacobian, DiagonalPlusLowRank, JacobianOperator
 from ..registry import register_class
+from .generic import GenericElementwise, GenericLoss, mark_generic
 
 __all__ = ["Loss", "ElementwiseLoss", "LOSSES", "register_loss", "get_loss"]
 
@@ -39,7 +40,7 @@ def get_loss(name: str) -> type:
         raise KeyError(f"loss {name!r} not found; valid names are {sorted(LOSSES)}") from None
 
 
-class Loss:
+class Loss(GenericLoss):
     """A loss ``E(a, y)`` of activations ``a`` (..., K) and targets ``y``.
 
     Subclass it and write two methods:
@@ -52,6 +53,13 @@ class Loss:
     every reduction: ``'mean'`` (default) divides by the number of samples N, ``'sum'``
     adds, ``'none'`` returns per-sample values and per-row gradients. The gradient
     returned is always the gradient of the reduced value.
+
+    torch, JAX, CuPy and array-api-strict arrays take the generic path
+    (``jacobians.losses.generic``): the twins ``xp_per_sample(xp, a, y)`` and
+    ``xp_per_sample_grad(xp, a, y)`` (``xp_per_element...`` for an :class:`ElementwiseLoss`,
+    ``..._hessian`` for second order), written with the array API standard only, give the
+    same reductions there; a class with numpy math but no twins raises a clear
+    NotImplementedError for such arrays.
 
     Attributes
     ----------
@@ -133,6 +141,7 @@ class Loss:
         # every subclass's value/grad/curvature take Dask arrays too (jacobians._dask)
         super().__init_subclass__(**kwargs)
         _make_dask_aware(cls)
+        mark_generic(cls)  # a class with numpy math but no generic math has no generic path
         if "loop_reference" not in vars(cls):  # a subclass may change the math
             cls.loop_reference = None
 
@@ -423,7 +432,7 @@ def _make_dask_aware(cls) -> None:
 _make_dask_aware(Loss)
 
 
-class ElementwiseLoss(Loss):
+class ElementwiseLoss(GenericElementwise, Loss):
     """A loss that is a sum of per-entry terms ``e(a_k, y_k)``, with torch's reductions.
 
     Subclasses write ``per_element(a, y)`` and ``per_element_grad(a, y)``, both

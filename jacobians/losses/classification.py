@@ -8,6 +8,8 @@ the toolkit, and the fused rules (see :mod:`jacobians.fused`) never need it.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..numerics.validation import as_float_array, check_nonnegative_scalar
@@ -21,8 +23,12 @@ from ._targets import (
     check_weight,
     class_coefficients,
     class_denominator,
+    xp_check_class_targets,
+    xp_class_coefficients,
+    xp_class_denominator,
 )
 from .base import ElementwiseLoss, Loss, register_loss
+from .generic import concrete, const, diagonal_blocks, xp_curvature_ratio, xp_floor_tiny, xp_neg_ratio
 
 __all__ = ["CrossEntropy", "NLLLoss", "BinaryCrossEntropy"]
 
@@ -58,6 +64,16 @@ def _curvature_ratio(c: np.ndarray, safe: np.ndarray) -> np.ndarray:
     return np.minimum(h, big, out=h)
 
 
+def _xp_log1m(xp, a):
+    """``log(1 − a)`` for ``a < 1``: ``log1p(−a)`` below 1/4, ``log(1 − a)`` above (where
+    ``1 − a`` is rounded by at most 2⁻⁵⁴: ≤ 2 ulp in all). XLA's float64 ``log1p`` on CPU is
+    off by up to 128 ulp for arguments in [−0.413, −0.352] (JAX 0.10, see
+    :func:`jacobians.xp.shims.log1mexp`)."""
+    one = const(xp, 1.0, a)
+    small = a < const(xp, 0.25, a)
+    return xp.where(small, xp.log1p(-xp.where(small, a, xp.zeros_like(a))), xp.log(one - xp.where(small, -one, a)))
+
+
 class _ClassLoss(Loss):
     """Shared target handling of the class losses (indices or probabilities)."""
 
@@ -89,6 +105,42 @@ class _ClassLoss(Loss):
             return super().mean_denominator(a)
         t = y if isinstance(y, ClassTargets) else self.check_targets(a, y)
         return class_denominator(t, a.dtype, weight=getattr(self, "weight", None))
+
+    # -- the generic (array API) path: a (..., K), targets of a's namespace ---------------
+    def xp_check_targets(self, xp, a, y):
+        """A :class:`ClassTargets` of ``xp`` arrays (see ``xp_check_class_targets``)."""
+        self._xp_require()
+        return xp_check_class_targets(xp, a, y, ignore_index=self.ignore_index)
+
+    def _xp_targets(self, xp, a, y):
+        return y if isinstance(y, ClassTargets) else self.xp_check_targets(xp, a, y)
+
+    def xp_coefficients(self, xp, a, y):
+        """``(c, denominator)``, the twin of :meth:`coefficients`: per-sample loss
+        ``−Σ_k c_k log a_k (+ const)``, ``c`` (..., K) in a's dtype and device with the class
+        weights and label smoothing folded in, zero rows where ignored; the denominator a
+        Python int or a 0-d array (summed weights of the targets not ignored). ``y`` raw or
+        validated (a :class:`ClassTargets`)."""
+        t = self._xp_targets(xp, a, y)
+        return xp_class_coefficients(
+            xp, t, a, weight=getattr(self, "weight", None), smoothing=getattr(self, "label_smoothing", 0.0)
+        )
+
+    def xp_mean_denominator(self, xp, a, y=None):
+        if y is None:
+            return super().xp_mean_denominator(xp, a)
+        w = getattr(self, "weight", None)
+        return xp_class_denominator(xp, self._xp_targets(xp, a, y), a, None if w is None else const(xp, w, a))
+
+    def xp_per_sample(self, xp, a, y):
+        return self.xp_terms(xp, a, self._xp_targets(xp, a, y), need_grad=False)[0]
+
+    def xp_per_sample_grad(self, xp, a, y):
+        return self.xp_terms(xp, a, self._xp_targets(xp, a, y), need_grad=True)[1]
+
+    def xp_per_sample_hessian(self, xp, a, y):
+        h, _, diagonal = self.xp_hessian_terms(xp, a, self._xp_targets(xp, a, y))
+        return diagonal_blocks(xp, h) if diagonal else h
 
 
 @register_loss
@@ -178,6 +230,18 @@ class CrossEntropy(_ClassLoss):
         V = np.stack([beta, one * w + a.sum(axis=-1, keepdims=True) * beta], axis=-1)
         return DiagonalPlusLowRank(d, U, V)
 
+    def xp_terms(self, xp, a, y, need_grad):
+        """``(−Σ_k c_k log max(a_k, tiny), −c / max(a, tiny), denominator)``."""
+        c, denom = self.xp_coefficients(xp, a, y)
+        safe = xp_floor_tiny(xp, a)
+        values = -xp.sum(c * xp.log(safe), axis=-1)
+        return values, (xp_neg_ratio(xp, c, safe) if need_grad else None), denom
+
+    def xp_hessian_terms(self, xp, a, y):
+        """``(c / max(a, tiny)², denominator, True)``: diagonal blocks."""
+        c, denom = self.xp_coefficients(xp, a, y)
+        return xp_curvature_ratio(xp, c, xp_floor_tiny(xp, a)), denom, True
+
 
 @register_loss
 class NLLLoss(_ClassLoss):
@@ -228,6 +292,15 @@ class NLLLoss(_ClassLoss):
         """With ``ŷ`` ~ Categorical(exp a) the gradient is ``−w_ŷ e_ŷ``: ``diag(exp(a) w²)``."""
         w2 = 1 if self.weight is None else self.weight.astype(a.dtype) ** 2
         return DiagonalJacobian(np.exp(a) * w2)
+
+    def xp_terms(self, xp, a, y, need_grad):
+        """``(−Σ_k c_k a_k, −c, denominator)``."""
+        c, denom = self.xp_coefficients(xp, a, y)
+        return -xp.sum(c * a, axis=-1), (-c if need_grad else None), denom
+
+    def xp_hessian_terms(self, xp, a, y):
+        """Linear in ``a``: zero diagonals."""
+        return xp.zeros_like(a), self.xp_coefficients(xp, a, y)[1], True
 
 
 #: torch clamps log terms of binary_cross_entropy at -100 and the gradient's a(1 - a) at
@@ -340,3 +413,62 @@ class BinaryCrossEntropy(ElementwiseLoss):
         clamped = a * (1 - a) < eps
         inside = _curvature_ratio(pos, _floor_tiny(a)) + _curvature_ratio(1 - y, _floor_tiny(1 - a))
         return np.where(clamped, (pos + 1 - y) / eps, inside)
+
+    # -- the generic (array API) path: a, y (..., K) of one namespace, a's dtype ----------
+    def xp_check_targets(self, xp, a, y):
+        """``y`` of a's shape in a's dtype, in [0, 1] (checked on concrete arrays only: not
+        under ``jax.jit``); ``pos_weight`` broadcasting against ``a``."""
+        y = super().xp_check_targets(xp, a, y)
+        if concrete(y) and math.prod(y.shape):
+            mn, mx = xp.min(y), xp.max(y)
+            if not (bool(mn >= 0) and bool(mx <= 1)):
+                raise ValueError(f"y: binary targets must be in [0, 1]; got values in [{float(mn)}, {float(mx)}]")
+        if self.pos_weight is not None:
+            try:
+                np.broadcast_shapes(self.pos_weight.shape, tuple(a.shape))
+            except ValueError:
+                raise ValueError(
+                    f"pos_weight of shape {self.pos_weight.shape} does not broadcast against a of shape {tuple(a.shape)}"
+                ) from None
+        return y
+
+    def xp_smoothed(self, xp, y):
+        """Targets after label smoothing, ``y(1 − ε) + ε/2``, ``y``'s shape and dtype."""
+        eps = self.label_smoothing
+        return y if not eps else y * const(xp, 1 - eps, y) + const(xp, eps / 2, y)
+
+    def xp_positive_weight(self, xp, a):
+        """``pos_weight`` as an array of a's namespace, dtype and device (None without one)."""
+        return None if self.pos_weight is None else const(xp, self.pos_weight, a)
+
+    def xp_per_element(self, xp, a, y):
+        """``−(p y log a + (1 − y) log(1 − a))``, each log clamped at −100, ``(..., K)``."""
+        y = self.xp_smoothed(xp, y)
+        floor, one = const(xp, _BCE_LOG_FLOOR, a), const(xp, 1.0, a)
+        pos_a, pos_1ma = a > 0, a < one  # log(0) = -inf is never taken (numpy-backed namespaces warn)
+        log_a = xp.where(pos_a, xp.maximum(xp.log(xp.where(pos_a, a, one)), floor), floor)
+        log_1ma = xp.where(pos_1ma, xp.maximum(_xp_log1m(xp, xp.where(pos_1ma, a, -one)), floor), floor)
+        pw = self.xp_positive_weight(xp, a)
+        pos = y * log_a if pw is None else pw * y * log_a
+        return -(pos + (const(xp, 1.0, a) - y) * log_1ma)
+
+    def xp_per_element_grad(self, xp, a, y):
+        """``(a(p y + 1 − y) − p y) / max(a(1 − a), 1e-12)``, ``(..., K)``."""
+        y = self.xp_smoothed(xp, y)
+        one = const(xp, 1.0, a)
+        pw = self.xp_positive_weight(xp, a)
+        numer = a - y if pw is None else a * (pw * y + one - y) - pw * y
+        return numer / xp.maximum(a * (one - a), const(xp, _BCE_GRAD_EPS, a))
+
+    def xp_per_element_hessian(self, xp, a, y):
+        """As :meth:`per_element_hessian`, ``(..., K)``."""
+        y = self.xp_smoothed(xp, y)
+        one = const(xp, 1.0, a)
+        pw = self.xp_positive_weight(xp, a)
+        pos = y if pw is None else pw * y
+        eps = const(xp, _BCE_GRAD_EPS, a)
+        clamped = a * (one - a) < eps
+        inside = xp_curvature_ratio(xp, pos, xp_floor_tiny(xp, a)) + xp_curvature_ratio(
+            xp, one - y, xp_floor_tiny(xp, one - a)
+        )
+        return xp.where(clamped, (pos + one - y) / eps, inside)

@@ -11,6 +11,7 @@ from ..operators import DiagonalJacobian
 from . import references
 from .base import register_loss
 from .classification import _ClassLoss, _curvature_ratio, _floor_tiny, _neg_ratio, _rowdot
+from .generic import const, device_of, xp_curvature_ratio, xp_floor_tiny
 
 __all__ = ["KLDivergence"]
 
@@ -68,3 +69,26 @@ class KLDivergence(_ClassLoss):
     def fisher_blocks(self, a):
         """With a one-hot ``ŷ`` ~ Categorical(a) the loss is ``−log a_ŷ``: ``diag(1/a)``."""
         return DiagonalJacobian(-_neg_ratio(np.ones_like(a), _floor_tiny(a)))
+
+    # -- the generic (array API) path: a (..., K), targets of a's namespace ---------------
+    def xp_entropy_term(self, xp, t, like):
+        """``Σ_k y_k log y_k`` per sample, ``(...,)`` in like's dtype (0 for index targets)."""
+        if t.is_index:
+            return xp.zeros(tuple(t.indices.shape), dtype=like.dtype, device=device_of(like))
+        y = t.probs
+        pos = y > 0
+        zero = const(xp, 0.0, y)
+        return xp.sum(xp.where(pos, y * xp.log(xp.where(pos, y, const(xp, 1.0, y))), zero), axis=-1)
+
+    def xp_terms(self, xp, a, y, need_grad):
+        """``(Σ y log y − Σ c log max(a, tiny), −c / max(a, tiny), denominator)``."""
+        t = self._xp_targets(xp, a, y)
+        c, denom = self.xp_coefficients(xp, a, t)
+        safe = xp_floor_tiny(xp, a)
+        values = self.xp_entropy_term(xp, t, a) - xp.sum(c * xp.log(safe), axis=-1)
+        return values, (-c / safe if need_grad else None), denom
+
+    def xp_hessian_terms(self, xp, a, y):
+        """``(y / max(a, tiny)², denominator, True)``."""
+        c, denom = self.xp_coefficients(xp, a, y)
+        return xp_curvature_ratio(xp, c, xp_floor_tiny(xp, a)), denom, True

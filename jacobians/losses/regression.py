@@ -8,6 +8,7 @@ from ..numerics.validation import check_positive_scalar
 from ..operators import DiagonalJacobian
 from . import references
 from .base import ElementwiseLoss, register_loss
+from .generic import const, device_of
 
 __all__ = ["MeanSquaredError", "MeanAbsoluteError", "Huber"]
 
@@ -43,6 +44,20 @@ class MeanSquaredError(ElementwiseLoss):
         """With ``ŷ = a + N(0, ½)`` the gradient is ``2(a − ŷ)``: ``E[g gᵀ] = 2 I``, the Hessian."""
         return DiagonalJacobian(np.full_like(a, 2))
 
+    # -- the generic (array API) path: a, y (..., K) of one namespace, a's dtype ----------
+    def xp_per_element(self, xp, a, y):
+        """``(a − y)²``, ``(..., K)``."""
+        d = a - y
+        return d * d
+
+    def xp_per_element_grad(self, xp, a, y):
+        """``2(a − y)``, ``(..., K)``."""
+        return const(xp, 2.0, a) * (a - y)
+
+    def xp_per_element_hessian(self, xp, a, y):
+        """2, ``(..., K)``."""
+        return xp.full(a.shape, 2.0, dtype=a.dtype, device=device_of(a))
+
 
 @register_loss
 class MeanAbsoluteError(ElementwiseLoss):
@@ -69,6 +84,19 @@ class MeanAbsoluteError(ElementwiseLoss):
     def per_element_hessian(self, a, y):
         """Zero (the kink at ``a = y`` has no second derivative)."""
         return np.zeros_like(a)
+
+    # -- the generic (array API) path: a, y (..., K) of one namespace, a's dtype ----------
+    def xp_per_element(self, xp, a, y):
+        """``|a − y|``, ``(..., K)``."""
+        return xp.abs(a - y)
+
+    def xp_per_element_grad(self, xp, a, y):
+        """``sign(a − y)``, ``(..., K)``."""
+        return xp.sign(a - y)
+
+    def xp_per_element_hessian(self, xp, a, y):
+        """Zero, ``(..., K)``."""
+        return xp.zeros_like(a)
 
 
 @register_loss
@@ -117,3 +145,19 @@ class Huber(ElementwiseLoss):
     def per_element_hessian(self, a, y):
         """1 inside ``|a − y| <= delta``, 0 outside (torch's ``huber_loss`` double backward)."""
         return (np.abs(a - y) <= a.dtype.type(self.delta)).astype(a.dtype)
+
+    # -- the generic (array API) path: a, y (..., K) of one namespace, a's dtype ----------
+    def xp_per_element(self, xp, a, y):
+        """``0.5 x²`` inside ``|x| <= delta``, ``delta (|x| − delta/2)`` outside, ``(..., K)``."""
+        x = xp.abs(a - y)
+        delta, half = const(xp, self.delta, a), const(xp, 0.5, a)
+        return xp.where(x <= delta, half * x * x, delta * (x - half * delta))
+
+    def xp_per_element_grad(self, xp, a, y):
+        """``clip(a − y, −delta, delta)``, ``(..., K)``."""
+        delta = const(xp, self.delta, a)
+        return xp.minimum(xp.maximum(a - y, -delta), delta)
+
+    def xp_per_element_hessian(self, xp, a, y):
+        """1 inside ``|a − y| <= delta``, 0 outside, ``(..., K)``."""
+        return xp.astype(xp.abs(a - y) <= const(xp, self.delta, a), a.dtype)

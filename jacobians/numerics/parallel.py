@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-__all__ = ["available_cores", "resolve_workers", "run_in_row_blocks", "ForkedTasks", "PARALLEL_MIN_BYTES", "CHUNK_BYTES"]
+__all__ = ["available_cores", "resolve_workers", "run_in_row_blocks", "ForkedTasks", "fork_is_safe", "PARALLEL_MIN_BYTES", "CHUNK_BYTES"]
 
 #: Outputs smaller than this are built on the calling thread.
 PARALLEL_MIN_BYTES = 4 << 20
@@ -110,6 +110,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
+def fork_is_safe() -> bool:
+    """False once JAX is imported in this process: its runtime's threads make ``os.fork``
+    unsafe (JAX warns of deadlocks), so :class:`ForkedTasks` then runs its tasks here."""
+    import sys
+
+    return "jax" not in sys.modules
+
+
 class ForkedTasks:
     """Zero-argument callables run on up to ``workers`` forked processes (every core by
     default), in groups: ``with ForkedTasks(tasks) as pool: pool.run(indices)``.
@@ -118,8 +126,9 @@ class ForkedTasks:
     processes run side by side. The tasks are inherited by the fork, not pickled (closures
     are fine); their results are pickled back. One pool serves every :meth:`run`, so what a
     worker loads on first use (compiled kernels) it loads once. Tasks are handed out one at
-    a time, so a slow one does not hold up a chunk. With one worker, or without the ``fork``
-    start method (not Linux), the tasks run here, in order.
+    a time, so a slow one does not hold up a chunk. With one worker, without the ``fork``
+    start method (not Linux), or once JAX is imported (:func:`fork_is_safe`), the tasks
+    run here, in order.
     """
 
     def __init__(self, tasks: list[Callable], workers: int | None = None):
@@ -128,7 +137,7 @@ class ForkedTasks:
         self.tasks = list(tasks)
         self.workers = min(resolve_workers(workers), max(len(self.tasks), 1))
         self._pool = None
-        if self.workers > 1 and "fork" in mp.get_all_start_methods():
+        if self.workers > 1 and "fork" in mp.get_all_start_methods() and fork_is_safe():
             global _FORKED
             _FORKED = self.tasks
             try:

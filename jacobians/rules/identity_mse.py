@@ -12,6 +12,7 @@ from ..numerics.validation import as_float_array
 from ..operators import DiagonalJacobian
 from .base import PairRule, register_rule
 from .common import entry_factor, reduce_plainly
+from .generic import diagonal_blocks
 
 __all__ = ["IdentityMSE"]
 
@@ -40,3 +41,14 @@ class IdentityMSE(PairRule):
 
     def extreme_hessian(self, activation, loss, z, y):
         return 2 * entry_factor(loss, z) * np.broadcast_to(np.eye(z.shape[-1]), z.shape + z.shape[-1:])
+
+    # -- the generic (array API) forms: torch, JAX, CuPy, array-api-strict arrays ----------
+    def xp_value_and_grad(self, xp, activation, loss, z, y):
+        return loss.xp_value_and_grad(xp, z, loss.xp_check_targets(xp, z, y))
+
+    def xp_hessian(self, xp, activation, loss, z, y):
+        c = 2 * loss.xp_reduction_scale(xp, z, loss.xp_check_targets(xp, z, y))
+        return diagonal_blocks(xp, c * xp.ones_like(z))
+
+    def xp_hvp(self, xp, activation, loss, z, y, v):
+        return (2 * loss.xp_reduction_scale(xp, z, loss.xp_check_targets(xp, z, y))) * v

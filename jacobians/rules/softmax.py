@@ -18,6 +18,7 @@ from ..numerics.validation import as_float_array
 from ..operators import DiagonalPlusLowRank, JacobianOperator, SimplexBlock
 from .base import PairRule, register_rule
 from .common import onehot, reduce_plainly, reduced
+from .generic import centred_simplex_product, diagonal_blocks, softmax_parts
 
 __all__ = ["SoftmaxFamily", "class_fisher"]
 
@@ -162,3 +163,52 @@ class SoftmaxFamily(PairRule):
     def extreme_hessian(self, activation, loss, z, y):
         """A one-hot softmax: ``diag(p) − p pᵀ = 0``."""
         return np.zeros(z.shape + z.shape[-1:])
+
+    # -- the generic (array API) forms: torch, JAX, CuPy, array-api-strict arrays ----------
+    @staticmethod
+    def _xp_parts(xp, activation, loss, z, y):
+        """``(x, (d, e, t, top), c, denominator, T)`` for the generic forms: the logits over
+        T, their softmax parts (:func:`~jacobians.rules.generic.softmax_parts`) and the
+        loss's coefficients (``−Σ c log p`` per row)."""
+        T = getattr(activation, "temperature", 1.0)
+        x = z if T == 1.0 else z / T
+        yv = loss.xp_check_targets(xp, z, y)
+        c, denom = loss.xp_coefficients(xp, z, yv)
+        return x, softmax_parts(xp, x), c, denom, T, yv
+
+    def xp_value_and_grad(self, xp, activation, loss, z, y):
+        """Generic :meth:`value_and_grad`: value ``Σ c ((max − x) + log1p(t))`` (every term
+        non-negative), gradient ``(p Σc − c)/T``, with the top entry's ``1 − p`` as
+        ``t/(1 + t)`` (exact for a confident row)."""
+        if isinstance(loss, KLDivergence):  # its entropy term: the chain rule's generic path
+            a = activation.xp_forward(xp, z)
+            value, g = loss.xp_value_and_grad(xp, a, loss.xp_check_targets(xp, a, y))
+            return value, activation.xp_vjp_from_output(xp, z, a, g)
+        x, (d, e, t, top), c, denom, T, _ = self._xp_parts(xp, activation, loss, z, y)
+        values = xp.sum(c * (xp.log1p(t) - d), axis=-1)
+        csum = xp.sum(c, axis=-1, keepdims=True)
+        p = e / (1 + t)
+        grad = xp.where(top, (csum - c) - csum * (t / (1 + t)), p * csum - c)
+        if T != 1.0:
+            grad = grad / T
+        return loss.xp_reduce(xp, values, grad, denom)
+
+    def _xp_weight(self, xp, activation, loss, z, y):
+        """``(p, Σc · factor / T²)``: the softmax and each row's curvature weight."""
+        x, (d, e, t, top), c, denom, T, yv = self._xp_parts(xp, activation, loss, z, y)
+        scale = loss.xp_reduction_scale(xp, z, yv)
+        w = xp.sum(c, axis=-1, keepdims=True) * scale
+        return e / (1 + t), (w if T == 1.0 else w / T**2), (d, e, t, top)
+
+    def xp_hessian(self, xp, activation, loss, z, y):
+        """Generic :meth:`hessian`: ``Σc (diag(p) − p pᵀ)/T²`` dense, its diagonal
+        ``p(1 − p)`` with ``1 − p`` from complement sums."""
+        p, w, (d, e, t, top) = self._xp_weight(xp, activation, loss, z, y)
+        rest = xp.where(top, t, (1 + t) - e) / (1 + t)  # 1 − p_k without cancellation
+        H = diagonal_blocks(xp, p * rest) - p[..., :, None] * p[..., None, :] * (1 - diagonal_blocks(xp, xp.ones_like(p)))
+        return w[..., None] * H
+
+    def xp_hvp(self, xp, activation, loss, z, y, v):
+        """Generic :meth:`hvp`: ``Σc p ⊙ (v − p·v)/T²``, v centred on the top entry."""
+        p, w, _ = self._xp_weight(xp, activation, loss, z, y)
+        return w * centred_simplex_product(xp, p, p, v)

@@ -1,0 +1,43 @@
+"""What the built-in rules' generic (array API) forms share: the shifted softmax's parts, a
+dense diagonal, and the reduction of a rule's own per-sample terms."""
+
+from __future__ import annotations
+
+__all__ = ["softmax_parts", "diagonal_blocks", "centred_simplex_product"]
+
+
+def softmax_parts(xp, x):
+    """``(d, e, t, top)`` of rows ``x`` (..., K): ``d = x − max`` (≤ 0), ``e = exp(d)``,
+    ``t = Σ_{k≠top} e_k`` (the row's first largest entry left out, shape (..., 1)) and
+    ``top`` the mask of that entry. Then ``softmax = e/(1 + t)``, ``log softmax = d −
+    log1p(t)`` and ``1 − softmax_top = t/(1 + t)``, each without cancellation."""
+    K = x.shape[-1]
+    d = x - xp.max(x, axis=-1, keepdims=True)
+    e = xp.exp(d)
+    idx = xp.arange(K, device=_device(x))
+    top = idx == xp.argmax(x, axis=-1, keepdims=True)
+    t = xp.sum(xp.where(top, xp.zeros_like(e), e), axis=-1, keepdims=True)
+    return d, e, t, top
+
+
+def _device(x):
+    import array_api_compat
+
+    return array_api_compat.device(x)
+
+
+def diagonal_blocks(xp, d):
+    """``diag(d)`` per row: (..., K) -> (..., K, K)."""
+    K = d.shape[-1]
+    return d[..., None] * xp.eye(K, dtype=d.dtype, device=_device(d))
+
+
+def centred_simplex_product(xp, w, p, v):
+    """``w ⊙ (v − p·v)`` per row (``Σp = 1``), ``v`` first centred on the entry of largest
+    ``w`` (the product is unchanged, as ``p·1 = 1``): round-off then scales with v's spread
+    around that entry, not with its size, and a confident row keeps its digits."""
+    top = xp.argmax(w, axis=-1, keepdims=True)
+    K = v.shape[-1]
+    at_top = xp.arange(K, device=_device(v)) == top
+    vc = v - xp.sum(xp.where(at_top, v, xp.zeros_like(v)), axis=-1, keepdims=True)
+    return w * (vc - xp.sum(p * vc, axis=-1, keepdims=True))

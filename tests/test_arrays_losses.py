@@ -1,0 +1,291 @@
+"""The losses' generic (array API) path against numpy's, on every installed namespace.
+
+The ``xp`` fixture runs each test on array-api-strict, torch (CPU) and jax.numpy, float32
+and float64 (JAX's float32 with ``jax_enable_x64`` off, its float64 with it on). The walk
+takes every registered loss, its default instance and ``cls.variants(K)``, every reduction
+and ``with_denominator``, with inputs from the numpy checks' own generator
+(:func:`jacobians.checks.example_inputs` on a head whose activation puts ``a`` in the
+loss's domain), and compares ``value``, ``grad``, ``value_and_grad``, ``hessian`` and
+``hvp`` through the public API (targets given as numpy and as the namespace's own array)
+with the numpy path on the same values in float64. Errors are normwise, in units of the
+dtype's epsilon: ``max|got − ref| / (max|ref| · eps)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import Brier, array_namespace_named
+
+EXTRA = "the arrays extra (array-api-compat, array-api-extra) is not installed"
+pytestmark = pytest.mark.arrays
+array_api_compat = pytest.importorskip("array_api_compat", reason=EXTRA)
+
+import jacobians as jac  # noqa: E402
+from jacobians.checks import example_inputs  # noqa: E402
+
+NAMESPACES = ("array_api_strict", "torch", "jax")
+K = 4
+SHAPE = (2, 3, K)
+#: normwise bounds in eps of the dtype (measured worst: see WORST, printed with -s)
+BOUND = {"float64": 4.0, "float32": 8.0}
+#: the activation that puts a loss's input in its domain
+ACTIVATION = {
+    "real": jac.Identity,
+    "open_simplex": jac.Softmax,
+    "simplex": jac.Softmax,
+    "log_simplex": jac.LogSoftmax,
+    "unit_interval": jac.Sigmoid,
+}
+WORST: dict = {}
+
+
+
+
+@pytest.fixture(params=NAMESPACES)
+def xp_name(request):
+    return request.param
+
+
+
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_worst():
+    yield
+    for key in sorted(WORST):
+        print(f"worst normwise error {key}: {WORST[key][0]:.2f} eps ({WORST[key][1]})")
+
+
+def to_numpy(x) -> np.ndarray:
+    return np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
+
+
+def cases():
+    out = []
+    for name, cls in jac.LOSSES.items():
+        for i, kw in enumerate([{}] + cls.variants(K)):
+            out.append(pytest.param(name, kw, id=f"{name}-{i}"))
+    return out
+
+
+def generic(cls) -> bool:
+    return cls.xp_available
+
+
+def inputs(loss, seed=0):
+    """``(a, y)`` in float64 numpy: ``a`` in the loss's domain, clear of its kinks."""
+    act = ACTIVATION[loss.domain.name]()
+    z, y = example_inputs(jac.Head(act, loss), shape=SHAPE, seed=seed)
+    return np.asarray(act(z), dtype=np.float64), y
+
+
+def normwise(got, ref, dtype_name) -> float:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == ref.shape
+    nan = np.isnan(ref)
+    assert (np.isnan(got) == nan).all()
+    scale = np.abs(ref[~nan]).max(initial=0.0)
+    err = np.abs(got[~nan] - ref[~nan]).max(initial=0.0)
+    if scale == 0:
+        return 0.0 if err == 0 else np.inf
+    return err / (scale * np.finfo(dtype_name).eps)
+
+
+def check_result(xp, got, like, ref, dtype_name, what):
+    assert array_api_compat.array_namespace(got) is array_api_compat.array_namespace(like)
+    assert got.dtype == like.dtype, what
+    assert array_api_compat.device(got) == array_api_compat.device(like)
+    e = normwise(to_numpy(got), ref, dtype_name)
+    key = (dtype_name, what.split()[-1])
+    WORST[key] = max(WORST.get(key, (0.0, "")), (e, f"{what} on {array_api_compat.array_namespace(like).__name__}"))
+    assert e <= BOUND[dtype_name], f"{what}: {e:.2f} eps"
+
+
+@pytest.mark.parametrize("y_form", ["numpy", "namespace", "probabilities"])
+@pytest.mark.parametrize("name, kw", cases())
+def test_walk(xp, dtype_name, name, kw, y_form):
+    """``y_form``: the generated targets as numpy or as the namespace's array; for a class
+    loss also soft probability rows (Dirichlet draws, given as the namespace's array)."""
+    cls = jac.LOSSES[name]
+    base = cls(**kw)
+    a64, y = inputs(base)
+    if y_form == "probabilities":
+        if base.target_kind != "class":
+            pytest.skip("probability rows are class losses' second target form")
+        y = np.random.default_rng(2).dirichlet(np.ones(K), size=SHAPE[:-1])
+    np_dtype = np.dtype(dtype_name)
+    a_np = a64.astype(np_dtype).astype(np.float64)  # the same values on both paths
+    if y.dtype.kind == "f":
+        y = y.astype(np_dtype).astype(np.float64)
+    a = xp.asarray(a_np.astype(np_dtype))
+    yt = y if y_form == "numpy" else xp.asarray(y.astype(np_dtype) if y.dtype.kind == "f" else y)
+    v = np.random.default_rng(1).normal(size=SHAPE)
+    v_np = v.astype(np_dtype).astype(np.float64)
+    vt = xp.asarray(v_np.astype(np_dtype))
+    if not generic(cls):
+        with pytest.raises(NotImplementedError, match="has no array-API path"):
+            base.value(a, yt)
+        return
+    for reduction in ("mean", "sum", "none"):
+        for denominator in (None, 10.0):
+            loss = cls(**kw, reduction=reduction).with_denominator(denominator)
+            what = f"{name} {reduction}"
+            check_result(xp, loss.value(a, yt), a, loss.value(a_np, y), dtype_name, what + " value")
+            check_result(xp, loss.grad(a, yt), a, loss.grad(a_np, y), dtype_name, what + " grad")
+            val, g = loss.value_and_grad(a, yt)
+            rv, rg = loss.value_and_grad(a_np, y)
+            check_result(xp, val, a, rv, dtype_name, what + " value")
+            check_result(xp, g, a, rg, dtype_name, what + " grad")
+            check_result(xp, loss.hessian(a, yt), a, loss.hessian(a_np, y), dtype_name, what + " hessian")
+            check_result(xp, loss.hvp(a, yt, vt), a, loss.hvp(a_np, y, v_np), dtype_name, what + " hvp")
+            scale = loss.xp_reduction_scale(xp, a, loss.xp_check_targets(xp, a, xp.asarray(y)))
+            assert float(scale) == pytest.approx(float(loss.reduction_scale(a_np.astype(np_dtype), y)), rel=1e-6)
+
+
+@pytest.mark.parametrize("name, kw", cases())
+def test_jit(name, kw):
+    jax = pytest.importorskip("jax", reason="the arrays extra's jax is not installed")
+    cls = jac.LOSSES[name]
+    if not generic(cls):
+        pytest.skip(f"{name} has no generic path")
+    with jax.enable_x64(True):
+        loss = cls(**kw)
+        a_np, y = inputs(loss)
+        f = jax.jit(lambda a: loss.value_and_grad(a, y))
+        val, g = f(jax.numpy.asarray(a_np))
+        rv, rg = loss.value_and_grad(a_np, y)
+        assert normwise(np.asarray(val), rv, "float64") <= BOUND["float64"]
+        assert normwise(np.asarray(g), rg, "float64") <= BOUND["float64"]
+        h = jax.jit(lambda a: loss.hessian(a, y))(jax.numpy.asarray(a_np))
+        assert normwise(np.asarray(h), loss.hessian(a_np, y), "float64") <= BOUND["float64"]
+
+
+def test_empty_mean_warns_nan_value_zero_grad():
+    torch = pytest.importorskip("torch", reason="the arrays extra's torch (CPU build) is not installed")
+    a = torch.full((0, 3), 0.5, dtype=torch.float64)
+    loss = jac.MeanSquaredError()
+    with pytest.warns(jac.EmptyMeanWarning):
+        val, g = loss.value_and_grad(a, np.zeros((0, 3)))
+    assert torch.isnan(val) and g.shape == (0, 3)
+
+
+def test_empty_weighted_mean_under_jit():
+    """Every target ignored: the summed-weight denominator is 0 in the graph (no warning can
+    be given under jit), the value NaN and the gradient zero, as numpy's."""
+    jax = pytest.importorskip("jax", reason="the arrays extra's jax is not installed")
+    with jax.enable_x64(True):
+        loss = jac.CrossEntropy(weight=np.linspace(0.5, 2.0, 3), ignore_index=-100)
+        a = np.full((2, 3), 1 / 3)
+        y = np.array([-100, -100])
+        val, g = jax.jit(lambda a: loss.value_and_grad(a, y))(jax.numpy.asarray(a))
+        assert np.isnan(float(val)) and not np.asarray(g).any()
+        with pytest.warns(jac.EmptyMeanWarning):
+            val, g = loss.value_and_grad(jax.numpy.asarray(a), y)
+        assert np.isnan(float(val)) and not np.asarray(g).any()
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "kl_divergence", "binary_cross_entropy", "nll"])
+def test_extreme_inputs(xp, dtype_name, name):
+    """Probabilities that underflowed to 0 (or reached 1): the floors and clamps of numpy's path
+    (compared with numpy in the same dtype, where ``tiny`` and the largest float are)."""
+    loss = jac.LOSSES[name](reduction="none")
+    np_dtype = np.dtype(dtype_name)
+    a = np.array([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0], [1e-30, 0.25, 0.75]])
+    if name == "nll":
+        with np.errstate(divide="ignore"):
+            a = np.log(np.maximum(a, 1e-30))
+    a = a.astype(np_dtype)
+    y = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.2, 0.3, 0.5]]) if name != "nll" else np.array([0, 1, 2])
+    y = y.astype(np_dtype) if y.dtype.kind == "f" else y
+    at = xp.asarray(a)
+    for method in ("value", "grad", "hessian"):
+        got = to_numpy(getattr(loss, method)(at, y))
+        ref = getattr(loss, method)(a, y)  # numpy's own dtype: its floors and saturations are the dtype's
+        assert np.isfinite(got).all()
+        ok = np.isclose(got, ref, rtol=8 * np.finfo(np_dtype).eps, atol=0)
+        assert ok.all(), (method, got, ref)
+
+
+def test_target_errors(xp):
+    a = xp.asarray(np.full((2, 3), 1 / 3))
+    with pytest.raises(ValueError, match=r"y: class indices must be in \[0, 3\).*got values in \[0, 3\]"):
+        jac.CrossEntropy().value(a, np.array([0, 3]))
+    with pytest.raises(ValueError, match=r"or equal ignore_index=-100\); got values in \[-1, -1\]"):
+        jac.CrossEntropy(ignore_index=-100).value(a, xp.asarray(np.array([-1, -100])))
+    with pytest.raises(TypeError, match="y: class indices of shape \\(2,\\) must have an integer dtype"):
+        jac.NLLLoss().value(a, np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"y must be class indices of shape \(2,\) or probabilities of shape \(2, 3\)"):
+        jac.KLDivergence().value(a, np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"y: target probabilities must be in \[0, 1\]"):
+        jac.CrossEntropy().value(a, np.full((2, 3), 1.5))
+    with pytest.raises(ValueError, match=r"y: binary targets must be in \[0, 1\]"):
+        jac.BinaryCrossEntropy().value(a, np.full((2, 3), -0.5))
+    with pytest.raises(ValueError, match=r"pos_weight of shape \(4,\) does not broadcast against a of shape \(2, 3\)"):
+        jac.BinaryCrossEntropy(pos_weight=np.ones(4)).value(a, np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"y must have the shape of a, \(2, 3\); got shape \(2,\)"):
+        jac.MeanSquaredError().value(a, np.zeros(2))
+    with pytest.raises(ValueError, match=r"weight must have shape \(K,\) = \(3,\)"):
+        jac.CrossEntropy(weight=np.ones(4)).value(a, np.array([0, 1]))
+
+
+def test_value_checks_skipped_under_jit():
+    """Out-of-range indices are found on concrete arrays; under jit only shapes are checked."""
+    jax = pytest.importorskip("jax", reason="the arrays extra's jax is not installed")
+    loss = jac.CrossEntropy()
+    a = jax.numpy.full((2, 3), 1 / 3)
+    with pytest.raises(ValueError, match="class indices must be in"):
+        loss.value(a, jax.numpy.asarray([0, 5]))
+    jax.jit(lambda a, y: loss.value(a, y))(a, jax.numpy.asarray([0, 5]))  # traced: not checked
+    with pytest.raises(ValueError, match="y must be class indices of shape"):
+        jax.jit(lambda a, y: loss.value(a, y))(a, jax.numpy.zeros((3,), dtype=jax.numpy.int32))
+
+
+
+
+class MyCrossEntropy(jac.CrossEntropy):
+    """A subclass that changes the numpy math: the parent's generic formula is not its own."""
+
+    def _terms(self, a, t, need_grad):
+        values, grads, denom = super()._terms(a, t, need_grad)
+        return 2 * values, (None if grads is None else 2 * grads), denom
+
+
+@pytest.mark.parametrize("loss", [Brier(), MyCrossEntropy(), jac.SparsemaxLoss(), jac.Entmax15Loss()], ids=repr)
+def test_no_generic_path(xp, loss):
+    a = xp.asarray(np.full((2, 3), 1 / 3))
+    y = np.zeros((2, 3)) if isinstance(loss, Brier) else np.array([0, 1])
+    name = type(loss).__name__
+    for method in ("value", "grad", "value_and_grad", "hessian"):
+        with pytest.raises(NotImplementedError, match=f"{name} has no array-API path: write xp_per_sample"):
+            getattr(loss, method)(a, y)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "nll", "kl_divergence", "binary_cross_entropy", "mse", "huber"])
+def test_per_sample_methods(name):
+    """The per-sample twins (what a pair rule or a user's subclass builds on) against numpy's."""
+    xp = array_namespace_named("array_api_strict")
+    loss = jac.LOSSES[name]()
+    a_np, y = inputs(loss)
+    a = xp.asarray(a_np)
+    t = loss.xp_check_targets(xp, a, xp.asarray(y))
+    for method in ("per_sample", "per_sample_grad", "per_sample_hessian"):
+        got = to_numpy(getattr(loss, "xp_" + method)(xp, a, t))
+        assert normwise(got, getattr(loss, method)(a_np, y), "float64") <= BOUND["float64"], method
+    if hasattr(loss, "coefficients"):
+        c, denom = loss.xp_coefficients(xp, a, t)
+        rc, rdenom = loss.coefficients(loss.check_targets(a_np, y), a_np.dtype)
+        assert np.array_equal(to_numpy(c), rc) and float(denom) == rdenom
+
+
+def test_bce_values_elementwise_ulps(xp, dtype_name):
+    """BCE's per-entry values on a fine grid of a, in ulps of each entry (not normwise): the
+    log of the complement avoids XLA's float64 log1p, off by up to 128 ulp on [−0.413, −0.352]."""
+    np_dtype = np.dtype(dtype_name)
+    a = np.linspace(0.001, 0.999, 4000).astype(np_dtype).reshape(-1, 4)
+    y = np.zeros_like(a)  # the loss is −log(1 − a)
+    got = to_numpy(jac.BinaryCrossEntropy(reduction="none").value(xp.asarray(a), y)).astype(np.float64)
+    ref = -np.log1p(-a.astype(np.float64))
+    ulps = np.abs(got - ref) / np.spacing(np.abs(ref).astype(np_dtype)).astype(np.float64)
+    assert ulps.max() <= 4, ulps.max()
