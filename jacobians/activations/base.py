@@ -11,6 +11,8 @@ from ..domains import Domain, domain
 from ..numerics.validation import as_float_array
 from ..operators import DenseJacobian, DiagonalJacobian, JacobianOperator
 from ..registry import register_class
+from ..xp.blocks import diagonal_blocks as _xp_diag
+from ..xp.blocks import eye_like as _xp_eye
 
 __all__ = [
     "Activation",
@@ -348,25 +350,6 @@ def _no_xp_path(obj, what: str = "", use: str = "torch/JAX arrays"):
         f"{type(obj).__name__} has no array-API path: write {what} to use {use} "
         "(or pass numpy arrays)"
     )
-
-
-def _xp_eye(xp, z):
-    """The identity ``(K, K)`` of z's dtype and device."""
-    return xp.eye(z.shape[-1], dtype=z.dtype, device=_xp_device(z))
-
-
-def _xp_device(x):
-    """``array_api_compat.device(x)`` (imported here: only generic arrays come here)."""
-    import array_api_compat
-
-    return array_api_compat.device(x)
-
-
-def _xp_diag(xp, d):
-    """``diag(d)`` per sample, ``(..., K, K)``, without in-place writes (zeros off the
-    diagonal even where ``d`` is infinite)."""
-    eye = _xp_eye(xp, d)
-    return xp.where(eye != 0, d[..., :, None], xp.zeros_like(eye))
 
 
 #: numpy method -> the generic method computing the same math (see _guard_xp_path)

@@ -17,7 +17,9 @@ import numpy as np
 
 from ..numerics.validation import as_float_array
 from ..operators import DiagonalPlusRankOne, SimplexJacobian, simplex_product
-from .base import Activation, _check_pair, _no_xp_path, _xp_device, _xp_eye
+from ..xp.blocks import device_of as _xp_device
+from ..xp.blocks import eye_like as _xp_eye
+from .base import Activation, _check_pair, _no_xp_path
 
 __all__ = ["SimplexMapping"]
 

@@ -9,8 +9,9 @@ import numpy as np
 from .. import _kernels
 from ..numerics.validation import as_float_array, check_positive_scalar
 from ..operators import DiagonalPlusLowRank, DiagonalPlusRankOne, simplex_product
+from ..xp.blocks import diagonal_blocks as _xp_diag
 from . import references
-from .base import Activation, _check_pair, _xp_diag, register_activation
+from .base import Activation, _check_pair, register_activation
 from .simplex import SimplexMapping, _rowdot, _xp_projector_dense, _xp_rowdot, _xp_simplex_product
 
 

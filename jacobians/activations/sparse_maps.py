@@ -9,8 +9,10 @@ import numpy as np
 from ..numerics import entmax, sparse
 from ..numerics.validation import alpha_rows, as_float_array, check_alpha, check_positive_scalar
 from ..operators import DiagonalJacobian, DiagonalPlusLowRank
+from ..xp.blocks import device_of as _xp_device
+from ..xp.blocks import diagonal_blocks as _xp_diag
 from . import references
-from .base import _check_pair, _xp_device, _xp_diag, register_activation
+from .base import _check_pair, register_activation
 from .simplex import TEMPERATURES, SimplexMapping, _rowdot, _xp_rowdot
 
 __all__ = ["Sparsemax", "Entmax15", "Entmax"]

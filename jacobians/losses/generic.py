@@ -28,6 +28,7 @@ import math
 import numpy as np
 
 from ..numerics.empty import mean_scale
+from ..xp.blocks import device_of, diagonal_blocks
 
 __all__ = ["GenericLoss", "GenericElementwise", "const", "concrete", "device_of", "diagonal_blocks", "mark_generic"]
 
@@ -46,11 +47,6 @@ def mark_generic(cls) -> None:
         cls.xp_available = False
 
 
-def device_of(x):
-    """``x``'s device (``array_api_compat.device``)."""
-    import array_api_compat
-
-    return array_api_compat.device(x)
 
 
 def const(xp, value, like):
@@ -101,11 +97,6 @@ def mean_factor(xp, denom, like):
     return xp.where(empty, const(xp, 0.0, like), one / xp.where(empty, one, denom)), empty
 
 
-def diagonal_blocks(xp, h):
-    """Blocks ``(..., K, K)`` with diagonals ``h`` (..., K) and zeros elsewhere (by ``where``:
-    a saturated diagonal never meets ``0 · big``)."""
-    eye = xp.eye(h.shape[-1], dtype=xp.bool, device=device_of(h))
-    return xp.where(eye, h[..., None], const(xp, 0.0, h))
 
 
 class GenericLoss:

@@ -1,9 +1,11 @@
-"""What the built-in rules' generic (array API) forms share: the shifted softmax's parts, a
-dense diagonal, and the reduction of a rule's own per-sample terms."""
+"""What the built-in rules' generic (array API) forms share: the shifted softmax's parts and
+the centred simplex product."""
 
 from __future__ import annotations
 
-__all__ = ["softmax_parts", "diagonal_blocks", "centred_simplex_product"]
+from ..xp.blocks import device_of
+
+__all__ = ["softmax_parts", "centred_simplex_product"]
 
 
 def softmax_parts(xp, x):
@@ -14,22 +16,14 @@ def softmax_parts(xp, x):
     K = x.shape[-1]
     d = x - xp.max(x, axis=-1, keepdims=True)
     e = xp.exp(d)
-    idx = xp.arange(K, device=_device(x))
+    idx = xp.arange(K, device=device_of(x))
     top = idx == xp.argmax(x, axis=-1, keepdims=True)
     t = xp.sum(xp.where(top, xp.zeros_like(e), e), axis=-1, keepdims=True)
     return d, e, t, top
 
 
-def _device(x):
-    import array_api_compat
-
-    return array_api_compat.device(x)
 
 
-def diagonal_blocks(xp, d):
-    """``diag(d)`` per row: (..., K) -> (..., K, K)."""
-    K = d.shape[-1]
-    return d[..., None] * xp.eye(K, dtype=d.dtype, device=_device(d))
 
 
 def centred_simplex_product(xp, w, p, v):
@@ -38,6 +32,6 @@ def centred_simplex_product(xp, w, p, v):
     around that entry, not with its size, and a confident row keeps its digits."""
     top = xp.argmax(w, axis=-1, keepdims=True)
     K = v.shape[-1]
-    at_top = xp.arange(K, device=_device(v)) == top
+    at_top = xp.arange(K, device=device_of(v)) == top
     vc = v - xp.sum(xp.where(at_top, v, xp.zeros_like(v)), axis=-1, keepdims=True)
     return w * (vc - xp.sum(p * vc, axis=-1, keepdims=True))

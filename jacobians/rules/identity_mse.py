@@ -10,9 +10,9 @@ from ..activations import Identity
 from ..losses import MeanSquaredError
 from ..numerics.validation import as_float_array
 from ..operators import DiagonalJacobian
+from ..xp.blocks import diagonal_blocks
 from .base import PairRule, register_rule
 from .common import entry_factor, reduce_plainly
-from .generic import diagonal_blocks
 
 __all__ = ["IdentityMSE"]
 

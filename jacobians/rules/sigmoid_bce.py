@@ -18,9 +18,9 @@ from ..losses import BinaryCrossEntropy
 from ..numerics.elementwise import sigmoid
 from ..numerics.validation import as_float_array
 from ..operators import DiagonalJacobian, DiagonalPlusLowRank
+from ..xp.blocks import diagonal_blocks
 from .base import PairRule, register_rule
 from .common import entry_factor, reduce_plainly, reduced
-from .generic import diagonal_blocks
 
 __all__ = ["SigmoidBCE"]
 

@@ -16,9 +16,10 @@ from ..losses import CrossEntropy, KLDivergence, NLLLoss
 from ..numerics import buffers
 from ..numerics.validation import as_float_array
 from ..operators import DiagonalPlusLowRank, JacobianOperator, SimplexBlock
+from ..xp.blocks import diagonal_blocks
 from .base import PairRule, register_rule
 from .common import onehot, reduce_plainly, reduced
-from .generic import centred_simplex_product, diagonal_blocks, softmax_parts
+from .generic import centred_simplex_product, softmax_parts
 
 __all__ = ["SoftmaxFamily", "class_fisher"]
 
