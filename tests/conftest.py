@@ -366,6 +366,18 @@ def jax_x64(name: str, dtype_name: str):
         yield
 
 
+def walk_params(params, is_default):
+    """``(xp_name, *values)`` parameters of a registry walk on the generic path: every
+    instance on array-api-strict, the defaults on torch and JAX (the same code on every
+    namespace: the representative slice that keeps CI's time)."""
+    out = []
+    for name in ("array_api_strict", "torch", "jax"):
+        for p in params:
+            if name == "array_api_strict" or is_default(p):
+                out.append(pytest.param(name, *p.values, id=f"{name}-{p.id}"))
+    return out
+
+
 @pytest.fixture(params=["float32", "float64"])
 def dtype_name(request):
     return request.param
