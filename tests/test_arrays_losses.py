@@ -103,8 +103,18 @@ def check_result(xp, got, like, ref, dtype_name, what):
     assert e <= BOUND[dtype_name], f"{what}: {e:.2f} eps"
 
 
-@pytest.mark.parametrize("y_form", ["numpy", "namespace", "probabilities"])
-@pytest.mark.parametrize("xp_name, name, kw", walk_params(cases(), lambda p: p.id.endswith("-0")))
+def walk_cases():
+    """The walk's ``(xp_name, name, kw, y_form)``: targets as numpy and as the namespace's
+    array, and for a class loss also as probability rows."""
+    out = []
+    for p in walk_params(cases(), lambda p: p.id.endswith("-0")):
+        xp_name, name, kw = p.values
+        forms = ["numpy", "namespace"] + (["probabilities"] if jac.LOSSES[name].target_kind == "class" else [])
+        out += [pytest.param(xp_name, name, kw, form, id=f"{p.id}-{form}") for form in forms]
+    return out
+
+
+@pytest.mark.parametrize("xp_name, name, kw, y_form", walk_cases())
 def test_walk(xp, dtype_name, name, kw, y_form):
     """``y_form``: the generated targets as numpy or as the namespace's array; for a class
     loss also soft probability rows (Dirichlet draws, given as the namespace's array)."""
@@ -112,8 +122,6 @@ def test_walk(xp, dtype_name, name, kw, y_form):
     base = cls(**kw)
     a64, y = inputs(base)
     if y_form == "probabilities":
-        if base.target_kind != "class":
-            pytest.skip("probability rows are class losses' second target form")
         y = np.random.default_rng(2).dirichlet(np.ones(K), size=SHAPE[:-1])
     np_dtype = np.dtype(dtype_name)
     a_np = a64.astype(np_dtype).astype(np.float64)  # the same values on both paths
@@ -144,12 +152,11 @@ def test_walk(xp, dtype_name, name, kw, y_form):
             assert float(scale) == pytest.approx(float(loss.reduction_scale(a_np.astype(np_dtype), y)), rel=1e-6)
 
 
-@pytest.mark.parametrize("name, kw", cases())
+@pytest.mark.parametrize("name, kw", [p for p in cases() if generic(jac.LOSSES[p.values[0]])])
 def test_jit(name, kw):
+    """Every loss with a generic path under jax.jit (those without raise: test_walk)."""
     jax = pytest.importorskip("jax", reason="the arrays extra's jax is not installed")
     cls = jac.LOSSES[name]
-    if not generic(cls):
-        pytest.skip(f"{name} has no generic path")
     with jax.enable_x64(True):
         loss = cls(**kw)
         a_np, y = inputs(loss)
