@@ -67,18 +67,21 @@ def loss(head):
             return head.hvp(z.detach(), ctx.y, u.contiguous()), None
 
     class HeadLoss(torch.autograd.Function):
-        """``z -> head.loss(z, y)``, whose backward is ``head.grad`` (through HeadGrad)."""
+        """``z -> head.loss(z, y)``, whose backward is ``head.grad``: computed with the value in
+        the forward pass, or through HeadGrad (differentiable) under ``create_graph``."""
 
         @staticmethod
         def forward(ctx, z, y):
-            ctx.save_for_backward(z)
+            value, g = head.value_and_grad(z.detach(), y)  # one pass: the fused rule's
+            ctx.save_for_backward(z, g)
             ctx.y = y
-            return head.loss(z.detach(), y)
+            return value
 
         @staticmethod
         def backward(ctx, out):
-            (z,) = ctx.saved_tensors
-            g = HeadGrad.apply(z, ctx.y)
+            z, g = ctx.saved_tensors
+            if torch.is_grad_enabled():  # create_graph: the gradient must be differentiable
+                g = HeadGrad.apply(z, ctx.y)
             # 'none': one loss a row (or an entry), each depending on its own row only
             scale = out if out.ndim == 0 or out.shape == g.shape else out[..., None]
             return scale * g, None
