@@ -16,8 +16,9 @@ under ``jax.jit`` and on any device. numpy arrays never come here: their path (a
 numba kernels) is unchanged.
 
 Modules: :mod:`.rows` (activations' and losses' row-wise methods: the namespace, the
-inputs' checks, then the class's generic method) and :mod:`.heads` (a head's entry points
-and ``contract``).
+inputs' checks, then the class's generic method), :mod:`.heads` (a head's loss, gradient,
+Hessian, GGN, HVP and ``contract``), :mod:`.curvature` (factors, Fisher blocks, sampled
+columns) and :mod:`.last_layer` (``linear_gradient``, ``linear_curvature``).
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ def load():
             "torch, JAX, CuPy and array-api-strict arrays need the arrays extra: "
             "pip install 'jacobians[arrays]' (array-api-compat, array-api-extra)"
         ) from None
-    from . import heads, rows
+    from . import curvature, heads, last_layer, rows
 
+    modules = (curvature, last_layer, heads)  # the first that exports a name serves it
     return types.SimpleNamespace(
-        METHODS=rows.METHODS, **{name: getattr(heads, name) for name in ENTRY_POINTS}
+        METHODS=rows.METHODS,
+        **{name: getattr(next(m for m in modules if name in m.__all__), name) for name in ENTRY_POINTS},
     )
 
 

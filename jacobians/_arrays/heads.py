@@ -27,7 +27,7 @@ from ..backend import ENTRY_POINTS
 from ..second_order import resolve
 from .inputs import float_input, namespace_of, same_shape, targets_like, unsupported
 
-__all__ = list(ENTRY_POINTS)  # the backend.Implementation functions, every one
+__all__ = ["head_loss", "head_value_and_grad", "head_blocks", "head_hvp", "contract"]  # the rest: .curvature, .last_layer
 
 #: row blocks of the generic 'jacobian' method hold about this many bytes of J by default
 DEFAULT_MAX_BYTES = 256 << 20
@@ -173,19 +173,3 @@ def contract(g, J):
         )
     dt = xp.result_type(g, J)
     return _rowvec_mat(xp, xp.astype(g, dt), xp.astype(J, dt))
-
-
-def head_sqrt_ggn_sampled(head, z, mc_samples, seed, y=None):
-    raise unsupported("Head.sqrt_ggn_sampled", namespace_of(z, targets=(y,)))
-
-
-def head_fisher(head, z, y, kind, mc_samples, seed):
-    raise unsupported("Head.fisher", namespace_of(z, targets=(y,)))
-
-
-def linear_gradient(features, head, z, y, bias):
-    raise unsupported("linear_gradient", namespace_of(features, z, targets=(y,)))
-
-
-def linear_curvature(features, head, z, y, *, kind, structure, bias, max_bytes, mc_samples, seed):
-    raise unsupported("linear_curvature", namespace_of(features, z, targets=(y,)))
