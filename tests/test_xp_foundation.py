@@ -211,8 +211,21 @@ def _expected(u64: np.ndarray, np_dtype) -> np.ndarray:
     return u64 if np_dtype == np.float64 else (np.floor(u64 * 2.0**24) * 2.0**-24).astype(np.float32)
 
 
-@pytest.mark.parametrize("key", [0, 1, 7, 2**63 + 12345, 2**64 - 1])
-@pytest.mark.parametrize("per_row", [1, 3, 1000])
+UNIFORM_KEYS = (0, 1, 7, 2**63 + 12345, 2**64 - 1)
+#: every key and width on numpy and array-api-strict (the reference namespace); on torch and
+#: JAX (the same integer code, whose eager JAX compiles per shape) a slice that still takes
+#: each width and the keys with the high bit set and all bits set
+UNIFORM_SLICE = ((0, 1), (2**63 + 12345, 3), (2**64 - 1, 1000))
+
+
+def _uniform_cases():
+    for name in NAMESPACES:
+        full = name in ("numpy", "array_api_strict")
+        for key, per_row in ([(k, n) for n in (1, 3, 1000) for k in UNIFORM_KEYS] if full else UNIFORM_SLICE):
+            yield pytest.param(name, key, per_row, id=f"{name}-{per_row}-{key}")
+
+
+@pytest.mark.parametrize(("xp_name", "key", "per_row"), list(_uniform_cases()))
 def test_uniforms_bitwise_numpy(xp, dtype, dtype_name, key, per_row):
     np_dtype = np.dtype(dtype_name).type
     got = to_numpy(uniforms_for_rows(xp, key, HOST_ROWS, per_row, dtype=dtype))
