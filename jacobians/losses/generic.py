@@ -167,6 +167,12 @@ class GenericLoss:
 
     xp_available = True
 
+    def xp_require_twin(self, name: str) -> None:
+        """NotImplementedError when the class writes the numpy method ``name`` (e.g.
+        ``'fisher_blocks'``) below the class that writes ``xp_<name>``: the generic formula
+        would not be its formula."""
+        _no_twin(self, name)
+
     def _xp_require(self):
         if not type(self).xp_available:
             name = type(self).__name__

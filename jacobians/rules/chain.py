@@ -116,6 +116,7 @@ class ChainRule(PairRule):
 
     def xp_fisher(self, xp, activation, loss, z, y=None):
         """Generic :meth:`fisher`: ``Jᵀ F_a J`` with ``F_a = loss.xp_fisher_blocks(a)``, dense."""
+        loss.xp_require_twin("fisher_blocks")
         a = activation.xp_forward(xp, z)
         return gram_columns(xp, activation, z, a, loss.xp_fisher_blocks(xp, a))
 

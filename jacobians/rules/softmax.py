@@ -13,10 +13,10 @@ import numpy as np
 from .. import _kernels
 from ..activations import LogSoftmax, Softmax
 from ..losses import CrossEntropy, KLDivergence, NLLLoss
+from ..losses.generic import const
 from ..numerics import buffers
 from ..numerics.validation import as_float_array
 from ..operators import DiagonalPlusLowRank, JacobianOperator, SimplexBlock
-from ..losses.generic import const
 from ..xp.blocks import device_of, diagonal_blocks
 from .base import PairRule, register_rule
 from .common import onehot, reduce_plainly, reduced
