@@ -413,3 +413,19 @@ def test_canonical_rule_without_a_generic_factor_uses_the_eigendecomposition():
         ref = head.sqrt_ggn(z, y)
         assert S.shape == ref.shape
         assert _normwise(S @ np.swapaxes(S, -1, -2), ref @ np.swapaxes(ref, -1, -2)) <= 64 * np.finfo(np.float64).eps
+
+
+@pytest.mark.parametrize("kind", ["exact", "mc", "empirical"])
+def test_fisher_without_targets_as_numpy(kind):
+    """Without y, 'mean' divides by the rows (the entries, elementwise); 'empirical' needs y."""
+    xs = array_namespace_named("array_api_strict")
+    for head in (jac.Head(jac.Softmax(), jac.CrossEntropy()), jac.Head(jac.Sparsemax(), jac.BinaryCrossEntropy())):
+        z = np.random.default_rng(8).normal(size=(3, 2, 4))
+        ref, got = (
+            _outcome(lambda h=head, x=x: h.fisher(x, kind=kind, mc_samples=2, seed=4)) for x in (z, xs.asarray(z))
+        )
+        assert got[0] == ref[0]
+        if ref[0] == "raised":
+            assert type(got[1]) is type(ref[1]) and str(got[1]) == str(ref[1])
+        else:
+            assert _normwise(to_numpy(got[1]), ref[1]) <= 64 * np.finfo(np.float64).eps
