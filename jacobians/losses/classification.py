@@ -28,7 +28,7 @@ from ._targets import (
     xp_class_denominator,
 )
 from .base import ElementwiseLoss, Loss, register_loss
-from .generic import concrete, const, diagonal_blocks, xp_curvature_ratio, xp_floor_tiny, xp_neg_ratio
+from .generic import concrete, const, device_of, diagonal_blocks, xp_curvature_ratio, xp_floor_tiny, xp_neg_ratio
 
 __all__ = ["CrossEntropy", "NLLLoss", "BinaryCrossEntropy"]
 
@@ -230,6 +230,21 @@ class CrossEntropy(_ClassLoss):
         V = np.stack([beta, one * w + a.sum(axis=-1, keepdims=True) * beta], axis=-1)
         return DiagonalPlusLowRank(d, U, V)
 
+    def xp_fisher_blocks(self, xp, a):
+        """The twin of :meth:`fisher_blocks`, dense: ``(1 − ε)² diag(w²/a) + (1 − ε)(w βᵀ +
+        β wᵀ) + (Σa) β βᵀ`` with ``β = (ε/K) w / a`` (a read as ``max(a, tiny)``)."""
+        K = a.shape[-1]
+        safe = xp_floor_tiny(xp, a)
+        w = xp.ones((K,), dtype=a.dtype, device=device_of(a)) if self.weight is None else const(xp, self.weight, a)
+        one = const(xp, 1 - self.label_smoothing, a)
+        d = -xp_neg_ratio(xp, xp.broadcast_to(one * one * w * w, tuple(a.shape)), safe)  # (1 − ε)² w² / a
+        if not self.label_smoothing:
+            return diagonal_blocks(xp, d)
+        beta = const(xp, self.label_smoothing / K, a) * w / safe
+        U = xp.stack([-one * xp.broadcast_to(w, tuple(a.shape)), -beta], axis=-1)
+        V = xp.stack([beta, one * w + xp.sum(a, axis=-1, keepdims=True) * beta], axis=-1)
+        return diagonal_blocks(xp, d) - xp.matmul(U, xp.matrix_transpose(V))
+
     def xp_terms(self, xp, a, y, need_grad):
         """``(−Σ_k c_k log max(a_k, tiny), −c / max(a, tiny), denominator)``."""
         c, denom = self.xp_coefficients(xp, a, y)
@@ -292,6 +307,11 @@ class NLLLoss(_ClassLoss):
         """With ``ŷ`` ~ Categorical(exp a) the gradient is ``−w_ŷ e_ŷ``: ``diag(exp(a) w²)``."""
         w2 = 1 if self.weight is None else self.weight.astype(a.dtype) ** 2
         return DiagonalJacobian(np.exp(a) * w2)
+
+    def xp_fisher_blocks(self, xp, a):
+        """The twin of :meth:`fisher_blocks`: ``diag(exp(a) w²)``."""
+        p = xp.exp(a)
+        return diagonal_blocks(xp, p if self.weight is None else p * const(xp, self.weight, a) ** 2)
 
     def xp_terms(self, xp, a, y, need_grad):
         """``(−Σ_k c_k a_k, −c, denominator)``."""

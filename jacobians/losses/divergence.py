@@ -11,7 +11,7 @@ from ..operators import DiagonalJacobian
 from . import references
 from .base import register_loss
 from .classification import _ClassLoss, _curvature_ratio, _floor_tiny, _neg_ratio, _rowdot
-from .generic import const, device_of, xp_curvature_ratio, xp_floor_tiny
+from .generic import const, device_of, diagonal_blocks, xp_curvature_ratio, xp_floor_tiny, xp_neg_ratio
 
 __all__ = ["KLDivergence"]
 
@@ -79,6 +79,10 @@ class KLDivergence(_ClassLoss):
         pos = y > 0
         zero = const(xp, 0.0, y)
         return xp.sum(xp.where(pos, y * xp.log(xp.where(pos, y, const(xp, 1.0, y))), zero), axis=-1)
+
+    def xp_fisher_blocks(self, xp, a):
+        """The twin of :meth:`fisher_blocks`: ``diag(1/a)`` (a read as ``max(a, tiny)``)."""
+        return diagonal_blocks(xp, -xp_neg_ratio(xp, xp.ones_like(a), xp_floor_tiny(xp, a)))
 
     def xp_terms(self, xp, a, y, need_grad):
         """``(Σ y log y − Σ c log max(a, tiny), −c / max(a, tiny), denominator)``."""

@@ -28,9 +28,19 @@ import math
 import numpy as np
 
 from ..numerics.empty import mean_scale
+from ..numerics.sampling import predictive_of
 from ..xp.blocks import device_of, diagonal_blocks
 
-__all__ = ["GenericLoss", "GenericElementwise", "const", "concrete", "device_of", "diagonal_blocks", "mark_generic"]
+__all__ = [
+    "GenericLoss",
+    "GenericElementwise",
+    "const",
+    "concrete",
+    "device_of",
+    "diagonal_blocks",
+    "mark_generic",
+    "xp_eigen_sqrt",
+]
 
 #: a class defining one of these (numpy math) ...
 NUMPY_MATH = ("per_sample", "per_sample_grad", "per_element", "per_element_grad", "_terms")
@@ -97,6 +107,40 @@ def mean_factor(xp, denom, like):
     return xp.where(empty, const(xp, 0.0, like), one / xp.where(empty, one, denom)), empty
 
 
+def xp_eigen_sqrt(xp, M):
+    """``V diag(√λ)`` per block of symmetric ``M`` (..., K, K) (``xp.linalg.eigh``): the twin
+    of the numpy operators' dense factor. ``ValueError`` for an eigenvalue below
+    −1e3·eps·max|λ| (an indefinite block has no real factor), checked on concrete arrays
+    only: under ``jax.jit`` the negative eigenvalues are clipped to 0 unchecked."""
+    lam, vecs = xp.linalg.eigh(M)
+    scale = xp.max(xp.abs(lam), axis=-1, keepdims=True)
+    floor = -1e3 * xp.finfo(M.dtype).eps * scale
+    if concrete(lam) and math.prod(lam.shape) and bool(xp.any(lam < floor)):
+        safe = xp.where(scale > 0, scale, xp.ones_like(scale))
+        worst = float(xp.min(lam / safe))
+        raise ValueError(
+            f"a block is indefinite (smallest eigenvalue {worst:.3g} × the largest in "
+            "size): it has no real square root; a GGN of a loss that is convex in its "
+            "input is positive semi-definite"
+        )
+    return vecs * xp.sqrt(xp.maximum(lam, xp.zeros_like(lam)))[..., None, :]
+
+
+def _no_twin(obj, name: str) -> None:
+    """NotImplementedError when ``obj``'s class writes the numpy ``name`` below (more derived
+    than) the class that writes ``xp_<name>``: the generic formula would not be its formula.
+    The numpy defaults of :mod:`jacobians.losses.base` pair with this module's."""
+    mro = type(obj).__mro__
+    owner = next((c for c in mro if name in vars(c)), None)
+    twin = next((c for c in mro if "xp_" + name in vars(c)), None)
+    if owner is None or owner.__module__ == "jacobians.losses.base":
+        return
+    if twin is None or mro.index(owner) < mro.index(twin):
+        cls = type(obj).__name__
+        raise NotImplementedError(
+            f"{cls} has no array-API path for {name}: it writes {name} (numpy) but no xp_{name}; write "
+            f"xp_{name} to use it on torch, JAX, CuPy or array-api-strict arrays, or pass numpy arrays"
+        )
 
 
 class GenericLoss:
@@ -122,6 +166,12 @@ class GenericLoss:
     """
 
     xp_available = True
+
+    def xp_require_twin(self, name: str) -> None:
+        """NotImplementedError when the class writes the numpy method ``name`` (e.g.
+        ``'fisher_blocks'``) below the class that writes ``xp_<name>``: the generic formula
+        would not be its formula."""
+        _no_twin(self, name)
 
     def _xp_require(self):
         if not type(self).xp_available:
@@ -276,6 +326,59 @@ class GenericLoss:
             return h * v
         return xp.squeeze(h @ v[..., None], axis=-1)
 
+    # -- curvature: the Hessian's factor, the Fisher, the predictive's draws --------------
+    def xp_sqrt_hessian(self, xp, a, y):
+        """``S`` (..., K, C) with ``S Sᵀ`` :meth:`xp_hessian`, the twin of
+        ``hessian_operator(a, y).sqrt()``: ``diag(√h)`` for a diagonal Hessian (``ValueError``
+        for a negative entry, on concrete arrays), else :func:`xp_eigen_sqrt`."""
+        h, diagonal = self._xp_scaled_hessian(xp, a, y)
+        if not diagonal:
+            return xp_eigen_sqrt(xp, h)
+        if concrete(h) and math.prod(h.shape) and bool(xp.any(h < 0)):
+            raise ValueError(
+                "the blocks have negative diagonal entries (down to "
+                f"{float(xp.min(h)):.3g}): they are not positive semi-definite, so they "
+                "have no real square root"
+            )
+        return diagonal_blocks(xp, xp.sqrt(h))
+
+    def xp_fisher_blocks(self, xp, a):
+        """The twin of :meth:`~jacobians.Loss.fisher_blocks`, dense ``(..., K, K)``: a
+        categorical predictive enumerates the K classes with :meth:`xp_per_sample_grad`."""
+        _no_twin(self, "fisher_blocks")
+        kind = self.predictive
+        if kind in ("categorical", "categorical_log"):
+            from ..xp.predictive import integer_dtype
+
+            p = xp.exp(a) if kind == "categorical_log" else a
+            idx = integer_dtype(xp, a)
+            batch = tuple(a.shape[:-1])
+            G = xp.stack(
+                [self.xp_per_sample_grad(xp, a, xp.full(batch, k, dtype=idx, device=device_of(a))) for k in range(a.shape[-1])],
+                axis=-2,
+            )  # row k: the gradient at class k
+            return xp.matmul(xp.matrix_transpose(G) * p[..., None, :], G)
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form Fisher for its predictive {kind!r}: write "
+            "fisher_blocks(a), or use the Monte-Carlo Fisher (kind='mc')"
+        )
+
+    def xp_sample_targets(self, xp, a, u):
+        """The twin of :meth:`~jacobians.Loss.sample_targets`: targets drawn from the
+        predictive at ``a`` (..., K) from uniforms ``u`` ``(N, predictive_uniforms(K))`` of
+        ``xp`` (:mod:`jacobians.xp.predictive`); class indices ``(...,)`` or a's shape."""
+        _no_twin(self, "sample_targets")
+        entry = predictive_of(self)
+        if not isinstance(self.predictive, str):
+            raise NotImplementedError(
+                f"{type(self).__name__}'s own predictive draws with numpy: write xp_sample_targets(xp, a, u) "
+                "to sample it on torch, JAX, CuPy or array-api-strict arrays, or pass numpy arrays"
+            )
+        from ..xp.predictive import DRAWS
+
+        out = DRAWS[self.predictive](xp, xp.reshape(a, (-1, a.shape[-1])), u)
+        return xp.reshape(out, tuple(a.shape[:-1]) if entry.indices else tuple(a.shape))
+
 
 class GenericElementwise:
     """The generic methods of :class:`~jacobians.ElementwiseLoss`: per-entry terms, ``'mean'``
@@ -326,6 +429,17 @@ class GenericElementwise:
     def xp_hessian_terms(self, xp, a, y):
         self._xp_require()
         return self.xp_per_element_hessian(xp, a, y), math.prod(a.shape), True
+
+    def xp_fisher_blocks(self, xp, a):
+        """A Bernoulli predictive per entry: ``diag(a(1 − a)(g₁ − g₀)²) + m mᵀ`` with ``g_b``
+        :meth:`xp_per_element_grad` at ``y = b`` and ``m`` the mean gradient."""
+        if self.predictive != "bernoulli":
+            return super().xp_fisher_blocks(xp, a)
+        _no_twin(self, "fisher_blocks")
+        g0 = self.xp_per_element_grad(xp, a, xp.zeros_like(a))
+        g1 = self.xp_per_element_grad(xp, a, xp.ones_like(a))
+        m = a * g1 + (1 - a) * g0
+        return diagonal_blocks(xp, a * (1 - a) * (g1 - g0) ** 2) + m[..., :, None] * m[..., None, :]
 
 
 # -- the numpy path's guards, in xp (see jacobians.losses.classification) -------------------

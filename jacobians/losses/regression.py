@@ -8,7 +8,7 @@ from ..numerics.validation import check_positive_scalar
 from ..operators import DiagonalJacobian
 from . import references
 from .base import ElementwiseLoss, register_loss
-from .generic import const, device_of
+from .generic import const, device_of, diagonal_blocks
 
 __all__ = ["MeanSquaredError", "MeanAbsoluteError", "Huber"]
 
@@ -57,6 +57,10 @@ class MeanSquaredError(ElementwiseLoss):
     def xp_per_element_hessian(self, xp, a, y):
         """2, ``(..., K)``."""
         return xp.full(a.shape, 2.0, dtype=a.dtype, device=device_of(a))
+
+    def xp_fisher_blocks(self, xp, a):
+        """The twin of :meth:`fisher_blocks`: ``2 I``."""
+        return diagonal_blocks(xp, xp.full(a.shape, 2.0, dtype=a.dtype, device=device_of(a)))
 
 
 @register_loss

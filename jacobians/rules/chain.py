@@ -24,6 +24,7 @@ from ..operators import (
     SumOperator,
 )
 from .base import PairRule
+from .generic import gram_columns, transposed_columns
 
 __all__ = ["ChainRule", "GENERIC", "gram", "projection_form"]
 
@@ -104,6 +105,20 @@ class ChainRule(PairRule):
         """``Jᵀ F_a J`` with ``F_a = loss.fisher_blocks(a)`` (unreduced)."""
         a = activation(z)
         return gram(activation.jacobian_operator_from_output(z, a), loss.fisher_blocks(a))
+
+    # -- the generic (array API) forms: torch, JAX, CuPy, array-api-strict arrays ----------
+    def xp_sqrt_ggn(self, xp, activation, loss, z, y):
+        """Generic :meth:`sqrt_ggn`: ``Jᵀ S_a`` with ``S_a`` the loss Hessian's own factor
+        (``loss.xp_sqrt_hessian``), Jᵀ applied by the activation's VJP, column by column."""
+        a = activation.xp_forward(xp, z)
+        S = loss.xp_sqrt_hessian(xp, a, loss.xp_check_targets(xp, a, y))
+        return transposed_columns(xp, activation, z, a, S)
+
+    def xp_fisher(self, xp, activation, loss, z, y=None):
+        """Generic :meth:`fisher`: ``Jᵀ F_a J`` with ``F_a = loss.xp_fisher_blocks(a)``, dense."""
+        loss.xp_require_twin("fisher_blocks")
+        a = activation.xp_forward(xp, z)
+        return gram_columns(xp, activation, z, a, loss.xp_fisher_blocks(xp, a))
 
 
 #: the generic rule's one instance

@@ -1,11 +1,11 @@
-"""What the built-in rules' generic (array API) forms share: the shifted softmax's parts and
-the centred simplex product."""
+"""What the built-in rules' generic (array API) forms share: the shifted softmax's parts,
+the centred simplex product, complement sums and the transposed Jacobian applied to columns."""
 
 from __future__ import annotations
 
 from ..xp.blocks import device_of
 
-__all__ = ["softmax_parts", "centred_simplex_product"]
+__all__ = ["softmax_parts", "centred_simplex_product", "complement_sums", "transposed_columns", "gram_columns"]
 
 
 def softmax_parts(xp, x):
@@ -22,8 +22,29 @@ def softmax_parts(xp, x):
     return d, e, t, top
 
 
+def complement_sums(xp, x):
+    """``Σ_{i≠j} x_i`` for every j along the last axis (``x >= 0``): ``total − x_j``, and at
+    each row's largest entry the others summed directly (no cancellation for a confident
+    row: ``1 − p_max``)."""
+    K = x.shape[-1]
+    top = xp.arange(K, device=device_of(x)) == xp.argmax(x, axis=-1, keepdims=True)
+    others = xp.sum(xp.where(top, xp.zeros_like(x), x), axis=-1, keepdims=True)
+    return xp.where(top, others, xp.sum(x, axis=-1, keepdims=True) - x)
 
 
+def transposed_columns(xp, activation, z, a, S):
+    """``Jᵀ S`` per row for ``S`` (..., K, C): the activation's generic VJP
+    (``xp_vjp_from_output``) of each column, the C columns as a batch axis."""
+    shape = tuple(z.shape[:-1]) + (S.shape[-1], z.shape[-1])
+    zb = xp.broadcast_to(z[..., None, :], shape)
+    ab = xp.broadcast_to(a[..., None, :], shape)
+    return xp.matrix_transpose(activation.xp_vjp_from_output(xp, zb, ab, xp.matrix_transpose(S)))
+
+
+def gram_columns(xp, activation, z, a, F):
+    """``Jᵀ F J`` per row for symmetric ``F`` (..., K, K): ``Jᵀ (Jᵀ F)ᵀ``, two passes of
+    :func:`transposed_columns`."""
+    return transposed_columns(xp, activation, z, a, xp.matrix_transpose(transposed_columns(xp, activation, z, a, F)))
 
 
 def centred_simplex_product(xp, w, p, v):

@@ -52,3 +52,12 @@ class IdentityMSE(PairRule):
 
     def xp_hvp(self, xp, activation, loss, z, y, v):
         return (2 * loss.xp_reduction_scale(xp, z, loss.xp_check_targets(xp, z, y))) * v
+
+    def xp_sqrt_hessian(self, xp, activation, loss, z, y):
+        """``diag(√(2c))``: the factor of the diagonal Hessian (numpy's ``hessian(...).sqrt()``)."""
+        c = 2 * loss.xp_reduction_scale(xp, z, loss.xp_check_targets(xp, z, y))
+        return diagonal_blocks(xp, xp.sqrt(c * xp.ones_like(z)))
+
+    def xp_fisher(self, xp, activation, loss, z, y=None):
+        """``2 I``, unreduced."""
+        return diagonal_blocks(xp, 2 * xp.ones_like(z))

@@ -146,3 +146,27 @@ class SigmoidBCE(PairRule):
 
     def xp_hvp(self, xp, activation, loss, z, y, v):
         return self._xp_curvature(xp, loss, z, y) * v
+
+    def xp_sqrt_hessian(self, xp, activation, loss, z, y):
+        """Generic :meth:`sqrt_hessian`: ``diag(√(c (1 − y + p y)) · e^{−|z|/2} / (1 + e^{−|z|}))``."""
+        yv, ys, pys = self._xp_targets(xp, loss, z, y)
+        e = xp.exp(-xp.abs(z))
+        weight = ((1 - ys) + pys) * loss.xp_reduction_scale(xp, z, yv)
+        return diagonal_blocks(xp, xp.exp(-xp.abs(z) / 2) / (1 + e) * xp.sqrt(weight))
+
+    def xp_fisher(self, xp, activation, loss, z, y=None):
+        """Generic :meth:`fisher`: ``diag(β²(1 − ε)² σσ̄) + m mᵀ``, dense (``diag(σσ̄)``
+        without ``pos_weight`` and smoothing)."""
+        from ..xp.shims import expit
+
+        sig, sig_neg = expit(xp, z), expit(xp, -z)
+        curv = sig * sig_neg
+        if loss.pos_weight is None and not loss.label_smoothing:
+            return diagonal_blocks(xp, curv)
+        pw = loss.xp_positive_weight(xp, z)
+        pw = 1 if pw is None else pw
+        eps = loss.label_smoothing
+        beta = sig + pw * sig_neg
+        var = curv * (beta * (1 - eps)) ** 2
+        m = curv * (1 - pw) + beta * eps * xp.tanh(z / 2) / 2
+        return diagonal_blocks(xp, var) + m[..., :, None] * m[..., None, :]

@@ -13,15 +13,16 @@ import numpy as np
 from .. import _kernels
 from ..activations import LogSoftmax, Softmax
 from ..losses import CrossEntropy, KLDivergence, NLLLoss
+from ..losses.generic import const
 from ..numerics import buffers
 from ..numerics.validation import as_float_array
 from ..operators import DiagonalPlusLowRank, JacobianOperator, SimplexBlock
-from ..xp.blocks import diagonal_blocks
+from ..xp.blocks import device_of, diagonal_blocks
 from .base import PairRule, register_rule
 from .common import onehot, reduce_plainly, reduced
-from .generic import centred_simplex_product, softmax_parts
+from .generic import centred_simplex_product, complement_sums, softmax_parts
 
-__all__ = ["SoftmaxFamily", "class_fisher"]
+__all__ = ["SoftmaxFamily", "class_fisher", "xp_class_fisher"]
 
 
 def _plain_index(x, t, loss, T):
@@ -213,3 +214,53 @@ class SoftmaxFamily(PairRule):
         """Generic :meth:`hvp`: ``Σc p ⊙ (v − p·v)/T²``, v centred on the top entry."""
         p, w, _ = self._xp_weight(xp, activation, loss, z, y)
         return w * centred_simplex_product(xp, p, p, v)
+
+    def xp_sqrt_hessian(self, xp, activation, loss, z, y):
+        """Generic :meth:`sqrt_hessian`: ``√w (diag(r) − (r²/Σr²) rᵀ)``, ``r = √p =
+        e^{(x − m)/2}/√Σe^{x − m}``, its diagonal ``√w r_k (Σ_{i≠k} r_i²)/Σr²`` from complement
+        sums (``w = Σc · factor/T²``; zero rows where ``Σr² = 0``)."""
+        _, w, (d, _, _, _) = self._xp_weight(xp, activation, loss, z, y)
+        half = xp.exp(d / 2)
+        root = half / xp.sqrt(xp.sum(half * half, axis=-1, keepdims=True))
+        dd = root * root
+        D = xp.sum(dd, axis=-1, keepdims=True)
+        pos = D > 0
+        safe = xp.where(pos, D, xp.ones_like(D))
+        zero = xp.zeros_like(dd)
+        ratio = xp.where(pos, dd / safe, zero)
+        comp = xp.where(pos, complement_sums(xp, dd) / safe, zero)
+        rc = xp.sqrt(w)[..., None]  # (..., 1, 1)
+        off = -(ratio[..., :, None] * root[..., None, :])
+        return rc * (diagonal_blocks(xp, root * comp) + off * (1 - diagonal_blocks(xp, xp.ones_like(root))))
+
+    def xp_fisher(self, xp, activation, loss, z, y=None):
+        """Generic :meth:`fisher`: :func:`class_fisher` dense (``diag(p) − p pᵀ`` for KL and
+        without weights and smoothing), over T²."""
+        T = getattr(activation, "temperature", 1.0)
+        d, e, t, top = softmax_parts(xp, z if T == 1.0 else z / T)
+        p = e / (1 + t)
+        F = xp_class_fisher(xp, p, xp.where(top, t, (1 + t) - e) / (1 + t), None if isinstance(loss, KLDivergence) else loss)
+        return F if T == 1.0 else F / T**2
+
+
+def xp_class_fisher(xp, p, rest, loss):
+    """:func:`class_fisher` on the generic path, dense ``(..., K, K)``; ``rest`` is ``1 − p``
+    without cancellation (the plain block's diagonal ``p(1 − p)``); ``loss`` None: no weights
+    or smoothing."""
+    eye = diagonal_blocks(xp, xp.ones_like(p))
+    eps = float(getattr(loss, "label_smoothing", 0.0))
+    w_attr = getattr(loss, "weight", None)
+    if w_attr is None and not eps:
+        return diagonal_blocks(xp, p * rest) - p[..., :, None] * p[..., None, :] * (1 - eye)
+    K = p.shape[-1]
+    w = xp.ones((K,), dtype=p.dtype, device=device_of(p)) if w_attr is None else const(xp, w_attr, p)
+    one = 1 - eps
+    b = xp.broadcast_to((eps / K) * w, tuple(p.shape))
+    s = one * w + (eps / K) * xp.sum(w, axis=-1, keepdims=True)
+    A = xp.sum(p * s * s, axis=-1, keepdims=True)
+    B = xp.sum(p * s, axis=-1, keepdims=True)
+    P = xp.sum(p, axis=-1, keepdims=True)
+    r, q = p * w * s, p * w
+    U = xp.stack([p, b, one * r, -one * q], axis=-1)
+    V = xp.stack([-A * p + B * b + one * r, B * p - P * b - one * q, p, b], axis=-1)
+    return diagonal_blocks(xp, one * one * p * w * w) - xp.matmul(U, xp.matrix_transpose(V))
