@@ -2,7 +2,8 @@
 
 Every pair row of the check command's plan runs on array-api-strict (float64, the Hessian
 and, where it differs, the GGN; every structure for the defaults, ``'full'`` for the
-variants); torch runs the pairs with their defaults in float32 and float64, JAX two of them. Each result is compared with the numpy path's (itself checked against central
+variants); torch runs the pairs with their defaults in float32 and float64; JAX (whose eager
+calls compile op by op) runs under ``jax.jit``, float64 and float32. Each result is compared with the numpy path's (itself checked against central
 differences in ``test_last_layer``) on the same values in float64, normwise in units of the
 dtype's epsilon; the type, dtype and device come back as they went in. A pair without a
 generic path must say so (the clear ``NotImplementedError``).
@@ -89,18 +90,13 @@ def _check_type(result, zt):
 ENTRIES = [e for e in plan.plan_entries(None)[0] if e.loss is not None]
 
 
-#: JAX's slice, float64 (its eager calls compile op by op: the defaults' walk took 40 s; its
-#: float32 runs in test_float32_stays_float32...): a canonical pair, one that is not
-JAX_LABELS = ("softmax + cross_entropy", "tanh + mse")
-
-
 def _cases():
     for e in ENTRIES:
         for name in NAMESPACES:
             if name != "array_api_strict" and "(" in e.label:
                 continue  # the variants run on array-api-strict; the defaults everywhere
-            if name == "jax" and e.label not in JAX_LABELS:
-                continue
+            if name == "jax":
+                continue  # JAX's eager calls compile op by op (40 s for the defaults): test_jax_jit
             for dt in ("float64",) if name != "torch" else ("float64", "float32"):
                 yield pytest.param(e, name, dt, id=f"{name}-{dt}-{e.label}")
 
@@ -183,7 +179,7 @@ def test_kron_holds_arrays_of_the_namespace_and_its_dense_is_np_kron():
     assert torch.allclose(got.dense(), full, rtol=0, atol=1e-14)
 
 
-@pytest.mark.parametrize("name", NAMESPACES)
+@pytest.mark.parametrize("name", ["array_api_strict", "torch"])  # JAX's float32: test_jax_jit
 def test_float32_stays_float32_and_targets_may_be_of_the_namespace(name):
     xp = array_namespace_named(name)
     head = _softmax_ce()
@@ -191,11 +187,9 @@ def test_float32_stays_float32_and_targets_may_be_of_the_namespace(name):
     with jax_x64(name, "float32"):
         Xt, zt = xp.asarray(X), xp.asarray(z)
         yt = xp.asarray(y.astype(np.int32))
-        for structure in STRUCTURES if name != "jax" else ("full",):  # JAX: compiling float32 again
+        for structure in STRUCTURES:
             got = jac.linear_curvature(Xt, head, zt, yt, structure=structure)
             _check_type(got, zt)
-        if name == "jax":
-            return
         # integer features are promoted to z's dtype, as on numpy's path
         Xi = xp.asarray(np.arange(N * D, dtype=np.int32).reshape(N, D))
         got = jac.linear_curvature(Xi, head, zt, yt, structure="diag")
@@ -224,6 +218,14 @@ def test_jax_jit():
         G = jax.jit(lambda X, z, y: jac.linear_gradient(X, head, z, y))(Xt, zt, yt)
         assert _normwise(to_numpy(H), jac.linear_curvature(X, head, z, y, kind="hessian")) <= 64 * np.finfo(np.float64).eps
         assert _normwise(to_numpy(G), jac.linear_gradient(X, head, z, y)) <= 16 * np.finfo(np.float64).eps
+    # float32 (x64 off) stays float32; a pair that is not canonical, its GGN, as a Kron
+    head = jac.Head(jac.Tanh(), jac.MeanSquaredError())
+    X, z, y = _problem(head, "float32", "jit32")
+    A, B = jax.jit(lambda X, z, y: tuple(jac.linear_curvature(X, head, z, y, structure="kron")))(
+        jax.numpy.asarray(X), jax.numpy.asarray(z), jax.numpy.asarray(y))
+    assert A.dtype == B.dtype == jax.numpy.float32
+    ref = jac.linear_curvature(X.astype(np.float64), head, z.astype(np.float64), y.astype(np.float64), structure="kron")
+    assert _normwise(np.kron(to_numpy(A), to_numpy(B)), ref.dense()) <= ULPS * float(np.finfo(np.float32).eps)
 
 
 def test_errors():
