@@ -178,6 +178,8 @@ def test_errors_and_a_class_without_generic_path():
     with pytest.raises(ValueError, match="v must have the shape of z"):
         op @ torch.ones(4, 2, dtype=torch.float64)
     assert (op @ torch.ones(4, 3, dtype=torch.float32)).dtype == torch.float64  # cast to z's dtype
+    g = torch.randn(4, 3, dtype=torch.float64)
+    assert torch.equal(jac.contract(g, op), op.vjp(g))  # contract takes an operator, as numpy's does
 
     class NumpyOnly(jac.Activation):
         def forward(self, z):
@@ -187,6 +189,8 @@ def test_errors_and_a_class_without_generic_path():
         NumpyOnly().jacobian_operator(z)
     with pytest.raises(TypeError, match="must be a floating array"):
         jac.Softmax().jacobian_operator(torch.ones(2, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="needs the targets y"):
+        jac.Head(jac.Softmax(), jac.CrossEntropy()).ggn_operator(z, None)
     fy = jac.Head(jac.Sparsemax(), jac.SparsemaxLoss())
     if not type(fy.loss_fn).xp_available:  # a loss without a generic path says so at once
         with pytest.raises(NotImplementedError, match="SparsemaxLoss has no array-API path"):

@@ -44,7 +44,8 @@ def load():
         ) from None
     from . import curvature, heads, last_layer, operators, rows
 
-    modules = (curvature, last_layer, heads, operators)  # the first that exports a name serves it
+    # the first that exports a name serves it (operators' contract takes its operators too)
+    modules = (operators, curvature, last_layer, heads)
     return types.SimpleNamespace(
         METHODS=rows.METHODS,
         **{

@@ -15,7 +15,8 @@ methods, never densified unless asked (``op.dense()``):
   ``op @ v`` the head's HVP (the GGN's ``Jᵀ H_E J v`` for a pair that is not canonical),
   ``dense()`` the head's blocks.
 
-``op.T`` swaps the products (and transposes ``dense()``); ``op.diagonal()`` is a new array
+:func:`jacobians.contract` takes an :class:`ArrayOperator` for ``J`` (its VJP), as it
+takes numpy's. ``op.T`` swaps the products (and transposes ``dense()``); ``op.diagonal()`` is a new array
 ``(..., K)``; ``op.shape``, ``op.dtype``, ``op.batch_shape``, ``op.size`` as numpy's.
 ``g @ op`` needs the array's ``__matmul__`` to give way (torch and JAX do; array-api-strict
 raises ``TypeError``: call ``op.vjp(g)`` there). Everything traces under ``jax.jit``.
@@ -33,6 +34,7 @@ from .inputs import float_input, namespace_of, same_shape
 
 __all__ = [
     "ArrayOperator",
+    "contract",
     "diagonal",
     "block_diagonal",
     "activation_operator",
@@ -51,6 +53,14 @@ def block_diagonal(xp, B):
         return linalg.diagonal(B)
     eye = xp.eye(B.shape[-1], dtype=xp.bool, device=device_of(B))
     return xp.sum(xp.where(eye, B, xp.zeros_like(B)), axis=-1)
+
+
+def contract(g, J):
+    """:func:`jacobians.contract` on generic arrays: an :class:`ArrayOperator` ``J`` applies
+    its VJP (as numpy's operators do); arrays go to :func:`.heads.contract`."""
+    if isinstance(J, ArrayOperator):
+        return J.vjp(g)
+    return heads.contract(g, J)
 
 
 def diagonal(J):
@@ -240,6 +250,8 @@ def head_operator(head, name, z, y, method="auto"):
     (``'ggn'``) for generic z: the head's blocks on demand (``dense()``) and its products
     without them (``op @ v``: :meth:`~jacobians.Head.hvp`; the GGN's ``Jᵀ H_E J v``)."""
     xp, z, y = heads._inputs(head, z, y)
+    if y is None:
+        raise ValueError(f"Head.{name}_operator needs the targets y; got None")
     head.loss_fn.xp_check_targets(xp, z, y)  # now: bad targets, or a loss without a generic path
     kind = f"{type(head.activation).__name__}+{type(head.loss_fn).__name__} {name}"
     if name == "hessian":
