@@ -198,6 +198,25 @@ def test_float32_stays_float32_and_targets_may_be_of_the_namespace(name):
         assert _normwise(to_numpy(got), ref) <= ULPS * float(np.finfo(np.float32).eps)
 
 
+@pytest.mark.parametrize("name", ["array_api_strict", "torch"])
+def test_confident_predictions_keep_their_small_curvature(name):
+    """Rows with p near one-hot (p_0 = 1 − 2e-13): the (0, 0) blocks of 'full' and the
+    diagonal keep their tiny curvature to round-off (test_last_layer's case)."""
+    xp = array_namespace_named(name)
+    head = _softmax_ce()
+    X = np.random.default_rng(9).normal(size=(5, 2))
+    z = np.zeros((5, 3))
+    z[:, 0] = 30.0
+    y = np.zeros(5, int)
+    p = jac.Softmax()(z)
+    h00 = (p[:, 0] * (p[:, 1] + p[:, 2])) / 5  # the exact (0, 0) entries of the blocks
+    Xt = np.concatenate([X, np.ones((5, 1))], 1)
+    H = to_numpy(jac.linear_curvature(xp.asarray(X), head, xp.asarray(z), y, kind="hessian"))
+    np.testing.assert_allclose(H[:3, :3], Xt.T @ (h00[:, None] * Xt), rtol=1e-12)
+    d = to_numpy(jac.linear_curvature(xp.asarray(X), head, xp.asarray(z), y, kind="hessian", structure="diag"))
+    np.testing.assert_allclose(d[0], np.diag(Xt.T @ (h00[:, None] * Xt)), rtol=1e-12)
+
+
 def test_a_loss_with_its_own_denominator_keeps_it():
     xp = array_namespace_named("array_api_strict")
     head = jac.Head(jac.Softmax(), jac.CrossEntropy().with_denominator(40.0))
