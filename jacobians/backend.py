@@ -38,6 +38,7 @@ __all__ = [
     "Implementation",
     "BACKENDS",
     "ENTRY_POINTS",
+    "OPTIONAL_ENTRY_POINTS",
     "register_backend",
     "unregister_backend",
     "backend_of",
@@ -58,6 +59,12 @@ ENTRY_POINTS = (
     "linear_curvature",
 )
 
+#: functions an implementation may leave out: an entry point that meets a backend without
+#: one keeps the numpy path's behaviour (its error), as before the backend had them
+#: (``diagonal``: :func:`jacobians.diagonal`; ``head_operator``: ``Head.hessian_operator``
+#: and ``Head.ggn_operator``)
+OPTIONAL_ENTRY_POINTS = ("diagonal", "head_operator")
+
 
 class Implementation(Protocol):
     """What a backend's loader returns; each function mirrors the numpy entry point of
@@ -68,7 +75,12 @@ class Implementation(Protocol):
     ``'hessian_vjp'``; ``'loss.value'``, ``'loss.grad'``, ``'loss.value_and_grad'``,
     ``'loss.hessian'``, ``'loss.hvp'``) to ``f(obj, plain_method, *args, **kwargs)``,
     where ``plain_method`` is the numpy method (unbound), to run on pieces of the
-    arrays.
+    arrays. A name of an ``optional`` :func:`backend_aware` method (the activations'
+    structured operators) may be missing: the numpy method runs then, as before.
+
+    The functions of :data:`OPTIONAL_ENTRY_POINTS` may be missing too:
+    ``diagonal(J)`` and ``head_operator(head, name, z, y, method)`` (``name`` ``'hessian'``
+    or ``'ggn'``).
     """
 
     METHODS: dict[str, Callable[..., Any]]
@@ -194,10 +206,11 @@ def backend_of(*arrays) -> Implementation | None:
     return None if found is None else found.implementation
 
 
-def backend_aware(name: str):
+def backend_aware(name: str, *, optional: bool = False):
     """Decorator for an activation's or a loss's row-wise method: with an array of a
     backend among the arguments, the call goes to its implementation's
-    ``METHODS[name]``."""
+    ``METHODS[name]`` (``optional``: to the method itself when the implementation has no
+    such entry)."""
 
     def wrap(fn):
         if getattr(fn, "__backend_aware__", False):
@@ -208,7 +221,10 @@ def backend_aware(name: str):
             impl = backend_of(*args, *kwargs.values())
             if impl is None:
                 return fn(self, *args, **kwargs)
-            return impl.METHODS[name](self, fn, *args, **kwargs)
+            run = impl.METHODS.get(name) if optional else impl.METHODS[name]
+            if run is None:
+                return fn(self, *args, **kwargs)
+            return run(self, fn, *args, **kwargs)
 
         method.__backend_aware__ = True
         return method

@@ -37,12 +37,19 @@ def diagonal(J: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     J : ndarray, shape (..., K, K)
+        A numpy array, or an array of another namespace (torch, JAX, CuPy,
+        array-api-strict).
 
     Returns
     -------
     ndarray, shape (..., K)
-        ``einsum('...jj->...j', J)``: a view, so writing to it writes to ``J``.
+        ``einsum('...jj->...j', J)``: a view, so writing to it writes to ``J``. For
+        another namespace, the diagonals in J's namespace, dtype and device: a view where
+        the namespace gives one (torch, CuPy), a new array for JAX (its arrays are
+        immutable: update with ``J.at[...]``).
     """
+    if (backend := backend_of(J)) is not None and getattr(backend, "diagonal", None) is not None:
+        return backend.diagonal(J)
     if not isinstance(J, np.ndarray):
         raise TypeError(f"J must be a numpy array to take a writable diagonal view; got {type(J).__name__}")
     if J.ndim < 2 or J.shape[-1] != J.shape[-2]:

@@ -268,8 +268,11 @@ class Head:
     def hessian_operator(self, z, y, method: str = "auto"):
         """The Hessian blocks as a :class:`~jacobians.JacobianOperator` (diagonal, or diagonal
         minus low rank for every built-in pair: O(N·K) memory); see :meth:`hessian`."""
-        if backend_of(z, y) is not None:
-            raise TypeError("hessian_operator holds numpy arrays: for dask logits use hessian, hvp, ggn or sqrt_ggn")
+        if (backend := backend_of(z, y)) is not None:
+            if getattr(backend, "head_operator", None) is None:
+                raise TypeError("hessian_operator holds numpy arrays: for dask logits use hessian, hvp, ggn or sqrt_ggn")
+            second_order.resolve(self, method)
+            return backend.head_operator(self, "hessian", z, y, method)  # torch, JAX ...: an ArrayOperator
         return second_order.hessian_operator(self, z, y, method)
 
     def hessian(self, z, y, method: str = "auto") -> np.ndarray:
@@ -320,8 +323,10 @@ class Head:
 
     def ggn_operator(self, z, y):
         """The GGN blocks as a :class:`~jacobians.JacobianOperator`; see :meth:`ggn`."""
-        if backend_of(z, y) is not None:
-            raise TypeError("ggn_operator holds numpy arrays: for dask logits use ggn, hvp or sqrt_ggn")
+        if (backend := backend_of(z, y)) is not None:
+            if getattr(backend, "head_operator", None) is None:
+                raise TypeError("ggn_operator holds numpy arrays: for dask logits use ggn, hvp or sqrt_ggn")
+            return backend.head_operator(self, "ggn", z, y)  # torch, JAX ...: an ArrayOperator
         return second_order.ggn_operator(self, z, y)
 
     def ggn(self, z, y) -> np.ndarray:

@@ -37,6 +37,7 @@ from .operators import (
     as_low_rank,
 )
 from .rules.vocabulary import BLOCK_KINDS, check_kind
+from .xp.detect import is_generic_type
 
 __all__ = ["linear_curvature", "linear_gradient", "Kron", "KINDS", "STRUCTURES"]
 
@@ -58,8 +59,15 @@ class Kron(NamedTuple):
     B: np.ndarray
 
     def dense(self) -> np.ndarray:
-        """``np.kron(A, B)``, shape (P, P) in θ's order."""
-        return np.kron(self.A, self.B)
+        """``np.kron(A, B)``, shape (P, P) in θ's order (in A's namespace for torch, JAX,
+        CuPy and array-api-strict arrays)."""
+        if isinstance(self.A, np.ndarray) or not is_generic_type(type(self.A)):
+            return np.kron(self.A, self.B)
+        from .xp.namespace import namespace_of  # the arrays extra: only for generic arrays
+
+        xp = namespace_of(self.A, self.B)
+        (K, _), (D1, _) = self.A.shape, self.B.shape
+        return xp.reshape(self.A[:, None, :, None] * self.B[None, :, None, :], (K * D1, K * D1))
 
 
 # -- inputs ------------------------------------------------------------------------------------

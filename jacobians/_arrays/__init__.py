@@ -18,14 +18,15 @@ numba kernels) is unchanged.
 Modules: :mod:`.rows` (activations' and losses' row-wise methods: the namespace, the
 inputs' checks, then the class's generic method), :mod:`.heads` (a head's loss, gradient,
 Hessian, GGN, HVP and ``contract``), :mod:`.curvature` (factors, Fisher blocks, sampled
-columns) and :mod:`.last_layer` (``linear_gradient``, ``linear_curvature``).
+columns), :mod:`.last_layer` (``linear_gradient``, ``linear_curvature``) and
+:mod:`.operators` (the structured operators of activations and heads, ``diagonal``).
 """
 
 from __future__ import annotations
 
 import types
 
-from ..backend import ENTRY_POINTS, register_backend
+from ..backend import ENTRY_POINTS, OPTIONAL_ENTRY_POINTS, register_backend
 from ..xp.detect import is_generic_type
 
 __all__ = ["load"]
@@ -41,12 +42,16 @@ def load():
             "torch, JAX, CuPy and array-api-strict arrays need the arrays extra: "
             "pip install 'jacobians[arrays]' (array-api-compat, array-api-extra)"
         ) from None
-    from . import curvature, heads, last_layer, rows
+    from . import curvature, heads, last_layer, operators, rows
 
-    modules = (curvature, last_layer, heads)  # the first that exports a name serves it
+    # the first that exports a name serves it (operators' contract takes its operators too)
+    modules = (operators, curvature, last_layer, heads)
     return types.SimpleNamespace(
         METHODS=rows.METHODS,
-        **{name: getattr(next(m for m in modules if name in m.__all__), name) for name in ENTRY_POINTS},
+        **{
+            name: getattr(next(m for m in modules if name in m.__all__), name)
+            for name in ENTRY_POINTS + OPTIONAL_ENTRY_POINTS
+        },
     )
 
 

@@ -4,6 +4,7 @@ inputs' checks here, then the class's generic method (``xp_forward``, ``xp_vjp``
 
 from __future__ import annotations
 
+from . import operators
 from .inputs import float_input, namespace_of, same_shape, targets_like
 
 __all__ = ["METHODS", "activation_input", "loss_inputs"]
@@ -78,4 +79,5 @@ METHODS = {
     "loss.value_and_grad": _loss("xp_value_and_grad"),
     "loss.hessian": _loss("xp_hessian"),
     "loss.hvp": _loss_hvp,
+    **operators.METHODS,  # jacobian_operator, jacobian_operator_from_output, hessian_vjp_operator
 }

@@ -316,12 +316,18 @@ class Activation:
 
 #: the row-wise methods of an activation that run on Dask arrays chunk by chunk
 DASK_METHODS = ("__call__", "jacobian", "vjp", "jvp", "hessian", "hessian_vjp")
+#: the structured operators: a backend that has them (the generic one) builds its own; one
+#: without them (Dask) leaves the call to the numpy method
+OPERATOR_METHODS = ("jacobian_operator", "jacobian_operator_from_output", "hessian_vjp_operator")
 
 
 def _make_dask_aware(cls) -> None:
     for name in DASK_METHODS:
         if name in cls.__dict__:
             setattr(cls, name, backend_aware(name)(cls.__dict__[name]))
+    for name in OPERATOR_METHODS:
+        if name in cls.__dict__:
+            setattr(cls, name, backend_aware(name, optional=True)(cls.__dict__[name]))
 
 
 _make_dask_aware(Activation)
