@@ -9,9 +9,8 @@ dtype's epsilon; the type, dtype and device come back as they went in. A pair wi
 generic path must say so (the clear ``NotImplementedError``).
 
 The Fisher kinds: their accumulation (dense blocks for ``'fisher'``, factors for
-``'fisher_mc'`` and ``'empirical_fisher'``) runs now with the row blocks taken from the
-numpy path (``row_blocks`` replaced); the same tests on the real generic row blocks are
-marked :data:`FISHER_PENDING` until those land.
+``'fisher_mc'`` and ``'empirical_fisher'``) is tested with the row blocks taken from the
+numpy path (``row_blocks`` replaced), and end to end on the generic row blocks.
 """
 
 from __future__ import annotations
@@ -37,13 +36,7 @@ N, K, D = 6, 5, 2
 #: (the head's blocks' own tolerance in test_arrays_heads, 4 × 64, summed over a few rows)
 ULPS = 512
 STRUCTURES = ("full", "diag", "kron")
-#: the generic row blocks of the Fisher kinds come with the Fisher work (branch arrays-curv):
-#: remove this mark from the tests below when jacobians._arrays.curvature.row_blocks has them
-FISHER_PENDING = pytest.mark.xfail(
-    raises=NotImplementedError,
-    strict=True,
-    reason="row_blocks has no generic Fisher kinds yet (branch arrays-curv): un-mark when it lands",
-)
+
 
 
 def to_numpy(x) -> np.ndarray:
@@ -307,7 +300,6 @@ def test_fisher_kinds_accumulate_blocks_and_factors_as_numpy(name, kind, monkeyp
         assert _normwise(_dense(got), _dense(ref)) <= 64 * np.finfo(np.float64).eps, structure
 
 
-@FISHER_PENDING
 @pytest.mark.parametrize("name", NAMESPACES)
 @pytest.mark.parametrize("kind", FISHER_KINDS)
 def test_fisher_kinds_match_numpy(name, kind):
@@ -325,7 +317,6 @@ def test_fisher_kinds_match_numpy(name, kind):
             assert _normwise(_dense(got), _dense(ref)) <= 64 * np.finfo(np.float64).eps, structure
 
 
-@FISHER_PENDING
 def test_fisher_without_targets():
     xp = array_namespace_named("array_api_strict")
     head = jac.Head(jac.Sigmoid(), jac.BinaryCrossEntropy())
