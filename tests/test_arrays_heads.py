@@ -149,6 +149,14 @@ def test_two_namespaces_in_one_call_raise_naming_both():
         jac.contract(np.zeros((2, 3)), torch.zeros((2, 3, 3), dtype=torch.float64))
 
 
+def test_missing_targets_raise_naming_y():
+    torch = pytest.importorskip("torch", reason="torch (the test extra's CPU build) is not installed")
+    head, z = _softmax_ce(), torch.zeros((2, 3), dtype=torch.float64)
+    for call in (head.loss, head.grad, head.hessian, head.ggn, head.sqrt_ggn, lambda z, y: head.hvp(z, y, z)):
+        with pytest.raises(ValueError, match=r"y \(the targets of CrossEntropy.*\) is required here; got None"):
+            call(z, None)
+
+
 def test_torch_requires_grad_gives_plain_tensors_also_under_no_grad():
     torch = pytest.importorskip("torch", reason="torch (the test extra's CPU build) is not installed")
     z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)

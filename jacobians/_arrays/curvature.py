@@ -161,14 +161,14 @@ def _sampled(xp, head, z, y, M: int, key: int, row_ids=None):
 
 def head_sqrt_ggn_sampled(head, z, mc_samples, seed, y=None):
     M = check_mc_samples(mc_samples)
-    xp, z, y = _inputs(head, z, y)
+    xp, z, y = _inputs(head, z, y, need_y=False)
     predictive_of(head.loss_fn)
     return _sampled(xp, head, z, y, M, seed_key(seed))
 
 
 def head_fisher(head, z, y, kind, mc_samples, seed):
     meaning = check_kind(kind, FISHER_KINDS)
-    xp, z, y = _inputs(head, z, y)
+    xp, z, y = _inputs(head, z, y, need_y=False)
     if meaning == "empirical_fisher":
         return _empirical_fisher(xp, head, z, y, kind)
     if meaning == "fisher_mc":

@@ -37,10 +37,12 @@ def _plain(x):
     return x.detach() if array_api_compat.is_torch_array(x) else x
 
 
-def _inputs(head, z, y, *others):
+def _inputs(head, z, y, *others, need_y=True):
     """``(xp, z, y, *others)``: one namespace, z a detached float array with a class axis,
-    y on z's namespace and device (validated by the loss where it is used), others (same
-    shape as z) cast to z's dtype."""
+    y on z's namespace and device (validated by the loss where it is used; required unless
+    ``need_y`` is false), others (same shape as z) cast to z's dtype."""
+    if need_y and y is None:
+        raise ValueError(f"y (the targets of {head.loss_fn!r}) is required here; got None")
     xp = namespace_of(z, *others, targets=(y,))
     z = _plain(float_input(xp, z, "z"))
     if z.ndim < 1:
