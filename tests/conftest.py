@@ -354,6 +354,21 @@ def array_namespace_named(name: str):
     return jax.numpy
 
 
+def to_numpy(x) -> np.ndarray:
+    """A generic array (detached from autograd) as a float64 numpy array, through DLPack."""
+    if hasattr(x, "detach"):
+        x = x.detach()
+    return np.asarray(np.from_dlpack(x), dtype=np.float64)
+
+
+def normwise(got, ref) -> float:
+    """``max |got − ref| / max |ref|`` over the whole result (a row whose exact value is 0,
+    say an MAE gradient that cancels, is measured against the batch's largest entry)."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    scale = max(float(np.abs(ref).max(initial=0.0)), np.finfo(np.float64).tiny)
+    return float(np.abs(got - ref).max(initial=0.0)) / scale
+
+
 @contextlib.contextmanager
 def jax_x64(name: str, dtype_name: str):
     """JAX runs float32 with x64 off and float64 with it on; other namespaces as they are."""

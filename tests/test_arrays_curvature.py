@@ -25,8 +25,10 @@ from conftest import (
     make_loss,
     make_loss_input,
     make_targets,
+    normwise,
     registries_kept,
     target_forms,
+    to_numpy,
 )
 
 import jacobians as jac
@@ -71,16 +73,8 @@ def _cases():
                     yield pytest.param(e, name, dt, id=f"{name}-{dt}-{e.label}")
 
 
-def to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach()
-    return np.asarray(np.from_dlpack(x), dtype=np.float64)
 
 
-def _normwise(got, ref) -> float:
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    scale = max(float(np.abs(ref).max(initial=0.0)), np.finfo(np.float64).tiny)
-    return float(np.abs(got - ref).max(initial=0.0)) / scale
 
 
 def _outcome(fn):
@@ -154,11 +148,11 @@ def test_factors_and_fishers_match_numpy(entry, name, dtype_name):
         got_np = to_numpy(value)
         if k in ("sqrt_ggn", "sampled"):
             SSt = got_np @ np.swapaxes(got_np, -1, -2)
-            assert _normwise(SSt, ref_value @ np.swapaxes(ref_value, -1, -2)) <= tol, k
+            assert normwise(SSt, ref_value @ np.swapaxes(ref_value, -1, -2)) <= tol, k
             if k == "sampled" or _factor_is_unique(head):
-                assert _normwise(got_np, ref_value) <= tol, k
+                assert normwise(got_np, ref_value) <= tol, k
         else:
-            assert _normwise(got_np, ref_value) <= tol, k
+            assert normwise(got_np, ref_value) <= tol, k
 
 
 @pytest.mark.parametrize("cls, options", [pytest.param(c, o, id=i) for i, c, o in loss_specs(4)])
@@ -177,13 +171,13 @@ def test_loss_factor_and_fisher_blocks_match_numpy(cls, options):
         return  # (its numpy math only: the walk above asserts the clear error)
     yl = loss.xp_check_targets(xs, at, xs.asarray(y))
     S = to_numpy(loss.xp_sqrt_hessian(xs, at, yl))
-    assert _normwise(S, loss.hessian_operator(a, y).sqrt()) <= tol
+    assert normwise(S, loss.hessian_operator(a, y).sqrt()) <= tol
     state, ref = _outcome(lambda: loss.fisher_blocks(a))
     state_xp, got = _outcome(lambda: loss.xp_fisher_blocks(xs, at))
     if state == "raised":
         assert state_xp == "raised" and type(got) is type(ref) and str(got) == str(ref)
     else:
-        assert _normwise(to_numpy(got), ref.dense()) <= tol
+        assert normwise(to_numpy(got), ref.dense()) <= tol
 
 
 # -- the draws, bit for bit ------------------------------------------------------------------------
@@ -233,7 +227,7 @@ def test_sampled_columns_are_numpys_for_global_rows():
     ref = fisher.blocks_for_rows(head, "fisher_mc", z, y, key=SEED, mc_samples=4, row_ids=ids)
     for row_ids in (ids, xs.asarray(ids)):
         kind, S = curvature.row_blocks(head, "fisher_mc", xs.asarray(z), y, key=SEED, mc_samples=4, row_ids=row_ids)
-        assert kind == "factor" and _normwise(to_numpy(S), ref) <= 64 * np.finfo(np.float64).eps
+        assert kind == "factor" and normwise(to_numpy(S), ref) <= 64 * np.finfo(np.float64).eps
     with pytest.raises(ValueError, match="one index per row"):
         curvature.row_blocks(head, "fisher_mc", xs.asarray(z), y, key=SEED, row_ids=ids[:3])
 
@@ -248,7 +242,7 @@ def test_row_blocks_match_numpys(kind):
     ref = ref if isinstance(ref, np.ndarray) else ref.dense()
     form, got = curvature.row_blocks(head, kind, xs.asarray(z), y)
     assert form == ("factor" if kind == "empirical_fisher" else "blocks")
-    assert _normwise(to_numpy(got), ref) <= 64 * np.finfo(np.float64).eps
+    assert normwise(to_numpy(got), ref) <= 64 * np.finfo(np.float64).eps
 
 
 # -- jit, autograd, float32 ------------------------------------------------------------------------
@@ -263,7 +257,7 @@ def test_jax_jit_gives_numpys_results_with_the_same_draws():
     with jax.enable_x64(True):
         got = jax.jit(lambda z, y: {k: f(z, y) for k, f in fns.items()})(jax.numpy.asarray(z), jax.numpy.asarray(y))
     for k, f in fns.items():
-        assert _normwise(to_numpy(got[k]), f(z, y)) <= 64 * np.finfo(np.float64).eps, k
+        assert normwise(to_numpy(got[k]), f(z, y)) <= 64 * np.finfo(np.float64).eps, k
 
 
 def test_torch_requires_grad_gives_plain_tensors_and_float32_stays():
@@ -412,7 +406,7 @@ def test_canonical_rule_without_a_generic_factor_uses_the_eigendecomposition():
         S = to_numpy(head.sqrt_ggn(xs.asarray(z), xs.asarray(y)))
         ref = head.sqrt_ggn(z, y)
         assert S.shape == ref.shape
-        assert _normwise(S @ np.swapaxes(S, -1, -2), ref @ np.swapaxes(ref, -1, -2)) <= 64 * np.finfo(np.float64).eps
+        assert normwise(S @ np.swapaxes(S, -1, -2), ref @ np.swapaxes(ref, -1, -2)) <= 64 * np.finfo(np.float64).eps
 
 
 @pytest.mark.parametrize("kind", ["exact", "mc", "empirical"])
@@ -428,4 +422,4 @@ def test_fisher_without_targets_as_numpy(kind):
         if ref[0] == "raised":
             assert type(got[1]) is type(ref[1]) and str(got[1]) == str(ref[1])
         else:
-            assert _normwise(to_numpy(got[1]), ref[1]) <= 64 * np.finfo(np.float64).eps
+            assert normwise(to_numpy(got[1]), ref[1]) <= 64 * np.finfo(np.float64).eps

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import array_namespace_named, jax_x64, walk_params
+from conftest import array_namespace_named, jax_x64, normwise, to_numpy, walk_params
 
 import jacobians as jac
 from jacobians.checks import example_inputs
@@ -28,16 +28,8 @@ K = 5
 ULPS = 64
 
 
-def to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach()
-    return np.asarray(np.from_dlpack(x), dtype=np.float64)
 
 
-def _normwise(got, ref) -> float:
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    scale = max(float(np.abs(ref).max(initial=0.0)), np.finfo(np.float64).tiny)
-    return float(np.abs(got - ref).max(initial=0.0)) / scale
 
 
 def _instances():
@@ -72,7 +64,7 @@ def _check_operator(xp, op, ref, zt, vt, gt, v, g, tol):
         assert array_api_compat.array_namespace(got) is array_api_compat.array_namespace(zt), what
         assert got.dtype == zt.dtype and array_api_compat.device(got) == array_api_compat.device(zt), what
         assert tuple(got.shape) == want.shape, what
-        assert _normwise(to_numpy(got), want) <= tol, (what, _normwise(to_numpy(got), want))
+        assert normwise(to_numpy(got), want) <= tol, (what, normwise(to_numpy(got), want))
 
 
 #: JAX runs softmax in float64 only (its eager calls compile op by op, ~3 s a class and

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..xp.namespace import as_targets, namespace_name, namespace_of
 
-__all__ = ["namespace_of", "float_input", "same_shape", "targets_like", "unsupported"]
+__all__ = ["namespace_of", "float_input", "activation_input", "same_shape", "targets_like", "unsupported"]
 
 #: floating dtypes that compute in float32 (as numpy's path does with float16)
 _LOW = ("float16", "bfloat16")
@@ -27,6 +27,15 @@ def float_input(xp, x, name: str):
     if kind in _LOW:
         return xp.astype(x, xp.float32)
     raise TypeError(f"{name} must be a floating array (float32 or float64); got a {namespace_name(xp)} array of dtype {x.dtype}")
+
+
+def activation_input(z):
+    """``(xp, z)``: z's namespace and z as a float32/float64 array with a class axis."""
+    xp = namespace_of(z)
+    z = float_input(xp, z, "z")
+    if z.ndim < 1:
+        raise ValueError("z must have a last axis of K classes, (..., K); got a 0-d array")
+    return xp, z
 
 
 def same_shape(xp, z, x, name: str):

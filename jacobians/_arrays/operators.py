@@ -24,13 +24,12 @@ raises ``TypeError``: call ``op.vjp(g)`` there). Everything traces under ``jax.j
 
 from __future__ import annotations
 
-import math
-
 from ..activations.base import ElementwiseActivation
+from ..operators.base import BlockShape
 from ..xp.blocks import device_of, diagonal_blocks
 from ..xp.namespace import namespace_name
 from . import heads
-from .inputs import float_input, namespace_of, same_shape
+from .inputs import activation_input, float_input, namespace_of, same_shape
 
 __all__ = [
     "ArrayOperator",
@@ -74,7 +73,7 @@ def diagonal(J):
     return block_diagonal(xp, J)
 
 
-class ArrayOperator:
+class ArrayOperator(BlockShape):
     """A batch of K×K blocks on a generic namespace, applied through closures.
 
     Parameters
@@ -103,16 +102,6 @@ class ArrayOperator:
         self.batch_shape = tuple(like.shape[:-1])
         self.size = like.shape[-1]
         self.dtype = like.dtype
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """``(..., K, K)``: the shape of the dense blocks."""
-        return (*self.batch_shape, self.size, self.size)
-
-    @property
-    def n_rows(self) -> int:
-        """N, the product of the batch axes."""
-        return math.prod(self.batch_shape)
 
     @property
     def device(self):
@@ -188,14 +177,6 @@ def _elementwise(act) -> bool:
             and cls.xp_jvp is ElementwiseActivation.xp_jvp)
 
 
-def _activation_z(z):
-    xp = namespace_of(z)
-    z = float_input(xp, z, "z")
-    if z.ndim < 1:
-        raise ValueError("z must have a last axis of K classes, (..., K); got a 0-d array")
-    return xp, z
-
-
 def _jacobian_operator(xp, act, z, a):
     if _elementwise(act):
         return _diagonal_operator(xp, z, act.xp_derivative(xp, z), f"{type(act).__name__} Jacobian")
@@ -212,7 +193,7 @@ def _jacobian_operator(xp, act, z, a):
 
 def activation_operator(act, fn, z):
     """``act.jacobian_operator(z)`` for a generic z."""
-    xp, z = _activation_z(z)
+    xp, z = activation_input(z)
     return _jacobian_operator(xp, act, z, None)
 
 

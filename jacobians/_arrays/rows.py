@@ -5,18 +5,9 @@ inputs' checks here, then the class's generic method (``xp_forward``, ``xp_vjp``
 from __future__ import annotations
 
 from . import operators
-from .inputs import float_input, namespace_of, same_shape, targets_like
+from .inputs import activation_input, float_input, namespace_of, same_shape, targets_like
 
 __all__ = ["METHODS", "activation_input", "loss_inputs"]
-
-
-def activation_input(z):
-    """``(xp, z)``: z's namespace and z as a float32/float64 array with a class axis."""
-    xp = namespace_of(z)
-    z = float_input(xp, z, "z")
-    if z.ndim < 1:
-        raise ValueError("z must have a last axis of K classes, (..., K); got a 0-d array")
-    return xp, z
 
 
 def _activation(method):

@@ -52,7 +52,27 @@ def _eigen_sqrt(M: np.ndarray) -> np.ndarray:
     return vecs * np.sqrt(np.maximum(lam, 0))[..., None, :]
 
 
-class JacobianOperator:
+class BlockShape:
+    """``shape`` and ``n_rows`` of a batch of K×K blocks from ``batch_shape`` and ``size``:
+    numpy's operators and the generic path's (``jacobians._arrays.operators``)."""
+
+    #: batch shape (...) of the operator
+    batch_shape: tuple[int, ...]
+    #: number of outputs/inputs K
+    size: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(..., K, K)``: the shape of the dense blocks."""
+        return (*self.batch_shape, self.size, self.size)
+
+    @property
+    def n_rows(self) -> int:
+        """N, the product of the batch axes."""
+        return math.prod(self.batch_shape)
+
+
+class JacobianOperator(BlockShape):
     """A batch of K×K Jacobians, ``J[..., i, j] = ∂a_i/∂z_j``, in structured form.
 
     Subclasses implement ``_dense_rows``, ``jvp``, ``vjp``, ``diagonal`` and ``_take``;
@@ -60,21 +80,7 @@ class JacobianOperator:
     dense form where a subclass gives no closed form.
     """
 
-    #: batch shape (...) of the operator
-    batch_shape: tuple[int, ...]
-    #: number of outputs/inputs K
-    size: int
     dtype: np.dtype
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """``(..., K, K)``: the shape of the dense Jacobian."""
-        return (*self.batch_shape, self.size, self.size)
-
-    @property
-    def n_rows(self) -> int:
-        """N, the product of the batch axes."""
-        return math.prod(self.batch_shape)
 
     @property
     def dense_nbytes(self) -> int:
