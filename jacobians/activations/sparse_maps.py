@@ -306,8 +306,9 @@ class Entmax(_TemperedSparseMapping):
         return _support_curvature(entmax.entmax_weights(p, alpha), h, v * on, self.temperature)
 
     # -- generic path: τ by bisection of a fixed number of steps (jit-safe), then Newton ----
-    def _xp_alpha(self, xp, z):
-        """α as a float, or one per row ``(..., 1)`` in z's dtype and device."""
+    def xp_alpha(self, xp, z):
+        """α for the rows of ``z`` on the generic path (``_alpha``'s twin): a float, or one
+        per row ``(..., 1)`` in z's dtype and on its device."""
         alpha = alpha_rows(self.alpha, np.broadcast_to(np.empty((), dtype=np.float64), tuple(z.shape)))
         if not isinstance(alpha, np.ndarray):
             return alpha
@@ -319,7 +320,7 @@ class Entmax(_TemperedSparseMapping):
         τ in ``[−1, −K^{1−α}]`` by bisection, one step a mantissa bit (60 in float64, 30 in
         float32), then one Newton step on the support, as numerics.entmax; ``(..., K)``."""
         x = self.xp_scaled_logits(xp, z)
-        alpha = self._xp_alpha(xp, z)
+        alpha = self.xp_alpha(xp, z)
         X = (alpha - 1) * (x - xp.max(x, axis=-1, keepdims=True))
         beta = 1 / (alpha - 1)
         zero = xp.zeros_like(X)
@@ -338,13 +339,13 @@ class Entmax(_TemperedSparseMapping):
         return xp.maximum(X - tau, zero) ** beta
 
     def xp_gradient_weights(self, xp, p):
-        return self._xp_per_temperature(_xp_entmax_weights(xp, p, self._xp_alpha(xp, p)))
+        return self._xp_per_temperature(_xp_entmax_weights(xp, p, self.xp_alpha(xp, p)))
 
     def xp_vjp(self, xp, z, g):
         return self.xp_vjp_from_output(xp, z, self.xp_forward(xp, z), g)
 
     def xp_curvature(self, xp, z, p, v):
-        alpha = self._xp_alpha(xp, p)
+        alpha = self.xp_alpha(xp, p)
         on = xp.astype(p > 0, p.dtype)
         h = (2 - alpha) * _xp_power_on_support(xp, p, 3 - 2 * alpha)
         return _xp_support_curvature(xp, _xp_entmax_weights(xp, p, alpha), h, v * on, self.temperature)
