@@ -216,6 +216,33 @@ def test_extreme_inputs(xp, dtype_name, name):
         assert ok.all(), (method, got, ref)
 
 
+def test_fenchel_young_extreme_logits(xp, dtype_name):
+    """The Fenchel–Young losses at logits of ±1e4 (rows with two close top entries, a flat row,
+    ignored rows), index and probability targets, and a head of the loss's own map at a
+    temperature: float32 stays float32 and exact, against numpy's float64 on the same values."""
+    np_dtype = np.dtype(dtype_name)
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=SHAPE) * 1e4  # the walk's shape: JAX's compiled eager ops are reused
+    z[0, 0, :2] = [1e4, 1e4 - 0.5]  # the map is not one-hot: p from the gap only
+    z[0, 1] = -1e4  # a flat row: p uniform
+    z[1, 0, 1:] = z[1, 0, 0] - 0.25  # three tied runners-up close to the top
+    z = z.astype(np_dtype).astype(np.float64)
+    y = np.array([[1, 2, -100], [0, 3, 1]])
+    probs = rng.dirichlet(np.ones(K), size=SHAPE[:-1]).astype(np_dtype).astype(np.float64)
+    zt = xp.asarray(z.astype(np_dtype))
+    cases = [(jac.SparsemaxLoss(ignore_index=-100), y), (jac.Entmax15Loss(), probs), (jac.EntmaxLoss(1.2, ignore_index=-100), y)]
+    for loss, yy in cases:
+        yt = xp.asarray(yy.astype(np_dtype)) if yy.dtype.kind == "f" else yy
+        for method in ("value", "grad", "hessian"):
+            check_result(xp, getattr(loss, method)(zt, yt), zt, getattr(loss, method)(z, yy), dtype_name, f"{loss!r} extreme {method}")
+    head = jac.Head(jac.Entmax15(temperature=0.5), jac.Entmax15Loss(ignore_index=-100))
+    val, g = head.value_and_grad(zt, y)
+    rv, rg = head.value_and_grad(z, y)
+    check_result(xp, val, zt, rv, dtype_name, "head extreme value")
+    check_result(xp, g, zt, rg, dtype_name, "head extreme grad")
+    check_result(xp, head.hessian(zt, y), zt, head.hessian(z, y), dtype_name, "head extreme hessian")
+
+
 def test_target_errors(xp):
     a = xp.asarray(np.full((2, 3), 1 / 3))
     with pytest.raises(ValueError, match=r"y: class indices must be in \[0, 3\).*got values in \[0, 3\]"):
