@@ -23,7 +23,6 @@ import math
 
 import array_api_compat
 
-from ..backend import ENTRY_POINTS
 from ..second_order import resolve
 from .inputs import float_input, namespace_of, same_shape, targets_like, unsupported
 

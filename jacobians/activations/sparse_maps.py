@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import backend_aware
 from ..numerics import entmax, sparse
 from ..numerics.validation import alpha_rows, as_float_array, check_alpha, check_positive_scalar
 from ..operators import DiagonalJacobian, DiagonalPlusLowRank
@@ -350,6 +351,20 @@ class Entmax(_TemperedSparseMapping):
         h = (2 - alpha) * _xp_power_on_support(xp, p, 3 - 2 * alpha)
         return _xp_support_curvature(xp, _xp_entmax_weights(xp, p, alpha), h, v * on, self.temperature)
 
+    def xp_alpha_vjp(self, xp, z, g):
+        """:meth:`alpha_vjp` on the generic path, shape ``z.shape[:-1]`` (the same formula)."""
+        p = self.xp_forward(xp, z)
+        alpha = self.xp_alpha(xp, z)
+        w = _xp_entmax_weights(xp, p, alpha)
+        beta = 1 / (alpha - 1)
+        on = p > 0
+        plogp = xp.where(on, p * xp.log(xp.where(on, p, xp.ones_like(p))), xp.zeros_like(p))
+        gw = _xp_rowdot(xp, g, w) / xp.sum(w, axis=-1, keepdims=True)  # ŵ·g
+        entropy = xp.sum(plogp, axis=-1, keepdims=True)
+        out = beta * beta * (_xp_rowdot(xp, g, p) - gw) - beta * (_xp_rowdot(xp, g, plogp) - gw * entropy)
+        return out[..., 0]
+
+    @backend_aware("alpha_vjp")
     def alpha_vjp(self, z, g) -> np.ndarray:
         r"""``Σ_i g_i ∂p_i/∂α`` per row, shape ``z.shape[:-1]``: the gradient of α.
 
