@@ -3,7 +3,9 @@
 Every pair row of the check command (``jacobians.checks.plan``: each pair with its
 defaults and each variant) runs on array-api-strict in float32 and float64; torch and
 JAX run the pairs with their defaults (the representative slice: the generic formulas are
-the same code on every namespace). Each method's result is compared with the numpy
+the same code on every namespace). A Fenchel–Young loss after an activation other than its
+own map or Identity (the chain rule at ``a = act(z)``) runs its defaults on
+array-api-strict only (see ``_chain_with_logits_loss``). Each method's result is compared with the numpy
 path's on the same values in float64, normwise in units of the dtype's epsilon; the type,
 dtype and device come back as they went in. A pair without a generic path must say so
 (the clear ``NotImplementedError``), which is asserted too. The adapters are checked

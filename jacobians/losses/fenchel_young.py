@@ -15,6 +15,10 @@ SparsemaxLoss())``) is the loss of the logits the mapping sees, ``L(z/T, y)``: g
 cross-entropy of ``softmax(z/T)``, gradient ``(s − y)/T``. (The Fenchel–Young loss of the
 tempered map itself, ``T·L(z/T, y)``, would have gradient ``p − y``; it is that loss times
 T.)
+
+On torch, JAX, CuPy and array-api-strict arrays the same formulas run through the ``xp_``
+methods (the mapping's generic forward, Jacobian and product at temperature 1; no
+value-dependent Python branch, so they trace under ``jax.jit``).
 """
 
 from __future__ import annotations
