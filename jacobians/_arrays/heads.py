@@ -74,13 +74,35 @@ def _forward_and_loss(xp, head, z, y):
     return a, yl, value, g
 
 
+def _temperature(head) -> float:
+    """The temperature of a Fenchel–Young head's own mapping (1 where it has none)."""
+    return getattr(head.activation, "temperature", 1.0)
+
+
+def _logits_value_and_grad(xp, head, z, y):
+    """A Fenchel–Young loss of the logits its own mapping sees: ``L(z/T, y)``, gradient
+    ``(p − y)/T`` with ``p = map(z/T)`` (the loss's generic terms, as the numpy rule)."""
+    loss = head.loss_fn
+    return loss.xp_tempered_value_and_grad(xp, z, loss.xp_check_targets(xp, z, y), _temperature(head))
+
+
+def _logits_curvature(xp, head, z, y, v=None):
+    """The Hessian blocks (``v`` None) or their product with ``v`` of a Fenchel–Young head:
+    the loss's own at the scaled logits ``z/T``, over T² (the numpy rule's)."""
+    loss, T = head.loss_fn, _temperature(head)
+    x = head.activation.xp_scaled_logits(xp, z) if T != 1.0 else z
+    yl = loss.xp_check_targets(xp, x, y)
+    out = loss.xp_hessian(xp, x, yl) if v is None else loss.xp_hvp(xp, x, yl, v)
+    return out if T == 1.0 else out / T**2
+
+
 def head_loss(head, z, y):
     xp, z, y = _inputs(head, z, y)
     fused = _generic_part(head.rule, "value_and_grad")
     if fused is not None:
         return fused(xp, head.activation, head.loss_fn, z, y)[0]
     if head.logits_loss:
-        return head.loss_fn.xp_value(xp, z, head.loss_fn.xp_check_targets(xp, z, y))
+        return _logits_value_and_grad(xp, head, z, y)[0]
     a = head.activation.xp_forward(xp, z)
     return head.loss_fn.xp_value(xp, a, head.loss_fn.xp_check_targets(xp, a, y))
 
@@ -109,7 +131,7 @@ def head_value_and_grad(head, z, y, method, *, max_bytes, workers, need):
         if fused is not None:
             return fused(xp, head.activation, head.loss_fn, z, y)
         if head.logits_loss:  # a Fenchel–Young loss of the logits: the loss's own gradient
-            return head.loss_fn.xp_value_and_grad(xp, z, head.loss_fn.xp_check_targets(xp, z, y))
+            return _logits_value_and_grad(xp, head, z, y)
         method = "vjp"  # the rule has no generic form: the chain rule gives the same
     a, _, value, g = _forward_and_loss(xp, head, z, y)
     if method == "vjp":
@@ -126,7 +148,7 @@ def _chain_parts(xp, head, z, y):
 def _hessian(xp, head, z, y, method, gauss_newton_only=False):
     rule = head.rule
     if head.logits_loss:
-        return head.loss_fn.xp_hessian(xp, z, head.loss_fn.xp_check_targets(xp, z, y))
+        return _logits_curvature(xp, head, z, y)
     closed = _generic_part(rule, "hessian")
     if closed is not None and (method == "fused" or (gauss_newton_only and head.ggn_is_hessian)):
         return closed(xp, head.activation, head.loss_fn, z, y)
@@ -151,7 +173,7 @@ def head_hvp(head, z, y, v, method):
     xp, z, y, v = _inputs(head, z, y, v)
     method = resolve(head, method)
     if head.logits_loss:
-        return head.loss_fn.xp_hvp(xp, z, head.loss_fn.xp_check_targets(xp, z, y), v)
+        return _logits_curvature(xp, head, z, y, v)
     closed = _generic_part(head.rule, "hvp")
     if method == "fused" and closed is not None:
         return closed(xp, head.activation, head.loss_fn, z, y, v)

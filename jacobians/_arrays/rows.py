@@ -65,6 +65,7 @@ METHODS = {
     "jvp": _activation_with("xp_jvp", "v"),
     "hessian": _activation("xp_hessian"),
     "hessian_vjp": _activation_with("xp_hessian_vjp", "g"),
+    "alpha_vjp": _activation_with("xp_alpha_vjp", "g"),  # Entmax's gradient of α
     "loss.value": _loss("xp_value"),
     "loss.grad": _loss("xp_grad"),
     "loss.value_and_grad": _loss("xp_value_and_grad"),

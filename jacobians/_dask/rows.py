@@ -67,6 +67,11 @@ def _hessian_vjp(act, fn, z, g):
     )
 
 
+def _alpha_vjp(act, fn, z, g):
+    """Entmax's ``alpha_vjp``: one entry per row."""
+    return _activation_rows(act, fn, z, g, out="rows")
+
+
 def _vector(act, fn, z, v):
     return _activation_rows(act, fn, z, v)
 
@@ -157,6 +162,7 @@ METHODS = {
     "jvp": _vector,
     "hessian": _hessian,
     "hessian_vjp": _hessian_vjp,
+    "alpha_vjp": _alpha_vjp,
     "loss.value": _loss_value,
     "loss.grad": _loss_grad,
     "loss.value_and_grad": _loss_value_and_grad,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import backend_aware
 from ..numerics import entmax, sparse
 from ..numerics.validation import alpha_rows, as_float_array, check_alpha, check_positive_scalar
 from ..operators import DiagonalJacobian, DiagonalPlusLowRank
@@ -306,8 +307,9 @@ class Entmax(_TemperedSparseMapping):
         return _support_curvature(entmax.entmax_weights(p, alpha), h, v * on, self.temperature)
 
     # -- generic path: τ by bisection of a fixed number of steps (jit-safe), then Newton ----
-    def _xp_alpha(self, xp, z):
-        """α as a float, or one per row ``(..., 1)`` in z's dtype and device."""
+    def xp_alpha(self, xp, z):
+        """α for the rows of ``z`` on the generic path (``_alpha``'s twin): a float, or one
+        per row ``(..., 1)`` in z's dtype and on its device."""
         alpha = alpha_rows(self.alpha, np.broadcast_to(np.empty((), dtype=np.float64), tuple(z.shape)))
         if not isinstance(alpha, np.ndarray):
             return alpha
@@ -319,7 +321,7 @@ class Entmax(_TemperedSparseMapping):
         τ in ``[−1, −K^{1−α}]`` by bisection, one step a mantissa bit (60 in float64, 30 in
         float32), then one Newton step on the support, as numerics.entmax; ``(..., K)``."""
         x = self.xp_scaled_logits(xp, z)
-        alpha = self._xp_alpha(xp, z)
+        alpha = self.xp_alpha(xp, z)
         X = (alpha - 1) * (x - xp.max(x, axis=-1, keepdims=True))
         beta = 1 / (alpha - 1)
         zero = xp.zeros_like(X)
@@ -338,17 +340,31 @@ class Entmax(_TemperedSparseMapping):
         return xp.maximum(X - tau, zero) ** beta
 
     def xp_gradient_weights(self, xp, p):
-        return self._xp_per_temperature(_xp_entmax_weights(xp, p, self._xp_alpha(xp, p)))
+        return self._xp_per_temperature(_xp_entmax_weights(xp, p, self.xp_alpha(xp, p)))
 
     def xp_vjp(self, xp, z, g):
         return self.xp_vjp_from_output(xp, z, self.xp_forward(xp, z), g)
 
     def xp_curvature(self, xp, z, p, v):
-        alpha = self._xp_alpha(xp, p)
+        alpha = self.xp_alpha(xp, p)
         on = xp.astype(p > 0, p.dtype)
         h = (2 - alpha) * _xp_power_on_support(xp, p, 3 - 2 * alpha)
         return _xp_support_curvature(xp, _xp_entmax_weights(xp, p, alpha), h, v * on, self.temperature)
 
+    def xp_alpha_vjp(self, xp, z, g):
+        """:meth:`alpha_vjp` on the generic path, shape ``z.shape[:-1]`` (the same formula)."""
+        p = self.xp_forward(xp, z)
+        alpha = self.xp_alpha(xp, z)
+        w = _xp_entmax_weights(xp, p, alpha)
+        beta = 1 / (alpha - 1)
+        on = p > 0
+        plogp = xp.where(on, p * xp.log(xp.where(on, p, xp.ones_like(p))), xp.zeros_like(p))
+        gw = _xp_rowdot(xp, g, w) / xp.sum(w, axis=-1, keepdims=True)  # ŵ·g
+        entropy = xp.sum(plogp, axis=-1, keepdims=True)
+        out = beta * beta * (_xp_rowdot(xp, g, p) - gw) - beta * (_xp_rowdot(xp, g, plogp) - gw * entropy)
+        return out[..., 0]
+
+    @backend_aware("alpha_vjp")
     def alpha_vjp(self, z, g) -> np.ndarray:
         r"""``Σ_i g_i ∂p_i/∂α`` per row, shape ``z.shape[:-1]``: the gradient of α.
 

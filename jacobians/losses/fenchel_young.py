@@ -15,6 +15,10 @@ SparsemaxLoss())``) is the loss of the logits the mapping sees, ``L(z/T, y)``: g
 cross-entropy of ``softmax(z/T)``, gradient ``(s − y)/T``. (The Fenchel–Young loss of the
 tempered map itself, ``T·L(z/T, y)``, would have gradient ``p − y``; it is that loss times
 T.)
+
+On torch, JAX, CuPy and array-api-strict arrays the same formulas run through the ``xp_``
+methods (the mapping's generic forward, Jacobian and product at temperature 1; no
+value-dependent Python branch, so they trace under ``jax.jit``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,15 @@ from ..numerics import entmax, sparse
 from ..numerics.validation import alpha_rows, check_alpha
 from ..operators import SimplexBlock
 from . import references
-from ._targets import IGNORE_INDEX, ClassTargets, check_class_targets, check_ignore_index
+from ._targets import (
+    IGNORE_INDEX,
+    ClassTargets,
+    check_class_targets,
+    check_ignore_index,
+    xp_check_class_targets,
+    xp_class_coefficients,
+    xp_class_denominator,
+)
 from .base import Loss, register_loss
 
 __all__ = ["FenchelYoungLoss", "SparsemaxLoss", "Entmax15Loss", "EntmaxLoss"]
@@ -163,6 +175,107 @@ class FenchelYoungLoss(Loss):
             diff /= diff.dtype.type(temperature)
         return self.reduce(values, diff, denom)
 
+    # -- the generic (array API) path: z (..., K), targets of z's namespace ------------------
+    # The loss's own mapping at temperature 1 (``xp_map``) gives p, its Jacobian
+    # ``diag(d) − d dᵀ/Σd`` (the loss's Hessian) and its products; everything else is the
+    # numpy formulas above, masked by ``where`` (no value-dependent Python branch: jit-safe).
+    def xp_map(self):
+        """The loss's own mapping at temperature 1 (an activation with the generic methods)."""
+        return self.logits_of()
+
+    def xp_alpha(self, xp, like):
+        """α for the rows of ``like`` (``_alpha``'s twin): a float, or ``(..., 1)`` of like's
+        dtype and device."""
+        return self.alpha
+
+    def xp_check_targets(self, xp, a, y):
+        """A :class:`ClassTargets` of ``xp`` arrays (see ``xp_check_class_targets``)."""
+        self._xp_require()
+        return xp_check_class_targets(xp, a, y, ignore_index=self.ignore_index)
+
+    def _xp_targets(self, xp, a, y):
+        return y if isinstance(y, ClassTargets) else self.xp_check_targets(xp, a, y)
+
+    def xp_mean_denominator(self, xp, a, y=None):
+        """N, the rows not ignored (a 0-d array with ``ignore_index``)."""
+        if y is None:
+            return super().xp_mean_denominator(xp, a)
+        return xp_class_denominator(xp, self._xp_targets(xp, a, y), a)
+
+    def xp_tsallis_entropy(self, xp, q, mapped: bool = False):
+        """``H_α(q)`` per row, ``(...,)``: :meth:`tsallis_entropy`, or for ``mapped`` (q the
+        mapping's output) :meth:`_mapped_entropy`'s sum of non-negative terms."""
+        alpha = self.xp_alpha(xp, q)
+        fixed = not hasattr(alpha, "shape")
+        if fixed and alpha == 2:
+            terms = q * (1 - q) if mapped else q * q
+        elif fixed and alpha == 1.5:
+            terms = q * (1 - xp.sqrt(q)) if mapped else q * xp.sqrt(q)
+        else:
+            on = q > 0
+            log_q = xp.log(xp.where(on, q, xp.ones_like(q)))
+            terms = xp.where(on, (-q * xp.expm1((alpha - 1) * log_q)) if mapped else q * xp.exp((alpha - 1) * log_q), xp.zeros_like(q))
+        total = xp.sum(terms, axis=-1, keepdims=True)
+        out = (total if mapped else 1 - total) / (alpha * (alpha - 1))
+        return out[..., 0]
+
+    def xp_terms(self, xp, z, y, need_grad, temperature: float = 1.0):
+        """Unreduced ``L(z/T, y)``, its gradient in ``z/T`` (``p − y``) and the denominator
+        (:meth:`_terms`'s twin)."""
+        t = self._xp_targets(xp, z, y)
+        m = xp.max(z, axis=-1, keepdims=True)
+        x = z - m
+        if temperature != 1.0:
+            x, m = x / temperature, m / temperature
+        p = self.xp_map().xp_forward(xp, x)
+        yd, denom = xp_class_coefficients(xp, t, z)  # dense targets (zero rows where ignored)
+        diff = p - yd
+        values = xp.sum(x * diff, axis=-1) + m[..., 0] * (1 - xp.sum(yd, axis=-1))
+        values = values + self.xp_tsallis_entropy(xp, p, mapped=True)
+        if not t.is_index:
+            values = values - self.xp_tsallis_entropy(xp, yd)
+        if t.valid is not None:
+            values = xp.where(t.valid, values, xp.zeros_like(values))
+            diff = diff * xp.astype(t.valid[..., None], z.dtype)
+        return values, (diff if need_grad else None), denom
+
+    def xp_tempered_value_and_grad(self, xp, z, y, temperature: float = 1.0):
+        """``(value, dE/dz)`` of ``L(z/T, y)``, reduced (:meth:`tempered_value_and_grad`'s
+        twin): what a head of the loss's own mapping at temperature T computes."""
+        values, diff, denom = self.xp_terms(xp, z, y, True, temperature)
+        return self.xp_reduce(xp, values, diff if temperature == 1.0 else diff / temperature, denom)
+
+    def xp_per_sample(self, xp, z, y):
+        return self.xp_terms(xp, z, y, need_grad=False)[0]
+
+    def xp_per_sample_grad(self, xp, z, y):
+        return self.xp_terms(xp, z, y, need_grad=True)[1]
+
+    def xp_per_sample_hessian(self, xp, z, y):
+        return self.xp_hessian_terms(xp, z, y)[0]
+
+    def _xp_curvature(self, xp, z, y):
+        """``(map, p, valid (..., 1) or None, denominator)`` of the Hessian's rows."""
+        t = self._xp_targets(xp, z, y)
+        act = self.xp_map()
+        valid = None if t.valid is None else xp.astype(t.valid[..., None], z.dtype)
+        return act, act.xp_forward(xp, z), valid, self.xp_mean_denominator(xp, z, t)
+
+    def xp_hessian_terms(self, xp, z, y):
+        """The mapping's Jacobian ``diag(d) − d dᵀ/Σd`` (``∇²L = ∂p/∂z``, whatever y; zero
+        for ignored rows), ``(..., K, K)`` (:meth:`_hessian_terms`'s twin)."""
+        act, p, valid, denom = self._xp_curvature(xp, z, y)
+        H = act.xp_jacobian_from_output(xp, z, p)
+        return (H if valid is None else H * valid[..., None]), denom, False
+
+    def xp_hvp(self, xp, z, y, v):
+        """``(diag(d) − d dᵀ/Σd) v`` per row with the reduction's factor, ``(..., K)``, from
+        the mapping's product (v centred on the largest d), without the blocks."""
+        act, p, valid, denom = self._xp_curvature(xp, z, y)
+        Hv = act.xp_vjp_from_output(xp, z, p, v)
+        scale, _ = self._xp_scale(xp, denom, z)
+        scale = valid if scale is None else scale if valid is None else valid * scale
+        return Hv if scale is None else Hv * scale
 
 @register_loss
 class SparsemaxLoss(FenchelYoungLoss):
@@ -280,6 +393,12 @@ class EntmaxLoss(FenchelYoungLoss):
 
     def _alpha(self, p):
         return alpha_rows(self.alpha, p)
+
+    def xp_map(self):
+        return Entmax(alpha=self.alpha)
+
+    def xp_alpha(self, xp, like):
+        return self.xp_map().xp_alpha(xp, like)
 
     def mapping(self, z):
         return entmax.entmax(z, self._alpha(z))
