@@ -72,7 +72,7 @@ class Implementation(Protocol):
 
     ``METHODS`` maps the name of an activation's or a loss's row-wise method
     (``'__call__'``, ``'jacobian'``, ``'vjp'``, ``'jvp'``, ``'hessian'``,
-    ``'hessian_vjp'``; ``'loss.value'``, ``'loss.grad'``, ``'loss.value_and_grad'``,
+    ``'hessian_vjp'``, ``'alpha_vjp'``; ``'loss.value'``, ``'loss.grad'``, ``'loss.value_and_grad'``,
     ``'loss.hessian'``, ``'loss.hvp'``) to ``f(obj, plain_method, *args, **kwargs)``,
     where ``plain_method`` is the numpy method (unbound), to run on pieces of the
     arrays. A name of an ``optional`` :func:`backend_aware` method (the activations'

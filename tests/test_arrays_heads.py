@@ -19,7 +19,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import array_namespace_named, jax_x64
+from conftest import array_namespace_named, jax_x64, normwise, to_numpy
 
 import jacobians as jac
 from jacobians.checks import example_inputs, plan
@@ -66,18 +66,8 @@ def _cases():
                 yield pytest.param(e, name, dt, id=f"{name}-{dt}-{e.label}")
 
 
-def to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach()
-    return np.asarray(np.from_dlpack(x), dtype=np.float64)
 
 
-def _normwise(got, ref) -> float:
-    """``max |got − ref| / max |ref|`` over the whole result (a row whose exact value is 0,
-    say an MAE gradient that cancels, is measured against the batch's largest entry)."""
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    scale = max(float(np.abs(ref).max(initial=0.0)), np.finfo(np.float64).tiny)
-    return float(np.abs(got - ref).max(initial=0.0)) / scale
 
 
 def _inputs(head, dtype_name, label):
@@ -134,15 +124,15 @@ def test_every_method_matches_numpy(entry, name, dtype_name):
             ref_value, ref_grad = head.value_and_grad(z64, y64, method if method != "loss" else head.method)
             assert array_api_compat.array_namespace(value) is array_api_compat.array_namespace(zt)
             assert value.dtype == zt.dtype
-            assert _normwise(to_numpy(value), np.asarray(ref_value)) <= ULPS[dtype_name] * eps, method
+            assert normwise(to_numpy(value), np.asarray(ref_value)) <= ULPS[dtype_name] * eps, method
             if grad is not None:
                 assert grad.dtype == zt.dtype and tuple(grad.shape) == z.shape
                 assert array_api_compat.device(grad) == array_api_compat.device(zt)
-                assert _normwise(to_numpy(grad), ref_grad) <= ULPS[dtype_name] * eps, method
+                assert normwise(to_numpy(grad), ref_grad) <= ULPS[dtype_name] * eps, method
         refs = {"hessian": head.hessian(z64, y64), "ggn": head.ggn(z64, y64), "hvp": head.hvp(z64, y64, v.astype(np.float64))}
         for k, got in got2.items():
             assert got.dtype == zt.dtype, k
-            assert _normwise(to_numpy(got), refs[k]) <= ULPS[dtype_name] * eps * 4, k
+            assert normwise(to_numpy(got), refs[k]) <= ULPS[dtype_name] * eps * 4, k
 
 
 # -- namespaces, training loops ----------------------------------------------------------------

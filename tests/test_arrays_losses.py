@@ -325,6 +325,21 @@ def test_no_generic_path(xp, loss):
             getattr(loss, method)(a, y)
 
 
+class SoftmaxFY(jac.SparsemaxLoss):
+    """A Fenchel–Young subclass with its own numpy mapping and no generic twin."""
+
+    def mapping(self, z):
+        return jac.Softmax()(z)
+
+
+def test_a_fenchel_young_mapping_without_its_twin_has_no_generic_path(xp):
+    z, y = xp.asarray(np.array([[0.5, -1.0, 2.0], [0.0, 0.1, 0.2]])), np.array([0, 1])
+    for call in (lambda: SoftmaxFY().value(z, y), lambda: jac.Head(jac.Identity(), SoftmaxFY()).grad(z, y),
+                 lambda: jac.Head(jac.Identity(), SoftmaxFY()).hessian(z, y)):
+        with pytest.raises(NotImplementedError, match="SoftmaxFY has no array-API path for mapping: .* no xp_mapping"):
+            call()
+
+
 @pytest.mark.parametrize("name", ["cross_entropy", "nll", "kl_divergence", "binary_cross_entropy", "mse", "huber"])
 def test_per_sample_methods(name):
     """The per-sample twins (what a pair rule or a user's subclass builds on) against numpy's."""

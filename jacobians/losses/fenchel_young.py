@@ -179,9 +179,16 @@ class FenchelYoungLoss(Loss):
     # The loss's own mapping at temperature 1 (``xp_map``) gives p, its Jacobian
     # ``diag(d) − d dᵀ/Σd`` (the loss's Hessian) and its products; everything else is the
     # numpy formulas above, masked by ``where`` (no value-dependent Python branch: jit-safe).
-    def xp_map(self):
-        """The loss's own mapping at temperature 1 (an activation with the generic methods)."""
+    def xp_mapping(self):
+        """The generic twin of :meth:`mapping`: the activation (with its generic methods)
+        whose forward is the loss's own mapping at temperature 1."""
         return self.logits_of()
+
+    def xp_map(self):
+        """:meth:`xp_mapping`, or a ``NotImplementedError`` for a subclass that writes its
+        own numpy :meth:`mapping` but no ``xp_mapping`` (its parent's map would be wrong)."""
+        self.xp_require_twin("mapping")
+        return self.xp_mapping()
 
     def xp_alpha(self, xp, like):
         """α for the rows of ``like`` (``_alpha``'s twin): a float, or ``(..., 1)`` of like's
@@ -310,6 +317,9 @@ class SparsemaxLoss(FenchelYoungLoss):
     def mapping(self, z):
         return sparse.sparsemax(z)
 
+    def xp_mapping(self):
+        return self.logits_of()
+
     @staticmethod
     def curvature_weights(p):
         return (p > 0).astype(p.dtype)
@@ -340,6 +350,9 @@ class Entmax15Loss(FenchelYoungLoss):
 
     def mapping(self, z):
         return sparse.entmax15(z)
+
+    def xp_mapping(self):
+        return self.logits_of()
 
     @staticmethod
     def curvature_weights(p):
@@ -394,7 +407,7 @@ class EntmaxLoss(FenchelYoungLoss):
     def _alpha(self, p):
         return alpha_rows(self.alpha, p)
 
-    def xp_map(self):
+    def xp_mapping(self):
         return Entmax(alpha=self.alpha)
 
     def xp_alpha(self, xp, like):
