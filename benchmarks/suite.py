@@ -51,8 +51,8 @@ import itertools
 import logging
 import time
 
-import numpy as np
 import backend_suite
+import numpy as np
 import peers as P
 import seed_recipes as seed
 
