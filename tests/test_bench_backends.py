@@ -46,10 +46,14 @@ def jax_config_kept():
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_a_tiny_run_on_each_framework_reports_every_section(backend, tmp_path, capsys, jax_config_kept):
+def test_a_tiny_run_on_each_framework_reports_every_section(backend, tmp_path, capsys, monkeypatch, jax_config_kept):
     extra = "torch (the test extra's CPU build)" if backend == "torch" else "jax (the test extra)"
     pytest.importorskip(backend, reason=f"{extra} is not installed")
     pytest.importorskip("array_api_compat", reason="the arrays extra (array-api-compat, array-api-extra) is not installed")
+    suite = bench.load_suite(Path(SUITE))
+    # the fused section's first pair only (the others are the same rows: JAX compiles each)
+    monkeypatch.setattr(suite.backend_suite, "PAIRS", dict(list(suite.backend_suite.PAIRS.items())[:1]))
+    monkeypatch.setattr(bench, "load_suite", lambda folder: suite)
     out = tmp_path / "bench.json"
     assert cli_main(["bench", "--backend", backend, *TINY, "--json", str(out)]) == 0
     text = capsys.readouterr().out
@@ -111,3 +115,44 @@ def test_a_missing_framework_is_a_clear_error(monkeypatch, capsys):
     assert bench.main(["--backend", "torch", *TINY]) == 2
     err = capsys.readouterr().err
     assert "--backend torch needs torch (CPU build" in err and "No module named 'torch'" in err
+
+
+# -- benchmarks/gpu_check.py ------------------------------------------------------------------
+
+
+def _gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("jacobians_gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (its dataclass looks its module up)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_0(capsys, jax_config_kept):
+    gpu_check = _gpu_check()
+    if gpu_check.detect():
+        pytest.skip("this machine has a GPU: the no-GPU path is not what runs here")
+    assert gpu_check.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("no GPU found") and "nothing to check" in out
+
+
+def test_gpu_check_walk_on_cpu_torch_compares_with_numpy(capsys, monkeypatch):
+    """``--device cpu``: the GPU walk's logic on torch's CPU tensors (softmax + CE's entries);
+    a wrong result (planted: the device's results negated on the way back) is reported."""
+    pytest.importorskip("torch", reason="torch (the test extra's CPU build) is not installed")
+    pytest.importorskip("array_api_compat", reason="the arrays extra (array-api-compat, array-api-extra) is not installed")
+    gpu_check = _gpu_check()
+    assert gpu_check.main(["--device", "cpu", "--only", "softmax,cross_entropy", "--no-bench"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("== torch ") and "on cpu: CPU" in out
+    ok = int(out.split("walk on cpu: ", 1)[1].split(" ok", 1)[0])
+    assert ok == 2 * (4 + 7) and ", 0 failed" in out  # the activation's 4 calls and the pair's 7, two dtypes
+    real = gpu_check._torch_target
+    monkeypatch.setattr(gpu_check, "_torch_target", lambda device: gpu_check.Target(
+        **{**real(device).__dict__, "to_numpy": lambda x: -x.detach().cpu().numpy()}))
+    assert gpu_check.main(["--device", "cpu", "--only", "softmax,cross_entropy", "--no-bench"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED  softmax + cross_entropy" in out and "eps >" in out
