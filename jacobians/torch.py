@@ -36,7 +36,7 @@ def _forward_over_forward() -> bool:
 
 
 def loss(head):
-    """``f(z, y)``: ``head.loss(z, y)`` as a :class:`torch.autograd.Function` of ``z``.
+    """``f(z, y)``: ``head.loss(z, y)`` as a ``torch.autograd.Function`` of ``z``.
 
     Its backward is the exact ``head.grad(z, y)`` (the pair's fused rule where it has one),
     and the backward of that is the exact ``head.hvp(z, y, ·)``: so
