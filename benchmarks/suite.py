@@ -51,6 +51,7 @@ import itertools
 import logging
 import time
 
+import backend_suite
 import numpy as np
 import peers as P
 import seed_recipes as seed
@@ -646,11 +647,25 @@ def _entmax_cases(N, K, dtype, peers):
 # -- the plan -------------------------------------------------------------------------------
 
 
-def plan(*, sections, dtypes, quick, peers) -> list[Group]:
-    """The groups to run, in order."""
+def backend_plan(backend, *, sections, dtypes, quick, sizes=None, device="cpu", threads=None):
+    """``(framework description, groups)`` of ``--backend torch|jax``: see ``backend_suite.py``."""
+    return backend_suite.plan(backend, sections=sections, dtypes=dtypes, quick=quick, sizes=sizes, device=device,
+                              threads=threads)
+
+
+def backend_titles(backend) -> dict[str, str]:
+    return backend_suite.titles(backend)
+
+
+def plan(*, sections, dtypes, quick, peers, sizes=None) -> list[Group]:
+    """The groups to run, in order. ``sizes``: ``[(N, K), ...]`` in place of the jacobian,
+    contract, vjp, fused, entmax and second_order sections' own (without the vocabulary-sized
+    operator group): a smoke run."""
     groups: list[Group] = []
     big = [(256, 100), (32, 1000)] if quick else [(1024, 100), (256, 1000)]
     small = [(1024, 10), (256, 100), (64, 1000)] if quick else [(4096, 10), (1024, 100), (256, 1000)]
+    if sizes:
+        big = small = list(sizes)
     one_thread = functools.partial(P.torch_threads, 1) if "torch" in peers else None
     for dtype in dtypes:
         if "jacobian" in sections:
@@ -670,10 +685,10 @@ def plan(*, sections, dtypes, quick, peers) -> list[Group]:
                     for N, K in small
                 ]
         if "entmax" in sections:
-            sizes = [(256, 100)] if quick else [(1024, 100)]
+            entmax_sizes = small if sizes else [(256, 100)] if quick else [(1024, 100)]
             threads = functools.partial(P.torch_threads, 1) if "entmax_bisect" in peers else None
             groups += [_group("entmax", N, K, dtype, functools.partial(_entmax_cases, N, K, dtype, peers), context=threads)
-                       for N, K in sizes]
+                       for N, K in entmax_sizes]
         if "blocked" in sections:
             N, K, mb = (2000, 256, 32 << 20) if quick else (20000, 256, 256 << 20)
             groups.append(_group("blocked", N, K, dtype, functools.partial(_blocked_cases, N, K, dtype, mb, peers),
@@ -683,8 +698,9 @@ def plan(*, sections, dtypes, quick, peers) -> list[Group]:
                 _group("second_order", N, K, dtype, functools.partial(_second_order_cases, N, K, dtype, peers))
                 for N, K in big
             ]
-            N, K = (256, 8192) if quick else (1024, 50_304)  # a language model's vocabulary
-            groups.append(_group("second_order", N, K, dtype, functools.partial(_operator_cases, N, K, dtype, peers)))
+            if not sizes:
+                N, K = (256, 8192) if quick else (1024, 50_304)  # a language model's vocabulary
+                groups.append(_group("second_order", N, K, dtype, functools.partial(_operator_cases, N, K, dtype, peers)))
         if "last_layer" in sections:
             N, D, K, peer_rows = (5000, 32, 10, 1000) if quick else (50_000, 128, 10, 5000)
             groups.append(Group(section="last_layer", size=f"{N}x{D},K={K}", dtype=dtype,

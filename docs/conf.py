@@ -12,6 +12,7 @@ the ``django-static-mathjax`` package of the ``docs`` extra), so the pages need 
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 import shutil
 import sys
@@ -52,6 +53,8 @@ autodoc_typehints = "none"  # the numpydoc sections give the types
 autodoc_member_order = "bysource"
 autodoc_default_options = {"undoc-members": True}  # every method of the API, docstring inherited or not
 autosummary_generate = False
+# jacobians.torch and jacobians.jax import their framework: mocked where it is not installed
+autodoc_mock_imports = [m for m in ("torch", "jax") if importlib.util.find_spec(m) is None]
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False

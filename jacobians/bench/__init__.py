@@ -16,6 +16,11 @@ interleaved rounds (one call each per round) so that a busy moment of the machin
 them alike; the figure reported is the median. Each ratio is this row's median over the
 column's median in the same run (below 1: this row is faster).
 
+``--backend torch|jax`` runs the sections ``vjp``, ``fused`` and ``second_order`` on that
+framework's arrays (the generic path) against its own autodiff of the same loss (the
+suite's ``backend_suite.py``; the framework is imported then, and only then);
+``--backend numpy`` (the default) is the suite above, unchanged.
+
 Examples
 --------
 >>> from jacobians.bench import format_seconds, parse_args
@@ -91,6 +96,9 @@ def load_suite(folder: Path):
 # -- command line ---------------------------------------------------------------------------
 
 SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked", "second_order", "last_layer", "dask", "entmax")
+#: ``--backend``: numpy (the suite), or the framework whose arrays the sections below run on
+BACKENDS = ("numpy", "torch", "jax")
+BACKEND_SECTIONS = ("vjp", "fused", "second_order")
 PEERS = ("torch", "jax", "autograd", "backpack", "seed", "loop", "entmax_bisect")
 
 
@@ -109,6 +117,16 @@ def _csv(choices: tuple[str, ...], what: str):
     return parse
 
 
+def _sizes(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        sizes = tuple(tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or any(len(s) != 2 or min(s) < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be NxK[,NxK...] with N, K ≥ 1 (e.g. 64x10,32x100); got {text!r}")
+    return sizes
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the ``bench`` arguments (see ``python -m jacobians bench --help``)."""
     p = argparse.ArgumentParser(
@@ -124,9 +142,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes and few rounds (a minute or less)")
     p.add_argument("--json", metavar="FILE", help="also write every figure (all times, ratios, machine) to FILE")
     p.add_argument(
-        "--sections", type=_csv(SECTIONS, "section"), default=SECTIONS, metavar="LIST",
-        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
+        "--sections", type=_csv(SECTIONS, "section"), default=None, metavar="LIST",
+        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)}; with --backend torch|jax: "
+        f"{','.join(BACKEND_SECTIONS)})",
     )
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="numpy",
+        help="numpy (default): the suite on numpy arrays, its peers beside; torch or jax: the sections "
+        f"{','.join(BACKEND_SECTIONS)} on that framework's arrays against its own autodiff of the same loss",
+    )
+    p.add_argument("--device", default=None, metavar="DEVICE",
+                   help="with --backend torch|jax: where the arrays live (default cpu; e.g. cuda, cuda:1, gpu)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="with --backend torch: torch's threads while the groups run (default torch's own; on a "
+                   "busy machine 1 keeps a stalled thread pool out of the figures)")
+    p.add_argument("--sizes", type=_sizes, default=None, metavar="NxK,...",
+                   help="these sizes for the vjp, fused and second_order sections (and jacobian, contract, entmax) "
+                   "in place of their own: a smoke run")
     p.add_argument(
         "--peers", type=_csv(PEERS, "peer"), default=PEERS, metavar="LIST",
         help=f"peers to compare with, if installed: comma-separated from {','.join(PEERS)}, 'all' (default) or 'none'",
@@ -139,10 +171,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="time budget per case, which sets its number of rounds (default 1.0; --quick 0.2)")
     p.add_argument("--suite", metavar="DIR", help="folder of the suite (default: the repository's benchmarks/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.backend == "numpy":
+        if args.device is not None or args.threads is not None:
+            p.error("--device and --threads apply to --backend torch|jax (numpy's suite sets its peers' threads)")
+        if args.sections is None:
+            args.sections = SECTIONS
+    else:
+        if args.sections is None:
+            args.sections = BACKEND_SECTIONS
+        other = [s for s in args.sections if s not in BACKEND_SECTIONS]
+        if other:
+            p.error(f"--backend {args.backend} runs the sections {','.join(BACKEND_SECTIONS)}; got {','.join(other)}")
+        args.device = args.device or "cpu"
+    return args
 
 
 # -- main -----------------------------------------------------------------------------------
+
+
+def _plan_backend(suite, args):
+    """``(description, groups, titles)`` of a ``--backend torch|jax`` run, or an error message."""
+    try:
+        description, groups = suite.backend_plan(args.backend, sections=args.sections, dtypes=args.dtypes,
+                                                 quick=args.quick, sizes=args.sizes, device=args.device,
+                                                 threads=args.threads)
+    except ImportError as exc:
+        extra = "torch (CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)" \
+            if args.backend == "torch" else "jax (pip install jax)"
+        return f"--backend {args.backend} needs {extra}: {exc}"
+    except (RuntimeError, ValueError) as exc:  # no such device
+        return f"--backend {args.backend} (--device {args.device}): {exc}"
+    return description, groups, suite.backend_titles(args.backend)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,13 +215,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     budget = args.budget if args.budget is not None else (0.2 if args.quick else 1.0)
     min_rounds, max_rounds = (3, 10) if args.quick else (5, 50)
-    peers = suite.available_peers(args.peers)
-    # sections whose packages are missing (dask): skipped with the reason, like an absent peer
-    skipped = getattr(suite, "skipped_sections", lambda sections: {})(args.sections)
-    groups = suite.plan(sections=args.sections, dtypes=args.dtypes, quick=args.quick, peers=peers)
     info = machine_info()
-    print(f"# {PROG}{' --quick' if args.quick else ''}: {info['cpu']}, {info['cores']} cores, "
-          f"numpy {np.__version__}; peers: {', '.join(f'{k} {v}' for k, v in peers.items()) or 'none'}")
+    if args.backend == "numpy":
+        peers = suite.available_peers(args.peers)
+        # sections whose packages are missing (dask): skipped with the reason, like an absent peer
+        skipped = getattr(suite, "skipped_sections", lambda sections: {})(args.sections)
+        sizes = {} if args.sizes is None else {"sizes": args.sizes}
+        groups = suite.plan(sections=args.sections, dtypes=args.dtypes, quick=args.quick, peers=peers, **sizes)
+        titles = suite.TITLES
+        print(f"# {PROG}{' --quick' if args.quick else ''}: {info['cpu']}, {info['cores']} cores, "
+              f"numpy {np.__version__}; peers: {', '.join(f'{k} {v}' for k, v in peers.items()) or 'none'}")
+    else:
+        planned = _plan_backend(suite, args)
+        if isinstance(planned, str):
+            print(f"{PROG}: error: {planned}", file=sys.stderr)
+            return 2
+        description, groups, titles = planned
+        peers, skipped = {}, {}
+        print(f"# {PROG} --backend {args.backend}{' --quick' if args.quick else ''}: {info['cpu']}, "
+              f"{info['cores']} cores, numpy {np.__version__}; {description}")
     torch_level = ""
     if "torch" in peers:
         with contextlib.suppress(Exception):
@@ -193,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     for section in args.sections:
         if section in by_section:
             print()
-            print(format_section(section, suite.TITLES.get(section, ""), by_section[section]))
+            print(format_section(section, titles.get(section, ""), by_section[section]))
         elif section in skipped:
             print()
             print(f"== {section}: skipped: {skipped[section]}")
@@ -208,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             "budget_s": budget,
             "results": results,
         }
+        if args.backend != "numpy":
+            payload.update(backend=args.backend, device=args.device, framework=description)
         Path(args.json).write_text(json.dumps(payload, indent=1, default=str))
         print(f"\nwrote {args.json}")
     return 0

@@ -68,11 +68,13 @@ def const(xp, value, like):
 
 
 def concrete(*arrays) -> bool:
-    """True when no array is a JAX tracer (values may be read: ``bool(...)``, ``float(...)``).
+    """True when no array is a JAX tracer or a tensor of a ``torch.func`` transform (values
+    may be read: ``bool(...)``, ``float(...)``).
 
-    Under ``jax.jit`` (or ``vmap``, ``grad``) the arrays are tracers and value checks are
-    skipped; every other namespace's arrays are concrete. Decided by type, without trying
-    a concretization (no exception swallowed)."""
+    Under ``jax.jit`` (or ``vmap``, ``grad``) the arrays are tracers, under ``torch.func``'s
+    ``vmap`` (``grad``, ``jacrev`` ...) wrapped tensors, and value checks are skipped; every
+    other namespace's arrays are concrete. Decided by type, without trying a concretization
+    (no exception swallowed)."""
     import array_api_compat
 
     for x in arrays:
@@ -80,6 +82,11 @@ def concrete(*arrays) -> bool:
             import jax
 
             if isinstance(x, jax.core.Tracer):
+                return False
+        elif x is not None and array_api_compat.is_torch_array(x):
+            import torch
+
+            if torch._C._functorch.is_functorch_wrapped_tensor(x):
                 return False
     return True
 

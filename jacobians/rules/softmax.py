@@ -207,7 +207,9 @@ class SoftmaxFamily(PairRule):
         ``p(1 − p)`` with ``1 − p`` from complement sums."""
         p, w, (d, e, t, top) = self._xp_weight(xp, activation, loss, z, y)
         rest = xp.where(top, t, (1 + t) - e) / (1 + t)  # 1 − p_k without cancellation
-        H = diagonal_blocks(xp, p * rest) - p[..., :, None] * p[..., None, :] * (1 - diagonal_blocks(xp, xp.ones_like(p)))
+        # three (..., K, K) arrays made (fresh pages dominate on a CPU): −p_i p_j, the blocks, w·H
+        eye = xp.eye(p.shape[-1], dtype=xp.bool, device=device_of(p))
+        H = xp.where(eye, (p * rest)[..., None], (-p)[..., :, None] * p[..., None, :])
         return w[..., None] * H
 
     def xp_hvp(self, xp, activation, loss, z, y, v):
