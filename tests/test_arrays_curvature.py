@@ -91,9 +91,11 @@ def _no_generic_path(exc) -> bool:
 
 def _factor_is_unique(head) -> bool:
     """The generic factor is numpy's own (not an eigendecomposition of the same blocks)."""
+    if head.logits_loss:  # a Fenchel–Young head: the loss's simplex factor
+        return True
     if head.ggn_is_hessian:
         return getattr(head.rule, "xp_sqrt_hessian", None) is not None
-    return head.loss_fn.logits_of is None  # the built-in losses outside Fenchel–Young: diagonal Hessians
+    return True  # Jᵀ S_a with the built-in loss's own factor (diagonal, or the simplex factor)
 
 
 def _quantities(head, *, mc=True, sampled=True):

@@ -50,6 +50,8 @@ def head_blocks(head, name, z, y, *args, sizes=None):
 
 def sqrt_ggn(xp, head, z, y):
     """``S`` (..., K, C) with ``S Sᵀ`` the GGN blocks, for checked ``z`` and ``y`` of ``xp``."""
+    if head.logits_loss:  # a Fenchel–Young head: the loss's own factor (numpy's SimplexBlock.sqrt)
+        return heads._logits_curvature(xp, head, z, y, factor=True)
     if head.ggn_is_hessian:
         closed = _generic_part(head.rule, "sqrt_hessian")
         if closed is not None:

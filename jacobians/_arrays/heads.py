@@ -86,12 +86,16 @@ def _logits_value_and_grad(xp, head, z, y):
     return loss.xp_tempered_value_and_grad(xp, z, loss.xp_check_targets(xp, z, y), _temperature(head))
 
 
-def _logits_curvature(xp, head, z, y, v=None):
-    """The Hessian blocks (``v`` None) or their product with ``v`` of a Fenchel–Young head:
-    the loss's own at the scaled logits ``z/T``, over T² (the numpy rule's)."""
+def _logits_curvature(xp, head, z, y, v=None, *, factor=False):
+    """The Hessian blocks (``v`` None), their product with ``v``, or their factor
+    (``factor``) of a Fenchel–Young head: the loss's own at the scaled logits ``z/T``, over
+    T² (the numpy rule's; the factor over T)."""
     loss, T = head.loss_fn, _temperature(head)
     x = head.activation.xp_scaled_logits(xp, z) if T != 1.0 else z
     yl = loss.xp_check_targets(xp, x, y)
+    if factor:
+        S = loss.xp_sqrt_hessian(xp, x, yl)
+        return S if T == 1.0 else S / T
     out = loss.xp_hessian(xp, x, yl) if v is None else loss.xp_hvp(xp, x, yl, v)
     return out if T == 1.0 else out / T**2
 

@@ -31,6 +31,7 @@ from ..activations import Entmax, Entmax15, Sparsemax
 from ..numerics import entmax, sparse
 from ..numerics.validation import alpha_rows, check_alpha
 from ..operators import SimplexBlock
+from ..xp.blocks import simplex_sqrt
 from . import references
 from ._targets import (
     IGNORE_INDEX,
@@ -274,6 +275,18 @@ class FenchelYoungLoss(Loss):
         act, p, valid, denom = self._xp_curvature(xp, z, y)
         H = act.xp_jacobian_from_output(xp, z, p)
         return (H if valid is None else H * valid[..., None]), denom, False
+
+    def xp_sqrt_hessian(self, xp, z, y):
+        """numpy's factor of the Hessian blocks (``SimplexBlock.sqrt``) with the reduction's
+        factor and the ignored rows: :func:`~jacobians.xp.blocks.simplex_sqrt` of the map's
+        weights ``d``."""
+        act, p, valid, denom = self._xp_curvature(xp, z, y)
+        d = act.xp_gradient_weights(xp, p)
+        scale, _ = self._xp_scale(xp, denom, z)
+        c = valid if scale is None else scale if valid is None else valid * scale
+        if c is not None and c.ndim < d.ndim:
+            c = xp.broadcast_to(xp.reshape(c, (1,) * d.ndim), (*d.shape[:-1], 1))
+        return simplex_sqrt(xp, d, xp.sqrt(d), c)
 
     def xp_hvp(self, xp, z, y, v):
         """``(diag(d) − d dᵀ/Σd) v`` per row with the reduction's factor, ``(..., K)``, from

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..xp.blocks import device_of
 
-__all__ = ["softmax_parts", "centred_simplex_product", "complement_sums", "transposed_columns", "gram_columns"]
+__all__ = ["softmax_parts", "centred_simplex_product", "transposed_columns", "gram_columns"]
 
 
 def softmax_parts(xp, x):
@@ -20,16 +20,6 @@ def softmax_parts(xp, x):
     top = idx == xp.argmax(x, axis=-1, keepdims=True)
     t = xp.sum(xp.where(top, xp.zeros_like(e), e), axis=-1, keepdims=True)
     return d, e, t, top
-
-
-def complement_sums(xp, x):
-    """``Σ_{i≠j} x_i`` for every j along the last axis (``x >= 0``): ``total − x_j``, and at
-    each row's largest entry the others summed directly (no cancellation for a confident
-    row: ``1 − p_max``)."""
-    K = x.shape[-1]
-    top = xp.arange(K, device=device_of(x)) == xp.argmax(x, axis=-1, keepdims=True)
-    others = xp.sum(xp.where(top, xp.zeros_like(x), x), axis=-1, keepdims=True)
-    return xp.where(top, others, xp.sum(x, axis=-1, keepdims=True) - x)
 
 
 def transposed_columns(xp, activation, z, a, S):

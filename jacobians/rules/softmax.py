@@ -17,10 +17,10 @@ from ..losses.generic import const
 from ..numerics import buffers
 from ..numerics.validation import as_float_array
 from ..operators import DiagonalPlusLowRank, JacobianOperator, SimplexBlock
-from ..xp.blocks import device_of, diagonal_blocks
+from ..xp.blocks import device_of, diagonal_blocks, simplex_sqrt
 from .base import PairRule, register_rule
 from .common import onehot, reduce_plainly, reduced
-from .generic import centred_simplex_product, complement_sums, softmax_parts
+from .generic import centred_simplex_product, softmax_parts
 
 __all__ = ["SoftmaxFamily", "class_fisher", "xp_class_fisher"]
 
@@ -224,16 +224,7 @@ class SoftmaxFamily(PairRule):
         _, w, (d, _, _, _) = self._xp_weight(xp, activation, loss, z, y)
         half = xp.exp(d / 2)
         root = half / xp.sqrt(xp.sum(half * half, axis=-1, keepdims=True))
-        dd = root * root
-        D = xp.sum(dd, axis=-1, keepdims=True)
-        pos = D > 0
-        safe = xp.where(pos, D, xp.ones_like(D))
-        zero = xp.zeros_like(dd)
-        ratio = xp.where(pos, dd / safe, zero)
-        comp = xp.where(pos, complement_sums(xp, dd) / safe, zero)
-        rc = xp.sqrt(w)[..., None]  # (..., 1, 1)
-        off = -(ratio[..., :, None] * root[..., None, :])
-        return rc * (diagonal_blocks(xp, root * comp) + off * (1 - diagonal_blocks(xp, xp.ones_like(root))))
+        return simplex_sqrt(xp, root * root, root, w)
 
     def xp_fisher(self, xp, activation, loss, z, y=None):
         """Generic :meth:`fisher`: :func:`class_fisher` dense (``diag(p) − p pᵀ`` for KL and

@@ -1,5 +1,5 @@
 """Small array helpers every generic formula shares: an array's device, the identity of its
-dtype and device, and per-row diagonal blocks.
+dtype and device, per-row diagonal blocks, complement sums and the simplex blocks' factor.
 
 Imports no array library at module level (``array_api_compat`` is imported by
 :func:`device_of` when called), so the activations and losses can import it on
@@ -8,7 +8,7 @@ Imports no array library at module level (``array_api_compat`` is imported by
 
 from __future__ import annotations
 
-__all__ = ["device_of", "eye_like", "diagonal_blocks"]
+__all__ = ["device_of", "eye_like", "diagonal_blocks", "complement_sums", "simplex_sqrt"]
 
 
 def device_of(x):
@@ -28,3 +28,30 @@ def diagonal_blocks(xp, d):
     ``where``, so an infinite diagonal entry never meets ``0 · inf``)."""
     eye = xp.eye(d.shape[-1], dtype=xp.bool, device=device_of(d))
     return xp.where(eye, d[..., None], xp.zeros_like(d)[..., None])
+
+
+def complement_sums(xp, x):
+    """``Σ_{i≠j} x_i`` for every j along the last axis (``x >= 0``): ``total − x_j``, and at
+    each row's largest entry the others summed directly (no cancellation for a confident
+    row: ``1 − p_max``)."""
+    K = x.shape[-1]
+    top = xp.arange(K, device=device_of(x)) == xp.argmax(x, axis=-1, keepdims=True)
+    others = xp.sum(xp.where(top, xp.zeros_like(x), x), axis=-1, keepdims=True)
+    return xp.where(top, others, xp.sum(x, axis=-1, keepdims=True) - x)
+
+
+def simplex_sqrt(xp, d, root, c=None):
+    """The exact factor of the blocks ``c (diag(d) − d dᵀ/Σd)`` (``d >= 0``, ``root = √d``
+    given by the caller: exact where d underflows), ``(..., K, K)``, numpy's
+    ``SimplexBlock.sqrt``: ``√c (diag(root ⊙ comp) − (d/Σd) rootᵀ off the diagonal)`` with
+    ``comp = Σ_{i≠k} d_i / Σd`` summed directly (no cancellation on a confident row); zero
+    rows where ``Σd = 0``. ``c``: None (1) or ``(..., 1)``."""
+    D = xp.sum(d, axis=-1, keepdims=True)
+    pos = D > 0
+    safe = xp.where(pos, D, xp.ones_like(D))
+    zero = xp.zeros_like(d)
+    ratio = xp.where(pos, d / safe, zero)
+    comp = xp.where(pos, complement_sums(xp, d) / safe, zero)
+    off = -(ratio[..., :, None] * root[..., None, :])
+    S = diagonal_blocks(xp, root * comp) + off * (1 - diagonal_blocks(xp, xp.ones_like(root)))
+    return S if c is None else xp.sqrt(c)[..., None] * S
