@@ -78,7 +78,7 @@ class Implementation(Protocol):
     arrays. A name of an ``optional`` :func:`backend_aware` method (the activations'
     structured operators) may be missing: the numpy method runs then, as before.
 
-    The functions of :data:`OPTIONAL_ENTRY_POINTS` may be missing too:
+    The functions of ``OPTIONAL_ENTRY_POINTS`` may be missing too:
     ``diagonal(J)`` and ``head_operator(head, name, z, y, method)`` (``name`` ``'hessian'``
     or ``'ggn'``).
     """

@@ -197,7 +197,7 @@ class FenchelYoungLoss(Loss):
         return self.alpha
 
     def xp_check_targets(self, xp, a, y):
-        """A :class:`ClassTargets` of ``xp`` arrays (see ``xp_check_class_targets``)."""
+        """A ``ClassTargets`` of ``xp`` arrays (see ``xp_check_class_targets``)."""
         self._xp_require()
         return xp_check_class_targets(xp, a, y, ignore_index=self.ignore_index)
 
@@ -212,7 +212,7 @@ class FenchelYoungLoss(Loss):
 
     def xp_tsallis_entropy(self, xp, q, mapped: bool = False):
         """``H_α(q)`` per row, ``(...,)``: :meth:`tsallis_entropy`, or for ``mapped`` (q the
-        mapping's output) :meth:`_mapped_entropy`'s sum of non-negative terms."""
+        mapping's output) ``_mapped_entropy``'s sum of non-negative terms."""
         alpha = self.xp_alpha(xp, q)
         fixed = not hasattr(alpha, "shape")
         if fixed and alpha == 2:
@@ -229,7 +229,7 @@ class FenchelYoungLoss(Loss):
 
     def xp_terms(self, xp, z, y, need_grad, temperature: float = 1.0):
         """Unreduced ``L(z/T, y)``, its gradient in ``z/T`` (``p − y``) and the denominator
-        (:meth:`_terms`'s twin)."""
+        (``_terms``'s twin)."""
         t = self._xp_targets(xp, z, y)
         m = xp.max(z, axis=-1, keepdims=True)
         x = z - m
@@ -271,14 +271,14 @@ class FenchelYoungLoss(Loss):
 
     def xp_hessian_terms(self, xp, z, y):
         """The mapping's Jacobian ``diag(d) − d dᵀ/Σd`` (``∇²L = ∂p/∂z``, whatever y; zero
-        for ignored rows), ``(..., K, K)`` (:meth:`_hessian_terms`'s twin)."""
+        for ignored rows), ``(..., K, K)`` (``_hessian_terms``'s twin)."""
         act, p, valid, denom = self._xp_curvature(xp, z, y)
         H = act.xp_jacobian_from_output(xp, z, p)
         return (H if valid is None else H * valid[..., None]), denom, False
 
     def xp_sqrt_hessian(self, xp, z, y):
         """numpy's factor of the Hessian blocks (``SimplexBlock.sqrt``) with the reduction's
-        factor and the ignored rows: :func:`~jacobians.xp.blocks.simplex_sqrt` of the map's
+        factor and the ignored rows: ``jacobians.xp.blocks.simplex_sqrt`` of the map's
         weights ``d``."""
         act, p, valid, denom = self._xp_curvature(xp, z, y)
         d = act.xp_gradient_weights(xp, p)
@@ -484,7 +484,7 @@ class EntmaxLoss(FenchelYoungLoss):
 
     def _entropy_alpha_derivative(self, q, mapped: bool = False):
         """``∂_α H_α(q)`` per row, ``(...,)``; ``mapped``: q is the mapping's output (Σq = 1),
-        and ``1 − Σ q^α`` is summed as ``Σ q (1 − q^{α−1})`` (see :meth:`_mapped_entropy`)."""
+        and ``1 − Σ q^α`` is summed as ``Σ q (1 − q^{α−1})`` (see ``_mapped_entropy``)."""
         alpha = self._alpha(q)
         a = alpha.astype(q.dtype) if isinstance(alpha, np.ndarray) else alpha
         with np.errstate(divide="ignore", invalid="ignore"):

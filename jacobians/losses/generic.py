@@ -337,7 +337,7 @@ class GenericLoss:
     def xp_sqrt_hessian(self, xp, a, y):
         """``S`` (..., K, C) with ``S Sᵀ`` :meth:`xp_hessian`, the twin of
         ``hessian_operator(a, y).sqrt()``: ``diag(√h)`` for a diagonal Hessian (``ValueError``
-        for a negative entry, on concrete arrays), else :func:`xp_eigen_sqrt`."""
+        for a negative entry, on concrete arrays), else ``xp_eigen_sqrt``."""
         h, diagonal = self._xp_scaled_hessian(xp, a, y)
         if not diagonal:
             return xp_eigen_sqrt(xp, h)
@@ -373,7 +373,7 @@ class GenericLoss:
     def xp_sample_targets(self, xp, a, u):
         """The twin of :meth:`~jacobians.Loss.sample_targets`: targets drawn from the
         predictive at ``a`` (..., K) from uniforms ``u`` ``(N, predictive_uniforms(K))`` of
-        ``xp`` (:mod:`jacobians.xp.predictive`); class indices ``(...,)`` or a's shape."""
+        ``xp`` (``jacobians.xp.predictive``); class indices ``(...,)`` or a's shape."""
         _no_twin(self, "sample_targets")
         entry = predictive_of(self)
         if not isinstance(self.predictive, str):
