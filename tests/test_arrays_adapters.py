@@ -13,7 +13,12 @@ import pytest
 
 import jacobians as jac
 
-pytestmark = pytest.mark.arrays
+pytestmark = [
+    pytest.mark.arrays,
+    # torch's own forward-mode decompositions (torch._decomp.decompositions_for_jvp, loaded by
+    # the first jacfwd) call torch.jit.script, which torch 2.13 deprecates: not this package's
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+]
 pytest.importorskip("array_api_compat", reason="the arrays extra (array-api-compat, array-api-extra) is not installed")
 torch = pytest.importorskip("torch", reason="torch (the test extra's CPU build) is not installed")
 
