@@ -8,7 +8,7 @@ from ..xp.blocks import device_of
 __all__ = ["softmax_parts", "centred_simplex_product", "transposed_columns", "gram_columns"]
 
 
-def softmax_parts(xp, x):
+def softmax_parts(xp, x, m=None):
     """``(d, e, t, top)`` of rows ``x`` (..., K): ``d = x − max`` (≤ 0), ``e = exp(d)``,
     ``top = (d == 0)`` the mask of the row's largest entries (ties included: each has
     ``e = 1``) and ``t = Σ_{k∉top} e_k + (n_top − 1)`` (shape (..., 1)), the sum of e with
@@ -16,8 +16,9 @@ def softmax_parts(xp, x):
     log1p(t)`` and, at every top entry, ``1 − softmax = t/(1 + t)``, each without
     cancellation. No ``argmax`` (XLA's CPU argmax costs many ``max``) and no count of the
     ties: with one top entry ``t`` is the others summed; with ties ``Σe >= 2`` and ``t =
-    Σe − 1 >= Σe/2`` loses nothing (that branch also takes a lone top's row with ``Σe >= 2``)."""
-    d = x - xp.max(x, axis=-1, keepdims=True)
+    Σe − 1 >= Σe/2`` loses nothing (that branch also takes a lone top's row with ``Σe >= 2``).
+    ``m``: the rows' max (..., 1) if the caller has it."""
+    d = x - (xp.max(x, axis=-1, keepdims=True) if m is None else m)
     e = xp.exp(d)
     top = d == 0
     total = xp.sum(e, axis=-1, keepdims=True)

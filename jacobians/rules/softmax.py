@@ -208,14 +208,15 @@ class SoftmaxFamily(PairRule):
 
         T = getattr(activation, "temperature", 1.0)
         x = z if T == 1.0 else z / T
-        d, e, t, _ = softmax_parts(xp, x)
+        m = xp.max(x, axis=-1, keepdims=True)
+        d, e, t, _ = softmax_parts(xp, x, m)
         idx = yv.indices[..., None]
-        d_y = take_along_axis(xp, d, idx)
+        d_y = take_along_axis(xp, x, idx) - m  # d's entry, gathered from x: XLA need not keep d or e
         denom = loss.xp_mean_denominator(xp, z, yv)
         value, s = loss.xp_reduce(xp, xp.log1p(t[..., 0]) - d_y[..., 0], xp.ones_like(t), denom)
         s = s if T == 1.0 else s / T  # the reduction's factor per row, (..., 1)
         r = s / (1 + t)
-        g_y = xp.where(d_y == 0, -(t / (1 + t)), take_along_axis(xp, e, idx) / (1 + t) - 1) * s
+        g_y = xp.where(d_y == 0, -(t / (1 + t)), xp.exp(d_y) / (1 + t) - 1) * s
         hot = xp.arange(x.shape[-1], dtype=idx.dtype, device=device_of(x)) == idx
         return value, xp.where(hot, g_y, e * r)
 
