@@ -209,7 +209,7 @@ class SoftmaxFamily(PairRule):
         T = getattr(activation, "temperature", 1.0)
         x = z if T == 1.0 else z / T
         m = xp.max(x, axis=-1, keepdims=True)
-        d, e, t, _ = softmax_parts(xp, x, m)
+        _, e, t, _ = softmax_parts(xp, x, m)  # (d and the mask freed here: their pages reused)
         idx = yv.indices[..., None]
         d_y = take_along_axis(xp, x, idx) - m  # d's entry, gathered from x: XLA need not keep d or e
         denom = loss.xp_mean_denominator(xp, z, yv)
