@@ -290,3 +290,58 @@ def test_jax_loss_matches_plain_autodiff_and_check_grads(name):
         assert np.allclose(to_numpy(H), to_numpy(H_ref), rtol=0, atol=1e-12)
         # (check_grads's numerical side evaluates at numpy points: as JAX arrays, with y)
         check_grads(lambda x: f(jax.numpy.asarray(x), y), (z,), order=2, modes=("fwd", "rev"))
+
+
+# -- confident rows and ties: entrywise, not normwise ------------------------------------------
+
+CONFIDENT_HEADS = {
+    "softmax+ce(none)": lambda: jac.Head(jac.Softmax(), jac.CrossEntropy(reduction="none")),
+    "softmax+ce(smoothing, sum)": lambda: jac.Head(jac.Softmax(), jac.CrossEntropy(label_smoothing=0.1, reduction="sum")),
+    "softmax(T=2)+ce": lambda: jac.Head(jac.Softmax(temperature=2.0), jac.CrossEntropy()),
+    "log_softmax+nll(none)": lambda: jac.Head(jac.LogSoftmax(), jac.NLLLoss(reduction="none")),
+}
+
+
+def _confident_rows(dtype_name):
+    """Logits of ±1e4 with exact gaps (``1 − p_top`` about e^-gap, lost to a difference
+    ``Σe − 1``), ties at the top (the target among them or not) and a flat row."""
+    g = 12.0 if dtype_name == "float32" else 30.0
+    z = np.array(
+        [
+            [1e4, 1e4 - g, -1e4, -1e4, -1e4],  # target: the confident top
+            [1e4, 1e4 - g, -1e4, -1e4, -1e4],  # target: the runner-up
+            [1e4, 1e4, 1e4 - g, -1e4, 0.0],  # a tie at the top, the target in it
+            [1e4, 1e4, 1e4 - g, -1e4, 0.0],  # ... the target below it
+            [-1e4] * 5,  # flat
+            [0.0, -g, 3.0, 3.0, -2.0],
+        ],
+        dtype=dtype_name,
+    )
+    return z, np.array([0, 1, 0, 2, 3, 2])
+
+
+@pytest.mark.parametrize(
+    "name, dtype_name, label",
+    [(n, dt, h) for n in NAMESPACES for dt in ("float64", "float32") for h in CONFIDENT_HEADS if n == "array_api_strict" or h == "softmax+ce(none)"],
+)
+def test_softmax_family_keeps_confident_rows_and_ties_entrywise(name, dtype_name, label):
+    """value, gradient, Hessian blocks and their factor of the softmax family against numpy in float64,
+    each entry to a few ulps of itself: ``1 − p_top`` and ``p_y − 1`` at a confident top
+    (about e^-gap) keep their digits, ties at the top count each tied entry."""
+    xp = array_namespace_named(name)
+    head = CONFIDENT_HEADS[label]()
+    z, y = _confident_rows(dtype_name)
+    eps = float(np.finfo(dtype_name).eps)
+    with jax_x64(name, dtype_name):
+        zt = xp.asarray(z)
+        value, grad = head.value_and_grad(zt, y)
+        got = {"value": value, "grad": grad, "hessian": head.hessian(zt, y), "factor": head.sqrt_ggn(zt, y)}
+        ref_value, ref_grad = head.value_and_grad(z.astype(np.float64), y)
+        refs = {"value": ref_value, "grad": ref_grad, "hessian": np.asarray(head.hessian(z.astype(np.float64), y))}
+        refs["factor"] = np.asarray(head.sqrt_ggn(z.astype(np.float64), y))
+        for k, ref in refs.items():
+            out, ref = to_numpy(got[k]), np.asarray(ref, np.float64)
+            assert got[k].dtype == zt.dtype, k
+            tol = 64 * eps * np.abs(ref) + np.finfo(np.float64).tiny
+            bad = np.abs(out - ref) > tol
+            assert not bad.any(), (k, out[bad], ref[bad])

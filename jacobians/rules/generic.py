@@ -8,18 +8,22 @@ from ..xp.blocks import device_of
 __all__ = ["softmax_parts", "centred_simplex_product", "transposed_columns", "gram_columns"]
 
 
-def softmax_parts(xp, x):
+def softmax_parts(xp, x, m=None):
     """``(d, e, t, top)`` of rows ``x`` (..., K): ``d = x − max`` (≤ 0), ``e = exp(d)``,
-    ``t = Σ_{k≠top} e_k`` (the row's first largest entry left out, shape (..., 1)) and
-    ``top`` the mask of that entry. Then ``softmax = e/(1 + t)``, ``log softmax = d −
-    log1p(t)`` and ``1 − softmax_top = t/(1 + t)``, each without cancellation."""
-    K = x.shape[-1]
-    d = x - xp.max(x, axis=-1, keepdims=True)
+    ``top = (d == 0)`` the mask of the row's largest entries (ties included: each has
+    ``e = 1``) and ``t = Σ_{k∉top} e_k + (n_top − 1)`` (shape (..., 1)), the sum of e with
+    one largest entry left out. Then ``softmax = e/(1 + t)``, ``log softmax = d −
+    log1p(t)`` and, at every top entry, ``1 − softmax = t/(1 + t)``, each without
+    cancellation. No ``argmax`` (XLA's CPU argmax costs many ``max``) and no count of the
+    ties: with one top entry ``t`` is the others summed; with ties ``Σe >= 2`` and ``t =
+    Σe − 1 >= Σe/2`` loses nothing (that branch also takes a lone top's row with ``Σe >= 2``).
+    ``m``: the rows' max (..., 1) if the caller has it."""
+    d = x - (xp.max(x, axis=-1, keepdims=True) if m is None else m)
     e = xp.exp(d)
-    idx = xp.arange(K, device=device_of(x))
-    top = idx == xp.argmax(x, axis=-1, keepdims=True)
-    t = xp.sum(xp.where(top, xp.zeros_like(e), e), axis=-1, keepdims=True)
-    return d, e, t, top
+    top = d == 0
+    total = xp.sum(e, axis=-1, keepdims=True)
+    rest = xp.sum(xp.where(top, xp.zeros((), dtype=e.dtype, device=device_of(e)), e), axis=-1, keepdims=True)
+    return d, e, xp.where(total >= 2, total - 1, rest), top
 
 
 def transposed_columns(xp, activation, z, a, S):

@@ -186,6 +186,9 @@ class SoftmaxFamily(PairRule):
             a = activation.xp_forward(xp, z)
             value, g = loss.xp_value_and_grad(xp, a, loss.xp_check_targets(xp, a, y))
             return value, activation.xp_vjp_from_output(xp, z, a, g)
+        yv = loss.xp_check_targets(xp, z, y)
+        if yv.is_index and yv.valid is None and getattr(loss, "weight", None) is None and not getattr(loss, "label_smoothing", 0.0):
+            return self._xp_plain_index(xp, activation, loss, z, yv)
         x, (d, e, t, top), c, denom, T, _ = self._xp_parts(xp, activation, loss, z, y)
         values = xp.sum(c * (xp.log1p(t) - d), axis=-1)
         csum = xp.sum(c, axis=-1, keepdims=True)
@@ -194,6 +197,28 @@ class SoftmaxFamily(PairRule):
         if T != 1.0:
             grad = grad / T
         return loss.xp_reduce(xp, values, grad, denom)
+
+    @staticmethod
+    def _xp_plain_index(xp, activation, loss, z, yv):
+        """Index targets without weights, smoothing or ignored ones (numpy's ``_plain_index``):
+        value ``log1p(t) − d_y``, gradient ``s (p − e_y)/T`` with the target's entry ``−s
+        t/(1 + t)`` where it is a top entry (no cancellation), ``s`` the reduction's factor;
+        no dense coefficients (each fresh (..., K) array costs about an exp pass on a CPU)."""
+        from ..xp.shims import take_along_axis  # (array_api_compat: not on `import jacobians`)
+
+        T = getattr(activation, "temperature", 1.0)
+        x = z if T == 1.0 else z / T
+        m = xp.max(x, axis=-1, keepdims=True)
+        _, e, t, _ = softmax_parts(xp, x, m)  # (d and the mask freed here: their pages reused)
+        idx = yv.indices[..., None]
+        d_y = take_along_axis(xp, x, idx) - m  # d's entry, gathered from x: XLA need not keep d or e
+        denom = loss.xp_mean_denominator(xp, z, yv)
+        value, s = loss.xp_reduce(xp, xp.log1p(t[..., 0]) - d_y[..., 0], xp.ones_like(t), denom)
+        s = s if T == 1.0 else s / T  # the reduction's factor per row, (..., 1)
+        r = s / (1 + t)
+        g_y = xp.where(d_y == 0, -(t / (1 + t)), xp.exp(d_y) / (1 + t) - 1) * s
+        hot = xp.arange(x.shape[-1], dtype=idx.dtype, device=device_of(x)) == idx
+        return value, xp.where(hot, g_y, e * r)
 
     def _xp_weight(self, xp, activation, loss, z, y):
         """``(p, Σc · factor / T²)``: the softmax and each row's curvature weight."""

@@ -32,12 +32,15 @@ def diagonal_blocks(xp, d):
 
 def complement_sums(xp, x):
     """``Σ_{i≠j} x_i`` for every j along the last axis (``x >= 0``): ``total − x_j``, and at
-    each row's largest entry the others summed directly (no cancellation for a confident
-    row: ``1 − p_max``)."""
-    K = x.shape[-1]
-    top = xp.arange(K, device=device_of(x)) == xp.argmax(x, axis=-1, keepdims=True)
-    others = xp.sum(xp.where(top, xp.zeros_like(x), x), axis=-1, keepdims=True)
-    return xp.where(top, others, xp.sum(x, axis=-1, keepdims=True) - x)
+    each row's largest entries (ties included) ``Σ_{x_i < max} x_i`` summed directly where
+    ``total < 2 max`` (one top entry: no cancellation for a confident row, ``1 − p_max``),
+    else ``total − max >= total/2`` (a mask, not ``argmax``; no count of the ties)."""
+    big = xp.max(x, axis=-1, keepdims=True)
+    top = x == big
+    total = xp.sum(x, axis=-1, keepdims=True)
+    rest = xp.sum(xp.where(top, xp.zeros((), dtype=x.dtype, device=device_of(x)), x), axis=-1, keepdims=True)
+    others = xp.where((total >= 2 * big) & (big < xp.inf), total - big, rest)
+    return xp.where(top, others, total - x)
 
 
 def simplex_sqrt(xp, d, root, c=None):
