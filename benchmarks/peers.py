@@ -128,9 +128,16 @@ def torch_fused(pair, z, y):
         "sigmoid+binary_cross_entropy": lambda x: F.binary_cross_entropy_with_logits(x, ty),
     }[pair]
 
+    return torch_value_and_grad(tz, loss)
+
+
+def torch_value_and_grad(z, fn):
+    """A callable giving ``(fn(x), ∂fn/∂x)`` by ``backward()``, with ``x`` a fresh leaf copy of
+    the torch tensor ``z`` each call (the forward + backward a training step runs)."""
+
     def run():
-        x = tz.detach().requires_grad_(True)
-        value = loss(x)
+        x = z.detach().requires_grad_(True)
+        value = fn(x)
         value.backward()
         return value.detach(), x.grad
 

@@ -18,7 +18,12 @@ REPO = Path(__file__).resolve().parent.parent
 SUITE = str(REPO / "benchmarks")
 TINY = ["--quick", "--sizes", "8x5", "--dtypes", "float64", "--budget", "0", "--no-progress", "--suite", SUITE]
 
-pytestmark = pytest.mark.arrays
+pytestmark = [
+    pytest.mark.arrays,
+    # torch's own forward-mode decompositions (loaded by torch.func.hessian, the Hessian
+    # section's peer) call torch.jit.script, which torch 2.13 deprecates: not this package's
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+]
 
 #: rows every backend run shows, by section: (our row, the framework's own column)
 ROWS = {
