@@ -81,9 +81,11 @@ def _ce_index(x, shift, bound, idx, valid, scale, limit, R, like, g, values):
 
 
 @jit(**ENTRY)
-def _top_entry(s_top, csum, c_top, rest, total):
-    """``s·Σc − c`` at the row's maximum as ``s (Σc − c) − c (1 − s)``, ``1 − s = rest/total``."""
-    return s_top * (csum - c_top) - c_top * (rest / total)
+def _top_entry(s_top, c_rest, c_top, rest, total):
+    """``s·Σc − c`` at the row's maximum as ``s Σ_{k≠top} c_k − c (1 − s)``, ``1 − s =
+    rest/total``, with ``Σ_{k≠top} c_k`` summed directly (not ``Σc − c``: a soft target near 1
+    at the top would cancel)."""
+    return s_top * c_rest - c_top * (rest / total)
 
 
 @jit(**SUMS)
@@ -115,7 +117,7 @@ def _ce_coefficients(x, c, like, values, g):
         total = 1.0 + rest
         for k in range(K):
             gr[k] = (e[k] / total) * csum - cr[k]
-        gr[top] = _top_entry(1.0 / total, csum, cr[top], rest, total)
+        gr[top] = _top_entry(1.0 / total, _sum_except(cr, top), cr[top], rest, total)
 
 
 # -- sigmoid + binary cross-entropy ----------------------------------------------------

@@ -110,8 +110,10 @@ def ce_coefficients(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
     ``Σ c (lse − x) = Σc · log1p(rest) + Σ c (m − x)``: both terms >= 0 (see
     :func:`~jacobians.numerics.softmax.shifted_exp`). At the row's maximum
-    ``s·Σc − c = s (Σc − c) − c (1 − s)`` with ``1 − s = rest/total``: a confident
-    prediction (s near 1) keeps the small gradient that ``s − 1`` would round away.
+    ``s·Σc − c = s Σ_{k≠top} c_k − c (1 − s)`` with ``1 − s = rest/total``: a confident
+    prediction (s near 1) keeps the small gradient that ``s − 1`` would round away, and the
+    others' coefficients are summed directly (``Σc − c`` would cancel for a soft target near 1
+    at the top).
     """
     shifted, s, rest, top = nsoftmax.shifted_exp(x)
     csum = c.sum(axis=-1, keepdims=True)
@@ -119,7 +121,9 @@ def ce_coefficients(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarra
     total = 1 + rest
     s /= total
     s_top, c_top = np.take_along_axis(s, top, axis=-1), np.take_along_axis(c, top, axis=-1)
-    g_top = s_top * (csum - c_top) - c_top * (rest / total)
+    others = np.array(c, copy=True)
+    np.put_along_axis(others, top, 0, axis=-1)
+    g_top = s_top * others.sum(axis=-1, keepdims=True) - c_top * (rest / total)
     s *= csum
     s -= c
     np.put_along_axis(s, top, g_top, axis=-1)

@@ -17,7 +17,7 @@ from ..losses.generic import const
 from ..numerics import buffers
 from ..numerics.validation import as_float_array
 from ..operators import DiagonalPlusLowRank, JacobianOperator, SimplexBlock
-from ..xp.blocks import device_of, diagonal_blocks, simplex_sqrt
+from ..xp.blocks import complement_sums, device_of, diagonal_blocks, simplex_sqrt
 from .base import PairRule, register_rule
 from .common import onehot, reduce_plainly, reduced
 from .generic import centred_simplex_product, softmax_parts
@@ -193,7 +193,9 @@ class SoftmaxFamily(PairRule):
         values = xp.sum(c * (xp.log1p(t) - d), axis=-1)
         csum = xp.sum(c, axis=-1, keepdims=True)
         p = e / (1 + t)
-        grad = xp.where(top, (csum - c) - csum * (t / (1 + t)), p * csum - c)
+        # at a top entry s·Σc − c = s Σ_{j≠k} c_j − c (1 − s), the others' coefficients summed
+        # directly where c_k is the largest (a soft target near 1 would cancel in Σc − c)
+        grad = xp.where(top, complement_sums(xp, c) / (1 + t) - c * (t / (1 + t)), p * csum - c)
         if T != 1.0:
             grad = grad / T
         return loss.xp_reduce(xp, values, grad, denom)
