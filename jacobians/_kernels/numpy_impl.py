@@ -104,6 +104,22 @@ def _far_target_values(x, idx):
     return np.log(e.sum(axis=-1)) + gap
 
 
+def _sum_except_top(c: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """``Σ_{k≠top} c_k`` per row, shape (..., 1), summed directly (``Σc − c_top`` cancels when
+    ``c_top`` is most of the row), chunk by chunk in a reused buffer (a fresh full-size copy
+    costs its page faults: about 1 ms at 1024×100 float64 on a VM)."""
+    K = c.shape[-1]
+    c2, t2 = c.reshape(-1, K), top.reshape(-1, 1)
+    out = np.empty((c2.shape[0], 1), dtype=c.dtype)
+    for rows in row_chunks(c2.shape[0], K):
+        m = rows.stop - rows.start
+        buf = scratch(m * K, c.dtype, 2).reshape(m, K)
+        buf[...] = c2[rows]
+        np.put_along_axis(buf, t2[rows], 0, axis=-1)
+        out[rows] = rowsum(buf)
+    return out.reshape(c.shape[:-1] + (1,))
+
+
 def ce_coefficients(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(values, g)`` of ``−Σ_k c_k log softmax(x)_k`` per row: ``values`` shape (...,),
     ``g = softmax(x) Σc − c`` shape (..., K).
@@ -121,9 +137,7 @@ def ce_coefficients(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarra
     total = 1 + rest
     s /= total
     s_top, c_top = np.take_along_axis(s, top, axis=-1), np.take_along_axis(c, top, axis=-1)
-    others = np.array(c, copy=True)
-    np.put_along_axis(others, top, 0, axis=-1)
-    g_top = s_top * others.sum(axis=-1, keepdims=True) - c_top * (rest / total)
+    g_top = s_top * _sum_except_top(c, top) - c_top * (rest / total)
     s *= csum
     s -= c
     np.put_along_axis(s, top, g_top, axis=-1)
