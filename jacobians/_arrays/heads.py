@@ -26,7 +26,7 @@ import array_api_compat
 from ..second_order import resolve
 from .inputs import float_input, namespace_of, same_shape, targets_like, unsupported
 
-__all__ = ["head_loss", "head_value_and_grad", "head_blocks", "head_hvp", "contract"]  # the rest: .curvature, .last_layer
+__all__ = ["head_loss", "head_value_and_grad", "head_blocks", "head_hvp", "contract"]  # the rest: .curvature, .last_layer, .operators
 
 #: row blocks of the generic 'jacobian' method hold about this many bytes of J by default
 DEFAULT_MAX_BYTES = 256 << 20

@@ -150,17 +150,9 @@ class ArrayOperator(BlockShape):
                 f"namespace={namespace_name(self.xp)})")
 
 
-def _matvec(xp, M, v):
-    return xp.matmul(M, v[..., None])[..., 0]
-
-
-def _vecmat(xp, g, M):
-    return xp.matmul(g[..., None, :], M)[..., 0, :]
-
-
 def _dense_operator(xp, like, M, kind):
     """Blocks held dense: products by ``matmul``."""
-    return ArrayOperator(xp, like, jvp=lambda v: _matvec(xp, M, v), vjp=lambda g: _vecmat(xp, g, M),
+    return ArrayOperator(xp, like, jvp=lambda v: heads._mat_rowvec(xp, M, v), vjp=lambda g: heads._rowvec_mat(xp, g, M),
                          dense=lambda: M, kind=kind)
 
 
