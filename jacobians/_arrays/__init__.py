@@ -37,6 +37,7 @@ def load():
     :class:`jacobians.backend.Implementation`."""
     try:
         import array_api_compat  # noqa: F401
+        import array_api_extra  # noqa: F401
     except ImportError:
         raise ImportError(
             "torch, JAX, CuPy and array-api-strict arrays need the arrays extra: "

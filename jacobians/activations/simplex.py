@@ -18,7 +18,7 @@ import numpy as np
 from ..numerics.validation import as_float_array
 from ..operators import DiagonalPlusRankOne, SimplexJacobian, simplex_product
 from ..xp.blocks import device_of as _xp_device
-from ..xp.blocks import eye_like as _xp_eye
+from ..xp.blocks import with_diagonal
 from .base import Activation, _check_pair, _no_xp_path
 
 __all__ = ["SimplexMapping"]
@@ -66,8 +66,7 @@ def _xp_projector_dense(xp, d, u, v):
     """Dense ``diag(d) − u vᵀ`` for ``v`` a distribution (``Σv = 1``, numpy's projector
     form): the diagonal is ``d_i − u_i v_i = d_i Σ_{j≠i} v_j`` (with ``u = d``), taken from
     complement sums. Shape ``(..., K, K)``."""
-    off = -(u[..., :, None] * v[..., None, :])
-    return xp.where(_xp_eye(xp, d) != 0, (d * _xp_complement_sums(xp, v))[..., :, None], off)
+    return with_diagonal(xp, (-u)[..., :, None] * v[..., None, :], d * _xp_complement_sums(xp, v))
 
 
 class SimplexMapping(Activation):

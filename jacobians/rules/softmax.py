@@ -17,7 +17,7 @@ from ..losses.generic import const
 from ..numerics import buffers
 from ..numerics.validation import as_float_array
 from ..operators import DiagonalPlusLowRank, JacobianOperator, SimplexBlock
-from ..xp.blocks import complement_sums, device_of, diagonal_blocks, simplex_sqrt
+from ..xp.blocks import complement_sums, device_of, diagonal_blocks, simplex_sqrt, with_diagonal
 from .base import PairRule, register_rule
 from .common import onehot, reduce_plainly, reduced
 from .generic import centred_simplex_product, softmax_parts
@@ -234,10 +234,8 @@ class SoftmaxFamily(PairRule):
         ``p(1 − p)`` with ``1 − p`` from complement sums."""
         p, w, (d, e, t, top) = self._xp_weight(xp, activation, loss, z, y)
         rest = xp.where(top, t, (1 + t) - e) / (1 + t)  # 1 − p_k without cancellation
-        # three (..., K, K) arrays made (fresh pages dominate on a CPU): −p_i p_j, the blocks, w·H
-        eye = xp.eye(p.shape[-1], dtype=xp.bool, device=device_of(p))
-        H = xp.where(eye, (p * rest)[..., None], (-p)[..., :, None] * p[..., None, :])
-        return w[..., None] * H
+        # one (..., K, K) array (its fresh pages cost as much as the arithmetic on a CPU)
+        return with_diagonal(xp, (-w * p)[..., :, None] * p[..., None, :], w * p * rest)
 
     def xp_hvp(self, xp, activation, loss, z, y, v):
         """Generic :meth:`hvp`: ``Σc p ⊙ (v − p·v)/T²``, v centred on the top entry."""
@@ -267,11 +265,10 @@ def xp_class_fisher(xp, p, rest, loss):
     """:func:`class_fisher` on the generic path, dense ``(..., K, K)``; ``rest`` is ``1 − p``
     without cancellation (the plain block's diagonal ``p(1 − p)``); ``loss`` None: no weights
     or smoothing."""
-    eye = diagonal_blocks(xp, xp.ones_like(p))
     eps = float(getattr(loss, "label_smoothing", 0.0))
     w_attr = getattr(loss, "weight", None)
     if w_attr is None and not eps:
-        return diagonal_blocks(xp, p * rest) - p[..., :, None] * p[..., None, :] * (1 - eye)
+        return with_diagonal(xp, (-p)[..., :, None] * p[..., None, :], p * rest)
     K = p.shape[-1]
     w = xp.ones((K,), dtype=p.dtype, device=device_of(p)) if w_attr is None else const(xp, w_attr, p)
     one = 1 - eps

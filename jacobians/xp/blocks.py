@@ -8,7 +8,7 @@ Imports no array library at module level (``array_api_compat`` is imported by
 
 from __future__ import annotations
 
-__all__ = ["device_of", "eye_like", "diagonal_blocks", "complement_sums", "simplex_sqrt"]
+__all__ = ["device_of", "eye_like", "diagonal_blocks", "with_diagonal", "complement_sums", "simplex_sqrt"]
 
 
 def device_of(x):
@@ -28,6 +28,24 @@ def diagonal_blocks(xp, d):
     ``where``, so an infinite diagonal entry never meets ``0 · inf``)."""
     eye = xp.eye(d.shape[-1], dtype=xp.bool, device=device_of(d))
     return xp.where(eye, d[..., None], xp.zeros_like(d)[..., None])
+
+
+def with_diagonal(xp, H, d):
+    """``H`` with each block's diagonal replaced by ``d``: ``(..., K, K), (..., K) ->
+    (..., K, K)``.
+
+    One strided write through ``array_api_extra.at`` on the ``(..., K·K)`` view: **in place**
+    where ``H`` is writable (numpy, torch, CuPy, array-api-strict), so pass only a temporary
+    of the caller's own; a new array on JAX (``.at[].set``, in place under ``jit``). A dense
+    block built this way costs one ``(..., K, K)`` array, where ``where(eye, ...)`` costs two
+    (on a CPU the fresh pages of each cost about as much as the arithmetic).
+    """
+    import array_api_extra as xpx
+
+    K = H.shape[-1]
+    shape = tuple(H.shape)
+    flat = xpx.at(xp.reshape(H, shape[:-2] + (K * K,)))[..., :: K + 1].set(d)
+    return xp.reshape(flat, shape)
 
 
 def complement_sums(xp, x):
