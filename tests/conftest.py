@@ -180,6 +180,8 @@ def make_logits(rng, shape, *, scale: float = 1.0, dtype=np.float64) -> np.ndarr
 def make_loss_input(loss, rng, shape, dtype=np.float64) -> np.ndarray:
     """An input ``a`` inside the loss's domain, away from its boundaries (so that finite
     differences stay inside it): probabilities >= ~0.05, log-probabilities, logits, ..."""
+    if getattr(loss, "example_input", None) is not None:  # the loss's own draw inside its domain
+        return np.asarray(loss.example_input(tuple(shape), rng), dtype=dtype)
     if loss.logits_of is not None:
         return make_logits(rng, shape, scale=1.5, dtype=dtype)
     d = domain(loss.input_domain)
@@ -204,6 +206,8 @@ def make_loss_input(loss, rng, shape, dtype=np.float64) -> np.ndarray:
 def target_forms(loss) -> list[str]:
     """The target forms a loss takes: class losses 'index', 'onehot', 'soft' (no one-hot
     rows when an ignore_index is set); 'binary'/'soft' for probabilities; 'real'."""
+    if getattr(loss, "example_targets", None) is not None:
+        return ["example"]
     kind = getattr(loss, "target_kind", "real")
     if kind == "class":
         if getattr(loss, "ignore_index", None) is not None:
@@ -217,6 +221,9 @@ def target_forms(loss) -> list[str]:
 def make_targets(loss, rng, shape, form: str, dtype=np.float64):
     """Targets of ``form`` for ``a`` of ``shape``; index targets hit ``ignore_index`` on some
     samples when the loss has one (but never on all of them)."""
+    if form == "example":  # the loss's own draw (targets shaped unlike its input)
+        y = loss.example_targets(tuple(shape), rng)
+        return y.astype(dtype) if y.dtype.kind == "f" else y
     K = shape[-1]
     batch = shape[:-1]
     if form in ("index", "onehot"):

@@ -120,7 +120,12 @@ def _target_kind(loss) -> str:
 
 
 def make_targets(loss, shape: tuple, rng: np.random.Generator) -> np.ndarray:
-    """Targets for ``loss`` and logits of ``shape``, from ``loss.target_kind`` (float64 or int)."""
+    """Targets for ``loss`` and logits of ``shape``: the loss's own ``example_targets(shape,
+    rng)`` where it has one (targets shaped unlike its input: rankings, a mean and variance
+    input with a mean's targets, counts), else from ``loss.target_kind`` (float64 or int)."""
+    own = getattr(loss, "example_targets", None)
+    if own is not None:
+        return own(tuple(shape), rng)
     kind = _target_kind(loss)
     if kind == "class":
         y = rng.integers(0, shape[-1], size=shape[:-1])

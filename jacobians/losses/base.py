@@ -71,6 +71,14 @@ class Loss(GenericLoss):
         ``'real'`` (targets like ``a``), ``'probability'`` (like ``a``, in [0, 1]) or
         ``'class'`` (indices ``(...,)`` or probabilities ``(..., K)``); used to make
         example targets in checks.
+    example_targets : callable, optional
+        ``example_targets(shape, rng) -> y``: a loss whose targets are not shaped like its
+        input ``a`` of ``shape`` (rankings, a mean's targets for a mean and variance input,
+        counts) draws its own example targets; checks and the test walks then use it in
+        place of ``target_kind``.
+    example_input : callable, optional
+        ``example_input(shape, rng) -> a``: the loss's own draw of an input ``a`` inside its
+        domain (e.g. a positive variance half), used by the test walks.
     loop_reference : callable or None
         ``loop_reference(self, a, y) -> (values, grads, denominator)``: the plain
         reference, one sample at a time in float64, sharing no code with the loss's own
