@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+from plackett_luce_reference import plackett_luce_longdouble
 
 import jacobians as jac
 from jacobians import curvature
@@ -239,9 +240,10 @@ def test_exact_fisher_of_one_step_is_softmax_cross_entropys(reduction):
         _close(head.fisher(z, y, kind=kind), want)
     # one step: the Fisher is the Hessian (it does not depend on the choice)
     _close(head.hessian(z, y), want)
-    # M = 2: a full ranking is one step too, and without targets the rankings are full
+    # M = 2: a full ranking is one step too
     z2 = rng.normal(size=(3, 2))
-    _close(head.fisher(z2), (1 / 3 if reduction == "mean" else 1.0) * _ce_hessian(z2))
+    full = np.array([[0, 1], [1, 0], [1, -1]])
+    _close(head.fisher(z2, full), (1 / 3 if reduction == "mean" else 1.0) * _ce_hessian(z2))
 
 
 def test_exact_fisher_of_more_steps_is_refused_clearly():
@@ -251,8 +253,8 @@ def test_exact_fisher_of_more_steps_is_refused_clearly():
     y = np.array([[0, 1], [2, -1], [1, 3]])
     with pytest.raises(ValueError, match=r"no closed-form exact Fisher.*R = 2 of M = 4.*kind='mc'"):
         head.fisher(z, y)
-    with pytest.raises(ValueError, match=r"without targets y the rankings are full.*R = 4 of M = 4"):
-        head.fisher(z)
+    # without targets: one choice a row, softmax cross-entropy's Fisher
+    _close(head.fisher(z), _ce_hessian(z) / 3)
     tanh = jac.Head(jac.Tanh(), jac.PlackettLuce())  # the chain rule's Fisher reads the targets too
     with pytest.raises(ValueError, match="no closed-form exact Fisher"):
         tanh.fisher(z, y)
@@ -299,7 +301,7 @@ def test_monte_carlo_fisher_of_top_r_rankings_averages_to_the_enumerated_expecta
     exact = np.stack([_enumerated_fisher(z[n:n + 1], int((y[n] >= 0).sum()))[0] for n in range(3)])
     err, se, _ = _mc_error(head, z, y, exact, 20000, 5)
     assert err <= 6 * se
-    # a wrong R (full rankings, no targets) is far off
+    # a wrong R (one choice, no targets) is far off
     far, se_far, _ = _mc_error(head, z, None, exact, 20000, 5)
     assert far > 10 * se_far
 
@@ -309,8 +311,9 @@ def test_sampled_rankings_follow_the_model():
     a = np.array([[1.0, 0.0, -0.5, 2.0]])
     n = 40000
     u = curvature.row_uniforms(3, 0, n, 4)
-    r = loss.sample_targets(np.repeat(a, n, axis=0), u)
+    r = loss.sample_targets(np.repeat(a, n, axis=0), u, np.tile(np.arange(4), (n, 1)))  # full rankings
     assert r.shape == (n, 4) and all(sorted(row) == [0, 1, 2, 3] for row in r[:50])
+    np.testing.assert_array_equal(loss.sample_targets(np.repeat(a, n, axis=0), u), r[:, :1])  # no y: one choice
     p = np.exp(a[0]) / np.exp(a[0]).sum()
     np.testing.assert_allclose(np.bincount(r[:, 0], minlength=4) / n, p, atol=0.01)
     # second place given first = 3: the softmax over the others
@@ -485,3 +488,13 @@ def test_registered_and_exported():
     assert jac.LOSSES["plackett_luce"] is jac.PlackettLuce
     assert ("identity", "plackett_luce", True) in jac.pairs()
     assert isinstance(jac.get_rule(jac.Identity(), jac.PlackettLuce()), jac.rules.PairRule)
+
+
+def test_the_long_double_reference_agrees_with_torch():
+    rng = np.random.default_rng(16)
+    z, y = rng.normal(size=(5, 4)), rankings(rng, (5,), 4, 3)
+    values, _, grads, _, denom = plackett_luce_longdouble(None, None, z, y)
+    want_v, want_g, _ = torch_reference(z, y, "none")
+    _close(values.astype(np.float64), want_v)
+    _close(grads.astype(np.float64), want_g)
+    assert denom == 5

@@ -202,7 +202,7 @@ class PlackettLuce(Loss):
     step i: convex, PSD, held as R simplex blocks (O(N·M·R) memory) whose factors side by
     side, ``(..., M, R·M)``, are its exact square root. The model's predictive distribution
     draws rankings by Gumbel top-R (``argsort(a + G)``, its first R), R being each row's
-    own from the targets (without targets: full rankings, R = M). The exact Fisher — the
+    own from the targets (without targets: one choice a row, R = 1). The exact Fisher — the
     Hessian's expectation under the model — is in closed form only for one step (R = 1,
     or M <= 2): softmax cross-entropy's ``diag(p) − p pᵀ``; for more steps
     ``fisher(kind='exact')`` is a ValueError: use ``kind='mc'`` or ``'empirical'``.
@@ -265,9 +265,10 @@ class PlackettLuce(Loss):
 
     # -- the model's own distribution ----------------------------------------------------
     def steps_per_row(self, a, y=None) -> np.ndarray:
-        """Each row's R (its candidates that are not −1); M for every row without ``y``."""
+        """Each row's R (its candidates that are not −1); 1 for every row without ``y`` (the
+        model's choice of one candidate)."""
         if y is None:
-            return np.full(a.shape[:-1], a.shape[-1], dtype=np.int64)
+            return np.ones(a.shape[:-1], dtype=np.int64)
         return (self.check_targets(a, y) >= 0).sum(axis=-1)
 
     def fisher_blocks(self, a, y=None):
@@ -279,23 +280,23 @@ class PlackettLuce(Loss):
         R = self.steps_per_row(a, y)
         steps = np.minimum(R, max(M - 1, 0))
         if steps.size and int(steps.max()) > 1:
-            given = "these targets rank up to" if y is not None else "without targets y the rankings are full,"
             raise ValueError(
                 "PlackettLuce has no closed-form exact Fisher for rankings of more than one step: the Hessian "
                 "depends on the ranking drawn, and its expectation under the model is in closed form only for "
-                f"R = 1 (softmax cross-entropy's diag(p) - p pᵀ); {given} R = {int(R.max())} of M = {M} "
+                f"R = 1 (softmax cross-entropy's diag(p) - p pᵀ); these targets rank up to R = {int(R.max())} of M = {M} "
                 "candidates. Use kind='mc' (rankings drawn by Gumbel top-R) or kind='empirical'"
             )
         return SimplexBlock(softmax_rows(a), (steps > 0).astype(a.dtype))
 
     def sample_targets(self, a, u, y=None):
-        """Rankings drawn from the model at ``a`` (..., M) from uniforms ``u`` (N, M):
-        full rankings (..., M) without ``y``; with targets ``y`` (..., R) each row's first
-        R_n candidates (its own R from y), padded by −1 to y's width."""
+        """Rankings drawn from the model at ``a`` (..., M) from uniforms ``u`` (N, M): with
+        targets ``y`` (..., R) each row's first R_n candidates of a Gumbel-sorted full
+        ranking (its own R from y, a top-R_n draw), padded by −1 to y's width; without
+        targets one choice a row, (..., 1)."""
         M = a.shape[-1]
         full = gumbel_rankings(a.reshape(-1, M), u)
         if y is None:
-            return full.reshape(a.shape)
+            return full[:, :1].reshape(a.shape[:-1] + (min(M, 1),))
         y = self.check_targets(a, y)
         R = y.shape[-1]
         keep = (y >= 0).reshape(-1, R)
