@@ -406,11 +406,46 @@ def test_with_another_activation_the_chain_rule_holds():
     assert np.linalg.eigvalsh(G).min() >= -1e-14
 
 
-def test_generic_arrays_get_the_clear_refusal():
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_torch_and_array_api_strict_arrays_match_the_torch_reference(reduction):
+    rng = np.random.default_rng(17)
+    z, y = rng.normal(size=(2, 3, 5)), rankings(rng, (2, 3), 5, 3)
+    value, grad, H = torch_reference(z, y, reduction)
+    head = jac.Head(jac.Identity(), jac.PlackettLuce(reduction=reduction))
+    S_np = head.sqrt_ggn(z, y)
+    mc_np = head.sqrt_ggn_sampled(z, 5, seed=4, y=y)
+    namespaces = [(torch.tensor, lambda x: x.numpy())]
+    xps = pytest.importorskip("array_api_strict")
+    namespaces.append((xps.asarray, np.from_dlpack))
+    for to, back in namespaces:
+        zt, yt = to(z), to(y)
+        v, g = head.value_and_grad(zt, yt)
+        _close(back(v) if reduction == "none" else float(v), value)
+        _close(back(g), grad)
+        _close(back(head.hessian(zt, yt)), H)
+        _close(back(head.hvp(zt, yt, zt)), np.einsum("...ij,...j->...i", H, z))
+        _close(back(head.sqrt_ggn(zt, yt)), S_np)
+        np.testing.assert_allclose(back(head.sqrt_ggn_sampled(zt, 5, seed=4, y=yt)), mc_np, rtol=1e-12, atol=1e-15)
+        with pytest.raises(ValueError, match="no closed-form exact Fisher"):
+            head.fisher(zt, yt)
+        with pytest.raises(ValueError, match="pads a ranking at its end only"):
+            head.loss(zt, to(np.where(np.arange(3) == 0, -1, y)))
+        with pytest.raises(TypeError, match="integer candidate indices"):
+            head.loss(zt, to(y.astype(np.float64)))
+
+
+def test_under_jax_jit():
+    jax = pytest.importorskip("jax")
+    rng = np.random.default_rng(18)
+    z, y = rng.normal(size=(4, 5)), rankings(rng, (4,), 5, 3)
+    value, grad, H = torch_reference(z, y, "mean")
     head = jac.Head(jac.Identity(), jac.PlackettLuce())
-    z, y = torch.zeros(2, 3, dtype=torch.float64), torch.tensor([[0, 1], [2, -1]])
-    with pytest.raises(NotImplementedError, match="array-API path"):
-        head.loss(z, y)
+    with jax.enable_x64(True):
+        f = jax.jit(lambda z, y: (*head.value_and_grad(z, y), head.hessian(z, y)))
+        v, g, h = f(jax.numpy.asarray(z), jax.numpy.asarray(y))
+    _close(float(v), value)
+    _close(np.asarray(g), grad)
+    _close(np.asarray(h), H)
 
 
 # -- dtypes, extremes, errors ------------------------------------------------------------------------------

@@ -29,7 +29,9 @@ from ..numerics.sampling import Predictive
 from ..numerics.validation import as_array, as_float_array
 from ..operators import SimplexBlock
 from ..operators.ranking import SimplexBlockSum
+from ..xp.blocks import complement_sums, simplex_sqrt, with_diagonal
 from .base import Loss, register_loss
+from .generic import concrete, const, device_of
 
 __all__ = ["PlackettLuce"]
 
@@ -132,6 +134,48 @@ def ranking_steps(a: np.ndarray, y: np.ndarray, *, need_grad: bool = True, need_
             root = np.exp(d / dt.type(2)) * np.sqrt(inv)[..., None]
         root = np.where(remain, root, dt.type(0))
     return values, grads, P, root
+
+
+def _host(y) -> np.ndarray:
+    """A numpy copy of the targets ``y`` of any namespace (for value checks on concrete arrays)."""
+    try:
+        return np.from_dlpack(y)
+    except (TypeError, RuntimeError, BufferError, AttributeError):
+        return np.asarray(y)
+
+
+def xp_ranking_steps(xp, a, y, need_grad: bool = True):
+    """The twin of :func:`ranking_steps` on the array API, batch axes kept:
+    ``(values (...), grads (..., M) or None, P (..., R, M), parts)`` with ``parts`` =
+    ``(d, t, istop, valid)`` for the curvature. No scatter and nothing written in place: the
+    placements are a one-hot (..., R, M) mask, each candidate's step its minimum over it."""
+    M, R = a.shape[-1], y.shape[-1]
+    dev = device_of(a)
+    zero, one = const(xp, 0.0, a), const(xp, 1.0, a)
+    valid = y >= 0  # (..., R)
+    k = xp.arange(M, dtype=y.dtype, device=dev)
+    onehot = y[..., :, None] == k  # (..., R, M): a −1 places nothing
+    steps = xp.arange(R, dtype=y.dtype, device=dev)[:, None]  # (R, 1)
+    never = xp.full(onehot.shape, R, dtype=y.dtype, device=dev)
+    pos = xp.min(xp.where(onehot, steps, never), axis=-2) if R else xp.full(a.shape, R, dtype=y.dtype, device=dev)
+    remain = (pos[..., None, :] >= steps) & valid[..., None]  # k ∈ S_i
+    x = xp.where(remain, a[..., None, :], const(xp, -math.inf, a))
+    m = xp.where(valid, xp.max(x, axis=-1), zero) if M else xp.zeros(valid.shape, dtype=a.dtype, device=dev)
+    d = x - m[..., None]
+    e = xp.exp(d)
+    top = xp.argmax(d, axis=-1) if M and R else xp.zeros(valid.shape, dtype=y.dtype, device=dev)
+    istop = xp.arange(M, dtype=top.dtype, device=dev) == top[..., None]
+    t = xp.sum(xp.where(istop, zero, e), axis=-1)  # Σ_{k ∈ S_i, k ≠ top} e^{a_k − m_i}
+    a_pi = xp.sum(xp.where(onehot, a[..., None, :], zero), axis=-1)
+    values = xp.sum(xp.where(valid, xp.log1p(t) + (m - a_pi), zero), axis=-1)
+    inv = one / (one + t)
+    P = e * inv[..., None]
+    grads = None
+    if need_grad:
+        e_pi = xp.sum(xp.where(onehot, e, zero), axis=-1)
+        own = xp.where(xp.any(onehot & istop, axis=-1), -t * inv, e_pi * inv - one)
+        grads = xp.sum(xp.where(onehot, own[..., None], P), axis=-2)
+    return values, grads, P, (d, t, inv, istop, remain)
 
 
 def softmax_rows(a: np.ndarray) -> np.ndarray:
@@ -318,3 +362,85 @@ class PlackettLuce(Loss):
             y[:, 1:] = PAD
         y[4::5] = PAD
         return y.reshape(batch + (R,))
+
+    # -- the generic (array API) path: torch, JAX, CuPy, array-api-strict arrays -------------
+    def xp_check_targets(self, xp, a, y):
+        """``y`` as :func:`check_rankings` checks it: integer dtype and shape always, the
+        values on concrete arrays (not under ``jax.jit``)."""
+        if not xp.isdtype(y.dtype, "integral"):
+            raise TypeError(
+                "y must hold integer candidate indices (a ranking per row, best first, -1 as trailing padding); "
+                f"got dtype {y.dtype}"
+            )
+        if concrete(y):
+            check_rankings(np.broadcast_to(np.zeros((), np.float64), tuple(a.shape)), _host(y))
+        elif y.ndim != a.ndim or tuple(y.shape[:-1]) != tuple(a.shape[:-1]) or y.shape[-1] > a.shape[-1]:
+            check_rankings(np.broadcast_to(np.zeros((), np.float64), tuple(a.shape)), np.zeros(tuple(y.shape), int))
+        return y
+
+    def xp_terms(self, xp, a, y, need_grad):
+        values, grads, _, _ = xp_ranking_steps(xp, a, y, need_grad)
+        return values, grads, math.prod(a.shape[:-1])
+
+    def xp_per_sample(self, xp, a, y):
+        return self.xp_terms(xp, a, y, False)[0]
+
+    def xp_per_sample_grad(self, xp, a, y):
+        return self.xp_terms(xp, a, y, True)[1]
+
+    def xp_per_sample_hessian(self, xp, a, y):
+        """``Σ_i (diag p⁽ⁱ⁾ − p⁽ⁱ⁾ p⁽ⁱ⁾ᵀ)`` dense: ``−Pᵀ P`` with the diagonal ``Σ_i p⁽ⁱ⁾ (1 − p⁽ⁱ⁾)``,
+        ``1 − p`` as ``t/(1 + t)`` at a step's top (no cancellation on a confident step)."""
+        _, _, P, (d, t, inv, istop, remain) = xp_ranking_steps(xp, a, y, False)
+        e = xp.exp(d)
+        rest = xp.where(istop, t[..., None], (1 + t[..., None]) - e) * inv[..., None]
+        diag = xp.sum(P * rest, axis=-2)
+        return with_diagonal(xp, -xp.matmul(xp.matrix_transpose(P), P), diag)
+
+    def xp_hessian_terms(self, xp, a, y):
+        return self.xp_per_sample_hessian(xp, a, y), math.prod(a.shape[:-1]), False
+
+    def xp_sqrt_hessian(self, xp, a, y):
+        """The R steps' simplex factors side by side, ``(..., M, R·M)`` (numpy's
+        :meth:`SimplexBlockSum.sqrt <jacobians.operators.ranking.SimplexBlockSum.sqrt>`)."""
+        _, _, P, (d, t, inv, istop, remain) = xp_ranking_steps(xp, a, y, False)
+        root = xp.where(remain, xp.exp(d / 2) * xp.sqrt(inv)[..., None], const(xp, 0.0, a))
+        scale, _ = self._xp_scale(xp, math.prod(a.shape[:-1]), a)
+        c = None if scale is None else xp.reshape(scale, (1,) * (a.ndim - 1) + (1,)) * xp.ones_like(a[..., :1])
+        R = y.shape[-1]
+        if not R:
+            return xp.zeros(tuple(a.shape) + (0,), dtype=a.dtype, device=device_of(a))
+        return xp.concat([simplex_sqrt(xp, P[..., i, :], root[..., i, :], c) for i in range(R)], axis=-1)
+
+    def xp_fisher_blocks(self, xp, a, y=None):
+        """The twin of :meth:`fisher_blocks`, dense: ``diag(p) − p pᵀ`` for a row of one step
+        (rows of more steps: ValueError, decided on concrete targets; under ``jax.jit`` only
+        targets of width 1, or M <= 2, are known to be one step)."""
+        M = a.shape[-1]
+        R = 1 if y is None else y.shape[-1]
+        if y is not None and min(R, max(M - 1, 0)) > 1:
+            if not concrete(y):
+                raise ValueError(
+                    "PlackettLuce's exact Fisher needs each row's R from concrete targets: under jax.jit pass "
+                    "targets of width 1 (or use kind='mc')"
+                )
+            self.fisher_blocks(np.broadcast_to(np.zeros((), np.float64), tuple(a.shape)), _host(y))  # the refusal
+        p = xp.exp(a - xp.max(a, axis=-1, keepdims=True))
+        p = p / xp.sum(p, axis=-1, keepdims=True)
+        w = const(xp, 1.0, a) if y is None else xp.astype(xp.any(y >= 0, axis=-1), a.dtype)[..., None]
+        H = with_diagonal(xp, -(p[..., :, None] * p[..., None, :]), p * complement_sums(xp, p))
+        return H * w[..., None] if y is not None else H
+
+    def xp_sample_targets(self, xp, a, u, y=None):
+        """The twin of :meth:`sample_targets`: ``argsort(a + G)`` (G = −log(−log u), in u's
+        dtype), its first R_n entries (one without ``y``)."""
+        M = a.shape[-1]
+        a2 = xp.reshape(a, (-1, M))
+        keys = xp.astype(a2, u.dtype) - xp.log(-xp.log(u[:, :M]))
+        full = xp.argsort(-keys, axis=-1, stable=True)
+        if y is None:
+            return xp.reshape(full[:, :1], tuple(a.shape[:-1]) + (min(M, 1),))
+        R = y.shape[-1]
+        y2 = xp.reshape(y, (-1, R))
+        out = xp.where(y2 >= 0, xp.astype(full[:, :R], y.dtype), xp.full(y2.shape, PAD, dtype=y.dtype, device=device_of(y)))
+        return xp.reshape(out, tuple(y.shape))

@@ -120,7 +120,11 @@ class ChainRule(PairRule):
         """Generic :meth:`fisher`: ``Jᵀ F_a J`` with ``F_a = loss.xp_fisher_blocks(a)``, dense."""
         loss.xp_require_twin("fisher_blocks")
         a = activation.xp_forward(xp, z)
-        return gram_columns(xp, activation, z, a, loss.xp_fisher_blocks(xp, a))
+        if getattr(loss, "predictive_needs_targets", False):
+            F = loss.xp_fisher_blocks(xp, a, None if y is None else loss.xp_check_targets(xp, a, y))
+        else:
+            F = loss.xp_fisher_blocks(xp, a)
+        return gram_columns(xp, activation, z, a, F)
 
 
 #: the generic rule's one instance

@@ -75,3 +75,19 @@ class IdentityPlackettLuce(PairRule):
         _, _, H = _extreme_steps(z, y)
         c = 1.0 / max(H.shape[0], 1) if loss.reduction == "mean" else 1.0
         return c * H.reshape(z.shape + z.shape[-1:])
+
+    # -- the generic (array API) forms: the loss's own, in a = z -------------------------------
+    def xp_value_and_grad(self, xp, activation, loss, z, y):
+        return loss.xp_value_and_grad(xp, z, loss.xp_check_targets(xp, z, y))
+
+    def xp_hessian(self, xp, activation, loss, z, y):
+        return loss.xp_hessian(xp, z, loss.xp_check_targets(xp, z, y))
+
+    def xp_hvp(self, xp, activation, loss, z, y, v):
+        return loss.xp_hvp(xp, z, loss.xp_check_targets(xp, z, y), v)
+
+    def xp_sqrt_hessian(self, xp, activation, loss, z, y):
+        return loss.xp_sqrt_hessian(xp, z, loss.xp_check_targets(xp, z, y))
+
+    def xp_fisher(self, xp, activation, loss, z, y=None):
+        return loss.xp_fisher_blocks(xp, z, None if y is None else loss.xp_check_targets(xp, z, y))
