@@ -88,12 +88,14 @@ def check_rankings(a: np.ndarray, y) -> np.ndarray:
     return y
 
 
-def ranking_steps(a: np.ndarray, y: np.ndarray, *, need_grad: bool = True, need_root: bool = False):
+def ranking_steps(a: np.ndarray, y: np.ndarray, *, need_grad: bool = True, need_root: bool = False,
+                  need_P: bool = True):
     """``(values, grads, P, root)`` of validated rankings ``y`` (..., R) at scores ``a``
     (..., M), flattened to N rows: each row's loss (N,), its gradient (N, M) (None unless
     ``need_grad``), the steps' probabilities ``P`` (N, R, M) over the remaining sets (zero
-    rows for the padded steps) and ``√P`` as ``exp(½(a − m_i))/√Σ e^{a − m_i}`` (None unless
-    ``need_root``)."""
+    rows for the padded steps; None unless ``need_P``: the gradient then takes its buffer)
+    and ``√P`` as ``exp(½(a − m_i))/√Σ e^{a − m_i}`` (None unless ``need_root``). The
+    (N, R, M) work is done in one buffer, in place."""
     M, R = a.shape[-1], y.shape[-1]
     n = math.prod(a.shape[:-1])
     a2, y2 = a.reshape(n, M), y.reshape(n, R)
@@ -104,36 +106,38 @@ def ranking_steps(a: np.ndarray, y: np.ndarray, *, need_grad: bool = True, need_
     valid = y2 >= 0  # (n, R)
     idx = np.where(valid, y2, 0)
     rows, steps = np.nonzero(valid)
+    placed = y2[rows, steps]
     pos = np.full((n, M), R, dtype=np.int64)  # the step at which each candidate is placed (R: never)
-    pos[rows, y2[rows, steps]] = steps
+    pos[rows, placed] = steps
     remain = (pos[:, None, :] >= np.arange(R)[None, :, None]) & valid[:, :, None]  # k ∈ S_i
-    x = np.where(remain, a2[:, None, :], dt.type(-np.inf))
-    m = np.where(valid, x.max(axis=-1), dt.type(0))  # each step's maximum (a valid step's set is not empty)
-    d = x - m[..., None]  # <= 0 on S_i, −inf elsewhere
-    e = np.exp(d)
-    top = d.argmax(axis=-1)  # (n, R)
-    np.put_along_axis(e, top[..., None], dt.type(0), axis=-1)
-    t = e.sum(axis=-1)  # Σ_{k ∈ S_i, k ≠ top} e^{a_k − m_i}
-    np.put_along_axis(e, top[..., None], np.where(valid, dt.type(1), dt.type(0))[..., None], axis=-1)
-    a_pi = np.take_along_axis(a2, idx, axis=-1)
-    step_values = np.where(valid, np.log1p(t) + (m - a_pi), dt.type(0))
-    values = step_values.sum(axis=-1)
-    inv = dt.type(1) / (dt.type(1) + t)
-    P = e * inv[..., None]
-    grads = None
-    if need_grad:
-        G = P.copy()
-        e_pi = np.take_along_axis(e, idx[..., None], axis=-1)[..., 0]
-        # p_π − 1 at the placed candidate: −t/(1 + t) where it is the step's top (no cancellation)
-        own = np.where(idx == top, -t * inv, e_pi * inv - dt.type(1))
-        G[rows, steps, y2[rows, steps]] = own[rows, steps]
-        grads = G.sum(axis=1)
+    buf = np.where(remain, a2[:, None, :], dt.type(-np.inf))  # the scores over S_i, −inf elsewhere
+    m = np.where(valid, buf.max(axis=-1), dt.type(0))  # each step's maximum (a valid step's set is not empty)
+    top = buf.argmax(axis=-1)  # (n, R)
+    buf -= m[..., None]  # d = a − m_i: <= 0 on S_i, −inf elsewhere
     root = None
     if need_root:
-        with np.errstate(invalid="ignore"):
-            root = np.exp(d / dt.type(2)) * np.sqrt(inv)[..., None]
-        root = np.where(remain, root, dt.type(0))
-    return values, grads, P, root
+        root = np.exp(buf * dt.type(0.5))
+    e = np.exp(buf, out=buf)
+    np.put_along_axis(e, top[..., None], dt.type(0), axis=-1)
+    t = e.sum(axis=-1)  # Σ_{k ∈ S_i, k ≠ top} e^{a_k − m_i}
+    np.put_along_axis(e, top[..., None], valid.astype(dt)[..., None], axis=-1)
+    a_pi = np.take_along_axis(a2, idx, axis=-1)
+    values = np.where(valid, np.log1p(t) + (m - a_pi), dt.type(0)).sum(axis=-1)
+    inv = dt.type(1) / (dt.type(1) + t)
+    e_pi = np.take_along_axis(e, idx[..., None], axis=-1)[..., 0] if need_grad else None
+    P = e
+    P *= inv[..., None]
+    grads = None
+    if need_grad:
+        G = P.copy() if need_P else P
+        # p_π − 1 at the placed candidate: −t/(1 + t) where it is the step's top (no cancellation)
+        own = np.where(idx == top, -t * inv, e_pi * inv - dt.type(1))
+        G[rows, steps, placed] = own[rows, steps]
+        grads = G.sum(axis=1)
+    if need_root:
+        root *= np.sqrt(inv)[..., None]
+        root[~remain] = 0
+    return values, grads, (P if need_P else None), root
 
 
 def _host(y) -> np.ndarray:
@@ -282,7 +286,7 @@ class PlackettLuce(Loss):
         return check_rankings(a, y)
 
     def _terms(self, a, y, need_grad):
-        values, grads, _, _ = ranking_steps(a, y, need_grad=need_grad)
+        values, grads, _, _ = ranking_steps(a, y, need_grad=need_grad, need_P=False)
         return values.reshape(a.shape[:-1]), (None if grads is None else grads.reshape(a.shape)), values.size
 
     def per_sample(self, a, y):
@@ -293,12 +297,13 @@ class PlackettLuce(Loss):
         a = as_float_array(a, "a")
         return self._terms(a, self.check_targets(a, y), True)[1]
 
-    def steps_operator(self, a, y) -> SimplexBlockSum:
+    def steps_operator(self, a, y, *, root: bool = False) -> SimplexBlockSum:
         """The unreduced Hessian blocks ``Σ_i (diag p⁽ⁱ⁾ − p⁽ⁱ⁾ p⁽ⁱ⁾ᵀ)`` of validated targets,
-        as R simplex blocks (with ``√p⁽ⁱ⁾`` for the exact factor)."""
-        _, _, P, root = ranking_steps(a, y, need_grad=False, need_root=True)
+        as R simplex blocks (``root``: with ``√p⁽ⁱ⁾ = exp(½(a − m_i))/√Σe^{a − m_i}``, normal
+        where p⁽ⁱ⁾ underflows, for the exact factor)."""
+        _, _, P, r = ranking_steps(a, y, need_grad=False, need_root=root)
         shape = a.shape[:-1] + P.shape[1:]
-        return SimplexBlockSum(P.reshape(shape), a.dtype.type(1), root.reshape(shape))
+        return SimplexBlockSum(P.reshape(shape), a.dtype.type(1), None if r is None else r.reshape(shape))
 
     def _hessian_terms(self, a, y):
         return self.steps_operator(a, y), math.prod(a.shape[:-1])

@@ -10,7 +10,9 @@ import numpy as np
 
 from ..activations import Identity
 from ..losses import PlackettLuce
+from ..losses.plackett_luce import ranking_steps
 from ..numerics.validation import as_float_array
+from ..operators.ranking import simplex_sum_product
 from .base import PairRule, register_rule
 from .common import reduce_plainly
 
@@ -57,11 +59,20 @@ class IdentityPlackettLuce(PairRule):
         return loss.hessian_operator(z, y)
 
     def hvp(self, activation, loss, z, y, v):
-        return loss.hessian_operator(z, y) @ v
+        """``c Σ_i p⁽ⁱ⁾ ⊙ (v − p⁽ⁱ⁾·v)``, O(R·M) a row, without the operator's blocks."""
+        z = as_float_array(z, "z")
+        t = loss.check_targets(z, y)
+        _, _, P, _ = ranking_steps(z, t, need_grad=False)
+        M = z.shape[-1]
+        out = simplex_sum_product(P, v.reshape(-1, M)).reshape(z.shape)
+        return out * loss.reduction_scale(z, t)
 
     def sqrt_hessian(self, activation, loss, z, y):
-        """The R steps' simplex factors side by side, ``(..., M, R·M)``: ``S Sᵀ = H``."""
-        return loss.hessian_operator(z, y).sqrt()
+        """The R steps' simplex factors side by side, ``(..., M, R·M)``: ``S Sᵀ = H``, with
+        ``√p⁽ⁱ⁾`` from the shifted scores."""
+        z = as_float_array(z, "z")
+        t = loss.check_targets(z, y)
+        return loss.steps_operator(z, t, root=True).scaled(loss.reduction_scale(z, t)).sqrt()
 
     def fisher(self, activation, loss, z, y=None):
         return loss.fisher_blocks(as_float_array(z, "z"), y)
