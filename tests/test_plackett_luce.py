@@ -533,3 +533,18 @@ def test_the_long_double_reference_agrees_with_torch():
     _close(values.astype(np.float64), want_v)
     _close(grads.astype(np.float64), want_g)
     assert denom == 5
+
+
+def test_edge_shapes():
+    """No placement at all (R = 0), one candidate (M = 1: no choice), an empty batch."""
+    head = jac.Head(jac.Identity(), jac.PlackettLuce())
+    z = np.random.default_rng(19).normal(size=(3, 4))
+    none = np.zeros((3, 0), np.int64)
+    assert head.loss(z, none) == 0 and not head.grad(z, none).any()
+    assert head.sqrt_ggn(z, none).shape == (3, 4, 0) and not head.hessian(z, none).any()
+    one = np.zeros((3, 1), np.int64)
+    assert head.loss(z[:, :1], one) == 0 and not head.hessian(z[:, :1], one).any()
+    with pytest.warns(jac.EmptyMeanWarning):
+        assert np.isnan(head.loss(np.zeros((0, 4)), np.zeros((0, 2), np.int64)))
+    with pytest.warns(jac.EmptyMeanWarning):
+        assert head.hessian(np.zeros((0, 4)), np.zeros((0, 2), np.int64)).shape == (0, 4, 4)

@@ -335,7 +335,8 @@ class PlackettLuce(Loss):
                 f"R = 1 (softmax cross-entropy's diag(p) - p pᵀ); these targets rank up to R = {int(R.max())} of M = {M} "
                 "candidates. Use kind='mc' (rankings drawn by Gumbel top-R) or kind='empirical'"
             )
-        return SimplexBlock(softmax_rows(a), (steps > 0).astype(a.dtype))
+        p = softmax_rows(a) if M else a
+        return SimplexBlock(p, (steps > 0).astype(a.dtype))
 
     def sample_targets(self, a, u, y=None):
         """Rankings drawn from the model at ``a`` (..., M) from uniforms ``u`` (N, M): with

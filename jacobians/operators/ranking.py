@@ -102,8 +102,9 @@ class SimplexBlockSum(SumOperator):
 
     def sqrt(self) -> np.ndarray:
         """The exact factor ``S`` (..., K, R·K): the steps' simplex factors side by side."""
-        parts = [op.sqrt() for op in self.ops]
-        return np.concatenate(parts, axis=-1)
+        if not self.steps:
+            return np.zeros(self.shape[:-1] + (0,), self.dtype)
+        return np.concatenate([op.sqrt() for op in self.ops], axis=-1)
 
     def _take(self, rows):
         n, R, K = self.n_rows, self.steps, self.size
