@@ -151,7 +151,8 @@ def _host(y) -> np.ndarray:
 def xp_ranking_steps(xp, a, y, need_grad: bool = True):
     """The twin of :func:`ranking_steps` on the array API, batch axes kept:
     ``(values (...), grads (..., M) or None, P (..., R, M), parts)`` with ``parts`` =
-    ``(d, t, istop, valid)`` for the curvature. No scatter and nothing written in place: the
+    ``(d, t, inv, istop, remain)`` for the curvature (the shifted scores, each step's sum
+    without its top and ``1/(1 + t)``, the tops and the remaining sets as masks). No scatter and nothing written in place: the
     placements are a one-hot (..., R, M) mask, each candidate's step its minimum over it."""
     M, R = a.shape[-1], y.shape[-1]
     dev = device_of(a)
