@@ -273,7 +273,7 @@ def linear_curvature(
         if yc is None:
             yv = None
         else:
-            yv = yc[..., 0].reshape(-1) if y.ndim == z.ndim - 1 else yc.reshape(-1, K)
+            yv = yc[..., 0].reshape(-1) if y.ndim == z.ndim - 1 else yc.reshape(-1, yc.shape[-1])
         part = last_layer.partial_curvature(
             Xc.reshape(-1, D),
             head,

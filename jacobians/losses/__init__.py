@@ -13,6 +13,8 @@ from .classification import *  # noqa: F403
 from .regression import *  # noqa: F403
 from .divergence import *  # noqa: F403
 from .fenchel_young import *  # noqa: F403
+from . import plackett_luce
+from .plackett_luce import *  # noqa: F403
 
 # isort: on
 
@@ -22,4 +24,5 @@ __all__ = [
     *regression.__all__,
     *divergence.__all__,
     *fenchel_young.__all__,
+    *plackett_luce.__all__,
 ]
