@@ -8,11 +8,13 @@ export of it.
 # the order of these imports is the registry's order
 # isort: off
 from . import base, classification, regression, divergence, fenchel_young
+from . import gaussian_nll
 from .base import *  # noqa: F403
 from .classification import *  # noqa: F403
 from .regression import *  # noqa: F403
 from .divergence import *  # noqa: F403
 from .fenchel_young import *  # noqa: F403
+from .gaussian_nll import *  # noqa: F403
 
 # isort: on
 
@@ -22,4 +24,5 @@ __all__ = [
     *regression.__all__,
     *divergence.__all__,
     *fenchel_young.__all__,
+    *gaussian_nll.__all__,
 ]
