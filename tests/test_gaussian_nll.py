@@ -328,11 +328,12 @@ def test_checks_pass_on_even_widths(act):
     head = jac.Head(act, jac.GaussianNLL())
     rng = np.random.default_rng(13)
     z, y = _pair_inputs(head, rng, (6, 4))
-    report = jac.check_head(head, z, y)
-    assert report.passed, report
-    report = jac.check_second_order(head, z, y)
-    failed = {r.compared for r in report.failures}
-    assert failed <= {"SSᵀ: sqrt_ggn vs ggn"}, report  # the GGN is indefinite: no real factor
+    for report in (jac.check_head(head, z, y), jac.check_second_order(head, z, y),
+                   jac.check_head(head, shape=(6, 4)), jac.check_second_order(head, shape=(6, 4))):
+        assert report.passed, report
+    rows = {r.compared: r for r in report.rows}
+    assert "indefinite" in rows["SSᵀ: sqrt_ggn vs ggn"].note  # the GGN has no real factor, and says so
+    assert rows["SSᵀ: sqrt_fisher vs fisher"].passed and rows["F: mc vs exact"].passed
 
 
 def test_dask_and_last_layer():

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..activations import ACTIVATIONS, Activation
+from ..activations import ACTIVATIONS, Activation, Identity
 from ..head import Head
 from ..losses import LOSSES
 from ..numerics.memo import scoped_table
@@ -239,6 +239,9 @@ def _draw(obj, shape, dt, rng, y):
     if not (is_head or isinstance(obj, Activation)):
         raise TypeError(f"obj must be a jacobians.Activation or jacobians.Head instance; got {type(obj).__name__}")
     z = _draw_logits(shape, rng)
+    own = getattr(obj.loss_fn, "example_input", None) if is_head else None
+    if own is not None and isinstance(obj.activation, Identity):  # z is the loss's input
+        z = np.asarray(own(shape, rng), dtype=np.float64)
     keep_y = y is not None
     if is_head:
         y = np.array(y, copy=True) if keep_y else make_targets(obj.loss_fn, shape, rng)

@@ -159,10 +159,19 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
             rows.rows[-1].note = "" if rows.rows[-1].passed else "ggn differs from hessian for a canonical pair"
     _psd_row(rows, head, z, y, G)
     S = _run(head.sqrt_ggn, z, y)
-    SSt = S if isinstance(S, _Failed) else np.asarray(S) @ _symmetric(np.asarray(S))
-    rows.compare("SSᵀ", "sqrt_ggn", "ggn", SSt, G, "methods", dtype_of=S)
+    indefinite = not isinstance(G, _Failed) and _min_eigenvalue_ratio(G, rows.floors["methods"]) < -1e3 * float(
+        np.finfo(z.dtype).eps)
+    if isinstance(S, _Failed) and indefinite:  # a loss not convex in its input: no real factor, and it says so
+        rows._add("SSᵀ", "sqrt_ggn", "ggn", None, None, rows.tol("methods"), "indefinite" in S.note,
+                  f"the GGN is indefinite: sqrt_ggn {S.note}")
+    else:
+        SSt = S if isinstance(S, _Failed) else np.asarray(S) @ _symmetric(np.asarray(S))
+        rows.compare("SSᵀ", "sqrt_ggn", "ggn", SSt, G, "methods", dtype_of=S)
 
     if getattr(head.loss_fn, "predictive", None) is not None and not head.logits_loss:
+        SF = _run(head.sqrt_fisher, z, y)
+        SFt = SF if isinstance(SF, _Failed) else np.asarray(SF) @ _symmetric(np.asarray(SF))
+        rows.compare("SSᵀ", "sqrt_fisher", "fisher", SFt, _run(head.fisher, z, y, "exact"), "methods", dtype_of=SF)
         _fisher_rows(rows, head, z, y, mc_samples, int(rng.integers(2**63)))
     _empirical_row(rows, head, z, y, z64, y64, c, None if rows64 is None else rows64[1])
     return CheckReport(rows.rows, missing_references(head))
