@@ -356,3 +356,33 @@ def test_full_adds_half_log_two_pi_per_element():
     a, y = _data(15)
     gap = jac.GaussianNLL(full=True, reduction="sum")(a, y) - jac.GaussianNLL(reduction="sum")(a, y)
     assert gap == pytest.approx(N * K * 0.5 * math.log(2 * math.pi), rel=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_torch_arrays_take_the_generic_path(dtype):
+    rng = np.random.default_rng(16)
+    z, y = rng.normal(size=(5, 6)), rng.normal(size=(5, 3))
+    zt, yt = torch.tensor(z, dtype=dtype), torch.tensor(y, dtype=dtype)
+    tight = {"rtol": 1e-12 if dtype == torch.float64 else 2e-5, "atol": 1e-14 if dtype == torch.float64 else 1e-6}
+    for act in (jac.MeanVariance(), jac.MeanVariance("exp", 0.2)):
+        head = jac.Head(act, jac.GaussianNLL(full=True))
+        zn, yn = zt.numpy(), yt.numpy()
+        for name, fn in [("loss", lambda h, a, b: h.loss(a, b)), ("grad", lambda h, a, b: h.grad(a, b)),
+                         ("hessian", lambda h, a, b: h.hessian(a, b)), ("ggn", lambda h, a, b: h.ggn(a, b)),
+                         ("fisher", lambda h, a, b: h.fisher(a, b)),
+                         ("mc", lambda h, a, b: h.fisher(a, b, "mc", mc_samples=4, seed=2))]:
+            out = fn(head, zt, yt)
+            assert isinstance(out, torch.Tensor) and out.dtype == dtype, name
+            np.testing.assert_allclose(out.numpy(), fn(head, zn, yn), err_msg=name, **tight)
+        S = head.sqrt_fisher(zt, yt)
+        assert isinstance(S, torch.Tensor) and S.dtype == dtype
+        np.testing.assert_allclose((S @ S.mT).numpy(), head.fisher(zn, yn), **tight)
+
+
+def test_sqrt_fisher_on_dask_arrays():
+    da = pytest.importorskip("dask.array", reason="needs dask")
+    rng = np.random.default_rng(17)
+    z, y = rng.normal(size=(6, 4)), rng.normal(size=(6, 2))
+    head = jac.Head(jac.MeanVariance(), jac.GaussianNLL())
+    S = head.sqrt_fisher(da.from_array(z, chunks=(2, 4)), da.from_array(y, chunks=(2, 2))).compute()
+    np.testing.assert_allclose(S @ np.swapaxes(S, -1, -2), head.fisher(z, y), rtol=1e-12, atol=1e-16)

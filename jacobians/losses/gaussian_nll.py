@@ -94,6 +94,8 @@ class GaussianNLL(Loss):
     pairs_with = ("identity", "mean_variance")
     #: 'none' gives (..., K) for an input (..., 2K) (the Dask backend's chunk layout)
     values_layout = "half"
+    #: the last axis is [means | variances]: generated inputs take an even width (checks.fit_width)
+    width_multiple = 2
 
     def __init__(self, full: bool = False, eps: float = 1e-6, reduction: str = "mean"):
         super().__init__(reduction)
@@ -104,7 +106,7 @@ class GaussianNLL(Loss):
 
     @classmethod
     def variants(cls, K):
-        return [{"full": True}, {"eps": 0.3}]
+        return [{"full": True}, {"eps": 0.05}]
 
     # -- examples for the checks and the test walks --------------------------------------
     def example_targets(self, shape, rng):
@@ -117,6 +119,14 @@ class GaussianNLL(Loss):
         K = _half(np.empty((0,) + tuple(shape[-1:])), "shape")
         half = tuple(shape[:-1]) + (K,)
         return np.concatenate([rng.normal(size=half), rng.uniform(0.5, 2.0, size=half)], axis=-1)
+
+    def kinks(self, a, y):
+        """Below eps the value is flat in σ² but torch's gradient is not (straight-through):
+        the clamp's region is a kink for finite differences. Each variance's distance above
+        eps (0 below it); the means have none."""
+        K = a.shape[-1] // 2
+        var = a[..., K:]
+        return np.concatenate([np.full(var.shape, np.inf), np.maximum(var - self.eps, 0.0)], axis=-1)
 
     # -- validation ----------------------------------------------------------------------
     def check_targets(self, a, y):
