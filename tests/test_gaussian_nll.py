@@ -386,3 +386,26 @@ def test_sqrt_fisher_on_dask_arrays():
     head = jac.Head(jac.MeanVariance(), jac.GaussianNLL())
     S = head.sqrt_fisher(da.from_array(z, chunks=(2, 4)), da.from_array(y, chunks=(2, 2))).compute()
     np.testing.assert_allclose(S @ np.swapaxes(S, -1, -2), head.fisher(z, y), rtol=1e-12, atol=1e-16)
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "fisher", "empirical_fisher", "fisher_mc"])
+def test_linear_curvature_of_every_kind_and_structure(kind):
+    rng = np.random.default_rng(18)
+    X, y = rng.normal(size=(7, 3)), rng.normal(size=(7, 2))
+    W, b = rng.normal(size=(4, 3)), rng.normal(size=4)
+    z = X @ W.T + b
+    head = jac.Head(jac.MeanVariance(), jac.GaussianNLL())
+    if kind == "fisher_mc":
+        S = head.sqrt_ggn_sampled(z, mc_samples=3, seed=5)
+        blocks = S @ np.swapaxes(S, -1, -2)
+    else:
+        blocks = {"hessian": head.hessian, "ggn": head.ggn, "fisher": head.fisher,
+                  "empirical_fisher": lambda a, t: head.fisher(a, t, kind="empirical")}[kind](z, y)
+    Xt = np.concatenate([X, np.ones((7, 1))], axis=1)
+    full = sum(np.kron(blocks[n], np.outer(Xt[n], Xt[n])) for n in range(7))  # the definition, row by row
+    kw = {"mc_samples": 3, "seed": 5} if kind == "fisher_mc" else {}
+    np.testing.assert_allclose(jac.linear_curvature(X, head, z, y, kind=kind, **kw), full, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(jac.linear_curvature(X, head, z, y, kind=kind, structure="diag", **kw),
+                               np.diag(full).reshape(4, 4), rtol=1e-10, atol=1e-14)
+    A, B = jac.linear_curvature(X, head, z, y, kind=kind, structure="kron", **kw)
+    assert A.shape == (4, 4) and B.shape == (4, 4)
