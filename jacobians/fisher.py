@@ -33,6 +33,7 @@ __all__ = [
     "check_kind_applies",
     "blocks_for_rows",
     "sample_targets",
+    "sqrt_fisher",
 ]
 
 
@@ -75,6 +76,18 @@ def fisher_operator(head, z, y=None, kind: str = "exact", *, mc_samples: int = 1
     rule = get_rule(head.activation, loss)
     source = rule if rule is not None and rule.fisher is not None else GENERIC
     return _masked(source.fisher(head.activation, loss, z, y), c, valid)
+
+
+def sqrt_fisher(head, z, y=None) -> np.ndarray:
+    """``S`` (..., K, C) with ``S Sᵀ`` the exact Fisher blocks; see :meth:`jacobians.Head.sqrt_fisher`.
+
+    One mechanism for every head with an exact Fisher: the exact Fisher's operator in z (the
+    pair rule's closed form, else ``Jᵀ F_a J``, with the row factors ``c_n`` inside) factored
+    by its own square root — in closed form for the structured blocks (diagonal, simplex),
+    by a symmetric eigendecomposition otherwise. Factoring in z, not ``Jᵀ`` times a factor
+    of ``F_a``, keeps the digits where ``F_a`` is huge on outputs the Jacobian annihilates
+    (a sparse map's zeros under BCE)."""
+    return fisher_operator(head, z, y, "exact").sqrt()
 
 
 def row_gradients(head, z, y, *, sampled: bool = False) -> np.ndarray:

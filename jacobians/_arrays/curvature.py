@@ -41,7 +41,12 @@ __all__ = ["head_blocks", "sqrt_ggn", "head_sqrt_ggn_sampled", "head_fisher", "r
 
 
 def head_blocks(head, name, z, y, *args, sizes=None):
-    """:func:`.heads.head_blocks` (Hessian, GGN) and the GGN's factor ``'sqrt_ggn'``."""
+    """:func:`.heads.head_blocks` (Hessian, GGN), the GGN's factor ``'sqrt_ggn'`` and the
+    exact Fisher's ``'sqrt_fisher'`` (its dense blocks' eigendecomposition, as numpy's dense
+    ``.sqrt()``)."""
+    if name == "sqrt_fisher":
+        F = head_fisher(head, z, y, "exact", 1, None)
+        return xp_eigen_sqrt(namespace_of(F), F)
     if name == "sqrt_ggn":
         xp, z, y = _inputs(head, z, y)
         return sqrt_ggn(xp, head, z, y)

@@ -7,14 +7,14 @@ export of it.
 
 # the order of these imports is the registry's order
 # isort: off
-from . import base, classification, regression, divergence, fenchel_young
+from . import base, classification, regression, divergence, fenchel_young, plackett_luce, gaussian_nll
 from .base import *  # noqa: F403
 from .classification import *  # noqa: F403
 from .regression import *  # noqa: F403
 from .divergence import *  # noqa: F403
 from .fenchel_young import *  # noqa: F403
-from . import plackett_luce
 from .plackett_luce import *  # noqa: F403
+from .gaussian_nll import *  # noqa: F403
 
 # isort: on
 
@@ -25,4 +25,5 @@ __all__ = [
     *divergence.__all__,
     *fenchel_young.__all__,
     *plackett_luce.__all__,
+    *gaussian_nll.__all__,
 ]
