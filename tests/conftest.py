@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -201,6 +202,48 @@ def make_loss_input(loss, rng, shape, dtype=np.float64) -> np.ndarray:
     else:
         a = rng.normal(size=shape)
     return a.astype(dtype)
+
+
+def fit_shape(shape, *objs) -> tuple:
+    """``shape`` with its last axis rounded up to the multiple that every one of ``objs``
+    needs: its ``width_multiple`` (an activation, a loss, their classes, or a Head: both of
+    its parts), e.g. 2 for an input ``[means | variances]`` (MeanVariance, GaussianNLL).
+    Objects that declare nothing take any width."""
+    m = 1
+    for obj in objs:
+        parts = (obj.activation, obj.loss_fn) if isinstance(obj, jac.Head) else (obj,)
+        for part in parts:
+            m = math.lcm(m, int(getattr(part, "width_multiple", 1)))
+    shape = tuple(shape)
+    return shape[:-1] + (-(-shape[-1] // m) * m,)
+
+
+def make_head_logits(head, rng, shape, *, scale: float = 1.0, dtype=np.float64) -> np.ndarray:
+    """Logits ``z`` for ``head``: where its activation is the identity, ``z`` is the loss's
+    own input, so a loss with an ``example_input`` draws it (a positive variance half for
+    GaussianNLL); else normal logits times ``scale``."""
+    own = getattr(head.loss_fn, "example_input", None)
+    if own is not None and isinstance(head.activation, jac.Identity):
+        return np.asarray(own(tuple(shape), rng), dtype=np.float64).astype(dtype)
+    return make_logits(rng, shape, scale=scale, dtype=dtype)
+
+
+def loss_hessian_indefinite(head, z, y, *, tol: float = 1e-10) -> bool:
+    """Whether the head's loss is not convex in its input at ``(z, y)``: its own dense
+    Hessian in its input ``x`` (the activation's output, or z itself for a loss of the
+    logits) has a row with an eigenvalue below −``tol`` × that row's largest. That Hessian is
+    checked against central differences of the loss's gradient for every registered loss
+    (test_second_order), and the decision reads none of the GGN or ``sqrt_ggn`` code it
+    judges: where it holds, ``sqrt_ggn`` must refuse ("indefinite": Gaussian NLL in
+    (μ, σ²)); where it does not, the GGN is PSD and ``sqrt_ggn`` factors it."""
+    z = np.asarray(z, dtype=np.float64)
+    x = z if head.logits_loss else np.asarray(head.activation(z), dtype=np.float64)
+    y = np.asarray(y).astype(np.float64) if np.asarray(y).dtype.kind == "f" else y
+    W = x.shape[-1]
+    H = np.asarray(head.loss_fn.with_reduction("sum").hessian(x, y), dtype=np.float64).reshape(-1, W, W)
+    lam = np.linalg.eigvalsh((H + np.swapaxes(H, -1, -2)) / 2)
+    scale = np.maximum(np.abs(lam).max(axis=-1, initial=0.0), 1e-300)
+    return bool(np.any(lam.min(axis=-1, initial=0.0) < -tol * scale))
 
 
 def target_forms(loss) -> list[str]:

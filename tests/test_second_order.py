@@ -16,6 +16,7 @@ from conftest import (
     ScaledTanh,
     describe,
     head_targets,
+    loss_hessian_indefinite,
     make_loss,
     make_loss_input,
     make_targets,
@@ -90,12 +91,16 @@ def test_every_hessian_method_matches_central_differences(acls, aopt, lcls, lopt
         np.testing.assert_allclose(head.hvp(z, y, v), np.einsum("nij,nj->ni", H, v), rtol=1e-10, atol=1e-13 * scale)
         np.testing.assert_allclose(head.hessian_operator(z, y).dense(), H, rtol=1e-12, atol=1e-14 * scale)
         G = head.ggn(z, y)
-        S = head.sqrt_ggn(z, y)
-        np.testing.assert_allclose(S @ np.swapaxes(S, -1, -2), G, rtol=1e-10, atol=1e-13 * max(1, np.abs(G).max()))
         if head.ggn_is_hessian:
             np.testing.assert_array_equal(G, head.hessian(z, y))
-        else:  # the loss is convex in a for every built-in: the GGN is PSD
-            assert np.linalg.eigvalsh(G).min() >= -1e-12 * max(1, np.abs(G).max())
+        if loss_hessian_indefinite(head, z, y):  # not convex in its input (Gaussian NLL in (μ, σ²))
+            with pytest.raises(ValueError, match="indefinite"):
+                head.sqrt_ggn(z, y)
+            continue
+        S = head.sqrt_ggn(z, y)
+        np.testing.assert_allclose(S @ np.swapaxes(S, -1, -2), G, rtol=1e-10, atol=1e-13 * max(1, np.abs(G).max()))
+        # the loss is convex in its input (its own Hessian, by differences, is PSD): so is the GGN
+        assert np.linalg.eigvalsh(G).min() >= -1e-12 * max(1, np.abs(G).max())
 
 
 def test_canonical_pairs_are_the_likelihood_ones():
