@@ -18,7 +18,7 @@ da = pytest.importorskip("dask.array", reason="the dask extra is not installed: 
 dask = pytest.importorskip("dask", reason="the dask extra is not installed: python -m pip install -e '.[dask]'")
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed: python -m pip install -e '.[dask]'")
 
-from conftest import head_methods, head_targets  # noqa: E402
+from conftest import fit_shape, head_methods, head_targets, loss_hessian_indefinite, make_head_logits  # noqa: E402
 
 import jacobians as jac  # noqa: E402
 
@@ -69,6 +69,14 @@ def _targets(y):
     return da.from_array(y, chunks=CHUNKS[:2] + ((y.shape[-1],) if y.ndim == 3 else ()))
 
 
+def _walk_shape(obj):
+    """SHAPE and CHUNKS for a registered object: K rounded up to the width it needs
+    (``[means | variances]``: even), still split in two chunks."""
+    shape = fit_shape(SHAPE, obj)
+    K = shape[-1]
+    return shape, CHUNKS[:2] + ((2, K - 2),)
+
+
 PAIRS = [pytest.param(p, id=f"{p.activation}+{p.loss}") for p in jac.pairs()]
 
 
@@ -80,9 +88,10 @@ def test_import_jacobians_does_not_import_dask():
 @pytest.mark.parametrize("act", [pytest.param(cls(), id=name) for name, cls in jac.ACTIVATIONS.items()])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_activations(act, dtype, synchronous, rng):
-    z = rng.normal(size=SHAPE).astype(dtype)
-    g = rng.normal(size=SHAPE).astype(dtype)
-    zd, gd = _dask(z), _dask(g)
+    shape, chunks = _walk_shape(act)
+    z = rng.normal(size=shape).astype(dtype)
+    g = rng.normal(size=shape).astype(dtype)
+    zd, gd = _dask(z, chunks), _dask(g, chunks)
     assert _ulps(_lazy(act(zd)), act(z)) == 0
     assert _ulps(_lazy(act.jacobian(zd)), act.jacobian(z)) == 0
     for method in ("vjp", "jvp", "hessian_vjp"):
@@ -90,7 +99,7 @@ def test_activations(act, dtype, synchronous, rng):
         assert _ulps(_lazy(fn(zd, gd)), fn(z, g)) == 0, method
         assert _ulps(_lazy(fn(zd, g)), fn(z, g)) == 0, method  # a numpy g with a dask z
     J = act.jacobian(z)
-    assert _ulps(_lazy(jac.contract(gd, _dask(J, CHUNKS + ((5,),)))), jac.contract(g, J)) == 0
+    assert _ulps(_lazy(jac.contract(gd, _dask(J, chunks + (shape[-1:],)))), jac.contract(g, J)) == 0
 
 
 @pytest.mark.parametrize("pair", PAIRS)
@@ -99,12 +108,13 @@ def test_heads_every_method(pair, dtype, synchronous, rng):
     """Every method and reduction, with numpy and dask targets: gradients to the bit, values
     to 2 ulp (reduced values are 0-d dask arrays)."""
     acls, lcls = jac.get_activation(pair.activation), jac.get_loss(pair.loss)
-    z = rng.normal(size=SHAPE).astype(dtype)
-    zd = _dask(z)
+    shape, chunks = _walk_shape(jac.Head(acls(), lcls()))
+    z = make_head_logits(jac.Head(acls(), lcls()), rng, shape, dtype=dtype)
+    zd = _dask(z, chunks)
     lazy, expected = [], []
     for reduction in ("mean", "sum", "none"):
         head = jac.Head(acls(), lcls(reduction=reduction))
-        y = head_targets(head, rng, SHAPE, dtype)
+        y = head_targets(head, rng, shape, dtype)
         for y_in in (y, _targets(y)):
             for m in head_methods(head):
                 vd, gd = head.value_and_grad(zd, y_in, m)
@@ -122,14 +132,20 @@ def test_heads_every_method(pair, dtype, synchronous, rng):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_second_order(pair, dtype, synchronous, rng):
     head = jac.Head(jac.get_activation(pair.activation)(), jac.get_loss(pair.loss)())
-    z = rng.normal(size=SHAPE).astype(dtype)
-    y = head_targets(head, rng, SHAPE, dtype)
-    v = rng.normal(size=SHAPE).astype(dtype)
-    zd, yd, vd = _dask(z), _targets(y), _dask(v)
+    shape, chunks = _walk_shape(head)
+    z = make_head_logits(head, rng, shape, dtype=dtype)
+    y = head_targets(head, rng, shape, dtype)
+    v = rng.normal(size=shape).astype(dtype)
+    zd, yd, vd = _dask(z, chunks), _targets(y), _dask(v, chunks)
     assert _ulps(_lazy(head.hessian(zd, yd)), head.hessian(z, y)) == 0
     assert _ulps(_lazy(head.hvp(zd, yd, vd)), head.hvp(z, y, v)) == 0
     assert _ulps(_lazy(head.ggn(zd, yd)), head.ggn(z, y)) == 0
-    assert _ulps(_lazy(head.sqrt_ggn(zd, yd)), head.sqrt_ggn(z, y)) == 0
+    if loss_hessian_indefinite(head, z, y):  # no real factor (Gaussian NLL in (μ, σ²)): refused on both
+        for zz, yy in ((z, y), (zd, yd)):
+            with pytest.raises(ValueError, match="indefinite"):
+                dask.compute(head.sqrt_ggn(zz, yy))
+    else:
+        assert _ulps(_lazy(head.sqrt_ggn(zd, yd)), head.sqrt_ggn(z, y)) == 0
     assert _ulps(_lazy(head.fisher(zd, yd, "empirical")), head.fisher(z, y, "empirical")) == 0
     if getattr(head.loss_fn, "predictive", None) is not None and not head.logits_loss:
         assert _ulps(_lazy(head.fisher(zd, yd)), head.fisher(z, y)) == 0
