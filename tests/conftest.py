@@ -246,6 +246,21 @@ def loss_hessian_indefinite(head, z, y, *, tol: float = 1e-10) -> bool:
     return bool(np.any(lam.min(axis=-1, initial=0.0) < -tol * scale))
 
 
+#: a loss's ``values_layout`` -> the shape of its 'none' values for an input of ``shape``
+VALUES_LAYOUTS = {
+    "same": lambda shape: tuple(shape),  # one value per entry (an ElementwiseLoss)
+    "rows": lambda shape: tuple(shape[:-1]),  # one value per row
+    "half": lambda shape: tuple(shape[:-1]) + (shape[-1] // 2,),  # one per pair [means | variances]
+}
+
+
+def values_shape(loss, shape) -> tuple:
+    """The shape of ``loss``'s 'none' values for an input ``a`` of ``shape``: as its declared
+    ``values_layout`` says, else one per entry (an ElementwiseLoss) or one per row."""
+    layout = getattr(loss, "values_layout", None) or ("same" if isinstance(loss, jac.ElementwiseLoss) else "rows")
+    return VALUES_LAYOUTS[layout](shape)
+
+
 def target_forms(loss) -> list[str]:
     """The target forms a loss takes: class losses 'index', 'onehot', 'soft' (no one-hot
     rows when an ignore_index is set); 'binary'/'soft' for probabilities; 'real'."""

@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import IGNORE, REDUCTIONS, loss_specs, make_loss, make_loss_input, make_targets, readonly, target_forms
+from conftest import (
+    IGNORE,
+    REDUCTIONS,
+    fit_shape,
+    loss_specs,
+    make_loss,
+    make_loss_input,
+    make_targets,
+    readonly,
+    target_forms,
+    values_shape,
+)
 
 import jacobians as jac
 from jacobians import testing
@@ -71,8 +82,7 @@ class TestAgainstReferences:
     def test_none_shape_and_reductions_agree(self, cls, options, form, reduction, rng):
         loss, a, y = _setup(cls, options, form, "none", rng)
         per = loss.value(a, y)
-        expected_shape = a.shape if isinstance(loss, jac.ElementwiseLoss) else a.shape[:-1]
-        assert per.shape == expected_shape
+        assert per.shape == values_shape(loss, a.shape)
         total = loss.with_reduction("sum")
         np.testing.assert_allclose(total.value(a, y), per.sum(), rtol=1e-13)
         np.testing.assert_allclose(total.grad(a, y), loss.grad(a, y), rtol=1e-13)
@@ -240,13 +250,18 @@ def test_fenchel_young_losses_vanish_at_their_own_mapping_and_are_nonnegative(rn
 @pytest.mark.parametrize(("name", "cls", "options"), SPECS, ids=[s[0] for s in SPECS])
 def test_integer_inputs_are_promoted_to_float64(name, cls, options):
     loss = make_loss(cls, options, 2)
-    if loss.logits_of is None and loss.domain.issubset("nonnegative"):  # probabilities: one-hot rows
+    rng = np.random.default_rng(0)
+    if getattr(loss, "example_input", None) is not None:  # its own draw, rounded up: [μ | σ²] keeps σ² >= 1
+        a = np.ceil(loss.example_input(fit_shape((2, 2), loss), rng)).astype(np.int64)
+    elif loss.logits_of is None and loss.domain.issubset("nonnegative"):  # probabilities: one-hot rows
         a = np.array([[1, 0], [0, 1]])
     elif loss.logits_of is None and loss.domain.issubset("nonpositive"):  # log-probabilities
         a = np.array([[0, -1], [-2, 0]])
     else:
         a = np.array([[1, -1], [0, 2]])
     y = np.array([0, 1]) if loss.target_kind == "class" else np.array([[1, 0], [0, 1]])
+    if getattr(loss, "example_targets", None) is not None:  # targets shaped unlike a, as integers
+        y = np.rint(loss.example_targets(a.shape, rng)).astype(np.int64)
     value, grad = loss.with_reduction("sum").value_and_grad(a, y)
     assert np.asarray(value).dtype == np.float64 and grad.dtype == np.float64
 
