@@ -13,6 +13,7 @@ from conftest import (
     describe,
     head_methods,
     head_targets,
+    make_head_logits,
     make_logits,
     make_loss,
     make_targets,
@@ -43,8 +44,17 @@ PAIR_FORMS = [
 ]
 
 
-def _logits(rng, shape=SHAPE, dtype=np.float64):
+def _logits(rng, shape=SHAPE, dtype=np.float64, head=None):
+    """Logits N(0, 1.5²); with a ``head``, its loss's own input draw where z is that input."""
+    if head is not None:
+        return make_head_logits(head, rng, shape, scale=1.5, dtype=dtype)
     return make_logits(rng, shape, scale=1.5, dtype=dtype)
+
+
+def _own_input(head):
+    """The loss's own ``example_input`` where z is the loss's input (Identity), else None."""
+    own = getattr(head.loss_fn, "example_input", None)
+    return own if own is not None and isinstance(head.activation, jac.Identity) else None
 
 
 def test_pairs_lists_every_valid_pair_and_its_fused_rule():
@@ -68,7 +78,7 @@ def test_pairs_lists_every_valid_pair_and_its_fused_rule():
 @pytest.mark.parametrize(("pair", "form"), PAIR_FORMS)
 def test_methods_agree_with_each_other_and_with_central_differences(pair, form, rng):
     head = _head(pair)
-    z = _logits(rng)
+    z = _logits(rng, head=head)
     y = make_targets(head.loss_fn, rng, SHAPE, form)
     methods = head_methods(head)
     assert methods, "every valid pair has at least one method"
@@ -85,7 +95,7 @@ def test_methods_agree_with_each_other_and_with_central_differences(pair, form, 
 @pytest.mark.parametrize(("pair", "form"), PAIR_FORMS)
 def test_every_method_matches_the_loop_reference(pair, form, rng):
     head = _head(pair)
-    z = _logits(rng)
+    z = _logits(rng, head=head)
     y = make_targets(head.loss_fn, rng, SHAPE, form)
     ref_value, ref_grad = testing.loop_head(head, z, y)
     testing.assert_grad_close(head.loss(z, y), ref_value, **TIGHT)
@@ -98,7 +108,7 @@ def test_every_method_matches_the_loop_reference(pair, form, rng):
 @pytest.mark.parametrize("pair", PAIRS)
 def test_value_and_grad_is_consistent(pair, rng):
     head = _head(pair)
-    z = _logits(rng)
+    z = _logits(rng, head=head)
     y = head_targets(head, rng, SHAPE)
     for m in head_methods(head):
         value, grad = head.value_and_grad(z, y, method=m)
@@ -122,7 +132,7 @@ def test_method_property_and_auto(pair):
 @pytest.mark.parametrize("pair", [p for p in PAIRS if p.values[0].fused])
 def test_fused_rule_value_equals_separate_loss_on_moderate_logits(pair, rng):
     head = _head(pair)
-    z = _logits(rng)
+    z = _logits(rng, head=head)
     y = head_targets(head, rng, SHAPE)
     if head.logits_loss:
         separate = head.loss_fn(z, y)
@@ -213,6 +223,8 @@ def _extreme_logits(rng, shape=(6, K), dtype=np.float64):
 def test_extreme_logits_give_finite_values_and_gradients(pair, dtype, rng):
     head = _head(pair)
     z = _extreme_logits(rng, dtype=dtype)
+    if _own_input(head) is not None:  # the loss's own input, times 1e4 (as checks.extreme_inputs)
+        z = (_own_input(head)(z.shape, rng) * 1e4).astype(dtype)
     y = head_targets(head, rng, z.shape, dtype)
     assert np.isfinite(head.loss(z, y))
     for m in head_methods(head):
@@ -300,7 +312,7 @@ def test_fenchel_young_losses_are_exact_for_extreme_logits(acls, lcls):
 @pytest.mark.parametrize("pair", PAIRS)
 def test_float32_in_float32_out_for_every_method(pair, rng):
     head = _head(pair)
-    z = _logits(rng, dtype=np.float32)
+    z = _logits(rng, dtype=np.float32, head=head)
     y = head_targets(head, rng, SHAPE, np.float32)
     ref_value, ref_grad = testing.loop_head(head, z.astype(np.float64), y)
     assert np.asarray(head.loss(z, y)).dtype == np.float32
@@ -314,7 +326,8 @@ def test_float32_in_float32_out_for_every_method(pair, rng):
 @pytest.mark.parametrize("pair", PAIRS)
 def test_integer_logits_are_promoted_to_float64(pair, rng):
     head = _head(pair)
-    z = rng.integers(-3, 4, size=SHAPE)
+    own = _own_input(head)
+    z = rng.integers(-3, 4, size=SHAPE) if own is None else np.ceil(own(SHAPE, rng)).astype(np.int64)  # σ² >= 1
     y = head_targets(head, rng, SHAPE)
     for m in head_methods(head):
         value, grad = head.value_and_grad(z, y, method=m)
@@ -325,7 +338,7 @@ def test_integer_logits_are_promoted_to_float64(pair, rng):
 @pytest.mark.parametrize("pair", PAIRS)
 def test_leading_batch_axes_and_single_sample(pair, rng):
     head = _head(pair)
-    z = _logits(rng, (2, 3, K))
+    z = _logits(rng, (2, 3, K), head=head)
     y = head_targets(head, rng, z.shape)
     ref_value, ref_grad = testing.loop_head(head, z, y)
     one_value, one_grad = testing.loop_head(head, z[1, 2], y[1, 2])
@@ -343,7 +356,7 @@ def test_leading_batch_axes_and_single_sample(pair, rng):
 @pytest.mark.parametrize("pair", PAIRS)
 def test_inputs_are_never_modified(pair, rng):
     head = _head(pair)
-    z = readonly(_logits(rng))
+    z = readonly(_logits(rng, head=head))
     y = readonly(head_targets(head, rng, SHAPE))
     z0, y0 = z.copy(), y.copy()
     head.loss(z, y)
