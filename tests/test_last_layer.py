@@ -28,11 +28,22 @@ def _unpack(theta, bias):
 
 def _problem(head, rng, y=None, dtype=np.float64, bias=True):
     X = rng.normal(size=(N, D))
+    own = getattr(head.loss_fn, "example_input", None) if isinstance(head.activation, jac.Identity) else None
+    if own is not None:  # z is the loss's input: one feature positive, so that z can stay inside its domain
+        X[:, 0] = rng.uniform(0.5, 1.5, size=N)
     if y is None:
         y = head_targets(head, rng, (N, K))
     # logits clear of the head's kinks (ReLU at 0, MAE at a = y, ...): draw again until they are
     for _ in range(500):
         W, b = rng.normal(size=(K, D)) * 0.7, (rng.normal(size=K) * 0.3 if bias else np.zeros(K))
+        if own is not None:  # the layer fitted to the loss's own draw (σ² > 0 for GaussianNLL)
+            X1 = np.concatenate([X, np.ones((N, 1))], 1) if bias else X
+            M = np.linalg.lstsq(X1, own((N, K), rng), rcond=None)[0].T
+            W, b = M[:, :D], (M[:, D] if bias else np.zeros(K))
+            try:
+                head.loss(X @ W.T + b, y)
+            except ValueError:  # outside the loss's domain: draw again
+                continue
         dist, _ = checks.inputs._head_distance(head, X @ W.T + b, np.asarray(y))
         if np.all(dist >= 5e-3):
             break
