@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import activation_cases, make_logits, readonly
+from conftest import activation_cases, fit_shape, make_logits, readonly
 
 import jacobians as jac
 from jacobians import testing
@@ -138,7 +138,7 @@ class TestAgainstReferences:
 
     @pytest.mark.parametrize("dtype", [np.float32, np.float64])
     def test_extreme_logits_stay_finite(self, act, rng, dtype):
-        z = rng.choice([-1e4, 1e4, 0.0, 1.0], size=(8, 5)).astype(dtype)
+        z = rng.choice([-1e4, 1e4, 0.0, 1.0], size=fit_shape((8, 5), act)).astype(dtype)
         z[0] = 1e4  # a row of ties at the top
         z[1] = -1e4
         g = rng.normal(size=z.shape).astype(dtype)
@@ -147,26 +147,28 @@ class TestAgainstReferences:
         testing.assert_jacobian_close(act.jacobian(z), testing.loop_jacobian(act, z.astype(np.float64)))
 
     def test_errors_name_the_argument(self, act):
+        W = fit_shape((2, 3), act)[-1]  # 3, or the width the activation needs ([means | variances]: 4)
+        W1 = fit_shape((1, 1), act)[-1]
         with pytest.raises(ValueError, match=r"z must have at least 1 dimension.*0-d"):
             act(np.float64(1.0))
         with pytest.raises(ValueError, match=r"z must have at least 1 dimension.*0-d"):
             act.jacobian(np.float64(1.0))
-        with pytest.raises(ValueError, match=r"g must have the shape of z, \(2, 3\); got shape \(2, 4\)"):
-            act.vjp(np.zeros((2, 3)), np.zeros((2, 4)))
-        with pytest.raises(ValueError, match=r"v must have the shape of z, \(2, 3\); got shape \(3,\)"):
-            act.jvp(np.zeros((2, 3)), np.zeros(3))
+        with pytest.raises(ValueError, match=rf"g must have the shape of z, \(2, {W}\); got shape \(2, {W + 1}\)"):
+            act.vjp(np.zeros((2, W)), np.zeros((2, W + 1)))
+        with pytest.raises(ValueError, match=rf"v must have the shape of z, \(2, {W}\); got shape \({W},\)"):
+            act.jvp(np.zeros((2, W)), np.zeros(W))
         with pytest.raises(TypeError, match="z must be a real numeric array.*got dtype <U1"):
             act(np.array(["a", "b"]))
-        with pytest.raises(ValueError, match=r"out must have shape \(2, 3, 3\); got shape \(2, 3, 4\)"):
-            act.jacobian(np.zeros((2, 3)), out=np.empty((2, 3, 4)))
+        with pytest.raises(ValueError, match=rf"out must have shape \(2, {W}, {W}\); got shape \(2, {W}, {W + 1}\)"):
+            act.jacobian(np.zeros((2, W)), out=np.empty((2, W, W + 1)))
         with pytest.raises(TypeError, match="out must have dtype float64; got dtype float32"):
-            act.jacobian(np.zeros((2, 3)), out=np.empty((2, 3, 3), np.float32))
+            act.jacobian(np.zeros((2, W)), out=np.empty((2, W, W), np.float32))
         with pytest.raises(ValueError, match="out must be a writeable, C-contiguous array"):
-            act.jacobian(np.zeros((2, 3)), out=np.empty((2, 3, 6))[..., ::2])
+            act.jacobian(np.zeros((2, W)), out=np.empty((2, W, 2 * W))[..., ::2])
         with pytest.raises(TypeError, match="out must be a numpy array; got list"):
-            act.jacobian(np.zeros((1, 1)), out=[[[0.0]]])
+            act.jacobian(np.zeros((1, W1)), out=np.zeros((1, W1, W1)).tolist())
         with pytest.raises(ValueError, match="workers must be a positive int or None; got 0"):
-            act.jacobian(np.zeros((2, 3)), workers=0)
+            act.jacobian(np.zeros((2, W)), workers=0)
 
 
 @pytest.mark.parametrize("act", CASES)

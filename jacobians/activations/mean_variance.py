@@ -102,7 +102,7 @@ class MeanVariance(ElementwiseActivation):
             else:
                 a.append(np.log1p(np.exp(x)) if x < 30 else x + np.log1p(np.exp(-x)))
                 a[-1] += self.min_variance
-                d.append(1.0 / (1.0 + np.exp(-x)))
+                d.append(1.0 / (1.0 + np.exp(-x)) if x >= 0 else np.exp(x) / (1.0 + np.exp(x)))  # no overflow at −1e4
         return np.array(a), np.diag(d)
 
     # -- the generic (array API) path ---------------------------------------------------
