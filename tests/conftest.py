@@ -228,6 +228,27 @@ def make_head_logits(head, rng, shape, *, scale: float = 1.0, dtype=np.float64) 
     return make_logits(rng, shape, scale=scale, dtype=dtype)
 
 
+def widen(z, obj) -> np.ndarray:
+    """An array ``z`` (hypothesis' logits) widened to the width ``obj`` needs (its
+    ``width_multiple``, :func:`fit_shape`) by repeating each row's first entries: its own
+    values; ``z`` itself where it fits."""
+    extra = fit_shape(z.shape, obj)[-1] - z.shape[-1]
+    return z if extra == 0 else np.concatenate([z, z[..., :extra]], axis=-1)
+
+
+def head_input_like(head, z, seed) -> np.ndarray:
+    """Logits for ``head`` from drawn logits ``z`` (any width and magnitude): ``z`` widened to
+    the head's width; where z is the loss's own input (an Identity head of a loss with an
+    ``example_input``: [μ | σ²] with σ² > 0) the loss's own draw scaled to z's magnitude
+    (so up to ±1e4 as z), in z's dtype."""
+    z = widen(z, head)
+    own = getattr(head.loss_fn, "example_input", None)
+    if own is None or not isinstance(head.activation, jac.Identity):
+        return z
+    scale = max(1.0, float(np.abs(z).max(initial=0.0)))
+    return (np.asarray(own(z.shape, np.random.default_rng(seed))) * scale).astype(z.dtype)
+
+
 def loss_hessian_indefinite(head, z, y, *, tol: float = 1e-10) -> bool:
     """Whether the head's loss is not convex in its input at ``(z, y)``: its own dense
     Hessian in its input ``x`` (the activation's output, or z itself for a loss of the
@@ -240,7 +261,10 @@ def loss_hessian_indefinite(head, z, y, *, tol: float = 1e-10) -> bool:
     x = z if head.logits_loss else np.asarray(head.activation(z), dtype=np.float64)
     y = np.asarray(y).astype(np.float64) if np.asarray(y).dtype.kind == "f" else y
     W = x.shape[-1]
-    H = np.asarray(head.loss_fn.with_reduction("sum").hessian(x, y), dtype=np.float64).reshape(-1, W, W)
+    with np.errstate(all="ignore"):  # a row whose Hessian overflows (KL at p ≈ 0) cannot be judged: left out
+        H = np.asarray(head.loss_fn.with_reduction("sum").hessian(x, y), dtype=np.float64).reshape(-1, W, W)
+        H = H[np.isfinite(H).all(axis=(-2, -1))]
+        H = H / np.maximum(np.abs(H).max(axis=(-2, -1), keepdims=True, initial=0.0), 1e-300)
     lam = np.linalg.eigvalsh((H + np.swapaxes(H, -1, -2)) / 2)
     scale = np.maximum(np.abs(lam).max(axis=-1, initial=0.0), 1e-300)
     return bool(np.any(lam.min(axis=-1, initial=0.0) < -tol * scale))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import activation_cases, fit_shape, head_methods, head_targets
+from conftest import activation_cases, head_input_like, head_methods, head_targets, widen
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -35,26 +35,6 @@ def logits(draw, max_abs=1e4):
     return draw(arrays(dtype, shape, elements=st.floats(-max_abs, max_abs, allow_nan=False, width=width)))
 
 
-def _fit(z, obj):
-    """``z`` widened to the width ``obj`` needs (its ``width_multiple``: [means | variances]
-    takes an even width) by repeating the row's first entries (hypothesis' own values);
-    ``z`` itself where it fits."""
-    extra = fit_shape(z.shape, obj)[-1] - z.shape[-1]
-    return z if extra == 0 else np.concatenate([z, z[..., :extra]], axis=-1)
-
-
-def _head_input(head, z, seed):
-    """``z`` fitted to the head's width; where z is the loss's own input (an Identity head of
-    a loss with an ``example_input``: [μ | σ²] with σ² > 0), the loss's own draw scaled to
-    z's magnitude (up to ±1e4)."""
-    z = _fit(z, head)
-    own = getattr(head.loss_fn, "example_input", None)
-    if own is None or not isinstance(head.activation, jac.Identity):
-        return z
-    scale = max(1.0, float(np.abs(z).max(initial=0.0)))
-    return (own(z.shape, np.random.default_rng(seed)) * scale).astype(z.dtype)
-
-
 def _eps(dtype) -> float:
     return float(np.finfo(dtype).eps)
 
@@ -72,7 +52,7 @@ def _close(actual, expected, dtype, terms: int = 1):
 @SETTINGS
 @given(z=logits(), data=st.data())
 def test_activation_properties(act, z, data):
-    z = _fit(z, act)
+    z = widen(z, act)
     K = z.shape[-1]
     a = act(z)
     J = act.jacobian(z)
@@ -103,7 +83,7 @@ def test_activation_properties(act, z, data):
 @given(z=logits(), seed=st.integers(0, 2**32 - 1))
 def test_every_method_is_finite_and_keeps_shape_and_dtype(pair, z, seed):
     head = jac.Head(jac.get_activation(pair.activation)(), jac.get_loss(pair.loss)())
-    z = _head_input(head, z, seed)
+    z = head_input_like(head, z, seed)
     y = head_targets(head, np.random.default_rng(seed), z.shape, z.dtype)
     assert np.isfinite(head.loss(z, y))
     for m in head_methods(head):
@@ -123,7 +103,7 @@ def test_methods_agree(pair, z, seed):
     round-off of the result; the fused paths have no such loss (see the extreme-logit
     tests). Hence logits within ±3 and, for those losses, nonzero outputs in [1e-3, 1 − 1e-3]."""
     head = jac.Head(jac.get_activation(pair.activation)(), jac.get_loss(pair.loss)())
-    z = _head_input(head, z, seed)
+    z = head_input_like(head, z, seed)
     if not head.logits_loss and head.loss_fn.domain.issubset("unit_interval"):
         a = head.activation(z)
         inner = a[a != 0]

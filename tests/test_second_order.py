@@ -15,8 +15,10 @@ from conftest import (
     BrierWithHessian,
     ScaledTanh,
     describe,
+    head_input_like,
     head_targets,
     loss_hessian_indefinite,
+    make_head_logits,
     make_loss,
     make_loss_input,
     make_targets,
@@ -342,13 +344,19 @@ def test_second_order_at_extreme_logits(pair, dtype):
 @pytest.mark.parametrize("pair", [pytest.param(p, id=f"{p.activation}+{p.loss}") for p in jac.pairs()])
 def test_float32_stays_float32_and_inputs_are_never_modified(pair, rng):
     head = jac.Head(jac.get_activation(pair.activation)(), jac.get_loss(pair.loss)())
-    z = readonly(rng.normal(size=SHAPE).astype(np.float32))
+    z = readonly(make_head_logits(head, rng, SHAPE, dtype=np.float32))
     y = readonly(head_targets(head, rng, SHAPE, np.float32))
     v = readonly(rng.normal(size=SHAPE).astype(np.float32))
     z0, y0 = z.copy(), np.array(y, copy=True)
-    outs = [head.hessian(z, y), head.hvp(z, y, v), head.ggn(z, y), head.sqrt_ggn(z, y), head.fisher(z, y, "empirical")]
+    outs = [head.hessian(z, y), head.hvp(z, y, v), head.ggn(z, y), head.fisher(z, y, "empirical")]
+    if loss_hessian_indefinite(head, z, y):  # no real factor of the GGN: refused, clearly
+        with pytest.raises(ValueError, match="indefinite"):
+            head.sqrt_ggn(z, y)
+    else:
+        outs.append(head.sqrt_ggn(z, y))
     if getattr(head.loss_fn, "predictive", None) and not head.logits_loss:
-        outs += [head.fisher(z, y), head.sqrt_ggn_sampled(z, 3, seed=0), head.fisher(z, kind="mc", seed=0)]
+        outs += [head.fisher(z, y), head.sqrt_ggn_sampled(z, 3, seed=0), head.fisher(z, kind="mc", seed=0),
+                 head.sqrt_fisher(z, y)]
     for out in outs:
         assert out.dtype == np.float32
         assert np.all(np.isfinite(out))
@@ -371,7 +379,10 @@ def test_second_order_properties(pair, data):
     width = 32 if dtype is np.float32 else 64
     z = data.draw(arrays(dtype, shape, elements=st.floats(-1e4, 1e4, allow_nan=False, width=width)))
     head = jac.Head(jac.get_activation(pair.activation)(), jac.get_loss(pair.loss)())
-    y = head_targets(head, np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))), shape, dtype)
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    z = head_input_like(head, z, seed)  # the head's width; [μ | σ²] with σ² > 0 where z is the loss's input
+    shape = z.shape
+    y = head_targets(head, np.random.default_rng(seed), shape, dtype)
     # round-off is relative to the terms the blocks add up (their result may cancel to 0)
     z64, y64 = z.astype(np.float64), (y.astype(np.float64) if np.asarray(y).dtype.kind == "f" else y)
     terms = max(_gauss_newton_scale(head, z64, y64), _curvature_term_scale(head, z64, y64),
@@ -384,7 +395,7 @@ def test_second_order_properties(pair, data):
         assert np.abs(H - np.swapaxes(H, -1, -2)).max(initial=0.0) <= tol * scale
     G = head.ggn(z, y).astype(np.float64)
     assert np.all(np.isfinite(G))
-    if G.size:
+    if G.size and not loss_hessian_indefinite(head, z64, y64):  # convex in its input: the GGN is PSD
         lam = np.linalg.eigvalsh(G)
         assert lam.min() >= -tol * max(np.abs(lam).max(), terms)
 
