@@ -505,10 +505,10 @@ def test_every_method_gives_the_same_numbers_for_any_memory_layout(pair, rng):
     """A fused rule once wrote the target's gradient entries through ``reshape(-1)`` of an
     array laid out like the input: for Fortran-ordered logits (``(W @ X).T``) the writes went
     to a copy and the gradient came back as ``p`` instead of ``p − e_y``."""
-    from conftest import head_methods, head_targets
+    from conftest import fit_shape, head_methods, head_targets, make_head_logits
 
     head = jac.Head(jac.get_activation(pair.activation)(), jac.get_loss(pair.loss)())
-    z = rng.normal(size=(6, 5))
+    z = make_head_logits(head, rng, fit_shape((6, 5), head))  # [μ | σ²]: an even width, σ² > 0
     y = head_targets(head, rng, z.shape)
     second = ["fused"] if head.logits_loss else (["fused"] if head.hessian_rule else []) + ["chain"]
     for name, zl in _layouts(z).items():
@@ -526,8 +526,10 @@ def test_every_method_gives_the_same_numbers_for_any_memory_layout(pair, rng):
 
 @pytest.mark.parametrize("act", [pytest.param(cls(), id=name) for name, cls in jac.ACTIVATIONS.items()])
 def test_activations_give_the_same_numbers_for_any_memory_layout(act, rng):
-    z = rng.normal(size=(6, 5))
-    g = rng.normal(size=(6, 5))
+    from conftest import fit_shape
+
+    z = rng.normal(size=fit_shape((6, 5), act))
+    g = rng.normal(size=z.shape)
     for name, zl in _layouts(z).items():
         zc = np.ascontiguousarray(zl)
         for method, args in (("forward", ()), ("jacobian", ()), ("vjp", (g,)), ("jvp", (g,)), ("hessian_vjp", (g,))):
