@@ -31,7 +31,15 @@ import pytest
 da = pytest.importorskip("dask.array", reason="the dask extra is not installed: python -m pip install -e '.[dask]'")
 dask = pytest.importorskip("dask", reason="the dask extra is not installed: python -m pip install -e '.[dask]'")
 
-from conftest import REDUCTIONS, loss_specs, make_loss, make_targets, target_forms  # noqa: E402
+from conftest import (  # noqa: E402
+    REDUCTIONS,
+    loss_specs,
+    make_head_logits,
+    make_loss,
+    make_targets,
+    target_forms,
+    values_shape,
+)
 
 import jacobians as jac  # noqa: E402
 
@@ -81,6 +89,13 @@ def _heads(loss) -> list:
     return heads
 
 
+def _logits(heads, rng, shape, dtype=np.float64):
+    """Logits every head of ``heads`` takes: an Identity head's are its loss's own input
+    (make_head_logits: [μ | σ²] with σ² > 0), which any other activation takes too."""
+    head = next((h for h in heads if isinstance(h.activation, jac.Identity)), heads[0])
+    return make_head_logits(head, rng, shape, dtype=dtype)
+
+
 def _mean_cases():
     """Every loss variant with ``'mean'``, and each loss's last variant with a denominator of its own."""
     out = []
@@ -104,12 +119,15 @@ def _is_lazy(x) -> bool:
 def _hand_denominator(loss, shape, y) -> float:
     """What 'mean' divides by, counted here: the loss's own (with_denominator); N·K entries for
     an elementwise loss; for index targets of a class loss the summed class weights (1 each
-    without) of the targets not ignored; else N rows."""
+    without) of the targets not ignored; else N rows, or as many as its 'none' values where
+    it declares their layout (N·K pairs [μ | σ²] of an input 2K wide)."""
     if loss.denominator is not None:
         return loss.denominator
     n_rows = int(np.prod(shape[:-1]))
     if isinstance(loss, jac.ElementwiseLoss):
         return n_rows * shape[-1]
+    if getattr(loss, "values_layout", None) is not None:
+        return float(np.prod(values_shape(loss, shape)))
     y = np.asarray(y)
     if getattr(loss, "target_kind", None) == "class" and y.ndim == len(shape) - 1:
         ignore = getattr(loss, "ignore_index", None)
@@ -169,9 +187,9 @@ def test_mean_divides_by_the_whole_batchs_denominator(cls, options, own, rng):
     layer on the first; the other forms' value and gradient on the first head, z a dask array."""
     loss = make_loss(cls, options, K)
     loss = loss.with_denominator(OWN_DENOMINATOR) if own else loss
-    z = rng.normal(size=SHAPE)
-    X = rng.normal(size=SHAPE[:-1] + (D,))
     heads = _heads(loss)
+    z = _logits(heads, rng, SHAPE)
+    X = rng.normal(size=SHAPE[:-1] + (D,))
     forms = target_forms(loss)[:1] if own else target_forms(loss)
     for form in forms:
         y = make_targets(loss, rng, SHAPE, form)
@@ -279,7 +297,7 @@ def test_mean_over_nothing_warns_once(cls, options, nothing, lazy, rng):
     else:
         shape, rows = (2, 0, K), ((1, 1), (0,))
         y = make_targets(loss, rng, shape, target_forms(loss)[0])
-    z = rng.normal(size=shape)
+    z = _logits([head], rng, shape)
     features = rng.normal(size=shape[:-1] + (D,))
     zd, yd = _lazy_rows(z, rows), (_lazy_rows(y, rows) if lazy else y)
 
@@ -315,7 +333,7 @@ def test_float32_stays_float32(cls, reduction, rng):
     'mean', with a denominator of its own."""
     spec_id, options = SPECS[cls][-1]
     loss = make_loss(cls, options, K, reduction)
-    z = rng.normal(size=SHAPE).astype(np.float32)
+    z = _logits(_heads(loss)[:1], rng, SHAPE, np.float32)
     X = rng.normal(size=SHAPE[:-1] + (D,))
     y = make_targets(loss, rng, SHAPE, target_forms(loss)[0])  # float64 where not indices
     cases = {"numpy y": (loss, y), "dask y": (loss, _lazy_rows(y))}
