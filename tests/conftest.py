@@ -256,13 +256,18 @@ def loss_hessian_indefinite(head, z, y, *, tol: float = 1e-10) -> bool:
     checked against central differences of the loss's gradient for every registered loss
     (test_second_order), and the decision reads none of the GGN or ``sqrt_ggn`` code it
     judges: where it holds, ``sqrt_ggn`` must refuse ("indefinite": Gaussian NLL in
-    (μ, σ²)); where it does not, the GGN is PSD and ``sqrt_ggn`` factors it."""
+    (μ, σ²)); where it does not, the GGN is PSD and ``sqrt_ggn`` factors it. ``head`` may
+    be a loss alone: ``z`` is then its input."""
     z = np.asarray(z, dtype=np.float64)
-    x = z if head.logits_loss else np.asarray(head.activation(z), dtype=np.float64)
+    if isinstance(head, jac.Head):
+        loss = head.loss_fn
+        x = z if head.logits_loss else np.asarray(head.activation(z), dtype=np.float64)
+    else:  # a loss and its input
+        loss, x = head, z
     y = np.asarray(y).astype(np.float64) if np.asarray(y).dtype.kind == "f" else y
     W = x.shape[-1]
     with np.errstate(all="ignore"):  # a row whose Hessian overflows (KL at p ≈ 0) cannot be judged: left out
-        H = np.asarray(head.loss_fn.with_reduction("sum").hessian(x, y), dtype=np.float64).reshape(-1, W, W)
+        H = np.asarray(loss.with_reduction("sum").hessian(x, y), dtype=np.float64).reshape(-1, W, W)
         H = H[np.isfinite(H).all(axis=(-2, -1))]
         H = H / np.maximum(np.abs(H).max(axis=(-2, -1), keepdims=True, initial=0.0), 1e-300)
     lam = np.linalg.eigvalsh((H + np.swapaxes(H, -1, -2)) / 2)

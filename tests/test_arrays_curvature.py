@@ -21,6 +21,7 @@ import pytest
 from conftest import (
     array_namespace_named,
     jax_x64,
+    loss_hessian_indefinite,
     loss_specs,
     make_loss,
     make_loss_input,
@@ -172,8 +173,13 @@ def test_loss_factor_and_fisher_blocks_match_numpy(cls, options):
     if not type(loss).xp_available:
         return  # (its numpy math only: the walk above asserts the clear error)
     yl = loss.xp_check_targets(xs, at, xs.asarray(y))
-    S = to_numpy(loss.xp_sqrt_hessian(xs, at, yl))
-    assert normwise(S, loss.hessian_operator(a, y).sqrt()) <= tol
+    if loss_hessian_indefinite(loss, a, y):  # not convex in a (Gaussian NLL in (μ, σ²)): no real factor, on both
+        for sqrt in (lambda: loss.hessian_operator(a, y).sqrt(), lambda: loss.xp_sqrt_hessian(xs, at, yl)):
+            with pytest.raises(ValueError, match="indefinite"):
+                sqrt()
+    else:
+        S = to_numpy(loss.xp_sqrt_hessian(xs, at, yl))
+        assert normwise(S, loss.hessian_operator(a, y).sqrt()) <= tol
     state, ref = _outcome(lambda: loss.fisher_blocks(a))
     state_xp, got = _outcome(lambda: loss.xp_fisher_blocks(xs, at))
     if state == "raised":

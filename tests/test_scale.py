@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import activation_cases, head_methods, head_targets, peak_rss
+from conftest import activation_cases, head_methods, head_targets, make_head_logits, peak_rss
 
 import jacobians as jac
 from jacobians import head as head_module
@@ -167,7 +167,7 @@ def test_operator_matches_its_dense_form(act, dtype, rng, blocks):
 @pytest.mark.parametrize("pair", JACOBIAN_PAIRS)
 def test_blocked_jacobian_method_matches_the_whole_jacobian(pair, rng, blocks):
     head = jac.Head(jac.get_activation(pair.activation)(), jac.get_loss(pair.loss)())
-    z = _readonly(rng.normal(size=(N_BIG, K_BIG)))
+    z = _readonly(make_head_logits(head, rng, (N_BIG, K_BIG)))  # σ² > 0 where z is [μ | σ²]
     y = head_targets(head, rng, z.shape)
     a = head.activation(z)
     dE_da = head.loss_fn.grad(a, y)
