@@ -350,9 +350,13 @@ def test_checks_pass_with_the_example_targets_and_with_longer_rankings():
     z, y = rng.normal(size=(6, 5)), rankings(rng, (6,), 5, 4)
     assert jac.check_head(head, z, y).passed
     report = jac.check_second_order(head, z, y)
-    # every row but the Monte-Carlo one, whose exact Fisher is refused for R > 1
-    assert [r.compared for r in report.failures] == ["F: mc vs exact"], report
-    assert all(r.passed for r in report.rows if r.compared.startswith(("H", "GGN", "SS", "F: empirical")))
+    # every row but the two that need the exact Fisher (the Monte-Carlo one's reference and
+    # sqrt_fisher's factor), refused for R > 1 with the clear error
+    assert sorted(r.compared for r in report.failures) == ["F: mc vs exact", "SSᵀ: sqrt_fisher vs fisher"], report
+    assert all("no closed-form exact Fisher" in r.note for r in report.failures), report
+    assert all(r.passed for r in report.rows
+               if r.compared.startswith(("H", "GGN", "SS", "F: empirical")) and r.method != "sqrt_fisher")
+    assert any(r.compared.startswith("SS") and r.passed for r in report.rows)  # sqrt_ggn's rows are there
 
 
 @pytest.mark.parametrize("kind", ["hessian", "ggn", "fisher_mc", "empirical_fisher"])
