@@ -80,9 +80,9 @@ def methods_of(head):
     return (["fused"] if head.fused_rule else []) + ([] if head.logits_loss else ["vjp", "jacobian"])
 
 
-def compare(head, t):
-    grads = {m: head.grad(z, t, method=m) for m in methods_of(head)}
-    numeric = jac.numerical_grad(lambda x: head.loss(x, t), z)
+def compare(head, t, x=z):
+    grads = {m: head.grad(x, t, method=m) for m in methods_of(head)}
+    numeric = jac.numerical_grad(lambda v: head.loss(v, t), x)
     first = next(iter(grads.values()))
     spread = max(np.abs(g - first).max() for g in grads.values())
     error = max(np.abs(g - numeric).max() for g in grads.values())
@@ -106,10 +106,23 @@ for (a, lo), head in heads.items():
 # And over every valid pair of the registries:
 
 # %%
+def inputs_for(head, draw=np.random.default_rng(1)):
+    """The logits and targets for any head: a loss whose targets are shaped unlike its input
+    (rankings; one target per mean of [μ | σ²]) draws its own, and its own input where z is
+    that input (Identity: σ² > 0); every other head takes z and targets_for."""
+    loss = head.loss_fn
+    x = z
+    if getattr(loss, "example_input", None) is not None and isinstance(head.activation, jac.Identity):
+        x = loss.example_input(z.shape, draw)
+    t = loss.example_targets(z.shape, draw) if getattr(loss, "example_targets", None) else targets_for(loss)
+    return x, t
+
+
 worst_spread = worst_error = 0.0
 for p in valid:
     head = jac.Head(jac.ACTIVATIONS[p.activation](), jac.LOSSES[p.loss]())
-    _, spread, error = compare(head, targets_for(head.loss_fn))
+    x, t = inputs_for(head)
+    _, spread, error = compare(head, t, x)
     worst_spread, worst_error = max(worst_spread, spread), max(worst_error, error)
 print(f"{len(valid)} pairs: methods agree within {worst_spread:.0e}; "
       f"finite differences within {worst_error:.0e}")
