@@ -249,15 +249,18 @@ def head_input_like(head, z, seed) -> np.ndarray:
     return (np.asarray(own(z.shape, np.random.default_rng(seed))) * scale).astype(z.dtype)
 
 
-def loss_hessian_indefinite(head, z, y, *, tol: float = 1e-10) -> bool:
+def loss_hessian_indefinite(head, z, y, *, tol: float | None = None) -> bool:
     """Whether the head's loss is not convex in its input at ``(z, y)``: its own dense
     Hessian in its input ``x`` (the activation's output, or z itself for a loss of the
-    logits) has a row with an eigenvalue below −``tol`` × that row's largest. That Hessian is
+    logits), computed here in float64, has a row with an eigenvalue below −``tol`` × that
+    row's largest (default 1e3·eps of z's dtype, the round-off a factor allows). That Hessian is
     checked against central differences of the loss's gradient for every registered loss
     (test_second_order), and the decision reads none of the GGN or ``sqrt_ggn`` code it
     judges: where it holds, ``sqrt_ggn`` must refuse ("indefinite": Gaussian NLL in
     (μ, σ²)); where it does not, the GGN is PSD and ``sqrt_ggn`` factors it. ``head`` may
     be a loss alone: ``z`` is then its input."""
+    dtype = np.asarray(z).dtype if np.asarray(z).dtype.kind == "f" else np.dtype(np.float64)
+    tol = 1e3 * float(np.finfo(dtype).eps) if tol is None else tol
     z = np.asarray(z, dtype=np.float64)
     if isinstance(head, jac.Head):
         loss = head.loss_fn

@@ -395,7 +395,7 @@ def test_second_order_properties(pair, data):
         assert np.abs(H - np.swapaxes(H, -1, -2)).max(initial=0.0) <= tol * scale
     G = head.ggn(z, y).astype(np.float64)
     assert np.all(np.isfinite(G))
-    if G.size and not loss_hessian_indefinite(head, z64, y64):  # convex in its input: the GGN is PSD
+    if G.size and not loss_hessian_indefinite(head, z, y):  # convex in its input: the GGN is PSD
         lam = np.linalg.eigvalsh(G)
         assert lam.min() >= -tol * max(np.abs(lam).max(), terms)
 
