@@ -1,0 +1,247 @@
+"""Focal losses from the logits: Softmax + FocalLoss and Sigmoid + BinaryFocalLoss.
+
+**Softmax + focal.** A loss of the softmax ``p = softmax(z/T)`` that is a sum of terms of
+single probabilities, ``ℓ = Σ_k φ_k(p_k)``, has (with ``u_k = p_k φ'_k(p_k)``,
+``U = Σu``, ``r_k = u_k + p_k² φ''_k(p_k)``)::
+
+    ∇ℓ = u − p U                   (entry j: (1 − p_j) u_j − p_j Σ_{k≠j} u_k)
+    ∇²ℓ = Σ_k r_k (e_k − p)(e_k − p)ᵀ − U (diag(p) − p pᵀ)
+
+(over T and T²). For the focal loss ``φ_k = −c_k (1 − p)^γ log p`` (c = t ⊙ α):
+``u_k = −c_k q_k^γ (1 − γ p_k L_k)``, ``r_k = c_k γ p_k q_k^{γ−1} (2 + (1 − γ p_k) L_k)`` with
+``q = 1 − p`` and ``L = log p / q``. ``log p = (z − max) − log1p(t)`` and ``q`` (``t/(1+t)`` at
+the top entry, ``Σ_{i≠k} e_i / Σe`` elsewhere) come from the shifted logits without
+cancellation, so value, gradient and Hessian are exact at logits of ±1e4, in float32 too.
+At the largest entry the term ``r (e − p)(e − p)ᵀ`` is ``(r q²) v vᵀ`` with ``v = (e − p)/q``
+bounded and ``r q² = c γ p q^{γ+1} (…)`` finite for every γ >= 0 (``r`` alone is unbounded for
+γ < 1 as ``q → 0``). γ = 0 gives cross-entropy's ``(u = −c, r = 0)``.
+
+**Sigmoid + binary focal** (torchvision's ``sigmoid_focal_loss``): per entry with ``s = σ(z)``,
+``s̄ = σ(−z)``, ``ce = (1 − t) softplus(z) + t softplus(−z)``, ``m = s(1 − t) + s̄ t`` and
+``ρ = s s̄ / m`` (bounded by 1; 1 where ``m = 0``)::
+
+    loss = α_t ce m^γ
+    ∂/∂z = α_t m^γ [(s(1 − t) − t s̄) + γ ce ρ (1 − 2t)]
+    ∂²/∂z² = α_t m^γ [s s̄ + γ (1 − 2t) ρ (2(s(1 − t) − t s̄) + ce (s̄ − s) + (γ − 1) ce ρ (1 − 2t))]
+
+Neither pair is canonical: the GGN is the chain rule's ``Jᵀ H_a J`` (the losses' own Hessians
+in the probabilities), and neither loss is a likelihood (no exact or Monte-Carlo Fisher).
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat.numpy as npx
+
+from ..activations import Sigmoid, Softmax
+from ..losses import BinaryFocalLoss, FocalLoss
+from ..losses.focal import binary_weight
+from ..numerics.validation import as_float_array
+from ..operators import DenseJacobian, DiagonalJacobian
+from ..xp.blocks import complement_sums, device_of, diagonal_blocks, with_diagonal
+from .base import PairRule, register_rule
+from .generic import softmax_parts
+
+__all__ = [
+    "SoftmaxFocal",
+    "SigmoidBinaryFocal",
+    "softmax_pieces",
+    "separable_grad",
+    "separable_hessian",
+    "separable_hvp",
+]
+
+
+# -- a sum of terms of single softmax probabilities: the shared algebra ---------------------
+def softmax_pieces(xp, x):
+    """``(log p, p, q, (d, e, t, top))`` of rows ``x``: ``q = 1 − p`` as ``t/(1 + t)`` at the
+    top entry and ``Σ_{i≠k} e_i / Σe`` elsewhere (:func:`~jacobians.rules.generic.softmax_parts`)."""
+    d, e, t, top = softmax_parts(xp, x)
+    S = 1 + t
+    return d - xp.log1p(t), e / S, xp.where(top, t, S - e) / S, (d, e, t, top)
+
+
+def separable_grad(xp, p, q, u):
+    """``u − p Σu`` per row as ``q u − p Σ_{k≠j} u_k`` (``u <= 0``: complement sums)."""
+    return q * u + p * complement_sums(xp, -u)
+
+
+def separable_hessian(xp, p, q, r, U, r_rest, star=None):
+    """``Σ_k r_k (e_k − p)(e_k − p)ᵀ − U (diag p − p pᵀ)`` dense, plus ``s v vᵀ`` for
+    ``star = (s, v)``; the diagonal ``r q² + p² Σ_{k≠j} r_k − U p q (+ s v²)`` set directly
+    (``r_rest`` = ``Σ_{k≠j} r_k``). ``U``, ``s``: (..., 1)."""
+    R = xp.sum(r, axis=-1, keepdims=True)
+    H = (R + U)[..., None] * (p[..., :, None] * p[..., None, :])
+    H = H - (r[..., :, None] * p[..., None, :] + p[..., :, None] * r[..., None, :])
+    dg = r * q * q + p * p * r_rest - U * p * q
+    if star is not None:
+        s, v = star
+        H = H + s[..., None] * (v[..., :, None] * v[..., None, :])
+        dg = dg + s * v * v
+    return with_diagonal(xp, H, dg)
+
+
+def separable_hvp(xp, p, r, U, vec, star=None):
+    """The product of :func:`separable_hessian`'s blocks with ``vec`` (..., K), in O(K) a row."""
+    w = vec - xp.sum(p * vec, axis=-1, keepdims=True)
+    out = r * w - p * xp.sum(r * w, axis=-1, keepdims=True) - U * p * w
+    if star is not None:
+        s, v = star
+        out = out + s * xp.sum(v * vec, axis=-1, keepdims=True) * v
+    return out
+
+
+def _temperature(activation):
+    return float(getattr(activation, "temperature", 1.0))
+
+
+def focal_logits(xp, x, c, gamma: float, need_hessian: bool):
+    """``(values, grads, curvature)`` of the focal loss at logits ``x`` (already over T), per
+    row, unreduced; ``curvature`` = ``(p, q, r, U, r_rest, star)`` for the Hessian (or None)."""
+    logp, p, q, (d, e, t, top) = softmax_pieces(xp, x)
+    one = xp.ones_like(q)
+    qg = q**gamma if gamma else one
+    pos = q > 0
+    L = xp.where(pos, logp / xp.where(pos, q, one), -one)
+    values = -xp.sum(c * qg * logp, axis=-1)
+    u = -c * qg * (1 - gamma * (p * L)) if gamma else -c
+    grads = separable_grad(xp, p, q, u)
+    if not need_hessian:
+        return values, grads, None
+    U = xp.sum(u, axis=-1, keepdims=True)
+    if not gamma:
+        r = xp.zeros_like(p)
+        return values, grads, (p, q, r, U, r, None)
+    K = x.shape[-1]
+    am = xp.arange(K, device=device_of(x)) == xp.argmax(x, axis=-1, keepdims=True)
+    shape = c * gamma * p * (2 + (1 - gamma * p) * L)
+    r = xp.where(am, xp.zeros_like(p), shape * (qg / xp.where(am, one, q)))  # q >= 1/2 off the argmax
+    s = xp.sum(xp.where(am, shape * qg * q, xp.zeros_like(p)), axis=-1, keepdims=True)
+    tpos = t > 0
+    v = xp.where(am, one, xp.where(tpos, -e / xp.where(tpos, t, xp.ones_like(t)), xp.zeros_like(e)))
+    r_rest = xp.sum(r, axis=-1, keepdims=True) - r
+    return values, grads, (p, q, r, U, r_rest, (s, v))
+
+
+@register_rule
+class SoftmaxFocal(PairRule):
+    """Softmax(T) + FocalLoss: value, gradient, Hessian and HVP in closed form from the logits."""
+
+    pairs = ((Softmax, FocalLoss),)
+    canonical = False
+
+    @staticmethod
+    def _run(xp, activation, loss, z, c, need_hessian):
+        T = _temperature(activation)
+        x = z if T == 1.0 else z / T
+        values, grads, curv = focal_logits(xp, x, c, loss.gamma, need_hessian)
+        return values, (grads if T == 1.0 else grads / T), curv, T
+
+    def value_and_grad(self, activation, loss, z, y):
+        z = as_float_array(z, "z")
+        c, denom = loss.coefficients(loss.check_targets(z, y), z.dtype)
+        values, grads, _, _ = self._run(npx, activation, loss, z, c, False)
+        return loss.reduce(values, grads, denom)
+
+    def _curvature(self, xp, activation, loss, z, y):
+        if xp is npx:
+            t = loss.check_targets(z, y)
+            c, _ = loss.coefficients(t, z.dtype)
+            scale = loss.reduction_scale(z, t)
+        else:
+            c, _ = loss.xp_coefficients(xp, z, y)
+            scale = loss.xp_reduction_scale(xp, z, y)
+        _, _, (p, q, r, U, r_rest, star), T = self._run(xp, activation, loss, z, c, True)
+        return p, q, r, U, r_rest, star, scale / (T * T)
+
+    def hessian(self, activation, loss, z, y):
+        """``Σ_k r_k (e_k − p)(e_k − p)ᵀ − U (diag p − p pᵀ)`` (module doc), times the reduction's factor."""
+        z = as_float_array(z, "z")
+        p, q, r, U, r_rest, star, scale = self._curvature(npx, activation, loss, z, y)
+        return DenseJacobian(separable_hessian(npx, p, q, r, U, r_rest, star) * scale)
+
+    def hvp(self, activation, loss, z, y, v):
+        z = as_float_array(z, "z")
+        p, _, r, U, _, star, scale = self._curvature(npx, activation, loss, z, y)
+        return separable_hvp(npx, p, r, U, v, star) * scale
+
+    # -- the generic (array API) forms ---------------------------------------------------
+    def xp_value_and_grad(self, xp, activation, loss, z, y):
+        c, denom = loss.xp_coefficients(xp, z, y)
+        values, grads, _, _ = self._run(xp, activation, loss, z, c, False)
+        return loss.xp_reduce(xp, values, grads, denom)
+
+    def xp_hessian(self, xp, activation, loss, z, y):
+        p, q, r, U, r_rest, star, scale = self._curvature(xp, activation, loss, z, y)
+        return separable_hessian(xp, p, q, r, U, r_rest, star) * scale
+
+    def xp_hvp(self, xp, activation, loss, z, y, v):
+        p, _, r, U, _, star, scale = self._curvature(xp, activation, loss, z, y)
+        return separable_hvp(xp, p, r, U, v, star) * scale
+
+
+def binary_focal_logits(xp, z, t, gamma: float, alpha, need_hessian: bool):
+    """``(values, grads, hessians)`` per entry of the binary focal loss at logits ``z`` (module
+    doc), unreduced; ``hessians`` None unless asked."""
+    from ..xp.shims import expit, softplus
+
+    one = xp.ones_like(z)
+    s, sb = expit(xp, z), expit(xp, -z)
+    ce = (one - t) * softplus(xp, z) + t * softplus(xp, -z)
+    m = s * (one - t) + sb * t
+    mg = m**gamma if gamma else one
+    at = binary_weight(xp, alpha, t)
+    w = mg if at is None else at * mg
+    diff = s * (one - t) - t * sb
+    sign = one - 2 * t
+    pos = m > 0
+    rho = xp.where(pos, s * sb / xp.where(pos, m, one), one)
+    values = ce * w
+    grads = w * (diff + gamma * ce * rho * sign) if gamma else w * diff
+    hess = None
+    if need_hessian:
+        inner = s * sb
+        if gamma:
+            inner = inner + gamma * sign * rho * (2 * diff + ce * (sb - s) + (gamma - 1) * ce * rho * sign)
+        hess = w * inner
+    return values, grads, hess
+
+
+@register_rule
+class SigmoidBinaryFocal(PairRule):
+    """Sigmoid + BinaryFocalLoss: value, gradient and the (diagonal) Hessian from the logits."""
+
+    pairs = ((Sigmoid, BinaryFocalLoss),)
+    canonical = False
+
+    def value_and_grad(self, activation, loss, z, y):
+        z = as_float_array(z, "z")
+        y = loss.check_targets(z, y)
+        values, grads, _ = binary_focal_logits(npx, z, y, loss.gamma, loss.alpha, False)
+        return loss.reduce(values, grads, values.size)
+
+    def hessian(self, activation, loss, z, y):
+        z = as_float_array(z, "z")
+        y = loss.check_targets(z, y)
+        h = binary_focal_logits(npx, z, y, loss.gamma, loss.alpha, True)[2]
+        return DiagonalJacobian(h * loss.reduction_scale(z, y))
+
+    def hvp(self, activation, loss, z, y, v):
+        return self.hessian(activation, loss, z, y) @ v
+
+    def xp_value_and_grad(self, xp, activation, loss, z, y):
+        yv = loss.xp_check_targets(xp, z, y)
+        values, grads, _ = binary_focal_logits(xp, z, yv, loss.gamma, loss.alpha, False)
+        return loss.xp_reduce(xp, values, grads, math.prod(z.shape))
+
+    def _xp_diagonal(self, xp, loss, z, y):
+        yv = loss.xp_check_targets(xp, z, y)
+        h = binary_focal_logits(xp, z, yv, loss.gamma, loss.alpha, True)[2]
+        return h * loss.xp_reduction_scale(xp, z, yv)
+
+    def xp_hessian(self, xp, activation, loss, z, y):
+        return diagonal_blocks(xp, self._xp_diagonal(xp, loss, z, y))
+
+    def xp_hvp(self, xp, activation, loss, z, y, v):
+        return self._xp_diagonal(xp, loss, z, y) * v

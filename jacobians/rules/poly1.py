@@ -1,0 +1,101 @@
+"""Softmax + PolyLoss from the logits: ``ℓ = −Σ_k t_k log p_k + ε (1 − Σ_k t_k p_k)``.
+
+A sum of terms of single probabilities (see :mod:`jacobians.rules.focal`): with
+``φ_k = −t_k log p + ε t_k (1 − p)``, ``u_k = p_k φ'_k = −t_k (1 + ε p_k)`` and
+``r_k = u_k + p_k² φ''_k = −ε t_k p_k``::
+
+    ∇ℓ = u − p Σu
+    ∇²ℓ = Σt (diag p − p pᵀ) + ε [−Σ_k t_k p_k (e_k − p)(e_k − p)ᵀ + p_t (diag p − p pᵀ)]
+
+cross-entropy's Hessian plus ε times the Hessian of ``−p_t``. ``log p`` and ``1 − p`` come
+from the shifted logits (exact at ±1e4, float32 too); the value's ``1 − p_t`` is
+``(1 − Σt) + Σ t_k (1 − p_k)``. Not canonical (the GGN is the chain rule's, which here is
+cross-entropy's Hessian: ``ε (1 − p_t)`` is linear in p), not a likelihood.
+"""
+
+from __future__ import annotations
+
+import array_api_compat.numpy as npx
+
+from ..activations import Softmax
+from ..losses import PolyLoss
+from ..numerics.validation import as_float_array
+from ..operators import DenseJacobian
+from ..xp.blocks import complement_sums
+from .base import PairRule, register_rule
+from .focal import separable_grad, separable_hessian, separable_hvp, softmax_pieces
+
+__all__ = ["SoftmaxPoly"]
+
+
+def poly_logits(xp, x, c, epsilon: float, need_hessian: bool):
+    """``(values, grads, curvature)`` per row at logits ``x`` (over T), unreduced;
+    ``curvature = (p, q, r, U, r_rest)`` or None."""
+    logp, p, q, _ = softmax_pieces(xp, x)
+    rest = (1 - xp.sum(c, axis=-1)) + xp.sum(c * q, axis=-1)
+    values = -xp.sum(c * logp, axis=-1) + epsilon * rest
+    u = -c * (1 + epsilon * p)  # <= 0 for ε >= −1
+    grads = separable_grad(xp, p, q, u)
+    if not need_hessian:
+        return values, grads, None
+    cp = c * p
+    r = -epsilon * cp
+    r_rest = -epsilon * complement_sums(xp, cp)  # Σ_{k≠j} r_k: same signs, summed directly
+    return values, grads, (p, q, r, xp.sum(u, axis=-1, keepdims=True), r_rest)
+
+
+@register_rule
+class SoftmaxPoly(PairRule):
+    """Softmax(T) + PolyLoss: value, gradient, Hessian and HVP in closed form from the logits."""
+
+    pairs = ((Softmax, PolyLoss),)
+    canonical = False
+
+    @staticmethod
+    def _run(xp, activation, loss, z, c, need_hessian):
+        T = float(getattr(activation, "temperature", 1.0))
+        x = z if T == 1.0 else z / T
+        values, grads, curv = poly_logits(xp, x, c, loss.epsilon, need_hessian)
+        return values, (grads if T == 1.0 else grads / T), curv, T
+
+    def value_and_grad(self, activation, loss, z, y):
+        z = as_float_array(z, "z")
+        c, denom = loss.coefficients(loss.check_targets(z, y), z.dtype)
+        values, grads, _, _ = self._run(npx, activation, loss, z, c, False)
+        return loss.reduce(values, grads, denom)
+
+    def _curvature(self, xp, activation, loss, z, y):
+        if xp is npx:
+            t = loss.check_targets(z, y)
+            c, _ = loss.coefficients(t, z.dtype)
+            scale = loss.reduction_scale(z, t)
+        else:
+            c, _ = loss.xp_coefficients(xp, z, y)
+            scale = loss.xp_reduction_scale(xp, z, y)
+        _, _, curv, T = self._run(xp, activation, loss, z, c, True)
+        return curv, scale / (T * T)
+
+    def hessian(self, activation, loss, z, y):
+        """CE's ``Σt (diag p − p pᵀ)`` plus ε times the Hessian of ``−p_t``, times the reduction's factor."""
+        z = as_float_array(z, "z")
+        (p, q, r, U, r_rest), scale = self._curvature(npx, activation, loss, z, y)
+        return DenseJacobian(separable_hessian(npx, p, q, r, U, r_rest) * scale)
+
+    def hvp(self, activation, loss, z, y, v):
+        z = as_float_array(z, "z")
+        (p, _, r, U, _), scale = self._curvature(npx, activation, loss, z, y)
+        return separable_hvp(npx, p, r, U, v) * scale
+
+    # -- the generic (array API) forms ---------------------------------------------------
+    def xp_value_and_grad(self, xp, activation, loss, z, y):
+        c, denom = loss.xp_coefficients(xp, z, y)
+        values, grads, _, _ = self._run(xp, activation, loss, z, c, False)
+        return loss.xp_reduce(xp, values, grads, denom)
+
+    def xp_hessian(self, xp, activation, loss, z, y):
+        (p, q, r, U, r_rest), scale = self._curvature(xp, activation, loss, z, y)
+        return separable_hessian(xp, p, q, r, U, r_rest) * scale
+
+    def xp_hvp(self, xp, activation, loss, z, y, v):
+        (p, _, r, U, _), scale = self._curvature(xp, activation, loss, z, y)
+        return separable_hvp(xp, p, r, U, v) * scale
