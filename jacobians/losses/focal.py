@@ -9,9 +9,9 @@ without cancellation; the methods here are the separate path on the probabilitie
 Second derivative at ``p → 1`` (the target's probability, or ``a → t`` for a binary 0/1
 target): with ``γ < 1`` the loss is not twice differentiable there in ``a`` — its second
 derivative grows like ``γ(γ + 1)(1 − p)^{γ − 1}``. The separate path keeps it finite: where
-it overflows, or ``1 − p`` has rounded to 0, it is the dtype's largest finite value (as
-cross-entropy's ``1/a²`` is where ``a`` underflows), so the chain rule's ``Jᵀ H_a J`` stays
-finite; in the logits the loss is smooth and the fused rule's Hessian is exact.
+it overflows, or ``1 − p`` has rounded to 0, it is read as ``2**100`` (1.3e30; a
+saturation, as cross-entropy's ``1/a²`` saturates where ``a`` underflows), so the chain
+rule's ``Jᵀ H_a J`` and its sums stay finite (not accurate there: use the fused rule); in the logits the loss is smooth and the fused rule's Hessian is exact.
 
 The math is written once with the array API (``xp``); numpy runs it through
 ``array_api_compat.numpy``.
@@ -30,13 +30,29 @@ from ..operators import DiagonalJacobian
 from ._targets import check_weight, class_coefficients, xp_class_coefficients
 from .base import ElementwiseLoss, register_loss
 from .classification import _ClassLoss
-from .generic import concrete, const
+from .generic import concrete, const, xp_curvature_ratio
 
 __all__ = ["FocalLoss", "BinaryFocalLoss"]
 
 
 def _big(xp, like):
     return const(xp, xp.finfo(like.dtype).max, like)
+
+
+#: the separate path's second derivatives (and the binary loss's 1/a terms) saturate here (float32's ``max · eps`` is 4e31):
+#: finite in either dtype, with room for the chain rule's sums of such terms
+HESSIAN_CAP = 2.0**100
+
+
+def _cap(xp, x):
+    """A second derivative clipped to ``[0, HESSIAN_CAP]`` (``+inf`` included; the losses are
+    convex in ``a``, so a negative value is the guards' round-off)."""
+    return xp.minimum(xp.maximum(x, xp.zeros_like(x)), const(xp, HESSIAN_CAP, x))
+
+
+def _capped(xp, x):
+    """``x`` (>= 0) read as at most :data:`HESSIAN_CAP`: the binary loss's ``1/a`` terms."""
+    return xp.minimum(x, const(xp, HESSIAN_CAP, x))
 
 
 def _saturate(xp, x):
@@ -70,7 +86,8 @@ def focal_parts(xp, a, c, gamma: float, need_grad: bool, need_hessian: bool = Fa
     ``a`` (..., K) probabilities (read as ``max(a, tiny)`` where they underflowed), ``c``
     (..., K) the targets times α. ``grads`` ``c (1 − a)^γ (γ L − 1/a)`` and the Hessian's
     diagonal ``c [γ (1 − a)^{γ−1} (2/a − (γ − 1) L) + (1 − a)^γ / a²]`` with
-    ``L = log a / (1 − a)`` (−1 at a = 1), saturated at the largest finite value."""
+    ``L = log a / (1 − a)`` (−1 at a = 1); the gradient saturated at the largest finite value,
+    the Hessian at ``2**100``."""
     tiny = const(xp, xp.finfo(a.dtype).smallest_normal, a)
     one = const(xp, 1.0, a)
     p = xp.maximum(a, tiny)
@@ -87,11 +104,11 @@ def focal_parts(xp, a, c, gamma: float, need_grad: bool, need_hessian: bool = Fa
         grads = _saturate(xp, g)
     if need_hessian:
         inv_p = one / p
-        h = qg * inv_p * inv_p
+        h = xp_curvature_ratio(xp, qg, p)  # q^γ / p², saturated
         if gamma:
-            q1 = xp.where(pos, qg / safe_q, const(xp, _power_at_zero(gamma, -1.0), a))
+            q1 = xp.where(pos, safe_q ** (gamma - 1), const(xp, _power_at_zero(gamma, -1.0), a))
             h = h + gamma * q1 * (2 * inv_p - (gamma - 1) * L)
-        hess = xp.where(c > 0, _saturate(xp, c * _saturate(xp, h)), xp.zeros_like(a))
+        hess = xp.where(c > 0, _cap(xp, c * _cap(xp, h)), xp.zeros_like(a))
     return values, grads, hess
 
 
@@ -205,9 +222,11 @@ def binary_focal_parts(xp, a, t, gamma: float, alpha, need_grad: bool, need_hess
     """``(values, grads, hessians)`` per entry of ``α_t ce(a, t) m^γ`` with ``ce = −t log a −
     (1 − t) log(1 − a)`` and ``m = a(1 − t) + (1 − a) t`` (torchvision's ``1 − p_t``).
 
-    The logs read ``a`` and ``1 − a`` as at least ``tiny``; the second derivative
-    ``α_t [ce'' m^γ + 2γ ce' m^{γ−1} (1 − 2t) + γ(γ − 1) ce m^{γ−2} (1 − 2t)²]`` takes its
-    limit where ``m = 0`` and saturates at the largest finite value."""
+    The logs and ratios read ``a`` and ``1 − a`` as at least ``tiny``; the gradient is
+    saturated at ``±2**100`` and the second derivative ``α_t [ce'' m^γ + 2γ ce' m^{γ−1} (1 − 2t)
+    + γ(γ − 1) ce m^{γ−2} (1 − 2t)²]`` (>= 0: the loss is convex in ``a``) takes its limit
+    where ``m = 0`` and is clipped to ``[0, 2**100]`` (both bounds act only where ``a`` or
+    ``1 − a`` rounded to 0 or below ~1e-30)."""
     tiny = const(xp, xp.finfo(a.dtype).smallest_normal, a)
     one = const(xp, 1.0, a)
     pa = xp.maximum(a, tiny)
@@ -225,20 +244,19 @@ def binary_focal_parts(xp, a, t, gamma: float, alpha, need_grad: bool, need_hess
     s = one - 2 * t
     pos = m > 0
     safe_m = xp.where(pos, m, one)
-    m1 = xp.where(pos, mg / safe_m, const(xp, _power_at_zero(gamma, -1.0), a))
-    dce = (one - t) / pb - t / pa
+    m1 = xp.where(pos, safe_m ** (gamma - 1), const(xp, _power_at_zero(gamma, -1.0), a))
+    dce = _capped(xp, (one - t) / pb) - _capped(xp, t / pa)
+    ratio = xp.where(pos, ce / safe_m, one)  # ce/m -> 1 where m -> 0 (ce = 0 there)
     if need_grad:
-        g = dce * mg + (gamma * ce * m1 * s if gamma else 0)
-        grads = _saturate(xp, g if at is None else at * g)
+        g = dce * mg + (gamma * ratio * mg * s if gamma else 0)  # γ ce m^{γ−1} = γ (ce/m) m^γ
+        grads = g if at is None else at * g
     if need_hessian:
-        d2ce = (one - t) / (pb * pb) + t / (pa * pa)
-        h = _saturate(xp, d2ce) * mg
+        h = _cap(xp, xp_curvature_ratio(xp, one - t, pb) + xp_curvature_ratio(xp, t, pa)) * mg  # (1 − t)/b² + t/a²
         if gamma:
-            ratio = xp.where(pos, ce / safe_m, one)  # ce/m -> 1 where m -> 0 (ce = 0 there)
             h = h + gamma * m1 * s * (2 * dce + (gamma - 1) * ratio * s)
             h = xp.where(pos, h, const(xp, gamma * (gamma + 1), a) * m1)
-        h = _saturate(xp, h)
-        hess = h if at is None else xp.where(at > 0, _saturate(xp, at * h), xp.zeros_like(h))
+        h = _cap(xp, h)
+        hess = h if at is None else xp.where(at > 0, _cap(xp, at * h), xp.zeros_like(h))
     return values, grads, hess
 
 
