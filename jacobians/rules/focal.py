@@ -37,11 +37,17 @@ import array_api_compat.numpy as npx
 from ..activations import Sigmoid, Softmax
 from ..losses import BinaryFocalLoss, FocalLoss
 from ..losses.focal import binary_weight
+from ..numerics.elementwise import sigmoid
 from ..numerics.validation import as_float_array
 from ..operators import DenseJacobian, DiagonalJacobian
 from ..xp.blocks import complement_sums, device_of, diagonal_blocks, with_diagonal
 from .base import PairRule, register_rule
 from .generic import softmax_parts
+from .sigmoid_bce import _plain as _bce_plain
+from .softmax import SoftmaxFamily
+
+#: γ = 0 without α is cross-entropy: the softmax family's rule serves it, bit for bit
+_CE = SoftmaxFamily()
 
 __all__ = [
     "SoftmaxFocal",
@@ -138,7 +144,13 @@ class SoftmaxFocal(PairRule):
         values, grads, curv = focal_logits(xp, x, c, loss.gamma, need_hessian)
         return values, (grads if T == 1.0 else grads / T), curv, T
 
+    @staticmethod
+    def _is_ce(loss) -> bool:
+        return loss.gamma == 0 and loss.alpha is None
+
     def value_and_grad(self, activation, loss, z, y):
+        if self._is_ce(loss):
+            return _CE.value_and_grad(activation, loss, z, y)
         z = as_float_array(z, "z")
         c, denom = loss.coefficients(loss.check_targets(z, y), z.dtype)
         values, grads, _, _ = self._run(npx, activation, loss, z, c, False)
@@ -157,26 +169,36 @@ class SoftmaxFocal(PairRule):
 
     def hessian(self, activation, loss, z, y):
         """``Σ_k r_k (e_k − p)(e_k − p)ᵀ − U (diag p − p pᵀ)`` (module doc), times the reduction's factor."""
+        if self._is_ce(loss):
+            return _CE.hessian(activation, loss, z, y)
         z = as_float_array(z, "z")
         p, q, r, U, r_rest, star, scale = self._curvature(npx, activation, loss, z, y)
         return DenseJacobian(separable_hessian(npx, p, q, r, U, r_rest, star) * scale)
 
     def hvp(self, activation, loss, z, y, v):
+        if self._is_ce(loss):
+            return _CE.hvp(activation, loss, z, y, v)
         z = as_float_array(z, "z")
         p, _, r, U, _, star, scale = self._curvature(npx, activation, loss, z, y)
         return separable_hvp(npx, p, r, U, v, star) * scale
 
     # -- the generic (array API) forms ---------------------------------------------------
     def xp_value_and_grad(self, xp, activation, loss, z, y):
+        if self._is_ce(loss):
+            return _CE.xp_value_and_grad(xp, activation, loss, z, y)
         c, denom = loss.xp_coefficients(xp, z, y)
         values, grads, _, _ = self._run(xp, activation, loss, z, c, False)
         return loss.xp_reduce(xp, values, grads, denom)
 
     def xp_hessian(self, xp, activation, loss, z, y):
+        if self._is_ce(loss):
+            return _CE.xp_hessian(xp, activation, loss, z, y)
         p, q, r, U, r_rest, star, scale = self._curvature(xp, activation, loss, z, y)
         return separable_hessian(xp, p, q, r, U, r_rest, star) * scale
 
     def xp_hvp(self, xp, activation, loss, z, y, v):
+        if self._is_ce(loss):
+            return _CE.xp_hvp(xp, activation, loss, z, y, v)
         p, _, r, U, _, star, scale = self._curvature(xp, activation, loss, z, y)
         return separable_hvp(xp, p, r, U, v, star) * scale
 
@@ -187,7 +209,7 @@ def binary_focal_logits(xp, z, t, gamma: float, alpha, need_hessian: bool):
     from ..xp.shims import expit, softplus
 
     one = xp.ones_like(z)
-    s, sb = expit(xp, z), expit(xp, -z)
+    s, sb = (sigmoid(z), sigmoid(-z)) if xp is npx else (expit(xp, z), expit(xp, -z))
     ce = (one - t) * softplus(xp, z) + t * softplus(xp, -z)
     m = s * (one - t) + sb * t
     mg = m**gamma if gamma else one
@@ -218,6 +240,8 @@ class SigmoidBinaryFocal(PairRule):
     def value_and_grad(self, activation, loss, z, y):
         z = as_float_array(z, "z")
         y = loss.check_targets(z, y)
+        if loss.gamma == 0 and loss.alpha is None:  # binary cross-entropy: its rule's kernel
+            return _bce_plain(z, y, loss)
         values, grads, _ = binary_focal_logits(npx, z, y, loss.gamma, loss.alpha, False)
         return loss.reduce(values, grads, values.size)
 
