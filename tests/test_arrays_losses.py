@@ -36,6 +36,7 @@ ACTIVATION = {
     "simplex": jac.Softmax,
     "log_simplex": jac.LogSoftmax,
     "unit_interval": jac.Sigmoid,
+    "open_unit_interval": jac.Sigmoid,
 }
 WORST: dict = {}
 #: Entmax.alpha_vjp's bound in eps of the dtype (its terms cancel: see test_entmax_alpha_vjp)

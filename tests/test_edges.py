@@ -19,6 +19,8 @@ import pytest
 from conftest import entmax_longdouble, make_loss, make_targets, pair_options, target_forms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_focal import binary_focal_longdouble, focal_longdouble
+from test_poly1 import poly_longdouble
 
 import jacobians as jac
 from jacobians.numerics import buffers
@@ -204,6 +206,9 @@ REFERENCES = {
     (jac.Sparsemax, jac.SparsemaxLoss): _fenchel_young_reference(lambda x, alpha: _sparsemax_ld(x)),
     (jac.Entmax15, jac.Entmax15Loss): _fenchel_young_reference(lambda x, alpha: _entmax15_ld(x)),
     (jac.Entmax, jac.EntmaxLoss): _fenchel_young_reference(entmax_longdouble),
+    (jac.Softmax, jac.FocalLoss): focal_longdouble,
+    (jac.Sigmoid, jac.BinaryFocalLoss): binary_focal_longdouble,
+    (jac.Softmax, jac.PolyLoss): poly_longdouble,
 }
 
 FUSED_PAIRS = [pytest.param(key, id=f"{key[0].__name__}+{key[1].__name__}") for key in jac.fused.FUSED]

@@ -391,3 +391,67 @@ def test_float32_stays_float32_and_registered():
                      (jac.Head(jac.Sigmoid(), jac.BinaryFocalLoss()), (z > 0).astype(np.float32))):
         for out in (head.grad(z, yy), head.hessian(z, yy), head.hvp(z, yy, z), head.ggn(z, yy), head.sqrt_ggn(z, yy)):
             assert out.dtype == np.float32 and np.all(np.isfinite(out))
+
+
+# -- long-double references for tests/test_edges.py (every fused rule has one) -------------------
+def _ld_targets(y, K, weights=None):
+    y = np.asarray(y)
+    c = np.eye(K, dtype=LD)[y] if y.dtype.kind in "iu" else y.astype(LD)
+    return c if weights is None else c * np.asarray(weights, dtype=LD)
+
+
+def _ld_softmax_parts(act, z):
+    """``(x, d, p, q, log p, G)`` in long double: ``q = 1 − p`` as the others' exp over the
+    total, ``G`` each row's rounding reach (the largest gap, plus |x| when z/T was rounded)."""
+    T = LD(getattr(act, "temperature", 1.0))
+    x = np.asarray(z, dtype=LD) / T
+    d = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(d)
+    top = d == 0
+    first = (np.cumsum(top, axis=-1) == 1) & top  # one top entry; the others (ties too) summed
+    t = np.where(first, 0, e).sum(axis=-1, keepdims=True)
+    S = 1 + t
+    q = np.where(first, t, S - e) / S
+    G = -d.min(axis=-1, keepdims=True) + (np.abs(x).max(axis=-1, keepdims=True) if T != 1 else 0)
+    return x, d, e / S, q, d - np.log1p(t), G, T
+
+
+def focal_longdouble(act, loss, z, y):
+    """(values, value scale, grads, grad scale, denominator) of Softmax + FocalLoss in long
+    double; the scales bound what rounding the inputs (z − max, and z/T) moves."""
+    K = np.shape(z)[-1]
+    c = _ld_targets(y, K, loss.alpha)
+    _, d, p, q, logp, G, T = _ld_softmax_parts(act, z)
+    g = LD(loss.gamma)
+    qg = q**g if g else np.ones_like(q)
+    terms = -c * qg * logp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        L = np.where(q > 0, logp / np.where(q > 0, q, 1), -1)
+    u = -c * qg * (1 - g * p * L)
+    off = ~np.eye(K, dtype=bool)
+    others = np.einsum("...j,kj->...k", u, off.astype(LD))
+    grads = (q * u - p * others) / T
+    reach = 1 + (1 + g) * (1 + G)
+    gscale = (q * np.abs(u) + p * np.einsum("...j,kj->...k", np.abs(u), off.astype(LD))) * reach / T
+    return terms.sum(axis=-1), (np.abs(terms) * reach).sum(axis=-1), grads, gscale, LD(np.prod(np.shape(z)[:-1]))
+
+
+def _ld_softplus(x):
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def binary_focal_longdouble(act, loss, z, y):
+    """(values, scale, grads, grad scale, denominator) of Sigmoid + BinaryFocalLoss in long double."""
+    x, t = np.asarray(z, dtype=LD), np.asarray(y, dtype=LD)
+    g = LD(loss.gamma)
+    s, sb = np.exp(-_ld_softplus(-x)), np.exp(-_ld_softplus(x))
+    ce = (1 - t) * _ld_softplus(x) + t * _ld_softplus(-x)
+    m = s * (1 - t) + sb * t
+    mg = m**g if g else np.ones_like(m)
+    w = mg if loss.alpha is None else (loss.alpha * t + (1 - loss.alpha) * (1 - t)) * mg
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(m > 0, s * sb / np.where(m > 0, m, 1), 1)
+    grads = w * ((1 - t) * s - t * sb + g * ce * rho * (1 - 2 * t))
+    gscale = w * ((1 - t) * s + t * sb + g * ce * rho * np.abs(1 - 2 * t)) * (2 + 2 * g)
+    values = w * ce
+    return values, values * (2 + 2 * g), grads, gscale, LD(np.size(z))

@@ -306,7 +306,7 @@ class BinaryFocalLoss(ElementwiseLoss):
     """
 
     name = "binary_focal"
-    input_domain = "unit_interval"
+    input_domain = "open_unit_interval"
     target_kind = "probability"
     predictive = None
 

@@ -3,8 +3,8 @@
 
 Not a likelihood: no predictive distribution, so ``Head.fisher`` refuses ``kind='exact'``
 and ``'mc'`` (the empirical Fisher works). Its Hessian in ``a`` is cross-entropy's
-(``ε (1 − p_t)`` is linear in ``a``), so the GGN of ``Head(Softmax(), PolyLoss())`` is the
-cross-entropy Hessian. The fused rule from the logits is :mod:`jacobians.rules.poly1`.
+(``ε (1 − p_t)`` is linear in ``a``), so the GGN of ``Head(Softmax(), PolyLoss())``, split at
+the probabilities, is ``Σ_k t_k (e_k − p)(e_k − p)ᵀ`` whatever ε. The fused rule from the logits is :mod:`jacobians.rules.poly1`.
 
 The math is written once with the array API (``xp``); numpy runs it through
 ``array_api_compat.numpy``.

@@ -9,8 +9,8 @@ A sum of terms of single probabilities (see :mod:`jacobians.rules.focal`): with
 
 cross-entropy's Hessian plus ε times the Hessian of ``−p_t``. ``log p`` and ``1 − p`` come
 from the shifted logits (exact at ±1e4, float32 too); the value's ``1 − p_t`` is
-``(1 − Σt) + Σ t_k (1 − p_k)``. Not canonical (the GGN is the chain rule's, which here is
-cross-entropy's Hessian: ``ε (1 − p_t)`` is linear in p), not a likelihood.
+``(1 − Σt) + Σ t_k (1 − p_k)``. Not canonical: the GGN is the chain rule's ``Jᵀ H_a J = Σ_k t_k (e_k − p)(e_k − p)ᵀ``
+(``H_a = diag(t/a²)`` is cross-entropy's: ``ε (1 − p_t)`` is linear in p); not a likelihood.
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from ..activations import Softmax
 from ..losses import PolyLoss
 from ..numerics.validation import as_float_array
 from ..operators import DenseJacobian
-from ..xp.blocks import complement_sums
+from ..xp.blocks import device_of, with_diagonal
 from .base import PairRule, register_rule
-from .focal import separable_grad, separable_hessian, separable_hvp, softmax_pieces
+from .focal import separable_grad, separable_hvp, softmax_pieces
 
 __all__ = ["SoftmaxPoly"]
 
 
 def poly_logits(xp, x, c, epsilon: float, need_hessian: bool):
     """``(values, grads, curvature)`` per row at logits ``x`` (over T), unreduced;
-    ``curvature = (p, q, r, U, r_rest)`` or None."""
+    ``curvature = (p, q, c, c ⊙ p, r, Σu)`` or None."""
     logp, p, q, _ = softmax_pieces(xp, x)
     rest = (1 - xp.sum(c, axis=-1)) + xp.sum(c * q, axis=-1)
     values = -xp.sum(c * logp, axis=-1) + epsilon * rest
@@ -40,8 +40,22 @@ def poly_logits(xp, x, c, epsilon: float, need_hessian: bool):
         return values, grads, None
     cp = c * p
     r = -epsilon * cp
-    r_rest = -epsilon * complement_sums(xp, cp)  # Σ_{k≠j} r_k: same signs, summed directly
-    return values, grads, (p, q, r, xp.sum(u, axis=-1, keepdims=True), r_rest)
+    return values, grads, (p, q, c, cp, r, xp.sum(u, axis=-1, keepdims=True))
+
+
+def poly_hessian(xp, p, q, c, cp, epsilon: float):
+    """The blocks, dense, with ``M_ij = (Σc − c_i − c_j) + (1 − ε)(c_i + c_j)`` (>= 0 for
+    ε <= 1) and ``P = Σ_k c_k p_k``: ``−p_i p_j (M_ij + 2εP)`` off the diagonal and
+    ``p_j (Σ_{k≠j} p_k M_jk + 2ε q_j P)`` on it (the rows sum to 0): sums of terms of one
+    sign, so a confident row keeps its digits (``1 − ε q_j`` is never formed)."""
+    csum = xp.sum(c, axis=-1, keepdims=True)
+    P = xp.sum(cp, axis=-1, keepdims=True)
+    ci, cj = c[..., :, None], c[..., None, :]
+    M = ((csum[..., None] - ci) - cj) + (1 - epsilon) * (ci + cj)
+    H = -(p[..., :, None] * p[..., None, :]) * (M + (2 * epsilon) * P[..., None])
+    eye = xp.eye(p.shape[-1], dtype=xp.bool, device=device_of(p))
+    rest = xp.sum(xp.where(eye, xp.zeros_like(M), M * p[..., None, :]), axis=-1)
+    return with_diagonal(xp, H, p * (rest + (2 * epsilon) * q * P))
 
 
 @register_rule
@@ -78,12 +92,12 @@ class SoftmaxPoly(PairRule):
     def hessian(self, activation, loss, z, y):
         """CE's ``Σt (diag p − p pᵀ)`` plus ε times the Hessian of ``−p_t``, times the reduction's factor."""
         z = as_float_array(z, "z")
-        (p, q, r, U, r_rest), scale = self._curvature(npx, activation, loss, z, y)
-        return DenseJacobian(separable_hessian(npx, p, q, r, U, r_rest) * scale)
+        (p, q, c, cp, _, _), scale = self._curvature(npx, activation, loss, z, y)
+        return DenseJacobian(poly_hessian(npx, p, q, c, cp, loss.epsilon) * scale)
 
     def hvp(self, activation, loss, z, y, v):
         z = as_float_array(z, "z")
-        (p, _, r, U, _), scale = self._curvature(npx, activation, loss, z, y)
+        (p, _, _, _, r, U), scale = self._curvature(npx, activation, loss, z, y)
         return separable_hvp(npx, p, r, U, v) * scale
 
     # -- the generic (array API) forms ---------------------------------------------------
@@ -93,9 +107,9 @@ class SoftmaxPoly(PairRule):
         return loss.xp_reduce(xp, values, grads, denom)
 
     def xp_hessian(self, xp, activation, loss, z, y):
-        (p, q, r, U, r_rest), scale = self._curvature(xp, activation, loss, z, y)
-        return separable_hessian(xp, p, q, r, U, r_rest) * scale
+        (p, q, c, cp, _, _), scale = self._curvature(xp, activation, loss, z, y)
+        return poly_hessian(xp, p, q, c, cp, loss.epsilon) * scale
 
     def xp_hvp(self, xp, activation, loss, z, y, v):
-        (p, _, r, U, _), scale = self._curvature(xp, activation, loss, z, y)
+        (p, _, _, _, r, U), scale = self._curvature(xp, activation, loss, z, y)
         return separable_hvp(xp, p, r, U, v) * scale
