@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 
 import array_api_compat.numpy as npx
+import numpy as np
 
 from ..activations import Sigmoid, Softmax
 from ..losses import BinaryFocalLoss, FocalLoss
@@ -42,6 +43,7 @@ from ..numerics.validation import as_float_array
 from ..operators import DenseJacobian, DiagonalJacobian
 from ..xp.blocks import complement_sums, device_of, diagonal_blocks, with_diagonal
 from .base import PairRule, register_rule
+from .common import entry_factor, onehot, reduce_plainly
 from .generic import softmax_parts
 from .sigmoid_bce import _plain as _bce_plain
 from .softmax import SoftmaxFamily
@@ -56,6 +58,7 @@ __all__ = [
     "separable_grad",
     "separable_hessian",
     "separable_hvp",
+    "softmax_extreme",
 ]
 
 
@@ -96,6 +99,21 @@ def separable_hvp(xp, p, r, U, vec, star=None):
         s, v = star
         out = out + s * xp.sum(v * vec, axis=-1, keepdims=True) * v
     return out
+
+
+def softmax_extreme(activation, loss, z, y, weight, smoothing: float = 0.0):
+    """Cross-entropy's limits at one-hot-separated logits (plain float64), the coefficients
+    ``c = ((1 − λ) t + λ/K) ⊙ weight``: value ``Σ c (z_m − z)/T``, gradient
+    ``(e_m Σ_{k≠m} c_k − c ⊙ (1 − e_m))/T``, reduced over the rows."""
+    T = _temperature(activation)
+    K = z.shape[-1]
+    y = np.asarray(y)
+    t = onehot(y, K) if y.shape == z.shape[:-1] else y.astype(np.float64)
+    c = ((1 - smoothing) * t + smoothing / K) * np.asarray(weight, np.float64)
+    top = onehot(z.argmax(axis=-1), K)
+    values = (c * (z.max(axis=-1, keepdims=True) - z)).sum(axis=-1) / T
+    grads = (top * (c * (1 - top)).sum(axis=-1, keepdims=True) - c * (1 - top)) / T
+    return reduce_plainly(loss, values, grads, values.size)
 
 
 def _temperature(activation):
@@ -182,6 +200,15 @@ class SoftmaxFocal(PairRule):
         p, _, r, U, _, star, scale = self._curvature(npx, activation, loss, z, y)
         return separable_hvp(npx, p, r, U, v, star) * scale
 
+    def extreme_value_and_grad(self, activation, loss, z, y):
+        """At one-hot-separated logits (p = e_m, 1 − p_m = 0): whatever γ, cross-entropy's
+        value ``Σ c (z_m − z)/T`` and gradient ``(e_m Σ_{k≠m} c_k − c off m)/T``, c = t ⊙ α."""
+        return softmax_extreme(activation, loss, z, y, np.ones(z.shape[-1]) if loss.alpha is None else loss.alpha)
+
+    def extreme_hessian(self, activation, loss, z, y):
+        """A one-hot softmax: every term carries ``diag p − p pᵀ = 0``, ``p_k`` or ``(1 − p_m)``: zero."""
+        return np.zeros(z.shape + z.shape[-1:])
+
     # -- the generic (array API) forms ---------------------------------------------------
     def xp_value_and_grad(self, xp, activation, loss, z, y):
         if self._is_ce(loss):
@@ -253,6 +280,29 @@ class SigmoidBinaryFocal(PairRule):
 
     def hvp(self, activation, loss, z, y, v):
         return self.hessian(activation, loss, z, y) @ v
+
+    def extreme_value_and_grad(self, activation, loss, z, y):
+        """At z in {−1e4, 0, 1e4} (plain float64): ``z = ±1e4`` gives ``σ`` of 1 or 0, ``ce`` of
+        ``(1 − t) z`` or ``−t z``, ``1 − p_t`` of ``1 − t`` or ``t``, gradient ``α_t (1 − p_t)^γ
+        (σ − t)``; ``z = 0`` gives ``α_t 2^{−γ} log 2`` and ``α_t 2^{−γ} (½ − t)(1 + γ log 2)``."""
+        t = np.asarray(y, np.float64)
+        a = np.ones_like(t) if loss.alpha is None else loss.alpha * t + (1 - loss.alpha) * (1 - t)
+        g, log2 = loss.gamma, np.log(2.0)
+        pos, zero = z > 0, z == 0
+        m = np.where(zero, 0.5, np.where(pos, 1 - t, t))
+        ce = np.where(zero, log2, np.where(pos, (1 - t) * z, -t * z))
+        values = a * ce * m**g
+        grads = np.where(zero, a * 0.5**g * (0.5 - t) * (1 + g * log2), a * m**g * (np.where(pos, 1.0, 0.0) - t))
+        return reduce_plainly(loss, values, grads, values.size)
+
+    def extreme_hessian(self, activation, loss, z, y):
+        """Zero at ``z = ±1e4`` (σσ̄ = 0); at ``z = 0`` ``α_t 2^{−γ} [¼ + (γ/2)(1 − 2t)²(1 + (γ − 1) log 2 / 2)]``."""
+        t = np.asarray(y, np.float64)
+        a = np.ones_like(t) if loss.alpha is None else loss.alpha * t + (1 - loss.alpha) * (1 - t)
+        g = loss.gamma
+        d = a * 0.5**g * (0.25 + g / 2 * (1 - 2 * t) ** 2 * (1 + (g - 1) * np.log(2.0) / 2))
+        d = np.where(z == 0, d, 0.0) * entry_factor(loss, z)
+        return d[..., None] * np.eye(z.shape[-1])
 
     def xp_value_and_grad(self, xp, activation, loss, z, y):
         yv = loss.xp_check_targets(xp, z, y)

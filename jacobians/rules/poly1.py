@@ -16,6 +16,7 @@ from the shifted logits (exact at ±1e4, float32 too); the value's ``1 − p_t``
 from __future__ import annotations
 
 import array_api_compat.numpy as npx
+import numpy as np
 
 from ..activations import Softmax
 from ..losses import PolyLoss
@@ -23,7 +24,7 @@ from ..numerics.validation import as_float_array
 from ..operators import DenseJacobian
 from ..xp.blocks import device_of, with_diagonal
 from .base import PairRule, register_rule
-from .focal import separable_grad, separable_hvp, softmax_pieces
+from .focal import separable_grad, separable_hvp, softmax_extreme, softmax_pieces
 
 __all__ = ["SoftmaxPoly"]
 
@@ -99,6 +100,24 @@ class SoftmaxPoly(PairRule):
         z = as_float_array(z, "z")
         (p, _, _, _, r, U), scale = self._curvature(npx, activation, loss, z, y)
         return separable_hvp(npx, p, r, U, v) * scale
+
+    def extreme_value_and_grad(self, activation, loss, z, y):
+        """At one-hot-separated logits: cross-entropy's limits (``∇p_t = t ⊙ p − p p_t = 0``)
+        plus ``ε ((1 − Σt) + Σ_{k≠m} t_k)`` in the value."""
+        value, grads = softmax_extreme(activation, loss, z, y, np.ones(z.shape[-1]), loss.label_smoothing)
+        K = z.shape[-1]
+        y = np.asarray(y)
+        t = np.eye(K)[y] if y.shape == z.shape[:-1] else y.astype(np.float64)
+        t = (1 - loss.label_smoothing) * t + loss.label_smoothing / K
+        top = np.eye(K)[z.argmax(axis=-1)]
+        extra = loss.epsilon * ((1 - t.sum(axis=-1)) + (t * (1 - top)).sum(axis=-1))
+        if loss.reduction == "none":
+            return value + extra, grads
+        return value + (extra.mean() if loss.reduction == "mean" else extra.sum()), grads
+
+    def extreme_hessian(self, activation, loss, z, y):
+        """A one-hot softmax: ``diag p − p pᵀ = 0`` and ``p_k (e_k − p) = 0``: zero."""
+        return np.zeros(z.shape + z.shape[-1:])
 
     # -- the generic (array API) forms ---------------------------------------------------
     def xp_value_and_grad(self, xp, activation, loss, z, y):
