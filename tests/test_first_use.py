@@ -103,7 +103,7 @@ def test_every_built_in_keeps_its_registry_name():
     ]
     assert list(jac.LOSSES) == [
         "cross_entropy", "nll", "binary_cross_entropy", "mse", "mae", "huber", "kl_divergence",
-        "sparsemax_loss", "entmax15_loss", "entmax_loss",
+        "sparsemax_loss", "entmax15_loss", "entmax_loss", "focal", "binary_focal", "poly1",
     ]
 
 

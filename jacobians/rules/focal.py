@@ -52,6 +52,7 @@ from .softmax import SoftmaxFamily
 _CE = SoftmaxFamily()
 
 __all__ = [
+    "SoftmaxSeparable",
     "SoftmaxFocal",
     "SigmoidBinaryFocal",
     "softmax_pieces",
@@ -148,19 +149,54 @@ def focal_logits(xp, x, c, gamma: float, need_hessian: bool):
     return values, grads, (p, q, r, U, r_rest, (s, v))
 
 
+class SoftmaxSeparable(PairRule):
+    """What the softmax rules of sums of single-probability terms share (focal, poly-1): the
+    logits over T, the coefficients, the reduction. A subclass writes ``logits(xp, x, c,
+    loss, need_hessian) -> (values, grads, curvature)`` at the logits over T, unreduced."""
+
+    canonical = False
+
+    def logits(self, xp, x, c, loss, need_hessian):  # pragma: no cover - every subclass writes it
+        raise NotImplementedError
+
+    def _run(self, xp, activation, loss, z, c, need_hessian):
+        T = _temperature(activation)
+        x = z if T == 1.0 else z / T
+        values, grads, curv = self.logits(xp, x, c, loss, need_hessian)
+        return values, (grads if T == 1.0 else grads / T), curv, T
+
+    def value_and_grad(self, activation, loss, z, y):
+        z = as_float_array(z, "z")
+        c, denom = loss.coefficients(loss.check_targets(z, y), z.dtype)
+        values, grads, _, _ = self._run(npx, activation, loss, z, c, False)
+        return loss.reduce(values, grads, denom)
+
+    def xp_value_and_grad(self, xp, activation, loss, z, y):
+        c, denom = loss.xp_coefficients(xp, z, y)
+        values, grads, _, _ = self._run(xp, activation, loss, z, c, False)
+        return loss.xp_reduce(xp, values, grads, denom)
+
+    def _curvature(self, xp, activation, loss, z, y):
+        """``(curvature, factor)``: the subclass's curvature parts and the reduction's factor over T²."""
+        if xp is npx:
+            t = loss.check_targets(z, y)
+            c, _ = loss.coefficients(t, z.dtype)
+            scale = loss.reduction_scale(z, t)
+        else:
+            c, _ = loss.xp_coefficients(xp, z, y)
+            scale = loss.xp_reduction_scale(xp, z, y)
+        _, _, curv, T = self._run(xp, activation, loss, z, c, True)
+        return curv, scale / (T * T)
+
+
 @register_rule
-class SoftmaxFocal(PairRule):
+class SoftmaxFocal(SoftmaxSeparable):
     """Softmax(T) + FocalLoss: value, gradient, Hessian and HVP in closed form from the logits."""
 
     pairs = ((Softmax, FocalLoss),)
-    canonical = False
 
-    @staticmethod
-    def _run(xp, activation, loss, z, c, need_hessian):
-        T = _temperature(activation)
-        x = z if T == 1.0 else z / T
-        values, grads, curv = focal_logits(xp, x, c, loss.gamma, need_hessian)
-        return values, (grads if T == 1.0 else grads / T), curv, T
+    def logits(self, xp, x, c, loss, need_hessian):
+        return focal_logits(xp, x, c, loss.gamma, need_hessian)
 
     @staticmethod
     def _is_ce(loss) -> bool:
@@ -169,35 +205,21 @@ class SoftmaxFocal(PairRule):
     def value_and_grad(self, activation, loss, z, y):
         if self._is_ce(loss):
             return _CE.value_and_grad(activation, loss, z, y)
-        z = as_float_array(z, "z")
-        c, denom = loss.coefficients(loss.check_targets(z, y), z.dtype)
-        values, grads, _, _ = self._run(npx, activation, loss, z, c, False)
-        return loss.reduce(values, grads, denom)
-
-    def _curvature(self, xp, activation, loss, z, y):
-        if xp is npx:
-            t = loss.check_targets(z, y)
-            c, _ = loss.coefficients(t, z.dtype)
-            scale = loss.reduction_scale(z, t)
-        else:
-            c, _ = loss.xp_coefficients(xp, z, y)
-            scale = loss.xp_reduction_scale(xp, z, y)
-        _, _, (p, q, r, U, r_rest, star), T = self._run(xp, activation, loss, z, c, True)
-        return p, q, r, U, r_rest, star, scale / (T * T)
+        return super().value_and_grad(activation, loss, z, y)
 
     def hessian(self, activation, loss, z, y):
         """``Σ_k r_k (e_k − p)(e_k − p)ᵀ − U (diag p − p pᵀ)`` (module doc), times the reduction's factor."""
         if self._is_ce(loss):
             return _CE.hessian(activation, loss, z, y)
         z = as_float_array(z, "z")
-        p, q, r, U, r_rest, star, scale = self._curvature(npx, activation, loss, z, y)
+        (p, q, r, U, r_rest, star), scale = self._curvature(npx, activation, loss, z, y)
         return DenseJacobian(separable_hessian(npx, p, q, r, U, r_rest, star) * scale)
 
     def hvp(self, activation, loss, z, y, v):
         if self._is_ce(loss):
             return _CE.hvp(activation, loss, z, y, v)
         z = as_float_array(z, "z")
-        p, _, r, U, _, star, scale = self._curvature(npx, activation, loss, z, y)
+        (p, _, r, U, _, star), scale = self._curvature(npx, activation, loss, z, y)
         return separable_hvp(npx, p, r, U, v, star) * scale
 
     def extreme_value_and_grad(self, activation, loss, z, y):
@@ -213,20 +235,18 @@ class SoftmaxFocal(PairRule):
     def xp_value_and_grad(self, xp, activation, loss, z, y):
         if self._is_ce(loss):
             return _CE.xp_value_and_grad(xp, activation, loss, z, y)
-        c, denom = loss.xp_coefficients(xp, z, y)
-        values, grads, _, _ = self._run(xp, activation, loss, z, c, False)
-        return loss.xp_reduce(xp, values, grads, denom)
+        return super().xp_value_and_grad(xp, activation, loss, z, y)
 
     def xp_hessian(self, xp, activation, loss, z, y):
         if self._is_ce(loss):
             return _CE.xp_hessian(xp, activation, loss, z, y)
-        p, q, r, U, r_rest, star, scale = self._curvature(xp, activation, loss, z, y)
+        (p, q, r, U, r_rest, star), scale = self._curvature(xp, activation, loss, z, y)
         return separable_hessian(xp, p, q, r, U, r_rest, star) * scale
 
     def xp_hvp(self, xp, activation, loss, z, y, v):
         if self._is_ce(loss):
             return _CE.xp_hvp(xp, activation, loss, z, y, v)
-        p, _, r, U, _, star, scale = self._curvature(xp, activation, loss, z, y)
+        (p, _, r, U, _, star), scale = self._curvature(xp, activation, loss, z, y)
         return separable_hvp(xp, p, r, U, v, star) * scale
 
 

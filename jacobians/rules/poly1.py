@@ -23,8 +23,8 @@ from ..losses import PolyLoss
 from ..numerics.validation import as_float_array
 from ..operators import DenseJacobian
 from ..xp.blocks import device_of, with_diagonal
-from .base import PairRule, register_rule
-from .focal import separable_grad, separable_hvp, softmax_extreme, softmax_pieces
+from .base import register_rule
+from .focal import SoftmaxSeparable, separable_grad, separable_hvp, softmax_extreme, softmax_pieces
 
 __all__ = ["SoftmaxPoly"]
 
@@ -60,35 +60,13 @@ def poly_hessian(xp, p, q, c, cp, epsilon: float):
 
 
 @register_rule
-class SoftmaxPoly(PairRule):
+class SoftmaxPoly(SoftmaxSeparable):
     """Softmax(T) + PolyLoss: value, gradient, Hessian and HVP in closed form from the logits."""
 
     pairs = ((Softmax, PolyLoss),)
-    canonical = False
 
-    @staticmethod
-    def _run(xp, activation, loss, z, c, need_hessian):
-        T = float(getattr(activation, "temperature", 1.0))
-        x = z if T == 1.0 else z / T
-        values, grads, curv = poly_logits(xp, x, c, loss.epsilon, need_hessian)
-        return values, (grads if T == 1.0 else grads / T), curv, T
-
-    def value_and_grad(self, activation, loss, z, y):
-        z = as_float_array(z, "z")
-        c, denom = loss.coefficients(loss.check_targets(z, y), z.dtype)
-        values, grads, _, _ = self._run(npx, activation, loss, z, c, False)
-        return loss.reduce(values, grads, denom)
-
-    def _curvature(self, xp, activation, loss, z, y):
-        if xp is npx:
-            t = loss.check_targets(z, y)
-            c, _ = loss.coefficients(t, z.dtype)
-            scale = loss.reduction_scale(z, t)
-        else:
-            c, _ = loss.xp_coefficients(xp, z, y)
-            scale = loss.xp_reduction_scale(xp, z, y)
-        _, _, curv, T = self._run(xp, activation, loss, z, c, True)
-        return curv, scale / (T * T)
+    def logits(self, xp, x, c, loss, need_hessian):
+        return poly_logits(xp, x, c, loss.epsilon, need_hessian)
 
     def hessian(self, activation, loss, z, y):
         """CE's ``Σt (diag p − p pᵀ)`` plus ε times the Hessian of ``−p_t``, times the reduction's factor."""
@@ -120,11 +98,6 @@ class SoftmaxPoly(PairRule):
         return np.zeros(z.shape + z.shape[-1:])
 
     # -- the generic (array API) forms ---------------------------------------------------
-    def xp_value_and_grad(self, xp, activation, loss, z, y):
-        c, denom = loss.xp_coefficients(xp, z, y)
-        values, grads, _, _ = self._run(xp, activation, loss, z, c, False)
-        return loss.xp_reduce(xp, values, grads, denom)
-
     def xp_hessian(self, xp, activation, loss, z, y):
         (p, q, c, cp, _, _), scale = self._curvature(xp, activation, loss, z, y)
         return poly_hessian(xp, p, q, c, cp, loss.epsilon) * scale
