@@ -159,13 +159,14 @@ class FocalLoss(_ClassLoss):
     def variants(cls, K):
         return [{"gamma": 0.0}, {"gamma": 0.5}, {"gamma": 1.0, "alpha": np.linspace(0.5, 2.0, K)}]
 
-    def _check_alpha(self, K: int) -> None:
+    def check_alpha_shape(self, K: int) -> None:
+        """``ValueError`` unless ``alpha`` (when set) has shape ``(K,)``."""
         if self.alpha is not None and self.alpha.shape != (K,):
             raise ValueError(f"alpha must have shape (K,) = ({K},) to match a; got shape {self.alpha.shape}")
 
     def coefficients(self, t, dtype):
         """``(t ⊙ α, N)``: the per-class coefficients and the rows ``'mean'`` divides by."""
-        self._check_alpha(t.n_classes)
+        self.check_alpha_shape(t.n_classes)
         c, _ = class_coefficients(t, dtype, weight=self.alpha)
         return c, float(math.prod(c.shape[:-1]))
 
@@ -181,7 +182,7 @@ class FocalLoss(_ClassLoss):
     # -- the generic (array API) path ----------------------------------------------------
     def xp_coefficients(self, xp, a, y):
         t = self._xp_targets(xp, a, y)
-        self._check_alpha(a.shape[-1])
+        self.check_alpha_shape(a.shape[-1])
         c, _ = xp_class_coefficients(xp, t, a, weight=self.alpha)
         return c, math.prod(a.shape[:-1])
 

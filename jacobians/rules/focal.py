@@ -38,12 +38,13 @@ import numpy as np
 from ..activations import Sigmoid, Softmax
 from ..losses import BinaryFocalLoss, FocalLoss
 from ..losses.focal import binary_weight
+from ..numerics import buffers
 from ..numerics.elementwise import sigmoid
 from ..numerics.validation import as_float_array
 from ..operators import DenseJacobian, DiagonalJacobian
 from ..xp.blocks import complement_sums, device_of, diagonal_blocks, with_diagonal
 from .base import PairRule, register_rule
-from .common import entry_factor, onehot, reduce_plainly
+from .common import entry_factor, onehot, reduce_plainly, reduced
 from .generic import softmax_parts
 from .sigmoid_bce import _plain as _bce_plain
 from .softmax import SoftmaxFamily
@@ -149,6 +150,31 @@ def focal_logits(xp, x, c, gamma: float, need_hessian: bool):
     return values, grads, (p, q, r, U, r_rest, (s, v))
 
 
+def single_target(x, idx):
+    """Index targets, numpy, one pass each: ``(e, S, log p_y, p_y, q_y)`` with ``e = exp(x −
+    max)`` zeroed at the target (a fresh array: the others' terms), ``S = Σ exp(x − max)``,
+    ``log p_y`` = ``−log1p(o)`` at a top target, else ``(x_y − max) − log S``, and ``1 − p_y =
+    o/S``, ``o`` the others' exp summed without the target (nothing cancels)."""
+    e = x - x.max(axis=-1, keepdims=True)
+    at = idx[..., None]
+    d_y = np.take_along_axis(e, at, axis=-1)[..., 0]
+    np.exp(e, out=e)
+    e_y = np.take_along_axis(e, at, axis=-1)[..., 0]
+    np.put_along_axis(e, at, 0, axis=-1)
+    o = e.sum(axis=-1)
+    S = o + e_y
+    logp = np.where(d_y == 0, -np.log1p(o), d_y - np.log(S))  # S >= 1: no cancellation
+    return e, S, logp, e_y / S, o / S
+
+
+def single_target_grad(e, S, idx, u_y, q_y):
+    """The gradient ``u − p Σu`` when only the target's ``u_y`` is nonzero: ``−p_j u_y`` off
+    the target (``e_j/S``), ``(1 − p_y) u_y`` at it; written into ``e``."""
+    e *= (-u_y / S)[..., None]
+    np.put_along_axis(e, idx[..., None], (q_y * u_y)[..., None], axis=-1)
+    return e
+
+
 class SoftmaxSeparable(PairRule):
     """What the softmax rules of sums of single-probability terms share (focal, poly-1): the
     logits over T, the coefficients, the reduction. A subclass writes ``logits(xp, x, c,
@@ -165,11 +191,33 @@ class SoftmaxSeparable(PairRule):
         values, grads, curv = self.logits(xp, x, c, loss, need_hessian)
         return values, (grads if T == 1.0 else grads / T), curv, T
 
+    #: ``single(loss, log p_y, p_y, q_y, w) -> (values, u_y)`` for index targets (w the
+    #: per-row weight), or None: the fast path of :meth:`value_and_grad`
+    single = None
+
     def value_and_grad(self, activation, loss, z, y):
         z = as_float_array(z, "z")
-        c, denom = loss.coefficients(loss.check_targets(z, y), z.dtype)
+        t = loss.check_targets(z, y)
+        if self.single is not None and t.is_index and t.valid is None and not getattr(loss, "label_smoothing", 0.0):
+            return self._single_target(activation, loss, z, t)
+        c, denom = loss.coefficients(t, z.dtype)
         values, grads, _, _ = self._run(npx, activation, loss, z, c, False)
         return loss.reduce(values, grads, denom)
+
+    def _single_target(self, activation, loss, z, t):
+        T = _temperature(activation)
+        x = z if T == 1.0 else z / z.dtype.type(T)
+        alpha = getattr(loss, "alpha", None)
+        if alpha is not None:
+            loss.check_alpha_shape(z.shape[-1])
+        w = None if alpha is None else alpha.astype(z.dtype)[t.indices]
+        e, S, logp, p_y, q_y = single_target(x, t.indices)
+        with np.errstate(divide="ignore", invalid="ignore"):  # (log p / q where q = 0: masked)
+            values, u_y = self.single(loss, logp, p_y, q_y, w)
+        scale = loss.reduction_scale(z, t)
+        factor = scale if T == 1.0 else scale / z.dtype.type(T)
+        grad = single_target_grad(e, S, t.indices, u_y * factor, q_y)
+        return reduced(loss.reduction, values, buffers.total(values), scale, grad)
 
     def xp_value_and_grad(self, xp, activation, loss, z, y):
         c, denom = loss.xp_coefficients(xp, z, y)
@@ -197,6 +245,15 @@ class SoftmaxFocal(SoftmaxSeparable):
 
     def logits(self, xp, x, c, loss, need_hessian):
         return focal_logits(xp, x, c, loss.gamma, need_hessian)
+
+    @staticmethod
+    def single(loss, logp, p, q, w):
+        """``(−w q^γ log p, −w q^γ (1 − γ p log p / q))`` at the target."""
+        g = loss.gamma
+        qg = q**g
+        L = np.where(q > 0, logp / np.where(q > 0, q, 1), -1)
+        wq = qg if w is None else w * qg
+        return -wq * logp, -wq * (1 - g * (p * L))
 
     @staticmethod
     def _is_ce(loss) -> bool:

@@ -68,6 +68,11 @@ class SoftmaxPoly(SoftmaxSeparable):
     def logits(self, xp, x, c, loss, need_hessian):
         return poly_logits(xp, x, c, loss.epsilon, need_hessian)
 
+    @staticmethod
+    def single(loss, logp, p, q, w):
+        """``(−log p + ε (1 − p), −(1 + ε p))`` at the target."""
+        return -logp + loss.epsilon * q, -(1 + loss.epsilon * p)
+
     def hessian(self, activation, loss, z, y):
         """CE's ``Σt (diag p − p pᵀ)`` plus ε times the Hessian of ``−p_t``, times the reduction's factor."""
         z = as_float_array(z, "z")
