@@ -39,7 +39,6 @@ from ..activations import Sigmoid, Softmax
 from ..losses import BinaryFocalLoss, FocalLoss
 from ..losses.focal import binary_weight
 from ..numerics import buffers
-from ..numerics.elementwise import sigmoid
 from ..numerics.validation import as_float_array
 from ..operators import DenseJacobian, DiagonalJacobian
 from ..xp.blocks import complement_sums, device_of, diagonal_blocks, with_diagonal
@@ -310,11 +309,16 @@ class SoftmaxFocal(SoftmaxSeparable):
 def binary_focal_logits(xp, z, t, gamma: float, alpha, need_hessian: bool):
     """``(values, grads, hessians)`` per entry of the binary focal loss at logits ``z`` (module
     doc), unreduced; ``hessians`` None unless asked."""
-    from ..xp.shims import expit, softplus
-
     one = xp.ones_like(z)
-    s, sb = (sigmoid(z), sigmoid(-z)) if xp is npx else (expit(xp, z), expit(xp, -z))
-    ce = (one - t) * softplus(xp, z) + t * softplus(xp, -z)
+    e = xp.exp(-xp.abs(z))  # one exp and one log1p serve σ(±z) and softplus(±z)
+    d = 1 + e
+    hi = 1 / d
+    lo = e * hi if xp is npx else e / d  # (as numpy's sigmoid and the shims' expit round)
+    pos, neg = z >= 0, z <= 0
+    s, sb = xp.where(pos, hi, lo), xp.where(neg, hi, lo)
+    l1 = xp.log1p(e)
+    zero = xp.zeros_like(z)
+    ce = (one - t) * (l1 + xp.maximum(z, zero)) + t * (l1 + xp.maximum(-z, zero))
     m = s * (one - t) + sb * t
     mg = m**gamma if gamma else one
     at = binary_weight(xp, alpha, t)
