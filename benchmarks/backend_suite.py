@@ -12,7 +12,11 @@ the same loss, side by side in one process, on one device (``--device``, default
   forward + ``backward()`` against torch's functional loss forward + backward
   (``F.cross_entropy`` ...; target for softmax + CE: ≤ 1.5×). JAX:
   ``jit(lambda z, y: head.grad(z, y))`` against ``jit(jax.grad(loss))`` (target ≤ 1.2×), and
-  the value with it, and ``jit(jax.grad(jacobians.jax.loss(head)))``.
+  the value with it, and ``jit(jax.grad(jacobians.jax.loss(head)))``. For softmax + CE a
+  ``[floor]`` row times the shortest array-API sequence that gives the gradient at all
+  (max, exp, sum, scale, the target's entry; no exact top entry, no value): on torch's
+  eager CPU ops it is already 1.4–2.2× ``F.cross_entropy`` in float32 (2 vCPUs, AVX-512),
+  so the 1.5× target is out of reach of any composition of the standard's ops there.
 * ``second_order`` — softmax + CE: the Hessian blocks ``head.hessian(z, y)`` against
   ``torch.func.vmap(torch.func.hessian(per-row loss))`` (target: ≥ 10× faster, a ratio ≤ 0.1)
   or ``jit(vmap(hessian))``; ``head.hvp(z, y, v)`` against the framework's
@@ -262,6 +266,7 @@ def _fused_cases(fw, pair, N, K, dtype):
         ]
         if ce:
             cases.insert(2, _ours(fw, f"{pair} method='vjp'", lambda: head.value_and_grad(z, y, "vjp")))
+            cases.insert(3, _ours(fw, FLOOR, lambda: _floor(z, y)))
     else:
         jax = fw.jax
         import jacobians.jax
@@ -270,6 +275,7 @@ def _fused_cases(fw, pair, N, K, dtype):
         exp = jax.jit(lambda z: jax.numpy.exp(z))
         ours_g = jax.jit(lambda z, y: head.grad(z, y))
         ours_vg = jax.jit(lambda z, y: head.value_and_grad(z, y))
+        floor = jax.jit(_floor)
         adapter = jax.jit(jax.grad(jacobians.jax.loss(head)))
         peer_g, peer_vg = jax.jit(jax.grad(loss)), jax.jit(jax.value_and_grad(loss))
         cases = [
@@ -278,6 +284,7 @@ def _fused_cases(fw, pair, N, K, dtype):
             _ours(fw, "jit(head.value_and_grad)", lambda: ours_vg(z, y)),
             _ours(fw, "jit(grad(jacobians.jax.loss(head)))", lambda: adapter(z, y)),
             _ours(fw, "head.grad, eager", lambda: head.grad(z, y)),
+            *([_ours(fw, f"jit({FLOOR})", lambda: floor(z, y))] if ce else []),
             _peer(fw, "jit(jax.grad(loss))", lambda: peer_g(z), "jax grad"),
             _peer(fw, "jit(jax.value_and_grad(loss))", lambda: peer_vg(z), "jax value_and_grad"),
         ]
@@ -286,6 +293,23 @@ def _fused_cases(fw, pair, N, K, dtype):
                           kind="ref", column="numpy"))
     return cases
 
+
+def _floor(z, y):
+    """The shortest array-API sequence that gives softmax + CE's mean gradient at all, without
+    the exact top entry or the value: ``max``, ``exp(z − m)``, ``sum``, ``e/(N s)``, the target's
+    entry by ``where``; each op a pass over (N, K) where nothing fuses them (torch eager)."""
+    import array_api_compat
+
+    xp = array_api_compat.array_namespace(z)
+    N, K = z.shape
+    m = xp.max(z, axis=-1, keepdims=True)
+    e = xp.exp(z - m)
+    g = e / (N * xp.sum(e, axis=-1, keepdims=True))
+    hot = xp.arange(K, device=array_api_compat.device(z)) == y[:, None]
+    return xp.where(hot, g - 1.0 / N, g)
+
+
+FLOOR = "[floor] max, exp(z − m), sum, e/(N·s), target entry: no exactness, no value"
 
 _TORCH_NAMES = {
     "softmax+cross_entropy": "F.cross_entropy",

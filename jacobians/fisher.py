@@ -33,6 +33,7 @@ __all__ = [
     "check_kind_applies",
     "blocks_for_rows",
     "sample_targets",
+    "sqrt_fisher",
 ]
 
 
@@ -77,6 +78,18 @@ def fisher_operator(head, z, y=None, kind: str = "exact", *, mc_samples: int = 1
     return _masked(source.fisher(head.activation, loss, z, y), c, valid)
 
 
+def sqrt_fisher(head, z, y=None) -> np.ndarray:
+    """``S`` (..., K, C) with ``S Sᵀ`` the exact Fisher blocks; see :meth:`jacobians.Head.sqrt_fisher`.
+
+    One mechanism for every head with an exact Fisher: the exact Fisher's operator in z (the
+    pair rule's closed form, else ``Jᵀ F_a J``, with the row factors ``c_n`` inside) factored
+    by its own square root — in closed form for the structured blocks (diagonal, simplex),
+    by a symmetric eigendecomposition otherwise. Factoring in z, not ``Jᵀ`` times a factor
+    of ``F_a``, keeps the digits where ``F_a`` is huge on outputs the Jacobian annihilates
+    (a sparse map's zeros under BCE)."""
+    return fisher_operator(head, z, y, "exact").sqrt()
+
+
 def row_gradients(head, z, y, *, sampled: bool = False) -> np.ndarray:
     """∇_z of each row's own loss (the reduction 'none'), shape of z.
 
@@ -118,6 +131,10 @@ def sqrt_ggn_sampled(head, z, mc_samples: int = 1, seed=None, *, y=None, row_sta
     ids = np.arange(row_start, row_start + n) if row_ids is None else np.asarray(row_ids).reshape(-1)
     if ids.size != n:
         raise ValueError(f"row_ids must hold one index per row of z, {n}; got {ids.size}")
+    # a predictive that reads the targets (a ranking's R) draws row r's samples with y's row r
+    yr = None
+    if y is not None and getattr(loss, "predictive_needs_targets", False):
+        yr = np.asarray(loss.check_targets(a, y)).reshape(n, -1)
     S = np.empty((n, K, M), dtype=z.dtype)
     step = max(1, MC_BLOCK_ENTRIES // (M * K))
     for start in range(0, n, step):
@@ -127,7 +144,11 @@ def sqrt_ggn_sampled(head, z, mc_samples: int = 1, seed=None, *, y=None, row_sta
         u = uniforms_for_rows(key, ids[rows], M * per).reshape(m * M, per)
         zr = np.broadcast_to(z2[rows, None, :], (m, M, K)).reshape(m * M, K)
         ar = np.broadcast_to(a2[rows, None, :], (m, M, K)).reshape(m * M, K)
-        grads = row_gradients(head, zr, loss.sample_targets(ar, u), sampled=True)
+        if yr is None:
+            drawn = loss.sample_targets(ar, u)
+        else:
+            drawn = loss.sample_targets(ar, u, np.repeat(yr[rows], M, axis=0))
+        grads = row_gradients(head, zr, drawn, sampled=True)
         S[rows] = np.swapaxes(grads.reshape(m, M, K), -1, -2)
     S = S.reshape(z.shape + (M,))
     w = np.sqrt(c / z.dtype.type(mc_samples))

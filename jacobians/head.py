@@ -49,6 +49,12 @@ def check_pair(activation, loss) -> None:
         if mismatch:
             raise ValueError(mismatch)
         return
+    only = getattr(loss, "pairs_with", None)  # registry names of the only activations it takes
+    if only is not None and not any(isinstance(activation, ACTIVATIONS[n]) for n in only if n in ACTIVATIONS):
+        raise ValueError(
+            f"{type(loss).__name__} pairs only with {', '.join(only)}: its input is structured, and "
+            f"{type(activation).__name__}'s output is not it"
+        )
     out, need = activation.domain, loss.domain
     if out.issubset(need):
         return
@@ -390,6 +396,20 @@ class Head:
         if (backend := backend_of(z, y)) is not None:
             return backend.head_sqrt_ggn_sampled(self, z, mc_samples, seed, y=y)
         return fisher.sqrt_ggn_sampled(self, z, mc_samples, seed, y=y)
+
+    def sqrt_fisher(self, z, y=None) -> np.ndarray:
+        """A factor ``S`` (..., K, C) of the exact Fisher blocks: ``S Sᵀ == fisher(z, y, 'exact')``.
+
+        The exact Fisher's operator in z (the pair's closed form, else ``Jᵀ F_a J``, with the
+        row factors ``c_n``) factored by its own square root (closed form for diagonal and
+        simplex blocks, else a symmetric eigendecomposition).
+        For a canonical pair without options it equals :meth:`sqrt_ggn`; where the GGN is no
+        Fisher (Gaussian NLL with a learned variance: its GGN is indefinite) it is the factor
+        Laplace needs. ``y`` only sets the reduction's factor, as for :meth:`fisher`.
+        """
+        if (backend := backend_of(z, y)) is not None:
+            return backend.head_blocks(self, "sqrt_fisher", z, y, sizes="K")
+        return fisher.sqrt_fisher(self, z, y)
 
     def fisher(self, z, y=None, kind: str = "exact", *, mc_samples: int = 1, seed=None) -> np.ndarray:
         """Fisher blocks, shape ``(..., K, K)``, on the scale of the Hessian.

@@ -101,6 +101,8 @@ def _rows(features, head, z, y):
         y2 = y.reshape(-1, K)
     elif y.shape == z.shape[:-1]:
         y2 = y.reshape(-1)
+    elif y.ndim == z.ndim and y.shape[:-1] == z.shape[:-1]:  # a trailing axis of the loss's own (rankings; GaussianNLL: K/2)
+        y2 = y.reshape(-1, y.shape[-1])
     else:
         raise ValueError(f"y must have shape {z.shape[:-1]} or {z.shape} to match z of shape {z.shape}; got shape {y.shape}")
     return X2, z2, y2

@@ -19,6 +19,7 @@ import pytest
 from conftest import entmax_longdouble, make_loss, make_targets, pair_options, target_forms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from plackett_luce_reference import plackett_luce_longdouble
 from test_focal import binary_focal_longdouble, focal_longdouble
 from test_poly1 import poly_longdouble
 
@@ -209,6 +210,7 @@ REFERENCES = {
     (jac.Softmax, jac.FocalLoss): focal_longdouble,
     (jac.Sigmoid, jac.BinaryFocalLoss): binary_focal_longdouble,
     (jac.Softmax, jac.PolyLoss): poly_longdouble,
+    (jac.Identity, jac.PlackettLuce): plackett_luce_longdouble,
 }
 
 FUSED_PAIRS = [pytest.param(key, id=f"{key[0].__name__}+{key[1].__name__}") for key in jac.fused.FUSED]

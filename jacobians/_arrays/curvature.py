@@ -41,7 +41,12 @@ __all__ = ["head_blocks", "sqrt_ggn", "head_sqrt_ggn_sampled", "head_fisher", "r
 
 
 def head_blocks(head, name, z, y, *args, sizes=None):
-    """:func:`.heads.head_blocks` (Hessian, GGN) and the GGN's factor ``'sqrt_ggn'``."""
+    """:func:`.heads.head_blocks` (Hessian, GGN), the GGN's factor ``'sqrt_ggn'`` and the
+    exact Fisher's ``'sqrt_fisher'`` (its dense blocks' eigendecomposition, as numpy's dense
+    ``.sqrt()``)."""
+    if name == "sqrt_fisher":
+        F = head_fisher(head, z, y, "exact", 1, None)
+        return xp_eigen_sqrt(namespace_of(F), F)
     if name == "sqrt_ggn":
         xp, z, y = _inputs(head, z, y)
         return sqrt_ggn(xp, head, z, y)
@@ -142,6 +147,10 @@ def _sampled(xp, head, z, y, M: int, key: int, row_ids=None):
     device = device_of(z)
     udtype = xp.float64 if float64_available(xp, device) else xp.float32
     z2, a2 = xp.reshape(z, (n, K)), xp.reshape(a, (n, K))
+    yr = None  # a predictive that reads the targets (a ranking's R) draws row r's samples with y's row r
+    if y is not None and getattr(loss, "predictive_needs_targets", False):
+        yl = loss.xp_check_targets(xp, a, y)
+        yr = xp.reshape(yl, (n, yl.shape[-1]))
     step = max(1, MC_BLOCK_ENTRIES // (M * K))
     parts = []
     for start in range(0, n, step):  # (static shapes: the same blocks under jax.jit)
@@ -151,7 +160,13 @@ def _sampled(xp, head, z, y, M: int, key: int, row_ids=None):
         u = xp.reshape(uniforms_for_rows(xp, key, ids[start:stop], M * per, device=device, dtype=udtype), (m * M, per))
         zr = xp.reshape(xp.broadcast_to(z2[start:stop, None, :], (m, M, K)), (m * M, K))
         ar = xp.reshape(xp.broadcast_to(a2[start:stop, None, :], (m, M, K)), (m * M, K))
-        grads = _row_gradients(xp, head, zr, loss.xp_sample_targets(xp, ar, u), sampled=True)
+        if yr is None:
+            drawn = loss.xp_sample_targets(xp, ar, u)
+        else:
+            yb = yr[start:stop, :]
+            yb = xp.reshape(xp.broadcast_to(yb[:, None, :], (m, M, yb.shape[-1])), (m * M, yb.shape[-1]))
+            drawn = loss.xp_sample_targets(xp, ar, u, yb)
+        grads = _row_gradients(xp, head, zr, drawn, sampled=True)
         parts.append(xp.permute_dims(xp.reshape(grads, (m, M, K)), (0, 2, 1)))
     S = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0) if parts else xp.zeros((0, K, M), dtype=z.dtype, device=device)
     S = xp.reshape(S, batch + (K, M))

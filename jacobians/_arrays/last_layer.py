@@ -67,6 +67,8 @@ def _rows(features, head, z, y):
         return xp, X2, z2, xp.reshape(y, (n, K))
     if tuple(y.shape) == batch:
         return xp, X2, z2, xp.reshape(y, (n,))
+    if y.ndim == z.ndim and tuple(y.shape[:-1]) == batch:  # a trailing axis of the loss's own (rankings; GaussianNLL: K/2)
+        return xp, X2, z2, xp.reshape(y, (n, y.shape[-1]))
     raise ValueError(
         f"y must have shape {batch} or {tuple(z.shape)} to match z of shape {tuple(z.shape)}; got shape {tuple(y.shape)}"
     )

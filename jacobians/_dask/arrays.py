@@ -156,8 +156,11 @@ def _operands(z, others):
 
 def rowwise(fn, z, *others, dtype, out: str = "same"):
     """``fn(z_chunk, *other_chunks)`` over the row chunks: ``out='same'`` gives (…, K),
-    ``'rows'`` (…)."""
+    ``'rows'`` (…), ``'half'`` (…, K/2) (a loss of [means | variances] per element)."""
     b, args = _operands(z, others)
+    if out == "half":
+        return da.blockwise(fn, b + "K", *args, dtype=dtype, concatenate=True,
+                            adjust_chunks={"K": lambda c: c // 2})
     return da.blockwise(
         fn, b + "K" if out == "same" else b, *args, dtype=dtype, concatenate=True
     )

@@ -82,7 +82,7 @@ def head_value_and_grad(
                 zc, yc, method, max_bytes=max_bytes, workers=workers
             )[0]
 
-        out = "same" if isinstance(loss, ElementwiseLoss) else "rows"
+        out = getattr(loss, "values_layout", None) or ("same" if isinstance(loss, ElementwiseLoss) else "rows")
         value = rowwise(value_of, z, y, dtype=dt, out=out)
         if loss.reduction != "none":  # the per-row values added up as numpy adds them
             value = times(reduced_total(value, dt), value_scale(d, dt))
@@ -273,7 +273,7 @@ def linear_curvature(
         if yc is None:
             yv = None
         else:
-            yv = yc[..., 0].reshape(-1) if y.ndim == z.ndim - 1 else yc.reshape(-1, K)
+            yv = yc[..., 0].reshape(-1) if y.ndim == z.ndim - 1 else yc.reshape(-1, yc.shape[-1])
         part = last_layer.partial_curvature(
             Xc.reshape(-1, D),
             head,

@@ -94,7 +94,7 @@ def _loss_terms(loss, a, y, need: str):
     value = grad = None
     if need in ("value", "both"):
         per_row = loss.with_reduction("none")
-        out = "same" if isinstance(loss, ElementwiseLoss) else "rows"
+        out = getattr(loss, "values_layout", None) or ("same" if isinstance(loss, ElementwiseLoss) else "rows")
         value = rowwise(lambda ac, yc: per_row.value(ac, yc), a, y, dtype=dt, out=out)
         if loss.reduction != "none":  # the per-row values added up as numpy adds them
             value = times(reduced_total(value, dt), value_scale(d, dt))

@@ -17,8 +17,7 @@ import numpy as np
 
 from ..numerics.validation import as_float_array
 from ..operators import DiagonalPlusRankOne, SimplexJacobian, simplex_product
-from ..xp.blocks import device_of as _xp_device
-from ..xp.blocks import with_diagonal
+from ..xp.blocks import centred_product, complement_sums, with_diagonal
 from .base import Activation, _check_pair, _no_xp_path
 
 __all__ = ["SimplexMapping"]
@@ -40,33 +39,11 @@ def _xp_rowdot(xp, x, y):
     return xp.sum(x * y, axis=-1, keepdims=True)
 
 
-def _xp_at_max(xp, w):
-    """A boolean one-hot ``(..., K)`` of each row's (first) largest entry."""
-    idx = xp.argmax(w, axis=-1, keepdims=True)
-    return xp.arange(w.shape[-1], dtype=idx.dtype, device=_xp_device(w)) == idx
-
-
-def _xp_simplex_product(xp, w, v, x):
-    """``w ⊙ (x' − v·x')`` with ``x' = x − x_c``, ``c`` the entry of the largest ``w``
-    (numpy's ``simplex_product``): the product of ``diag(w) − w vᵀ`` (``v = w/Σw``) with
-    ``x``, without cancellation on a confident row. Shape ``(..., K)``."""
-    xc = x - xp.sum(xp.where(_xp_at_max(xp, w), x, xp.zeros_like(x)), axis=-1, keepdims=True)
-    return w * (xc - _xp_rowdot(xp, v, xc))
-
-
-def _xp_complement_sums(xp, x):
-    """``Σ_{i≠j} x_i`` for every j, ``x ≥ 0`` (numpy's ``complement_sums``): ``total − x_j``
-    except at the row's largest entry, where the others are summed directly."""
-    top = _xp_at_max(xp, x)
-    others = xp.sum(xp.where(top, xp.zeros_like(x), x), axis=-1, keepdims=True)
-    return xp.where(top, others, xp.sum(x, axis=-1, keepdims=True) - x)
-
-
 def _xp_projector_dense(xp, d, u, v):
     """Dense ``diag(d) − u vᵀ`` for ``v`` a distribution (``Σv = 1``, numpy's projector
     form): the diagonal is ``d_i − u_i v_i = d_i Σ_{j≠i} v_j`` (with ``u = d``), taken from
     complement sums. Shape ``(..., K, K)``."""
-    return with_diagonal(xp, (-u)[..., :, None] * v[..., None, :], d * _xp_complement_sums(xp, v))
+    return with_diagonal(xp, (-u)[..., :, None] * v[..., None, :], d * complement_sums(xp, v))
 
 
 class SimplexMapping(Activation):
@@ -164,7 +141,7 @@ class SimplexMapping(Activation):
     def xp_vjp_from_output(self, xp, z, a, v):
         """``g ⊙ (v' − w·v')``, ``v`` centred on the largest ``g``, shape ``(..., K)``."""
         g = self.xp_gradient_weights(xp, a)
-        return _xp_simplex_product(xp, g, g / xp.sum(g, axis=-1, keepdims=True), v)
+        return centred_product(xp, g, g / xp.sum(g, axis=-1, keepdims=True), v)
 
     def xp_jacobian(self, xp, z):
         return self.xp_jacobian_from_output(xp, z, self.xp_forward(xp, z))

@@ -9,10 +9,11 @@ import numpy as np
 from .. import _kernels
 from ..numerics.validation import as_float_array, check_positive_scalar
 from ..operators import DiagonalPlusLowRank, DiagonalPlusRankOne, simplex_product
+from ..xp.blocks import centred_product
 from ..xp.blocks import diagonal_blocks as _xp_diag
 from . import references
 from .base import Activation, _check_pair, register_activation
-from .simplex import SimplexMapping, _rowdot, _xp_projector_dense, _xp_rowdot, _xp_simplex_product
+from .simplex import SimplexMapping, _rowdot, _xp_projector_dense, _xp_rowdot
 
 
 def _xp_softmax(xp, x):
@@ -120,7 +121,7 @@ class Softmax(SimplexMapping):
 
     def xp_vjp_from_output(self, xp, z, s, v):
         # s ⊙ (v' − s·v') / T, v centred on the largest s (as _kernels.softmax_vjp)
-        return self._xp_per_temperature(_xp_simplex_product(xp, s, s, v))
+        return self._xp_per_temperature(centred_product(xp, s, s, v))
 
     def xp_vjp(self, xp, z, g):
         return self.xp_vjp_from_output(xp, z, self.xp_forward(xp, z), g)
@@ -132,7 +133,7 @@ class Softmax(SimplexMapping):
     def xp_curvature(self, xp, z, s, g):
         """``(diag(w) − w sᵀ − s wᵀ)/T²``, ``w = s ⊙ (g − g·s)`` (see ``_curvature``),
         dense ``(..., K, K)``."""
-        w = _xp_simplex_product(xp, s, s, g)
+        w = centred_product(xp, s, s, g)
         H = _xp_diag(xp, w) - (w[..., :, None] * s[..., None, :] + s[..., :, None] * w[..., None, :])
         return H if self.temperature == 1.0 else H / self.temperature**2
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..activations import ACTIVATIONS, Activation
+from ..activations import ACTIVATIONS, Activation, Identity
 from ..head import Head
 from ..losses import LOSSES
 from ..numerics.memo import scoped_table
@@ -152,6 +152,16 @@ def _check_shape(shape) -> tuple:
     return shape
 
 
+def fit_width(obj, shape: tuple) -> tuple:
+    """``shape`` with its last axis rounded up to the multiple ``obj`` needs: an activation's
+    or a loss's ``width_multiple`` (2 for ``[means | variances]``: MeanVariance, GaussianNLL),
+    the larger of the two for a Head; ``shape`` itself for every other object."""
+    parts = (obj.activation, obj.loss_fn) if isinstance(obj, Head) else (obj,)
+    m = max(int(getattr(p, "width_multiple", 1)) for p in parts)
+    K = shape[-1]
+    return shape if K % m == 0 else shape[:-1] + (K + m - K % m,)
+
+
 def _check_dtype(dtype) -> np.dtype:
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
@@ -217,7 +227,7 @@ def _copies(drawn):
 def _generate(obj, shape, dtype, seed, y):
     """:func:`example_inputs` as ``(z, y, x)``: y None for an activation, ``x`` what a
     head's loss sees at ``z`` promoted to float64 (:func:`_loss_input`; None for an activation)."""
-    shape, dt = _check_shape(shape), _check_dtype(dtype)
+    shape, dt = fit_width(obj, _check_shape(shape)), _check_dtype(dtype)
     rng = np.random.default_rng(seed)
     table = getattr(_REUSE, "table", None)
     if table is None or y is not None:
@@ -239,6 +249,9 @@ def _draw(obj, shape, dt, rng, y):
     if not (is_head or isinstance(obj, Activation)):
         raise TypeError(f"obj must be a jacobians.Activation or jacobians.Head instance; got {type(obj).__name__}")
     z = _draw_logits(shape, rng)
+    own = getattr(obj.loss_fn, "example_input", None) if is_head else None
+    if own is not None and isinstance(obj.activation, Identity):  # z is the loss's input
+        z = np.asarray(own(shape, rng), dtype=np.float64)
     keep_y = y is not None
     if is_head:
         y = np.array(y, copy=True) if keep_y else make_targets(obj.loss_fn, shape, rng)
@@ -283,7 +296,7 @@ def extreme_inputs(obj, shape=(2, 3, 5), dtype=np.float64, seed=0):
     >>> sorted(set(z.ravel().tolist())) <= [-1e4, 0.0, 1e4]
     True
     """
-    shape, dt = _check_shape(shape), _check_dtype(dtype)
+    shape, dt = fit_width(obj, _check_shape(shape)), _check_dtype(dtype)
     if shape[-1] < 2:
         raise ValueError(f"extreme inputs need K >= 2 classes; got shape {shape}")
     rng = np.random.default_rng(seed)
@@ -301,6 +314,9 @@ def extreme_inputs(obj, shape=(2, 3, 5), dtype=np.float64, seed=0):
     z = z.reshape(shape).astype(dt)
     if not isinstance(obj, Head):
         return z
+    own = getattr(obj.loss_fn, "example_input", None)
+    if own is not None and isinstance(obj.activation, Identity):  # the loss's own draw, times 1e4
+        z = (np.asarray(own(shape, rng), dtype=np.float64) * EXTREME).astype(dt)
     y = make_targets(obj.loss_fn, shape, rng)
     return z, (y.astype(dt) if y.dtype.kind == "f" else y)
 

@@ -61,6 +61,27 @@ def _min_eigenvalue_ratio(blocks, floor: float = 0.0) -> float:
     return float(lam.min(initial=0.0)) / scale if scale > 0 else 0.0
 
 
+def _no_real_factor(head: Head, z, y, G) -> bool:
+    """The GGN ``G``, or the loss's own Hessian that ``sqrt_ggn`` factors (``Jᵀ S_a``), has a
+    block with an eigenvalue below −1e3·eps × its largest: a loss not convex in its input
+    (Gaussian NLL in (μ, σ²)), whose ``sqrt_ggn`` rightly refuses."""
+    if head.logits_loss:
+        return _indefinite(G, z.dtype)
+    a = _safe_call(head.activation, z)
+    H = None if a is None else _safe_call(head.loss_fn.hessian, a, y)
+    return _indefinite(G, z.dtype) or (H is not None and _indefinite(H, z.dtype))
+
+
+def _indefinite(G, dtype, floor: float = 0.0) -> bool:
+    """The blocks ``G`` have an eigenvalue below −1e3·eps × the block's largest; False when
+    ``G`` failed or is not finite."""
+    if isinstance(G, _Failed) or not np.all(np.isfinite(G)):
+        return False
+    lam = np.linalg.eigvalsh(np.asarray(G, dtype=np.float64))  # block by block, as the factor judges
+    scale = np.maximum(np.abs(lam).max(axis=-1, initial=0.0), max(floor, 1e-300))
+    return bool(np.any(lam.min(axis=-1, initial=0.0) / scale < -1e3 * float(np.finfo(dtype).eps)))
+
+
 def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype=None, seed=0,
                        mc_samples: int = MC_SAMPLES) -> CheckReport:
     """Check a head's second order against central differences and against itself.
@@ -159,10 +180,17 @@ def check_second_order(head: Head, z=None, y=None, *, shape=DEFAULT_SHAPE, dtype
             rows.rows[-1].note = "" if rows.rows[-1].passed else "ggn differs from hessian for a canonical pair"
     _psd_row(rows, head, z, y, G)
     S = _run(head.sqrt_ggn, z, y)
-    SSt = S if isinstance(S, _Failed) else np.asarray(S) @ _symmetric(np.asarray(S))
-    rows.compare("SSᵀ", "sqrt_ggn", "ggn", SSt, G, "methods", dtype_of=S)
+    if isinstance(S, _Failed) and _no_real_factor(head, z, y, G):  # a loss not convex in its input
+        rows._add("SSᵀ", "sqrt_ggn", "ggn", None, None, rows.tol("methods"), "indefinite" in S.note,
+                  f"the GGN is indefinite: sqrt_ggn {S.note}")
+    else:
+        SSt = S if isinstance(S, _Failed) else np.asarray(S) @ _symmetric(np.asarray(S))
+        rows.compare("SSᵀ", "sqrt_ggn", "ggn", SSt, G, "methods", dtype_of=S)
 
     if getattr(head.loss_fn, "predictive", None) is not None and not head.logits_loss:
+        SF = _run(head.sqrt_fisher, z, y)
+        SFt = SF if isinstance(SF, _Failed) else np.asarray(SF) @ _symmetric(np.asarray(SF))
+        rows.compare("SSᵀ", "sqrt_fisher", "fisher", SFt, _run(head.fisher, z, y, "exact"), "methods", dtype_of=SF)
         _fisher_rows(rows, head, z, y, mc_samples, int(rng.integers(2**63)))
     _empirical_row(rows, head, z, y, z64, y64, c, None if rows64 is None else rows64[1])
     return CheckReport(rows.rows, missing_references(head))
@@ -337,8 +365,14 @@ def check_second_order_extreme(head: Head, *, shape=(2, 3, 5), dtype=np.float64,
     rows = _Rows(_subject(head) + " (±1e4)", z.dtype, z.shape)
     for method in _second_order_methods(head):
         rows.finite("H", method, _run(head.hessian, z, y, method))
-    rows.finite("GGN", "ggn", _run(head.ggn, z, y))
-    rows.finite("S", "sqrt_ggn", _run(head.sqrt_ggn, z, y))
+    G = _run(head.ggn, z, y)
+    rows.finite("GGN", "ggn", G)
+    S = _run(head.sqrt_ggn, z, y)
+    if isinstance(S, _Failed) and _no_real_factor(head, z, y, G):  # no real factor, and it says so
+        rows._add("S", "sqrt_ggn", "finite", None, None, (0.0, 0.0), "indefinite" in S.note,
+                  f"the GGN is indefinite: sqrt_ggn {S.note}")
+    else:
+        rows.finite("S", "sqrt_ggn", S)
     rule = head.rule
     closed = None if rule is None else rule.extreme_hessian
     yc = y.astype(np.float64) if y.dtype.kind == "f" else y

@@ -102,9 +102,11 @@ class ChainRule(PairRule):
         return J.T.matmat(S)
 
     def fisher(self, activation, loss, z, y=None) -> JacobianOperator:
-        """``Jᵀ F_a J`` with ``F_a = loss.fisher_blocks(a)`` (unreduced)."""
+        """``Jᵀ F_a J`` with ``F_a = loss.fisher_blocks(a)`` (unreduced; ``fisher_blocks(a, y)``
+        for a loss whose predictive reads the targets, ``predictive_needs_targets``)."""
         a = activation(z)
-        return gram(activation.jacobian_operator_from_output(z, a), loss.fisher_blocks(a))
+        F = loss.fisher_blocks(a, y) if getattr(loss, "predictive_needs_targets", False) else loss.fisher_blocks(a)
+        return gram(activation.jacobian_operator_from_output(z, a), F)
 
     # -- the generic (array API) forms: torch, JAX, CuPy, array-api-strict arrays ----------
     def xp_sqrt_ggn(self, xp, activation, loss, z, y):
@@ -118,7 +120,11 @@ class ChainRule(PairRule):
         """Generic :meth:`fisher`: ``Jᵀ F_a J`` with ``F_a = loss.xp_fisher_blocks(a)``, dense."""
         loss.xp_require_twin("fisher_blocks")
         a = activation.xp_forward(xp, z)
-        return gram_columns(xp, activation, z, a, loss.xp_fisher_blocks(xp, a))
+        if getattr(loss, "predictive_needs_targets", False):
+            F = loss.xp_fisher_blocks(xp, a, None if y is None else loss.xp_check_targets(xp, a, y))
+        else:
+            F = loss.xp_fisher_blocks(xp, a)
+        return gram_columns(xp, activation, z, a, F)
 
 
 #: the generic rule's one instance

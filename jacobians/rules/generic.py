@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..xp.blocks import device_of
 
-__all__ = ["softmax_parts", "centred_simplex_product", "transposed_columns", "gram_columns"]
+__all__ = ["softmax_parts", "transposed_columns", "gram_columns"]
 
 
 def softmax_parts(xp, x, m=None):
@@ -41,12 +41,3 @@ def gram_columns(xp, activation, z, a, F):
     return transposed_columns(xp, activation, z, a, xp.matrix_transpose(transposed_columns(xp, activation, z, a, F)))
 
 
-def centred_simplex_product(xp, w, p, v):
-    """``w ⊙ (v − p·v)`` per row (``Σp = 1``), ``v`` first centred on the entry of largest
-    ``w`` (the product is unchanged, as ``p·1 = 1``): round-off then scales with v's spread
-    around that entry, not with its size, and a confident row keeps its digits."""
-    top = xp.argmax(w, axis=-1, keepdims=True)
-    K = v.shape[-1]
-    at_top = xp.arange(K, device=device_of(v)) == top
-    vc = v - xp.sum(xp.where(at_top, v, xp.zeros_like(v)), axis=-1, keepdims=True)
-    return w * (vc - xp.sum(p * vc, axis=-1, keepdims=True))

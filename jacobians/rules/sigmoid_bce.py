@@ -127,18 +127,16 @@ class SigmoidBCE(PairRule):
         """Generic :meth:`value_and_grad`: value ``(1 − y) softplus(z) + p y softplus(−z)``
         (both terms non-negative), gradient ``(1 − y) σ(z) − p y σ(−z)`` (exact where
         y = 1 and σ(z) rounds to 1)."""
-        from ..xp.shims import expit, softplus
-
         _, ys, pys = self._xp_targets(xp, loss, z, y)
-        values = (1 - ys) * softplus(xp, z) + pys * softplus(xp, -z)
-        grad = (1 - ys) * expit(xp, z) - pys * expit(xp, -z)
+        sig, sig_neg, sp, sp_neg = _xp_logistic_parts(xp, z)
+        values = (1 - ys) * sp + pys * sp_neg
+        grad = (1 - ys) * sig - pys * sig_neg
         return loss.xp_reduce(xp, values, grad, math.prod(z.shape))
 
     def _xp_curvature(self, xp, loss, z, y):
-        from ..xp.shims import expit
-
         yv, ys, pys = self._xp_targets(xp, loss, z, y)
-        return expit(xp, z) * expit(xp, -z) * ((1 - ys) + pys) * loss.xp_reduction_scale(xp, z, yv)
+        sig, sig_neg, _, _ = _xp_logistic_parts(xp, z, logs=False)
+        return sig * sig_neg * ((1 - ys) + pys) * loss.xp_reduction_scale(xp, z, yv)
 
     def xp_hessian(self, xp, activation, loss, z, y):
         """Generic :meth:`hessian`: ``diag(σ(z) σ(−z) (1 − y + p y))`` dense."""
@@ -170,3 +168,20 @@ class SigmoidBCE(PairRule):
         var = curv * (beta * (1 - eps)) ** 2
         m = curv * (1 - pw) + beta * eps * xp.tanh(z / 2) / 2
         return diagonal_blocks(xp, var) + m[..., :, None] * m[..., None, :]
+
+
+def _xp_logistic_parts(xp, z, logs=True):
+    """``(σ(z), σ(−z), softplus(z), softplus(−z))``, bit for bit the shims' ``expit`` and
+    ``softplus``, from ``exp(min(±z, 0))`` (exactly 1 or ``e = exp(−|z|)``, and ``e`` their
+    product) and one ``log1p(e)``: no ``where`` on the sign (torch's CPU ``where`` costs about
+    four exp passes on random signs) and half the fresh arrays of calling the shims one by
+    one. ``logs=False``: the softplus terms are None."""
+    zero = xp.zeros_like(z)
+    up, down = xp.exp(xp.minimum(z, zero)), xp.exp(xp.minimum(-z, zero))  # 1 or e, e or 1: no where
+    e = up * down
+    d = 1 + e
+    sig, sig_neg = up / d, down / d
+    if not logs:
+        return sig, sig_neg, None, None
+    log1p_e = xp.log1p(e)
+    return sig, sig_neg, log1p_e + xp.maximum(z, zero), log1p_e + xp.maximum(-z, zero)

@@ -17,10 +17,10 @@ from ..losses.generic import const
 from ..numerics import buffers
 from ..numerics.validation import as_float_array
 from ..operators import DiagonalPlusLowRank, JacobianOperator, SimplexBlock
-from ..xp.blocks import complement_sums, device_of, diagonal_blocks, simplex_sqrt, with_diagonal
+from ..xp.blocks import centred_product, complement_sums, device_of, diagonal_blocks, simplex_sqrt, with_diagonal
 from .base import PairRule, register_rule
 from .common import onehot, reduce_plainly, reduced
-from .generic import centred_simplex_product, softmax_parts
+from .generic import softmax_parts
 
 __all__ = ["SoftmaxFamily", "class_fisher", "xp_class_fisher"]
 
@@ -240,7 +240,7 @@ class SoftmaxFamily(PairRule):
     def xp_hvp(self, xp, activation, loss, z, y, v):
         """Generic :meth:`hvp`: ``Σc p ⊙ (v − p·v)/T²``, v centred on the top entry."""
         p, w, _ = self._xp_weight(xp, activation, loss, z, y)
-        return w * centred_simplex_product(xp, p, p, v)
+        return w * centred_product(xp, p, p, v)
 
     def xp_sqrt_hessian(self, xp, activation, loss, z, y):
         """Generic :meth:`sqrt_hessian`: ``√w (diag(r) − (r²/Σr²) rᵀ)``, ``r = √p =

@@ -328,7 +328,7 @@ def loop_loss(loss, a, y):
     elementwise = values.ndim == 2
     reduction = loss.reduction
     if reduction == "none":
-        return values.reshape(a.shape if elementwise else a.shape[:-1]), grads
+        return values.reshape(a.shape[:-1] + values.shape[-1:] if elementwise else a.shape[:-1]), grads
     total = float(np.sum(values))  # a Python float, as torch's .item()
     if reduction == "sum":
         return total, grads

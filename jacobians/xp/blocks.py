@@ -8,7 +8,7 @@ Imports no array library at module level (``array_api_compat`` is imported by
 
 from __future__ import annotations
 
-__all__ = ["device_of", "eye_like", "diagonal_blocks", "with_diagonal", "complement_sums", "simplex_sqrt"]
+__all__ = ["device_of", "eye_like", "diagonal_blocks", "with_diagonal", "complement_sums", "centred_product", "simplex_sqrt"]
 
 
 def device_of(x):
@@ -59,6 +59,22 @@ def complement_sums(xp, x):
     rest = xp.sum(xp.where(top, xp.zeros((), dtype=x.dtype, device=device_of(x)), x), axis=-1, keepdims=True)
     others = xp.where((total >= 2 * big) & (big < xp.inf), total - big, rest)
     return xp.where(top, others, total - x)
+
+
+def centred_product(xp, w, p, v):
+    """``w ⊙ (v − p·v)`` per row for ``Σp = 1``: the product of ``diag(w) − w pᵀ`` with ``v``
+    (``(..., K)`` each), ``v`` first centred on its value at an entry of largest ``w`` (the
+    product is unchanged, as ``p·1 = 1``): round-off then scales with v's spread around
+    that entry, not with its size, and a confident row keeps its digits. A mask of the
+    row's largest entries, not ``argmax`` (XLA's CPU argmax costs many ``max``); with ties
+    the mean of their v (any constant serves). Linear in ``v`` (sums, no ``max`` of v), so
+    JAX can transpose it: reverse mode through an HVP works."""
+    top = w == xp.max(w, axis=-1, keepdims=True)
+    zero = xp.zeros_like(v)
+    at_top = xp.sum(xp.where(top, v, zero), axis=-1, keepdims=True)
+    c = at_top / xp.sum(xp.where(top, xp.ones_like(v), zero), axis=-1, keepdims=True)
+    vc = v - c
+    return w * (vc - xp.sum(p * vc, axis=-1, keepdims=True))
 
 
 def simplex_sqrt(xp, d, root, c=None):

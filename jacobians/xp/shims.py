@@ -83,7 +83,9 @@ def expit(xp, x):
 
     With ``e = exp(−|x|) ∈ (0, 1]``: ``1 / (1 + e)`` for ``x ≥ 0`` and ``e / (1 + e)`` for
     ``x < 0``, so no ``exp`` of a large positive number is taken and the lower tail keeps
-    its relative precision (``σ(−100) = 3.7e−44`` in float64, not 0).
+    its relative precision (``σ(−100) = 3.7e−44`` in float64, not 0). The numerator is
+    ``exp(min(x, 0))`` (exactly 1 or e), not a ``where`` on the sign: torch's CPU ``where``
+    branches per entry and costs about four exp passes on signs that change at random.
 
     Parameters
     ----------
@@ -94,9 +96,7 @@ def expit(xp, x):
     -------
     array, ``x``'s shape and dtype, in ``[0, 1]``
     """
-    e = xp.exp(-xp.abs(x))
-    d = 1 + e
-    return xp.where(x >= 0, 1 / d, e / d)
+    return xp.exp(xp.minimum(x, xp.zeros_like(x))) / (1 + xp.exp(-xp.abs(x)))
 
 
 def softplus(xp, x):

@@ -9,7 +9,9 @@
 #
 # With $\gamma = 0$ it is binary cross-entropy. This notebook writes it as a `jac.Loss`,
 # checks it against finite differences, plugs it into heads with sigmoid and with softmax,
-# and registers a fused rule that stays exact where the separate path breaks down.
+# and registers a fused rule that stays exact where the separate path breaks down. (The
+# library has its own `jac.BinaryFocalLoss` and `jac.FocalLoss` since notebook 08; this one
+# is registered as `my_binary_focal`, a different name, to show how a loss of your own plugs in.)
 
 # %%
 import matplotlib.pyplot as plt
@@ -39,7 +41,7 @@ rng = np.random.default_rng(0)
 class FocalLoss(jac.Loss):
     """Binary focal loss, summed over the K outputs of each sample, on probabilities."""
 
-    name = "focal"
+    name = "my_binary_focal"
     input_domain = "open_unit_interval"
     target_kind = "probability"
 
@@ -123,7 +125,7 @@ except ValueError as err:
 
 # %%
 jac.register_loss(FocalLoss)
-print([p for p in jac.pairs() if p.loss == "focal"])
+print([p for p in jac.pairs() if p.loss == "my_binary_focal"])
 
 # %% [markdown]
 # ## A fused rule for sigmoid + focal
