@@ -263,7 +263,8 @@ class Head:
         BCE, identity + MSE, a Fenchel–Young loss with its own map, a user's pair registered
         with ``canonical=True``): convex in z, its GGN is its Hessian."""
         rule = get_rule(self.activation, self.loss_fn)
-        return rule is not None and rule.canonical
+        applies = getattr(rule, "canonical_for", None)  # a rule whose canonicity depends on the options
+        return rule is not None and rule.canonical and (applies is None or applies(self.activation, self.loss_fn))
 
     def hessian_operator(self, z, y, method: str = "auto"):
         """The Hessian blocks as a :class:`~jacobians.JacobianOperator` (diagonal, or diagonal

@@ -8,11 +8,13 @@ a module's ``__all__`` is what the package, and ``jacobians``, export of it.
 # the order of these imports is the registry's order
 # isort: off
 from . import base, softmax, elementwise, simplex, sparse_maps
+from . import exp
 from .base import *  # noqa: F403
 from .softmax import *  # noqa: F403
 from .elementwise import *  # noqa: F403
 from .simplex import *  # noqa: F403
 from .sparse_maps import *  # noqa: F403
+from .exp import *  # noqa: F403
 
 # isort: on
 
@@ -22,4 +24,5 @@ __all__ = [
     *softmax.__all__,
     *elementwise.__all__,
     *sparse_maps.__all__,
+    *exp.__all__,
 ]

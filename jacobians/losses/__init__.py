@@ -8,11 +8,14 @@ export of it.
 # the order of these imports is the registry's order
 # isort: off
 from . import base, classification, regression, divergence, fenchel_young
+from . import poisson_nll, multi_margin
 from .base import *  # noqa: F403
 from .classification import *  # noqa: F403
 from .regression import *  # noqa: F403
 from .divergence import *  # noqa: F403
 from .fenchel_young import *  # noqa: F403
+from .poisson_nll import *  # noqa: F403
+from .multi_margin import *  # noqa: F403
 
 # isort: on
 
@@ -22,4 +25,6 @@ __all__ = [
     *regression.__all__,
     *divergence.__all__,
     *fenchel_young.__all__,
+    *poisson_nll.__all__,
+    *multi_margin.__all__,
 ]
