@@ -49,6 +49,9 @@ def check_pair(activation, loss) -> None:
         if mismatch:
             raise ValueError(mismatch)
         return
+    refusal = getattr(loss, "pair_mismatch", None)  # a loss that refuses an activation by its options
+    if refusal is not None and (why := refusal(activation)):
+        raise ValueError(why)
     out, need = activation.domain, loss.domain
     if out.issubset(need):
         return

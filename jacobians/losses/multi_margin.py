@@ -69,7 +69,8 @@ class MultiMargin(Loss):
     reduction : {'mean', 'sum', 'none'}
         ``'mean'`` over the N rows.
 
-    Targets are class indices ``(...,)`` in ``[0, K)``.
+    Targets are class indices ``(...,)`` in ``[0, K)`` (one-hot rows ``(..., K)`` are read as
+    their indices; probability rows are refused).
 
     Examples
     --------
@@ -106,6 +107,21 @@ class MultiMargin(Loss):
         """Class indices ``shape[:-1]`` (no one-hot or soft forms: torch takes indices only)."""
         return rng.integers(0, shape[-1], size=shape[:-1])
 
+    def pair_mismatch(self, activation):
+        """Why ``activation`` does not pair with this loss, or None. MultiMargin is torch's hinge
+        on raw scores: a map onto the simplex (softmax, sparsemax, entmax) or log-softmax is
+        refused. Log-softmax shifts a row by a constant, which every margin ``a_i − a_y``
+        cancels (the head is Identity's); on probabilities the hinge is not torch's loss, and
+        the sparse maps' flat regions leave gradients that are round-off of zero."""
+        d = activation.domain
+        if d.issubset("simplex") or d.issubset("log_simplex"):
+            return (
+                f"{type(activation).__name__} + MultiMargin: MultiMargin is torch's hinge on raw scores, not on "
+                "probabilities or log-probabilities (log-softmax only shifts each row, which the margins cancel); "
+                "pair it with Identity (or an elementwise map)"
+            )
+        return None
+
     # -- targets ----------------------------------------------------------------------------
     def _check_weight(self, K):
         if self.weight is not None and self.weight.shape != (K,):
@@ -114,6 +130,10 @@ class MultiMargin(Loss):
     def check_targets(self, a, y):
         y = as_array(y, "y")
         K = a.shape[-1]
+        if y.shape == a.shape:  # one-hot rows: their indices (soft rows have no hinge)
+            if y.size and not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=-1) == 1)):
+                raise ValueError("y of a's shape must be one-hot rows (MultiMargin takes class indices, not probabilities)")
+            y = np.argmax(y, axis=-1) if y.size else np.zeros(a.shape[:-1], dtype=np.int64)
         if y.shape != a.shape[:-1]:
             raise ValueError(f"y must be class indices of shape {a.shape[:-1]} (one per row of a); got shape {y.shape}")
         if y.dtype.kind not in "iu":
@@ -176,6 +196,12 @@ class MultiMargin(Loss):
     def xp_check_targets(self, xp, a, y):
         self._xp_require()
         K = a.shape[-1]
+        if tuple(y.shape) == tuple(a.shape):  # one-hot rows: their indices
+            if concrete(y) and math.prod(y.shape) and not bool(
+                xp.all((y == 0) | (y == 1)) & xp.all(xp.sum(y, axis=-1) == 1)
+            ):
+                raise ValueError("y of a's shape must be one-hot rows (MultiMargin takes class indices, not probabilities)")
+            y = xp.argmax(y, axis=-1)
         if tuple(y.shape) != tuple(a.shape[:-1]):
             raise ValueError(
                 f"y must be class indices of shape {tuple(a.shape[:-1])} (one per row of a); got shape {tuple(y.shape)}"

@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from ..activations.exp import Exp
 from ..numerics.sampling import Predictive
 from ..numerics.validation import check_nonnegative_scalar
 from ..operators import DiagonalJacobian
@@ -175,14 +176,20 @@ class PoissonNLL(ElementwiseLoss):
 
     def extreme_magnitude(self, dtype, head=None):
         """The largest ``|z|`` of the checks' extreme logits (not 1e4, where ``e^a`` is
-        ``inf`` as torch's): for the log-rate, half the exp limit less 5 (the log of that
-        behind :class:`~jacobians.Exp`, whose output is then the log-rate: 2, where ``e^{e^z}``
-        keeps float32's relative accuracy to about ``e²·eps``); the rate: None."""
+        ``inf`` as torch's): for the log-rate, half the exp limit less 5; the rate: None."""
         if not self.log_input:
             return None
-        bound = float(math.floor(math.log(float(np.finfo(dtype).max)) / 2) - 5)
-        act = getattr(head, "activation", None)
-        return 2.0 if type(act).__name__ == "Exp" else bound
+        return float(math.floor(math.log(float(np.finfo(dtype).max)) / 2) - 5)
+
+    def pair_mismatch(self, activation):
+        """Why ``activation`` does not pair with this loss, or None: a log-rate behind
+        :class:`~jacobians.Exp` is ``e^{e^z}`` (the log link is Exp + ``log_input=False``)."""
+        if self.log_input and isinstance(activation, Exp):
+            return (
+                "Exp + PoissonNLL(log_input=True) takes e^z as the log-rate, a rate of e^(e^z): for the log link "
+                "pass log_input=False (Exp outputs the rate), or pair the log-rate with Identity"
+            )
+        return None
 
     # -- targets ------------------------------------------------------------------------
     def check_targets(self, a, y):

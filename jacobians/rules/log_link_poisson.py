@@ -14,8 +14,7 @@ reduction's factor, ``1/(N·K)`` for ``'mean'``).
   canonical: the term ``−y s r`` makes the Hessian negative where ``e^z`` falls below about
   ``√(y·eps)`` (z ≲ −9 at 1e-8), so the GGN is the chain rule's ``Jᵀ H_a J = diag(c y s²)``
   and the Fisher ``diag(w s)`` (≈ ``e^z``) is the curvature a Laplace approximation wants.
-* Exp + PoissonNLL(log_input=True) (``ℓ = e^{e^z} − y e^z``) is no canonical pair; its
-  closed forms are here too (Hessian ``e^{w + 2z} + (e^w − y) w``), its GGN the chain rule's.
+(Exp + PoissonNLL(log_input=True), a rate of ``e^{e^z}``, is refused by the loss.)
 
 Every form evaluates ``e^z`` once and never squares it (no ``e^z·e^z``, no ``exp(2z)``), so it
 is finite for z up to the float's exp limit and overflows where ``torch.exp`` does: beyond it
@@ -57,11 +56,9 @@ def _ratios(xp, w, eps):
 
 
 def _kind(activation, loss) -> str:
-    """``'log'`` (the log-rate: Identity + log_input), ``'rate'`` (Exp + the rate) or
-    ``'double'`` (Exp + log_input: not canonical)."""
-    if isinstance(activation, Identity):
-        return "log"
-    return "double" if loss.log_input else "rate"
+    """``'log'`` (the log-rate: Identity + log_input) or ``'rate'`` (Exp + the rate; the
+    other two combinations are refused by the loss's domain and ``pair_mismatch``)."""
+    return "log" if isinstance(activation, Identity) else "rate"
 
 
 def _terms(xp, kind, loss, z, y):
@@ -69,23 +66,15 @@ def _terms(xp, kind, loss, z, y):
     w = xp.exp(z)
     if kind == "log":
         return w - y * z, w - y, w, w
-    if kind == "rate":
-        s, r = _ratios(xp, w, loss.eps)
-        values = w - y * xp.log(w + _const(xp, loss.eps, z))
-        return values, w - y * s, w - y * (s * r), w * s
-    ew = xp.exp(w)
-    return ew - y * w, (ew - y) * w, xp.exp(w + 2 * z) + (ew - y) * w, xp.exp(w + 2 * z)
-
-
-def _values(xp, kind, loss, z, y):
-    values = _terms(xp, kind, loss, z, y)[0]
-    return values + loss._stirling(xp, y) if loss.full else values
+    s, r = _ratios(xp, w, loss.eps)
+    values = w - y * xp.log(w + _const(xp, loss.eps, z))
+    return values, w - y * s, w - y * (s * r), w * s
 
 
 @register_rule
 class LogLinkPoisson(PairRule):
     """Identity + PoissonNLL(log_input=True) and Exp + PoissonNLL(log_input=False): the
-    canonical log link (and Exp + PoissonNLL(log_input=True), not canonical)."""
+    canonical log link (Exp + the rate exactly so with ``eps = 0``)."""
 
     pairs = ((Identity, PoissonNLL), (Exp, PoissonNLL))
     canonical = True
@@ -93,9 +82,8 @@ class LogLinkPoisson(PairRule):
     def canonical_for(self, activation, loss) -> bool:
         """The GGN is the Hessian for the exact log link: Identity + the log-rate, and Exp + the
         rate with ``eps = 0`` (with ``eps > 0`` the pair is not convex in z: its GGN is the chain
-        rule's ``Jᵀ H_a J``); not for Exp + the log-rate."""
-        kind = _kind(activation, loss)
-        return kind == "log" or (kind == "rate" and loss.eps == 0)
+        rule's ``Jᵀ H_a J``)."""
+        return _kind(activation, loss) == "log" or loss.eps == 0
 
     def _prepared(self, activation, loss, z, y):
         z = as_float_array(z, "z")
@@ -153,11 +141,8 @@ class LogLinkPoisson(PairRule):
         kind = _kind(activation, loss)
         if kind == "log":
             values, grads = w - y * z, w - y
-        elif kind == "rate":
-            values, grads = w - y * np.log(w + loss.eps), w * (1 - y / (w + loss.eps))
         else:
-            ew = np.exp(w)
-            values, grads = ew - y * w, (ew - y) * w
+            values, grads = w - y * np.log(w + loss.eps), w * (1 - y / (w + loss.eps))
         if loss.full:
             big = y > 1
             ys = np.where(big, y, 1.0)
@@ -169,13 +154,7 @@ class LogLinkPoisson(PairRule):
         y = np.asarray(y, dtype=np.float64)
         w = np.exp(z)
         kind = _kind(activation, loss)
-        if kind == "log":
-            h = w
-        elif kind == "rate":
-            h = w - y * w * loss.eps / (w + loss.eps) ** 2
-        else:
-            ew = np.exp(w)
-            h = ew * w * w + (ew - y) * w
+        h = w if kind == "log" else w - y * w * loss.eps / (w + loss.eps) ** 2
         return (h * entry_factor(loss, z))[..., None] * np.eye(z.shape[-1])
 
     # -- the generic (array API) forms: torch, JAX, CuPy, array-api-strict arrays ----------
