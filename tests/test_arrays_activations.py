@@ -21,8 +21,8 @@ pytestmark = pytest.mark.arrays
 array_api_compat = pytest.importorskip("array_api_compat", reason=EXTRA)
 
 import jacobians as jac  # noqa: E402
-from jacobians.activations.base import Activation  # noqa: E402
 from jacobians import checks  # noqa: E402
+from jacobians.activations.base import Activation  # noqa: E402
 
 NAMESPACES = ("array_api_strict", "torch", "jax")
 #: registry names without a generic path yet: every method raises a clear NotImplementedError

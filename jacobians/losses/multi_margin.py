@@ -161,13 +161,16 @@ class MultiMargin(Loss):
 
     def _values(self, xp, a, y):
         e, w, m, active = self._parts(xp, a, y)
-        h = xp.where(active, m, xp.zeros_like(m))
+        h = xp.where(active | xp.isnan(m), m, xp.zeros_like(m))  # max(m, 0), a NaN kept in its row
         terms = h if self.p == 1 else h * h
         return xp.sum(terms, axis=-1) * w[..., 0] / const(xp, a.shape[-1], a)
 
     def _grads(self, xp, a, y):
         e, w, m, active = self._parts(xp, a, y)
-        d = xp.astype(active, a.dtype) if self.p == 1 else 2 * xp.where(active, m, xp.zeros_like(m))
+        nan = xp.isnan(m)
+        d = xp.astype(active, a.dtype) if self.p == 1 else 2 * m
+        d = xp.where(active | nan, d, xp.zeros_like(m))
+        d = xp.where(nan, m, d)  # a NaN kept in its row
         d = d * (w / const(xp, a.shape[-1], a))
         return d - e * xp.sum(d, axis=-1, keepdims=True)
 
@@ -176,7 +179,7 @@ class MultiMargin(Loss):
         K = a.shape[-1]
         if self.p == 1:
             return xp.zeros(tuple(a.shape) + (K,), dtype=a.dtype, device=device_of(a))
-        d = xp.astype(active, a.dtype) * (2 * w / const(xp, K, a))
+        d = xp.where(xp.isnan(m), m, xp.astype(active, a.dtype)) * (2 * w / const(xp, K, a))
         # Σ_i d_i (e_i − e_y)(e_i − e_y)ᵀ = diag(d) − d e_yᵀ − e_y dᵀ + (Σ d) e_y e_yᵀ
         eye = xp.astype(xp.reshape(xp.arange(K, device=device_of(a)), (K, 1)) == xp.arange(K, device=device_of(a)),
                         a.dtype)
