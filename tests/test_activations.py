@@ -26,7 +26,8 @@ def _logits(rng, shape=SHAPE, dtype=np.float64):
 
 
 def test_registry_holds_the_builtins():
-    names = {"softmax", "log_softmax", "sigmoid", "tanh", "relu", "leaky_relu", "identity", "softplus", "sparsemax", "entmax15", "entmax"}
+    names = {"softmax", "log_softmax", "sigmoid", "tanh", "relu", "leaky_relu", "identity", "softplus", "sparsemax", "entmax15", "entmax",
+             "exp"}
     assert names <= set(jac.ACTIVATIONS)
     for name, cls in jac.ACTIVATIONS.items():
         assert jac.get_activation(name) is cls

@@ -35,7 +35,8 @@ def _total(value):
 
 
 def test_registry_holds_the_builtins():
-    names = {"cross_entropy", "nll", "binary_cross_entropy", "mse", "mae", "huber", "kl_divergence", "sparsemax_loss", "entmax15_loss", "entmax_loss"}
+    names = {"cross_entropy", "nll", "binary_cross_entropy", "mse", "mae", "huber", "kl_divergence", "sparsemax_loss", "entmax15_loss", "entmax_loss",
+             "poisson_nll", "multi_margin"}
     assert names <= set(jac.LOSSES)
     for name, cls in jac.LOSSES.items():
         assert jac.get_loss(name) is cls

@@ -105,6 +105,7 @@ def test_canonical_pairs_are_the_likelihood_ones():
         ("softmax", "cross_entropy"), ("softmax", "kl_divergence"), ("log_softmax", "nll"),
         ("sigmoid", "binary_cross_entropy"), ("identity", "mse"),
         ("sparsemax", "sparsemax_loss"), ("entmax15", "entmax15_loss"), ("entmax", "entmax_loss"),
+        ("identity", "poisson_nll"),
     }
 
 

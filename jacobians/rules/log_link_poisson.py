@@ -91,7 +91,8 @@ class LogLinkPoisson(PairRule):
         return z, y, _kind(activation, loss), loss.reduction_scale(z, y)
 
     def value_and_grad(self, activation, loss, z, y):
-        z, y, kind, c = self._prepared(activation, loss, z, y)
+        z = as_float_array(z, "z")
+        y, kind = loss.check_targets(z, y), _kind(activation, loss)  # (reduce applies c, warning once)
         with np.errstate(**_QUIET):
             values, g, _, _ = _terms(np, kind, loss, z, y)
             if loss.full:
@@ -163,7 +164,7 @@ class LogLinkPoisson(PairRule):
         return y, _kind(activation, loss), loss.xp_reduction_scale(xp, z, y)
 
     def xp_value_and_grad(self, xp, activation, loss, z, y):
-        y, kind, _ = self._xp_prepared(xp, activation, loss, z, y)
+        y, kind = loss.xp_check_targets(xp, z, y), _kind(activation, loss)  # (xp_reduce applies c)
         values, g, _, _ = _terms(xp, kind, loss, z, y)
         if loss.full:
             values = values + loss._stirling(xp, y)
