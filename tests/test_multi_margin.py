@@ -89,8 +89,7 @@ def test_hessian_matches_torch_func_hessian(opts, reduction):
     z, y = _data(2)
     p, margin, weight = _torch_args(opts)
     yt = torch.tensor(y)
-    f = (lambda x: _torch_formula(x, yt, p, margin, weight, reduction).sum())
-    Hfull = torch.func.hessian(f)(torch.tensor(z)).numpy()
+    Hfull = torch.func.hessian(lambda x: _torch_formula(x, yt, p, margin, weight, reduction).sum())(torch.tensor(z)).numpy()
     blocks = np.stack([Hfull[n, :, n, :] for n in range(N)])
     head = jac.Head(jac.Identity(), jac.MultiMargin(reduction=reduction, **opts))
     for method in ("auto", "chain"):

@@ -144,8 +144,7 @@ def test_head_value_gradient_and_hessian_match_torch(act_cls, opts, reduction):
         np.testing.assert_allclose(value, ref.detach().numpy(), rtol=RTOL, err_msg=method)
         np.testing.assert_allclose(grad, zt.grad.numpy(), rtol=RTOL, atol=1e-300, err_msg=method)
     # Hessian blocks: torch.func.hessian of the summed loss (for 'none': each row's own)
-    total = (lambda x: f(x, yt).sum()) if reduction == "none" else (lambda x: f(x, yt))
-    Hfull = torch.func.hessian(total)(torch.tensor(z)).numpy()
+    Hfull = torch.func.hessian(lambda x: f(x, yt).sum())(torch.tensor(z)).numpy()  # ('none': each row's own)
     blocks = np.stack([Hfull[n, :, n, :] for n in range(N)])
     v = np.random.default_rng(2).normal(size=z.shape)
     for method in ("fused", "chain"):
@@ -345,3 +344,29 @@ def test_clear_errors():
         jac.Head(jac.Identity(), jac.PoissonNLL(log_input=False))
     with pytest.raises(ValueError, match="a must be >= 0|nonnegative"):
         jac.PoissonNLL(log_input=False)(np.array([[-1.0]]), np.array([[1.0]]))
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "fisher", "empirical_fisher"])
+@pytest.mark.parametrize("opts", [{"log_input": False, "eps": 0.0}, {"log_input": False}])
+def test_last_layer_of_the_rate_pair(kind, opts):
+    """Exp + the rate through a linear layer: Σ_n kron(B_n, x_n x_nᵀ) with the blocks B_n
+    written out (the Fisher's unreduced blocks carry c like the Hessian's)."""
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(N, 2))
+    z = X @ rng.normal(size=(K, 2)).T
+    y = rng.poisson(2.0, size=(N, K)).astype(float)
+    head = _head(jac.Exp, opts)
+    c, w, eps = 1.0 / (N * K), np.exp(z), opts.get("eps", 1e-8)
+    s, r = w / (w + eps), eps / (w + eps)
+    d = {"hessian": c * (w - y * s * r), "fisher": c * w * s,
+         "ggn": c * w if eps == 0 else c * y * s * s}.get(kind)
+    if kind == "empirical_fisher":
+        g = c * (w - y * s)  # each row's gradient of E (c its factor), outer products / c
+        blocks = np.einsum("ni,nj->nij", g, g) / c
+    else:
+        blocks = d[..., None] * np.eye(K)
+    ref = sum(np.kron(blocks[n], np.outer(X[n], X[n])) for n in range(N))
+    got = jac.linear_curvature(X, head, z, y, kind=kind, bias=False)
+    np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-15)
+    diag = jac.linear_curvature(X, head, z, y, kind=kind, bias=False, structure="diag")
+    np.testing.assert_allclose(diag.ravel(), np.diag(ref), rtol=1e-11, atol=1e-15)
