@@ -24,9 +24,16 @@ def _exp(z):
         return np.exp(z)
 
 
+def _math_exp(x: float) -> float:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return float("inf")
+
+
 def exp_sample(act, z):
     """The plain reference: one sample (K,) in float64, entry by entry with ``math.exp``."""
-    a = np.array([math.exp(x) if x < 709.78 else float("inf") for x in z.tolist()])
+    a = np.array([_math_exp(x) for x in z.tolist()])
     return a, np.diag(a)
 
 

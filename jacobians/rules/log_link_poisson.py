@@ -111,8 +111,9 @@ class LogLinkPoisson(PairRule):
         return self._curvature(activation, loss, z, y) * v
 
     def sqrt_hessian(self, activation, loss, z, y):
-        """``diag(e^{z/2} √(c (1 − y r²/w ... )))``: ``diag(√c e^{z/2})`` for the log-rate,
-        ``diag(√c e^{z/2} √(1 − y s r / w))`` for the rate (ValueError where that is < 0)."""
+        """``diag(√c e^{z/2})`` for the log-rate (and the rate with ``eps = 0``); for the rate
+        with ``eps > 0``, ``diag(√c e^{z/2} √(1 − y r/(w + eps)))`` (``w − y s r = w (1 − y
+        r/(w + eps))``), a ValueError where that is negative. ``e^{z/2}``: no square of ``e^z``."""
         z, y, kind, c = self._prepared(activation, loss, z, y)
         with np.errstate(**_QUIET):
             root = np.exp(z / 2) * np.sqrt(c)
