@@ -14,7 +14,7 @@ saturation, as cross-entropy's ``1/a²`` saturates where ``a`` underflows), so t
 rule's ``Jᵀ H_a J`` and its sums stay finite (not accurate there: use the fused rule); in the logits the loss is smooth and the fused rule's Hessian is exact.
 
 The math is written once with the array API (``xp``); numpy runs it through
-``array_api_compat.numpy``.
+:data:`jacobians.xp.numpy_namespace.numpy_xp` (numpy under the standard's names; no array_api_compat needed).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from __future__ import annotations
 import functools
 import math
 
-import array_api_compat.numpy as npx
 import numpy as np
 
 from ..numerics.validation import check_nonnegative_scalar
 from ..operators import DiagonalJacobian
+from ..xp.numpy_namespace import numpy_xp as npx
 from ._targets import check_weight, class_coefficients, xp_class_coefficients
 from .base import ElementwiseLoss, register_loss
 from .classification import _ClassLoss

@@ -7,18 +7,18 @@ and ``'mc'`` (the empirical Fisher works). Its Hessian in ``a`` is cross-entropy
 the probabilities, is ``Σ_k t_k (e_k − p)(e_k − p)ᵀ`` whatever ε. The fused rule from the logits is :mod:`jacobians.rules.poly1`.
 
 The math is written once with the array API (``xp``); numpy runs it through
-``array_api_compat.numpy``.
+:data:`jacobians.xp.numpy_namespace.numpy_xp` (numpy under the standard's names; no array_api_compat needed).
 """
 
 from __future__ import annotations
 
 import math
 
-import array_api_compat.numpy as npx
 import numpy as np
 
 from ..numerics.validation import check_nonnegative_scalar
 from ..operators import DiagonalJacobian
+from ..xp.numpy_namespace import numpy_xp as npx
 from ._targets import class_coefficients, xp_class_coefficients
 from .base import register_loss
 from .classification import _ClassLoss

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 
-import array_api_compat.numpy as npx
 import numpy as np
 
 from ..activations import Sigmoid, Softmax
@@ -42,6 +41,7 @@ from ..numerics import buffers
 from ..numerics.validation import as_float_array
 from ..operators import DenseJacobian, DiagonalJacobian
 from ..xp.blocks import complement_sums, device_of, diagonal_blocks, with_diagonal
+from ..xp.numpy_namespace import numpy_xp as npx
 from .base import PairRule, register_rule
 from .common import entry_factor, onehot, reduce_plainly, reduced
 from .generic import softmax_parts

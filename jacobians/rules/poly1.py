@@ -15,7 +15,6 @@ from the shifted logits (exact at ±1e4, float32 too); the value's ``1 − p_t``
 
 from __future__ import annotations
 
-import array_api_compat.numpy as npx
 import numpy as np
 
 from ..activations import Softmax
@@ -23,6 +22,7 @@ from ..losses import PolyLoss
 from ..numerics.validation import as_float_array
 from ..operators import DenseJacobian
 from ..xp.blocks import device_of, with_diagonal
+from ..xp.numpy_namespace import numpy_xp as npx
 from .base import register_rule
 from .focal import SoftmaxSeparable, separable_grad, separable_hvp, softmax_extreme, softmax_pieces
 
