@@ -192,6 +192,8 @@ def plan_entries(only) -> tuple[list[Entry], list[str]]:
         for aopt, lopt in _combos(acls, lcls):
 
             def build(K, aopt=aopt, lopt=lopt, acls=acls, lcls=lcls):
+                m = max(int(getattr(c, "width_multiple", 1)) for c in (acls, lcls))
+                K += -K % m  # the width the inputs get (inputs.fit_width): per-class options of that K
                 return Head(acls(**aopt(K)), lcls(**lopt(K)))
 
             entries.append(Entry(aname, lname, build))
