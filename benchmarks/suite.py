@@ -52,6 +52,7 @@ import logging
 import time
 
 import backend_suite
+import heads_suite
 import numpy as np
 import peers as P
 import seed_recipes as seed
@@ -73,6 +74,7 @@ TITLES = {
     "(×1 worker …); ratios of one run on a shared machine, not asserted",
     "entmax": "α-entmax forward + VJP, act.vjp(z, g), against 1.5-entmax's closed form and entmax_bisect "
               "(torch 1 thread)",
+    "heads": heads_suite.TITLE,
 }
 
 PAIRS = {
@@ -689,6 +691,8 @@ def plan(*, sections, dtypes, quick, peers, sizes=None) -> list[Group]:
             threads = functools.partial(P.torch_threads, 1) if "entmax_bisect" in peers else None
             groups += [_group("entmax", N, K, dtype, functools.partial(_entmax_cases, N, K, dtype, peers), context=threads)
                        for N, K in entmax_sizes]
+        if "heads" in sections:
+            groups += heads_suite.groups(dtype, quick=quick, peers=peers, sizes=sizes)
         if "blocked" in sections:
             N, K, mb = (2000, 256, 32 << 20) if quick else (20000, 256, 256 << 20)
             groups.append(_group("blocked", N, K, dtype, functools.partial(_blocked_cases, N, K, dtype, mb, peers),

@@ -49,12 +49,9 @@ def check_pair(activation, loss) -> None:
         if mismatch:
             raise ValueError(mismatch)
         return
-    only = getattr(loss, "pairs_with", None)  # registry names of the only activations it takes
-    if only is not None and not any(isinstance(activation, ACTIVATIONS[n]) for n in only if n in ACTIVATIONS):
-        raise ValueError(
-            f"{type(loss).__name__} pairs only with {', '.join(only)}: its input is structured, and "
-            f"{type(activation).__name__}'s output is not it"
-        )
+    refusal = getattr(loss, "pair_mismatch", None)  # a loss that refuses an activation by its options
+    if refusal is not None and (why := refusal(activation)):
+        raise ValueError(why)
     out, need = activation.domain, loss.domain
     if out.issubset(need):
         return
@@ -269,7 +266,8 @@ class Head:
         BCE, identity + MSE, a Fenchel–Young loss with its own map, a user's pair registered
         with ``canonical=True``): convex in z, its GGN is its Hessian."""
         rule = get_rule(self.activation, self.loss_fn)
-        return rule is not None and rule.canonical
+        applies = getattr(rule, "canonical_for", None)  # a rule whose canonicity depends on the options
+        return rule is not None and rule.canonical and (applies is None or applies(self.activation, self.loss_fn))
 
     def hessian_operator(self, z, y, method: str = "auto"):
         """The Hessian blocks as a :class:`~jacobians.JacobianOperator` (diagonal, or diagonal

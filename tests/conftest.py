@@ -501,3 +501,14 @@ def xp(xp_name, dtype_name):
     ns = array_namespace_named(xp_name)
     with jax_x64(xp_name, dtype_name):
         yield ns
+
+
+@pytest.fixture(autouse=True)
+def _mpmath_precision_restored():
+    """A test that sets mpmath's global precision (``mp.dps = ...``) leaves it as it found it:
+    the modules that compare with mpmath set their own at import and rely on it."""
+    mpmath = sys.modules.get("mpmath")
+    saved = None if mpmath is None else mpmath.mp.prec
+    yield
+    if saved is not None:
+        mpmath.mp.prec = saved

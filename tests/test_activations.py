@@ -8,7 +8,7 @@ import pytest
 from conftest import activation_cases, fit_shape, make_logits, readonly
 
 import jacobians as jac
-from jacobians import testing
+from jacobians import checks, testing
 from jacobians.numerics.parallel import PARALLEL_MIN_BYTES
 
 CASES = activation_cases()
@@ -27,7 +27,7 @@ def _logits(rng, shape=SHAPE, dtype=np.float64):
 
 def test_registry_holds_the_builtins():
     names = {"softmax", "log_softmax", "sigmoid", "tanh", "relu", "leaky_relu", "identity", "softplus", "sparsemax", "entmax15", "entmax",
-             "mean_variance"}
+             "mean_variance", "exp"}
     assert names <= set(jac.ACTIVATIONS)
     for name, cls in jac.ACTIVATIONS.items():
         assert jac.get_activation(name) is cls
@@ -138,9 +138,10 @@ class TestAgainstReferences:
 
     @pytest.mark.parametrize("dtype", [np.float32, np.float64])
     def test_extreme_logits_stay_finite(self, act, rng, dtype):
-        z = rng.choice([-1e4, 1e4, 0.0, 1.0], size=fit_shape((8, 5), act)).astype(dtype)
-        z[0] = 1e4  # a row of ties at the top
-        z[1] = -1e4
+        big = checks.inputs.extreme_magnitude(act, dtype)  # 1e4, or less where e^z would overflow (Exp)
+        z = rng.choice([-big, big, 0.0, 1.0], size=fit_shape((8, 5), act)).astype(dtype)
+        z[0] = big  # a row of ties at the top
+        z[1] = -big
         g = rng.normal(size=z.shape).astype(dtype)
         for out in (act(z), act.jacobian(z), act.vjp(z, g), act.jvp(z, g)):
             assert np.all(np.isfinite(out)) and out.dtype == dtype

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.arrays
 array_api_compat = pytest.importorskip("array_api_compat", reason=EXTRA)
 
 import jacobians as jac  # noqa: E402
+from jacobians import checks  # noqa: E402
 from jacobians.activations.base import Activation  # noqa: E402
 
 NAMESPACES = ("array_api_strict", "torch", "jax")
@@ -67,14 +68,16 @@ def _instances():
 INSTANCES = _instances()
 
 
-def _inputs(dtype_name: str):
-    """Logits: N(0, 1) rows, confident N(0, 3²) rows and ±1e4 rows; g and v N(0, 1)."""
+def _inputs(dtype_name: str, act=None):
+    """Logits: N(0, 1) rows, confident N(0, 3²) rows and ±1e4 rows (less where ``act`` says:
+    ``Exp``, whose e^z overflows); g and v N(0, 1)."""
     rng = np.random.default_rng(22)
+    big = 1e4 if act is None else checks.inputs.extreme_magnitude(act, dtype_name)
     z = np.concatenate(
         [
             rng.normal(size=(4, K)),
             3 * rng.normal(size=(4, K)),
-            1e4 * np.sign(rng.normal(size=(2, K))) * rng.uniform(0.5, 1, size=(2, K)),
+            big * np.sign(rng.normal(size=(2, K))) * rng.uniform(0.5, 1, size=(2, K)),
         ]
     )
     z = z.reshape(2, 5, K).astype(dtype_name)
@@ -120,7 +123,7 @@ WORST: dict = {}
 @pytest.mark.parametrize("xp_name, name, act", walk_params(INSTANCES, lambda p: "=" not in p.id))
 @pytest.mark.parametrize("method", ONE + TWO)
 def test_walk_matches_numpy(xp, dtype_name, name, act, method):
-    z, g, v = _inputs(dtype_name)
+    z, g, v = _inputs(dtype_name, act)
     dtype = getattr(xp, dtype_name)
     zt = xp.asarray(z, dtype=dtype)
     args = (zt,) if method in ONE else (zt, xp.asarray(v if method == "jvp" else g, dtype=dtype))
@@ -221,7 +224,7 @@ JIT_INSTANCES = [p for p in INSTANCES if p.values[0] not in NO_GENERIC and not (
 @pytest.mark.parametrize("name, act", JIT_INSTANCES)
 def test_jax_jit(name, act):
     jax = pytest.importorskip("jax", reason="the arrays extra's jax is not installed")
-    z, g, _ = _inputs("float64")
+    z, g, _ = _inputs("float64", act)
     with jax.enable_x64(True):
         zt, gt = jax.numpy.asarray(z), jax.numpy.asarray(g)
         first, second = (_allowed(jax.numpy, act, z, "float64", order) for order in (1, 2))
@@ -236,7 +239,7 @@ def test_jax_jit(name, act):
 @pytest.mark.parametrize("name, act", [p for p in INSTANCES if p.values[0] not in NO_GENERIC])
 def test_torch_requires_grad(name, act):
     torch = pytest.importorskip("torch", reason="the arrays extra's torch (CPU build) is not installed")
-    z, g, _ = _inputs("float64")
+    z, g, _ = _inputs("float64", act)
     zt = torch.tensor(z, requires_grad=True)
     out = act.vjp(zt, torch.tensor(g))
     assert isinstance(out, torch.Tensor)

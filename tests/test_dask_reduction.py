@@ -133,6 +133,8 @@ def _hand_denominator(loss, shape, y) -> float:
         ignore = getattr(loss, "ignore_index", None)
         kept = [int(t) for t in y.reshape(-1) if ignore is None or t != ignore]
         weight = getattr(loss, "weight", None)
+        if isinstance(loss, jac.MultiMargin):  # torch's MultiMarginLoss: 'mean' over rows, weights not renormalised
+            weight = None
         return float(sum(weight[t] for t in kept)) if weight is not None else float(len(kept))
     return float(n_rows)
 

@@ -99,11 +99,12 @@ def test_every_built_in_keeps_its_registry_name():
             assert registry_name(cls) == key, (key, cls)
     assert list(jac.ACTIVATIONS) == [
         "softmax", "log_softmax", "sigmoid", "tanh", "relu", "leaky_relu", "identity", "softplus",
-        "sparsemax", "entmax15", "entmax", "mean_variance",
+        "sparsemax", "entmax15", "entmax", "mean_variance", "exp",
     ]
     assert list(jac.LOSSES) == [
         "cross_entropy", "nll", "binary_cross_entropy", "mse", "mae", "huber", "kl_divergence",
         "sparsemax_loss", "entmax15_loss", "entmax_loss", "plackett_luce", "gaussian_nll",
+        "focal", "binary_focal", "poly1", "poisson_nll", "multi_margin",
     ]
 
 

@@ -23,7 +23,7 @@ from conftest import (
 )
 
 import jacobians as jac
-from jacobians import testing
+from jacobians import checks, testing
 from jacobians.head import DEFAULT_MAX_BYTES
 
 K = 4
@@ -211,10 +211,10 @@ def test_identity_with_a_fenchel_young_loss_runs_every_method(lcls, rng):
 # -- numerics --------------------------------------------------------------------------------------
 
 
-def _extreme_logits(rng, shape=(6, K), dtype=np.float64):
-    z = rng.choice([-1e4, 1e4, 0.0, 2.0], size=shape).astype(dtype)
-    z[0] = 1e4
-    z[1] = [-1e4] * (shape[-1] - 1) + [1e4]
+def _extreme_logits(rng, shape=(6, K), dtype=np.float64, big=1e4):
+    z = rng.choice([-big, big, 0.0, 2.0], size=shape).astype(dtype)
+    z[0] = big
+    z[1] = [-big] * (shape[-1] - 1) + [big]
     return z
 
 
@@ -222,9 +222,10 @@ def _extreme_logits(rng, shape=(6, K), dtype=np.float64):
 @pytest.mark.parametrize("pair", PAIRS)
 def test_extreme_logits_give_finite_values_and_gradients(pair, dtype, rng):
     head = _head(pair)
-    z = _extreme_logits(rng, dtype=dtype)
-    if _own_input(head) is not None:  # the loss's own input, times 1e4 (as checks.extreme_inputs)
-        z = (_own_input(head)(z.shape, rng) * 1e4).astype(dtype)
+    big = checks.inputs.extreme_magnitude(head, dtype)  # less where e^z overflows
+    z = _extreme_logits(rng, dtype=dtype, big=big)
+    if _own_input(head) is not None:  # the loss's own input, times the extreme magnitude (as checks.extreme_inputs)
+        z = (_own_input(head)(z.shape, rng) * big).astype(dtype)
     y = head_targets(head, rng, z.shape, dtype)
     assert np.isfinite(head.loss(z, y))
     for m in head_methods(head):

@@ -47,7 +47,7 @@ def _total(value):
 
 def test_registry_holds_the_builtins():
     names = {"cross_entropy", "nll", "binary_cross_entropy", "mse", "mae", "huber", "kl_divergence", "sparsemax_loss", "entmax15_loss", "entmax_loss",
-             "plackett_luce", "gaussian_nll"}
+             "plackett_luce", "gaussian_nll", "focal", "binary_focal", "poly1", "poisson_nll", "multi_margin"}
     assert names <= set(jac.LOSSES)
     for name, cls in jac.LOSSES.items():
         assert jac.get_loss(name) is cls
@@ -157,7 +157,7 @@ def test_index_and_one_hot_targets_agree(cls, options, rng):
     mean = loss.with_reduction("mean")
     total = _total(loss.with_reduction("sum").value(a, idx))
     weight = getattr(loss, "weight", None)
-    if weight is None:
+    if weight is None or mean.mean_denominator(a, idx) == SHAPE[0]:  # (MultiMargin: weights, 'mean' over rows)
         np.testing.assert_allclose(mean.value(a, idx), mean.value(a, onehot), rtol=1e-14)
         np.testing.assert_allclose(mean.grad(a, idx), mean.grad(a, onehot), rtol=1e-14, atol=1e-15)
         np.testing.assert_allclose(mean.value(a, idx), total / SHAPE[0], rtol=1e-14)

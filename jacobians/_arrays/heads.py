@@ -154,7 +154,7 @@ def _hessian(xp, head, z, y, method, gauss_newton_only=False):
     if head.logits_loss:
         return _logits_curvature(xp, head, z, y)
     closed = _generic_part(rule, "hessian")
-    if closed is not None and (method == "fused" or (gauss_newton_only and head.ggn_is_hessian)):
+    if closed is not None and (head.ggn_is_hessian if gauss_newton_only else method == "fused"):
         return closed(xp, head.activation, head.loss_fn, z, y)
     a, yl, g = _chain_parts(xp, head, z, y)
     J = head.activation.xp_jacobian_from_output(xp, z, a)

@@ -9,12 +9,14 @@ a module's ``__all__`` is what the package, and ``jacobians``, export of it.
 # isort: off
 from . import base, softmax, elementwise, simplex, sparse_maps
 from . import mean_variance
+from . import exp
 from .base import *  # noqa: F403
 from .softmax import *  # noqa: F403
 from .elementwise import *  # noqa: F403
 from .simplex import *  # noqa: F403
 from .sparse_maps import *  # noqa: F403
 from .mean_variance import *  # noqa: F403
+from .exp import *  # noqa: F403
 
 # isort: on
 
@@ -25,4 +27,5 @@ __all__ = [
     *elementwise.__all__,
     *sparse_maps.__all__,
     *mean_variance.__all__,
+    *exp.__all__,
 ]

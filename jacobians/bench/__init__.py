@@ -95,7 +95,7 @@ def load_suite(folder: Path):
 
 # -- command line ---------------------------------------------------------------------------
 
-SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked", "second_order", "last_layer", "dask", "entmax")
+SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked", "second_order", "last_layer", "dask", "entmax", "heads")
 #: ``--backend``: numpy (the suite), or the framework whose arrays the sections below run on
 BACKENDS = ("numpy", "torch", "jax")
 BACKEND_SECTIONS = ("vjp", "fused", "second_order")

@@ -311,7 +311,8 @@ def extreme_inputs(obj, shape=(2, 3, 5), dtype=np.float64, seed=0):
         else:  # max 0, others −1e4
             z[r] = -EXTREME
             z[r, top] = 0.0
-    z = z.reshape(shape).astype(dt)
+    z = z.reshape(shape) * (extreme_magnitude(obj, dt) / EXTREME)  # ±1e4, or less where a class says
+    z = z.astype(dt)
     if not isinstance(obj, Head):
         return z
     own = getattr(obj.loss_fn, "example_input", None)
@@ -319,6 +320,20 @@ def extreme_inputs(obj, shape=(2, 3, 5), dtype=np.float64, seed=0):
         z = (np.asarray(own(shape, rng), dtype=np.float64) * EXTREME).astype(dt)
     y = make_targets(obj.loss_fn, shape, rng)
     return z, (y.astype(dt) if y.dtype.kind == "f" else y)
+
+
+def extreme_magnitude(obj, dtype) -> float:
+    """The magnitude of the extreme logits for ``obj`` (an activation or a head): 1e4, or less
+    where its activation or loss says so with ``extreme_magnitude(dtype, head)`` (a float, or
+    None for no bound): a class whose outputs overflow there as torch's do (``Exp``: ``e^{1e4}``
+    is ``inf``)."""
+    head = obj if isinstance(obj, Head) else None
+    bound = EXTREME
+    for part in (obj.activation, obj.loss_fn) if head is not None else (obj,):
+        own = getattr(part, "extreme_magnitude", None)
+        b = None if own is None else own(np.dtype(dtype), head)
+        bound = bound if b is None else min(bound, float(b))
+    return bound
 
 
 def _kink_note(names, dist) -> str:

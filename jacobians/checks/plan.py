@@ -180,18 +180,23 @@ def plan_entries(only) -> tuple[list[Entry], list[str]]:
                 for opt in options(cls)
             ]
     skipped += [name for name, cls in LOSSES.items() if default_instance(cls) is None]
-    for p in pairs():
-        if only is not None and not (
-            (not acts or p.activation in acts) and (not losses or p.loss in losses)
-        ):
+    # every valid pair of pairs(), and a pair whose defaults refuse each other but whose
+    # variants pair (Exp + PoissonNLL(log_input=False)): _combos finds the rows of both
+    listed = {(p.activation, p.loss) for p in pairs()}
+    for aname, lname in itertools.product(ACTIVATIONS, LOSSES):
+        acls, lcls = ACTIVATIONS[aname], LOSSES[lname]
+        if (aname, lname) not in listed and (default_instance(acls) is None or default_instance(lcls) is None):
             continue
-        acls, lcls = ACTIVATIONS[p.activation], LOSSES[p.loss]
+        if only is not None and not ((not acts or aname in acts) and (not losses or lname in losses)):
+            continue
         for aopt, lopt in _combos(acls, lcls):
 
             def build(K, aopt=aopt, lopt=lopt, acls=acls, lcls=lcls):
+                m = max(int(getattr(c, "width_multiple", 1)) for c in (acls, lcls))
+                K += -K % m  # the width the inputs get (inputs.fit_width): per-class options of that K
                 return Head(acls(**aopt(K)), lcls(**lopt(K)))
 
-            entries.append(Entry(p.activation, p.loss, build))
+            entries.append(Entry(aname, lname, build))
     return entries, skipped
 
 

@@ -8,6 +8,7 @@ export of it.
 # the order of these imports is the registry's order
 # isort: off
 from . import base, classification, regression, divergence, fenchel_young, plackett_luce, gaussian_nll
+from . import focal, poly1, poisson_nll, multi_margin
 from .base import *  # noqa: F403
 from .classification import *  # noqa: F403
 from .regression import *  # noqa: F403
@@ -15,6 +16,10 @@ from .divergence import *  # noqa: F403
 from .fenchel_young import *  # noqa: F403
 from .plackett_luce import *  # noqa: F403
 from .gaussian_nll import *  # noqa: F403
+from .focal import *  # noqa: F403
+from .poly1 import *  # noqa: F403
+from .poisson_nll import *  # noqa: F403
+from .multi_margin import *  # noqa: F403
 
 # isort: on
 
@@ -26,4 +31,8 @@ __all__ = [
     *fenchel_young.__all__,
     *plackett_luce.__all__,
     *gaussian_nll.__all__,
+    *focal.__all__,
+    *poly1.__all__,
+    *poisson_nll.__all__,
+    *multi_margin.__all__,
 ]

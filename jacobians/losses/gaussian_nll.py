@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from ..activations.elementwise import Identity
+from ..activations.mean_variance import MeanVariance
 from ..numerics.sampling import Predictive
 from ..numerics.validation import as_float_array, check_positive_scalar
 from ..operators import DenseJacobian, DiagonalJacobian
@@ -90,12 +92,20 @@ class GaussianNLL(Loss):
 
     name = "gaussian_nll"
     target_kind = "real"
-    #: its input is [μ | σ²]: the identity (σ² given) or the mean-variance link (see check_pair)
-    pairs_with = ("identity", "mean_variance")
     #: 'none' gives (..., K) for an input (..., 2K) (the Dask backend's chunk layout)
     values_layout = "half"
     #: the last axis is [means | variances]: generated inputs take an even width (checks.fit_width)
     width_multiple = 2
+
+    def pair_mismatch(self, activation):
+        """Why ``activation`` does not pair with this loss, or None: its input is ``[μ | σ²]``,
+        which only the identity (σ² given) and the mean-variance link give."""
+        if isinstance(activation, (Identity, MeanVariance)):
+            return None
+        return (
+            f"GaussianNLL pairs only with identity, mean_variance: its input is structured, and "
+            f"{type(activation).__name__}'s output is not it"
+        )
 
     def __init__(self, full: bool = False, eps: float = 1e-6, reduction: str = "mean"):
         super().__init__(reduction)

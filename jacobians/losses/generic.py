@@ -75,6 +75,8 @@ def concrete(*arrays) -> bool:
     ``vmap`` (``grad``, ``jacrev`` ...) wrapped tensors, and value checks are skipped; every
     other namespace's arrays are concrete. Decided by type, without trying a concretization
     (no exception swallowed)."""
+    if all(x is None or isinstance(x, (np.ndarray, np.generic)) for x in arrays):
+        return True  # numpy's: concrete, and no array_api_compat needed
     import array_api_compat
 
     for x in arrays:

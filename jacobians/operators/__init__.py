@@ -27,7 +27,7 @@ True
 
 from .algebra import as_low_rank, product, total, transpose
 from .base import DenseJacobian, JacobianOperator
-from .blocks import ProjectedDiagonal, SimplexBlock, SumOperator
+from .blocks import ProjectedDiagonal, ScaledSimplexBlock, SimplexBlock, SumOperator
 from .structured import (
     DiagonalJacobian,
     DiagonalPlusLowRank,
@@ -44,6 +44,7 @@ __all__ = [
     "SimplexJacobian",
     "DiagonalPlusLowRank",
     "SimplexBlock",
+    "ScaledSimplexBlock",
     "ProjectedDiagonal",
     "SumOperator",
     "as_low_rank",

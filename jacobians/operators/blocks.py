@@ -149,6 +149,43 @@ class SimplexBlock(DiagonalPlusRankOne):
         return super()._scaled(c, cv)
 
 
+class ScaledSimplexBlock(DiagonalPlusRankOne):
+    """``diag(j) H diag(j)`` per sample for a :class:`SimplexBlock` ``H``: the Gauss–Newton
+    term (or Fisher) of an elementwise activation (``J = diag(j)``) under a simplex-block
+    curvature (softmax cross-entropy on scores, Plackett–Luce's one step).
+
+    Dense as ``diag(j² c d) − (j ⊙ w)(j ⊙ w)ᵀ`` with the diagonal ``j²`` times ``H``'s exact
+    one, and it keeps ``H`` itself: its square root is ``diag(j) · H.sqrt()``, exact, where
+    the congruence's own entries would cancel on a confident row (``p_top`` rounding to 1,
+    the diagonal a difference of numbers far larger than it). Scaling by ``c >= 0`` and
+    taking rows keep the form.
+    """
+
+    def __init__(self, j, H: SimplexBlock):
+        j = as_float_array(j, "j", like=H.weights)
+        check_same_shape(j, "j", H.weights, "d")
+        jw = j * H.u
+        super().__init__(j * j * H.d, jw, jw, diagonal=j * j * H.diagonal())
+        self.j, self.block = j, H
+
+    def sqrt(self) -> np.ndarray:
+        """``diag(j) · S_H`` with ``S_H`` the block's exact factor (:meth:`SimplexBlock.sqrt`)."""
+        return self.j[..., None] * self.block.sqrt()
+
+    @property
+    def T(self):
+        return self
+
+    def _take(self, rows):
+        return ScaledSimplexBlock(_rows2d(self.j)[rows], self.block._take(rows))
+
+    def _scaled(self, c, cv):
+        H = self.block._scaled(c, cv)
+        if isinstance(H, SimplexBlock):
+            return ScaledSimplexBlock(self.j, H)
+        return super()._scaled(c, cv)
+
+
 class ProjectedDiagonal(JacobianOperator):
     """``Pᵀ diag(m) P`` per sample with ``P = I − 1 vᵀ`` (``m >= 0``, ``v >= 0``,
     ``Σv = 1``).

@@ -20,6 +20,7 @@ from ..operators import (
     DiagonalPlusRankOne,
     JacobianOperator,
     ProjectedDiagonal,
+    ScaledSimplexBlock,
     SimplexBlock,
     SumOperator,
 )
@@ -44,9 +45,9 @@ def gram(J: JacobianOperator, H: JacobianOperator) -> JacobianOperator:
     (:class:`~jacobians.operators.ProjectedDiagonal`): where a prediction is confident the
     generic product subtracts numbers far larger than the result."""
     if isinstance(J, DiagonalJacobian) and isinstance(H, SimplexBlock):
-        # diag(g) (diag(c q) − w wᵀ) diag(g), its diagonal g² times H's exact one
-        gw = J.d * H.u
-        return DiagonalPlusRankOne(J.d * J.d * H.d, gw, gw, diagonal=J.d * J.d * H.diagonal())
+        # diag(g) (diag(c q) − w wᵀ) diag(g), its diagonal g² times H's exact one; H kept,
+        # so the square root is diag(g) H.sqrt() (the entries cancel on a confident row)
+        return ScaledSimplexBlock(J.d, H)
     form = projection_form(J)
     if form is not None:
         g, v = form

@@ -8,11 +8,16 @@ Imports no array library at module level (``array_api_compat`` is imported by
 
 from __future__ import annotations
 
+import numpy as np
+
 __all__ = ["device_of", "eye_like", "diagonal_blocks", "with_diagonal", "complement_sums", "centred_product", "simplex_sqrt"]
 
 
 def device_of(x):
-    """``array_api_compat.device(x)``: the device new arrays for ``x`` go on."""
+    """``array_api_compat.device(x)``: the device new arrays for ``x`` go on (``'cpu'`` for
+    numpy arrays, without importing array_api_compat: the numpy path does not need it)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return "cpu"
     import array_api_compat
 
     return array_api_compat.device(x)
@@ -40,10 +45,14 @@ def with_diagonal(xp, H, d):
     block built this way costs one ``(..., K, K)`` array, where ``where(eye, ...)`` costs two
     (on a CPU the fresh pages of each cost about as much as the arithmetic).
     """
-    import array_api_extra as xpx
-
     K = H.shape[-1]
     shape = tuple(H.shape)
+    if isinstance(H, np.ndarray) and H.flags.writeable:  # numpy's path: no array_api_extra needed
+        flat = np.reshape(H, shape[:-2] + (K * K,))  # a view of a fresh H; a copy serves as well
+        flat[..., :: K + 1] = d
+        return np.reshape(flat, shape)
+    import array_api_extra as xpx
+
     flat = xpx.at(xp.reshape(H, shape[:-2] + (K * K,)))[..., :: K + 1].set(d)
     return xp.reshape(flat, shape)
 
