@@ -249,7 +249,7 @@ def head_input_like(head, z, seed) -> np.ndarray:
     return (np.asarray(own(z.shape, np.random.default_rng(seed))) * scale).astype(z.dtype)
 
 
-def loss_hessian_indefinite(head, z, y, *, tol: float | None = None) -> bool:
+def loss_hessian_indefinite(head, z, y, *, tol: float | None = None, scaled: bool = False) -> bool:
     """Whether the head's loss is not convex in its input at ``(z, y)``: its own dense
     Hessian in its input ``x`` (the activation's output, or z itself for a loss of the
     logits), computed here in float64, has a row with an eigenvalue below −``tol`` × that
@@ -258,7 +258,11 @@ def loss_hessian_indefinite(head, z, y, *, tol: float | None = None) -> bool:
     (test_second_order), and the decision reads none of the GGN or ``sqrt_ggn`` code it
     judges: where it holds, ``sqrt_ggn`` must refuse ("indefinite": Gaussian NLL in
     (μ, σ²)); where it does not, the GGN is PSD and ``sqrt_ggn`` factors it. ``head`` may
-    be a loss alone: ``z`` is then its input."""
+    be a loss alone: ``z`` is then its input. ``scaled``: judge each row after the congruence
+    ``D^{-1/2} H D^{-1/2}``, D = |diag H| (same signs of eigenvalues, Sylvester), so that a
+    negative eigenvalue tiny beside a huge one (Gaussian NLL at σ² ≈ 1e-3, a GGN the
+    activation's Jacobian rescales) still counts: whether the loss is convex there, not
+    whether a factor's round-off allowance hides it (``scaled=False``, ``sqrt_ggn``'s own rule)."""
     dtype = np.asarray(z).dtype if np.asarray(z).dtype.kind == "f" else np.dtype(np.float64)
     tol = 1e3 * float(np.finfo(dtype).eps) if tol is None else tol
     z = np.asarray(z, dtype=np.float64)
@@ -272,6 +276,10 @@ def loss_hessian_indefinite(head, z, y, *, tol: float | None = None) -> bool:
     with np.errstate(all="ignore"):  # a row whose Hessian overflows (KL at p ≈ 0) cannot be judged: left out
         H = np.asarray(loss.with_reduction("sum").hessian(x, y), dtype=np.float64).reshape(-1, W, W)
         H = H[np.isfinite(H).all(axis=(-2, -1))]
+        if scaled:
+            d = np.sqrt(np.abs(np.einsum("nii->ni", H)))
+            d = np.where(d > 0, d, 1.0)
+            H = H / d[:, :, None] / d[:, None, :]
         H = H / np.maximum(np.abs(H).max(axis=(-2, -1), keepdims=True, initial=0.0), 1e-300)
     lam = np.linalg.eigvalsh((H + np.swapaxes(H, -1, -2)) / 2)
     scale = np.maximum(np.abs(lam).max(axis=-1, initial=0.0), 1e-300)
