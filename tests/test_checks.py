@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import Brier, ScaledTanh, TransposedJacobian, activation_cases, loss_specs, make_loss
+from conftest import Brier, ScaledTanh, TransposedJacobian, activation_cases, fit_shape, loss_specs, make_loss
 
 import jacobians as jac
 from jacobians import checks
@@ -147,15 +147,16 @@ def test_scaled_tanh_passes_in_both_dtypes():
 def test_every_loss_variant_passes_with_every_activation(loss_id, loss_cls, options, reduction):
     """Non-default parameters (smoothing, class weights, ignore_index, pos_weight, δ,
     temperature) and every reduction, at moderate and at extreme logits."""
-    loss = make_loss(loss_cls, options, 5, reduction)
     checked = 0
     for param in activation_cases():
         act = param.values[0]
+        shape = fit_shape((2, 3, 5), act, loss_cls)  # the width the pair takes ([μ | σ²]: even)
+        loss = make_loss(loss_cls, options, shape[-1], reduction)  # class weights of that width
         try:
             head = jac.Head(act, loss)
         except ValueError:
             continue
-        report = jac.check_head(head, shape=(2, 3, 5)) + checks.check_extreme(head)
+        report = jac.check_head(head, shape=shape) + checks.check_extreme(head, shape=shape)
         report.raise_if_failed()
         checked += 1
     assert checked > 0
