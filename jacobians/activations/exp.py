@@ -48,7 +48,7 @@ class Exp(ElementwiseActivation):
     """``a = e^z`` (torch ``exp``), outputs ≥ 0 (``e^z`` underflows to 0 below the float's range).
 
     ``f'(z) = f''(z) = e^z``. Pair it with :class:`~jacobians.PoissonNLL` ``(log_input=False)``:
-    the canonical log link of a Poisson rate (see :mod:`jacobians.rules.log_link_poisson`).
+    the canonical log link of a Poisson rate (see ``jacobians.rules.log_link_poisson``).
 
     Examples
     --------

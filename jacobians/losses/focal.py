@@ -132,7 +132,7 @@ class FocalLoss(_ClassLoss):
     Targets are integer indices ``(...,)`` or probability rows ``(..., K)`` (``t`` above).
     Not a likelihood: ``fisher(kind='exact' | 'mc')`` is refused; ``'empirical'`` works.
     With γ < 1 the second derivative in ``p`` is unbounded as ``p_k → 1``; see
-    :mod:`jacobians.losses.focal`. ``Head(Softmax(), FocalLoss())`` uses the fused rule
+    ``jacobians.losses.focal``. ``Head(Softmax(), FocalLoss())`` uses the fused rule
     from the logits (exact at logits of ±1e4, float32 too; Hessian in closed form).
 
     Examples
@@ -275,8 +275,9 @@ def check_binary_alpha(alpha):
 
 @register_loss
 class BinaryFocalLoss(ElementwiseLoss):
-    """Binary focal loss per entry on sigmoid probabilities, torchvision's
-    ``sigmoid_focal_loss`` on ``p = a``::
+    """Binary focal loss per entry on sigmoid probabilities, torchvision's ``sigmoid_focal_loss``.
+
+    On ``p = a``::
 
         ce = −t log p − (1 − t) log(1 − p),   p_t = p t + (1 − p)(1 − t)
         loss = α_t · ce · (1 − p_t)^γ,          α_t = α t + (1 − α)(1 − t)
