@@ -152,8 +152,10 @@ def test_second_order(pair, dtype, synchronous, rng):
         assert _ulps(_lazy(head.fisher(zd)), head.fisher(z)) == 0
         S = head.sqrt_ggn_sampled(z, 4, seed=11, y=y)
         assert _ulps(_lazy(head.sqrt_ggn_sampled(zd, 4, seed=11, y=yd)), S, block_axes=2) <= 2
+        # S Sᵀ of factors within 2 ulp of the block's scale: 2·2 ulp from the factors, plus the
+        # rounding of the 4-term sums (softmax + poisson_nll's float32 draws reached 5 with numba)
         assert _ulps(_lazy(head.fisher(zd, yd, "mc", mc_samples=4, seed=11)),
-                     head.fisher(z, y, "mc", mc_samples=4, seed=11), block_axes=2) <= 4  # a product of the above
+                     head.fisher(z, y, "mc", mc_samples=4, seed=11), block_axes=2) <= 6
 
 
 @pytest.mark.parametrize("method", ["fused", "vjp", "jacobian"])
