@@ -382,7 +382,7 @@ def test_last_layer_curvature_of_top_r_rankings(kind):
 
 
 def test_dask_arrays_of_rows():
-    da = pytest.importorskip("dask.array")
+    da = pytest.importorskip("dask.array", reason="the dask extra is not installed: python -m pip install -e '.[dask]'")
     rng = np.random.default_rng(13)
     z, y = rng.normal(size=(7, 5)), rankings(rng, (7,), 5, 3)
     zd, yd = da.from_array(z, chunks=(3, 5)), da.from_array(y, chunks=(3, 3))

@@ -300,7 +300,7 @@ def test_last_layer_and_dask():
     blocks = np.exp(z) / (N * K)
     ref = sum(np.kron(np.diag(blocks[n]), np.outer(X[n], X[n])) for n in range(N))
     np.testing.assert_allclose(H, ref, rtol=1e-12)
-    da = pytest.importorskip("dask.array")
+    da = pytest.importorskip("dask.array", reason="the dask extra is not installed: python -m pip install -e '.[dask]'")
     zd, yd = da.from_array(z, chunks=(2, K)), da.from_array(y, chunks=(2, K))
     np.testing.assert_allclose(head.grad(zd, yd).compute(), head.grad(z, y), rtol=1e-13)
     np.testing.assert_allclose(head.hessian(zd, yd).compute(), head.hessian(z, y), rtol=1e-13)
