@@ -112,8 +112,53 @@ def focal_parts(xp, a, c, gamma: float, need_grad: bool, need_hessian: bool = Fa
     return values, grads, hess
 
 
+class SeparableClassLoss(_ClassLoss):
+    """A class loss ``Σ_k f(a_k; c_k)`` on probabilities with per-class coefficients ``c``
+    (the targets, weighted or smoothed): the plumbing focal and poly-1 share. A subclass
+    gives :meth:`coefficient_options` (``weight=`` / ``smoothing=`` of the class
+    coefficients) and :meth:`parts` (``(values, grads, hessian diagonal)`` written once with
+    ``xp``); ``'mean'`` divides by the rows."""
+
+    def coefficient_options(self, K: int) -> dict:
+        """Keyword arguments of ``class_coefficients`` for K classes."""
+        return {}
+
+    def parts(self, xp, a, c, need_grad: bool, need_hessian: bool = False):
+        """``(values (...,), grads (..., K) or None, hessian diagonal (..., K) or None)``."""
+        raise NotImplementedError
+
+    def coefficients(self, t, dtype):
+        """``(c, N)``: the per-class coefficients and the rows ``'mean'`` divides by."""
+        c, _ = class_coefficients(t, dtype, **self.coefficient_options(t.n_classes))
+        return c, float(math.prod(c.shape[:-1]))
+
+    def _terms(self, a, t, need_grad):
+        c, denom = self.coefficients(t, a.dtype)
+        values, grads, _ = self.parts(npx, a, c, need_grad)
+        return values, grads, denom
+
+    def _hessian_terms(self, a, t):
+        c, denom = self.coefficients(t, a.dtype)
+        return DiagonalJacobian(self.parts(npx, a, c, False, True)[2]), denom
+
+    # -- the generic (array API) path ----------------------------------------------------
+    def xp_coefficients(self, xp, a, y):
+        t = self._xp_targets(xp, a, y)
+        c, _ = xp_class_coefficients(xp, t, a, **self.coefficient_options(a.shape[-1]))
+        return c, math.prod(a.shape[:-1])
+
+    def xp_terms(self, xp, a, y, need_grad):
+        c, denom = self.xp_coefficients(xp, a, y)
+        values, grads, _ = self.parts(xp, a, c, need_grad)
+        return values, grads, denom
+
+    def xp_hessian_terms(self, xp, a, y):
+        c, denom = self.xp_coefficients(xp, a, y)
+        return self.parts(xp, a, c, False, True)[2], denom, True
+
+
 @register_loss
-class FocalLoss(_ClassLoss):
+class FocalLoss(SeparableClassLoss):
     """Focal loss on softmax probabilities (Lin et al., 2017):
     ``ℓ = −Σ_k t_k α_k (1 − p_k)^γ log p_k`` per sample.
 
@@ -164,36 +209,13 @@ class FocalLoss(_ClassLoss):
         if self.alpha is not None and self.alpha.shape != (K,):
             raise ValueError(f"alpha must have shape (K,) = ({K},) to match a; got shape {self.alpha.shape}")
 
-    def coefficients(self, t, dtype):
-        """``(t ⊙ α, N)``: the per-class coefficients and the rows ``'mean'`` divides by."""
-        self.check_alpha_shape(t.n_classes)
-        c, _ = class_coefficients(t, dtype, weight=self.alpha)
-        return c, float(math.prod(c.shape[:-1]))
+    def coefficient_options(self, K: int) -> dict:
+        """Class weights α (checked against K)."""
+        self.check_alpha_shape(K)
+        return {"weight": self.alpha}
 
-    def _terms(self, a, t, need_grad):
-        c, denom = self.coefficients(t, a.dtype)
-        values, grads, _ = focal_parts(npx, a, c, self.gamma, need_grad)
-        return values, grads, denom
-
-    def _hessian_terms(self, a, t):
-        c, denom = self.coefficients(t, a.dtype)
-        return DiagonalJacobian(focal_parts(npx, a, c, self.gamma, False, True)[2]), denom
-
-    # -- the generic (array API) path ----------------------------------------------------
-    def xp_coefficients(self, xp, a, y):
-        t = self._xp_targets(xp, a, y)
-        self.check_alpha_shape(a.shape[-1])
-        c, _ = xp_class_coefficients(xp, t, a, weight=self.alpha)
-        return c, math.prod(a.shape[:-1])
-
-    def xp_terms(self, xp, a, y, need_grad):
-        c, denom = self.xp_coefficients(xp, a, y)
-        values, grads, _ = focal_parts(xp, a, c, self.gamma, need_grad)
-        return values, grads, denom
-
-    def xp_hessian_terms(self, xp, a, y):
-        c, denom = self.xp_coefficients(xp, a, y)
-        return focal_parts(xp, a, c, self.gamma, False, True)[2], denom, True
+    def parts(self, xp, a, c, need_grad, need_hessian=False):
+        return focal_parts(xp, a, c, self.gamma, need_grad, need_hessian)
 
     def loop_reference(self, a, y):
         """One sample at a time in float64, the definition written out."""

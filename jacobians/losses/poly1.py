@@ -17,11 +17,8 @@ import math
 import numpy as np
 
 from ..numerics.validation import check_nonnegative_scalar
-from ..operators import DiagonalJacobian
-from ..xp.numpy_namespace import numpy_xp as npx
-from ._targets import class_coefficients, xp_class_coefficients
 from .base import register_loss
-from .classification import _ClassLoss
+from .focal import SeparableClassLoss
 from .generic import const, xp_curvature_ratio, xp_floor_tiny, xp_neg_ratio
 
 __all__ = ["PolyLoss"]
@@ -52,7 +49,7 @@ def poly_parts(xp, a, c, epsilon: float, need_grad: bool, need_hessian: bool = F
 
 
 @register_loss
-class PolyLoss(_ClassLoss):
+class PolyLoss(SeparableClassLoss):
     """Poly-1 loss ``ℓ = CE(p, t) + ε (1 − p_t)`` with ``p_t = Σ_k t_k p_k``, on softmax
     probabilities ``p = a``; ``t`` the (label-smoothed) targets.
 
@@ -100,34 +97,12 @@ class PolyLoss(_ClassLoss):
     def variants(cls, K):
         return [{"epsilon": 2.0}, {"epsilon": -0.5, "label_smoothing": 0.1}]
 
-    def coefficients(self, t, dtype):
-        """``(t, N)``: the smoothed targets and the rows ``'mean'`` divides by."""
-        c, _ = class_coefficients(t, dtype, smoothing=self.label_smoothing)
-        return c, float(math.prod(c.shape[:-1]))
+    def coefficient_options(self, K: int) -> dict:
+        """Label smoothing of the targets (both terms)."""
+        return {"smoothing": self.label_smoothing}
 
-    def _terms(self, a, t, need_grad):
-        c, denom = self.coefficients(t, a.dtype)
-        values, grads, _ = poly_parts(npx, a, c, self.epsilon, need_grad)
-        return values, grads, denom
-
-    def _hessian_terms(self, a, t):
-        c, denom = self.coefficients(t, a.dtype)
-        return DiagonalJacobian(poly_parts(npx, a, c, self.epsilon, False, True)[2]), denom
-
-    # -- the generic (array API) path ----------------------------------------------------
-    def xp_coefficients(self, xp, a, y):
-        t = self._xp_targets(xp, a, y)
-        c, _ = xp_class_coefficients(xp, t, a, smoothing=self.label_smoothing)
-        return c, math.prod(a.shape[:-1])
-
-    def xp_terms(self, xp, a, y, need_grad):
-        c, denom = self.xp_coefficients(xp, a, y)
-        values, grads, _ = poly_parts(xp, a, c, self.epsilon, need_grad)
-        return values, grads, denom
-
-    def xp_hessian_terms(self, xp, a, y):
-        c, denom = self.xp_coefficients(xp, a, y)
-        return poly_parts(xp, a, c, self.epsilon, False, True)[2], denom, True
+    def parts(self, xp, a, c, need_grad, need_hessian=False):
+        return poly_parts(xp, a, c, self.epsilon, need_grad, need_hessian)
 
     def loop_reference(self, a, y):
         """One sample at a time in float64: optax's formula with the smoothed targets."""
