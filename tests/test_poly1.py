@@ -217,5 +217,7 @@ def poly_longdouble(act, loss, z, y):
     off = (~np.eye(K, dtype=bool)).astype(np.longdouble)
     grads = (q * u - p * np.einsum("...j,kj->...k", u, off)) / T
     gscale = (q * np.abs(u) + p * np.einsum("...j,kj->...k", np.abs(u), off)) * (2 + G) / T
-    scale = ((c * np.abs(logp)).sum(axis=-1) + abs(eps) * (np.abs(1 - c.sum(axis=-1)) + (c * q).sum(axis=-1))) * (2 + G[..., 0])
+    # ``1 − Σc`` from coefficients rounded to the input's dtype moves by ulps of Σc, not of
+    # ``|1 − Σc|`` (K = 1 with soft targets and smoothing: the value is ε(1 − Σc) ≈ 1e-17)
+    scale = ((c * np.abs(logp)).sum(axis=-1) + abs(eps) * (np.abs(1 - c.sum(axis=-1)) + c.sum(axis=-1) + (c * q).sum(axis=-1))) * (2 + G[..., 0])
     return values, scale, grads, gscale, np.longdouble(np.prod(np.shape(z)[:-1]))
