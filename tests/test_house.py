@@ -50,6 +50,7 @@ LAYERS = {
     "fisher": 4,
     "curvature": 4,  # the public face of the second order: re-exports rules and head layer
     "last_layer": 5,
+    "laplace": 5,  # last-layer Laplace and influence functions, on linear_curvature
     # backends' implementations: the top floor of the library
     "_dask": 6,
     "_arrays": 6,
