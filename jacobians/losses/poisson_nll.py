@@ -23,7 +23,7 @@ from ..numerics.sampling import Predictive
 from ..numerics.validation import check_nonnegative_scalar
 from ..operators import DiagonalJacobian
 from .base import ElementwiseLoss, register_loss
-from .generic import concrete, const, diagonal_blocks
+from .generic import concrete, const, device_of, diagonal_blocks
 
 __all__ = ["PoissonNLL"]
 
@@ -90,6 +90,22 @@ def poisson_from_uniforms(rate, u) -> np.ndarray:
         out[sel] = _window_draws(flat[sel], v[sel])
         start = stop
     return out.reshape(rate.shape)
+
+
+def _host(x) -> np.ndarray:
+    """A numpy copy of a concrete array of any namespace (DLPack first, then ``np.asarray``)."""
+    try:
+        return np.from_dlpack(x)
+    except (TypeError, RuntimeError, BufferError, AttributeError):
+        return np.asarray(x)
+
+
+def _has_float64(xp, x) -> bool:
+    try:
+        xp.astype(x[..., :0], xp.float64)
+    except (TypeError, ValueError, RuntimeError):  # a namespace or device without float64 (MPS)
+        return False
+    return True
 
 
 class _InputDomain:
@@ -266,11 +282,22 @@ class PoissonNLL(ElementwiseLoss):
         return Predictive(f"counts y ~ Poisson({what}), by the inverse CDF", lambda K: K, draw, False)
 
     def xp_sample_targets(self, xp, a, u):
-        raise NotImplementedError(
-            "PoissonNLL has no array-API path for sample_targets: its Poisson draws (an inverse CDF summed over a "
-            "window that depends on the rate) run on numpy arrays; pass numpy arrays for kind='mc', or use "
-            "kind='exact' (the closed form)"
-        )
+        """The counts of :meth:`predictive`'s numpy draw, through the host: the inverse CDF sums
+        a window whose width depends on the rate (no static shape), so the rates and the
+        uniforms are copied to numpy (DLPack where it can), drawn there and copied back to
+        ``a``'s device. The same uniforms give the same counts as the numpy path. Under a
+        trace (``jax.jit``, ``torch.func``) there are no values to copy: a clear
+        NotImplementedError."""
+        if not concrete(a, u):
+            raise NotImplementedError(
+                "PoissonNLL's Monte-Carlo draws (an inverse CDF over a window that depends on the rate) need concrete "
+                "rates; under jax.jit or a torch.func transform use kind='exact' (the closed form), or draw outside "
+                "the transform"
+            )
+        wide = xp.astype(a, xp.float64) if _has_float64(xp, a) else a  # as the numpy draw: the rate in float64
+        rate = xp.exp(wide) if self.log_input else wide + const(xp, self.eps, wide)
+        counts = xp.asarray(poisson_from_uniforms(_host(rate), _host(u)), device=device_of(a))
+        return xp.astype(counts, a.dtype)
 
     # -- the generic (array API) path -------------------------------------------------------
     def xp_per_element(self, xp, a, y):
