@@ -18,7 +18,7 @@ import pytest
 
 import jacobians as jac
 
-N, D, K = 24, 3, 4
+N, D, K = 24, 5, 4  # D + 1 != K: a transposed (K, D+1) block cannot hide
 STRUCTURES = ("full", "kron", "diag")
 
 
@@ -84,8 +84,9 @@ def sparsemax_curvature(X, W, b, bias):
     return H
 
 
-def torch_reference(case, X, W, b, y, bias):
-    """(H, log p(D | θ)) with torch autograd for a case of :data:`CASES`, σ = 1."""
+def torch_reference(case, X, W, b, y, bias, kind="ggn"):
+    """(H, log p(D | θ)) with torch autograd for a case of :data:`CASES`, σ = 1 (``kind='fisher'``:
+    the Gaussian's Fisher ``diag(1/σ², 1/(2σ⁴))`` in place of the loss's Hessian in (μ, σ²))."""
     torch = pytest.importorskip("torch", reason="torch (the test extra) is not installed")
     F = torch.nn.functional
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
@@ -125,6 +126,10 @@ def torch_reference(case, X, W, b, y, bias):
     a0 = act(logits(theta))
     Ja = torch.autograd.functional.jacobian(lambda th: act(logits(th)).reshape(-1), theta)
     Ha = torch.autograd.functional.hessian(lambda a: loss(a.reshape(a0.shape)), a0.detach().reshape(-1))
+    if kind == "fisher":
+        assert name == "mean_variance"
+        v = a0.detach()[:, W.shape[0] // 2:]
+        Ha = torch.diag(torch.cat([1 / v, 1 / (2 * v**2)], dim=1).reshape(-1))
     G = (Ja.T @ Ha @ Ja).numpy()
     value = float(loss(a0))
     if name == "mse":
@@ -271,14 +276,16 @@ def test_every_head_against_torch(case, structure, bias):
     rng = np.random.default_rng(11)
     X, W, b = data(rng, bias)
     head, y = head_and_targets(case, rng, X, W, b)
-    H, log_lik = torch_reference(case, X, W, b, y, bias)
+    # the Gaussian NLL is not convex in σ² (its GGN split there is indefinite): its Fisher
+    kind = "fisher" if case["name"] == "mean_variance" else "ggn"
+    H, log_lik = torch_reference(case, X, W, b, y, bias, kind)
     sigma = 1.0
     if case["name"] == "mse":
         sigma = 0.8
         H = H / sigma**2
         r = X @ W.T + (b if bias else 0) - y
         log_lik = -(r**2).sum() / (2 * sigma**2) - N * K * np.log(sigma * np.sqrt(2 * np.pi))
-    la = jac.LastLayerLaplace(head, structure=structure, prior_precision=0.9, sigma_noise=sigma, bias=bias)
+    la = jac.LastLayerLaplace(head, structure=structure, kind=kind, prior_precision=0.9, sigma_noise=sigma, bias=bias)
     la.fit(X, W, b, y)
     np.testing.assert_allclose(la.H, H if structure == "full" else np.diag(H), rtol=1e-10, atol=1e-10)
     assert la.log_likelihood == pytest.approx(log_lik, rel=1e-12)
@@ -339,6 +346,19 @@ def test_sparsemax_curvature_and_mc_predictive():
     np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-12)
 
 
+def test_gaussian_nll_ggn_matches_torch_and_an_indefinite_posterior_names_the_remedy():
+    rng = np.random.default_rng(11)
+    X, W, b = data(rng)
+    case = {"name": "mean_variance"}
+    head, y = head_and_targets(case, rng, X, W, b)
+    H, _ = torch_reference(case, X, W, b, y, True)
+    la = jac.LastLayerLaplace(head, prior_precision=1e-3).fit(X, W, b, y)
+    np.testing.assert_allclose(la.H, H, rtol=1e-10, atol=1e-10)
+    assert np.linalg.eigvalsh(H).min() < -1e-3  # the GGN split at (μ, σ²) is indefinite here
+    with pytest.raises(ValueError, match="kind='fisher'"):
+        la.log_marginal_likelihood()
+
+
 def test_bernoulli_probit_is_per_output():
     rng = np.random.default_rng(7)
     X, W, b = data(rng)
@@ -360,7 +380,7 @@ def test_gaussian_nll_and_poisson_predictives():
     X, W, b = data(rng)
     head = jac.Head(jac.MeanVariance(), jac.GaussianNLL())
     y = (X @ W.T + b)[:, :2] + rng.normal(size=(N, 2))
-    la = jac.LastLayerLaplace(head).fit(X, W, b, y)
+    la = jac.LastLayerLaplace(head, kind="fisher").fit(X, W, b, y)
     Xt = rng.normal(size=(3, D))
     f_mu, f_var = la.logits(Xt)
     mean, var = la.predictive(Xt)

@@ -35,8 +35,10 @@ def row_blocks(n: int, bytes_per_row: int, budget: int):
 
 def _not_pd(err) -> ValueError:
     return ValueError(
-        "the posterior precision H + prior_precision is not positive definite (the curvature has a "
-        f"negative direction the prior does not outweigh); raise prior_precision ({err})"
+        "the posterior precision H + prior_precision is not positive definite: the curvature has a "
+        "negative direction the prior does not outweigh (a GGN split where the loss is not convex, e.g. "
+        "GaussianNLL in σ²); use kind='fisher' (positive semi-definite) or raise prior_precision "
+        f"({err})"
     )
 
 
