@@ -264,9 +264,12 @@ class LastLayerLaplace:
         ((5, 4), (5, 4, 4))
         """
         self._need_fit("logits")
-        X, Phi = self._features(features, "logits")
+        return self._logits(features, "logits", diagonal=False)
+
+    def _logits(self, features, what, diagonal):
+        X, Phi = self._features(features, what)
         f_mu = X @ self._W.T + (self._b if self.bias else 0)
-        return f_mu, self._posterior().f_var(Phi, self._budget)
+        return f_mu, self._posterior().f_var(Phi, self._budget, diagonal=diagonal)
 
     def predictive(self, features, link: str = "probit", mc_samples: int = 100, seed=None):
         """The posterior predictive at ``features`` (M, D).
@@ -297,15 +300,16 @@ class LastLayerLaplace:
         links.check_link(link)
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 1:
             raise ValueError(f"mc_samples must be an int >= 1; got {mc_samples!r}")
-        f_mu, f_var = self.logits(features)
         family = self._lik.family
+        regression = family in ("gaussian", "gaussian_nll")
+        # the probit and the regressions need the logits' variances only: M·K·D1², not M·K²·D1²
+        f_mu, f_var = self._logits(features, "predictive", diagonal=regression or link == "probit")
         if family == "gaussian":
-            s2 = np.broadcast_to(np.asarray(self._sigma, dtype=f_mu.dtype) ** 2, f_mu.shape[-1:])
-            return f_mu, np.diagonal(f_var, axis1=1, axis2=2) + s2
+            return f_mu, f_var + np.broadcast_to(np.asarray(self._sigma, dtype=f_mu.dtype) ** 2, f_mu.shape[-1:])
         if family == "gaussian_nll":
             K = f_mu.shape[-1] // 2
             var = np.maximum(np.asarray(self.head.activation(f_mu))[:, K:], self.head.loss_fn.eps)
-            return f_mu[:, :K], np.diagonal(f_var, axis1=1, axis2=2)[:, :K] + var
+            return f_mu[:, :K], f_var[:, :K] + var
         return links.predict(self._lik, f_mu, f_var, link, int(mc_samples), np.random.default_rng(seed), self._budget)
 
     # -- evidence ---------------------------------------------------------------------------
