@@ -66,16 +66,20 @@ class _Full:
             self.L = np.linalg.cholesky(self.precision)
         except np.linalg.LinAlgError as err:
             raise _not_pd(err) from None
-        self._cov = None
+        self._cov = self._linv = None
 
     def logdet(self) -> float:
         return float(2 * np.log(np.diagonal(self.L)).sum())
 
     def covariance(self) -> np.ndarray:
         if self._cov is None:
-            Linv = np.linalg.solve(self.L, np.eye(self.L.shape[0], dtype=self.L.dtype))
-            self._cov = Linv.T @ Linv
+            self._cov = self._Linv().T @ self._Linv()
         return self._cov
+
+    def _Linv(self) -> np.ndarray:
+        if self._linv is None:
+            self._linv = np.linalg.inv(self.L)  # L⁻¹: Σ = L⁻ᵀ L⁻¹
+        return self._linv
 
     def covariance_diagonal(self) -> np.ndarray:
         return np.diagonal(self.covariance()).copy()
@@ -98,8 +102,7 @@ class _Full:
         return 0.5 * (out + np.swapaxes(out, 1, 2))
 
     def sample(self, eps) -> np.ndarray:
-        # L⁻ᵀ ε for every draw: solve Lᵀ x = ε (numpy has no triangular solve; L is (P, P))
-        return np.linalg.solve(self.L.T, eps.T).T
+        return eps @ self._Linv()  # rows L⁻ᵀ ε: covariance L⁻ᵀ L⁻¹ = P_post⁻¹
 
 
 class _Diag:
