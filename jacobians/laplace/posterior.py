@@ -342,16 +342,18 @@ class LastLayerLaplace:
         log_lik = self._lik.log_likelihood(self._stat, self.n_data, sigma)
         return evidence.evidence(log_lik, self.mean, post, prior, return_grad=return_grad)
 
-    def optimize_prior_precision(self, method: str = "marglik", *, vector: bool = False, features_val=None,
+    def optimize_prior_precision(self, method: str = "marglik", *, vector: bool | None = None, features_val=None,
                                  y_val=None, grid=None, loss="nll", link: str = "probit", mc_samples: int = 100,
                                  seed=None):
         """Set ``prior_precision`` to the evidence's maximiser (``'marglik'``) or to the grid value with
         the smallest validation loss (``'gridsearch'``); returns it.
 
-        * ``'marglik'`` with a scalar prior (``vector=False``): the root of ``d log Z / d log δ`` by
-          safeguarded Newton on log δ (the evidence is concave in δ), to 1e-12 relative, O(P)
-          a step from the spectrum of H. ``vector=True`` (not 'kron'): a (P,) prior, in
-          closed form per coordinate for 'diag', by MacKay's fixed point for 'full' (to 1e-10).
+        * ``'marglik'`` with a scalar prior (``vector=False``; the default ``None`` keeps the
+          current prior's shape): the root of ``d log Z / d log δ`` by safeguarded Newton on
+          log δ (the evidence is concave in δ), to 1e-12 relative, O(P) a step from the
+          spectrum of H. ``vector=True`` (not 'kron'): a (P,) prior, in closed form per
+          coordinate for 'diag', for 'full' by Newton on log δ with the exact Hessian (MacKay's
+          fixed point where the evidence is not concave) until ``|∂ log Z / ∂ log δ_i| < 1e-9``.
         * ``'gridsearch'``: every δ of ``grid`` (default laplace-torch's ``logspace(-4, 4, 100)``),
           the predictive on ``features_val`` with ``link``, scored by ``loss``: ``'nll'`` (the
           mean negative log predictive of ``y_val``) or a callable ``loss(pred, y_val)``; the first
@@ -371,6 +373,8 @@ class LastLayerLaplace:
         self._need_fit("optimize_prior_precision")
         if method == "marglik":
             H = self._scaled(self._sigma)
+            if vector is None:
+                vector = np.ndim(self._prior) == 1
             if vector:
                 value = evidence.maximise_vector(self.structure, H, self.mean, self._prior, self.n_outputs, self._D1)
             else:
