@@ -649,7 +649,8 @@ def test_clear_errors():
         jac.LastLayerLaplace(head).fit(X, W, None, y)
     with pytest.raises(ValueError, match="bias=False"):
         jac.LastLayerLaplace(head, bias=False).fit(X, W, b, y)
-    for bad in (-1.0, 0.0, np.nan, np.inf, [1.0, -2.0], np.ones((2, 2))):
+    assert jac.LastLayerLaplace(head, prior_precision=np.array([2.0])).prior_precision == 2.0
+    for bad in (-1.0, 0.0, np.nan, np.inf, [1.0, -2.0], np.ones((2, 2)), "1", True):
         with pytest.raises(ValueError, match="prior_precision"):
             jac.LastLayerLaplace(head, prior_precision=bad)
     with pytest.raises(ValueError, match="prior_precision.*length"):

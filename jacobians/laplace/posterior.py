@@ -278,7 +278,8 @@ class LastLayerLaplace:
           ``softmax(κ ⊙ f_mu)``, κ = (1 + π/8 · diag f_var)^(-1/2); ``'bridge'`` laplace-torch's
           Laplace bridge; ``'mc'`` the mean softmax over ``mc_samples`` logit draws;
         * sigmoid + BCE: independent probabilities (M, K) (``sigmoid(κ f_mu)``, or ``'mc'``);
-        * identity + MSE: ``(mean, var)``, ``(f_mu, diag f_var + σ²)`` (exact, any link);
+        * identity + MSE: ``(mean, var)``, ``(f_mu, diag f_var + σ²)`` (exact, any link; laplace-torch
+          returns ``f_var`` without σ², the observation noise is added here);
         * identity / mean-variance + Gaussian NLL (outputs ``[μ | s]``, 2K): ``(μ, diag f_var[μ] +
           σ²)`` with σ² the head's variance at the MAP logits (clamped at the loss's eps);
         * any other head (sparsemax, entmax, Poisson, ...): ``link='mc'``, the mean activation.
