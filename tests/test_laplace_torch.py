@@ -68,11 +68,11 @@ def regressor():
     return jac.Head(jac.Identity(), jac.MeanSquaredError())
 
 
-def ours_and_theirs(structure, prior=0.7, sigma=1.0, head=None, regression=False, bias=True):
+def ours_and_theirs(structure, prior=0.7, sigma=1.0, head=None, regression=False, bias=True, kind="ggn"):
     X, W, b, y, Xt = problem(KR if regression else K, targets="real" if regression else "index")
     b = b if bias else None
     head = head or (regressor() if regression else classifier())
-    la = jac.LastLayerLaplace(head, structure=structure, prior_precision=prior, sigma_noise=sigma, bias=bias)
+    la = jac.LastLayerLaplace(head, structure=structure, kind=kind, prior_precision=prior, sigma_noise=sigma, bias=bias)
     la.fit(X, W, b, y)
     lt = R.laplace_torch(X, W, b, y, "regression" if regression else "classification", structure, prior, sigma)
     return la, lt, (X, W, b, y, Xt), R.to_ours(W.shape[0], D, bias)
@@ -99,11 +99,12 @@ def test_direct_formulas_agree_with_laplace_torch(structure):
 # -- laplace-torch's own rows: softmax + CE, identity + MSE; 'full' and 'diag' ------------------
 
 
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("reduction,kind", [("mean", "ggn"), ("sum", "ggn"), ("mean", "fisher")])
 @pytest.mark.parametrize("structure", ["full", "diag"])
-def test_classification_posterior_matches_laplace_torch(structure, reduction):
-    # the head's reduction is irrelevant: the likelihood is the SUMMED loss, as laplace-torch's
-    la, lt, (X, W, b, y, Xt), idx = ours_and_theirs(structure, head=classifier(reduction))
+def test_classification_posterior_matches_laplace_torch(structure, reduction, kind):
+    # the head's reduction is irrelevant: the likelihood is the SUMMED loss, as laplace-torch's;
+    # softmax + CE's exact Fisher is its GGN
+    la, lt, (X, W, b, y, Xt), idx = ours_and_theirs(structure, head=classifier(reduction), kind=kind)
     close(la.mean, R.theta(W, b), what="mean")
     assert (la.n_data, la.n_outputs, la.n_params) == (N, K, K * (D + 1))
     close(la.H, R.permute_matrix(lt.H.numpy(), idx), what="H")
