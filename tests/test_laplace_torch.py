@@ -126,6 +126,20 @@ def test_classification_without_bias_matches_laplace_torch():
 
 
 @pytest.mark.parametrize("structure", ["full", "diag"])
+def test_log_softmax_nll_in_row_blocks_matches_laplace_torch(structure):
+    # the other softmax head, accumulated in row blocks of a few hundred bytes
+    X, W, b, y, Xt = problem(seed=3)
+    head = jac.Head(jac.LogSoftmax(), jac.NLLLoss())
+    la = jac.LastLayerLaplace(head, structure=structure, prior_precision=0.7, max_bytes=512).fit(X, W, b, y)
+    lt = R.laplace_torch(X, W, b, y, "classification", structure, 0.7)
+    idx = R.to_ours(K, D)
+    close(la.H, R.permute_matrix(lt.H.numpy(), idx), what="H")
+    close(la.log_marginal_likelihood(), R.lt_log_marginal_likelihood(lt, 0.7), what="evidence")
+    close(la.logits(Xt)[1], R.lt_glm(lt, Xt)[1], what="f_var")
+    close(la.predictive(Xt), lt(R.T(Xt), pred_type="glm", link_approx="probit").numpy(), what="probit")
+
+
+@pytest.mark.parametrize("structure", ["full", "diag"])
 def test_classification_evidence_matches_laplace_torch(structure):
     la, lt, (X, W, b, y, Xt), idx = ours_and_theirs(structure)
     vec = np.random.default_rng(1).uniform(0.2, 3.0, size=la.n_params)
