@@ -13,6 +13,9 @@ direct torch formula instead, and says why:
 - ``'kron'``: laplace-torch keeps W and b as two Kronecker blocks (A ⊗ mean φφᵀ and A) and no
   W–b cross terms; ours is one Kron A ⊗ mean φ̃φ̃ᵀ over [W | b]. The W–W and b–b blocks agree
   with laplace-torch, the whole against its definition.
+- gridsearch: laplace-torch 0.3's default metric is never reset between grid points; the
+  reference is its offline (callable-loss) path.
+- marglik: laplace-torch tunes by 100 Adam steps; the reference is its evidence's gradient.
 - the heads laplace-torch lacks (multi-label BCE, class weights, label smoothing, sparsemax):
   torch.func.hessian of the summed torch loss with respect to θ.
 """
