@@ -686,6 +686,12 @@ def test_fisher_equals_ggn_for_canonical_heads():
     la, X, W, b, y = fit_ce("full")
     lf = jac.LastLayerLaplace(la.head, kind="fisher").fit(X, W, b, y)
     np.testing.assert_allclose(lf.H, la.H, rtol=1e-12, atol=1e-13)
+    rng = np.random.default_rng(0)
+    for head, t in ((jac.Head(jac.Identity(), jac.MeanSquaredError()), rng.normal(size=(N, K))),
+                    (jac.Head(jac.Sigmoid(), jac.BinaryCrossEntropy()), (rng.uniform(size=(N, K)) < 0.5) * 1.0)):
+        g = jac.LastLayerLaplace(head, structure="diag").fit(X, W, b, t).H
+        np.testing.assert_allclose(jac.LastLayerLaplace(head, structure="diag", kind="fisher").fit(X, W, b, t).H, g,
+                                   rtol=1e-12, atol=1e-13)
 
 
 def test_reduction_of_the_head_does_not_matter():

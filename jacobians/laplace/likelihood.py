@@ -55,6 +55,8 @@ def check_positive(value, name: str, size: int | None = None, what: str = "P") -
         return v
     try:
         arr = np.array(value, dtype=np.float64)
+        if arr.ndim == 0:  # None, or an object that is not a real number
+            raise TypeError
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a positive float or a 1-D array of positive floats; got {value!r}") from None
     if arr.ndim != 1:
