@@ -275,8 +275,8 @@ def influence(head, features_train, y_train, features_test, y_test, W, b, *, dam
     """Influence of each training row on each test row's loss, exact for a linear last layer.
 
     ``I[j, i] = −∇ℓ_jᵀ (H + λI)⁻¹ ∇ℓ_i`` in θ = vec([W | b]) (C order, see
-    :mod:`jacobians.last_layer`): the first-order change of test row j's loss when training
-    row i is up-weighted by ε in the training loss, per ε (Koh & Liang, 2017). ``H`` is the
+    :mod:`jacobians.last_layer`): ``dℓ_j/dε`` at ε = 0 when ``ε·ℓ_i`` is added to the
+    training loss and θ re-minimised (Koh & Liang, 2017; negative: row i helps row j). ``H`` is the
     θ-curvature of the training loss **as the head reduces it** (1/N for ``'mean'``,
     :func:`~jacobians.linear_curvature` as is), λ is ``damping``, and ``∇ℓ_i = g_i ⊗ φ̃_i``
     is the gradient of row i's own loss (the head with reduction ``'none'``; ``φ̃ = [φ, 1]``).
