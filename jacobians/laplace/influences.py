@@ -32,6 +32,8 @@ STRUCTURES = ("full", "kron", "diag")
 
 #: triangular blocks of at most this order are solved directly; larger ones split in two
 _BASE = 128
+#: the most bytes of the product ``V Φ̃_blockᵀ`` computed at once (within max_bytes)
+_GEMM_BYTES = 64 << 20
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -355,10 +357,16 @@ def influence(head, features_train, y_train, features_test, y_test, W, b, *, dam
         m = te.stop - te.start
         G = g_test[te][:, :, None] * layer.augment(Xte[te]).astype(dtype, copy=False)[:, None, :]
         V = inv.solve(G).reshape(m * K, D1).astype(dtype, copy=False)
-        n_step = max(1, layer.budget // ((m * K + m + D1) * item))
+        del G
+        # V_j φ̃_i for a block of training rows, (m·K, n), in one buffer reused block after block
+        # (at most _GEMM_BYTES: fresh arrays of the whole budget cost more in page faults than
+        # the product's efficiency gains from their size)
+        n_step = max(1, min(layer.budget, _GEMM_BYTES) // ((m * K + D1) * item))
+        buf = np.empty(m * K * min(n_step, N), dtype)
         for tr in _blocks(N, n_step):
-            T = (V @ layer.augment(Xtr[tr]).T).reshape(m, K, -1)  # ∇ℓ_jᵀ-side: V_j φ̃_i, (m, K, n)
-            out[te, tr] = np.einsum("mkn,kn->mn", T, -g_train[tr].T)
+            n = tr.stop - tr.start
+            T = np.matmul(V, layer.augment(Xtr[tr]).T, out=buf[: m * K * n].reshape(m * K, n))
+            np.einsum("mkn,kn->mn", T.reshape(m, K, n), -g_train[tr].T, out=out[te, tr])
     return out
 
 
