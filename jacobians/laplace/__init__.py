@@ -4,6 +4,7 @@ Built on :func:`jacobians.linear_curvature` and :func:`jacobians.linear_gradient
 C-order vector of ``[W | b]`` (see :mod:`jacobians.last_layer`).
 """
 
+from .influences import influence, self_influence
 from .posterior import LastLayerLaplace
 
-__all__ = ["LastLayerLaplace"]
+__all__ = ["LastLayerLaplace", "influence", "self_influence"]
