@@ -263,8 +263,9 @@ def partial_curvature(X, head, z2, y2, *, kind, structure, bias, budget, key, mc
     D1 = X.shape[1] + bool(bias)
     itemsize = z2.dtype.itemsize
     # rows whose structured blocks (a few arrays of K entries each, or an M-column factor)
-    # fit the budget; the product below splits them again by its own intermediates
-    width = K * (max(int(mc_samples), 8) if check_kind(kind, KINDS) == "fisher_mc" else 8)
+    # and augmented features φ̃ (D+1 entries) fit the budget; the product below splits them
+    # again by its own intermediates
+    width = K * (max(int(mc_samples), 8) if check_kind(kind, KINDS) == "fisher_mc" else 8) + D1
     step = max(1, budget // (itemsize * width))
     acc = _ACCUMULATORS[structure](K, D1, z2.dtype)
     for start in range(0, n, step):
