@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch (the test extra) is not installed")
-pytest.importorskip("laplace", reason="laplace-torch (the test extra) is not installed")
+pytest.importorskip("laplace", reason="laplace-torch is not installed: python -m pip install --no-deps -r tests/requirements-no-deps.txt (after the test extra)")
 
 import laplace_torch_reference as R  # noqa: E402
 
