@@ -30,6 +30,7 @@ def _heads():
     """``{name: (head, fused?)}``, built when the section runs."""
     return {
         "softmax+focal(γ=2)": (jac.Head(jac.Softmax(), jac.FocalLoss(gamma=2.0)), True),
+        "softmax+focal(γ=2), soft targets": (jac.Head(jac.Softmax(), jac.FocalLoss(gamma=2.0)), True),
         "sigmoid+binary_focal(γ=2, α=0.25)": (jac.Head(jac.Sigmoid(), jac.BinaryFocalLoss()), True),
         "softmax+poly1(ε=1)": (jac.Head(jac.Softmax(), jac.PolyLoss()), True),
         "identity+poisson_nll": (jac.Head(jac.Identity(), jac.PoissonNLL()), True),
@@ -44,6 +45,8 @@ def _inputs(name, N, K, dtype):
     z = rng.normal(size=(N, K)).astype(dtype)
     if name.startswith("sigmoid"):
         return z, (rng.random((N, K)) < 0.5).astype(dtype)
+    if name.endswith("soft targets"):
+        return z, rng.dirichlet(np.ones(K), N).astype(dtype)
     if name.startswith("identity+poisson"):
         return z, rng.poisson(np.exp(z)).astype(dtype)
     if name.startswith("identity+plackett"):
@@ -58,6 +61,11 @@ def _torch_loss(name, y):
     import torch
     import torch.nn.functional as F
 
+    if name.startswith("softmax+focal") and name.endswith("soft targets"):
+        def soft_focal(x):
+            logp = F.log_softmax(x, -1)
+            return -(y * (1 - logp.exp()) ** 2 * logp).sum(-1).mean()
+        return soft_focal
     if name.startswith("softmax+focal"):
         def focal(x):
             logp = F.log_softmax(x, -1).gather(-1, y[:, None])[:, 0]

@@ -131,6 +131,23 @@ def sigmoid_bce_weighted(z, y, py):
     return _impl().sigmoid_bce_weighted(z, y, py)
 
 
+def focal_index(x, idx, w, gamma, scale):
+    """Softmax + focal, rows ``x`` (n, K) with target indices ``idx`` (n,), row weights ``w``
+    (n,) or None: ``(values (n,), scale·(u − p Σu) (n, K))``."""
+    return _impl().focal_index(x, idx, w, gamma, scale)
+
+
+def focal_coefficients(x, c, gamma, scale):
+    """Softmax + focal, rows ``x`` (..., K) with coefficient rows ``c`` (targets times α):
+    ``(values (...,), scale·(u − p Σu) (..., K))``."""
+    return _impl().focal_coefficients(x, c, gamma, scale)
+
+
+def binary_focal(z, t, gamma, alpha, scale):
+    """Sigmoid + binary focal per entry (``alpha`` None: no α_t): ``(values, scale·grads)``, shape of ``z``."""
+    return _impl().binary_focal(z, t, gamma, alpha, scale)
+
+
 def dense_diag_minus_rank_one(d, u, v, out, exact=None, projector=False):
     """Write ``diag(d_n) − u_n v_nᵀ`` into ``out`` (n, K, K) for rows ``d, u, v`` (n, K); the
     diagonal entries are ``exact`` (rows (n, K)) instead when given, else with ``projector``

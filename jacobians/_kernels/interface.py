@@ -17,6 +17,9 @@ INTERFACE = (
     "ce_coefficients",
     "sigmoid_bce_plain",
     "sigmoid_bce_weighted",
+    "focal_index",
+    "focal_coefficients",
+    "binary_focal",
     "dense_diag_minus_rank_one",
     "dense_diagonal",
 )

@@ -36,6 +36,7 @@ from ..numerics.buffers import row_chunks, scratch
 from ..numerics.softmax import EXP_SAFE_BOUND, RATIO_MAX_EXP
 from .interface import INTERFACE
 from .numba_dense import _dense_diag, _dense_dmr
+from .numba_focal import _binary_focal, _binary_focal_sq, _focal_coefficients, _focal_coefficients_sq, _focal_index
 from .numba_losses import _bce_plain, _bce_weighted, _ce_coefficients, _ce_index
 from .numba_softmax import _log_softmax, _simplex_vjp, _softmax, _softmax_vjp
 
@@ -209,6 +210,48 @@ def sigmoid_bce_weighted(z, y, py):
     grad = np.empty(z.shape, dtype=z.dtype)
     flat = [_rows(np.broadcast_to(a, z.shape)).reshape(-1) for a in (z, y, py)]
     _bce_weighted(*flat, z.dtype.type(0), values.reshape(-1), grad.reshape(-1))
+    return values, grad
+
+
+# -- focal losses -------------------------------------------------------------------------
+
+
+def _gamma_int(gamma):
+    """γ as 0, 1, 2 or 3 when it is one of them (the kernels multiply), else −1 (``pow``)."""
+    return int(gamma) if gamma in (0.0, 1.0, 2.0, 3.0) else -1
+
+
+def focal_index(x, idx, w, gamma, scale):
+    n, K = x.shape
+    g = np.empty((n, K), dtype=x.dtype)
+    values = np.empty(n, dtype=x.dtype)
+    wr = _NO_FACTORS if w is None else _frozen(np.ascontiguousarray(w, dtype=np.float64))
+    if n and K:
+        _shifted_if_needed(_focal_index, _rows(x), _frozen(np.ascontiguousarray(idx, dtype=np.int64)), wr,
+                           float(gamma), _gamma_int(gamma), float(x.dtype.type(scale)),
+                           2.0 ** -RATIO_MAX_EXP[x.dtype], _chunk_rows(K), x.dtype.type(0), g, values)
+    return values, g
+
+
+def focal_coefficients(x, c, gamma, scale):
+    x2 = _rows(x)
+    values = np.empty(x.shape[:-1], dtype=x.dtype)
+    g = np.empty(x.shape, dtype=x.dtype)
+    if x2.size:
+        kernel = _focal_coefficients_sq if gamma == 2 else _focal_coefficients
+        kernel(x2, _rows(np.asarray(c, dtype=x.dtype)), float(gamma), _gamma_int(gamma),
+                            float(x.dtype.type(scale)), x.dtype.type(0), values.reshape(-1), g.reshape(x2.shape))
+    return values, g
+
+
+def binary_focal(z, t, gamma, alpha, scale):
+    values = np.empty(z.shape, dtype=z.dtype)
+    grad = np.empty(z.shape, dtype=z.dtype)
+    zf, tf = (_rows(np.broadcast_to(a, z.shape)).reshape(-1) for a in (z, t))
+    if zf.size:
+        kernel = _binary_focal_sq if gamma == 2 else _binary_focal
+        kernel(zf, tf, float(gamma), _gamma_int(gamma), -1.0 if alpha is None else float(alpha),
+                      float(z.dtype.type(scale)), z.dtype.type(0), values.reshape(-1), grad.reshape(-1))
     return values, grad
 
 

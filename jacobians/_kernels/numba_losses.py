@@ -53,6 +53,28 @@ def _scale_rows(ec, w, idx, o, gc):
 
 
 @jit(**EXACT)
+def _index_chunk(x, a, shift, bound, idx, limit, scale, like, e, o, ey, lv, far, w, ework):
+    """The shared start of the index kernels on the rows ``x[a : a + r]``: their exps into
+    ``e`` (:func:`_exp_chunk`), per row ``o`` the others' exps summed, ``ey`` the target's,
+    ``lv = log1p(o/e_y)`` (``−log p_y``; the far rows' value from shifted logits) and ``w =
+    scale/(o + e_y)``. Returns ``(e[:r], idx[a : a + r], entries out of bounds)``; with
+    entries out of bounds nothing past the exps is done."""
+    ec, bad = _exp_chunk(x, a, shift, bound, like, e)
+    r = ec.shape[0]
+    ic = idx[a : a + r]
+    if bad:
+        return ec, ic, bad
+    _row_sums(ec, ic, NO_WEIGHTS, o)
+    for i in range(r):
+        ey[i] = ec[i, ic[i]]
+    _ratio_rows(o[:r], ey[:r], limit, scale, lv, far, w)
+    for i in range(r):
+        if far[i]:
+            lv[i] = _far_value(x[a + i], ic[i], like, ework)
+    return ec, ic, bad
+
+
+@jit(**EXACT)
 def _ce_index(x, shift, bound, idx, valid, scale, limit, R, like, g, values):
     K = x.shape[1]
     e = np.empty((R, K))
@@ -60,18 +82,11 @@ def _ce_index(x, shift, bound, idx, valid, scale, limit, R, like, g, values):
     far = np.zeros(R, dtype=np.bool_)
     ework = np.empty(K)
     for a in range(0, x.shape[0], R):
-        ec, bad = _exp_chunk(x, a, shift, bound, like, e)
+        ec, ic, bad = _index_chunk(x, a, shift, bound, idx, limit, scale, like, e, o, ey, lv, far, w, ework)
         if bad:
             return False
         r = ec.shape[0]
-        ic = idx[a : a + r]
-        _row_sums(ec, ic, NO_WEIGHTS, o)
         for i in range(r):
-            ey[i] = ec[i, ic[i]]
-        _ratio_rows(o[:r], ey[:r], limit, scale, lv, far, w)
-        for i in range(r):
-            if far[i]:
-                lv[i] = _far_value(x[a + i], ic[i], like, ework)
             if valid.size:
                 w[i] *= valid[a + i]
                 lv[i] *= valid[a + i]

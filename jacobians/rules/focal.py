@@ -34,6 +34,7 @@ import math
 
 import numpy as np
 
+from .. import _kernels
 from ..activations import Sigmoid, Softmax
 from ..losses import BinaryFocalLoss, FocalLoss
 from ..losses.focal import binary_weight
@@ -200,8 +201,25 @@ class SoftmaxSeparable(PairRule):
         if self.single is not None and t.is_index and t.valid is None and not getattr(loss, "label_smoothing", 0.0):
             return self._single_target(activation, loss, z, t)
         c, denom = loss.coefficients(t, z.dtype)
-        values, grads, _, _ = self._run(npx, activation, loss, z, c, False)
-        return loss.reduce(values, grads, denom)
+        T = _temperature(activation)
+        scale = loss.reduction_scale(z, t)
+        fused = self.kernel_rows(loss, z if T == 1.0 else z / z.dtype.type(T), c,
+                                 scale if T == 1.0 else scale / z.dtype.type(T))
+        if fused is None:
+            values, grads, _, _ = self._run(npx, activation, loss, z, c, False)
+            return loss.reduce(values, grads, denom)
+        values, grads = fused
+        return reduced(loss.reduction, values, buffers.total(values), scale, grads)
+
+    #: ``kernel_index(loss, x, idx, w, scale) -> (values, grads)`` and ``kernel_rows(loss, x,
+    #: c, scale) -> (values, grads)`` (``x`` the logits over T, ``scale`` the gradient's
+    #: factor): a compiled kernel of :mod:`jacobians._kernels` for :meth:`value_and_grad`,
+    #: or None (the numpy forms here)
+    def kernel_index(self, loss, x, idx, w, scale):
+        return None
+
+    def kernel_rows(self, loss, x, c, scale):
+        return None
 
     def _single_target(self, activation, loss, z, t):
         T = _temperature(activation)
@@ -210,12 +228,16 @@ class SoftmaxSeparable(PairRule):
         if alpha is not None:
             loss.check_alpha_shape(z.shape[-1])
         w = None if alpha is None else alpha.astype(z.dtype)[t.indices]
-        e, S, logp, p_y, q_y = single_target(x, t.indices)
-        with np.errstate(divide="ignore", invalid="ignore"):  # (log p / q where q = 0: masked)
-            values, u_y = self.single(loss, logp, p_y, q_y, w)
         scale = loss.reduction_scale(z, t)
         factor = scale if T == 1.0 else scale / z.dtype.type(T)
-        grad = single_target_grad(e, S, t.indices, u_y * factor, q_y)
+        fused = self.kernel_index(loss, x, t.indices, w, factor)
+        if fused is None:
+            e, S, logp, p_y, q_y = single_target(x, t.indices)
+            with np.errstate(divide="ignore", invalid="ignore"):  # (log p / q where q = 0: masked)
+                values, u_y = self.single(loss, logp, p_y, q_y, w)
+            grad = single_target_grad(e, S, t.indices, u_y * factor, q_y)
+        else:
+            values, grad = fused
         return reduced(loss.reduction, values, buffers.total(values), scale, grad)
 
     def xp_value_and_grad(self, xp, activation, loss, z, y):
@@ -245,14 +267,19 @@ class SoftmaxFocal(SoftmaxSeparable):
     def logits(self, xp, x, c, loss, need_hessian):
         return focal_logits(xp, x, c, loss.gamma, need_hessian)
 
+    single = True  # index targets: the kernel below
+
     @staticmethod
-    def single(loss, logp, p, q, w):
-        """``(−w q^γ log p, −w q^γ (1 − γ p log p / q))`` at the target."""
-        g = loss.gamma
-        qg = q**g
-        L = np.where(q > 0, logp / np.where(q > 0, q, 1), -1)
-        wq = qg if w is None else w * qg
-        return -wq * logp, -wq * (1 - g * (p * L))
+    def kernel_index(loss, x, idx, w, scale):
+        """:func:`jacobians._kernels.focal_index`: ``−w q^γ log p`` and ``u = −w q^γ (1 − γ p log p / q)`` at the target."""
+        values, grads = _kernels.focal_index(x.reshape(-1, x.shape[-1]), idx.reshape(-1),
+                                             None if w is None else w.reshape(-1), loss.gamma, scale)
+        return values.reshape(x.shape[:-1]), grads.reshape(x.shape)
+
+    @staticmethod
+    def kernel_rows(loss, x, c, scale):
+        """:func:`jacobians._kernels.focal_coefficients` (c = t ⊙ α)."""
+        return _kernels.focal_coefficients(x, c, loss.gamma, scale)
 
     @staticmethod
     def _is_ce(loss) -> bool:
@@ -338,49 +365,6 @@ def binary_focal_logits(xp, z, t, gamma: float, alpha, need_hessian: bool):
     return values, grads, hess
 
 
-def binary_focal_numpy(z, t, gamma: float, alpha):
-    """``(values, grads)`` of :func:`binary_focal_logits` for numpy arrays in seven buffers
-    (each fresh array costs about an exp pass): ``ce = log1p(e^{−|z|}) + z·(1 − t | −t)`` (by
-    the sign of z: one sign each), the rest as there."""
-    a = np.abs(z)
-    np.negative(a, out=a)
-    np.exp(a, out=a)  # e = exp(−|z|)
-    ce = np.log1p(a)
-    sb = a + 1
-    np.reciprocal(sb, out=sb)  # 1/(1 + e)
-    np.multiply(a, sb, out=a)  # e/(1 + e)
-    pos = z >= 0
-    s = np.where(pos, sb, a)  # σ(z)
-    np.copyto(sb, a, where=pos)  # σ(−z)
-    omt = 1 - t
-    np.negative(t, out=a)
-    np.copyto(a, omt, where=pos)
-    np.multiply(a, z, out=a)
-    ce += a  # (1 − t) softplus(z) + t softplus(−z)
-    m = s * omt
-    np.multiply(t, sb, out=a)  # t σ(−z)
-    diff = m - a  # σ(z)(1 − t) − t σ(−z)
-    m += a  # 1 − p_t
-    if gamma:
-        np.multiply(s, sb, out=sb)
-        np.divide(sb, m, out=sb, where=m > 0)
-        np.copyto(sb, 1, where=m == 0)  # ρ = σσ̄/m
-        sb *= ce
-        np.subtract(omt, t, out=omt)
-        sb *= omt
-        sb *= gamma
-        diff += sb
-        np.power(m, gamma, out=m)
-        diff *= m
-        ce *= m
-    if alpha is not None:
-        np.multiply(t, 2 * alpha - 1, out=a)
-        a += 1 - alpha  # α_t
-        diff *= a
-        ce *= a
-    return ce, diff
-
-
 @register_rule
 class SigmoidBinaryFocal(PairRule):
     """Sigmoid + BinaryFocalLoss: value, gradient and the (diagonal) Hessian from the logits."""
@@ -393,10 +377,8 @@ class SigmoidBinaryFocal(PairRule):
         y = loss.check_targets(z, y)
         if loss.gamma == 0 and loss.alpha is None:  # binary cross-entropy: its rule's kernel
             return _bce_plain(z, y, loss)
-        values, grads = binary_focal_numpy(z, y, loss.gamma, loss.alpha)
         c = loss.reduction_scale(z, y)
-        if c != 1:
-            grads *= c
+        values, grads = _kernels.binary_focal(z, y, loss.gamma, loss.alpha, c)
         return reduced(loss.reduction, values, buffers.total(values), c, grads)
 
     def hessian(self, activation, loss, z, y):

@@ -1,0 +1,162 @@
+"""The numba kernels of the focal losses from the logits: softmax + focal (index targets and
+coefficient rows) and sigmoid + binary focal.
+
+Compiled loops behind the wrappers of :mod:`.numba_impl`; the math is in :mod:`.numpy_impl`'s
+twins (``focal_index``, ``focal_coefficients``, ``binary_focal``) and in
+:mod:`jacobians.rules.focal`. Each row (each entry for the binary loss) is done in one visit,
+in float64 (float32 inputs too, rounded once when stored).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .numba_losses import _index_chunk, _scale_rows
+from .numba_math import expw, jit, log1p64, log1p_unit
+from .numba_rows import ENTRY, EXACT, _argmax, _exp_row, _sum, _sum_except
+
+
+@jit(**ENTRY)
+def _powg(m, gamma, gi):
+    """``m**γ``; ``gi`` = γ when γ is 0, 1, 2 or 3 (products: exact, and the loops vectorize), else −1."""
+    if gi == 2:
+        return m * m
+    if gi == 1:
+        return m
+    if gi == 0:
+        return 1.0
+    if gi == 3:
+        return m * m * m
+    return m**gamma
+
+
+@jit(**ENTRY)
+def _focal_u(c, p, q, logp, gamma, gi):
+    """``(c q^γ log p, u = −c q^γ (1 − γ p L))`` with ``L = log p / q`` (−1 at q = 0)."""
+    qg = _powg(q, gamma, gi)
+    L = logp / q if q > 0 else -1.0
+    cq = c * qg
+    return cq * logp, -cq * (1.0 - gamma * (p * L))
+
+
+@jit(**EXACT)
+def _focal_rows(o, ey, lv, w, gamma, gi, scale, values, f):
+    """Per row of a chunk, from cross-entropy's pieces (``o`` the others' exps, ``e_y`` the
+    target's, ``lv = −log p_y``): the value ``w q^γ lv`` and ``f = −u·scale/S``, the factor of
+    every exp in the gradient (:func:`.numba_losses._scale_rows` writes ``−o f = q u·scale``
+    at the target)."""
+    for i in range(o.size):
+        S = o[i] + ey[i]
+        v, u = _focal_u(w[i], ey[i] / S, o[i] / S, -lv[i], gamma, gi)
+        values[i] = -v
+        f[i] = -(u * scale) / S
+
+
+@jit(**EXACT)
+def _focal_index(x, shift, bound, idx, w, gamma, gi, scale, limit, R, like, g, values):
+    """Cross-entropy's loop (:func:`.numba_losses._ce_index`: exps of a chunk of rows,
+    unshifted when every logit is within ``bound``, ``−log p_y = log1p(o/e_y)`` or the far
+    row's sum) with the focal value and the row's factor in place of CE's."""
+    K = x.shape[1]
+    e = np.empty((R, K))
+    o, f, lv, ey, wc = np.empty(R), np.empty(R), np.empty(R), np.empty(R), np.ones(R)
+    far = np.zeros(R, dtype=np.bool_)
+    ework = np.empty(K)
+    for a in range(0, x.shape[0], R):
+        ec, ic, bad = _index_chunk(x, a, shift, bound, idx, limit, 1.0, like, e, o, ey, lv, far, f, ework)
+        if bad:
+            return False
+        r = ec.shape[0]
+        if w.size:
+            wc[:r] = w[a : a + r]
+        _focal_rows(o[:r], ey[:r], lv[:r], wc[:r], gamma, gi, scale, values[a : a + r], f)
+        _scale_rows(ec, f, ic, o, g[a : a + r])
+    return True
+
+
+@jit(**ENTRY)
+def _coefficient_row(xr, cr, gr, e, wn, vals, gamma, gi, scale, like):
+    """One row of :func:`_focal_coefficients`; returns its value. ``e``, ``wn``, ``vals``: float64 work rows
+    (the terms of the value are stored, then summed: a sum in the loop would keep it scalar)."""
+    K = xr.size
+    top = _argmax(xr)
+    m = np.float64(xr[top])
+    _exp_row(xr, m, like, e)
+    rest = _sum_except(e, top)
+    S = 1.0 + rest
+    l1 = log1p64(rest)
+    inv = 1.0 / S  # (one division a row: a division an entry costs a third of the kernel at K = 1000)
+    for k in range(K):
+        p = e[k] * inv
+        q = (rest if k == top else S - e[k]) * inv  # 1 − p (>= 1/2 off the top)
+        v, u = _focal_u(np.float64(cr[k]), p, q, (np.float64(xr[k]) - m) - l1, gamma, gi)
+        vals[k] = v
+        e[k] = p
+        wn[k] = -u
+    # Σ_{k≠j} (−u_k): total − w_j, and at the largest w the others summed directly
+    big = _argmax(wn)
+    others = _sum_except(wn, big)
+    for k in range(K):
+        q = rest * inv if k == top else 1.0 - e[k]
+        comp = others if k == big else (others - wn[k]) + wn[big]
+        gr[k] = (e[k] * comp - q * wn[k]) * scale
+    return -_sum(vals)
+
+
+@jit(**EXACT)
+def _focal_coefficients(x, c, gamma, gi, scale, like, values, g):
+    e, wn, vals = np.empty(x.shape[1]), np.empty(x.shape[1]), np.empty(x.shape[1])
+    for i in range(x.shape[0]):
+        values[i] = _coefficient_row(x[i], c[i], g[i], e, wn, vals, gamma, gi, scale, like)
+
+
+@jit(**EXACT)
+def _focal_coefficients_sq(x, c, gamma, gi, scale, like, values, g):
+    """:func:`_focal_coefficients` at γ = 2 (the default): ``q²`` a product."""
+    e, wn, vals = np.empty(x.shape[1]), np.empty(x.shape[1]), np.empty(x.shape[1])
+    for i in range(x.shape[0]):
+        values[i] = _coefficient_row(x[i], c[i], g[i], e, wn, vals, 2.0, 2, scale, like)
+
+
+@jit(**ENTRY)
+def _binary_entry(zd, tj, gamma, gi, alpha, like):
+    """``(value, gradient)`` of one entry (:func:`.numpy_impl.binary_focal`); ``alpha`` < 0: no α_t."""
+    e = expw(-abs(zd), like)
+    l1, inv = log1p_unit(e)
+    lo = e * inv
+    pos = zd >= 0
+    s = inv if pos else lo
+    sb = inv if zd <= 0 else lo
+    omt = 1.0 - tj
+    ce = l1 + ((omt if pos else -tj) * zd)
+    a = s * omt
+    b = tj * sb
+    diff = a - b
+    v = ce
+    d = diff
+    if gi != 0:
+        mm = a + b
+        rho = (s * sb) / (mm if mm > 0 else 1.0)
+        rho = rho if mm > 0 else 1.0
+        mg = _powg(mm, gamma, gi)
+        d = (diff + gamma * ce * rho * (omt - tj)) * mg
+        v = ce * mg
+    at = tj * (2 * alpha - 1) + (1 - alpha) if alpha >= 0 else 1.0
+    return v * at, d * at
+
+
+@jit(**EXACT)
+def _binary_focal(z, t, gamma, gi, alpha, scale, like, values, grad):
+    for j in range(z.size):
+        v, d = _binary_entry(np.float64(z[j]), np.float64(t[j]), gamma, gi, alpha, like)
+        values[j] = v
+        grad[j] = d * scale
+
+
+@jit(**EXACT)
+def _binary_focal_sq(z, t, gamma, gi, alpha, scale, like, values, grad):
+    """:func:`_binary_focal` at γ = 2 (the default): the branches on γ folded away, ``m²`` a product."""
+    for j in range(z.size):
+        v, d = _binary_entry(np.float64(z[j]), np.float64(t[j]), 2.0, 2, alpha, like)
+        values[j] = v
+        grad[j] = d * scale
