@@ -27,6 +27,7 @@ from .contract import contract, diagonal
 from .curvature import register_hessian
 from .fused import register_fused
 from .head import Head, Pair, pairs
+from .laplace.influences import influence, self_influence
 from .last_layer import Kron, linear_curvature, linear_gradient
 from .losses import *  # noqa: F403 (its __all__, exported below)
 from .numerical import numerical_grad, numerical_jacobian
@@ -70,6 +71,8 @@ __all__ = [
     "linear_curvature",
     "linear_gradient",
     "Kron",
+    "influence",
+    "self_influence",
     # verification
     "numerical_jacobian",
     "numerical_grad",
