@@ -158,7 +158,7 @@ def _blocks(n: int, step: int):
 def _not_pd(what: str, damping: float, detail: str) -> ValueError:
     return ValueError(
         f"{what} is not positive definite ({detail}; damping={damping}): the exact influence needs an "
-        "invertible curvature; pass damping > 0 (larger than minus its smallest eigenvalue), or "
+        "invertible curvature; pass a larger damping (above minus H's smallest eigenvalue), or "
         "remove the directions with no curvature (duplicated or constant feature columns)"
     )
 
@@ -187,11 +187,11 @@ class _FullInverse:
         try:
             L = np.linalg.cholesky(H)
         except np.linalg.LinAlgError:
-            raise _not_pd("H + damping·I", damping, _smallest_eigenvalue(H, "the Cholesky factorisation failed")) from None
+            raise _not_pd("H + damping·I", damping, _smallest_eigenvalue(H, damping, "the Cholesky factorisation failed")) from None
         pivots = np.diagonal(L) ** 2
         if P and not pivots.min() > P * np.finfo(H.dtype).eps * top:
             detail = f"smallest Cholesky pivot {pivots.min():.3e} against the largest diagonal entry {top:.3e}"
-            raise _not_pd("H + damping·I", damping, _smallest_eigenvalue(H, detail))
+            raise _not_pd("H + damping·I", damping, _smallest_eigenvalue(H, damping, detail))
         self.L = L
 
     def solve(self, G: np.ndarray) -> np.ndarray:
@@ -207,10 +207,12 @@ class _FullInverse:
         return np.einsum("pn,pn->n", Y, Y)
 
 
-def _smallest_eigenvalue(H: np.ndarray, detail: str) -> str:
+def _smallest_eigenvalue(H: np.ndarray, damping: float, detail: str) -> str:
+    """``detail``, with H's smallest eigenvalue (H + λI given) up to a few thousand parameters."""
     if H.shape[0] > 4000:  # an O(P³) eigendecomposition only to word the error: not at any size
         return detail
-    return f"{detail}; smallest eigenvalue {np.linalg.eigvalsh(H)[0]:.3e}"
+    low = float(np.linalg.eigvalsh(H)[0]) - damping
+    return f"{detail}; smallest eigenvalue of H {low:.3e}, so damping must exceed {max(-low, 0.0):.3e}"
 
 
 def _solve_lower(L: np.ndarray, B: np.ndarray) -> np.ndarray:
