@@ -27,6 +27,7 @@ from .contract import contract, diagonal
 from .curvature import register_hessian
 from .fused import register_fused
 from .head import Head, Pair, pairs
+from .laplace import LastLayerLaplace
 from .laplace.influences import influence, self_influence
 from .last_layer import Kron, linear_curvature, linear_gradient
 from .losses import *  # noqa: F403 (its __all__, exported below)
@@ -71,6 +72,7 @@ __all__ = [
     "linear_curvature",
     "linear_gradient",
     "Kron",
+    "LastLayerLaplace",
     "influence",
     "self_influence",
     # verification
