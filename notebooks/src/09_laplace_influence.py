@@ -85,7 +85,7 @@ print(f"MAP at δ = {delta0}: train accuracy {np.mean((F_train @ W.T + b).argmax
 # loop re-fits the MAP at the chosen δ and tunes again, until δ settles.
 
 # %%
-grid = np.logspace(-3, 2, 60)
+grid = np.logspace(-3, 1, 60)
 la = jac.LastLayerLaplace(head, prior_precision=delta0).fit(F_train, W, b, y_train)
 evidence_post_hoc = [la.log_marginal_likelihood(d) for d in grid]
 delta_post_hoc = la.optimize_prior_precision()
@@ -109,10 +109,19 @@ ax.axvline(delta_post_hoc, color="C0", ls=":", lw=1)
 ax.axvline(delta, color="C1", ls=":", lw=1)
 ax.set_xlabel("prior precision δ")
 ax.set_ylabel("log evidence")
+top = max(max(evidence_post_hoc), max(evidence_final))
+ax.set_ylim(top - 150, top + 10)
 ax.legend(fontsize=8)
 ax.set_title("Laplace evidence; dotted: the maximiser")
 plt.tight_layout()
 plt.show()
+
+# %% [markdown]
+# Post hoc, the evidence at the MAP of δ₀ peaks at a δ a few times δ₀; re-fitting the MAP there
+# moves the peak again, and the loop settles about an order of magnitude above where it began.
+# The two curves are not the same function: each is the evidence of a Laplace approximation
+# around a different θ\*. That is one reason post-hoc tuning can disagree with a model trained
+# at the tuned value — the question users put to laplace-torch's marglik tuning.
 
 # %% [markdown]
 # ## 2 · Reliability: the MAP against the Laplace predictive
@@ -151,9 +160,20 @@ for ax, (name, F, y) in zip(axes, [("test, like the training data", F_test, y_te
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{name} (accuracy {np.mean(predictions['MAP'].argmax(1) == y):.2f})")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=7, loc="lower right")
 plt.tight_layout()
 plt.show()
+
+# %% [markdown]
+# On this problem the MAP is already well calibrated on data like its training data, and the
+# Laplace predictive is **under**confident there (its curves lie above the diagonal): the
+# posterior spreads the logits, and probit more than Monte Carlo, because κ shrinks each logit
+# by its own variance, including the variance along the direction that softmax ignores (all
+# logits moving together), which only the prior constrains. Beyond the training radius the MAP
+# is overconfident (its bins from 0.7 up lie below the diagonal); the Laplace predictive lowers
+# those confidences, overshooting in the top bins, and its NLL is a little lower than the MAP's.
+# A Laplace posterior is no free calibration: it helps where the MAP is overconfident, and
+# costs where it is not.
 
 # %% [markdown]
 # ## 3 · Which training rows made a test row wrong?
@@ -193,10 +213,11 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The rows that most raise this test row's loss should be rows of the predicted class near it,
-# and the rows that most lower it rows of its true class. The influence is exact: the same
-# number from the formula by hand, with the per-row gradients `g_n ⊗ [φ_n, 1]` and
-# H from `jac.linear_curvature`:
+# The rows that most raise this test row's loss are rows of the predicted class around it: they
+# pulled the boundary over it. The helpful rows are weaker and more spread out — not only rows of
+# its true class: a row of the predicted class can help by bending the boundary elsewhere. The
+# influence is exact: the same numbers come from the formula by hand, with the per-row
+# gradients `g_n ⊗ [φ_n, 1]` and H from `jac.linear_curvature`:
 
 # %%
 rows = jac.Head(jac.Softmax(), jac.CrossEntropy(reduction="none"))
@@ -220,7 +241,8 @@ print("largest difference from the formula by hand:", float(np.abs(by_hand[0] - 
 # every row by its self-influence ∇ℓ_iᵀ (H + λI)⁻¹ ∇ℓ_i: how much the row's own loss would
 # fall if it were up-weighted, large for rows the model can only fit by bending towards
 # them. The precision at k is the share of flipped rows among the k top-scored rows; a random
-# ranking gets 10 %. The row's own loss, a cheaper score, is the baseline.
+# ranking gets 10 %. The row's own loss, a cheaper score, is the baseline; the EK-FAC (`'kron'`)
+# and diagonal structures are the approximations influence packages use for whole networks.
 
 # %%
 flipped = rng.choice(N, size=30, replace=False)
@@ -229,6 +251,10 @@ y_noisy[flipped] = (y_noisy[flipped] + rng.integers(1, K, size=30)) % K
 W_n, b_n = fit_map(F_train, y_noisy, delta)
 scores = {
     "self-influence": jac.self_influence(head, F_train, y_noisy, W_n, b_n, damping=damping),
+    "self-influence, 'kron' (EK-FAC)": jac.self_influence(head, F_train, y_noisy, W_n, b_n,
+                                                         damping=damping, structure="kron"),
+    "self-influence, 'diag'": jac.self_influence(head, F_train, y_noisy, W_n, b_n, damping=damping,
+                                                 structure="diag"),
     "the row's loss": rows.loss(F_train @ W_n.T + b_n, y_noisy),
 }
 is_flipped = np.isin(np.arange(N), flipped)
@@ -247,3 +273,11 @@ ax.legend(fontsize=8)
 ax.set_title("finding 30 flipped labels among 300")
 plt.tight_layout()
 plt.show()
+
+# %% [markdown]
+# Self-influence finds the flipped labels far better than chance, but on this problem no better
+# than the row's own loss: for a linear last layer both are large for the same rows, those the
+# model fits worst. The exact and EK-FAC rankings agree here and the diagonal one is a little
+# worse. Self-influence earns its cost where the loss cannot see the problem — rows the model
+# has memorised (low loss, high self-influence) — and its exact value on the last layer is what
+# the cheaper approximations can be checked against.
