@@ -190,12 +190,12 @@ z_test = F_test @ W.T + b
 wrong = np.flatnonzero(z_test.argmax(1) != y_test)
 j = wrong[np.argmax(jac.Softmax()(z_test)[wrong].max(1))]       # the most confident mistake
 damping = delta / N
-I = jac.influence(head, F_train, y_train, F_test[j:j + 1], y_test[j:j + 1], W, b,
+infl = jac.influence(head, F_train, y_train, F_test[j:j + 1], y_test[j:j + 1], W, b,
                   damping=damping)[0]                              # (N_train,)
-harmful, helpful = np.argsort(-I)[:8], np.argsort(I)[:8]
+harmful, helpful = np.argsort(-infl)[:8], np.argsort(infl)[:8]
 print(f"test row {j}: class {y_test[j]}, predicted {z_test[j].argmax()}")
-print("most harmful training rows: classes", y_train[harmful], "influence", np.round(I[harmful], 3))
-print("most helpful training rows: classes", y_train[helpful], "influence", np.round(I[helpful], 3))
+print("most harmful training rows: classes", y_train[harmful], "influence", np.round(infl[harmful], 3))
+print("most helpful training rows: classes", y_train[helpful], "influence", np.round(infl[helpful], 3))
 
 fig, ax = plt.subplots(figsize=(5.5, 5))
 colours = np.array(["C0", "C1", "C2"])
@@ -232,7 +232,7 @@ def row_gradients(F, y):
 H = jac.linear_curvature(F_train, head, F_train @ W.T + b, y_train, kind="hessian")
 by_hand = -row_gradients(F_test[j:j + 1], y_test[j:j + 1]) @ np.linalg.solve(
     H + damping * np.eye(len(H)), row_gradients(F_train, y_train).T)
-print("largest difference from the formula by hand:", float(np.abs(by_hand[0] - I).max()))
+print("largest difference from the formula by hand:", float(np.abs(by_hand[0] - infl).max()))
 
 # %% [markdown]
 # ## 4 · Self-influence finds flipped labels
