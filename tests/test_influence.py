@@ -158,6 +158,26 @@ def test_empirical_fisher_kind_equals_mean_outer_product():
     _close(got, expected)
 
 
+PLAIN = {  # the canonical pairs without weights or smoothing (which move their Fisher off the Hessian)
+    "softmax_ce": (lambda: jac.Head(jac.Softmax(), jac.CrossEntropy()),
+                   lambda z, y, reduction: F.cross_entropy(z, y, reduction=reduction)),
+    "sigmoid_bce": (lambda: jac.Head(jac.Sigmoid(), jac.BinaryCrossEntropy()),
+                    lambda z, y, reduction: (lambda e: e.mean() if reduction == "mean" else e.sum(-1))(
+                        F.binary_cross_entropy_with_logits(z, y, reduction="none"))),
+}
+
+
+@pytest.mark.parametrize("case", list(PLAIN))
+def test_fisher_kind_of_a_canonical_pair_is_its_hessian(case):
+    """Canonical pairs: the exact Fisher equals torch's Hessian, whatever the targets."""
+    Xtr, ytr, Xte, yte, W, b = _data(case, seed=15)
+    ref = TorchLayer(case, W, b)
+    ref.loss = PLAIN[case][1]
+    expected = ref.influence(ref.hessian(Xtr, ytr), 1e-2, Xtr, ytr, Xte, yte)
+    got = jac.influence(PLAIN[case][0](), Xtr, ytr, Xte, yte, W, b, damping=1e-2, kind="fisher")
+    _close(got, expected)
+
+
 @pytest.mark.parametrize("case", ["identity_mse", "softmax_ce"])
 def test_without_bias(case):
     Xtr, ytr, Xte, yte, W, _ = _data(case, seed=4, bias=False)

@@ -32,6 +32,8 @@ STRUCTURES = ("full", "kron", "diag")
 
 #: triangular blocks of at most this order are solved directly; larger ones split in two
 _BASE = 128
+#: the most bytes of the product ``V Φ̃_blockᵀ`` computed at once (within max_bytes)
+_GEMM_BYTES = 64 << 20
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -275,8 +277,8 @@ def influence(head, features_train, y_train, features_test, y_test, W, b, *, dam
     """Influence of each training row on each test row's loss, exact for a linear last layer.
 
     ``I[j, i] = −∇ℓ_jᵀ (H + λI)⁻¹ ∇ℓ_i`` in θ = vec([W | b]) (C order, see
-    :mod:`jacobians.last_layer`): the first-order change of test row j's loss when training
-    row i is up-weighted by ε in the training loss, per ε (Koh & Liang, 2017). ``H`` is the
+    :mod:`jacobians.last_layer`): ``dℓ_j/dε`` at ε = 0 when ``ε·ℓ_i`` is added to the
+    training loss and θ re-minimised (Koh & Liang, 2017; negative: row i helps row j). ``H`` is the
     θ-curvature of the training loss **as the head reduces it** (1/N for ``'mean'``,
     :func:`~jacobians.linear_curvature` as is), λ is ``damping``, and ``∇ℓ_i = g_i ⊗ φ̃_i``
     is the gradient of row i's own loss (the head with reduction ``'none'``; ``φ̃ = [φ, 1]``).
@@ -355,10 +357,16 @@ def influence(head, features_train, y_train, features_test, y_test, W, b, *, dam
         m = te.stop - te.start
         G = g_test[te][:, :, None] * layer.augment(Xte[te]).astype(dtype, copy=False)[:, None, :]
         V = inv.solve(G).reshape(m * K, D1).astype(dtype, copy=False)
-        n_step = max(1, layer.budget // ((m * K + m + D1) * item))
+        del G
+        # V_j φ̃_i for a block of training rows, (m·K, n), in one buffer reused block after block
+        # (at most _GEMM_BYTES: fresh arrays of the whole budget cost more in page faults than
+        # the product's efficiency gains from their size)
+        n_step = max(1, min(layer.budget, _GEMM_BYTES) // ((m * K + D1) * item))
+        buf = np.empty(m * K * min(n_step, N), dtype)
         for tr in _blocks(N, n_step):
-            T = (V @ layer.augment(Xtr[tr]).T).reshape(m, K, -1)  # ∇ℓ_jᵀ-side: V_j φ̃_i, (m, K, n)
-            out[te, tr] = np.einsum("mkn,kn->mn", T, -g_train[tr].T)
+            n = tr.stop - tr.start
+            T = np.matmul(V, layer.augment(Xtr[tr]).T, out=buf[: m * K * n].reshape(m * K, n))
+            np.einsum("mkn,kn->mn", T.reshape(m, K, n), -g_train[tr].T, out=out[te, tr])
     return out
 
 
