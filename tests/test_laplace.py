@@ -123,6 +123,14 @@ def torch_reference(case, X, W, b, y, bias, kind="ggn"):
             return F.poisson_nll_loss(a, yt, log_input=False, eps=1e-8, reduction="sum")
     else:
         raise AssertionError(name)
+    if kind == "blocks":  # the logits-level blocks B_n (N, K, K): (∂a/∂z)ᵀ ∇²_a ℓ (∂a/∂z), per row
+        z0 = logits(theta).detach()
+        Jz = torch.autograd.functional.jacobian(lambda z: act(z.reshape(z0.shape)).reshape(-1), z0.reshape(-1))
+        a0 = act(z0)
+        Ha = torch.autograd.functional.hessian(lambda a: loss(a.reshape(a0.shape)), a0.reshape(-1))
+        G = (Jz.T @ Ha @ Jz).numpy()
+        n, k = z0.shape
+        return np.array([G[i * k:(i + 1) * k, i * k:(i + 1) * k] for i in range(n)])
     a0 = act(logits(theta))
     Ja = torch.autograd.functional.jacobian(lambda th: act(logits(th)).reshape(-1), theta)
     Ha = torch.autograd.functional.hessian(lambda a: loss(a.reshape(a0.shape)), a0.detach().reshape(-1))
@@ -293,6 +301,23 @@ def test_every_head_against_torch(case, structure, bias):
     assert la.log_marginal_likelihood() == pytest.approx(ref.lml(), rel=1e-10)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", [c for c in CASES if c["name"] != "mean_variance"], ids=lambda c: c["name"])
+def test_every_head_kron_against_torch_blocks(case, bias):
+    rng = np.random.default_rng(11)
+    X, W, b = data(rng, bias)
+    head, y = head_and_targets(case, rng, X, W, b)
+    blocks = torch_reference(case, X, W, b, y, bias, kind="blocks")
+    la = jac.LastLayerLaplace(head, structure="kron", prior_precision=0.9, bias=bias).fit(X, W, b, y)
+    Phi = augment(X, bias)
+    Hk = kron_reference(blocks.sum(axis=0), Phi)
+    np.testing.assert_allclose(la.H.dense(), Hk, rtol=1e-10, atol=1e-10)
+    ref = Reference(Hk + 0.9 * np.eye(la.n_params), la.mean, la.log_likelihood, 0.9)
+    assert la.log_marginal_likelihood() == pytest.approx(ref.lml(), rel=1e-10)
+    Xt = rng.normal(size=(4, D))
+    np.testing.assert_allclose(la.logits(Xt)[1], ref.f_var(augment(Xt, bias)), rtol=1e-9, atol=1e-12)
+
+
 def test_mse_vector_sigma_noise():
     rng = np.random.default_rng(4)
     X, W, b = data(rng)
@@ -395,6 +420,38 @@ def test_gaussian_nll_and_poisson_predictives():
                                np.exp(f_mu + np.einsum("mkk->mk", f_var) / 2), rtol=0.03)
 
 
+def test_entmax_mc_predictive_against_weight_samples():
+    rng = np.random.default_rng(12)
+    X, W, b = data(rng)
+    y = rng.integers(0, K, size=N)
+    act = jac.Entmax15()
+    la = jac.LastLayerLaplace(jac.Head(act, jac.Entmax15Loss()), prior_precision=2.0).fit(X, W, b, y)
+    Xt = rng.normal(size=(3, D))
+    with pytest.raises(ValueError, match="mc"):
+        la.predictive(Xt)
+    p = la.predictive(Xt, link="mc", mc_samples=4000, seed=0)
+    thetas = la.sample(4000, seed=1)
+    ref = act(np.einsum("skd,md->smk", thetas, augment(Xt, True))).mean(axis=0)
+    np.testing.assert_allclose(p, ref, atol=0.03)
+
+
+def test_regression_gridsearch_gaussian_nll():
+    rng = np.random.default_rng(13)
+    X, W, b = data(rng)
+    y = X @ W.T + b + 0.5 * rng.normal(size=(N, K))
+    head = jac.Head(jac.Identity(), jac.MeanSquaredError())
+    la = jac.LastLayerLaplace(head, sigma_noise=0.5).fit(X, W, b, y)
+    Xv = rng.normal(size=(20, D))
+    yv = Xv @ W.T + b + 0.5 * rng.normal(size=(20, K))
+    grid = np.logspace(-3, 3, 13)
+    scores = []
+    for d in grid:  # the Gaussian predictive N(f_mu, diag(J Σ Jᵀ) + σ²) of a fresh fit, its mean NLL
+        ref = Reference(la.H + d * np.eye(la.n_params), la.mean, 0.0, d)
+        var = np.einsum("mkk->mk", ref.f_var(augment(Xv, True))) + 0.25
+        scores.append(np.mean(0.5 * np.log(2 * np.pi * var) + (yv - (Xv @ W.T + b)) ** 2 / (2 * var)))
+    assert la.optimize_prior_precision("gridsearch", features_val=Xv, y_val=yv, grid=grid) == grid[int(np.argmin(scores))]
+
+
 def test_bridge_against_a_row_loop():
     la, X, W, b, y = fit_ce("full", prior=0.3)
     Xt = np.random.default_rng(1).normal(size=(5, D))
@@ -480,6 +537,13 @@ def test_optimize_marglik_vector_is_stationary(structure):
     inside = (delta > 1e-9) & (delta < 1e9)
     np.testing.assert_allclose((g * delta)[inside], 0, atol=1e-6)
     assert la.log_marginal_likelihood() >= la.log_marginal_likelihood(float(np.median(delta)))
+
+
+def test_optimize_keeps_the_prior_shape_by_default():
+    la, *_ = fit_ce("diag", prior=np.ones(K * (D + 1)), seed=4)
+    assert la.optimize_prior_precision().shape == (la.n_params,)
+    assert np.ndim(la.optimize_prior_precision(vector=False)) == 0
+    assert np.ndim(la.optimize_prior_precision()) == 0
 
 
 def test_optimize_kron_vector_refused():
@@ -585,7 +649,8 @@ def test_clear_errors():
         jac.LastLayerLaplace(head).fit(X, W, None, y)
     with pytest.raises(ValueError, match="bias=False"):
         jac.LastLayerLaplace(head, bias=False).fit(X, W, b, y)
-    for bad in (-1.0, 0.0, np.nan, np.inf, [1.0, -2.0], np.ones((2, 2))):
+    assert jac.LastLayerLaplace(head, prior_precision=np.array([2.0])).prior_precision == 2.0
+    for bad in (-1.0, 0.0, np.nan, np.inf, [1.0, -2.0], np.ones((2, 2)), "1", True):
         with pytest.raises(ValueError, match="prior_precision"):
             jac.LastLayerLaplace(head, prior_precision=bad)
     with pytest.raises(ValueError, match="prior_precision.*length"):
@@ -621,6 +686,12 @@ def test_fisher_equals_ggn_for_canonical_heads():
     la, X, W, b, y = fit_ce("full")
     lf = jac.LastLayerLaplace(la.head, kind="fisher").fit(X, W, b, y)
     np.testing.assert_allclose(lf.H, la.H, rtol=1e-12, atol=1e-13)
+    rng = np.random.default_rng(0)
+    for head, t in ((jac.Head(jac.Identity(), jac.MeanSquaredError()), rng.normal(size=(N, K))),
+                    (jac.Head(jac.Sigmoid(), jac.BinaryCrossEntropy()), (rng.uniform(size=(N, K)) < 0.5) * 1.0)):
+        g = jac.LastLayerLaplace(head, structure="diag").fit(X, W, b, t).H
+        np.testing.assert_allclose(jac.LastLayerLaplace(head, structure="diag", kind="fisher").fit(X, W, b, t).H, g,
+                                   rtol=1e-12, atol=1e-13)
 
 
 def test_reduction_of_the_head_does_not_matter():

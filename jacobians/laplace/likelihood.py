@@ -11,7 +11,10 @@ Laplace posterior is that of ``−log p(D | θ)``, not of its mean.
       curvature    = GGN of the summed MSE / (2σ²) = Jᵀ diag(1/σ²) J
 
 * every other head: ``log p(D | θ) = −(summed loss)``, its curvature the summed loss's; the
-  noise must be 1 (laplace-torch refuses ``sigma_noise != 1`` for classification too).
+  noise must be 1 (laplace-torch refuses ``sigma_noise != 1`` for classification too). The
+  loss's own constants stay as they are: GaussianNLL omits ``½ log 2π`` unless ``full=True``,
+  PoissonNLL omits ``log y!`` unless ``full=True``, and a label-smoothed or class-weighted
+  cross-entropy is not a normalised likelihood — the evidence then carries that offset.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ _CLASS_LOSSES = (CrossEntropy, NLLLoss, KLDivergence, FocalLoss, PolyLoss)
 def check_positive(value, name: str, size: int | None = None, what: str = "P") -> float | np.ndarray:
     """``value`` as a float > 0 or a 1-D float64 array of positive finite entries (of length
     ``size`` when given); ``ValueError`` naming ``name`` otherwise. The array is a copy."""
-    if isinstance(value, (bool, np.bool_)):
+    if isinstance(value, (bool, np.bool_, str, bytes)):
         raise ValueError(f"{name} must be a positive float or a 1-D array of positive floats; got {value!r}")
     if isinstance(value, numbers.Real) or (isinstance(value, np.ndarray) and value.ndim == 0):
         v = float(value)
@@ -52,10 +55,14 @@ def check_positive(value, name: str, size: int | None = None, what: str = "P") -
         return v
     try:
         arr = np.array(value, dtype=np.float64)
+        if arr.ndim == 0:  # None, or an object that is not a real number
+            raise TypeError
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a positive float or a 1-D array of positive floats; got {value!r}") from None
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a scalar or a 1-D array; got an array of shape {arr.shape}")
+    if arr.shape[0] == 1 and size != 1:  # a length-1 vector is the scalar (as laplace-torch reads it)
+        return check_positive(arr[0], name)
     if size is not None and arr.shape[0] != size:
         raise ValueError(f"{name} must have length {what} = {size}; got length {arr.shape[0]}")
     bad = ~np.isfinite(arr) | (arr <= 0)

@@ -28,13 +28,10 @@ def check_link(link) -> str:
     return link
 
 
-def _kappa(f_var):
-    return 1.0 / np.sqrt(1.0 + np.pi / 8 * np.diagonal(f_var, axis1=-2, axis2=-1))
-
-
-def probit(f_mu, f_var, sigmoid: bool = False):
-    """``softmax(κ ⊙ f_mu)`` (or ``sigmoid(κ ⊙ f_mu)``), κ = (1 + π/8 diag f_var)^(-1/2)."""
-    z = _kappa(f_var) * f_mu
+def probit(f_mu, var, sigmoid: bool = False):
+    """``softmax(κ ⊙ f_mu)`` (or ``sigmoid(κ ⊙ f_mu)``), κ = (1 + π/8 var)^(-1/2) for the logits'
+    variances ``var`` = diag f_var (M, K)."""
+    z = f_mu / np.sqrt(1.0 + np.pi / 8 * var)
     return Sigmoid()(z) if sigmoid else Softmax()(z)
 
 
@@ -67,7 +64,8 @@ def mc(f_mu, f_var, activation, mc_samples: int, rng, budget: int):
 
 
 def predict(lik, f_mu, f_var, link: str, mc_samples: int, rng, budget: int):
-    """The predictive of likelihood ``lik`` (:class:`~jacobians.laplace.likelihood.Likelihood`)."""
+    """The predictive of likelihood ``lik`` (:class:`~jacobians.laplace.likelihood.Likelihood`);
+    ``f_var`` is (M, K, K), or its diagonal (M, K) for ``link='probit'``."""
     family, act = lik.family, lik.head.activation
     if family == "categorical":
         T = lik.temperature

@@ -264,9 +264,12 @@ class LastLayerLaplace:
         ((5, 4), (5, 4, 4))
         """
         self._need_fit("logits")
-        X, Phi = self._features(features, "logits")
+        return self._logits(features, "logits", diagonal=False)
+
+    def _logits(self, features, what, diagonal):
+        X, Phi = self._features(features, what)
         f_mu = X @ self._W.T + (self._b if self.bias else 0)
-        return f_mu, self._posterior().f_var(Phi, self._budget)
+        return f_mu, self._posterior().f_var(Phi, self._budget, diagonal=diagonal)
 
     def predictive(self, features, link: str = "probit", mc_samples: int = 100, seed=None):
         """The posterior predictive at ``features`` (M, D).
@@ -275,7 +278,8 @@ class LastLayerLaplace:
           ``softmax(κ ⊙ f_mu)``, κ = (1 + π/8 · diag f_var)^(-1/2); ``'bridge'`` laplace-torch's
           Laplace bridge; ``'mc'`` the mean softmax over ``mc_samples`` logit draws;
         * sigmoid + BCE: independent probabilities (M, K) (``sigmoid(κ f_mu)``, or ``'mc'``);
-        * identity + MSE: ``(mean, var)``, ``(f_mu, diag f_var + σ²)`` (exact, any link);
+        * identity + MSE: ``(mean, var)``, ``(f_mu, diag f_var + σ²)`` (exact, any link; laplace-torch
+          returns ``f_var`` without σ², the observation noise is added here);
         * identity / mean-variance + Gaussian NLL (outputs ``[μ | s]``, 2K): ``(μ, diag f_var[μ] +
           σ²)`` with σ² the head's variance at the MAP logits (clamped at the loss's eps);
         * any other head (sparsemax, entmax, Poisson, ...): ``link='mc'``, the mean activation.
@@ -297,15 +301,16 @@ class LastLayerLaplace:
         links.check_link(link)
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 1:
             raise ValueError(f"mc_samples must be an int >= 1; got {mc_samples!r}")
-        f_mu, f_var = self.logits(features)
         family = self._lik.family
+        regression = family in ("gaussian", "gaussian_nll")
+        # the probit and the regressions need the logits' variances only: M·K·D1², not M·K²·D1²
+        f_mu, f_var = self._logits(features, "predictive", diagonal=regression or link == "probit")
         if family == "gaussian":
-            s2 = np.broadcast_to(np.asarray(self._sigma, dtype=f_mu.dtype) ** 2, f_mu.shape[-1:])
-            return f_mu, np.diagonal(f_var, axis1=1, axis2=2) + s2
+            return f_mu, f_var + np.broadcast_to(np.asarray(self._sigma, dtype=f_mu.dtype) ** 2, f_mu.shape[-1:])
         if family == "gaussian_nll":
             K = f_mu.shape[-1] // 2
             var = np.maximum(np.asarray(self.head.activation(f_mu))[:, K:], self.head.loss_fn.eps)
-            return f_mu[:, :K], np.diagonal(f_var, axis1=1, axis2=2)[:, :K] + var
+            return f_mu[:, :K], f_var[:, :K] + var
         return links.predict(self._lik, f_mu, f_var, link, int(mc_samples), np.random.default_rng(seed), self._budget)
 
     # -- evidence ---------------------------------------------------------------------------
@@ -338,16 +343,18 @@ class LastLayerLaplace:
         log_lik = self._lik.log_likelihood(self._stat, self.n_data, sigma)
         return evidence.evidence(log_lik, self.mean, post, prior, return_grad=return_grad)
 
-    def optimize_prior_precision(self, method: str = "marglik", *, vector: bool = False, features_val=None,
+    def optimize_prior_precision(self, method: str = "marglik", *, vector: bool | None = None, features_val=None,
                                  y_val=None, grid=None, loss="nll", link: str = "probit", mc_samples: int = 100,
                                  seed=None):
         """Set ``prior_precision`` to the evidence's maximiser (``'marglik'``) or to the grid value with
         the smallest validation loss (``'gridsearch'``); returns it.
 
-        * ``'marglik'`` with a scalar prior (``vector=False``): the root of ``d log Z / d log δ`` by
-          safeguarded Newton on log δ (the evidence is concave in δ), to 1e-12 relative, O(P)
-          a step from the spectrum of H. ``vector=True`` (not 'kron'): a (P,) prior, in
-          closed form per coordinate for 'diag', by MacKay's fixed point for 'full' (to 1e-10).
+        * ``'marglik'`` with a scalar prior (``vector=False``; the default ``None`` keeps the
+          current prior's shape): the root of ``d log Z / d log δ`` by safeguarded Newton on
+          log δ (the evidence is concave in δ), to 1e-12 relative, O(P) a step from the
+          spectrum of H. ``vector=True`` (not 'kron'): a (P,) prior, in closed form per
+          coordinate for 'diag', for 'full' by Newton on log δ with the exact Hessian (MacKay's
+          fixed point where the evidence is not concave) until ``|∂ log Z / ∂ log δ_i| < 1e-9``.
         * ``'gridsearch'``: every δ of ``grid`` (default laplace-torch's ``logspace(-4, 4, 100)``),
           the predictive on ``features_val`` with ``link``, scored by ``loss``: ``'nll'`` (the
           mean negative log predictive of ``y_val``) or a callable ``loss(pred, y_val)``; the first
@@ -367,6 +374,8 @@ class LastLayerLaplace:
         self._need_fit("optimize_prior_precision")
         if method == "marglik":
             H = self._scaled(self._sigma)
+            if vector is None:
+                vector = np.ndim(self._prior) == 1
             if vector:
                 value = evidence.maximise_vector(self.structure, H, self.mean, self._prior, self.n_outputs, self._D1)
             else:

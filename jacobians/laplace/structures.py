@@ -4,7 +4,7 @@
 D + 1, or D without a bias). Each structure gives ``logdet`` (log det P_post),
 ``covariance_diagonal`` (diag P_post⁻¹, (P,)), ``covariance`` (dense P_post⁻¹, (P, P)),
 ``f_var(Phi)`` (the logits' covariance ``J Σ Jᵀ`` (M, K, K) for rows ``Phi`` = φ̃ (M, D1), with
-``J = I_K ⊗ φ̃ᵀ``, without forming J) and ``sample(eps)`` (θ − θ_MAP for standard normal
+``J = I_K ⊗ φ̃ᵀ``, without forming J; its diagonal (M, K) alone with ``diagonal=True``) and ``sample(eps)`` (θ − θ_MAP for standard normal
 draws ``eps`` (n, P): covariance P_post⁻¹).
 
 * ``'full'``: ``H`` (P, P) dense; P_post = H + diag(δ) by Cholesky ``L Lᵀ``; a sample is
@@ -66,24 +66,35 @@ class _Full:
             self.L = np.linalg.cholesky(self.precision)
         except np.linalg.LinAlgError as err:
             raise _not_pd(err) from None
-        self._cov = None
+        self._cov = self._linv = None
 
     def logdet(self) -> float:
         return float(2 * np.log(np.diagonal(self.L)).sum())
 
     def covariance(self) -> np.ndarray:
         if self._cov is None:
-            Linv = np.linalg.solve(self.L, np.eye(self.L.shape[0], dtype=self.L.dtype))
-            self._cov = Linv.T @ Linv
+            self._cov = self._Linv().T @ self._Linv()
         return self._cov
+
+    def _Linv(self) -> np.ndarray:
+        if self._linv is None:
+            self._linv = np.linalg.inv(self.L)  # L⁻¹: Σ = L⁻ᵀ L⁻¹
+        return self._linv
 
     def covariance_diagonal(self) -> np.ndarray:
         return np.diagonal(self.covariance()).copy()
 
-    def f_var(self, Phi, budget: int) -> np.ndarray:
+    def f_var(self, Phi, budget: int, diagonal: bool = False) -> np.ndarray:
         K, D1 = self.K, self.D1
         M = Phi.shape[0]
-        S = self.covariance().reshape(K, D1, K, D1).transpose(1, 0, 2, 3).reshape(D1, K * K * D1)
+        C4 = self.covariance().reshape(K, D1, K, D1)
+        if diagonal:  # Σ_kk blocks only: (M, K), M·K·D1² work
+            S = C4[np.arange(K), :, np.arange(K), :].transpose(1, 0, 2).reshape(D1, K * D1)
+            out = np.empty((M, K), np.result_type(Phi, S))
+            for rows in row_blocks(M, S.itemsize * K * D1, budget):
+                out[rows] = np.einsum("mkd,md->mk", (Phi[rows] @ S).reshape(-1, K, D1), Phi[rows])
+            return out
+        S = C4.transpose(1, 0, 2, 3).reshape(D1, K * K * D1)
         out = np.empty((M, K, K), np.result_type(Phi, S))
         for rows in row_blocks(M, S.itemsize * K * K * D1, budget):
             T = (Phi[rows] @ S).reshape(-1, K, K, D1)  # Σ_d φ̃_d Σ[k d, l e]
@@ -91,8 +102,7 @@ class _Full:
         return 0.5 * (out + np.swapaxes(out, 1, 2))
 
     def sample(self, eps) -> np.ndarray:
-        # L⁻ᵀ ε for every draw: solve Lᵀ x = ε (numpy has no triangular solve; L is (P, P))
-        return np.linalg.solve(self.L.T, eps.T).T
+        return eps @ self._Linv()  # rows L⁻ᵀ ε: covariance L⁻ᵀ L⁻¹ = P_post⁻¹
 
 
 class _Diag:
@@ -112,9 +122,11 @@ class _Diag:
     def covariance_diagonal(self) -> np.ndarray:
         return self.variance.copy()
 
-    def f_var(self, Phi, budget: int) -> np.ndarray:
+    def f_var(self, Phi, budget: int, diagonal: bool = False) -> np.ndarray:
         v = self.variance.reshape(self.K, self.D1)
         d = (Phi * Phi) @ v.T  # (M, K): Σ_d φ̃_d² v[k, d]
+        if diagonal:
+            return d
         out = np.zeros((Phi.shape[0], self.K, self.K), d.dtype)
         out[:, np.arange(self.K), np.arange(self.K)] = d
         return out
@@ -150,10 +162,12 @@ class _Kron:
         p = self.precision
         return ((p.QA**2) @ (1.0 / self.lam) @ (p.QB**2).T).ravel()
 
-    def f_var(self, Phi, budget: int) -> np.ndarray:
+    def f_var(self, Phi, budget: int, diagonal: bool = False) -> np.ndarray:
         p = self.precision
         psi2 = (Phi @ p.QB) ** 2  # (M, D1)
         C = psi2 @ (1.0 / self.lam).T  # (M, K): Σ_j ψ_j² / (a_i b_j + δ)
+        if diagonal:
+            return C @ (p.QA**2).T
         return np.einsum("ki,mi,li->mkl", p.QA, C, p.QA)
 
     def sample(self, eps) -> np.ndarray:
