@@ -20,9 +20,9 @@
   ``torch.func.hessian`` over row chunks, its Cholesky factor, per-row gradients by
   ``vmap(grad)`` — timed on the first 1,000 training rows (``--quick``: all) and scaled to N for
   the parts linear in N (the Hessian and the training gradients), the factorisation and the test
-  gradients as they are. If ``benchmarks/influence_bench.py`` exists and defines
-  ``peer_cases(N, M, D, K, dtype, peers)``, its cases are added to the group (the hook for a
-  dedicated influence benchmark).
+  gradients as they are. In float64, ``influence_bench.py`` adds its two fresh-process runs on
+  one thread with their peak RSS: ``jac.influence`` and its torch reference with the Hessian
+  in closed form (``python benchmarks/influence_bench.py --full`` runs them alone).
 
 Peers are optional: without laplace-torch (peer ``laplace_torch``) or torch the rows of ours
 still run and the missing peer is named in the group's note. The limit of both groups is one
@@ -194,15 +194,39 @@ def _torch_influence_parts(X, y, X_test, y_test, W, b, damping):
     return linear, solve, product
 
 
-def _influence_hook():
-    """``benchmarks/influence_bench.py``'s ``peer_cases``, if that module exists."""
+def _influence_bench():
+    """``benchmarks/influence_bench.py`` (its fresh-process runs), or None where it is missing."""
     path = Path(__file__).with_name("influence_bench.py")
     if not path.is_file():
         return None
     spec = importlib.util.spec_from_file_location("influence_bench", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return getattr(module, "peer_cases", None)
+    return module if hasattr(module, "spawn") else None
+
+
+def _fresh_process_cases(module, N, M, D, K, peers):
+    """``influence_bench.py``'s two sides, each in a fresh one-thread process per round, with peak RSS."""
+    import argparse
+    import tempfile
+
+    args = argparse.Namespace(n_train=N, n_test=M, d=D, k=K)
+
+    def measure(side, rounds):
+        runs = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for _ in range(max(2, rounds)):
+                runs.append(module.spawn(side, args, str(Path(tmp) / f"{side}.npy")))
+        peak = max(r["peak_rss_bytes"] for r in runs)
+        return {"times": [r["seconds"] for r in runs], "peak_rss_bytes": peak,
+                "label": f"peak RSS {peak / 2**30:.2f} GiB (data included)"}
+
+    cases = [Case("jac.influence, fresh process, 1 thread (influence_bench.py)",
+                  measure=functools.partial(measure, "ours"))]
+    if "torch" in peers:
+        cases.append(Case("torch, H in closed form, fresh process, 1 thread (influence_bench.py)", kind="peer",
+                          column="torch closed form 1 thread", measure=functools.partial(measure, "torch")))
+    return cases
 
 
 def _influence_cases(N, M, D, K, dtype, peers, peer_rows, damping=1e-3):
@@ -218,9 +242,9 @@ def _influence_cases(N, M, D, K, dtype, peers, peer_rows, damping=1e-3):
         Case("jac.self_influence(head, X, y, W, b) on the training rows",
              lambda: jac.self_influence(head, X, y, W, b, damping=damping)),
     ]
-    hook = _influence_hook()
-    if hook is not None:
-        cases += list(hook(N, M, D, K, dtype, peers))
+    module = _influence_bench() if dtype == "float64" else None  # its data are float64
+    if module is not None:
+        cases += _fresh_process_cases(module, N, M, D, K, peers)
     if "torch" not in peers:
         return cases
     n = min(N, peer_rows)

@@ -94,6 +94,7 @@ def test_the_dask_section_on_a_local_cluster():
     assert suite._CLUSTER.client is None
 
 
+@pytest.mark.slow
 def test_the_laplace_section_at_a_tiny_size():
     """The ``laplace`` section's two groups (LastLayerLaplace against laplace-torch, influence against
     the torch reference) at 300 rows: every row timed, ours against the limit, the peers that are
