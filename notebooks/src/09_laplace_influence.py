@@ -233,6 +233,7 @@ H = jac.linear_curvature(F_train, head, F_train @ W.T + b, y_train, kind="hessia
 by_hand = -row_gradients(F_test[j:j + 1], y_test[j:j + 1]) @ np.linalg.solve(
     H + damping * np.eye(len(H)), row_gradients(F_train, y_train).T)
 print("largest difference from the formula by hand:", float(np.abs(by_hand[0] - infl).max()))
+assert np.allclose(by_hand[0], infl, rtol=1e-9, atol=1e-9 * np.abs(infl).max())
 
 # %% [markdown]
 # ## 4 · Self-influence finds flipped labels
