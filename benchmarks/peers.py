@@ -16,10 +16,10 @@ import numpy as np
 
 NUMPY_PEERS = ("seed", "loop")
 #: peers whose distribution is not named like their module
-DISTRIBUTIONS = {"backpack": "backpack-for-pytorch"}
+DISTRIBUTIONS = {"backpack": "backpack-for-pytorch", "laplace_torch": "laplace-torch"}
 
 #: peer name -> the module that provides it (default: the peer's own name)
-MODULES = {"entmax_bisect": "entmax"}
+MODULES = {"entmax_bisect": "entmax", "laplace_torch": "laplace"}
 
 
 def available(names) -> dict[str, str]:

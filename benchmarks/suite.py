@@ -36,6 +36,10 @@ Sections, each a table: every group is one size and dtype, measured side by side
   ``Entmax15().vjp(z, g)`` (target: within 3×) and the entmax package's ``entmax_bisect``
   forward + backward, torch with one thread (target: ahead); ``Entmax(1.3)`` (no closed
   form) and ``Entmax(2.5)`` beside them.
+* ``heads`` — the heads of ``heads_suite.py`` against torch autograd of the same loss.
+* ``laplace`` — ``jac.LastLayerLaplace`` fit + probit predictive against laplace-torch's
+  last-layer Laplace (N = 50,000, D = 128, K = 10; target ≤ 0.5×), and ``jac.influence``
+  against a torch autograd reference (10⁵ × 10³ rows, P = 5,000): ``laplace_suite.py``.
 
 The limits are one-thread numpy operations that move the same bytes: the least any
 implementation must pay. Targets are attached to our
@@ -53,6 +57,7 @@ import time
 
 import backend_suite
 import heads_suite
+import laplace_suite
 import numpy as np
 import peers as P
 import seed_recipes as seed
@@ -75,6 +80,7 @@ TITLES = {
     "entmax": "α-entmax forward + VJP, act.vjp(z, g), against 1.5-entmax's closed form and entmax_bisect "
               "(torch 1 thread)",
     "heads": heads_suite.TITLE,
+    "laplace": laplace_suite.TITLE,
 }
 
 PAIRS = {
@@ -693,6 +699,8 @@ def plan(*, sections, dtypes, quick, peers, sizes=None) -> list[Group]:
                        for N, K in entmax_sizes]
         if "heads" in sections:
             groups += heads_suite.groups(dtype, quick=quick, peers=peers, sizes=sizes)
+        if "laplace" in sections:
+            groups += laplace_suite.groups(dtype, quick=quick, peers=peers, sizes=sizes)
         if "blocked" in sections:
             N, K, mb = (2000, 256, 32 << 20) if quick else (20000, 256, 256 << 20)
             groups.append(_group("blocked", N, K, dtype, functools.partial(_blocked_cases, N, K, dtype, mb, peers),

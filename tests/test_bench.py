@@ -92,3 +92,31 @@ def test_the_dask_section_on_a_local_cluster():
     finally:
         suite.close()
     assert suite._CLUSTER.client is None
+
+
+@pytest.mark.slow
+def test_the_laplace_section_at_a_tiny_size():
+    """The ``laplace`` section's two groups (LastLayerLaplace against laplace-torch, influence against
+    the torch reference) at 300 rows: every row timed, ours against the limit, the peers that are
+    installed beside them with their answers agreeing with ours, a missing peer named in the note."""
+    suite = bench.load_suite(REPO / "benchmarks")
+    peers = suite.available_peers(("torch", "laplace_torch"))
+    groups = suite.laplace_suite.groups("float64", quick=True, peers=peers, sizes=[(300, 4)])
+    assert [g.size for g in groups] == ["300x16,K=4,M=30", "influence 300x16,K=4,M=30"]
+    for g in groups:
+        recs = bench.run_group(g.build(), budget=0, min_rounds=2, max_rounds=2)
+        assert all(r["rounds"] == 2 and all(t > 0 for t in r["times_s"]) for r in recs), recs
+        assert all("limit" in r["ratios"] for r in recs if r["kind"] == "ours"), recs
+        peer_rows = [r for r in recs if r["kind"] == "peer"]
+        wanted = "laplace_torch" if "influence" not in g.size else "torch"
+        if wanted in peers:
+            assert peer_rows
+            for r in peer_rows:  # "(max |Δp| vs ours 1.3e-07)" / "(vs ours 1.7e-15 of the largest)"
+                if "vs ours" in r["case"]:
+                    assert float(r["case"].split("vs ours ")[1].split()[0].rstrip(")")) < 1e-5, r["case"]
+            if wanted == "laplace_torch":
+                assert any(t["met"] in (True, False) for r in recs for t in r.get("target_results", []))
+        else:
+            assert not peer_rows and wanted in g.note
+    none = suite.laplace_suite.groups("float64", quick=True, peers={}, sizes=[(300, 4)])
+    assert all("laplace_torch, torch" in g.note for g in none)

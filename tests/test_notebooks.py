@@ -45,7 +45,7 @@ def _ids(paths):
 def test_notebooks_found():
     names = {p.name for p in NOTEBOOKS}
     expected_names = ("01_softmax_jacobian", "02_swap_heads", "03_fast_path", "04_custom_loss", "05_numerics", "06_curvature",
-                      "07_last_layer_laplace", "08_new_heads")
+                      "07_last_layer_laplace", "08_new_heads", "09_laplace_influence")
     for expected in expected_names:
         assert f"{expected}.ipynb" in names
 

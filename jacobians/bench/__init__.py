@@ -95,11 +95,12 @@ def load_suite(folder: Path):
 
 # -- command line ---------------------------------------------------------------------------
 
-SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked", "second_order", "last_layer", "dask", "entmax", "heads")
+SECTIONS = ("jacobian", "contract", "vjp", "fused", "blocked", "second_order", "last_layer", "dask", "entmax", "heads",
+            "laplace")
 #: ``--backend``: numpy (the suite), or the framework whose arrays the sections below run on
 BACKENDS = ("numpy", "torch", "jax")
 BACKEND_SECTIONS = ("vjp", "fused", "second_order")
-PEERS = ("torch", "jax", "autograd", "backpack", "seed", "loop", "entmax_bisect")
+PEERS = ("torch", "jax", "autograd", "backpack", "seed", "loop", "entmax_bisect", "laplace_torch")
 
 
 def _csv(choices: tuple[str, ...], what: str):
@@ -132,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Benchmark the toolkit against the machine's limits and the peers installed "
-        "(torch, JAX, autograd, BackPACK, the entmax package's entmax_bisect, the seed's numpy recipes, "
+        "(torch, JAX, autograd, BackPACK, the entmax package's entmax_bisect, laplace-torch, the seed's numpy recipes, "
         "per-sample loops).",
         epilog="Peers are optional: python -m pip install -e '.[bench]' for autograd/JAX/tqdm and a CPU "
         "build of torch (pip install torch --index-url https://download.pytorch.org/whl/cpu); BackPACK "
