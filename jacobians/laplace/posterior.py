@@ -49,10 +49,10 @@ class LastLayerLaplace:
     max_bytes : int, optional
         Budget of the row blocks' intermediates (default 256 MiB).
 
-    Attributes (after :meth:`fit`)
-    ------------------------------
+    Attributes
+    ----------
     mean : ndarray (P,)
-        θ_MAP.
+        θ_MAP (this and the attributes below are set by :meth:`fit`).
     H : ndarray (P, P), ndarray (P,) or Kron
         The curvature of ``−log p(D | θ)`` at the MAP (σ included).
     log_likelihood : float

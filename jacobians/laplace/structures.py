@@ -53,6 +53,7 @@ class KronPrecision(NamedTuple):
     delta: float
 
     def dense(self) -> np.ndarray:
+        """The precision as a dense (P, P) array (P² numbers)."""
         Q = np.kron(self.QA, self.QB)
         lam = (np.outer(self.a, self.b) + self.delta).ravel()
         return (Q * lam) @ Q.T
