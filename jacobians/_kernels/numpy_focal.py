@@ -10,7 +10,7 @@ from ..numerics import softmax as nsoftmax
 from ..xp.blocks import complement_sums
 from ..xp.numpy_namespace import numpy_xp as npx
 
-__all__ = ["focal_index", "focal_coefficients", "binary_focal"]
+__all__ = ["focal_index", "focal_coefficients", "binary_focal", "single_target", "single_target_grad"]
 
 
 def _focal_u(c, p, q, logp, gamma):
@@ -23,6 +23,31 @@ def _focal_u(c, p, q, logp, gamma):
     return cq * logp, -cq * (1 - gamma * (p * L))
 
 
+def single_target(x, idx):
+    """Index targets, numpy, one pass each: ``(e, S, log p_y, p_y, q_y)`` with ``e = exp(x −
+    max)`` zeroed at the target (a fresh array: the others' terms), ``S = Σ exp(x − max)``,
+    ``log p_y`` = ``−log1p(o)`` at a top target, else ``(x_y − max) − log S``, and ``1 − p_y =
+    o/S``, ``o`` the others' exp summed without the target (nothing cancels)."""
+    e = x - x.max(axis=-1, keepdims=True)
+    at = idx[..., None]
+    d_y = np.take_along_axis(e, at, axis=-1)[..., 0]
+    np.exp(e, out=e)
+    e_y = np.take_along_axis(e, at, axis=-1)[..., 0]
+    np.put_along_axis(e, at, 0, axis=-1)
+    o = e.sum(axis=-1)
+    S = o + e_y
+    logp = np.where(d_y == 0, -np.log1p(o), d_y - np.log(S))  # S >= 1: no cancellation
+    return e, S, logp, e_y / S, o / S
+
+
+def single_target_grad(e, S, idx, u_y, q_y):
+    """The gradient ``u − p Σu`` when only the target's ``u_y`` is nonzero: ``−p_j u_y`` off
+    the target (``e_j/S``), ``(1 − p_y) u_y`` at it; written into ``e``."""
+    e *= (-u_y / S)[..., None]
+    np.put_along_axis(e, idx[..., None], (q_y * u_y)[..., None], axis=-1)
+    return e
+
+
 def focal_index(x, idx, w, gamma, scale):
     """Softmax + focal of rows ``x`` (n, K) (the logits over T) with target indices ``idx``
     (n,) and row weights ``w`` (n,) or None: ``(values (n,), g (n, K))``, ``values = −w
@@ -32,21 +57,10 @@ def focal_index(x, idx, w, gamma, scale):
     ``S = o + e_y``; ``log p_y = −log1p(o)`` at a top target, else ``(x_y − max) − log S``
     (S >= 1), ``1 − p_y = o/S`` (nothing cancels); ``g = −u e/S`` off the target,
     ``(1 − p_y) u`` at it, written into ``e``."""
-    e = x - x.max(axis=-1, keepdims=True)
-    at = idx[..., None]
-    d_y = np.take_along_axis(e, at, axis=-1)[..., 0]
-    np.exp(e, out=e)
-    e_y = np.take_along_axis(e, at, axis=-1)[..., 0]
-    np.put_along_axis(e, at, 0, axis=-1)
-    o = e.sum(axis=-1)
-    S = o + e_y
-    logp = np.where(d_y == 0, -np.log1p(o), d_y - np.log(S))
-    q_y = o / S
-    v, u = _focal_u(w, e_y / S, q_y, logp, gamma)
+    e, S, logp, p_y, q_y = single_target(x, idx)
+    v, u = _focal_u(w, p_y, q_y, logp, gamma)
     u *= x.dtype.type(scale)
-    e *= (-u / S)[..., None]
-    np.put_along_axis(e, at, (q_y * u)[..., None], axis=-1)
-    return -v, e
+    return -v, single_target_grad(e, S, idx, u, q_y)
 
 
 def focal_coefficients(x, c, gamma, scale):

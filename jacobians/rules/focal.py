@@ -35,6 +35,7 @@ import math
 import numpy as np
 
 from .. import _kernels
+from .._kernels.numpy_focal import single_target, single_target_grad
 from ..activations import Sigmoid, Softmax
 from ..losses import BinaryFocalLoss, FocalLoss
 from ..losses.focal import binary_weight
@@ -148,31 +149,6 @@ def focal_logits(xp, x, c, gamma: float, need_hessian: bool):
     v = xp.where(am, one, xp.where(tpos, -e / xp.where(tpos, t, xp.ones_like(t)), xp.zeros_like(e)))
     r_rest = xp.sum(r, axis=-1, keepdims=True) - r
     return values, grads, (p, q, r, U, r_rest, (s, v))
-
-
-def single_target(x, idx):
-    """Index targets, numpy, one pass each: ``(e, S, log p_y, p_y, q_y)`` with ``e = exp(x −
-    max)`` zeroed at the target (a fresh array: the others' terms), ``S = Σ exp(x − max)``,
-    ``log p_y`` = ``−log1p(o)`` at a top target, else ``(x_y − max) − log S``, and ``1 − p_y =
-    o/S``, ``o`` the others' exp summed without the target (nothing cancels)."""
-    e = x - x.max(axis=-1, keepdims=True)
-    at = idx[..., None]
-    d_y = np.take_along_axis(e, at, axis=-1)[..., 0]
-    np.exp(e, out=e)
-    e_y = np.take_along_axis(e, at, axis=-1)[..., 0]
-    np.put_along_axis(e, at, 0, axis=-1)
-    o = e.sum(axis=-1)
-    S = o + e_y
-    logp = np.where(d_y == 0, -np.log1p(o), d_y - np.log(S))  # S >= 1: no cancellation
-    return e, S, logp, e_y / S, o / S
-
-
-def single_target_grad(e, S, idx, u_y, q_y):
-    """The gradient ``u − p Σu`` when only the target's ``u_y`` is nonzero: ``−p_j u_y`` off
-    the target (``e_j/S``), ``(1 − p_y) u_y`` at it; written into ``e``."""
-    e *= (-u_y / S)[..., None]
-    np.put_along_axis(e, idx[..., None], (q_y * u_y)[..., None], axis=-1)
-    return e
 
 
 class SoftmaxSeparable(PairRule):
