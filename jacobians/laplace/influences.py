@@ -23,6 +23,7 @@ from ..head import DEFAULT_MAX_BYTES, Head
 from ..last_layer import linear_curvature
 from ..numerics.validation import as_float_array
 from ..rules.vocabulary import check_kind
+from .layer import check_weights
 
 __all__ = ["influence", "self_influence", "KINDS", "STRUCTURES"]
 
@@ -69,21 +70,8 @@ class _Layer:
             raise ValueError(f"structure must be one of {STRUCTURES}; got {structure!r}")
         self.head, self.structure, self.bias = head, structure, bool(bias)
         self.damping, self.budget = _check_damping(damping), _check_budget(max_bytes)
-        W = as_float_array(W, "W", min_ndim=2)
-        if W.ndim != 2:
-            raise ValueError(f"W must have shape (K, D); got shape {W.shape}")
+        W, b = check_weights(W, b, self.bias)
         K, D = W.shape
-        if bias and b is None:
-            raise ValueError(f"b is None but bias=True: pass b of shape (K,) = ({K},), or bias=False")
-        if not bias and b is not None:
-            raise ValueError("b was given but bias=False: pass b=None, or bias=True")
-        if bias:
-            b = as_float_array(b, "b", min_ndim=0)
-            if b.shape != (K,):
-                raise ValueError(f"b must have shape (K,) = ({K},) to match W of shape {W.shape}; got shape {b.shape}")
-        for name, arr in (("W", W), ("b", b)):
-            if arr is not None and not np.all(np.isfinite(arr)):
-                raise ValueError(f"{name} must be finite; got {int(np.size(arr) - np.isfinite(arr).sum())} non-finite entries")
         self.W, self.b, self.K, self.D = W, b, K, D
         self.D1 = D + self.bias
         self.P = K * self.D1

@@ -13,6 +13,7 @@ from ..backend import backend_of
 from ..head import DEFAULT_MAX_BYTES
 from ..last_layer import STRUCTURES
 from . import evidence, links
+from .layer import check_weights
 from .likelihood import Likelihood, check_positive
 from .structures import build
 
@@ -199,18 +200,8 @@ class LastLayerLaplace:
             raise ValueError(f"features must be 2-D (N, D); got shape {X.shape}")
         if not dask and X.dtype.kind not in "fiub":
             raise TypeError(f"features must be a real numeric array; got dtype {X.dtype}")
-        W = np.asarray(W)
-        if W.ndim != 2 or W.shape[1] != X.shape[1]:
-            raise ValueError(f"W must have shape (K, D) with D = {X.shape[1]} (the features' width); got shape {W.shape}")
+        W, b = check_weights(W, b, self.bias, D=X.shape[1])
         K, D = W.shape
-        if self.bias:
-            if b is None:
-                raise ValueError("b is None but bias=True: pass the (K,) bias, or build with bias=False")
-            b = np.asarray(b)
-            if b.shape != (K,):
-                raise ValueError(f"b must have shape (K,) = ({K},) to match W of shape {W.shape}; got shape {b.shape}")
-        elif b is not None:
-            raise ValueError("b was given but bias=False: pass b=None, or build with bias=True")
         dtype = np.result_type(X.dtype, W.dtype, np.float32)
         W = W.astype(dtype, copy=False)
         z = X @ W.T + (b.astype(dtype, copy=False) if self.bias else 0)
