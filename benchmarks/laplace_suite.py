@@ -79,11 +79,25 @@ def _laplace_torch(X, y, W, b):
         model[1].bias.copy_(torch.from_numpy(b))
     tX, ty = torch.from_numpy(X), torch.from_numpy(y)
 
+    def in_dtype(run):
+        # its default backend (CurvlinopsGGN) builds part of the curvature in torch's default
+        # dtype: a float64 model under the default float32 is 3e-8 off the exact curvature
+        def wrapped(*args):
+            old = torch.get_default_dtype()
+            torch.set_default_dtype(dtype)
+            try:
+                return run(*args)
+            finally:
+                torch.set_default_dtype(old)
+        return wrapped
+
+    @in_dtype
     def fit(rows):
         la = Laplace(model, "classification", subset_of_weights="last_layer", hessian_structure="full")
         la.fit(DataLoader(TensorDataset(tX[:rows], ty[:rows]), batch_size=BATCH))
         return la
 
+    @in_dtype
     def predict(la, X_test):
         tXt = torch.from_numpy(X_test)
         with torch.no_grad(), warnings.catch_warnings():
