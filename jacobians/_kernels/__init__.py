@@ -148,6 +148,12 @@ def binary_focal(z, t, gamma, alpha, scale):
     return _impl().binary_focal(z, t, gamma, alpha, scale)
 
 
+def plackett_luce(a, y, scale):
+    """Plackett–Luce of score rows ``a`` (n, M) and validated rankings ``y`` (n, R), int64
+    with −1 as trailing padding: ``(values (n,), scale · grads (n, M))``."""
+    return _impl().plackett_luce(a, y, scale)
+
+
 def dense_diag_minus_rank_one(d, u, v, out, exact=None, projector=False):
     """Write ``diag(d_n) − u_n v_nᵀ`` into ``out`` (n, K, K) for rows ``d, u, v`` (n, K); the
     diagonal entries are ``exact`` (rows (n, K)) instead when given, else with ``projector``

@@ -20,6 +20,7 @@ INTERFACE = (
     "focal_index",
     "focal_coefficients",
     "binary_focal",
+    "plackett_luce",
     "dense_diag_minus_rank_one",
     "dense_diagonal",
 )

@@ -38,6 +38,7 @@ from .interface import INTERFACE
 from .numba_dense import _dense_diag, _dense_dmr
 from .numba_focal import _binary_focal, _binary_focal_sq, _focal_coefficients, _focal_coefficients_sq, _focal_index
 from .numba_losses import _bce_plain, _bce_weighted, _ce_coefficients, _ce_index
+from .numba_ranking import _plackett_luce
 from .numba_softmax import _log_softmax, _simplex_vjp, _softmax, _softmax_vjp
 
 __all__ = ["target", *INTERFACE]
@@ -253,6 +254,23 @@ def binary_focal(z, t, gamma, alpha, scale):
         kernel(zf, tf, float(gamma), _gamma_int(gamma), -1.0 if alpha is None else float(alpha),
                       float(z.dtype.type(scale)), z.dtype.type(0), values.reshape(-1), grad.reshape(-1))
     return values, grad
+
+
+# -- ranking -------------------------------------------------------------------------------
+
+
+def plackett_luce(a, y, scale):
+    n, M = a.shape
+    R = y.shape[-1]
+    if not (n and M and R):
+        from . import numpy_impl
+
+        return numpy_impl.plackett_luce(a, y, scale)
+    values = np.empty(n, dtype=a.dtype)
+    g = np.empty((n, M), dtype=a.dtype)
+    _plackett_luce(_rows(a), _frozen(np.ascontiguousarray(y, dtype=np.int64)), float(a.dtype.type(scale)),
+                   a.dtype.type(0), values, g)
+    return values, g
 
 
 # -- dense Jacobians --------------------------------------------------------------------

@@ -11,10 +11,11 @@ import numpy as np
 from ..activations import Identity
 from ..losses import PlackettLuce
 from ..losses.plackett_luce import ranking_steps
+from ..numerics import buffers
 from ..numerics.validation import as_float_array
 from ..operators.ranking import simplex_sum_product
 from .base import PairRule, register_rule
-from .common import reduce_plainly
+from .common import reduce_plainly, reduced
 
 __all__ = ["IdentityPlackettLuce"]
 
@@ -53,7 +54,12 @@ class IdentityPlackettLuce(PairRule):
     canonical = True
 
     def value_and_grad(self, activation, loss, z, y):
-        return loss.value_and_grad(z, y)
+        """The kernel's values and gradient, the reduction's factor applied in its pass."""
+        z = as_float_array(z, "z")
+        t = loss.check_targets(z, y)
+        scale = loss.reduction_scale(z, t)
+        values, grads = loss.fused_terms(z, t, scale)
+        return reduced(loss.reduction, values, buffers.total(values), scale, grads)
 
     def hessian(self, activation, loss, z, y):
         return loss.hessian_operator(z, y)
