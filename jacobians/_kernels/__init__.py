@@ -154,6 +154,12 @@ def plackett_luce(a, y, scale):
     return _impl().plackett_luce(a, y, scale)
 
 
+def poisson_log(z, y, scale, need_values):
+    """Identity + PoissonNLL(log_input=True) on flat ``z``, ``y``: ``(values or None, total
+    or None, scale · (e^z − y), number of targets that are not counts)``."""
+    return _impl().poisson_log(z, y, scale, need_values)
+
+
 def dense_diag_minus_rank_one(d, u, v, out, exact=None, projector=False):
     """Write ``diag(d_n) − u_n v_nᵀ`` into ``out`` (n, K, K) for rows ``d, u, v`` (n, K); the
     diagonal entries are ``exact`` (rows (n, K)) instead when given, else with ``projector``

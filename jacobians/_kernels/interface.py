@@ -21,6 +21,7 @@ INTERFACE = (
     "focal_coefficients",
     "binary_focal",
     "plackett_luce",
+    "poisson_log",
     "dense_diag_minus_rank_one",
     "dense_diagonal",
 )

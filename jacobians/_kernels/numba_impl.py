@@ -38,6 +38,7 @@ from .interface import INTERFACE
 from .numba_dense import _dense_diag, _dense_dmr
 from .numba_focal import _binary_focal, _binary_focal_sq, _focal_coefficients, _focal_coefficients_sq, _focal_index
 from .numba_losses import _bce_plain, _bce_weighted, _ce_coefficients, _ce_index
+from .numba_poisson import _poisson_log
 from .numba_ranking import _plackett_luce
 from .numba_softmax import _log_softmax, _simplex_vjp, _softmax, _softmax_vjp
 
@@ -271,6 +272,26 @@ def plackett_luce(a, y, scale):
     _plackett_luce(_rows(a), _frozen(np.ascontiguousarray(y, dtype=np.int64)), float(a.dtype.type(scale)),
                    a.dtype.type(0), values, g)
     return values, g
+
+
+# -- the Poisson log link ------------------------------------------------------------------
+
+
+def poisson_log(z, y, scale, need_values):
+    zf, yf = _rows(z).reshape(-1), _rows(y).reshape(-1)
+    grad = np.empty_like(zf)
+    like, s = z.dtype.type(0), float(z.dtype.type(scale))
+    if need_values:
+        values = np.empty_like(zf)
+        bad = _poisson_log(zf, yf, s, like, values, grad)
+        return values, None, grad, int(bad)
+    total, bad = 0.0, 0  # the values piece by piece, added as numpy's kernel adds them (sigmoid_bce_plain)
+    for c in row_chunks(zf.size, 1):
+        v = scratch(c.stop - c.start, z.dtype, 3)
+        bad += _poisson_log(zf[c], yf[c], s, like, v, grad[c])
+        with np.errstate(over="ignore", invalid="ignore"):  # (inf at z past the exp limit, as torch's)
+            total += v.sum(dtype=np.float64)
+    return None, z.dtype.type(total), grad, int(bad)
 
 
 # -- dense Jacobians --------------------------------------------------------------------
