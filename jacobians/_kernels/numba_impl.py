@@ -280,18 +280,17 @@ def plackett_luce(a, y, scale):
 def poisson_log(z, y, scale, need_values):
     zf, yf = _rows(z).reshape(-1), _rows(y).reshape(-1)
     grad = np.empty_like(zf)
-    like, s = z.dtype.type(0), float(z.dtype.type(scale))
-    if need_values:
-        values = np.empty_like(zf)
-        bad = _poisson_log(zf, yf, s, like, values, grad)
-        return values, None, grad, int(bad)
+    values = np.empty_like(zf) if need_values else None
+    s = float(z.dtype.type(scale))
     total, bad = 0.0, 0  # the values piece by piece, added as numpy's kernel adds them (sigmoid_bce_plain)
-    for c in row_chunks(zf.size, 1):
-        v = scratch(c.stop - c.start, z.dtype, 3)
-        bad += _poisson_log(zf[c], yf[c], s, like, v, grad[c])
-        with np.errstate(over="ignore", invalid="ignore"):  # (inf at z past the exp limit, as torch's)
-            total += v.sum(dtype=np.float64)
-    return None, z.dtype.type(total), grad, int(bad)
+    with np.errstate(over="ignore", invalid="ignore"):  # (inf at z past the exp limit, as torch's)
+        for c in row_chunks(zf.size, 1):
+            v = values[c] if need_values else scratch(c.stop - c.start, z.dtype, 3)
+            np.exp(zf[c], out=grad[c])
+            bad += _poisson_log(zf[c], yf[c], s, v, grad[c])
+            if not need_values:
+                total += v.sum(dtype=np.float64)
+    return values, (None if need_values else z.dtype.type(total)), grad, int(bad)
 
 
 # -- dense Jacobians --------------------------------------------------------------------
