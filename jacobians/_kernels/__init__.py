@@ -143,6 +143,12 @@ def focal_coefficients(x, c, gamma, scale):
     return _impl().focal_coefficients(x, c, gamma, scale)
 
 
+def poly_index(x, idx, epsilon, scale):
+    """Softmax + poly-1, rows ``x`` (n, K) with target indices ``idx`` (n,): ``(values (n,),
+    scale·(u − p u_y) (n, K))``, ``u_y = −(1 + ε p_y)`` at the target."""
+    return _impl().poly_index(x, idx, epsilon, scale)
+
+
 def binary_focal(z, t, gamma, alpha, scale):
     """Sigmoid + binary focal per entry (``alpha`` None: no α_t): ``(values, scale·grads)``, shape of ``z``."""
     return _impl().binary_focal(z, t, gamma, alpha, scale)

@@ -20,6 +20,7 @@ INTERFACE = (
     "focal_index",
     "focal_coefficients",
     "binary_focal",
+    "poly_index",
     "plackett_luce",
     "poisson_log",
     "dense_diag_minus_rank_one",

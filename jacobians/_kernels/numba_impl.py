@@ -36,7 +36,8 @@ from ..numerics.buffers import row_chunks, scratch
 from ..numerics.softmax import EXP_SAFE_BOUND, RATIO_MAX_EXP
 from .interface import INTERFACE
 from .numba_dense import _dense_diag, _dense_dmr
-from .numba_focal import _binary_focal, _binary_focal_sq, _focal_coefficients, _focal_coefficients_sq, _focal_index
+from .numba_focal import (_binary_focal, _binary_focal_sq, _focal_coefficients, _focal_coefficients_sq, _focal_index,
+                          _poly_index)
 from .numba_losses import _bce_plain, _bce_weighted, _ce_coefficients, _ce_index
 from .numba_poisson import _poisson_log
 from .numba_ranking import _plackett_luce
@@ -232,6 +233,17 @@ def focal_index(x, idx, w, gamma, scale):
         _shifted_if_needed(_focal_index, _rows(x), _frozen(np.ascontiguousarray(idx, dtype=np.int64)), wr,
                            float(gamma), _gamma_int(gamma), float(x.dtype.type(scale)),
                            2.0 ** -RATIO_MAX_EXP[x.dtype], _chunk_rows(K), x.dtype.type(0), g, values)
+    return values, g
+
+
+def poly_index(x, idx, epsilon, scale):
+    n, K = x.shape
+    g = np.empty((n, K), dtype=x.dtype)
+    values = np.empty(n, dtype=x.dtype)
+    if n and K:
+        _shifted_if_needed(_poly_index, _rows(x), _frozen(np.ascontiguousarray(idx, dtype=np.int64)), float(epsilon),
+                           float(x.dtype.type(scale)), 2.0 ** -RATIO_MAX_EXP[x.dtype], _chunk_rows(K), x.dtype.type(0),
+                           g, values)
     return values, g
 
 
