@@ -36,8 +36,14 @@ from ..numerics.buffers import row_chunks, scratch
 from ..numerics.softmax import EXP_SAFE_BOUND, RATIO_MAX_EXP
 from .interface import INTERFACE
 from .numba_dense import _dense_diag, _dense_dmr
-from .numba_focal import (_binary_focal, _binary_focal_sq, _focal_coefficients, _focal_coefficients_sq, _focal_index,
-                          _poly_index)
+from .numba_focal import (
+    _binary_focal,
+    _binary_focal_sq,
+    _focal_coefficients,
+    _focal_coefficients_sq,
+    _focal_index,
+    _poly_index,
+)
 from .numba_losses import _bce_plain, _bce_weighted, _ce_coefficients, _ce_index
 from .numba_poisson import _poisson_log
 from .numba_ranking import _plackett_luce
