@@ -47,6 +47,7 @@ from .numba_focal import (
 from .numba_losses import _bce_plain, _bce_weighted, _ce_coefficients, _ce_index
 from .numba_poisson import _poisson_log
 from .numba_ranking import _plackett_luce
+from .numba_rows import _sum
 from .numba_softmax import _log_softmax, _simplex_vjp, _softmax, _softmax_vjp
 
 __all__ = ["target", *INTERFACE]
@@ -300,14 +301,14 @@ def poisson_log(z, y, scale, need_values):
     grad = np.empty_like(zf)
     values = np.empty_like(zf) if need_values else None
     s = float(z.dtype.type(scale))
-    total, bad = 0.0, 0  # the values piece by piece, added as numpy's kernel adds them (sigmoid_bce_plain)
+    total, bad = 0.0, 0  # the values piece by piece (pieces of CHUNK_ENTRIES), each summed in float64
     with np.errstate(over="ignore", invalid="ignore"):  # (inf at z past the exp limit, as torch's)
         for c in row_chunks(zf.size, 1):
             v = values[c] if need_values else scratch(c.stop - c.start, z.dtype, 3)
             np.exp(zf[c], out=grad[c])
             bad += _poisson_log(zf[c], yf[c], s, v, grad[c])
             if not need_values:
-                total += v.sum(dtype=np.float64)
+                total += _sum(v)  # (a vectorized float64 sum: numpy's pairwise one cost as much as the exps)
     return values, (None if need_values else z.dtype.type(total)), grad, int(bad)
 
 

@@ -30,3 +30,4 @@ def _poisson_log(z, y, scale, values, grad):
         grad[j] = (w - yd) * scale
         bad += (yd < 0.0) | (yd != yd) | (yd == np.inf)
     return bad
+

@@ -14,9 +14,9 @@ __all__ = ["poisson_log"]
 def poisson_log(z, y, scale, need_values):
     """The log-rate's Poisson NLL on flat ``z``, ``y`` (n,) of one dtype: ``(values, total,
     grad, bad)`` with ``w = e^z``, ``values = w − y z`` (None unless ``need_values``),
-    ``total`` their sum when not ``need_values`` (as
-    :func:`~jacobians.numerics.buffers.total` adds them: pieces of CHUNK_ENTRIES in
-    float64, rounded once), ``grad = scale · (w − y)`` and ``bad`` the number of targets
+    ``total`` their sum when not ``need_values`` (pieces of
+    CHUNK_ENTRIES summed in float64, rounded once; numba's kernel sums each piece in another
+    order: the totals agree to an ulp or two, not to the bit), ``grad = scale · (w − y)`` and ``bad`` the number of targets
     that are not counts (negative, infinite or NaN), for the caller to refuse. ``e^z``
     overflows to inf where ``exp`` of z's dtype does, as torch's."""
     grad = np.empty_like(z)
