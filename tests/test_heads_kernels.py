@@ -159,3 +159,30 @@ def test_poly_index_kernel_matches_long_double(name, impl, dtype, epsilon, rng):
     cond = 1 + np.abs(d).max(axis=1)
     assert np.all(np.abs(v - ev) <= bound * eps * (np.abs(ev) + 1) * cond)
     assert np.all(np.abs(g - eg * LD(0.5)) <= bound * eps * cond[:, None])
+
+
+def _flaw_loop(y, M):
+    for row in y.tolist():
+        ends = row.index(-1) if -1 in row else len(row)
+        if any(c < -1 or c >= M for c in row) or any(c != -1 for c in row[ends:]):
+            return True
+        if len(set(row[:ends])) < ends:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("name,impl", SETS)
+def test_ranking_flaw_kernel_matches_a_loop(name, impl, rng):
+    M, R = 6, 4
+    good = np.argsort(rng.random((40, M)), axis=1)[:, :R].astype(np.int64)
+    good[::3, 2:] = -1
+    cases = [good]
+    for r, s, value in [(5, 1, 7), (6, 0, -2), (7, 3, good[7, 0]), (9, 3, 0), (12, 1, -1)]:
+        bad = good.copy()
+        bad[r, s] = value
+        if (r, s) == (9, 3):
+            bad[9, 2] = -1  # a candidate after a −1
+        cases.append(bad)
+    cases.append(np.zeros((0, R), np.int64))
+    for y in cases:
+        assert impl.ranking_flaw(y, M) == _flaw_loop(y, M), y

@@ -160,6 +160,12 @@ def plackett_luce(a, y, scale):
     return _impl().plackett_luce(a, y, scale)
 
 
+def ranking_flaw(y, M):
+    """Whether int64 rankings ``y`` (n, R) of M candidates have an entry outside [−1, M), a
+    candidate after a −1 or one twice in a row (the caller names it)."""
+    return _impl().ranking_flaw(y, M)
+
+
 def poisson_log(z, y, scale, need_values):
     """Identity + PoissonNLL(log_input=True) on flat ``z``, ``y``: ``(values or None, total
     or None, scale · (e^z − y), number of targets that are not counts)``."""

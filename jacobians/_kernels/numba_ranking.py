@@ -99,3 +99,23 @@ def _plackett_luce(a, y, scale, like, values, g):
     w, e, acc = np.empty(M), np.empty(M), np.empty(M)
     for i in range(a.shape[0]):
         values[i] = _pl_row(a[i], y[i], scale, like, w, e, acc, g[i])
+
+
+@jit(**EXACT)
+def _ranking_flaw(y, M):
+    """True when a row of ``y`` (n, R) has an entry outside [−1, M), a candidate after a −1,
+    or a candidate twice (a stamp per candidate: the last row that named it)."""
+    seen = np.full(M, -1, dtype=np.int64)
+    for i in range(y.shape[0]):
+        padded = False
+        for s in range(y.shape[1]):
+            c = y[i, s]
+            if c < -1 or c >= M:
+                return True
+            if c < 0:
+                padded = True
+            elif padded or seen[c] == i:
+                return True
+            else:
+                seen[c] = i
+    return False

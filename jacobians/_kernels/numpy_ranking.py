@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-__all__ = ["ranking_steps", "plackett_luce"]
+__all__ = ["ranking_steps", "plackett_luce", "ranking_flaw"]
 
 
 def ranking_steps(a: np.ndarray, y: np.ndarray, *, need_grad: bool = True, need_root: bool = False,
@@ -72,3 +72,16 @@ def plackett_luce(a, y, scale):
     if scale != 1:
         grads *= a.dtype.type(scale)
     return values, grads
+
+
+def ranking_flaw(y, M):
+    """Whether int64 rankings ``y`` (n, R) of M candidates have a flaw: an entry outside
+    [−1, M), a candidate after a −1, or a candidate twice in a row (the caller then finds
+    and names it)."""
+    if not y.size:
+        return False
+    if int(y.min()) < -1 or int(y.max()) >= M:
+        return True
+    pad = y < 0
+    s = np.sort(y, axis=-1)
+    return bool((pad[:, :-1] & ~pad[:, 1:]).any() or ((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any())
