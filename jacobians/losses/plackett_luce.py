@@ -239,11 +239,8 @@ class PlackettLuce(Loss):
         return check_rankings(a, y)
 
     def _terms(self, a, y, need_grad):
-        if need_grad:
-            values, grads = self.fused_terms(a, y, 1)
-            return values, grads, values.size
-        values, _, _, _ = ranking_steps(a, y, need_grad=False, need_P=False)
-        return values.reshape(a.shape[:-1]), None, values.size
+        values, grads = self.fused_terms(a, y, 1)  # (the values of value_and_grad's kernel, to the bit)
+        return values, (grads if need_grad else None), values.size
 
     @staticmethod
     def fused_terms(a, y, scale):
