@@ -186,3 +186,34 @@ def test_ranking_flaw_kernel_matches_a_loop(name, impl, rng):
     cases.append(np.zeros((0, R), np.int64))
     for y in cases:
         assert impl.ranking_flaw(y, M) == _flaw_loop(y, M), y
+
+
+@pytest.mark.parametrize("name,impl", SETS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M", [2, 3, 10, 40])
+def test_plackett_luce_hvp_kernel_matches_long_double_blocks(name, impl, dtype, M, rng):
+    """``Σ_i (diag p⁽ⁱ⁾ − p⁽ⁱ⁾ p⁽ⁱ⁾ᵀ) v`` with the steps' softmax in long double, block by block."""
+    n = 60
+    a = rng.normal(size=(n, M)) * 3
+    a[::4] = np.round(a[::4])
+    a[2::6] += 1e4
+    a = a.astype(dtype)
+    y = _rankings(rng, a, min(M, 5))
+    v = rng.normal(size=(n, M)).astype(dtype)
+    got = impl.plackett_luce_hvp(a, y, v, 0.5)
+    exact = np.zeros((n, M), LD)
+    for i in range(n):
+        left = list(range(M))
+        for c in y[i]:
+            if c < 0:
+                break
+            s = np.asarray(a[i, left], LD)
+            p = np.exp(s - s.max())
+            p /= p.sum()
+            vl = np.asarray(v[i, left], LD)
+            exact[i, left] += p * (vl - (p * vl).sum())
+            left.remove(int(c))
+    eps = np.finfo(dtype).eps
+    bound = 64 if (name, dtype) == ("numpy", np.float32) else 16
+    scale = (1 + np.abs(np.asarray(a, LD)).max(axis=1, keepdims=True)) * (1 + np.abs(v).max(axis=1, keepdims=True))
+    assert got.dtype == dtype and np.all(np.abs(got - exact * LD(0.5)) <= bound * eps * scale)

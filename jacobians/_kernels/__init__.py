@@ -160,6 +160,12 @@ def plackett_luce(a, y, scale):
     return _impl().plackett_luce(a, y, scale)
 
 
+def plackett_luce_hvp(a, y, v, scale):
+    """``scale · Σ_i p⁽ⁱ⁾ ⊙ (v − p⁽ⁱ⁾·v)`` per row (the Hessian's product), ``a``, ``v`` (n, M),
+    validated rankings ``y`` (n, R)."""
+    return _impl().plackett_luce_hvp(a, y, v, scale)
+
+
 def ranking_flaw(y, M):
     """Whether int64 rankings ``y`` (n, R) of M candidates have an entry outside [−1, M), a
     candidate after a −1 or one twice in a row (the caller names it)."""

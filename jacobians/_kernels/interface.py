@@ -22,6 +22,7 @@ INTERFACE = (
     "binary_focal",
     "poly_index",
     "plackett_luce",
+    "plackett_luce_hvp",
     "ranking_flaw",
     "poisson_log",
     "dense_diag_minus_rank_one",

@@ -46,7 +46,7 @@ from .numba_focal import (
 )
 from .numba_losses import _bce_plain, _bce_weighted, _ce_coefficients, _ce_index
 from .numba_poisson import _poisson_log
-from .numba_ranking import _plackett_luce, _ranking_flaw
+from .numba_ranking import _plackett_luce, _plackett_luce_hvp, _ranking_flaw
 from .numba_rows import _sum
 from .numba_softmax import _log_softmax, _simplex_vjp, _softmax, _softmax_vjp
 
@@ -291,6 +291,18 @@ def plackett_luce(a, y, scale):
     _plackett_luce(_rows(a), _frozen(np.ascontiguousarray(y, dtype=np.int64)), float(a.dtype.type(scale)),
                    a.dtype.type(0), values, g)
     return values, g
+
+
+def plackett_luce_hvp(a, y, v, scale):
+    n, M = a.shape
+    if not (n and M and y.shape[-1]):
+        from . import numpy_impl
+
+        return numpy_impl.plackett_luce_hvp(a, y, v, scale)
+    out = np.empty((n, M), dtype=a.dtype)
+    _plackett_luce_hvp(_rows(a), _frozen(np.ascontiguousarray(y, dtype=np.int64)), _rows(np.asarray(v, dtype=a.dtype)),
+                       float(a.dtype.type(scale)), a.dtype.type(0), out)
+    return out
 
 
 def ranking_flaw(y, M):

@@ -119,3 +119,64 @@ def _ranking_flaw(y, M):
             else:
                 seen[c] = i
     return False
+
+
+@jit(**SUMS)
+def _centred_dot(e, v, vt):
+    """``Σ_k e_k (v_k − vt)``."""
+    d = 0.0
+    for k in range(e.size):
+        d += e[k] * (v[k] - vt)
+    return d
+
+
+@jit(**EXACT)
+def _hvp_accumulate(out, e, v, vt, s, inv):
+    """``out += p ⊙ ((v − v_top) − s)``, ``p = e/(1 + t)``."""
+    for k in range(out.size):
+        out[k] += (e[k] * inv) * ((v[k] - vt) - s)
+
+
+@jit(**EXACT)
+def _pl_hvp_row(ar, yr, vr, scale, like, w, e, acc, orow):
+    """One row of ``scale · Σ_i p⁽ⁱ⁾ ⊙ (v' − p⁽ⁱ⁾·v'/Σp⁽ⁱ⁾)``, ``v'`` centred on the step's top
+    (:func:`jacobians.operators.ranking.simplex_sum_product`), the exps kept while the maximum stays."""
+    M = ar.size
+    for k in range(M):
+        w[k] = ar[k]
+        acc[k] = 0.0
+    if yr.size and yr[0] >= 0:
+        nan = _nan_count(ar) > 0
+        m = _rowmax(w) if nan else _max_no_nan(w)
+        top = _argmax(w) if nan else _first(w, m)
+        stale = True
+        for s in range(yr.size):
+            c = yr[s]
+            if c < 0:
+                break
+            if stale:
+                _exps(w, m, like, e)
+                stale = False
+            e[top] = 1.0
+            t = _sum_except(e, top)
+            inv = 1.0 / (1.0 + t)
+            vt = np.float64(vr[top])
+            tot = (1.0 + t) * inv
+            mean = (_centred_dot(e, vr, vt) * inv) / tot if tot > 0 else 0.0
+            _hvp_accumulate(acc, e, vr, vt, mean, inv)
+            e[c] = 0.0
+            w[c] = -np.inf
+            if c == top:
+                mn = _rowmax(w) if nan else _max_no_nan(w)
+                top = _argmax(w) if nan else _first(w, mn)
+                stale = mn != m
+                m = mn
+    _store(acc, scale, orow)
+
+
+@jit(**EXACT)
+def _plackett_luce_hvp(a, y, v, scale, like, out):
+    M = a.shape[1]
+    w, e, acc = np.empty(M), np.empty(M), np.empty(M)
+    for i in range(a.shape[0]):
+        _pl_hvp_row(a[i], y[i], v[i], scale, like, w, e, acc, out[i])
