@@ -143,9 +143,39 @@ def focal_coefficients(x, c, gamma, scale):
     return _impl().focal_coefficients(x, c, gamma, scale)
 
 
+def poly_index(x, idx, epsilon, scale):
+    """Softmax + poly-1, rows ``x`` (n, K) with target indices ``idx`` (n,): ``(values (n,),
+    scale·(u − p u_y) (n, K))``, ``u_y = −(1 + ε p_y)`` at the target."""
+    return _impl().poly_index(x, idx, epsilon, scale)
+
+
 def binary_focal(z, t, gamma, alpha, scale):
     """Sigmoid + binary focal per entry (``alpha`` None: no α_t): ``(values, scale·grads)``, shape of ``z``."""
     return _impl().binary_focal(z, t, gamma, alpha, scale)
+
+
+def plackett_luce(a, y, scale):
+    """Plackett–Luce of score rows ``a`` (n, M) and validated rankings ``y`` (n, R), int64
+    with −1 as trailing padding: ``(values (n,), scale · grads (n, M))``."""
+    return _impl().plackett_luce(a, y, scale)
+
+
+def plackett_luce_hvp(a, y, v, scale):
+    """``scale · Σ_i p⁽ⁱ⁾ ⊙ (v − p⁽ⁱ⁾·v)`` per row (the Hessian's product), ``a``, ``v`` (n, M),
+    validated rankings ``y`` (n, R)."""
+    return _impl().plackett_luce_hvp(a, y, v, scale)
+
+
+def ranking_flaw(y, M):
+    """Whether int64 rankings ``y`` (n, R) of M candidates have an entry outside [−1, M), a
+    candidate after a −1 or one twice in a row (the caller names it)."""
+    return _impl().ranking_flaw(y, M)
+
+
+def poisson_log(z, y, scale, need_values):
+    """Identity + PoissonNLL(log_input=True) on flat ``z``, ``y``: ``(values or None, total
+    or None, scale · (e^z − y), number of targets that are not counts)``."""
+    return _impl().poisson_log(z, y, scale, need_values)
 
 
 def dense_diag_minus_rank_one(d, u, v, out, exact=None, projector=False):

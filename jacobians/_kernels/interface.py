@@ -20,6 +20,11 @@ INTERFACE = (
     "focal_index",
     "focal_coefficients",
     "binary_focal",
+    "poly_index",
+    "plackett_luce",
+    "plackett_luce_hvp",
+    "ranking_flaw",
+    "poisson_log",
     "dense_diag_minus_rank_one",
     "dense_diagonal",
 )

@@ -160,3 +160,31 @@ def _binary_focal_sq(z, t, gamma, gi, alpha, scale, like, values, grad):
         v, d = _binary_entry(np.float64(z[j]), np.float64(t[j]), 2.0, 2, alpha, like)
         values[j] = v
         grad[j] = d * scale
+
+
+@jit(**EXACT)
+def _poly_rows(o, ey, lv, epsilon, scale, values, f):
+    """Poly-1 per row of a chunk (as :func:`_focal_rows`): the value ``−log p_y + ε (1 −
+    p_y)`` with ``1 − p_y = o/S``, and ``f = −u·scale/S`` for ``u = −(1 + ε p_y)``."""
+    for i in range(o.size):
+        S = o[i] + ey[i]
+        values[i] = lv[i] + epsilon * (o[i] / S)
+        f[i] = ((1.0 + epsilon * (ey[i] / S)) * scale) / S
+
+
+@jit(**EXACT)
+def _poly_index(x, shift, bound, idx, epsilon, scale, limit, R, like, g, values):
+    """Softmax + poly-1 with index targets: :func:`_focal_index`'s loop with poly-1's row terms."""
+    K = x.shape[1]
+    e = np.empty((R, K))
+    o, f, lv, ey = np.empty(R), np.empty(R), np.empty(R), np.empty(R)
+    far = np.zeros(R, dtype=np.bool_)
+    ework = np.empty(K)
+    for a in range(0, x.shape[0], R):
+        ec, ic, bad = _index_chunk(x, a, shift, bound, idx, limit, 1.0, like, e, o, ey, lv, far, f, ework)
+        if bad:
+            return False
+        r = ec.shape[0]
+        _poly_rows(o[:r], ey[:r], lv[:r], epsilon, scale, values[a : a + r], f)
+        _scale_rows(ec, f, ic, o, g[a : a + r])
+    return True

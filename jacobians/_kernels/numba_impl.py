@@ -36,8 +36,18 @@ from ..numerics.buffers import row_chunks, scratch
 from ..numerics.softmax import EXP_SAFE_BOUND, RATIO_MAX_EXP
 from .interface import INTERFACE
 from .numba_dense import _dense_diag, _dense_dmr
-from .numba_focal import _binary_focal, _binary_focal_sq, _focal_coefficients, _focal_coefficients_sq, _focal_index
+from .numba_focal import (
+    _binary_focal,
+    _binary_focal_sq,
+    _focal_coefficients,
+    _focal_coefficients_sq,
+    _focal_index,
+    _poly_index,
+)
 from .numba_losses import _bce_plain, _bce_weighted, _ce_coefficients, _ce_index
+from .numba_poisson import _poisson_log
+from .numba_ranking import _plackett_luce, _plackett_luce_hvp, _ranking_flaw
+from .numba_rows import _sum
 from .numba_softmax import _log_softmax, _simplex_vjp, _softmax, _softmax_vjp
 
 __all__ = ["target", *INTERFACE]
@@ -233,6 +243,17 @@ def focal_index(x, idx, w, gamma, scale):
     return values, g
 
 
+def poly_index(x, idx, epsilon, scale):
+    n, K = x.shape
+    g = np.empty((n, K), dtype=x.dtype)
+    values = np.empty(n, dtype=x.dtype)
+    if n and K:
+        _shifted_if_needed(_poly_index, _rows(x), _frozen(np.ascontiguousarray(idx, dtype=np.int64)), float(epsilon),
+                           float(x.dtype.type(scale)), 2.0 ** -RATIO_MAX_EXP[x.dtype], _chunk_rows(K), x.dtype.type(0),
+                           g, values)
+    return values, g
+
+
 def focal_coefficients(x, c, gamma, scale):
     x2 = _rows(x)
     values = np.empty(x.shape[:-1], dtype=x.dtype)
@@ -253,6 +274,58 @@ def binary_focal(z, t, gamma, alpha, scale):
         kernel(zf, tf, float(gamma), _gamma_int(gamma), -1.0 if alpha is None else float(alpha),
                       float(z.dtype.type(scale)), z.dtype.type(0), values.reshape(-1), grad.reshape(-1))
     return values, grad
+
+
+# -- ranking -------------------------------------------------------------------------------
+
+
+def plackett_luce(a, y, scale):
+    n, M = a.shape
+    R = y.shape[-1]
+    if not (n and M and R):
+        from . import numpy_impl
+
+        return numpy_impl.plackett_luce(a, y, scale)
+    values = np.empty(n, dtype=a.dtype)
+    g = np.empty((n, M), dtype=a.dtype)
+    _plackett_luce(_rows(a), _frozen(np.ascontiguousarray(y, dtype=np.int64)), float(a.dtype.type(scale)),
+                   a.dtype.type(0), values, g)
+    return values, g
+
+
+def plackett_luce_hvp(a, y, v, scale):
+    n, M = a.shape
+    if not (n and M and y.shape[-1]):
+        from . import numpy_impl
+
+        return numpy_impl.plackett_luce_hvp(a, y, v, scale)
+    out = np.empty((n, M), dtype=a.dtype)
+    _plackett_luce_hvp(_rows(a), _frozen(np.ascontiguousarray(y, dtype=np.int64)), _rows(np.asarray(v, dtype=a.dtype)),
+                       float(a.dtype.type(scale)), a.dtype.type(0), out)
+    return out
+
+
+def ranking_flaw(y, M):
+    return bool(y.size) and bool(_ranking_flaw(_frozen(np.ascontiguousarray(y, dtype=np.int64)), int(M)))
+
+
+# -- the Poisson log link ------------------------------------------------------------------
+
+
+def poisson_log(z, y, scale, need_values):
+    zf, yf = _rows(z).reshape(-1), _rows(y).reshape(-1)
+    grad = np.empty_like(zf)
+    values = np.empty_like(zf) if need_values else None
+    s = float(z.dtype.type(scale))
+    total, bad = 0.0, 0  # the values piece by piece (pieces of CHUNK_ENTRIES), each summed in float64
+    with np.errstate(over="ignore", invalid="ignore"):  # (inf at z past the exp limit, as torch's)
+        for c in row_chunks(zf.size, 1):
+            v = values[c] if need_values else scratch(c.stop - c.start, z.dtype, 3)
+            np.exp(zf[c], out=grad[c])
+            bad += _poisson_log(zf[c], yf[c], s, v, grad[c])
+            if not need_values:
+                total += _sum(v)  # (a vectorized float64 sum: numpy's pairwise one cost as much as the exps)
+    return values, (None if need_values else z.dtype.type(total)), grad, int(bad)
 
 
 # -- dense Jacobians --------------------------------------------------------------------

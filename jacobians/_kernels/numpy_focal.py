@@ -10,7 +10,7 @@ from ..numerics import softmax as nsoftmax
 from ..xp.blocks import complement_sums
 from ..xp.numpy_namespace import numpy_xp as npx
 
-__all__ = ["focal_index", "focal_coefficients", "binary_focal", "single_target", "single_target_grad"]
+__all__ = ["focal_index", "focal_coefficients", "binary_focal", "poly_index", "single_target", "single_target_grad"]
 
 
 def _focal_u(c, p, q, logp, gamma):
@@ -130,3 +130,12 @@ def binary_focal(z, t, gamma, alpha, scale):
     if scale != 1:
         diff *= z.dtype.type(scale)
     return ce, diff
+
+
+def poly_index(x, idx, epsilon, scale):
+    """Softmax + poly-1 of rows ``x`` (n, K) (the logits over T) with target indices ``idx``
+    (n,): ``(values (n,), g (n, K))``, ``values = −log p_y + ε (1 − p_y)`` and ``g = scale ·
+    (u − p u)`` with the target's ``u = −(1 + ε p_y)`` (:func:`single_target`)."""
+    e, S, logp, p_y, q_y = single_target(x, idx)
+    u = -(1 + epsilon * p_y) * x.dtype.type(scale)
+    return -logp + epsilon * q_y, single_target_grad(e, S, idx, u, q_y)

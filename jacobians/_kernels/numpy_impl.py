@@ -15,7 +15,9 @@ from ..numerics import softmax as nsoftmax
 from ..numerics.buffers import row_chunks, rowsum, scratch
 from ..numerics.softmax import exp_is_safe
 from .interface import INTERFACE
-from .numpy_focal import binary_focal, focal_coefficients, focal_index  # noqa: F401 (the interface)
+from .numpy_focal import binary_focal, focal_coefficients, focal_index, poly_index  # noqa: F401 (the interface)
+from .numpy_poisson import poisson_log  # noqa: F401 (the interface)
+from .numpy_ranking import plackett_luce, plackett_luce_hvp, ranking_flaw  # noqa: F401 (the interface)
 
 __all__ = [*INTERFACE]
 

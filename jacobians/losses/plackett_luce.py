@@ -25,6 +25,8 @@ import math
 
 import numpy as np
 
+from .. import _kernels
+from .._kernels.numpy_ranking import ranking_steps
 from ..numerics.sampling import Predictive
 from ..numerics.validation import as_array, as_float_array
 from ..operators import SimplexBlock
@@ -58,6 +60,8 @@ def check_rankings(a: np.ndarray, y) -> np.ndarray:
     R = y.shape[-1]
     if R > M:
         raise ValueError(f"y ranks R = {R} candidates a row but a has M = {M}: R must be <= M; got shape {y.shape}")
+    if y.dtype == np.int64 and y.size and not _kernels.ranking_flaw(y.reshape(-1, R), M):
+        return y  # (the kernel's one pass found nothing: the checks below find and name a flaw)
     if y.size:
         lo, hi = int(y.min()), int(y.max())
         if lo < PAD or hi >= M:
@@ -86,58 +90,6 @@ def check_rankings(a: np.ndarray, y) -> np.ndarray:
                 f"candidate {k} twice: {y2[row].tolist()}"
             )
     return y
-
-
-def ranking_steps(a: np.ndarray, y: np.ndarray, *, need_grad: bool = True, need_root: bool = False,
-                  need_P: bool = True):
-    """``(values, grads, P, root)`` of validated rankings ``y`` (..., R) at scores ``a``
-    (..., M), flattened to N rows: each row's loss (N,), its gradient (N, M) (None unless
-    ``need_grad``), the steps' probabilities ``P`` (N, R, M) over the remaining sets (zero
-    rows for the padded steps; None unless ``need_P``: the gradient then takes its buffer)
-    and ``√P`` as ``exp(½(a − m_i))/√Σ e^{a − m_i}`` (None unless ``need_root``). The
-    (N, R, M) work is done in one buffer, in place."""
-    M, R = a.shape[-1], y.shape[-1]
-    n = math.prod(a.shape[:-1])
-    a2, y2 = a.reshape(n, M), y.reshape(n, R)
-    dt = a.dtype
-    if R == 0 or n == 0:
-        P = np.zeros((n, R, M), dt)
-        return np.zeros(n, dt), (np.zeros((n, M), dt) if need_grad else None), P, (P if need_root else None)
-    valid = y2 >= 0  # (n, R)
-    idx = np.where(valid, y2, 0)
-    rows, steps = np.nonzero(valid)
-    placed = y2[rows, steps]
-    pos = np.full((n, M), R, dtype=np.int64)  # the step at which each candidate is placed (R: never)
-    pos[rows, placed] = steps
-    remain = (pos[:, None, :] >= np.arange(R)[None, :, None]) & valid[:, :, None]  # k ∈ S_i
-    buf = np.where(remain, a2[:, None, :], dt.type(-np.inf))  # the scores over S_i, −inf elsewhere
-    m = np.where(valid, buf.max(axis=-1), dt.type(0))  # each step's maximum (a valid step's set is not empty)
-    top = buf.argmax(axis=-1)  # (n, R)
-    buf -= m[..., None]  # d = a − m_i: <= 0 on S_i, −inf elsewhere
-    root = None
-    if need_root:
-        root = np.exp(buf * dt.type(0.5))
-    e = np.exp(buf, out=buf)
-    np.put_along_axis(e, top[..., None], dt.type(0), axis=-1)
-    t = e.sum(axis=-1)  # Σ_{k ∈ S_i, k ≠ top} e^{a_k − m_i}
-    np.put_along_axis(e, top[..., None], valid.astype(dt)[..., None], axis=-1)
-    a_pi = np.take_along_axis(a2, idx, axis=-1)
-    values = np.where(valid, np.log1p(t) + (m - a_pi), dt.type(0)).sum(axis=-1)
-    inv = dt.type(1) / (dt.type(1) + t)
-    e_pi = np.take_along_axis(e, idx[..., None], axis=-1)[..., 0] if need_grad else None
-    P = e
-    P *= inv[..., None]
-    grads = None
-    if need_grad:
-        G = P.copy() if need_P else P
-        # p_π − 1 at the placed candidate: −t/(1 + t) where it is the step's top (no cancellation)
-        own = np.where(idx == top, -t * inv, e_pi * inv - dt.type(1))
-        G[rows, steps, placed] = own[rows, steps]
-        grads = G.sum(axis=1)
-    if need_root:
-        root *= np.sqrt(inv)[..., None]
-        root[~remain] = 0
-    return values, grads, (P if need_P else None), root
 
 
 def _host(y) -> np.ndarray:
@@ -287,8 +239,16 @@ class PlackettLuce(Loss):
         return check_rankings(a, y)
 
     def _terms(self, a, y, need_grad):
-        values, grads, _, _ = ranking_steps(a, y, need_grad=need_grad, need_P=False)
-        return values.reshape(a.shape[:-1]), (None if grads is None else grads.reshape(a.shape)), values.size
+        values, grads = self.fused_terms(a, y, 1)  # (the values of value_and_grad's kernel, to the bit)
+        return values, (grads if need_grad else None), values.size
+
+    @staticmethod
+    def fused_terms(a, y, scale):
+        """``(values (...,), scale · grads (..., M))`` of validated rankings, by the kernel
+        :func:`jacobians._kernels.plackett_luce` (numba's, or numpy's :func:`ranking_steps`)."""
+        n, M, R = math.prod(a.shape[:-1]), a.shape[-1], y.shape[-1]
+        values, grads = _kernels.plackett_luce(a.reshape(n, M), y.reshape(n, R), scale)
+        return values.reshape(a.shape[:-1]), grads.reshape(a.shape)
 
     def per_sample(self, a, y):
         a = as_float_array(a, "a")

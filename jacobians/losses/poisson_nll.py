@@ -208,6 +208,12 @@ class PoissonNLL(ElementwiseLoss):
         return None
 
     # -- targets ------------------------------------------------------------------------
+    def check_target_form(self, a, y):
+        """``y`` as an array of a's shape and dtype, its values not checked (a kernel that
+        counts the targets that are not counts in its own pass calls :meth:`check_targets`
+        to refuse them)."""
+        return super().check_targets(a, y)
+
     def check_targets(self, a, y):
         y = super().check_targets(a, y)
         bad = ~(np.isfinite(y) & (y >= 0))

@@ -28,14 +28,16 @@ import math
 
 import numpy as np
 
+from .. import _kernels
 from ..activations import Exp, Identity
 from ..losses import PoissonNLL
 from ..losses.generic import concrete, const
+from ..numerics import buffers
 from ..numerics.validation import as_float_array
 from ..operators import DiagonalJacobian
 from ..xp.blocks import diagonal_blocks
 from .base import PairRule, register_rule
-from .common import entry_factor, reduce_plainly
+from .common import entry_factor, reduce_plainly, reduced
 
 __all__ = ["LogLinkPoisson"]
 
@@ -92,12 +94,32 @@ class LogLinkPoisson(PairRule):
 
     def value_and_grad(self, activation, loss, z, y):
         z = as_float_array(z, "z")
+        if _kind(activation, loss) == "log":
+            return self._log_value_and_grad(loss, z, y)
         y, kind = loss.check_targets(z, y), _kind(activation, loss)  # (reduce applies c, warning once)
         with np.errstate(**_QUIET):
             values, g, _, _ = _terms(np, kind, loss, z, y)
             if loss.full:
                 values = values + loss._stirling(np, y)
             return loss.reduce(values, g, values.size)
+
+    @staticmethod
+    def _log_value_and_grad(loss, z, y):
+        """The log-rate by :func:`jacobians._kernels.poisson_log`: one pass for the values (or
+        their total), the gradient with the reduction's factor, and the targets' check."""
+        y = loss.check_target_form(z, y)
+        c = loss.reduction_scale(z, y)
+        need = loss.reduction == "none" or loss.full
+        values, total, g, bad = _kernels.poisson_log(z.reshape(-1), y.reshape(-1), c, need)
+        if bad:
+            loss.check_targets(z, y)  # the refusal, naming the first target that is not a count
+        if values is not None:
+            values = values.reshape(z.shape)
+            with np.errstate(**_QUIET):
+                if loss.full:
+                    values = values + loss._stirling(np, y)
+                total = buffers.total(values)
+        return reduced(loss.reduction, values, total, c, g.reshape(z.shape))
 
     def _curvature(self, activation, loss, z, y):
         z, y, kind, c = self._prepared(activation, loss, z, y)

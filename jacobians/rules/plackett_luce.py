@@ -6,15 +6,17 @@ and the exact Fisher of one step, ``diag(p) − p pᵀ`` (times the reduction's 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from .. import _kernels
 from ..activations import Identity
 from ..losses import PlackettLuce
-from ..losses.plackett_luce import ranking_steps
+from ..numerics import buffers
 from ..numerics.validation import as_float_array
-from ..operators.ranking import simplex_sum_product
 from .base import PairRule, register_rule
-from .common import reduce_plainly
+from .common import reduce_plainly, reduced
 
 __all__ = ["IdentityPlackettLuce"]
 
@@ -53,19 +55,26 @@ class IdentityPlackettLuce(PairRule):
     canonical = True
 
     def value_and_grad(self, activation, loss, z, y):
-        return loss.value_and_grad(z, y)
+        """The kernel's values and gradient, the reduction's factor applied in its pass."""
+        z = as_float_array(z, "z")
+        t = loss.check_targets(z, y)
+        scale = loss.reduction_scale(z, t)
+        values, grads = loss.fused_terms(z, t, scale)
+        return reduced(loss.reduction, values, buffers.total(values), scale, grads)
 
     def hessian(self, activation, loss, z, y):
         return loss.hessian_operator(z, y)
 
     def hvp(self, activation, loss, z, y, v):
-        """``c Σ_i p⁽ⁱ⁾ ⊙ (v − p⁽ⁱ⁾·v)``, O(R·M) a row, without the operator's blocks."""
+        """``c Σ_i p⁽ⁱ⁾ ⊙ (v − p⁽ⁱ⁾·v)``, O(R·M) a row, without the operator's blocks
+        (:func:`jacobians._kernels.plackett_luce_hvp`)."""
         z = as_float_array(z, "z")
         t = loss.check_targets(z, y)
-        _, _, P, _ = ranking_steps(z, t, need_grad=False)
         M = z.shape[-1]
-        out = simplex_sum_product(P, v.reshape(-1, M)).reshape(z.shape)
-        return out * loss.reduction_scale(z, t)
+        n = math.prod(z.shape[:-1])
+        out = _kernels.plackett_luce_hvp(z.reshape(n, M), t.reshape(n, t.shape[-1]), np.asarray(v, z.dtype).reshape(n, M),
+                                         loss.reduction_scale(z, t))
+        return out.reshape(z.shape)
 
     def sqrt_hessian(self, activation, loss, z, y):
         """The R steps' simplex factors side by side, ``(..., M, R·M)``: ``S Sᵀ = H``, with

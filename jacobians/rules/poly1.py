@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _kernels
 from ..activations import Softmax
 from ..losses import PolyLoss
 from ..numerics.validation import as_float_array
@@ -72,6 +73,12 @@ class SoftmaxPoly(SoftmaxSeparable):
     def single(loss, logp, p, q, w):
         """``(−log p + ε (1 − p), −(1 + ε p))`` at the target."""
         return -logp + loss.epsilon * q, -(1 + loss.epsilon * p)
+
+    @staticmethod
+    def kernel_index(loss, x, idx, w, scale):
+        """:func:`jacobians._kernels.poly_index` (PolyLoss has no per-class weights: ``w`` is None)."""
+        values, grads = _kernels.poly_index(x.reshape(-1, x.shape[-1]), idx.reshape(-1), loss.epsilon, scale)
+        return values.reshape(x.shape[:-1]), grads.reshape(x.shape)
 
     def hessian(self, activation, loss, z, y):
         """CE's ``Σt (diag p − p pᵀ)`` plus ε times the Hessian of ``−p_t``, times the reduction's factor."""
