@@ -12,23 +12,12 @@ import warnings
 
 import numpy as np
 import pytest
+from test_focal_kernels import SETS  # numpy's kernel set, and numba's where it is installed
 
 from jacobians._kernels import numpy_impl
 
 LD = np.longdouble
 DTYPES = (np.float64, np.float32)
-
-
-def _sets():
-    out = [("numpy", numpy_impl)]
-    try:
-        from jacobians._kernels import numba_impl
-    except ImportError:  # the fast extra (numba) is not installed: the numpy set alone
-        return out
-    return [*out, ("numba", numba_impl)]
-
-
-SETS = _sets()
 
 
 def _pl_loop(a, y):

@@ -15,24 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numba_math import expw, jit, log1p64
-from .numba_rows import EXACT, SUMS, _argmax, _max_no_nan, _nan_count, _rowmax, _sum_except
-
-
-@jit(**SUMS)
-def _first(w, m):
-    """The first index of ``m`` in ``w`` (numpy's argmax once ``m`` is the maximum)."""
-    K = w.size
-    top = K
-    for k in range(K):
-        top = min(top, k if w[k] == m else K)
-    return top
-
-
-@jit(**EXACT)
-def _exps(w, m, like, e):
-    for k in range(w.size):
-        e[k] = expw(w[k] - m, like)
+from .numba_math import jit, log1p64
+from .numba_rows import EXACT, SUMS, _argmax, _exp_row, _first, _max_no_nan, _nan_count, _rowmax, _sum_except
 
 
 @jit(**EXACT)
@@ -61,7 +45,7 @@ def _pl_row(ar, yr, scale, like, w, e, acc, gr):
     nan = _nan_count(ar) > 0  # numpy's max and argmax then: NaN, at the first NaN
     m = _rowmax(w) if nan else _max_no_nan(w)
     top = _argmax(w) if nan else _first(w, m)
-    _exps(w, m, like, e)
+    _exp_row(w, m, like, e)
     C = 0.0  # Σ 1/(1 + t_i) over the steps since the exps were taken
     stale = False  # the maximum moved: the exps are taken anew at the next step
     total = 0.0
@@ -72,7 +56,7 @@ def _pl_row(ar, yr, scale, like, w, e, acc, gr):
         if stale:
             _flush(acc, e, C)
             C = 0.0
-            _exps(w, m, like, e)
+            _exp_row(w, m, like, e)
             stale = False
         e[top] = 1.0
         t = _sum_except(e, top)
@@ -155,7 +139,7 @@ def _pl_hvp_row(ar, yr, vr, scale, like, w, e, acc, orow):
             if c < 0:
                 break
             if stale:
-                _exps(w, m, like, e)
+                _exp_row(w, m, like, e)
                 stale = False
             e[top] = 1.0
             t = _sum_except(e, top)

@@ -76,9 +76,16 @@ def _argmax(xr):
         for k in range(K):
             top = min(top, k if xr[k] != xr[k] else K)
         return top
-    m = _max_no_nan(xr)
+    return _first(xr, _max_no_nan(xr))
+
+
+@jit(**SUMS)
+def _first(w, m):
+    """The first index of ``m`` in ``w`` (numpy's argmax once ``m`` is the maximum)."""
+    K = w.size
+    top = K
     for k in range(K):
-        top = min(top, k if xr[k] == m else K)
+        top = min(top, k if w[k] == m else K)
     return top
 
 
