@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..numerics.buffers import row_chunks, scratch
+from ..numerics.parallel import run_in_row_blocks
 from ..numerics.softmax import EXP_SAFE_BOUND, RATIO_MAX_EXP
 from .interface import INTERFACE
 from .numba_dense import _dense_diag, _dense_dmr
@@ -122,6 +123,31 @@ def _shifted_if_needed(kernel, x, *args) -> None:
 
 
 _NO_FACTORS = _frozen(np.empty(0))
+
+#: outputs from this size on run their rows on every core: the kernels release the GIL
+#: (compiled ``nogil``), rows do not interact, and below it a thread hand-off costs more
+ROWS_PARALLEL_MIN_BYTES = 256 << 10
+
+
+def _on_rows(work, n_rows: int, out_nbytes: int) -> None:
+    run_in_row_blocks(work, n_rows, out_nbytes, None, min_bytes=ROWS_PARALLEL_MIN_BYTES)
+
+
+def _shifted_rows_if_needed(call, n_rows: int, out_nbytes: int) -> None:
+    """:func:`_shifted_if_needed` over row blocks on every core: ``call(rows, shift)`` runs
+    the kernel on the rows ``rows`` and returns False when it met an entry out of bounds
+    unshifted. The shift is decided for the whole array, as numpy decides it: one block out
+    of bounds and every row runs again shifted (each row's result is the single-threaded
+    kernel's, bit for bit, however the rows are split)."""
+    out_of_bounds = []
+
+    def unshifted(rows):
+        if not call(rows, False):
+            out_of_bounds.append(rows)
+
+    _on_rows(unshifted, n_rows, out_nbytes)
+    if out_of_bounds:
+        _on_rows(lambda rows: call(rows, True), n_rows, out_nbytes)
 
 
 # -- softmax, log-softmax, the softmax VJP, the simplex maps' product --------------------
@@ -237,9 +263,14 @@ def focal_index(x, idx, w, gamma, scale):
     values = np.empty(n, dtype=x.dtype)
     wr = _NO_FACTORS if w is None else _frozen(np.ascontiguousarray(w, dtype=np.float64))
     if n and K:
-        _shifted_if_needed(_focal_index, _rows(x), _frozen(np.ascontiguousarray(idx, dtype=np.int64)), wr,
-                           float(gamma), _gamma_int(gamma), float(x.dtype.type(scale)),
-                           2.0 ** -RATIO_MAX_EXP[x.dtype], _chunk_rows(K), x.dtype.type(0), g, values)
+        xr, ir = _rows(x), _frozen(np.ascontiguousarray(idx, dtype=np.int64))
+        bound, limit, like = EXP_SAFE_BOUND[x.dtype], 2.0 ** -RATIO_MAX_EXP[x.dtype], x.dtype.type(0)
+        args = (float(gamma), _gamma_int(gamma), float(x.dtype.type(scale)), limit, _chunk_rows(K), like)
+
+        def call(rows, shift):
+            return _focal_index(xr[rows], shift, bound, ir[rows], wr[rows] if wr.size else wr, *args, g[rows], values[rows])
+
+        _shifted_rows_if_needed(call, n, g.nbytes)
     return values, g
 
 
@@ -260,8 +291,9 @@ def focal_coefficients(x, c, gamma, scale):
     g = np.empty(x.shape, dtype=x.dtype)
     if x2.size:
         kernel = _focal_coefficients_sq if gamma == 2 else _focal_coefficients
-        kernel(x2, _rows(np.asarray(c, dtype=x.dtype)), float(gamma), _gamma_int(gamma),
-                            float(x.dtype.type(scale)), x.dtype.type(0), values.reshape(-1), g.reshape(x2.shape))
+        c2, v2, g2 = _rows(np.asarray(c, dtype=x.dtype)), values.reshape(-1), g.reshape(x2.shape)
+        args = (float(gamma), _gamma_int(gamma), float(x.dtype.type(scale)), x.dtype.type(0))
+        _on_rows(lambda rows: kernel(x2[rows], c2[rows], *args, v2[rows], g2[rows]), x2.shape[0], g.nbytes)
     return values, g
 
 

@@ -55,17 +55,19 @@ def resolve_workers(workers: int | None) -> int:
 
 
 def run_in_row_blocks(
-    work: Callable[[slice], None], n_rows: int, out_nbytes: int, workers: int | None, chunk_rows: int | None = None
+    work: Callable[[slice], None], n_rows: int, out_nbytes: int, workers: int | None, chunk_rows: int | None = None,
+    min_bytes: int = PARALLEL_MIN_BYTES,
 ) -> None:
     """Call ``work(rows)`` on disjoint slices covering ``range(n_rows)``, on up to ``workers``
     threads (the calling thread included) when the output is large enough to pay.
 
     ``work`` must write only to its own rows of the output. ``chunk_rows`` sets the size of
-    the slices (default about :data:`CHUNK_BYTES` of output). The first exception raised by
-    any ``work`` call stops the others from taking new chunks and is re-raised.
+    the slices (default about :data:`CHUNK_BYTES` of output); outputs under ``min_bytes``
+    (default :data:`PARALLEL_MIN_BYTES`) stay on the calling thread. The first exception
+    raised by any ``work`` call stops the others from taking new chunks and is re-raised.
     """
     n_workers = min(resolve_workers(workers), n_rows)
-    if n_workers <= 1 or out_nbytes < PARALLEL_MIN_BYTES:
+    if n_workers <= 1 or out_nbytes < min_bytes:
         work(slice(0, n_rows))
         return
     if chunk_rows is None:

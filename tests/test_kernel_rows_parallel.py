@@ -1,0 +1,70 @@
+"""Compiled kernels on row blocks over every core (``numba_impl._on_rows``): each row's result
+is the single-threaded kernel's, bit for bit, however the rows are split — including when
+one block holds a logit out of the unshifted bound, which makes every row run shifted (the
+shift is decided for the whole array, as numpy decides it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+numba_impl = pytest.importorskip("jacobians._kernels.numba_impl", reason="the fast extra (numba) is not installed",
+                                 exc_type=ImportError)
+from jacobians.numerics import softmax as nsoftmax  # noqa: E402
+
+
+def _single(monkeypatch, fn, *args):
+    with monkeypatch.context() as m:
+        m.setattr(numba_impl, "ROWS_PARALLEL_MIN_BYTES", 1 << 62)
+        return fn(*args)
+
+
+def _parallel(monkeypatch, fn, *args):
+    with monkeypatch.context() as m:
+        m.setattr(numba_impl, "ROWS_PARALLEL_MIN_BYTES", 0)  # every size split
+        return fn(*args)
+
+
+def _logits(rng, n, K, dtype, far_row):
+    x = rng.normal(scale=4.0, size=(n, K)).astype(dtype)
+    if far_row is not None:  # one entry past the unshifted bound, in one block only
+        x[far_row, 0] = dtype(1.5 * nsoftmax.EXP_SAFE_BOUND[np.dtype(dtype)])
+    return x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("far_row", [None, 0, -1])
+@pytest.mark.parametrize("n, K", [(4097, 10), (600, 100), (37, 1000)])
+def test_focal_index_rows_in_parallel_equal_one_thread(monkeypatch, dtype, far_row, n, K):
+    rng = np.random.default_rng(n + K)
+    x = _logits(rng, n, K, dtype, far_row)
+    idx = rng.integers(0, K, size=n)
+    for w in (None, rng.uniform(0.1, 2.0, size=n)):
+        for gamma in (2.0, 0.5):
+            ref = _single(monkeypatch, numba_impl.focal_index, x, idx, w, gamma, 1 / n)
+            got = _parallel(monkeypatch, numba_impl.focal_index, x, idx, w, gamma, 1 / n)
+            for a, b in zip(got, ref):
+                np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, K", [(4097, 10), (600, 100), (37, 1000)])
+def test_focal_coefficient_rows_in_parallel_equal_one_thread(monkeypatch, dtype, n, K):
+    rng = np.random.default_rng(n * K)
+    x = _logits(rng, n, K, dtype, n // 2)
+    c = rng.dirichlet(np.ones(K), size=n).astype(dtype)
+    for gamma in (2.0, 1.5):
+        ref = _single(monkeypatch, numba_impl.focal_coefficients, x, c, gamma, 1 / n)
+        got = _parallel(monkeypatch, numba_impl.focal_coefficients, x, c, gamma, 1 / n)
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_row_split_reaches_every_row(monkeypatch):
+    """A planted slip (one block skipped) must show: every row of the output is written."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5000, 10))
+    idx = rng.integers(0, 10, size=5000)
+    values, g = _parallel(monkeypatch, numba_impl.focal_index, x, idx, None, 2.0, 1.0)
+    ref_values, ref_g = _single(monkeypatch, numba_impl.focal_index, x, idx, None, 2.0, 1.0)
+    assert np.all(np.isfinite(values)) and np.array_equal(values, ref_values) and np.array_equal(g, ref_g)
