@@ -73,7 +73,8 @@ class Kron(NamedTuple):
 # -- inputs ------------------------------------------------------------------------------------
 
 
-def _check_max_bytes(max_bytes) -> int:
+def check_max_bytes(max_bytes) -> int:
+    """``max_bytes`` as the budget in bytes: a positive int, or None for the default (256 MiB)."""
     if max_bytes is None:
         return DEFAULT_MAX_BYTES
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
@@ -242,7 +243,7 @@ def check_options(head, y, kind, structure, max_bytes, mc_samples, seed) -> tupl
         raise ValueError(f"structure must be one of {STRUCTURES}; got {structure!r}")
     if not isinstance(head, Head):
         raise TypeError(f"head must be a jacobians.Head; got {type(head).__name__}")
-    budget = _check_max_bytes(max_bytes)
+    budget = check_max_bytes(max_bytes)
     if y is None and meaning not in ("fisher", "fisher_mc"):
         raise ValueError(f"kind={kind!r} needs the targets y")
     fisher.check_kind_applies(head, kind)

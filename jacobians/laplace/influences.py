@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fisher
-from ..head import DEFAULT_MAX_BYTES, Head
-from ..last_layer import linear_curvature
+from ..head import Head
+from ..last_layer import check_max_bytes, linear_curvature
 from ..numerics.validation import as_float_array
 from ..rules.vocabulary import check_kind
 from .layer import check_weights
@@ -38,14 +38,6 @@ _GEMM_BYTES = 64 << 20
 
 
 # -- inputs ------------------------------------------------------------------------------------
-
-
-def _check_budget(max_bytes) -> int:
-    if max_bytes is None:
-        return DEFAULT_MAX_BYTES
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
-        raise ValueError(f"max_bytes must be a positive int or None; got {max_bytes!r}")
-    return int(max_bytes)
 
 
 def _check_damping(damping) -> float:
@@ -69,7 +61,7 @@ class _Layer:
         if not isinstance(structure, str) or structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}; got {structure!r}")
         self.head, self.structure, self.bias = head, structure, bool(bias)
-        self.damping, self.budget = _check_damping(damping), _check_budget(max_bytes)
+        self.damping, self.budget = _check_damping(damping), check_max_bytes(max_bytes)
         W, b = check_weights(W, b, self.bias)
         K, D = W.shape
         self.W, self.b, self.K, self.D = W, b, K, D

@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import backend_of
-from ..head import DEFAULT_MAX_BYTES
-from ..last_layer import STRUCTURES
+from ..last_layer import STRUCTURES, check_max_bytes
 from . import evidence, links
 from .layer import check_weights
 from .likelihood import Likelihood, check_positive
@@ -82,12 +81,9 @@ class LastLayerLaplace:
             raise ValueError(f"kind must be 'ggn' or 'fisher'; got {kind!r}")
         if not isinstance(bias, (bool, np.bool_)):
             raise TypeError(f"bias must be a bool; got {bias!r}")
-        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer))
-                                      or max_bytes < 1):
-            raise ValueError(f"max_bytes must be a positive int or None; got {max_bytes!r}")
+        self._budget = check_max_bytes(max_bytes)
         self.head, self.structure, self.kind, self.bias = head, structure, kind, bool(bias)
         self.max_bytes = max_bytes
-        self._budget = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
         self._fitted = False
         self._prior = self._check_prior(prior_precision)
         self._sigma = self._lik.check_sigma(sigma_noise)
