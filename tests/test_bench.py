@@ -120,3 +120,21 @@ def test_the_laplace_section_at_a_tiny_size():
             assert not peer_rows and wanted in g.note
     none = suite.laplace_suite.groups("float64", quick=True, peers={}, sizes=[(300, 4)])
     assert all("laplace_torch, torch" in g.note for g in none)
+
+
+def test_warm_times_each_call_after_calls_of_the_same_case():
+    """``warm``: every timed call of a case directly follows untimed calls of that case, for
+    at least ``warm`` seconds (at least one); without it, only the two warm-up calls precede."""
+    from jacobians.bench import Case, run_group
+
+    log = []
+    cases = [Case(name, lambda name=name: log.append(name)) for name in ("a", "b", "c")]
+    run_group(cases, budget=1.0, min_rounds=4, max_rounds=4, warm=1e-9)
+    calls = log[6:]  # after the two warm-up calls of each
+    assert len(calls) == 4 * 3 * 2
+    pairs = [calls[i:i + 2] for i in range(0, len(calls), 2)]
+    assert all(p[0] == p[1] for p in pairs)  # (untimed, timed) of one case
+    assert sorted(p[0] for p in pairs) == sorted("abc" * 4)
+    log.clear()
+    run_group(cases, budget=1.0, min_rounds=4, max_rounds=4)
+    assert len(log) == 6 + 4 * 3

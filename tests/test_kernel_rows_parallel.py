@@ -15,13 +15,13 @@ from jacobians.numerics import softmax as nsoftmax  # noqa: E402
 
 def _single(monkeypatch, fn, *args):
     with monkeypatch.context() as m:
-        m.setattr(numba_impl, "ROWS_PARALLEL_MIN_BYTES", 1 << 62)
+        m.setattr(numba_impl, "ROWS_PARALLEL_MIN_SECONDS", float("inf"))
         return fn(*args)
 
 
 def _parallel(monkeypatch, fn, *args):
     with monkeypatch.context() as m:
-        m.setattr(numba_impl, "ROWS_PARALLEL_MIN_BYTES", 0)  # every size split
+        m.setattr(numba_impl, "ROWS_PARALLEL_MIN_SECONDS", 0.0)  # every size split
         return fn(*args)
 
 
@@ -68,3 +68,22 @@ def test_a_row_split_reaches_every_row(monkeypatch):
     values, g = _parallel(monkeypatch, numba_impl.focal_index, x, idx, None, 2.0, 1.0)
     ref_values, ref_g = _single(monkeypatch, numba_impl.focal_index, x, idx, None, 2.0, 1.0)
     assert np.all(np.isfinite(values)) and np.array_equal(values, ref_values) and np.array_equal(g, ref_g)
+
+
+@pytest.mark.parametrize("kernel, n, K, split", [
+    ("focal_coefficients", 4096, 10, True),   # ≈ 0.7 ms of one core: split, in float32 too
+    ("focal_coefficients", 256, 10, False),
+    ("focal_index", 4096, 10, False),         # ≈ 0.15 ms: one core
+    ("focal_index", 4096, 100, True),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_are_split_by_the_estimated_time_not_the_dtype(monkeypatch, kernel, n, K, split, dtype):
+    seen = []
+    monkeypatch.setattr(numba_impl, "run_in_row_blocks", lambda work, n_rows, *a, **k: (seen.append(n_rows), work(slice(0, n_rows))))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, K)).astype(dtype)
+    if kernel == "focal_index":
+        numba_impl.focal_index(x, rng.integers(0, K, size=n), None, 2.0, 1 / n)
+    else:
+        numba_impl.focal_coefficients(x, rng.dirichlet(np.ones(K), size=n).astype(dtype), 2.0, 1 / n)
+    assert bool(seen) == split

@@ -124,17 +124,33 @@ def _shifted_if_needed(kernel, x, *args) -> None:
 
 _NO_FACTORS = _frozen(np.empty(0))
 
-#: outputs from this size on run their rows on every core: the kernels release the GIL
-#: (compiled ``nogil``), rows do not interact, and below it a thread hand-off costs more
-ROWS_PARALLEL_MIN_BYTES = 256 << 10
+#: a row kernel runs its rows on every core once one core would take about this long: the
+#: kernels release the GIL (compiled ``nogil``) and rows do not interact, but handing rows to
+#: another thread has a fixed cost (about 120 µs on a 2-core VM, where the idle core must be
+#: woken); measured, a split paid from 200–300 µs of one core's work on, whatever the kernel
+ROWS_PARALLEL_MIN_SECONDS = 250e-6
+
+#: one core's time of each row kernel, ``(ns a row, ns an entry)``, fitted to its single-thread
+#: times (2-core Intel Xeon, AVX-512; N = 256…4096, K = 10 and 100, both dtypes: within 20 %).
+#: The coefficient rows cost more: a pass per row over the ``K`` entries for each of their sums
+#: and maxima, where the index rows take their exps over whole chunks.
+FOCAL_INDEX_COST = (20.0, 1.6)
+FOCAL_COEFFICIENTS_COST = (125.0, 4.8)
 
 
-def _on_rows(work, n_rows: int, out_nbytes: int) -> None:
-    run_in_row_blocks(work, n_rows, out_nbytes, None, min_bytes=ROWS_PARALLEL_MIN_BYTES)
+def _on_rows(work, n_rows: int, K: int, out_nbytes: int, cost: tuple[float, float]) -> None:
+    """``work(rows)`` over the rows: on the calling thread alone when the estimated time
+    (``cost``: ns a row, ns an entry) is under :data:`ROWS_PARALLEL_MIN_SECONDS`, else over
+    row blocks on every core (:func:`~jacobians.numerics.parallel.run_in_row_blocks`)."""
+    seconds = n_rows * (cost[0] + K * cost[1]) * 1e-9
+    if seconds < ROWS_PARALLEL_MIN_SECONDS:
+        work(slice(0, n_rows))
+    else:
+        run_in_row_blocks(work, n_rows, out_nbytes, None, min_bytes=0)
 
 
-def _shifted_rows_if_needed(call, n_rows: int, out_nbytes: int) -> None:
-    """:func:`_shifted_if_needed` over row blocks on every core: ``call(rows, shift)`` runs
+def _shifted_rows_if_needed(call, n_rows: int, K: int, out_nbytes: int, cost: tuple[float, float]) -> None:
+    """:func:`_shifted_if_needed` over row blocks on every core (:func:`_on_rows`): ``call(rows, shift)`` runs
     the kernel on the rows ``rows`` and returns False when it met an entry out of bounds
     unshifted. The shift is decided for the whole array, as numpy decides it: one block out
     of bounds and every row runs again shifted (each row's result is the single-threaded
@@ -145,9 +161,9 @@ def _shifted_rows_if_needed(call, n_rows: int, out_nbytes: int) -> None:
         if not call(rows, False):
             out_of_bounds.append(rows)
 
-    _on_rows(unshifted, n_rows, out_nbytes)
+    _on_rows(unshifted, n_rows, K, out_nbytes, cost)
     if out_of_bounds:
-        _on_rows(lambda rows: call(rows, True), n_rows, out_nbytes)
+        _on_rows(lambda rows: call(rows, True), n_rows, K, out_nbytes, cost)
 
 
 # -- softmax, log-softmax, the softmax VJP, the simplex maps' product --------------------
@@ -270,7 +286,7 @@ def focal_index(x, idx, w, gamma, scale):
         def call(rows, shift):
             return _focal_index(xr[rows], shift, bound, ir[rows], wr[rows] if wr.size else wr, *args, g[rows], values[rows])
 
-        _shifted_rows_if_needed(call, n, g.nbytes)
+        _shifted_rows_if_needed(call, n, K, g.nbytes, FOCAL_INDEX_COST)
     return values, g
 
 
@@ -293,7 +309,8 @@ def focal_coefficients(x, c, gamma, scale):
         kernel = _focal_coefficients_sq if gamma == 2 else _focal_coefficients
         c2, v2, g2 = _rows(np.asarray(c, dtype=x.dtype)), values.reshape(-1), g.reshape(x2.shape)
         args = (float(gamma), _gamma_int(gamma), float(x.dtype.type(scale)), x.dtype.type(0))
-        _on_rows(lambda rows: kernel(x2[rows], c2[rows], *args, v2[rows], g2[rows]), x2.shape[0], g.nbytes)
+        _on_rows(lambda rows: kernel(x2[rows], c2[rows], *args, v2[rows], g2[rows]), x2.shape[0], x2.shape[1], g.nbytes,
+                 FOCAL_COEFFICIENTS_COST)
     return values, g
 
 

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             with g.context() if g.context else contextlib.nullcontext():
                 cases = g.build()
                 recs = run_group(cases, budget=budget, min_rounds=min_rounds, max_rounds=max_rounds,
-                                 ref_ratios=g.ref_ratios)
+                                 ref_ratios=g.ref_ratios, warm=g.warm)
                 del cases
             for r in recs:
                 r.update(section=g.section, size=g.size, dtype=g.dtype)

@@ -74,6 +74,10 @@ class Group:
     #: also give the ``'ref'`` rows their ratios to the group's other reference columns
     #: (e.g. a 1-worker row shown against numpy while being the column of ×1 worker)
     ref_ratios: bool = False
+    #: seconds of untimed calls of each case right before each of its timed calls (at
+    #: least one call; 0: none), so that no case pays for what the one run before it left
+    #: behind (see :func:`run_group`)
+    warm: float = 0.0
 
 
 
@@ -85,8 +89,17 @@ def _time_once(fn) -> float:
     return t
 
 
+def _warm_up(fn, seconds: float) -> None:
+    """Call ``fn`` (untimed) until ``seconds`` have passed, at least once."""
+    end = time.perf_counter() + seconds
+    while True:
+        fn()
+        if time.perf_counter() >= end:
+            return
+
+
 def run_group(cases: list[Case], *, budget: float, min_rounds: int, max_rounds: int, tick=lambda: None,
-              ref_ratios: bool = False) -> list[dict]:
+              ref_ratios: bool = False, warm: float = 0.0) -> list[dict]:
     """Time the cases of one group side by side; returns one record per case.
 
     Each timed case is called once to warm up (JIT compilation, first-touch of its
@@ -95,6 +108,13 @@ def run_group(cases: list[Case], *, budget: float, min_rounds: int, max_rounds: 
     for a case slower than five budgets). The
     cases then run in interleaved rounds, in a new (seeded) random order each round, so
     that neither a busy moment of the machine nor the case run just before favours one.
+    With ``warm`` > 0, each timed call follows untimed calls of the same case for at least
+    ``warm`` seconds, so that each case is timed in its own steady state and pays nothing for
+    what the case before it left running. torch on several threads leaves its OpenMP workers
+    spinning on the other cores after each parallel region: on a 2-core machine our
+    two-thread kernel's first two calls after a torch forward + backward took 1.3× and 2.6×
+    its steady time (the third and later 1.0–1.1×), and torch right after ours 1.3× its own.
+    Without ``warm``, each timed call follows whichever case the round's order put before it.
     With ``ref_ratios`` the ``'ref'`` rows also get their ratios to the other reference columns.
     """
     timed = [c for c in cases if c.fn is not None]
@@ -111,6 +131,8 @@ def run_group(cases: list[Case], *, budget: float, min_rounds: int, max_rounds: 
         for i in order.permutation(len(timed)):
             c = timed[i]
             if r < rounds[id(c)]:
+                if warm > 0:
+                    _warm_up(c.fn, warm)
                 times[id(c)].append(_time_once(c.fn))
         tick()
     records = []
