@@ -46,7 +46,7 @@ from .numba_focal import (
     _poly_index,
 )
 from .numba_losses import _bce_plain, _bce_weighted, _ce_coefficients, _ce_index
-from .numba_poisson import _poisson_log
+from .numba_poisson import _poisson_log, _poisson_log_exp
 from .numba_ranking import _plackett_luce, _plackett_luce_hvp, _ranking_flaw
 from .numba_rows import _sum
 from .numba_softmax import _log_softmax, _simplex_vjp, _softmax, _softmax_vjp
@@ -370,8 +370,11 @@ def poisson_log(z, y, scale, need_values):
     with np.errstate(over="ignore", invalid="ignore"):  # (inf at z past the exp limit, as torch's)
         for c in row_chunks(zf.size, 1):
             v = values[c] if need_values else scratch(c.stop - c.start, z.dtype, 3)
-            np.exp(zf[c], out=grad[c])
-            bad += _poisson_log(zf[c], yf[c], s, v, grad[c])
+            if z.dtype == np.float64:
+                bad += _poisson_log_exp(zf[c], yf[c], s, v, grad[c])
+            else:
+                np.exp(zf[c], out=grad[c])
+                bad += _poisson_log(zf[c], yf[c], s, v, grad[c])
             if not need_values:
                 total += _sum(v)  # (a vectorized float64 sum: numpy's pairwise one cost as much as the exps)
     return values, (None if need_values else z.dtype.type(total)), grad, int(bad)
