@@ -7,13 +7,14 @@ thread and once with its default threads (two groups per size). Targets: every n
 gradient ≤ 1.0× torch autograd; the Plackett–Luce HVP ≤ 2× its own gradient. Without torch
 the rows of ours still run (the ratios to torch are then missing).
 
-The groups with torch on its default threads are timed with ``Group(warm=WARM)``: each timed
-call after 5 ms of untimed calls of the same case. torch's OpenMP workers spin on the other
-cores after each parallel region (libgomp's active wait), and whatever runs next on those
-cores pays for it: interleaved without warm-up, our two-thread kernels ran at up to 1.7×
-their own time right after torch (2-core Intel Xeon, AVX-512), and torch at 1.3× its own
-right after ours. Each side is timed in its own steady state, as a loop of its own calls
-runs it. (The cost of the first call after a torch op: ``docs/performance.md``.)
+Every group but ``--quick``'s is timed with ``Group(warm=…)``: each timed call after 20 ms (2 ms with
+torch on one thread) of untimed calls of the same case, so that each side is timed in its own steady state, as a loop of its own
+calls runs it. torch's OpenMP workers spin on the other cores after each parallel region
+(libgomp's active wait), and whatever runs next on those cores pays for it: interleaved
+without warm-up, our two-thread kernels ran at up to 1.7× their own time right after torch
+(2-core Intel Xeon, AVX-512), and torch at 1.3× its own right after ours; and a call after
+another case's found the second core idle more often (a wake-up of about 0.1 ms on a VM).
+(The cost of the first call after a torch op: ``docs/performance.md``.)
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ TITLE = ("the new heads: value and dE/dz from the logits, forward + backward, ag
 #: the fused ones carry the issue's target (≤ 1.0× torch)
 TARGET_FUSED = 1.0
 TARGET_PL_HVP = 2.0
-#: seconds of untimed calls before each timed one in the groups with torch on its default threads
-WARM = 0.005
+#: seconds of untimed calls of a case before each of its timed calls, by torch's threads (1
+#: or its default, None): libgomp's idle workers spin up to about 17 ms after torch's last
+#: parallel region here (300,000 pauses); one thread starts none
+WARM = {1: 0.002, None: 0.02}
 PL_STEPS = 5  # the rankings' length R
 
 
@@ -147,6 +150,6 @@ def groups(dtype, *, quick, peers, sizes=None) -> list[Group]:
             K = K + K % 2 if name.startswith("mean_variance") else K  # [μ | s]: an even width
             for threads in (1,) if quick else (1, None):
                 context = functools.partial(P.torch_threads, threads) if "torch" in peers else None
-                out.append(Group(section="heads", size=f"{N}x{K}", dtype=dtype, context=context, warm=WARM if threads is None else 0.0,
+                out.append(Group(section="heads", size=f"{N}x{K}", dtype=dtype, context=context, warm=0.0 if quick else WARM[threads],
                                  build=functools.partial(_cases, name, N, K, dtype, peers, threads)))
     return out

@@ -38,9 +38,10 @@ def _sets():
 SETS = _sets()
 
 
-def _logits(rng, dtype, n=120, K=7):
+def _logits(rng, dtype, n=120, K=7, in_bounds=False):
     """Rows across the branches: normal, ×10, ties at the top, the unshifted bound and past
-    it, ±1e4 (shifted), one entry far above the others."""
+    it, ±1e4 (shifted), one entry far above the others. ``in_bounds``: only rows within the
+    unshifted bound (no ±1e4, nothing past it), so that the kernels may take exps unshifted."""
     B = nsoftmax.EXP_SAFE_BOUND[np.dtype(dtype)]
     ties = rng.normal(size=(n, K))
     ties[:, 1] = ties[:, 3] = ties.max(axis=-1) + 0.5
@@ -48,8 +49,11 @@ def _logits(rng, dtype, n=120, K=7):
     far[:, 2] = 60.0
     rows = [rng.normal(size=(n, K)), rng.normal(size=(n, K)) * 10, ties, far, B - rng.random((n, K)) * 2 * B,
             rng.normal(size=(n, K)) * 3 + rng.choice([1e4, -1e4], size=(n, 1)), np.zeros((2, K))]
+    if in_bounds:
+        del rows[5]
     x = np.concatenate(rows).astype(dtype)
-    x[::9, 0] = np.nextafter(dtype(B), dtype(np.inf))
+    if not in_bounds:
+        x[::9, 0] = np.nextafter(dtype(B), dtype(np.inf))
     return x
 
 
@@ -121,8 +125,11 @@ def test_focal_index_kernel_matches_long_double(name, impl, dtype, gamma, weight
 @pytest.mark.parametrize("name,impl", SETS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("gamma", GAMMAS)
-def test_focal_coefficient_kernel_matches_long_double(name, impl, dtype, gamma, rng):
-    x = _logits(rng, dtype)
+@pytest.mark.parametrize("K, in_bounds", [(7, False), (7, True), (200, False), (200, True)])
+def test_focal_coefficient_kernel_matches_long_double(name, impl, dtype, gamma, K, in_bounds, rng):
+    """Short rows (numba: a chunk of rows at a time, exps unshifted when every logit is in
+    bounds) and long ones (a row at a time, shifted)."""
+    x = _logits(rng, dtype, n=120 if K < 100 else 12, K=K, in_bounds=in_bounds)
     n, K = x.shape
     c = (rng.dirichlet(np.ones(K), n) * rng.choice([1.0, 2.5], size=(n, 1))).astype(dtype)
     c[::7] = np.eye(K, dtype=dtype)[rng.integers(0, K)]
@@ -223,3 +230,27 @@ def test_binary_focal_on_a_batch_matches_torch(gamma, rng):
     v32, g32 = head.value_and_grad(z.astype(np.float32), t.astype(np.float32))
     np.testing.assert_allclose(v32, value, rtol=2e-6)
     np.testing.assert_allclose(g32, grad, rtol=2e-5, atol=1e-6 * np.abs(grad).max())
+
+
+@pytest.mark.parametrize("name,impl", SETS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gamma", [0.0, 1.0])  # (γ = 2: q³ underflows float32)
+@pytest.mark.parametrize("K", [5, 200])
+@pytest.mark.parametrize("in_bounds", [True, False])
+def test_focal_coefficient_gradient_at_a_confident_top_keeps_1_minus_p(name, impl, dtype, gamma, K, in_bounds):
+    """A one-hot target on a top that holds all but e^−40 of the mass: the top's gradient is
+    ``q_t u_t`` with ``q_t = 1 − p_t ≈ K e^−40`` (no ``1 − p`` formed: it would round to 0)."""
+    rng = np.random.default_rng(K)
+    x = rng.normal(size=(6, K))
+    x[:, 1] = 40.0
+    x = (x + (0.0 if in_bounds else 1e4)).astype(dtype)  # 1e4: past the unshifted bound
+    c = np.zeros_like(x)
+    c[:, 1] = 1
+    _, g = impl.focal_coefficients(x, c, gamma, 1.0)
+    xl = x.astype(LD)
+    e = np.exp(xl - xl[:, 1:2])
+    rest = np.delete(e, 1, axis=-1).sum(axis=-1)  # e_top = 1 exactly
+    q_t, p_t = rest / (1 + rest), 1 / (1 + rest)
+    L = -np.log1p(rest) / q_t  # log p_t without forming p_t
+    u_t = -q_t**gamma * (1 - gamma * p_t * L)
+    np.testing.assert_allclose(g[:, 1].astype(LD), q_t * u_t, rtol=64 * np.finfo(dtype).eps)

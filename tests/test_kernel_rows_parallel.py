@@ -87,3 +87,28 @@ def test_rows_are_split_by_the_estimated_time_not_the_dtype(monkeypatch, kernel,
     else:
         numba_impl.focal_coefficients(x, rng.dirichlet(np.ones(K), size=n).astype(dtype), 2.0, 1 / n)
     assert bool(seen) == split
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("need_values", [True, False])
+def test_poisson_pieces_in_parallel_equal_one_thread(monkeypatch, dtype, need_values):
+    """The Poisson kernel's pieces on every core: the same values, gradient, bad-target count
+    and (the pieces' sums added in order) the same total, to the bit."""
+    rng = np.random.default_rng(7)
+    n = 5 * (1 << 16) + 123  # six pieces, the last one short
+    z = (rng.normal(size=n) * 3).astype(dtype)
+    y = rng.poisson(np.exp(np.clip(z, -5, 5))).astype(dtype)
+    y[[5, n - 3]] = -1.0  # bad targets in the first and last piece
+    z[n // 2] = dtype(1e4)  # past the exp limit: inf, as exp
+    ref = _single(monkeypatch, numba_impl.poisson_log, z, y, 0.25, need_values)
+    got = _parallel(monkeypatch, numba_impl.poisson_log, z, y, 0.25, need_values)
+    assert got[3] == ref[3] == 2
+    for a, b in zip(got[:3], ref[:3]):
+        if b is None:
+            assert a is None
+        else:
+            np.testing.assert_array_equal(a, b)
+    if not need_values:  # the total against the values' own float64 sum (an independent order)
+        values = numba_impl.poisson_log(z, y, 0.25, True)[0]
+        finite = np.isfinite(values)
+        assert np.isinf(got[1]) == (not finite.all())

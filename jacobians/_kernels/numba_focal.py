@@ -13,7 +13,7 @@ import numpy as np
 
 from .numba_losses import _index_chunk, _scale_rows
 from .numba_math import expw, jit, log1p64, log1p_unit
-from .numba_rows import ENTRY, EXACT, _argmax, _exp_row, _sum, _sum_except
+from .numba_rows import ENTRY, EXACT, NO_SKIP, NO_WEIGHTS, _argmax, _exp_chunk, _exp_row, _row_sums, _sum, _sum_except
 
 
 @jit(**ENTRY)
@@ -188,3 +188,111 @@ def _poly_index(x, shift, bound, idx, epsilon, scale, limit, R, like, g, values)
         _poly_rows(o[:r], ey[:r], lv[:r], epsilon, scale, values[a : a + r], f)
         _scale_rows(ec, f, ic, o, g[a : a + r])
     return True
+
+
+# -- coefficient rows by chunks: the short rows' path -----------------------------------------
+
+
+@jit(**EXACT)
+def _first_max_rows(xc, top, m):
+    """``top[i]`` = the first index of row ``i``'s largest entry (``m[i]`` that entry, in
+    float64), across the rows of a chunk (independent comparisons: short rows vectorize). A
+    NaN never wins: a row holding one is NaN throughout anyway (its exps are)."""
+    r, K = xc.shape
+    for i in range(r):
+        top[i] = 0
+        m[i] = xc[i, 0]
+    for k in range(1, K):
+        for i in range(r):
+            v = np.float64(xc[i, k])
+            gt = v > m[i]
+            m[i] = v if gt else m[i]
+            top[i] = k if gt else top[i]
+
+
+@jit(**ENTRY)
+def _coefficient_terms_row(xr, cr, er, t, xt, rs, iv, ls, gamma, gi, vr, wr):
+    """One row of :func:`_coefficient_terms`."""
+    S = er[t] + rs
+    for k in range(xr.size):
+        p = er[k] * iv
+        q = (rs if k == t else S - er[k]) * iv
+        v, u = _focal_u(np.float64(cr[k]), p, q, (np.float64(xr[k]) - xt) - ls, gamma, gi)
+        vr[k] = v
+        er[k] = p
+        wr[k] = -u
+
+
+@jit(**ENTRY)
+def _coefficient_terms(xc, cc, ec, top, xtop, rest, inv, l1, gamma, gi, vals, wn):
+    """Per entry of a chunk: ``p`` (into ``ec``), the value's term ``c q^γ log p`` (``vals``)
+    and ``−u`` (``wn``), from the row's ``1/S`` (``inv``), ``l1 = log1p(rest/e_top)`` and
+    ``rest`` (the exps but the top one, summed)."""
+    for i in range(xc.shape[0]):
+        _coefficient_terms_row(xc[i], cc[i], ec[i], top[i], xtop[i], rest[i], inv[i], l1[i], gamma, gi, vals[i], wn[i])
+
+
+@jit(**ENTRY)
+def _coefficient_grads_row(pr, wr, t, b, o, qt, scale, gr):
+    """One row of :func:`_coefficient_grads`: one uniform loop, then the two entries whose
+    terms differ (the top's ``q``, the largest ``−u``'s complement), rewritten."""
+    wb = wr[b]
+    for k in range(pr.size):
+        gr[k] = (pr[k] * ((o - wr[k]) + wb) - (1.0 - pr[k]) * wr[k]) * scale
+    gr[b] = (pr[b] * o - (1.0 - pr[b]) * wb) * scale
+    gr[t] = (pr[t] * (o if t == b else (o - wr[t]) + wb) - qt * wr[t]) * scale  # (last: also when t = b)
+
+
+@jit(**EXACT)
+def _coefficient_grads(pc, wn, top, rest, inv, big, others, scale, gc):
+    """``g = scale (p comp − q (−u))`` per entry of a chunk, ``q = 1 − p`` (``rest/S`` at the
+    top) and ``comp = Σ_{k≠j} (−u_k)`` as the others' sum past the row's largest ``−u``
+    (``big``, ``others``): nothing cancels."""
+    for i in range(pc.shape[0]):
+        _coefficient_grads_row(pc[i], wn[i], top[i], big[i], others[i], rest[i] * inv[i], scale, gc[i])
+
+
+@jit(**ENTRY)
+def _coefficient_chunks(x, shift, bound, c, gamma, gi, scale, R, like, values, g):
+    """Softmax + focal with coefficient rows, a chunk of rows at a time (the short rows' path
+    of :func:`_focal_coefficients`): exps over the whole chunk (unshifted when every logit is
+    within ``bound``, else each row shifted by its maximum; :func:`.numba_rows._exp_chunk`),
+    then every per-row sum and maximum across the rows. Unshifted, ``e_top`` is the top's exp
+    and ``log p = (x − x_top) − log1p(rest/e_top)``; shifted, ``e_top = 1`` and this is
+    :func:`_coefficient_row`'s arithmetic. Returns False at the first unshifted chunk with an
+    entry out of bounds (see :func:`.numba_impl._shifted_if_needed`)."""
+    K = x.shape[1]
+    e, vals, wn = np.empty((R, K)), np.empty((R, K)), np.empty((R, K))
+    top, big = np.empty(R, dtype=np.int64), np.empty(R, dtype=np.int64)
+    rest, inv, l1, others, total, xtop = np.empty(R), np.empty(R), np.empty(R), np.empty(R), np.empty(R), np.empty(R)
+    for a in range(0, x.shape[0], R):
+        ec, bad = _exp_chunk(x, a, shift, bound, like, e)
+        if bad:
+            return False
+        r = ec.shape[0]
+        xc, cc = x[a : a + r], c[a : a + r]
+        _first_max_rows(xc, top, xtop)
+        _row_sums(ec, top[:r], NO_WEIGHTS, rest)
+        for i in range(r):
+            et = ec[i, top[i]]
+            l1[i] = log1p64(rest[i] / et)
+            inv[i] = 1.0 / (et + rest[i])
+        _coefficient_terms(xc, cc, ec, top, xtop, rest, inv, l1, gamma, gi, vals[:r], wn[:r])
+        _first_max_rows(wn[:r], big, others)
+        _row_sums(wn[:r], big[:r], NO_WEIGHTS, others)
+        _row_sums(vals[:r], NO_SKIP, NO_WEIGHTS, total)
+        for i in range(r):
+            values[a + i] = -total[i]
+        _coefficient_grads(ec, wn[:r], top, rest, inv, big, others, scale, g[a : a + r])
+    return True
+
+
+@jit(**EXACT)
+def _focal_coefficient_chunks(x, shift, bound, c, gamma, gi, scale, R, like, values, g):
+    return _coefficient_chunks(x, shift, bound, c, gamma, gi, scale, R, like, values, g)
+
+
+@jit(**EXACT)
+def _focal_coefficient_chunks_sq(x, shift, bound, c, scale, R, like, values, g):
+    """:func:`_focal_coefficient_chunks` at γ = 2 (the default): ``q²`` a product."""
+    return _coefficient_chunks(x, shift, bound, c, 2.0, 2, scale, R, like, values, g)
