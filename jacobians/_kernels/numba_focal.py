@@ -4,7 +4,10 @@ coefficient rows) and sigmoid + binary focal.
 Compiled loops behind the wrappers of :mod:`.numba_impl`; the math is in :mod:`.numpy_impl`'s
 twins (``focal_index``, ``focal_coefficients``, ``binary_focal``) and in
 :mod:`jacobians.rules.focal`. Each row (each entry for the binary loss) is done in one visit,
-in float64 (float32 inputs too, rounded once when stored).
+in float64 (float32 inputs too, rounded once when stored). Coefficient rows come two ways:
+short ones (K < 128) a chunk of rows at a time (:func:`_focal_coefficient_chunks`: the
+exps over the whole chunk, unshifted when every logit is in bounds, and each pass over the
+chunk's entries a loop of its own), long ones a row at a time (:func:`_focal_coefficients`).
 """
 
 from __future__ import annotations
@@ -193,21 +196,25 @@ def _poly_index(x, shift, bound, idx, epsilon, scale, limit, R, like, g, values)
 # -- coefficient rows by chunks: the short rows' path -----------------------------------------
 
 
+@jit(**ENTRY)
+def _first_max_row(xr):
+    """``(index, value)`` of the row's first largest entry (value in float64). A NaN never
+    wins: a row holding one is NaN throughout anyway (its exps are)."""
+    t = 0
+    m = np.float64(xr[0])
+    for k in range(1, xr.size):
+        v = np.float64(xr[k])
+        gt = v > m
+        m = v if gt else m
+        t = k if gt else t
+    return t, m
+
+
 @jit(**EXACT)
 def _first_max_rows(xc, top, m):
-    """``top[i]`` = the first index of row ``i``'s largest entry (``m[i]`` that entry, in
-    float64), across the rows of a chunk (independent comparisons: short rows vectorize). A
-    NaN never wins: a row holding one is NaN throughout anyway (its exps are)."""
-    r, K = xc.shape
-    for i in range(r):
-        top[i] = 0
-        m[i] = xc[i, 0]
-    for k in range(1, K):
-        for i in range(r):
-            v = np.float64(xc[i, k])
-            gt = v > m[i]
-            m[i] = v if gt else m[i]
-            top[i] = k if gt else top[i]
+    """``top[i]``, ``m[i]``: :func:`_first_max_row` of each row of a chunk."""
+    for i in range(xc.shape[0]):
+        top[i], m[i] = _first_max_row(xc[i])
 
 
 @jit(**ENTRY)

@@ -138,10 +138,11 @@ ROWS_PARALLEL_MIN_SECONDS = 250e-6
 #: and maxima, where the index rows take their exps over whole chunks.
 FOCAL_INDEX_COST = (20.0, 1.6)
 FOCAL_COEFFICIENTS_COST = (125.0, 4.8)
-FOCAL_COEFFICIENT_CHUNKS_COST = (30.0, 6.0)
+FOCAL_COEFFICIENT_CHUNKS_COST = (25.0, 4.0)
 
-#: coefficient rows shorter than this go a chunk of rows at a time (1.4–2.7× the row-at-a-time
-#: kernel at K = 4…10, 1.1–1.2× at 100, slower at 1000: measured with AVX-512 and AVX2)
+#: coefficient rows shorter than this go a chunk of rows at a time (against the row-at-a-time
+#: kernel, AVX-512 / AVX2 builds: 3.7–4.1× / 2.7–2.8× at K = 4, 2.3–2.8× / 2.1–2.2× at 10,
+#: 1.5–1.7× at 31, 1.1–1.3× at 100, 0.75–0.97× at 1000)
 COEFFICIENT_CHUNKS_BELOW = 128
 POISSON_LOG_COST = (0.0, 1.8)  # (its "rows" are pieces of CHUNK_ENTRIES)
 
