@@ -16,7 +16,7 @@ import numpy as np
 
 from .numba_losses import _index_chunk, _scale_rows
 from .numba_math import expw, jit, log1p64, log1p_unit
-from .numba_rows import ENTRY, EXACT, NO_SKIP, NO_WEIGHTS, _argmax, _exp_chunk, _exp_row, _row_sums, _sum, _sum_except
+from .numba_rows import ENTRY, EXACT, NO_WEIGHTS, _argmax, _exp_chunk, _exp_row, _row_sums, _sum, _sum_except
 
 
 @jit(**ENTRY)
@@ -218,6 +218,24 @@ def _first_max_rows(xc, top, m):
 
 
 @jit(**ENTRY)
+def _largest_and_sums(wr, vr):
+    """``(b, Σ_{k≠b} w_k, Σ_k v_k)`` of a row, ``b`` the first largest ``w``, in one pass: a new
+    largest moves the old one into the others' sum (the ``w`` are ≥ 0: nothing cancels)."""
+    b = 0
+    wb = wr[0]
+    o = 0.0
+    t = vr[0]
+    for k in range(1, wr.size):
+        w = wr[k]
+        gt = w > wb
+        o += wb if gt else w
+        wb = w if gt else wb
+        b = k if gt else b
+        t += vr[k]
+    return b, o, t
+
+
+@jit(**ENTRY)
 def _coefficient_terms_row(xr, cr, er, t, xt, rs, iv, ls, gamma, gi, vr, wr):
     """One row of :func:`_coefficient_terms`."""
     S = er[t] + rs
@@ -271,7 +289,7 @@ def _coefficient_chunks(x, shift, bound, c, gamma, gi, scale, R, like, values, g
     K = x.shape[1]
     e, vals, wn = np.empty((R, K)), np.empty((R, K)), np.empty((R, K))
     top, big = np.empty(R, dtype=np.int64), np.empty(R, dtype=np.int64)
-    rest, inv, l1, others, total, xtop = np.empty(R), np.empty(R), np.empty(R), np.empty(R), np.empty(R), np.empty(R)
+    rest, inv, l1, others, xtop = np.empty(R), np.empty(R), np.empty(R), np.empty(R), np.empty(R)
     for a in range(0, x.shape[0], R):
         ec, bad = _exp_chunk(x, a, shift, bound, like, e)
         if bad:
@@ -285,11 +303,9 @@ def _coefficient_chunks(x, shift, bound, c, gamma, gi, scale, R, like, values, g
             l1[i] = log1p64(rest[i] / et)
             inv[i] = 1.0 / (et + rest[i])
         _coefficient_terms(xc, cc, ec, top, xtop, rest, inv, l1, gamma, gi, vals[:r], wn[:r])
-        _first_max_rows(wn[:r], big, others)
-        _row_sums(wn[:r], big[:r], NO_WEIGHTS, others)
-        _row_sums(vals[:r], NO_SKIP, NO_WEIGHTS, total)
         for i in range(r):
-            values[a + i] = -total[i]
+            big[i], others[i], t = _largest_and_sums(wn[i], vals[i])
+            values[a + i] = -t
         _coefficient_grads(ec, wn[:r], top, rest, inv, big, others, scale, g[a : a + r])
     return True
 
