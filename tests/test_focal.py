@@ -455,3 +455,17 @@ def binary_focal_longdouble(act, loss, z, y):
     gscale = w * ((1 - t) * s + t * sb + g * ce * rho * np.abs(1 - 2 * t)) * (2 + 2 * g)
     values = w * ce
     return values, values * (2 + 2 * g), grads, gscale, LD(np.size(z))
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_focal_hessian_where_the_others_mass_is_subnormal(gamma):
+    """float32 logits 89 apart: the others' mass e^−89 is subnormal in float32 and 1/it
+    overflows. The Hessian stays finite, raises no warning (the suite turns warnings into
+    errors), and equals the float64 one rounded (a hypothesis draw found the overflow)."""
+    head = jac.Head(jac.Softmax(), jac.FocalLoss(gamma=gamma))
+    z = np.array([[0.0, 89.0], [89.0, 0.0], [0.0, 40.0]])
+    y = np.array([1, 1, 1])
+    h32 = head.hessian(z.astype(np.float32), y)
+    h64 = head.hessian(z, y)
+    assert h32.dtype == np.float32 and np.all(np.isfinite(h32))
+    np.testing.assert_allclose(h32, h64, rtol=1e-5, atol=1e-6 * np.abs(h64).max())

@@ -146,7 +146,8 @@ def focal_logits(xp, x, c, gamma: float, need_hessian: bool):
     r = xp.where(am, xp.zeros_like(p), shape * (qg / xp.where(am, one, q)))  # q >= 1/2 off the argmax
     s = xp.sum(xp.where(am, shape * qg * q, xp.zeros_like(p)), axis=-1, keepdims=True)
     tpos = t > 0
-    v = xp.where(am, one, xp.where(tpos, -e / xp.where(tpos, t, xp.ones_like(t)), xp.zeros_like(e)))
+    off = xp.where(am, xp.zeros_like(e), e)  # e_k <= t off the top (no overflow where t is subnormal)
+    v = xp.where(am, one, xp.where(tpos, -off / xp.where(tpos, t, xp.ones_like(t)), xp.zeros_like(e)))
     r_rest = xp.sum(r, axis=-1, keepdims=True) - r
     return values, grads, (p, q, r, U, r_rest, (s, v))
 
