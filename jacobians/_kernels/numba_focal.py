@@ -282,7 +282,8 @@ def _coefficient_chunks(x, shift, bound, c, gamma, gi, scale, R, like, values, g
     """Softmax + focal with coefficient rows, a chunk of rows at a time (the short rows' path
     of :func:`_focal_coefficients`): exps over the whole chunk (unshifted when every logit is
     within ``bound``, else each row shifted by its maximum; :func:`.numba_rows._exp_chunk`),
-    then every per-row sum and maximum across the rows. Unshifted, ``e_top`` is the top's exp
+    then each further pass over the chunk a loop of its own (the rows' maxima, the others'
+    exps summed, the per-entry terms, the largest ``−u`` with the sums, the gradient). Unshifted, ``e_top`` is the top's exp
     and ``log p = (x − x_top) − log1p(rest/e_top)``; shifted, ``e_top = 1`` and this is
     :func:`_coefficient_row`'s arithmetic. Returns False at the first unshifted chunk with an
     entry out of bounds (see :func:`.numba_impl._shifted_if_needed`)."""

@@ -139,12 +139,12 @@ ROWS_PARALLEL_MIN_SECONDS = 250e-6
 FOCAL_INDEX_COST = (20.0, 1.6)
 FOCAL_COEFFICIENTS_COST = (125.0, 4.8)
 FOCAL_COEFFICIENT_CHUNKS_COST = (20.0, 4.0)
+POISSON_LOG_COST = (0.0, 1.8)  # (its "rows" are pieces of CHUNK_ENTRIES)
 
 #: coefficient rows shorter than this go a chunk of rows at a time (against the row-at-a-time
 #: kernel, AVX-512 / AVX2 builds: 4.0–4.5× / 3.1–3.8× at K = 4, 2.5–2.8× / 2.5× at 10,
 #: 1.7–1.9× / 1.9–2.0× at 31, 1.2× / 1.3× at 100, 0.8–0.9× / 0.9–1.0× at 1000)
 COEFFICIENT_CHUNKS_BELOW = 128
-POISSON_LOG_COST = (0.0, 1.8)  # (its "rows" are pieces of CHUNK_ENTRIES)
 
 
 def _on_rows(work, n_rows: int, K: int, out_nbytes: int, cost: tuple[float, float]) -> None:
