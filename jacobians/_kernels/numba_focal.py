@@ -317,6 +317,6 @@ def _focal_coefficient_chunks(x, shift, bound, c, gamma, gi, scale, R, like, val
 
 
 @jit(**EXACT)
-def _focal_coefficient_chunks_sq(x, shift, bound, c, scale, R, like, values, g):
-    """:func:`_focal_coefficient_chunks` at γ = 2 (the default): ``q²`` a product."""
+def _focal_coefficient_chunks_sq(x, shift, bound, c, gamma, gi, scale, R, like, values, g):
+    """:func:`_focal_coefficient_chunks` at γ = 2 (the default; ``gamma``, ``gi`` unused): ``q²`` a product."""
     return _coefficient_chunks(x, shift, bound, c, 2.0, 2, scale, R, like, values, g)

@@ -319,16 +319,11 @@ def focal_coefficients(x, c, gamma, scale):
         c2, v2, g2 = _rows(np.asarray(c, dtype=x.dtype)), values.reshape(-1), g.reshape(x2.shape)
         s, like = float(x.dtype.type(scale)), x.dtype.type(0)
         if K < COEFFICIENT_CHUNKS_BELOW:  # a chunk of rows at a time (the exps unshifted where they may be)
-            bound, R = EXP_SAFE_BOUND[x.dtype], _chunk_rows(K)
-            if gamma == 2:
-                def call(rows, shift):
-                    return _focal_coefficient_chunks_sq(x2[rows], shift, bound, c2[rows], s, R, like, v2[rows], g2[rows])
-            else:
-                gf, gi = float(gamma), _gamma_int(gamma)
+            kernel = _focal_coefficient_chunks_sq if gamma == 2 else _focal_coefficient_chunks
+            bound, R, gf, gi = EXP_SAFE_BOUND[x.dtype], _chunk_rows(K), float(gamma), _gamma_int(gamma)
 
-                def call(rows, shift):
-                    return _focal_coefficient_chunks(x2[rows], shift, bound, c2[rows], gf, gi, s, R, like, v2[rows],
-                                                     g2[rows])
+            def call(rows, shift):
+                return kernel(x2[rows], shift, bound, c2[rows], gf, gi, s, R, like, v2[rows], g2[rows])
 
             _shifted_rows_if_needed(call, n, K, g.nbytes, FOCAL_COEFFICIENT_CHUNKS_COST)
         else:  # a row at a time, each shifted by its maximum
