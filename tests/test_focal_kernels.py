@@ -125,11 +125,12 @@ def test_focal_index_kernel_matches_long_double(name, impl, dtype, gamma, weight
 @pytest.mark.parametrize("name,impl", SETS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("gamma", GAMMAS)
-@pytest.mark.parametrize("K, in_bounds", [(7, False), (7, True), (200, False), (200, True)])
+@pytest.mark.parametrize("K, in_bounds", [(7, False), (7, True), (11, False), (11, True), (200, False), (200, True)])
 def test_focal_coefficient_kernel_matches_long_double(name, impl, dtype, gamma, K, in_bounds, rng):
     """Short rows (numba: a chunk of rows at a time, exps unshifted when every logit is in
-    bounds) and long ones (a row at a time, shifted)."""
-    x = _logits(rng, dtype, n=120 if K < 100 else 12, K=K, in_bounds=in_bounds)
+    bounds; below 12 entries the terms two rows at a time, K = 11 in bounds ending a chunk on
+    an odd row) and long ones (a row at a time, shifted)."""
+    x = _logits(rng, dtype, n={7: 120, 11: 121}.get(K, 12), K=K, in_bounds=in_bounds)
     n, K = x.shape
     c = (rng.dirichlet(np.ones(K), n) * rng.choice([1.0, 2.5], size=(n, 1))).astype(dtype)
     c[::7] = np.eye(K, dtype=dtype)[rng.integers(0, K)]

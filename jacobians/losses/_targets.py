@@ -165,7 +165,7 @@ def class_denominator(t: ClassTargets, dtype, *, weight: np.ndarray | None = Non
     if weight is not None and weight.shape != (K,):
         raise ValueError(f"weight must have shape (K,) = ({K},) to match a; got shape {weight.shape}")
     if not t.is_index:
-        return float(int(np.prod(t.probs.shape[:-1])))
+        return float(math.prod(t.probs.shape[:-1]))
     if weight is None:
         return float(t.indices.size if t.valid is None else t.valid.sum())
     target_w = weight.astype(dtype, copy=False)[t.safe_indices()]  # summed in dtype, as the loss is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable, ClassVar
 
 import numpy as np
@@ -213,7 +214,7 @@ class Loss(GenericLoss):
                 f"{type(self).__name__}.per_sample_hessian must return shape {a.shape + a.shape[-1:]} (..., K, K); "
                 f"got shape {H.shape}"
             )
-        return DenseJacobian(H.astype(a.dtype, copy=False)), int(np.prod(a.shape[:-1]))
+        return DenseJacobian(H.astype(a.dtype, copy=False)), math.prod(a.shape[:-1])
 
     def _reduction_scale(self, denom, dtype):
         """The factor the reduction puts on every per-sample term, from the batch's own
@@ -233,7 +234,7 @@ class Loss(GenericLoss):
         weights of the targets not ignored; an :class:`ElementwiseLoss`: N·K). It ignores
         :meth:`with_denominator`; :meth:`reduction_scale` honours it.
         """
-        return int(np.prod(np.shape(a)[:-1]))
+        return math.prod(np.shape(a)[:-1])
 
     def reduction_scale(self, a, y=None, *, dtype=None):
         """``c`` with the reduced loss ``E = c · Σ_n ℓ_n`` (ℓ_n the per-sample losses).
@@ -482,7 +483,7 @@ class ElementwiseLoss(GenericElementwise, Loss):
 
     def mean_denominator(self, a, y=None):
         """N·K: every entry counts."""
-        return int(np.prod(np.shape(a)))
+        return math.prod(np.shape(a))
 
     def check_targets(self, a, y):
         y = as_float_array(y, "y", min_ndim=0, like=a)

@@ -11,6 +11,7 @@ the caller's line. ``'sum'`` of nothing is 0, without a warning.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -27,13 +28,25 @@ class EmptyMeanWarning(RuntimeWarning):
 def mean_scale(denom, dtype):
     """The factor ``'mean'`` puts on every row's derivatives: ``1/denom``, or 0 (with an
     :class:`EmptyMeanWarning`) when ``denom`` is 0."""
-    one = np.dtype(dtype).type(1.0)
-    d = np.dtype(dtype).type(denom)
+    t = np.dtype(dtype).type
+    largest = _LARGEST.get(t)
+    if largest is not None and (d := float(t(denom))) != 0:
+        # 1/d in float64 rounded once to dtype is float32's own quotient too (float64 carries
+        # more than twice float32's digits: the double rounding is harmless); past dtype's
+        # largest number it is inf, as the division in dtype gives
+        q = 1.0 / d
+        return t(q) if abs(q) <= largest else t(math.copysign(math.inf, q))
+    one = t(1.0)
+    d = t(denom)
     if d == 0:
         _warn()
-        return np.dtype(dtype).type(0.0)
+        return t(0.0)
     with np.errstate(over="ignore"):  # a denominator below float32's 1/max: inf, as the division gives
         return one / d
+
+
+#: the float dtypes :func:`mean_scale` divides in plain floats, and their largest numbers
+_LARGEST = {np.float32: float(np.finfo(np.float32).max), np.float64: float(np.finfo(np.float64).max)}
 
 
 def mean_value(total, denom, dtype):
