@@ -69,6 +69,9 @@ def _vectorized_pair(fn):
 
 EXP64 = _vectorized(numba_math.exp64)
 EXP32 = _vectorized(numba_math.exp32)
+EXP64_IN_BOUNDS = _vectorized(numba_math.exp64_in_bounds)
+EXP32_WIDE = _vectorized(numba_math.exp32_wide)
+EXP32_WIDE_IN_BOUNDS = _vectorized(numba_math.exp32_wide_in_bounds)
 LOG64 = _vectorized(numba_math.log64)
 LOG1P64 = _vectorized(numba_math.log1p64)
 LOG1P32 = _vectorized(numba_math.log1p32)
@@ -126,6 +129,22 @@ def test_exp64_is_within_one_ulp_over_the_whole_range(rng):
         assert float(_ulps(e, np.exp(x).astype(LD), np.float64).max()) <= 2.0  # numpy's own exp
     sample = x[:: 97]
     assert float(_ulps(EXP64(sample), np.array([math.exp(v) if v < 709.8 else np.inf for v in sample], LD), np.float64).max()) <= 2.0
+
+
+def test_the_in_bounds_exps_are_the_full_ones_bit_for_bit_within_their_bounds(rng):
+    """The unshifted kernels' exps skip the clamp, the NaN select and (float64) the second
+    power of two: up to their bounds (100 for float32 work, 700 for float64) they give
+    :func:`exp32_wide`'s and :func:`exp64`'s numbers to the bit, and the kernels take them
+    only below ``EXP_SAFE_BOUND``, which lies within."""
+    assert nsoftmax.EXP_SAFE_BOUND[np.dtype(np.float32)] <= 100.0
+    assert nsoftmax.EXP_SAFE_BOUND[np.dtype(np.float64)] <= 700.0
+    x32 = np.concatenate([_all_floats(rng, 1 << 18, -100.0, 100.0), np.float32([0.0, -0.0, 100.0, -100.0, 1e-45])])
+    x32 = x32.astype(np.float64)
+    assert np.array_equal(EXP32_WIDE_IN_BOUNDS(x32), EXP32_WIDE(x32))
+    bits = rng.integers(0, 0x7FF0000000000000, size=1 << 18, dtype=np.int64).view(np.float64)
+    x64 = np.concatenate([np.clip(np.where(rng.random(bits.size) < 0.5, bits, -bits), -700.0, 700.0),
+                          rng.uniform(-700.0, 700.0, 1 << 18), [0.0, -0.0, 700.0, -700.0, 5e-324, -1e-300]])
+    assert np.array_equal(EXP64_IN_BOUNDS(x64), EXP64(x64))
 
 
 def test_exp32_is_within_half_an_ulp_and_a_bit(rng):

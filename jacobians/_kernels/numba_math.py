@@ -41,7 +41,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["exp64", "exp32", "exp32_wide", "expw", "log64", "log1p64", "log1p_unit", "log1p32", "jit"]
+__all__ = ["exp64", "exp64_in_bounds", "exp32", "exp32_wide", "exp32_wide_in_bounds", "expw", "expw_in_bounds", "log64", "log1p64", "log1p_unit", "log1p32", "jit"]
 
 
 def jit(fn=None, **options):
@@ -135,6 +135,17 @@ def _exp_poly(q, r):
 
 
 @_jit
+def _exp64_poly(r):
+    """``e**r`` for ``|r| ≤ ln2/2``: the Taylor polynomial of degree 13 (truncation 4e-18 relative)."""
+    q = 1.6059043836821613e-10  # 1/13!
+    q = q * r + 2.08767569878681e-09
+    q = q * r + 2.505210838544172e-08
+    q = q * r + 2.755731922398589e-07
+    q = q * r + 2.755731922398589e-06
+    return _exp_poly(q * r + 2.48015873015873e-05, r)
+
+
+@_jit
 def exp64(x):
     """``e**x`` for a float64 ``x``, within 0.77 ulp (0.81 on subnormal results); 0 below
     −745.2, inf above 709.8, NaN for NaN.
@@ -145,16 +156,21 @@ def exp64(x):
     """
     xc = min(max(x, -746.0), 710.0)
     _, nf, r = _reduce(xc)
-    q = 1.6059043836821613e-10  # 1/13!
-    q = q * r + 2.08767569878681e-09
-    q = q * r + 2.505210838544172e-08
-    q = q * r + 2.755731922398589e-07
-    q = q * r + 2.755731922398589e-06
-    p = _exp_poly(q * r + 2.48015873015873e-05, r)
+    p = _exp64_poly(r)
     t1 = nf * 0.5 + _MAGIC  # n1 = round(n/2), n2 = n − n1: both in [−539, 513]
     t2 = (nf - (t1 - _MAGIC)) + _MAGIC
     y = (p * _pow2(t1)) * _pow2(t2)
     return x if x != x else y
+
+
+@_jit
+def exp64_in_bounds(x):
+    """:func:`exp64` for ``|x| ≤ 700`` only: there the same number (``2**n`` one normal
+    factor: scaling by it is exact), without the clamp, the second factor and the NaN
+    select. Outside, and for NaN, the result is meaningless: for a loop that counts such
+    entries and discards its results when it meets one (:func:`.numba_rows._exp_flat`)."""
+    t, _, r = _reduce(x)
+    return _exp64_poly(r) * _pow2(t)
 
 
 @_jit
@@ -166,9 +182,16 @@ def exp32_wide(x):
     float64 before its final rounding). ``x`` is clamped to [−110, 100]: 0 and inf once
     rounded to float32.
     """
-    t, _, r = _reduce(min(max(np.float64(x), -110.0), 100.0))
-    y = _exp_poly(2.48015873015873e-05, r) * _pow2(t)  # 1/8!
+    y = exp32_wide_in_bounds(min(max(np.float64(x), -110.0), 100.0))
     return x if x != x else y
+
+
+@_jit
+def exp32_wide_in_bounds(x):
+    """:func:`exp32_wide` for ``|x| ≤ 100`` only (the same number there), without the clamp
+    and the NaN select; see :func:`exp64_in_bounds`."""
+    t, _, r = _reduce(np.float64(x))
+    return _exp_poly(2.48015873015873e-05, r) * _pow2(t)  # 1/8!
 
 
 @_jit
@@ -185,12 +208,31 @@ def expw(x, like):
     raise NotImplementedError("expw is compiled by numba only")
 
 
+def expw_in_bounds(x, like):
+    """:func:`expw` for ``|x| ≤ 100`` (float32 work) or ``≤ 700`` (float64), meaningless
+    elsewhere: :func:`exp32_wide_in_bounds`, :func:`exp64_in_bounds`."""
+    raise NotImplementedError("expw_in_bounds is compiled by numba only")
+
+
 def _expw32(x, like):
     return exp32_wide(x)
 
 
 def _expw64(x, like):
     return exp64(x)
+
+
+def _expw32_in_bounds(x, like):
+    return exp32_wide_in_bounds(x)
+
+
+def _expw64_in_bounds(x, like):
+    return exp64_in_bounds(x)
+
+
+@overload(expw_in_bounds, inline="always", jit_options={"fastmath": {"contract"}})
+def _expw_in_bounds_impl(x, like):
+    return _expw32_in_bounds if like == types.float32 else _expw64_in_bounds
 
 
 @overload(expw, inline="always", jit_options={"fastmath": {"contract"}})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numba_math import expw, jit
+from .numba_math import expw, expw_in_bounds, jit
 
 #: loops that add up rows: a sum may be reordered (which vectorizes it); no elementary function
 SUMS = {"fastmath": {"reassoc", "contract"}}
@@ -99,11 +99,13 @@ def _exp_row(xr, m, like, er):
 @jit(**EXACT)
 def _exp_flat(xf, bound, like, ef):
     """``ef[j] = exp(xf[j])`` in float64; returns how many entries lie outside
-    ``[−bound, bound]`` (NaN included), counted in the same pass."""
+    ``[−bound, bound]`` (NaN included), counted in the same pass. ``bound`` is at most 100
+    (float32 work) or 700 (float64): the exps are :func:`.numba_math.expw_in_bounds`'s,
+    meaningless past the bound, where the count sends the caller down the shifted path."""
     bad = 0
     for j in range(xf.size):
         v = xf[j]
-        ef[j] = expw(v, like)
+        ef[j] = expw_in_bounds(v, like)
         bad += not (abs(v) <= bound)
     return bad
 
