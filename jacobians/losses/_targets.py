@@ -89,7 +89,7 @@ def check_class_targets(a: np.ndarray, y, *, ignore_index: int | None = None, na
         if ignore_index is not None:
             valid = y != ignore_index
             checked = y[valid]
-        if checked.size and (checked.min() < 0 or checked.max() >= K):
+        if checked.size and (np.minimum.reduce(checked, axis=None) < 0 or np.maximum.reduce(checked, axis=None) >= K):
             raise ValueError(
                 f"{name}: class indices must be in [0, {K}) for K = {K} classes"
                 + (f" (or equal ignore_index={ignore_index})" if ignore_index is not None else "")
@@ -99,7 +99,7 @@ def check_class_targets(a: np.ndarray, y, *, ignore_index: int | None = None, na
     if y.shape == a.shape:
         probs = as_float_array(y, name, min_ndim=1, like=a)
         if probs.size:
-            mn, mx = probs.min(), probs.max()
+            mn, mx = np.minimum.reduce(probs, axis=None), np.maximum.reduce(probs, axis=None)
             if not (mn >= 0 and mx <= 1):
                 raise ValueError(f"{name}: target probabilities must be in [0, 1]; got values in [{mn}, {mx}]")
         return ClassTargets(indices=None, probs=probs, valid=None, n_classes=K)

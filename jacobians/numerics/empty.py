@@ -67,6 +67,8 @@ def mean_value_of_scale(total, scale, dtype, *, warn=True):
         if warn:
             _warn()
         return np.dtype(dtype).type(np.nan)
+    if math.isfinite(scale):  # (only an infinite scale times a total of 0 is invalid)
+        return total * scale
     with np.errstate(invalid="ignore"):
         return total * scale
 
