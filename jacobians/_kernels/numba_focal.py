@@ -225,6 +225,22 @@ def _first_max_rows(xc, top, m):
 
 
 @jit(**ENTRY)
+def _largest_and_rest(er):
+    """``(t, Σ_{k≠t} e_k)`` of a row, ``t`` its first largest entry, in one pass: a new
+    largest moves the old one into the sum (the ``e`` are ≥ 0: nothing cancels)."""
+    t = 0
+    m = er[0]
+    o = 0.0
+    for k in range(1, er.size):
+        v = er[k]
+        gt = v > m
+        o += m if gt else v
+        m = v if gt else m
+        t = k if gt else t
+    return t, o
+
+
+@jit(**ENTRY)
 def _largest_and_sums(wr, vr):
     """``(b, Σ_{k≠b} w_k, Σ_k v_k)`` of a row, ``b`` the first largest ``w``, in one pass: a new
     largest moves the old one into the others' sum (the ``w`` are ≥ 0: nothing cancels)."""
@@ -328,8 +344,10 @@ def _coefficient_chunks(x, shift, bound, c, gamma, gi, scale, R, like, values, g
     """Softmax + focal with coefficient rows, a chunk of rows at a time (the short rows' path
     of :func:`_focal_coefficients`): exps over the whole chunk (unshifted when every logit is
     within ``bound``, else each row shifted by its maximum; :func:`.numba_rows._exp_chunk`),
-    then each further pass over the chunk a loop of its own (the rows' maxima, the others'
-    exps summed, the per-entry terms, the largest ``−u`` with the sums, the gradient). Unshifted, ``e_top`` is the top's exp
+    then each further pass over the chunk a loop of its own (the top and the others' exps
+    summed — unshifted one pass a row over the exps, :func:`_largest_and_rest`; shifted the
+    rows' maxima from the logits first, which the shift needed anyway — the per-entry terms,
+    the largest ``−u`` with the sums, the gradient). Unshifted, ``e_top`` is the top's exp
     and ``log p = (x − x_top) − log1p(rest/e_top)``; shifted, ``e_top = 1`` and this is
     :func:`_coefficient_row`'s arithmetic. Returns False at the first unshifted chunk with an
     entry out of bounds (see :func:`.numba_impl._shifted_if_needed`)."""
@@ -343,8 +361,13 @@ def _coefficient_chunks(x, shift, bound, c, gamma, gi, scale, R, like, values, g
             return False
         r = ec.shape[0]
         xc, cc = x[a : a + r], c[a : a + r]
-        _first_max_rows(xc, top, xtop)
-        _row_sums(ec, top[:r], NO_WEIGHTS, rest)
+        if shift:
+            _first_max_rows(xc, top, xtop)
+            _row_sums(ec, top[:r], NO_WEIGHTS, rest)
+        else:  # the top and the others' sum from the exps, in one pass a row
+            for i in range(r):
+                top[i], rest[i] = _largest_and_rest(ec[i])
+                xtop[i] = np.float64(xc[i, top[i]])
         for i in range(r):
             etop[i] = ec[i, top[i]]
         for i in range(r):  # (a loop of its own: vectorized across the rows)
