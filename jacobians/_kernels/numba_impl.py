@@ -151,11 +151,16 @@ def _on_rows(work, n_rows: int, K: int, out_nbytes: int, cost: tuple[float, floa
     """``work(rows)`` over the rows: on the calling thread alone when the estimated time
     (``cost``: ns a row, ns an entry) is under :data:`ROWS_PARALLEL_MIN_SECONDS`, else over
     row blocks on every core (:func:`~jacobians.numerics.parallel.run_in_row_blocks`)."""
-    seconds = n_rows * (cost[0] + K * cost[1]) * 1e-9
-    if seconds < ROWS_PARALLEL_MIN_SECONDS:
+    if _one_core(n_rows, K, cost):
         work(slice(0, n_rows))
     else:
         run_in_row_blocks(work, n_rows, out_nbytes, None, min_bytes=0)
+
+
+def _one_core(n_rows: int, K: int, cost: tuple[float, float]) -> bool:
+    """True when one core's estimated time (``cost``: ns a row, ns an entry) is under
+    :data:`ROWS_PARALLEL_MIN_SECONDS`."""
+    return n_rows * (cost[0] + K * cost[1]) * 1e-9 < ROWS_PARALLEL_MIN_SECONDS
 
 
 def _shifted_rows_if_needed(call, n_rows: int, K: int, out_nbytes: int, cost: tuple[float, float]) -> None:
@@ -164,6 +169,11 @@ def _shifted_rows_if_needed(call, n_rows: int, K: int, out_nbytes: int, cost: tu
     unshifted. The shift is decided for the whole array, as numpy decides it: one block out
     of bounds and every row runs again shifted (each row's result is the single-threaded
     kernel's, bit for bit, however the rows are split)."""
+    if _one_core(n_rows, K, cost):  # (without the closures below)
+        every = slice(0, n_rows)
+        if not call(every, False):
+            call(every, True)
+        return
     out_of_bounds = []
 
     def unshifted(rows):
