@@ -225,22 +225,6 @@ def _first_max_rows(xc, top, m):
 
 
 @jit(**ENTRY)
-def _largest_and_rest(er):
-    """``(t, Σ_{k≠t} e_k)`` of a row, ``t`` its first largest entry, in one pass: a new
-    largest moves the old one into the sum (the ``e`` are ≥ 0: nothing cancels)."""
-    t = 0
-    m = er[0]
-    o = 0.0
-    for k in range(1, er.size):
-        v = er[k]
-        gt = v > m
-        o += m if gt else v
-        m = v if gt else m
-        t = k if gt else t
-    return t, o
-
-
-@jit(**ENTRY)
 def _largest_and_sums(wr, vr):
     """``(b, Σ_{k≠b} w_k, Σ_k v_k)`` of a row, ``b`` the first largest ``w``, in one pass: a new
     largest moves the old one into the others' sum (the ``w`` are ≥ 0: nothing cancels)."""
@@ -259,16 +243,29 @@ def _largest_and_sums(wr, vr):
 
 
 @jit(**ENTRY)
+def _largest_and_rest(er):
+    """``(t, Σ_{k≠t} e_k)`` of a row, ``t`` its first largest entry, in one pass:
+    :func:`_largest_and_sums` without its second sum (inlined, the unused sum is compiled away)."""
+    t, o, _ = _largest_and_sums(er, er)
+    return t, o
+
+
+@jit(**ENTRY)
+def _coefficient_term(e, c, x, at_top, rs, S, iv, xt, ls, gamma, gi):
+    """``(p, c q^γ log p, −u)`` of one entry from its exp ``e``, coefficient ``c`` and logit
+    ``x``, and its row's numbers: ``q`` is ``rest/S`` at the top, ``(S − e)/S`` elsewhere."""
+    p = e * iv
+    q = (rs if at_top else S - e) * iv
+    v, u = _focal_u(np.float64(c), p, q, (np.float64(x) - xt) - ls, gamma, gi)
+    return p, v, -u
+
+
+@jit(**ENTRY)
 def _coefficient_terms_row(xr, cr, er, t, xt, rs, iv, ls, gamma, gi, vr, wr):
     """One row of :func:`_coefficient_terms`."""
     S = er[t] + rs
     for k in range(xr.size):
-        p = er[k] * iv
-        q = (rs if k == t else S - er[k]) * iv
-        v, u = _focal_u(np.float64(cr[k]), p, q, (np.float64(xr[k]) - xt) - ls, gamma, gi)
-        vr[k] = v
-        er[k] = p
-        wr[k] = -u
+        er[k], vr[k], wr[k] = _coefficient_term(er[k], cr[k], xr[k], k == t, rs, S, iv, xt, ls, gamma, gi)
 
 
 @jit(**ENTRY)
@@ -295,13 +292,8 @@ def _coefficient_terms_pair(xf, cf, ef, K, t0, t1, xt0, xt1, rs0, rs1, iv0, iv1,
         S = S0 if first else S1
         xt = xt0 if first else xt1
         ls = ls0 if first else ls1
-        top = (j == t0) | (j == T1)
-        p = ef[j] * iv
-        q = (rs if top else S - ef[j]) * iv
-        v, u = _focal_u(np.float64(cf[j]), p, q, (np.float64(xf[j]) - xt) - ls, gamma, gi)
-        vf[j] = v
-        ef[j] = p
-        wf[j] = -u
+        at_top = (j == t0) | (j == T1)
+        ef[j], vf[j], wf[j] = _coefficient_term(ef[j], cf[j], xf[j], at_top, rs, S, iv, xt, ls, gamma, gi)
 
 
 @jit(**EXACT)
