@@ -310,8 +310,10 @@ class DiagonalPlusLowRank(JacobianOperator):
 
             (D₁ − U₁V₁ᵀ)(D₂ − U₂V₂ᵀ) = D₁D₂ − [D₁U₂ − U₁(V₁ᵀU₂)] V₂ᵀ − U₁ (D₂V₁)ᵀ
         """
-        M = np.swapaxes(self.V, -1, -2) @ other.U  # (..., r1, r2)
-        left = self.d[..., None] * other.U - self.U @ M
+        # (einsum, not matmul: on stacks of tiny float32 blocks OpenBLAS's sgemm has been seen
+        # to raise a spurious "invalid value" flag, depending on what memory held before)
+        M = np.einsum("...kr,...ks->...rs", self.V, other.U)  # (..., r1, r2)
+        left = self.d[..., None] * other.U - np.einsum("...kr,...rs->...ks", self.U, M)
         U = np.concatenate([left, self.U], axis=-1)
         V = np.concatenate([other.V, other.d[..., None] * self.V], axis=-1)
         return DiagonalPlusLowRank(self.d * other.d, U, V)
