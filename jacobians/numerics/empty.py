@@ -30,12 +30,11 @@ def mean_scale(denom, dtype):
     :class:`EmptyMeanWarning`) when ``denom`` is 0."""
     t = np.dtype(dtype).type
     largest = _LARGEST.get(t)
-    if largest is not None and (d := float(t(denom))) != 0:
+    if largest is not None and (d := float(t(denom))) != 0 and abs(q := 1.0 / d) <= largest:
         # 1/d in float64 rounded once to dtype is float32's own quotient too (float64 carries
-        # more than twice float32's digits: the double rounding is harmless); past dtype's
-        # largest number it is inf, as the division in dtype gives
-        q = 1.0 / d
-        return t(q) if abs(q) <= largest else t(math.copysign(math.inf, q))
+        # more than twice float32's digits: the double rounding is harmless); near and past
+        # dtype's largest number, the division in dtype below decides
+        return t(q)
     one = t(1.0)
     d = t(denom)
     if d == 0:
